@@ -1,0 +1,46 @@
+# ItemGate — `make run` and `make test` do all set-up on a fresh machine.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export ITEMGATE_DATA_DIR ?= var
+
+.PHONY: run test bench lint fuzz browser-deps clean
+
+$(VENV)/bin/python:
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+var/secret.key:
+	@mkdir -p var
+	@$(PY) -c "import secrets; print(secrets.token_hex(32))" > var/secret.key
+	@chmod 600 var/secret.key
+
+run: $(STAMP) var/secret.key
+	ITEMGATE_SECRET_KEY=$$(cat var/secret.key) $(VENV)/bin/itemgate db upgrade
+	ITEMGATE_SECRET_KEY=$$(cat var/secret.key) $(VENV)/bin/itemgate demo
+	ITEMGATE_SECRET_KEY=$$(cat var/secret.key) $(VENV)/bin/itemgate serve --host 127.0.0.1 --port 8000
+
+browser-deps:
+	@bash scripts/ensure-chromium.sh
+
+test: $(STAMP) browser-deps
+	$(VENV)/bin/pytest
+
+bench: $(STAMP)
+	$(PY) -m bench.run
+
+fuzz: $(STAMP)
+	ITEMGATE_FUZZ_EXAMPLES=20000 $(VENV)/bin/pytest tests/test_fuzz_api.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf var .pytest_cache

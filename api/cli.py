@@ -1,0 +1,244 @@
+"""The `itemgate` command line: schema, users, catalogues, demo data, the server and the timer tick."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+from flask import Flask
+
+from api.config import ConfigError, load_settings
+
+EMBEDDED_S3_PORT = 8333
+
+
+def _app(require_secret: bool = False, **overrides: Any) -> Flask:
+    from api.app import create_app
+
+    try:
+        settings = load_settings(testing=not require_secret and not os.environ.get("ITEMGATE_SECRET_KEY"),
+                                 **overrides)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    # CLI commands log plainly; JSON logs are for the server.
+    return create_app(settings)
+
+
+@contextmanager
+def app_context(**overrides: Any) -> Iterator[Flask]:
+    app = _app(**overrides)
+    with app.app_context():
+        yield app
+
+
+@click.group(help="ItemGate: onboarding government service work, gate by gate, until it is billable.")
+def main() -> None:
+    pass
+
+
+# ---------------------------------------------------------------- db
+
+@main.group(help="Database schema.")
+def db() -> None:
+    pass
+
+
+@db.command("upgrade", help="Create or upgrade the schema to the latest migration.")
+def db_upgrade() -> None:
+    from flask_migrate import upgrade
+
+    with app_context():
+        upgrade(revision="heads")
+    click.echo("database is at the latest schema")
+
+
+# ---------------------------------------------------------------- users
+
+@main.group(help="Users.")
+def users() -> None:
+    pass
+
+
+@users.command("create")
+@click.argument("name")
+@click.option("--role", required=True, type=click.Choice(["implementer", "dept_reviewer", "pm", "auditor",
+                                                          "buyer", "admin"]))
+@click.option("--department", default=None, help="department code (created on first use)")
+@click.option("--password-stdin", is_flag=True, help="read the password from one line of standard input")
+@click.option("--display-name", default=None)
+def users_create(name: str, role: str, department: str | None, password_stdin: bool,
+                 display_name: str | None) -> None:
+    from api.extensions import db as database
+    from api.rest.core import create_user
+    from engine import audit
+    from engine.errors import DomainError
+
+    if not password_stdin:
+        raise click.UsageError("pass --password-stdin and give the password on standard input")
+    password = sys.stdin.readline().rstrip("\r\n")
+    if len(password) < 8:
+        raise click.ClickException("the password must have at least 8 characters")
+    with app_context():
+        try:
+            user = create_user(name, password, role, department, display_name)
+        except DomainError as exc:
+            raise click.ClickException(exc.detail) from exc
+        audit.record(database.session, audit.Actor(None, "cli", "admin"), "user.created", target_type="user",
+                     target_id=user.id, username=user.username, role=role)
+        database.session.commit()
+        click.echo(f"created user {name} ({role}{', ' + department if department else ''})")
+
+
+# ---------------------------------------------------------------- catalogue
+
+@main.group(help="Contract catalogues.")
+def catalog() -> None:
+    pass
+
+
+@catalog.command("load")
+@click.argument("file", type=click.Path(dir_okay=False))
+def catalog_load(file: str) -> None:
+    from api.extensions import db as database
+    from engine import audit
+    from engine.catalog import CatalogError, load_catalog_file
+
+    with app_context():
+        try:
+            contract, changed = load_catalog_file(database.session, file)
+        except CatalogError as exc:
+            database.session.rollback()
+            raise click.ClickException(str(exc)) from exc
+        if changed:
+            audit.record(database.session, audit.Actor(None, "cli", "admin"), "catalog.loaded",
+                         target_type="contract", target_id=contract.id, code=contract.code, file=file)
+        database.session.commit()
+        lines = len(contract.service_lines)
+        click.echo(f"contract {contract.code}: {lines} service lines ({'loaded' if changed else 'unchanged'})")
+
+
+# ---------------------------------------------------------------- demo
+
+@contextmanager
+def object_store(app: Flask) -> Iterator[Any]:
+    """The configured store, or the embedded one started for the duration."""
+    settings = app.config["ITEMGATE"]
+    if settings.s3_endpoint:
+        store = app.extensions["itemgate_store"]
+        store.ensure_bucket()
+        yield store
+        return
+    from storage.artefact_store import ArtefactStore
+
+    with embedded_s3(settings) as endpoint:
+        store = ArtefactStore(endpoint, settings.s3_access_key, settings.s3_secret_key, settings.s3_bucket)
+        store.ensure_bucket()
+        app.extensions["itemgate_store"] = store
+        yield store
+
+
+@contextmanager
+def embedded_s3(settings: Any, port: int = EMBEDDED_S3_PORT) -> Iterator[str]:
+    from storage.s3server import EmbeddedS3
+
+    data_dir = Path(settings.data_dir) / "s3"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = EmbeddedS3(data_dir, settings.s3_access_key, settings.s3_secret_key, settings.s3_bucket,
+                        s3_port=port, log_path=Path(settings.data_dir) / "weed.log")
+    click.echo(f"starting the embedded S3 server (SeaweedFS) on 127.0.0.1:{port} …")
+    server.start()
+    try:
+        yield server.endpoint
+    finally:
+        server.stop()
+
+
+@main.command(help="Load a ready demo: contract, departments, users, items at different stages.")
+def demo() -> None:
+    from api.demo import load_demo
+
+    with app_context() as app, object_store(app) as store:
+        load_demo(app, store, echo=click.echo)
+
+
+# ---------------------------------------------------------------- serve and tick
+
+@main.command(help="Run the app with gunicorn; starts the embedded S3 server when none is configured.")
+@click.option("--host", default="127.0.0.1")
+@click.option("--port", default=8000, type=int)
+@click.option("--workers", default=2, type=int)
+def serve(host: str, port: int, workers: int) -> None:
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    stop = threading.Event()
+
+    def run(endpoint: str) -> None:
+        env = dict(os.environ, ITEMGATE_S3_ENDPOINT=endpoint)
+        cmd = [sys.executable, "-m", "gunicorn", "--workers", str(workers), "--bind", f"{host}:{port}",
+               "--access-logfile", "-", "--timeout", "300", "wsgi:app"]
+        proc = subprocess.Popen(cmd, env=env)  # noqa: S603 (fixed argv)
+        os.environ["ITEMGATE_S3_ENDPOINT"] = endpoint
+        ticker = threading.Thread(target=_tick_loop, args=(settings.tick_seconds, stop), daemon=True)
+        ticker.start()
+        click.echo(f"ItemGate is running on http://{host}:{port}")
+
+        def _forward(signum: int, _frame: Any) -> None:
+            proc.send_signal(signum)
+
+        signal.signal(signal.SIGTERM, _forward)
+        signal.signal(signal.SIGINT, _forward)
+        try:
+            proc.wait()
+        finally:
+            stop.set()
+
+    if settings.s3_endpoint:
+        run(settings.s3_endpoint)
+    else:
+        with embedded_s3(settings) as endpoint:
+            run(endpoint)
+
+
+def _tick_loop(every: int, stop: threading.Event) -> None:
+    app = None
+    while not stop.wait(every):
+        try:
+            app = app or _app()
+            with app.app_context():
+                _tick_once()
+        except Exception as exc:  # keep ticking; the next round may succeed
+            click.echo(f"tick failed: {exc}", err=True)
+
+
+def _tick_once() -> int:
+    from api.extensions import db as database
+    from engine.timers import fire_due_timers
+
+    fired = fire_due_timers(database.session)
+    return fired
+
+
+@main.command(help="Fire due timers once (safe to run from several hosts at once).")
+def tick() -> None:
+    with app_context():
+        fired = _tick_once()
+    click.echo(f"fired {fired} timer(s)")
+
+
+def register_flask_commands(app: Flask) -> None:
+    """Nothing extra on `flask`: the `itemgate` script is the command line."""
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
+    time.sleep(0)

@@ -1,0 +1,82 @@
+"""Settings: the one documented list of environment variables ItemGate reads."""
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+
+DEFAULT_DATABASE_URL = "sqlite:///var/itemgate.db"
+
+
+class ConfigError(RuntimeError):
+    """Raised at start-up when a required setting is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Each field names the variable it comes from; README "Settings" mirrors this list.
+    database_url: str = DEFAULT_DATABASE_URL          # ITEMGATE_DATABASE_URL
+    secret_key: str = ""                               # ITEMGATE_SECRET_KEY (required outside tests)
+    s3_endpoint: str | None = None                     # ITEMGATE_S3_ENDPOINT; unset → `serve` starts weed
+    s3_access_key: str = "itemgate"                    # ITEMGATE_S3_ACCESS_KEY
+    s3_secret_key: str = "itemgate-secret"             # ITEMGATE_S3_SECRET_KEY
+    s3_bucket: str = "itemgate"                        # ITEMGATE_S3_BUCKET
+    max_upload_mb: int = 200                           # ITEMGATE_MAX_UPLOAD_MB
+    data_dir: str = "var"                              # ITEMGATE_DATA_DIR (embedded S3 data, logs)
+    token_ttl_hours: int = 12                          # ITEMGATE_TOKEN_TTL_HOURS
+    session_minutes: int = 30                          # ITEMGATE_SESSION_MINUTES (web session timeout)
+    secure_cookies: bool = False                       # ITEMGATE_SECURE_COOKIES (set 1 behind HTTPS)
+    tick_seconds: int = 60                             # ITEMGATE_TICK_SECONDS (serve's timer loop)
+    log_json: bool = True                              # ITEMGATE_LOG_JSON
+    testing: bool = False
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.max_upload_mb * 1024 * 1024
+
+
+def _bool(value: str | None, default: bool) -> bool:
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _int(env: dict[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
+
+
+def load_settings(env: dict[str, str] | None = None, *, testing: bool = False, **overrides) -> Settings:
+    """Read settings from the environment; a missing secret fails here, at start, not on first use."""
+    env = dict(os.environ if env is None else env)
+    values = dict(
+        database_url=env.get("ITEMGATE_DATABASE_URL") or DEFAULT_DATABASE_URL,
+        secret_key=env.get("ITEMGATE_SECRET_KEY", ""),
+        s3_endpoint=env.get("ITEMGATE_S3_ENDPOINT") or None,
+        s3_access_key=env.get("ITEMGATE_S3_ACCESS_KEY") or "itemgate",
+        s3_secret_key=env.get("ITEMGATE_S3_SECRET_KEY") or "itemgate-secret",
+        s3_bucket=env.get("ITEMGATE_S3_BUCKET") or "itemgate",
+        max_upload_mb=_int(env, "ITEMGATE_MAX_UPLOAD_MB", 200),
+        data_dir=env.get("ITEMGATE_DATA_DIR") or "var",
+        token_ttl_hours=_int(env, "ITEMGATE_TOKEN_TTL_HOURS", 12),
+        session_minutes=_int(env, "ITEMGATE_SESSION_MINUTES", 30),
+        secure_cookies=_bool(env.get("ITEMGATE_SECURE_COOKIES"), False),
+        tick_seconds=_int(env, "ITEMGATE_TICK_SECONDS", 60),
+        log_json=_bool(env.get("ITEMGATE_LOG_JSON"), True),
+        testing=testing,
+    )
+    values.update(overrides)
+    if not values["secret_key"]:
+        if testing:
+            values["secret_key"] = secrets.token_hex(32)
+        else:
+            raise ConfigError("ITEMGATE_SECRET_KEY is required (set it to a long random string)")
+    if values["max_upload_mb"] <= 0:
+        raise ConfigError("ITEMGATE_MAX_UPLOAD_MB must be positive")
+    return Settings(**values)

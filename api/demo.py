@@ -1,0 +1,147 @@
+"""`itemgate demo`: a ready demo contract with departments, one user per role and items at several stages."""
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+from flask import Flask
+from sqlalchemy import select
+
+import bpmn
+from api.extensions import db
+from api.rest.core import create_user, ensure_department
+from engine import audit
+from engine.catalog import load_catalog_file
+from engine.evidence import upload_artefact
+from engine.workflow import Ctx, NewItem, complete_task, create_item, gate_requirements
+from storage.models import HumanTask, User, WorkItem
+
+DEMO_PASSWORD = "itemgate-demo"  # demo accounts only; printed by the command  # noqa: S105
+DEPARTMENTS = {"SHGA": "上海市公安局", "SHRS": "上海市人力资源和社会保障局"}
+USERS = [
+    ("impl", "implementer", None, "实施人员 张伟"),
+    ("impl2", "implementer", None, "实施人员 李娜"),
+    ("rev_ga", "dept_reviewer", "SHGA", "公安局审核人 王芳"),
+    ("rev_rs", "dept_reviewer", "SHRS", "人社局审核人 刘洋"),
+    ("pm", "pm", None, "项目经理 陈静"),
+    ("auditor", "auditor", None, "第三方支撑单位 赵磊"),
+    ("buyer", "buyer", None, "采购单位 孙敏"),
+    ("admin", "admin", None, "系统管理员"),
+]
+
+
+def demo_pdf(title: str) -> bytes:
+    """A small, valid one-page PDF standing in for a scanned deliverable."""
+    text = title.encode("ascii", "replace")
+    stream = b"BT /F1 18 Tf 72 720 Td (" + text + b") Tj ET"
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+        b"/Resources << /Font << /F1 5 0 R >> >> >>",
+        b"<< /Length " + str(len(stream)).encode() + b" >>\nstream\n" + stream + b"\nendstream",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    out = io.BytesIO()
+    out.write(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(out.tell())
+        out.write(f"{number} 0 obj\n".encode() + body + b"\nendobj\n")
+    xref = out.tell()
+    out.write(f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode())
+    for offset in offsets:
+        out.write(f"{offset:010d} 00000 n \n".encode())
+    out.write(f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode())
+    return out.getvalue()
+
+
+# What each form needs to pass in the demo's happy path.
+FORM_DATA: dict[str, dict[str, Any]] = {
+    "difficulty_confirmation": {"difficulty": "1.2", "complexity_note": "涉及两个业务系统对接，复杂度较高"},
+    "review": {"decision": "approve", "comment": "同意"},
+    "build_integration": {"integration_done": True},
+    "tests": {"tests_passed": True},
+    "go_live": {"go_live_date": "2026-11-02"},
+    "cosign": {"confirm": True},
+}
+
+
+class DemoDriver:
+    """Advances demo items through their steps as the right users, uploading what each gate needs."""
+
+    def __init__(self, store: Any):
+        self.store = store
+        self.users = {u.username: u for u in db.session.scalars(select(User))}
+
+    def user_for(self, task: HumanTask) -> User:
+        for user in self.users.values():
+            if user.role == task.role and (task.role != "dept_reviewer" or user.department_id == task.department_id):
+                return user
+        raise LookupError(f"no demo user for {task.role}")
+
+    def step(self, item: WorkItem, data: dict[str, dict[str, Any]] | None = None) -> bool:
+        task = db.session.scalars(select(HumanTask).where(HumanTask.item_id == item.id, HumanTask.status == "ready")
+                                  .order_by(HumanTask.id)).first()
+        if task is None:
+            return False
+        user = self.user_for(task)
+        ctx = Ctx(session=db.session, user=user, store=self.store)
+        for status in gate_requirements(db.session, item, task.gate):
+            if status.artefact is None:
+                body = demo_pdf(f"{item.code} {status.kind}")
+                upload_artefact(db.session, self.store, ctx.actor, user, item, status.kind,
+                                f"{status.kind}.pdf", io.BytesIO(body), len(body), 10 * 1024 * 1024)
+        form = dict((data or {}).get(task.spec_name) or FORM_DATA.get(task.form, {}))
+        complete_task(ctx, task.id, form)
+        db.session.commit()
+        return True
+
+
+def load_demo(app: Flask, store: Any, echo: Callable[[str], None] = print) -> None:
+    contract, _ = load_catalog_file(db.session, bpmn.CATALOG_DIR / "shanghai.toml")
+    for code, name in DEPARTMENTS.items():
+        ensure_department(code, name).name = name
+    for username, role, dept, display in USERS:
+        if db.session.execute(select(User.id).where(User.username == username)).scalar() is None:
+            create_user(username, DEMO_PASSWORD, role, dept, display)
+    db.session.commit()
+    if db.session.execute(select(WorkItem.id).where(WorkItem.contract_id == contract.id)).first():
+        echo("demo data already present; users and catalogue refreshed")
+        _print_users(echo)
+        return
+    pm = db.session.execute(select(User).where(User.username == "pm")).scalar_one()
+    ctx = Ctx(session=db.session, user=pm, store=store)
+    plans = [
+        # (name, code, line, dept, channels, mode, steps to advance, returns at the survey review)
+        ("居民身份证换领", "SH-GA-0001", "1", "SHGA", ["pc", "mobile"], "new", 0, False),
+        ("户口迁移登记", "SH-GA-0002", "1", "SHGA", ["pc", "mobile", "kiosk"], "new", 3, False),
+        ("出入境证件办理进度查询", "SH-GA-0003", "1", "SHGA", ["mobile"], "iteration", 6, True),
+        ("社会保障卡申领", "SH-RS-0001", "1", "SHRS", ["pc", "mobile"], "new", 99, False),
+        ("养老保险关系转移（跨省通办）", "SH-RS-0002", "2", "SHRS", ["pc"], "iteration", 99, False),
+        ("失业登记（国家平台）", "SH-RS-0003", "3", "SHRS", ["pc", "mobile"], "new", 4, False),
+    ]
+    driver = DemoDriver(store)
+    for name, code, line, dept, channels, mode, steps, with_return in plans:
+        item = create_item(ctx, NewItem(contract=contract.code, service_line=line, name=name, code=code,
+                                        department=dept, channels=channels, mode=mode,
+                                        difficulty=Decimal("1.0"),
+                                        attributes={"data_quality": line == "1"}))
+        db.session.commit()
+        for n in range(steps):
+            overrides = None
+            if with_return and n == 3:
+                overrides = {"confirm_survey": {"decision": "return", "comment": "事项梳理清单缺少办理材料字段，请补充"}}
+            if not driver.step(item, overrides):
+                break
+        echo(f"  {code} {name}: {item.status} / {item.stage}")
+    audit.record(db.session, audit.Actor(None, "demo", "admin"), "demo.loaded", target_type="contract",
+                 target_id=contract.id)
+    db.session.commit()
+    _print_users(echo)
+
+
+def _print_users(echo: Callable[[str], None]) -> None:
+    echo(f"demo users (password: {DEMO_PASSWORD}): " + ", ".join(u for u, *_ in USERS))

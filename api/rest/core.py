@@ -1,0 +1,453 @@
+"""REST API v1, the core contract (API.md): auth, users, catalogue, items, tasks, artefacts."""
+from __future__ import annotations
+
+import os
+from decimal import Decimal
+from typing import Any
+
+from flask import Response, current_app, g, request, stream_with_context
+from flask_smorest import Blueprint
+from marshmallow import Schema, fields, validate
+from sqlalchemy import func, select
+
+import forms
+from api.auth import Unauthorized, authenticate, current_user, hash_password, issue_token
+from api.extensions import db
+from api.serializers import artefact_json, history_json, item_summary, iso, task_json
+from engine import audit
+from engine.access import item_scope, load_item_for, load_task_for, require_role, task_scope
+from engine.catalog import ARTEFACT_KINDS
+from engine.errors import Invalid, NotFound
+from engine.evidence import upload_artefact
+from engine.workflow import Ctx, NewItem, claim, complete_task, create_item, gate_requirements, hand_over, unclaim
+from storage.models import ROLES, Artefact, AuditEvent, Contract, Department, HumanTask, User, WorkItem
+
+blp = Blueprint("core", __name__, url_prefix="/api/v1", description="ItemGate core API")
+
+MAX_PER_PAGE = 200
+
+
+def ctx() -> Ctx:
+    return Ctx(session=db.session, user=current_user(), request_id=g.get("request_id"),
+               store=current_app.extensions.get("itemgate_store"))
+
+
+class PageArgs(Schema):
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=1_000_000))
+    per_page = fields.Integer(load_default=50, validate=validate.Range(min=1, max=MAX_PER_PAGE))
+
+
+# ---------------------------------------------------------------- auth and users
+
+class TokenRequest(Schema):
+    username = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    password = fields.String(required=True, validate=validate.Length(min=1, max=256))
+
+
+class TokenResponse(Schema):
+    token = fields.String()
+    expires_at = fields.String()
+
+
+@blp.route("/auth/token", methods=["POST"])
+@blp.arguments(TokenRequest)
+@blp.response(200, TokenResponse)
+def token(body: dict[str, Any]) -> dict[str, Any]:
+    user = authenticate(body["username"], body["password"])
+    if user is None:
+        audit.record(db.session, audit.Actor(None, body["username"][:64], None, g.get("request_id")),
+                     "auth.token", outcome="failure")
+        db.session.commit()
+        raise Unauthorized("wrong username or password", code="bad_credentials")
+    value, expires = issue_token(user)
+    audit.record(db.session, audit.Actor.of(user, g.get("request_id")), "auth.token", target_type="user",
+                 target_id=user.id)
+    db.session.commit()
+    return {"token": value, "expires_at": iso(expires)}
+
+
+class NewUser(Schema):
+    username = fields.String(required=True, validate=validate.Regexp(r"^[A-Za-z0-9_.\-]{2,64}$"))
+    password = fields.String(required=True, validate=validate.Length(min=8, max=256))
+    role = fields.String(required=True, validate=validate.OneOf(ROLES))
+    department = fields.String(load_default=None, validate=validate.Length(min=1, max=64))
+    display_name = fields.String(load_default=None, validate=validate.Length(max=100))
+
+
+def ensure_department(code: str, name: str | None = None) -> Department:
+    dept = db.session.execute(select(Department).where(Department.code == code)).scalar()
+    if dept is None:
+        dept = Department(code=code, name=name or code)
+        db.session.add(dept)
+        db.session.flush()
+    return dept
+
+
+def create_user(username: str, password: str, role: str, department: str | None,
+                display_name: str | None = None) -> User:
+    if role not in ROLES:
+        raise Invalid(f"unknown role {role!r}", code="invalid_form", errors={"role": [f"one of {list(ROLES)}"]})
+    if role == "dept_reviewer" and not department:
+        raise Invalid("a department reviewer needs a department", code="invalid_form",
+                      errors={"department": ["required for dept_reviewer"]})
+    if db.session.execute(select(User.id).where(User.username == username)).scalar() is not None:
+        raise Invalid(f"user {username!r} exists", code="user_exists", status=409)
+    dept = ensure_department(department) if department else None
+    user = User(username=username, password_hash=hash_password(password), role=role,
+                department_id=dept.id if dept else None, display_name=display_name)
+    user.department = dept
+    db.session.add(user)
+    db.session.flush()
+    return user
+
+
+def user_json(user: User) -> dict[str, Any]:
+    return {"id": user.id, "username": user.username, "role": user.role, "department": user.department_code,
+            "display_name": user.display_name, "active": user.active}
+
+
+@blp.route("/users", methods=["POST"])
+@blp.arguments(NewUser)
+@blp.response(201)
+def users_create(body: dict[str, Any]) -> dict[str, Any]:
+    me = current_user()
+    require_role(me, "admin")
+    user = create_user(body["username"], body["password"], body["role"], body["department"],
+                       body.get("display_name"))
+    audit.record(db.session, audit.Actor.of(me, g.get("request_id")), "user.created", target_type="user",
+                 target_id=user.id, username=user.username, role=user.role)
+    db.session.commit()
+    return user_json(user)
+
+
+@blp.route("/me", methods=["GET"])
+@blp.response(200)
+def me() -> dict[str, Any]:
+    return user_json(current_user())
+
+
+# ---------------------------------------------------------------- catalogue
+
+@blp.route("/catalog", methods=["GET"])
+@blp.response(200)
+def catalog() -> dict[str, Any]:
+    current_user()
+    contracts = db.session.scalars(select(Contract).order_by(Contract.code))
+    return {"contracts": [{
+        "code": c.code, "name": c.name, "buyer": c.buyer, "supplier": c.supplier,
+        "period_start": c.period_start.isoformat() if c.period_start else None,
+        "period_end": c.period_end.isoformat() if c.period_end else None,
+        "award_amount": float(c.award_amount) if c.award_amount is not None else None,
+        "service_lines": [{
+            "code": sl.code, "name": sl.name, "unit": sl.unit, "channels": sl.channels, "process": sl.process_id,
+            "unit_prices": {ch: float(Decimal(p)) for ch, p in sl.unit_prices.items()},
+            "estimated_volumes": sl.estimated_volumes, "targets": sl.targets,
+            "gates": {gate: [{"kind": r["kind"], "title": ARTEFACT_KINDS[r["kind"]], "when": r.get("when", {})}
+                             for r in rules] for gate, rules in sl.gates.items()},
+        } for sl in c.service_lines],
+    } for c in contracts], "artefact_kinds": ARTEFACT_KINDS}
+
+
+# ---------------------------------------------------------------- items
+
+class NewItemSchema(Schema):
+    contract = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    service_line = fields.String(required=True, validate=validate.Length(min=1, max=32))
+    name = fields.String(required=True, validate=validate.Length(min=1, max=300))
+    code = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    department = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    channels = fields.List(fields.String(validate=validate.OneOf(["pc", "mobile", "kiosk"])), required=True,
+                           validate=validate.Length(min=1, max=3))
+    mode = fields.String(required=True, validate=validate.OneOf(["new", "iteration"]))
+    difficulty = fields.Decimal(load_default=Decimal("1.0"), validate=validate.Range(min=0.1, max=5),
+                                places=2, allow_nan=False)
+    attributes = fields.Dict(keys=fields.String(validate=validate.Length(max=64)), load_default=dict)
+
+
+@blp.route("/items", methods=["POST"])
+@blp.arguments(NewItemSchema)
+@blp.response(201)
+def items_create(body: dict[str, Any]) -> dict[str, Any]:
+    context = ctx()
+    item = create_item(context, NewItem(**body))
+    db.session.commit()
+    return item_detail(item)
+
+
+class ItemQuery(PageArgs):
+    department = fields.String(load_default=None)
+    service_line = fields.String(load_default=None)
+    status = fields.String(load_default=None, validate=validate.OneOf(["active", "completed", "cancelled"]))
+    contract = fields.String(load_default=None)
+    stage = fields.String(load_default=None)
+    q = fields.String(load_default=None, validate=validate.Length(max=100))
+
+
+def filtered_items(user: User, args: dict[str, Any]) -> Any:
+    from storage.models import ServiceLine
+
+    query = select(WorkItem).where(item_scope(user))
+    if args.get("department"):
+        query = query.join(Department, WorkItem.department_id == Department.id).where(
+            Department.code == args["department"])
+    if args.get("service_line"):
+        query = query.join(ServiceLine, WorkItem.service_line_id == ServiceLine.id).where(
+            ServiceLine.code == args["service_line"])
+    if args.get("contract"):
+        query = query.join(Contract, WorkItem.contract_id == Contract.id).where(Contract.code == args["contract"])
+    if args.get("status"):
+        query = query.where(WorkItem.status == args["status"])
+    if args.get("stage"):
+        query = query.where(WorkItem.stage == args["stage"])
+    if args.get("q"):
+        like = f"%{args['q']}%"
+        query = query.where((WorkItem.name.like(like)) | (WorkItem.code.like(like)))
+    return query
+
+
+@blp.route("/items", methods=["GET"])
+@blp.arguments(ItemQuery, location="query")
+@blp.response(200)
+def items_list(args: dict[str, Any]) -> dict[str, Any]:
+    user = current_user()
+    query = filtered_items(user, args)
+    total = db.session.execute(select(func.count()).select_from(query.subquery())).scalar_one()
+    rows = db.session.scalars(query.order_by(WorkItem.id.desc())
+                              .offset((args["page"] - 1) * args["per_page"]).limit(args["per_page"]))
+    return {"items": [item_summary(i) for i in rows], "total": total, "page": args["page"],
+            "per_page": args["per_page"]}
+
+
+def item_detail(item: WorkItem) -> dict[str, Any]:
+    data = item_summary(item)
+    tasks = db.session.scalars(select(HumanTask).where(HumanTask.item_id == item.id).order_by(HumanTask.id))
+    data["tasks"] = [task_json(t) for t in tasks]
+    artefacts = db.session.scalars(select(Artefact).where(Artefact.item_id == item.id).order_by(Artefact.id))
+    data["artefacts"] = [artefact_json(a) for a in artefacts]
+    open_tasks = [t for t in data["tasks"] if t["status"] == "ready"]
+    gates = []
+    for t in open_tasks:
+        if t["gate"]:
+            statuses = gate_requirements(db.session, item, t["gate"])
+            gates.append({"gate": t["gate"], "task_id": t["id"], "required": [
+                {"kind": s.kind, "title": ARTEFACT_KINDS[s.kind], "present": s.artefact is not None}
+                for s in statuses]})
+    data["gates"] = gates
+    task_ids = [str(t["id"]) for t in data["tasks"]]
+    events = db.session.scalars(select(AuditEvent).where(
+        ((AuditEvent.target_type == "item") & (AuditEvent.target_id == str(item.id)))
+        | ((AuditEvent.target_type == "task") & (AuditEvent.target_id.in_(task_ids)))
+        | ((AuditEvent.target_type == "artefact") & (AuditEvent.target_id.in_(
+            [str(a["id"]) for a in data["artefacts"]])))
+    ).order_by(AuditEvent.id))
+    data["history"] = [history_json(e) for e in events]
+    return data
+
+
+@blp.route("/items/<int:item_id>", methods=["GET"])
+@blp.response(200)
+def items_get(item_id: int) -> dict[str, Any]:
+    item = load_item_for(db.session, current_user(), item_id)
+    return item_detail(item)
+
+
+# ---------------------------------------------------------------- tasks
+
+class TaskQuery(PageArgs):
+    scope = fields.String(load_default="group", validate=validate.OneOf(["mine", "group", "all"]))
+    item_id = fields.Integer(load_default=None)
+
+
+def task_query(user: User, scope: str) -> Any:
+    query = select(HumanTask).where(HumanTask.status == "ready")
+    if scope == "mine":
+        return query.where(HumanTask.assignee_id == user.id)
+    if scope == "group":
+        query = query.where(HumanTask.role == user.role,
+                            (HumanTask.assignee_id.is_(None)) | (HumanTask.assignee_id == user.id))
+        if user.department_id is not None:
+            query = query.where(HumanTask.department_id == user.department_id)
+        return query
+    if user.role not in ("pm", "auditor", "admin", "buyer"):
+        require_role(user, "pm", "auditor", "admin", "buyer")
+    return query.where(task_scope(user))
+
+
+@blp.route("/tasks", methods=["GET"])
+@blp.arguments(TaskQuery, location="query")
+@blp.response(200)
+def tasks_list(args: dict[str, Any]) -> dict[str, Any]:
+    user = current_user()
+    query = task_query(user, args["scope"])
+    if args.get("item_id"):
+        query = query.where(HumanTask.item_id == args["item_id"])
+    total = db.session.execute(select(func.count()).select_from(query.subquery())).scalar_one()
+    rows = db.session.scalars(query.order_by(HumanTask.created_at, HumanTask.id)
+                              .offset((args["page"] - 1) * args["per_page"]).limit(args["per_page"]))
+    return {"tasks": [task_json(t) for t in rows], "total": total}
+
+
+def task_detail(task: HumanTask) -> dict[str, Any]:
+    data = task_json(task)
+    data["form"] = forms.json_schema(task.form)
+    data["required_artefacts"] = [
+        {"kind": s.kind, "title": ARTEFACT_KINDS[s.kind], "present": s.artefact is not None,
+         "artefact_id": s.artefact.id if s.artefact else None}
+        for s in gate_requirements(db.session, task.item, task.gate)]
+    if task.review_of:
+        data["artefacts_to_review"] = [
+            artefact_json(s.artefact) for s in gate_requirements(db.session, task.item, task.review_of)
+            if s.artefact is not None]
+    data["data"] = task.data
+    return data
+
+
+@blp.route("/tasks/<int:task_id>", methods=["GET"])
+@blp.response(200)
+def tasks_get(task_id: int) -> dict[str, Any]:
+    task = load_task_for(db.session, current_user(), task_id)
+    return task_detail(task)
+
+
+@blp.route("/tasks/<int:task_id>/claim", methods=["POST"])
+@blp.response(200)
+def tasks_claim(task_id: int) -> dict[str, Any]:
+    task = claim(ctx(), task_id)
+    db.session.commit()
+    return task_json(task)
+
+
+@blp.route("/tasks/<int:task_id>/unclaim", methods=["POST"])
+@blp.response(200)
+def tasks_unclaim(task_id: int) -> dict[str, Any]:
+    task = unclaim(ctx(), task_id)
+    db.session.commit()
+    return task_json(task)
+
+
+class HandOver(Schema):
+    to = fields.String(required=True, validate=validate.Length(min=1, max=64))
+
+
+@blp.route("/tasks/<int:task_id>/handover", methods=["POST"])
+@blp.arguments(HandOver)
+@blp.response(200)
+def tasks_handover(body: dict[str, Any], task_id: int) -> dict[str, Any]:
+    task = hand_over(ctx(), task_id, body["to"])
+    db.session.commit()
+    return task_json(task)
+
+
+class CompleteBody(Schema):
+    data = fields.Dict(load_default=dict)
+
+
+@blp.route("/tasks/<int:task_id>/complete", methods=["POST"])
+@blp.arguments(CompleteBody)
+@blp.response(200)
+def tasks_complete(body: dict[str, Any], task_id: int) -> dict[str, Any]:
+    context = ctx()
+    task = complete_task(context, task_id, body["data"])
+    db.session.commit()
+    result = task_json(task)
+    result["item"] = item_summary(task.item)
+    result["next_tasks"] = [task_json(t) for t in db.session.scalars(
+        select(HumanTask).where(HumanTask.item_id == task.item_id, HumanTask.status == "ready")
+        .order_by(HumanTask.id))]
+    return result
+
+
+# ---------------------------------------------------------------- artefacts
+
+def _file_length(stream: Any) -> int:
+    position = stream.tell()
+    stream.seek(0, os.SEEK_END)
+    size = stream.tell()
+    stream.seek(position)
+    return size
+
+
+@blp.route("/items/<int:item_id>/artefacts", methods=["POST"])
+@blp.response(201)
+def artefacts_upload(item_id: int) -> dict[str, Any]:
+    context = ctx()
+    assert context.user is not None
+    item = load_item_for(db.session, context.user, item_id)
+    require_role(context.user, "implementer", "pm", "dept_reviewer", "admin")
+    kind = request.form.get("kind", "")
+    upload = request.files.get("file")
+    if upload is None:
+        raise Invalid("send the file as multipart field 'file'", code="invalid_form",
+                      errors={"file": ["required"]})
+    if item.status != "active":
+        raise Invalid(f"item {item.id} is {item.status}; its evidence is closed", code="item_not_active",
+                      status=409)
+    task_id = request.form.get("task_id", type=int)
+    settings = current_app.config["ITEMGATE"]
+    store = context.store
+    if store is None:
+        from engine.errors import ServiceUnavailable
+
+        raise ServiceUnavailable("no evidence store is configured")
+    artefact = upload_artefact(db.session, store, context.actor, context.user, item, kind, upload.filename,
+                               upload.stream, _file_length(upload.stream), settings.max_upload_bytes, task_id)
+    try:
+        db.session.commit()
+    except Exception:
+        # The object exists but its row does not: remove it now rather than wait for the sweeper.
+        db.session.rollback()
+        try:
+            store.delete(artefact.key, artefact.version_id)
+        finally:
+            raise
+    return artefact_json(artefact)
+
+
+@blp.route("/items/<int:item_id>/artefacts", methods=["GET"])
+@blp.response(200)
+def artefacts_list(item_id: int) -> dict[str, Any]:
+    item = load_item_for(db.session, current_user(), item_id)
+    rows = db.session.scalars(select(Artefact).where(Artefact.item_id == item.id).order_by(Artefact.id))
+    return {"artefacts": [artefact_json(a) for a in rows]}
+
+
+def load_artefact_for(user: User, artefact_id: int) -> Artefact:
+    artefact = db.session.get(Artefact, artefact_id)
+    if artefact is None:
+        raise NotFound(f"artefact {artefact_id} not found")
+    load_item_for(db.session, user, artefact.item_id)  # authorise through its item
+    return artefact
+
+
+def content_disposition(filename: str, inline: bool = False) -> str:
+    from urllib.parse import quote
+
+    ascii_name = "".join(c if 32 <= ord(c) < 127 and c not in '"\\;' else "_" for c in filename) or "file"
+    kind = "inline" if inline else "attachment"
+    return f"{kind}; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+@blp.route("/artefacts/<int:artefact_id>/content", methods=["GET"])
+def artefacts_content(artefact_id: int) -> Response:
+    user = current_user()
+    artefact = load_artefact_for(user, artefact_id)
+    store = current_app.extensions.get("itemgate_store")
+    if store is None:
+        from engine.errors import ServiceUnavailable
+
+        raise ServiceUnavailable("no evidence store is configured")
+    chunks = store.iter_content(artefact.key, artefact.version_id)
+    inline = request.args.get("inline") == "1" and artefact.media_type in ("application/pdf", "image/png",
+                                                                          "image/jpeg")
+    response = Response(stream_with_context(chunks), mimetype=artefact.media_type.split(";")[0])
+    if artefact.media_type.startswith("text/plain"):
+        response.headers["Content-Type"] = artefact.media_type
+    response.headers["Content-Disposition"] = content_disposition(artefact.filename, inline)
+    response.headers["Content-Length"] = str(artefact.size)
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["ETag"] = f'"{artefact.sha256}"'
+    response.headers["Digest"] = f"sha-256={artefact.sha256}"
+    audit.record(db.session, audit.Actor.of(user, g.get("request_id")), "artefact.downloaded",
+                 target_type="artefact", target_id=artefact.id, item_id=artefact.item_id)
+    db.session.commit()
+    return response

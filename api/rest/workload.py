@@ -1,0 +1,73 @@
+"""REST API v1: the workload ledger and its exports."""
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Response, stream_with_context
+from flask_smorest import Blueprint
+from marshmallow import Schema, fields
+
+from api.auth import current_user
+from api.extensions import db
+from api.serializers import entry_json, money, num
+from engine.access import require_role
+from engine.reports import WorkloadFilter, counts, csv_stream, entries_query, totals, xlsx_file
+
+blp = Blueprint("workload", __name__, url_prefix="/api/v1", description="Workload ledger and exports")
+READERS = ("pm", "auditor", "buyer", "admin")
+
+
+class WorkloadArgs(Schema):
+    contract = fields.String(load_default=None)
+    date_from = fields.Date(load_default=None, data_key="from")
+    date_to = fields.Date(load_default=None, data_key="to")
+    department = fields.String(load_default=None)
+    service_line = fields.String(load_default=None)
+
+
+def _filter(args: dict[str, Any]) -> WorkloadFilter:
+    return WorkloadFilter(**args)
+
+
+@blp.route("/workload", methods=["GET"])
+@blp.arguments(WorkloadArgs, location="query")
+@blp.response(200)
+def workload(args: dict[str, Any]) -> dict[str, Any]:
+    require_role(current_user(), *READERS)
+    f = _filter(args)
+    rows = db.session.execute(entries_query(f)).all()
+    t = totals(db.session, f)
+    return {"entries": [entry_json(e) for e, *_ in rows],
+            "totals": {"units": num(t["units"]), "amount": money(t["amount"])},
+            "counts": [dict(c, units=num(c["units"]), amount=money(c["amount"])) for c in counts(db.session, f)]}
+
+
+@blp.route("/exports/workload.csv", methods=["GET"])
+@blp.arguments(WorkloadArgs, location="query")
+def workload_csv(args: dict[str, Any]) -> Response:
+    require_role(current_user(), *READERS)
+    response = Response(stream_with_context(csv_stream(db.session, _filter(args))),
+                        mimetype="text/csv")
+    response.headers["Content-Type"] = "text/csv; charset=utf-8"
+    response.headers["Content-Disposition"] = "attachment; filename=\"workload.csv\"; " \
+        "filename*=UTF-8''%E5%B7%A5%E4%BD%9C%E9%87%8F%E7%BB%9F%E8%AE%A1%E6%98%8E%E7%BB%86%E8%A1%A8.csv"
+    return response
+
+
+@blp.route("/exports/workload.xlsx", methods=["GET"])
+@blp.arguments(WorkloadArgs, location="query")
+def workload_xlsx(args: dict[str, Any]) -> Response:
+    require_role(current_user(), *READERS)
+    out = xlsx_file(db.session, _filter(args))
+
+    def chunks() -> Any:
+        try:
+            while block := out.read(1 << 16):
+                yield block
+        finally:
+            out.close()
+
+    response = Response(chunks(), mimetype="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet")
+    response.headers["Content-Disposition"] = "attachment; filename=\"workload.xlsx\"; " \
+        "filename*=UTF-8''%E5%B7%A5%E4%BD%9C%E9%87%8F%E7%BB%9F%E8%AE%A1%E6%98%8E%E7%BB%86%E8%A1%A8.xlsx"
+    return response

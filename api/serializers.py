@@ -1,0 +1,77 @@
+"""JSON shapes of the core API (API.md): items, tasks, artefacts, workload entries."""
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from engine.catalog import ARTEFACT_KINDS
+from storage.models import Artefact, AuditEvent, HumanTask, WorkItem, WorkloadEntry
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def num(value: Decimal | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def money(value: Decimal) -> float:
+    return float(value.quantize(Decimal("0.01")))
+
+
+def item_summary(item: WorkItem) -> dict[str, Any]:
+    return {
+        "id": item.id, "code": item.code, "name": item.name, "contract": item.contract.code,
+        "service_line": item.service_line.code, "department": item.department.code, "channels": item.channels,
+        "mode": item.mode, "difficulty": num(item.difficulty), "status": item.status, "stage": item.stage,
+        "attributes": item.attributes, "created_at": iso(item.created_at), "completed_at": iso(item.completed_at),
+    }
+
+
+def task_json(task: HumanTask) -> dict[str, Any]:
+    return {
+        "id": task.id, "item_id": task.item_id, "name": task.spec_name, "title": task.title, "lane": task.lane,
+        "role": task.role, "department": task.item.department.code if task.department_id == task.item.department_id
+        else _dept_code(task), "assignee": task.assignee.username if task.assignee else None,
+        "status": task.status, "form_key": task.form, "gate": task.gate, "stage": task.stage,
+        "due_at": iso(task.due_at), "due_warning": task.due_warning, "created_at": iso(task.created_at),
+        "completed_at": iso(task.completed_at), "return_comment": task.return_comment,
+        "item_code": task.item.code, "item_name": task.item.name,
+    }
+
+
+def _dept_code(task: HumanTask) -> str | None:
+    from api.extensions import db
+    from storage.models import Department
+
+    if task.department_id is None:
+        return None
+    dept = db.session.get(Department, task.department_id)
+    return dept.code if dept else None
+
+
+def artefact_json(artefact: Artefact) -> dict[str, Any]:
+    return {
+        "id": artefact.id, "item_id": artefact.item_id, "kind": artefact.kind,
+        "title": ARTEFACT_KINDS.get(artefact.kind, artefact.kind), "filename": artefact.filename,
+        "size": artefact.size, "sha256": artefact.sha256, "media_type": artefact.media_type,
+        "version_id": artefact.version_id, "uploaded_by": artefact.uploaded_by.username,
+        "uploaded_at": iso(artefact.uploaded_at),
+    }
+
+
+def history_json(event: AuditEvent) -> dict[str, Any]:
+    return {"at": iso(event.at), "user": event.username, "role": event.role, "event": event.event_type,
+            "target": f"{event.target_type}:{event.target_id}", "outcome": event.outcome, "detail": event.detail}
+
+
+def entry_json(entry: WorkloadEntry) -> dict[str, Any]:
+    return {
+        "id": entry.id, "item_id": entry.item_id, "item_code": entry.item.code, "item_name": entry.item.name,
+        "service_line": entry.service_line.code, "channel": entry.channel, "mode": entry.mode,
+        "units": num(entry.units), "difficulty": num(entry.difficulty), "unit_price": money(entry.unit_price),
+        "amount": money(entry.amount), "tallied_at": iso(entry.tallied_at), "reverses": entry.reverses_id,
+        "reason": entry.reason,
+    }

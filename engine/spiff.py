@@ -1,0 +1,158 @@
+"""SpiffWorkflow 3.2 adapter: parse models once per content hash, (de)serialize instance state."""
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from lxml import etree
+from SpiffWorkflow.bpmn.serializer.default.workflow import BpmnWorkflowConverter
+from SpiffWorkflow.bpmn.serializer.workflow import BpmnWorkflowSerializer
+from SpiffWorkflow.bpmn.specs.mixins.events.event_types import CatchingEvent  # noqa: F401  (spec types)
+from SpiffWorkflow.bpmn.workflow import BpmnWorkflow
+from SpiffWorkflow.spiff.parser.process import SpiffBpmnParser
+from SpiffWorkflow.spiff.serializer.config import SPIFF_CONFIG
+from SpiffWorkflow.task import Task
+from SpiffWorkflow.util.task import TaskState
+
+from engine.expressions import restricted_script_engine
+
+# The serialized format we write and accept. SpiffWorkflow's 1.4→1.5 migration crashes with
+# subprocesses, so we never migrate: a state written by another format version is refused.
+STATE_FORMAT = "itemgate-spiff-3.2.0/1"
+
+_current_specs = threading.local()
+
+
+class ModelError(ValueError):
+    """A BPMN file that cannot be parsed or does not contain the expected process."""
+
+
+@dataclass(frozen=True)
+class ParsedModel:
+    process_id: str
+    sha256: str
+    spec: Any
+    subprocess_specs: dict[str, Any]
+    xml: str
+
+
+class _SpecFreeWorkflowConverter(BpmnWorkflowConverter):
+    """Stores the instance without its spec: specs live once per definition, keyed by hash."""
+
+    def to_dict(self, workflow: BpmnWorkflow) -> dict[str, Any]:
+        dct = super(BpmnWorkflowConverter, self).to_dict(workflow)
+        dct["subprocesses"] = self.mapping_to_dict(workflow.subprocesses)
+        dct["bpmn_events"] = self.registry.convert(workflow.bpmn_events)
+        return dct
+
+    def from_dict(self, dct: dict[str, Any]) -> BpmnWorkflow:
+        model: ParsedModel = _current_specs.model
+        dct["spec"] = None
+        dct.pop("subprocess_specs", None)
+        workflow = self.target_class(model.spec, model.subprocess_specs, deserializing=True)
+        dct.pop("spec")
+        from uuid import UUID
+
+        workflow.tasks = self.mapping_from_dict(dct["tasks"], UUID, workflow=workflow)
+        workflow.task_tree = workflow.tasks.get(UUID(dct["root"]))
+        self.set_default_attributes(workflow, dct)
+        self.subprocesses_from_dict(dct["subprocesses"], workflow)
+        workflow.bpmn_events = self.registry.restore(dct.pop("bpmn_events", []))
+        return workflow
+
+
+def _make_serializer() -> BpmnWorkflowSerializer:
+    config = dict(SPIFF_CONFIG)
+    config[BpmnWorkflow] = _SpecFreeWorkflowConverter
+    return BpmnWorkflowSerializer(BpmnWorkflowSerializer.configure(config))
+
+
+_SERIALIZER = _make_serializer()
+_SCRIPT_ENGINE = restricted_script_engine()
+_MODELS: dict[str, ParsedModel] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def content_hash(xml: str) -> str:
+    return hashlib.sha256(xml.encode("utf-8")).hexdigest()
+
+
+def parse_model(xml: str, process_id: str, filename: str = "model.bpmn") -> ParsedModel:
+    """Parse (and cache by content hash) one BPMN file's executable process."""
+    digest = content_hash(xml)
+    cached = _MODELS.get(digest)
+    if cached is not None and cached.process_id == process_id:
+        return cached
+    if "<!DOCTYPE" in xml or "<!ENTITY" in xml:
+        raise ModelError(f"{filename}: DOCTYPE/ENTITY declarations are not allowed")
+    parser = SpiffBpmnParser()
+    try:
+        tree = etree.fromstring(xml.encode("utf-8"), parser=etree.XMLParser(resolve_entities=False,
+                                                                              no_network=True))
+        parser.add_bpmn_xml(tree, filename=filename)
+        spec = parser.get_spec(process_id)
+        subprocess_specs = parser.get_subprocess_specs(process_id)
+    except ModelError:
+        raise
+    except Exception as exc:  # the library raises many types (ValidationException, KeyError, XML errors)
+        raise ModelError(f"{filename}: {exc}") from exc
+    model = ParsedModel(process_id, digest, spec, subprocess_specs, xml)
+    with _MODELS_LOCK:
+        _MODELS[digest] = model
+    return model
+
+
+def new_workflow(model: ParsedModel, data: dict[str, Any]) -> BpmnWorkflow:
+    workflow = BpmnWorkflow(model.spec, model.subprocess_specs, script_engine=_SCRIPT_ENGINE)
+    # Start data goes on the start task so every later task inherits it.
+    workflow.get_tasks(state=TaskState.READY)[0].data.update(data)
+    workflow.do_engine_steps()
+    return workflow
+
+
+@contextmanager
+def _using(model: ParsedModel) -> Iterator[None]:
+    _current_specs.model = model
+    try:
+        yield
+    finally:
+        _current_specs.model = None
+
+
+def dumps(workflow: BpmnWorkflow, model: ParsedModel) -> str:
+    with _using(model):
+        dct = _SERIALIZER.to_dict(workflow)
+    dct["format"] = STATE_FORMAT
+    return json.dumps(dct, cls=_SERIALIZER._encoder_cls, separators=(",", ":"))
+
+
+def loads(state: str, model: ParsedModel) -> BpmnWorkflow:
+    dct = json.loads(state, cls=_SERIALIZER.json_decoder_cls)
+    fmt = dct.pop("format", None)
+    if fmt != STATE_FORMAT:
+        raise ModelError(f"instance state format {fmt!r} is not {STATE_FORMAT!r}; refusing to migrate")
+    with _using(model):
+        workflow = _SERIALIZER.from_dict(dct)
+    workflow.script_engine = _SCRIPT_ENGINE
+    return workflow
+
+
+def ready_human_tasks(workflow: BpmnWorkflow) -> list[Task]:
+    return workflow.get_tasks(state=TaskState.READY, manual=True)
+
+
+def task_properties(task: Task) -> dict[str, str]:
+    return dict((getattr(task.task_spec, "extensions", None) or {}).get("properties", {}))
+
+
+def task_lane(task: Task) -> str | None:
+    return getattr(task.task_spec, "lane", None)
+
+
+def task_title(task: Task) -> str:
+    return task.task_spec.bpmn_name or task.task_spec.name

@@ -1,0 +1,476 @@
+"""Work-item lifecycle use cases: start an item's process, claim and complete its human tasks."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+from SpiffWorkflow.util.task import TaskState
+
+import bpmn
+import forms
+from engine import audit, spiff
+from engine.access import load_task_for, require_act, require_role
+from engine.calendar import WorkCalendar
+from engine.catalog import required_kinds
+from engine.errors import Conflict, DomainError, FormInvalid, GateUnmet, Invalid
+from engine.evidence import verify_artefact
+from engine.ledger import tally_item
+from storage.artefact_store import ArtefactStore
+from storage.models import (
+    CHANNELS,
+    MODES,
+    Artefact,
+    CalendarDay,
+    CalendarYear,
+    Contract,
+    Department,
+    GatePass,
+    HumanTask,
+    ProcessDefinition,
+    ProcessInstance,
+    ServiceLine,
+    User,
+    WorkItem,
+)
+
+
+@dataclass
+class Ctx:
+    """One use case's unit of work: the session (committed by the caller), the actor, the store."""
+
+    session: Session
+    user: User | None
+    request_id: str | None = None
+    store: ArtefactStore | None = None
+    now: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def actor(self) -> audit.Actor:
+        return audit.Actor.of(self.user, self.request_id)
+
+
+# ---------------------------------------------------------------- process definitions
+
+def current_definition(session: Session, process_id: str) -> ProcessDefinition:
+    """The definition new items start on; the shipped model is deployed on first use."""
+    definition = session.execute(
+        select(ProcessDefinition)
+        .where(ProcessDefinition.process_id == process_id, ProcessDefinition.is_current.is_(True))
+        .order_by(ProcessDefinition.id.desc()).limit(1)
+    ).scalar()
+    if definition is None:
+        definition = deploy_definition(session, process_id, bpmn.read_model(process_id),
+                                       f"{process_id}.bpmn", None)
+    return definition
+
+
+def deploy_definition(session: Session, process_id: str, xml: str, filename: str,
+                      user: User | None) -> ProcessDefinition:
+    model = spiff.parse_model(xml, process_id, filename)
+    existing = session.execute(select(ProcessDefinition).where(ProcessDefinition.sha256 == model.sha256)).scalar()
+    session.execute(update(ProcessDefinition).where(ProcessDefinition.process_id == process_id)
+                    .values(is_current=False))
+    if existing is not None:
+        existing.is_current = True
+        session.flush()
+        return existing
+    definition = ProcessDefinition(process_id=process_id, sha256=model.sha256, filename=filename,
+                                   bpmn_xml=xml, deployed_by_id=user.id if user else None, is_current=True)
+    session.add(definition)
+    session.flush()
+    return definition
+
+
+def model_of(definition: ProcessDefinition) -> spiff.ParsedModel:
+    return spiff.parse_model(definition.bpmn_xml, definition.process_id, definition.filename)
+
+
+# ---------------------------------------------------------------- calendar
+
+def work_calendar(session: Session) -> WorkCalendar:
+    overrides = {d.day: d.is_workday for d in session.scalars(select(CalendarDay))}
+    years = set(session.scalars(select(CalendarYear.year)))
+    return WorkCalendar(overrides=overrides, covered_years=years)
+
+
+# ---------------------------------------------------------------- items
+
+@dataclass
+class NewItem:
+    contract: str
+    service_line: str
+    name: str
+    code: str
+    department: str
+    channels: list[str]
+    mode: str
+    difficulty: Decimal = Decimal("1.00")
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+
+def _resolve_new_item(session: Session, spec: NewItem) -> tuple[Contract, ServiceLine, Department]:
+    errors: dict[str, list[str]] = {}
+    contract = session.execute(select(Contract).where(Contract.code == spec.contract)).scalar()
+    line = None
+    if contract is None:
+        errors["contract"] = [f"unknown contract {spec.contract!r}"]
+    else:
+        line = next((sl for sl in contract.service_lines if sl.code == spec.service_line), None)
+        if line is None:
+            errors["service_line"] = [f"contract {spec.contract} has no service line {spec.service_line!r}"]
+    department = session.execute(select(Department).where(Department.code == spec.department)).scalar()
+    if department is None:
+        errors["department"] = [f"unknown department {spec.department!r}"]
+    if spec.mode not in MODES:
+        errors["mode"] = [f"must be one of {list(MODES)}"]
+    if not spec.channels or len(set(spec.channels)) != len(spec.channels):
+        errors["channels"] = ["give one or more distinct channels"]
+    elif any(c not in CHANNELS for c in spec.channels):
+        errors["channels"] = [f"channels must be among {list(CHANNELS)}"]
+    elif line is not None and any(c not in line.channels for c in spec.channels):
+        errors["channels"] = [f"service line {line.code} is offered on {line.channels} only"]
+    if not (Decimal("0.1") <= spec.difficulty <= Decimal("5")):
+        errors["difficulty"] = ["must be between 0.1 and 5"]
+    if not spec.name.strip():
+        errors["name"] = ["must not be empty"]
+    if not spec.code.strip():
+        errors["code"] = ["must not be empty"]
+    if errors:
+        raise FormInvalid(errors, "The work item is not valid")
+    assert contract is not None and line is not None and department is not None
+    return contract, line, department
+
+
+def create_item(ctx: Ctx, spec: NewItem) -> WorkItem:
+    """Register a work item and start its process at once (PM)."""
+    assert ctx.user is not None
+    require_role(ctx.user, "pm", "admin")
+    contract, line, department = _resolve_new_item(ctx.session, spec)
+    item = WorkItem(
+        contract_id=contract.id, service_line_id=line.id, department_id=department.id, code=spec.code.strip(),
+        name=spec.name.strip(), channels=list(spec.channels), mode=spec.mode,
+        difficulty=spec.difficulty.quantize(Decimal("0.01")), attributes=dict(spec.attributes),
+        status="active", created_by_id=ctx.user.id, created_at=ctx.now,
+    )
+    item.contract, item.service_line, item.department = contract, line, department
+    ctx.session.add(item)
+    ctx.session.flush()
+    definition = current_definition(ctx.session, line.process_id)
+    model = model_of(definition)
+    start_data = {
+        "mode": item.mode, "channels": list(item.channels), "service_line": line.code,
+        "department": department.code, "attributes": dict(item.attributes),
+    }
+    start_data.update({k: v for k, v in item.attributes.items() if k in ("departments", "parts")})
+    workflow = spiff.new_workflow(model, start_data)
+    instance = ProcessInstance(item_id=item.id, definition_id=definition.id,
+                               state=spiff.dumps(workflow, model), version=1, status="running",
+                               next_timer_at=next_timer_at(workflow))
+    instance.definition = definition
+    ctx.session.add(instance)
+    ctx.session.flush()
+    audit.record(ctx.session, ctx.actor, "item.created", target_type="item", target_id=item.id,
+                 code=item.code, service_line=line.code, mode=item.mode, channels=item.channels,
+                 difficulty=str(item.difficulty), definition=definition.sha256[:12])
+    _sync_projection(ctx, instance, item, workflow, return_comment=None)
+    return item
+
+
+# ---------------------------------------------------------------- projection
+
+def _department_for(session: Session, item: WorkItem, task: Any, props: dict[str, str]) -> int:
+    var = props.get("department_var")
+    if var:
+        code = task.data.get(var)
+        if code:
+            dept = session.execute(select(Department).where(Department.code == str(code))).scalar()
+            if dept is not None:
+                return dept.id
+    return item.department_id
+
+
+def _sync_projection(ctx: Ctx, instance: ProcessInstance, item: WorkItem, workflow: Any,
+                     return_comment: str | None) -> list[HumanTask]:
+    """Make human_task rows mirror the READY manual tasks; returns the rows created."""
+    session = ctx.session
+    ready = {str(t.id): t for t in spiff.ready_human_tasks(workflow)}
+    open_rows = list(session.scalars(select(HumanTask).where(
+        HumanTask.instance_id == instance.id, HumanTask.status == "ready")))
+    for row in open_rows:
+        if row.spiff_task_id not in ready:
+            row.status = "cancelled"
+            row.completed_at = ctx.now
+    known = {row.spiff_task_id for row in open_rows}
+    created: list[HumanTask] = []
+    calendar = None
+    due_overrides = (item.contract.settings or {}).get("due_days", {})
+    for tid, task in ready.items():
+        if tid in known:
+            continue
+        props = spiff.task_properties(task)
+        lane = spiff.task_lane(task) or "implementer"
+        due_at = warning = None
+        due_days = due_overrides.get(task.task_spec.name, props.get("due_days"))
+        if due_days:
+            calendar = calendar or work_calendar(session)
+            deadline = calendar.add_working_days(ctx.now, int(due_days))
+            due_at = deadline.due_at
+            warning = "; ".join(deadline.warnings) or None
+        row = HumanTask(
+            instance_id=instance.id, item_id=item.id, spiff_task_id=tid, spec_name=task.task_spec.name,
+            title=spiff.task_title(task), lane=lane, role=lane,
+            department_id=_department_for(session, item, task, props), form=props.get("form", "design"),
+            gate=props.get("gate"), stage=props.get("stage"), review_of=props.get("review_of"),
+            status="ready", due_at=due_at, due_warning=warning, return_comment=return_comment,
+            created_at=ctx.now,
+        )
+        session.add(row)
+        created.append(row)
+    session.flush()
+    stages = [spiff.task_properties(t).get("stage") for t in ready.values()]
+    if workflow.is_completed():
+        item.stage = "done"
+    elif stages:
+        item.stage = next((s for s in stages if s), item.stage)
+    return created
+
+
+# ---------------------------------------------------------------- claim
+
+def claim(ctx: Ctx, task_id: int) -> HumanTask:
+    assert ctx.user is not None
+    task = load_task_for(ctx.session, ctx.user, task_id)
+    require_act(ctx.user, task)
+    if task.status != "ready":
+        raise Conflict(f"task {task_id} is no longer open", code="task_not_ready")
+    if task.assignee_id == ctx.user.id:
+        return task
+    # Compare-and-set on the assignee so two people claiming at once cannot both win.
+    result = ctx.session.execute(
+        update(HumanTask).where(HumanTask.id == task.id, HumanTask.status == "ready",
+                                HumanTask.assignee_id.is_(None))
+        .values(assignee_id=ctx.user.id, claimed_at=ctx.now).execution_options(synchronize_session=False))
+    if result.rowcount != 1:
+        raise Conflict(f"task {task_id} is claimed by someone else", code="claimed_by_other")
+    ctx.session.refresh(task)
+    audit.record(ctx.session, ctx.actor, "task.claimed", target_type="task", target_id=task.id, item_id=task.item_id)
+    return task
+
+
+def unclaim(ctx: Ctx, task_id: int) -> HumanTask:
+    assert ctx.user is not None
+    task = load_task_for(ctx.session, ctx.user, task_id)
+    if task.assignee_id is None:
+        return task
+    if task.assignee_id != ctx.user.id and ctx.user.role not in ("pm", "admin"):
+        raise Conflict(f"task {task_id} is held by someone else", code="claimed_by_other")
+    task.assignee_id = None
+    task.claimed_at = None
+    audit.record(ctx.session, ctx.actor, "task.unclaimed", target_type="task", target_id=task.id,
+                 item_id=task.item_id)
+    return task
+
+
+def hand_over(ctx: Ctx, task_id: int, to_username: str) -> HumanTask:
+    assert ctx.user is not None
+    task = load_task_for(ctx.session, ctx.user, task_id)
+    if task.status != "ready":
+        raise Conflict(f"task {task_id} is no longer open", code="task_not_ready")
+    if task.assignee_id not in (None, ctx.user.id) and ctx.user.role not in ("pm", "admin"):
+        raise Conflict(f"task {task_id} is held by someone else", code="claimed_by_other")
+    target = ctx.session.execute(select(User).where(User.username == to_username)).scalar()
+    if target is None or not target.active:
+        raise Invalid(f"no active user {to_username!r}", code="unknown_user")
+    require_act(target, task)
+    task.assignee_id = target.id
+    task.claimed_at = ctx.now
+    audit.record(ctx.session, ctx.actor, "task.handed_over", target_type="task", target_id=task.id,
+                 item_id=task.item_id, to=target.username)
+    return task
+
+
+# ---------------------------------------------------------------- gates
+
+@dataclass
+class GateStatus:
+    kind: str
+    artefact: Artefact | None
+
+
+def gate_requirements(session: Session, item: WorkItem, gate: str | None) -> list[GateStatus]:
+    kinds = required_kinds(item.service_line.gates, gate, mode=item.mode, channels=list(item.channels),
+                           attributes=item.attributes or {})
+    if not kinds:
+        return []
+    latest: dict[str, Artefact] = {}
+    rows = session.scalars(select(Artefact).where(Artefact.item_id == item.id, Artefact.kind.in_(kinds),
+                                                  Artefact.status == "stored").order_by(Artefact.id))
+    for row in rows:
+        latest[row.kind] = row
+    return [GateStatus(kind, latest.get(kind)) for kind in kinds]
+
+
+def check_gate(ctx: Ctx, item: WorkItem, gate: str | None) -> list[GateStatus]:
+    """Every required artefact must exist and match its stored size and hash in the object store."""
+    statuses = gate_requirements(ctx.session, item, gate)
+    missing = [s.kind for s in statuses if s.artefact is None]
+    if ctx.store is not None:
+        for s in statuses:
+            if s.artefact is not None and not verify_artefact(ctx.store, s.artefact):
+                missing.append(s.kind)
+    if missing:
+        raise GateUnmet(missing)
+    return statuses
+
+
+# ---------------------------------------------------------------- complete
+
+def _load_instance(session: Session, item_id: int) -> ProcessInstance:
+    instance = session.execute(select(ProcessInstance).where(ProcessInstance.item_id == item_id)).scalar_one()
+    return instance
+
+
+def save_instance(ctx: Ctx, instance: ProcessInstance, workflow: Any, model: spiff.ParsedModel) -> None:
+    """Compare-and-set write of the instance state; the loser of a race gets 409."""
+    state = spiff.dumps(workflow, model)
+    expected = instance.version
+    try:
+        result = ctx.session.execute(
+            update(ProcessInstance)
+            .where(ProcessInstance.id == instance.id, ProcessInstance.version == expected)
+            .values(state=state, version=expected + 1, updated_at=ctx.now, next_timer_at=next_timer_at(workflow),
+                    status="completed" if workflow.is_completed() else "running")
+            .execution_options(synchronize_session=False))
+    except OperationalError as exc:  # SQLite: another writer holds the database
+        if "locked" in str(exc).lower():
+            raise Conflict("the item changed while you were working; reload and try again") from exc
+        raise
+    if result.rowcount != 1:
+        raise Conflict("the item changed while you were working; reload and try again", code="version_conflict")
+    instance.state = state
+    instance.version = expected + 1
+    instance.status = "completed" if workflow.is_completed() else "running"
+
+
+def complete_task(ctx: Ctx, task_id: int, data: Any) -> HumanTask:
+    """Load, check caller and gate, validate, run, step, persist (CAS), project, audit — one transaction."""
+    assert ctx.user is not None
+    session = ctx.session
+    task = load_task_for(session, ctx.user, task_id)
+    require_act(ctx.user, task)
+    if task.status != "ready":
+        raise Conflict(f"task {task_id} is no longer open", code="task_not_ready")
+    if task.assignee_id is not None and task.assignee_id != ctx.user.id:
+        raise Conflict(f"task {task_id} is claimed by someone else", code="claimed_by_other")
+    clean, errors = forms.load_form(task.form, data)
+    if errors:
+        raise FormInvalid(errors)
+    item = task.item
+    if item.status != "active":
+        raise Conflict(f"item {item.id} is {item.status}", code="item_not_active")
+    statuses = check_gate(ctx, item, task.gate)
+    _separation_of_duties(ctx, task, statuses)
+
+    instance = _load_instance(session, item.id)
+    model = model_of(instance.definition)
+    workflow = spiff.loads(instance.state, model)
+    from uuid import UUID
+
+    spiff_task = workflow.get_task_from_id(UUID(task.spiff_task_id))
+    if spiff_task is None or spiff_task.state != TaskState.READY:
+        raise Conflict(f"task {task_id} is no longer ready", code="task_not_ready")
+    spiff_task.data.update(clean)
+    try:
+        spiff_task.run()
+        workflow.do_engine_steps()
+    except DomainError:
+        raise
+    except Exception as exc:  # a model error at run time must not leave a half-done instance
+        raise DomainError(f"the process could not advance: {exc}", code="process_error", status=422) from exc
+    save_instance(ctx, instance, workflow, model)
+
+    task.status = "completed"
+    task.completed_at = ctx.now
+    task.completed_by_id = ctx.user.id
+    task.assignee_id = task.assignee_id or ctx.user.id
+    task.data = clean
+    for s in statuses:
+        assert s.artefact is not None
+        session.add(GatePass(item_id=item.id, task_id=task.id, gate=task.gate or "", kind=s.kind,
+                             artefact_id=s.artefact.id, passed_at=ctx.now))
+    if task.form == "difficulty_confirmation":
+        old = item.difficulty
+        item.difficulty = Decimal(clean["difficulty"]).quantize(Decimal("0.01"))
+        audit.record(session, ctx.actor, "item.difficulty_set", target_type="item", target_id=item.id,
+                     old=str(old), new=str(item.difficulty), note=clean.get("complexity_note"))
+    returned = clean.get("decision") == "return"
+    audit.record(session, ctx.actor, "task.completed", target_type="task", target_id=task.id, item_id=item.id,
+                 task=task.spec_name, decision=clean.get("decision"), comment=clean.get("comment"),
+                 artefacts=[s.artefact.id for s in statuses if s.artefact is not None])
+    _sync_projection(ctx, instance, item, workflow, return_comment=clean.get("comment") if returned else None)
+    if workflow.is_completed():
+        item.status = "completed"
+        item.completed_at = ctx.now
+        audit.record(session, ctx.actor, "item.completed", target_type="item", target_id=item.id)
+        tally_item(session, ctx.actor, item, ctx.now)
+    session.flush()
+    return task
+
+
+def _separation_of_duties(ctx: Ctx, task: HumanTask, statuses: list[GateStatus]) -> None:
+    """The user who submitted a deliverable never approves it."""
+    assert ctx.user is not None
+    if task.form != "review" or not task.review_of:
+        return
+    submitter = ctx.session.execute(
+        select(HumanTask.completed_by_id).where(HumanTask.item_id == task.item_id,
+                                                HumanTask.gate == task.review_of,
+                                                HumanTask.status == "completed")
+        .order_by(HumanTask.id.desc()).limit(1)).scalar()
+    if submitter == ctx.user.id:
+        raise DomainError("you submitted this deliverable and cannot approve it", code="separation_of_duties",
+                          status=403)
+
+
+# ---------------------------------------------------------------- timers
+
+def next_timer_at(workflow: Any) -> datetime | None:
+    """The earliest due time among waiting timer events, so `tick` only loads instances that are due."""
+    due: list[datetime] = []
+    for task in workflow.get_tasks(state=TaskState.WAITING):
+        event_def = getattr(task.task_spec, "event_definition", None)
+        if event_def is None or "Timer" not in type(event_def).__name__:
+            continue
+        value = task._get_internal_data("event_value")
+        if isinstance(value, str):
+            try:
+                due.append(datetime.fromisoformat(value))
+            except ValueError:
+                continue
+    aware = [d if d.tzinfo else d.replace(tzinfo=UTC) for d in due]
+    return min(aware) if aware else None
+
+
+def advance_timers(session: Session, instance: ProcessInstance, now: datetime) -> int:
+    """Refresh waiting timers of one (locked) instance and persist; returns 1 when anything fired."""
+    model = model_of(instance.definition)
+    workflow = spiff.loads(instance.state, model)
+    before = {str(t.id) for t in workflow.get_tasks(state=TaskState.WAITING)}
+    workflow.refresh_waiting_tasks()
+    workflow.do_engine_steps()
+    after = {str(t.id) for t in workflow.get_tasks(state=TaskState.WAITING)}
+    item = session.get(WorkItem, instance.item_id)
+    assert item is not None
+    ctx = Ctx(session=session, user=None, now=now)
+    save_instance(ctx, instance, workflow, model)
+    _sync_projection(ctx, instance, item, workflow, return_comment=None)
+    fired = before - after
+    if fired:
+        audit.record(session, audit.SYSTEM, "timer.fired", target_type="item", target_id=item.id,
+                     tasks=sorted(fired))
+    return 1 if fired else 0

@@ -1,0 +1,221 @@
+"""Shared pytest set-up: real SQLite and PostgreSQL databases, a real S3 server, app and client helpers.
+
+Isolation: HTTP tests commit for real (the app commits per request), so each test starts from empty tables
+(truncated before the test) instead of a rolled-back transaction.
+"""
+from __future__ import annotations
+
+import io
+import os
+import secrets
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy import delete
+
+# The schemathesis pytest plugin imports schemathesis._hypothesis inside every test call, and that module
+# reads the deprecated jsonschema.RefResolutionError. Under `-W error` that import fails in every test;
+# importing it once here, with that warning silenced, lets the plugin find it loaded.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    import schemathesis._hypothesis  # noqa: F401
+
+pytest_plugins = ["tests.s3_fixtures"]
+
+PG_ADMIN_DSN = os.environ.get("ITEMGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+BACKENDS = ["sqlite", "postgresql"]
+
+
+def _pg_url(dbname: str) -> str:
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0]
+    return f"{base}/{dbname}"
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped at the end."""
+    name = f"itemgate_test_{os.getpid()}_{secrets.token_hex(3)}"
+    try:
+        admin = psycopg.connect(PG_ADMIN_DSN, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is required for the suite ({PG_ADMIN_DSN}): {exc}")
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    yield _pg_url(name)
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def make_app(database_url: str, s3_server: Any, bucket: str, **overrides: Any) -> Any:
+    from flask_migrate import upgrade
+
+    from api.app import create_app
+    from api.config import load_settings
+    from storage.artefact_store import ArtefactStore
+
+    settings = load_settings({}, testing=True, database_url=database_url, s3_endpoint=s3_server.endpoint,
+                             s3_access_key=s3_server.access_key, s3_secret_key=s3_server.secret_key,
+                             s3_bucket=bucket, log_json=False, **overrides)
+    store = ArtefactStore(s3_server.endpoint, s3_server.access_key, s3_server.secret_key, bucket)
+    store.ensure_bucket()
+    app = create_app(settings, store=store)
+    with app.app_context():
+        upgrade(revision="heads")
+    return app
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def _apps(tmp_path_factory: pytest.TempPathFactory, s3_server: Any) -> dict[str, Any]:
+    return {}
+
+
+@pytest.fixture(scope="session")
+def app_for_backend(backend: str, _apps: dict[str, Any], tmp_path_factory: pytest.TempPathFactory,
+                    s3_server: Any, request: pytest.FixtureRequest) -> Any:
+    if backend not in _apps:
+        if backend == "sqlite":
+            url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'itemgate.db'}"
+        else:
+            url = request.getfixturevalue("pg_database")
+        _apps[backend] = make_app(url, s3_server, f"itemgate-{backend}")
+    return _apps[backend]
+
+
+def truncate_all(app: Any) -> None:
+    from api.extensions import db
+    from storage.models import Base
+
+    with app.app_context():
+        db.session.remove()
+        for table in reversed(Base.metadata.sorted_tables):
+            db.session.execute(delete(table))
+        db.session.commit()
+
+
+@pytest.fixture
+def app(app_for_backend: Any) -> Iterator[Any]:
+    truncate_all(app_for_backend)
+    with app_for_backend.app_context():
+        yield app_for_backend
+    from api.extensions import db
+
+    with app_for_backend.app_context():
+        db.session.remove()
+
+
+@pytest.fixture
+def client(app: Any) -> Any:
+    return app.test_client()
+
+
+@pytest.fixture
+def store(app: Any) -> Any:
+    return app.extensions["itemgate_store"]
+
+
+# ---------------------------------------------------------------- factories and action helpers
+
+PASSWORD = "correct-horse-battery"  # noqa: S105
+
+
+class World:
+    """A loaded demo-like contract with users per role; helpers act as those users over HTTP."""
+
+    def __init__(self, app: Any, client: Any):
+        self.app = app
+        self.client = client
+        self.tokens: dict[str, str] = {}
+
+    def user(self, username: str, role: str, department: str | None = None) -> None:
+        from api.extensions import db
+        from api.rest.core import create_user
+
+        create_user(username, PASSWORD, role, department)
+        db.session.commit()
+
+    def headers(self, username: str) -> dict[str, str]:
+        if username not in self.tokens:
+            r = self.client.post("/api/v1/auth/token", json={"username": username, "password": PASSWORD})
+            assert r.status_code == 200, r.get_json()
+            self.tokens[username] = r.get_json()["token"]
+        return {"Authorization": f"Bearer {self.tokens[username]}"}
+
+    def get(self, username: str, url: str, **kw: Any) -> Any:
+        return self.client.get(url, headers=self.headers(username), **kw)
+
+    def post(self, username: str, url: str, **kw: Any) -> Any:
+        return self.client.post(url, headers=self.headers(username), **kw)
+
+    def new_item(self, code: str = "SH-T-1", mode: str = "new", channels: list[str] | None = None,
+                 department: str = "DA", line: str = "1", attributes: dict[str, Any] | None = None,
+                 difficulty: float = 1.0) -> dict[str, Any]:
+        r = self.post("pm", "/api/v1/items", json={
+            "contract": "SH-YWTB-2025", "service_line": line, "name": f"事项 {code}", "code": code,
+            "department": department, "channels": channels or ["pc", "mobile"], "mode": mode,
+            "difficulty": difficulty, "attributes": attributes or {}})
+        assert r.status_code == 201, r.get_json()
+        return r.get_json()
+
+    def open_tasks(self, item_id: int) -> list[dict[str, Any]]:
+        r = self.get("pm", f"/api/v1/items/{item_id}")
+        assert r.status_code == 200
+        return [t for t in r.get_json()["tasks"] if t["status"] == "ready"]
+
+    def task_named(self, item_id: int, name: str) -> dict[str, Any]:
+        tasks = [t for t in self.open_tasks(item_id) if t["name"] == name]
+        assert tasks, f"no open task {name}; open: {[t['name'] for t in self.open_tasks(item_id)]}"
+        return tasks[0]
+
+    def upload(self, username: str, item_id: int, kind: str, body: bytes | None = None,
+               filename: str | None = None) -> Any:
+        from api.demo import demo_pdf
+
+        data = {"kind": kind, "file": (io.BytesIO(body if body is not None else demo_pdf(kind)),
+                                       filename or f"{kind}.pdf")}
+        return self.post(username, f"/api/v1/items/{item_id}/artefacts", data=data,
+                         content_type="multipart/form-data")
+
+    def complete(self, username: str, task_id: int, data: dict[str, Any] | None = None) -> Any:
+        return self.post(username, f"/api/v1/tasks/{task_id}/complete", json={"data": data or {}})
+
+    def complete_task_as(self, username: str, item_id: int, name: str, data: dict[str, Any] | None = None,
+                         upload_missing: bool = True) -> dict[str, Any]:
+        """Upload whatever the gate still needs, then complete; asserts success."""
+        task = self.task_named(item_id, name)
+        if upload_missing:
+            detail = self.get(username, f"/api/v1/tasks/{task['id']}").get_json()
+            for req in detail["required_artefacts"]:
+                if not req["present"]:
+                    r = self.upload(username, item_id, req["kind"])
+                    assert r.status_code == 201, r.get_json()
+        r = self.complete(username, task["id"], data)
+        assert r.status_code == 200, r.get_json()
+        return r.get_json()
+
+
+@pytest.fixture
+def world(app: Any, client: Any) -> World:
+    from api.extensions import db
+    from bpmn import CATALOG_DIR
+    from engine.catalog import load_catalog_file
+
+    load_catalog_file(db.session, CATALOG_DIR / "shanghai.toml")
+    db.session.commit()
+    w = World(app, client)
+    w.user("impl", "implementer")
+    w.user("impl2", "implementer")
+    w.user("rev_a", "dept_reviewer", "DA")
+    w.user("rev_b", "dept_reviewer", "DB")
+    w.user("pm", "pm")
+    w.user("auditor", "auditor")
+    w.user("buyer", "buyer")
+    w.user("admin", "admin")
+    return w
