@@ -27,6 +27,8 @@ def create_app(settings: Settings | None = None, *, store: Any = None) -> Flask:
     register_db(app, settings)
     register_store(app, settings, store)
     register_request_context(app)
+    register_authz(app)
+    register_limits(app)
     register_api(app)
     register_health(app)
     register_web(app)
@@ -158,6 +160,24 @@ def register_request_context(app: Flask) -> None:
     def _cleanup(exc: BaseException | None) -> None:
         if exc is not None:
             db.session.rollback()
+        # Uploaded files spool to temp files; close them even when the request failed before reading them.
+        if "files" in request.__dict__:
+            for upload in request.files.values():
+                upload.close()
+
+
+def register_authz(app: Flask) -> None:
+    """Deny by default: every endpoint is looked up in the matrix (engine/policy.py) before its view runs."""
+    from api.authz import register as register_authz_hook
+
+    register_authz_hook(app)
+
+
+def register_limits(app: Flask) -> None:
+    """JSON bodies bounded in size and depth (4xx, never 500); Retry-After on 429."""
+    from api.limits import register as register_limit_hooks
+
+    register_limit_hooks(app)
 
 
 def register_api(app: Flask) -> None:
@@ -168,6 +188,12 @@ def register_api(app: Flask) -> None:
     api.spec.options["security"] = [{"bearer": []}]
     api.register_blueprint(core.blp)
     api.register_blueprint(workload.blp)
+    from api.rest import settlements
+
+    api.register_blueprint(settlements.blp)
+    from api.rest import operations
+
+    api.register_blueprint(operations.blp)
 
 
 def register_health(app: Flask) -> None:

@@ -36,10 +36,41 @@ def _app(require_secret: bool = False, **overrides: Any) -> Flask:
 def app_context(**overrides: Any) -> Iterator[Flask]:
     app = _app(**overrides)
     with app.app_context():
-        yield app
+        try:
+            yield app
+        finally:
+            # A command is one process-lifetime use: close pooled connections rather than leave them
+            # to the garbage collector (and to a PostgreSQL server waiting for them).
+            from api.extensions import db as database
+
+            database.session.remove()
+            database.engine.dispose()
+            store = app.extensions.get("itemgate_store")
+            if store is not None and hasattr(store, "close"):
+                store.close()
 
 
-@click.group(help="ItemGate: onboarding government service work, gate by gate, until it is billable.")
+class _AuthorizedGroup(click.Group):
+    """Looks every command up in the authorization matrix before running it (deny by default)."""
+
+    group_class = type  # sub-groups check their commands too
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+        name, command, rest = super().resolve_command(ctx, args)
+        if command is not None and not isinstance(command, click.Group) and not ctx.resilient_parsing:
+            from api.authz import check_cli
+
+            path = []
+            parent: click.Context | None = ctx
+            while parent is not None and parent.parent is not None:
+                path.append(parent.info_name or "")
+                parent = parent.parent
+            check_cli(" ".join([*reversed(path), command.name or name or ""]))
+        return name, command, rest
+
+
+@click.group(cls=_AuthorizedGroup,
+             help="ItemGate: onboarding government service work, gate by gate, until it is billable.")
 def main() -> None:
     pass
 
@@ -238,6 +269,14 @@ def tick() -> None:
 def register_flask_commands(app: Flask) -> None:
     """Nothing extra on `flask`: the `itemgate` script is the command line."""
 
+
+# Trust commands (authz table, audit verify/prune, fsck) live in their own module; importing it here adds
+# them to `main` (the import is at the end because that module imports `main` from this one).
+import api.cli_trust  # noqa: E402, F401, I001
+# Process deploy and bulk intake (issue 3), added to `main` the same way.
+import api.cli_kinds  # noqa: E402, F401, I001
+# Ledger reversal and evidence bundle/verify (issue 5), added to `main` the same way.
+import api.cli_settlement  # noqa: E402, F401, I001
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -19,7 +19,7 @@ class Settings:
     secret_key: str = ""                               # ITEMGATE_SECRET_KEY (required outside tests)
     s3_endpoint: str | None = None                     # ITEMGATE_S3_ENDPOINT; unset → `serve` starts weed
     s3_access_key: str = "itemgate"                    # ITEMGATE_S3_ACCESS_KEY
-    s3_secret_key: str = "itemgate-secret"             # ITEMGATE_S3_SECRET_KEY
+    s3_secret_key: str = "itemgate-secret"  # noqa: S105  ITEMGATE_S3_SECRET_KEY (embedded dev default)
     s3_bucket: str = "itemgate"                        # ITEMGATE_S3_BUCKET
     max_upload_mb: int = 200                           # ITEMGATE_MAX_UPLOAD_MB
     data_dir: str = "var"                              # ITEMGATE_DATA_DIR (embedded S3 data, logs)
@@ -28,6 +28,11 @@ class Settings:
     secure_cookies: bool = False                       # ITEMGATE_SECURE_COOKIES (set 1 behind HTTPS)
     tick_seconds: int = 60                             # ITEMGATE_TICK_SECONDS (serve's timer loop)
     log_json: bool = True                              # ITEMGATE_LOG_JSON
+    audit_retention_days: int = 180                    # ITEMGATE_AUDIT_RETENTION_DAYS (at least 180)
+    orphan_grace_hours: int = 24                       # ITEMGATE_ORPHAN_GRACE_HOURS (fsck --repair)
+    login_max_failures: int = 5                        # ITEMGATE_LOGIN_MAX_FAILURES per user+IP per window
+    login_window_seconds: int = 300                    # ITEMGATE_LOGIN_WINDOW_SECONDS
+    max_json_kb: int = 256                             # ITEMGATE_MAX_JSON_KB (JSON request bodies)
     testing: bool = False
     extra: dict = field(default_factory=dict)
 
@@ -69,6 +74,11 @@ def load_settings(env: dict[str, str] | None = None, *, testing: bool = False, *
         secure_cookies=_bool(env.get("ITEMGATE_SECURE_COOKIES"), False),
         tick_seconds=_int(env, "ITEMGATE_TICK_SECONDS", 60),
         log_json=_bool(env.get("ITEMGATE_LOG_JSON"), True),
+        audit_retention_days=_int(env, "ITEMGATE_AUDIT_RETENTION_DAYS", 180),
+        orphan_grace_hours=_int(env, "ITEMGATE_ORPHAN_GRACE_HOURS", 24),
+        login_max_failures=_int(env, "ITEMGATE_LOGIN_MAX_FAILURES", 5),
+        login_window_seconds=_int(env, "ITEMGATE_LOGIN_WINDOW_SECONDS", 300),
+        max_json_kb=_int(env, "ITEMGATE_MAX_JSON_KB", 256),
         testing=testing,
     )
     values.update(overrides)
@@ -77,6 +87,10 @@ def load_settings(env: dict[str, str] | None = None, *, testing: bool = False, *
             values["secret_key"] = secrets.token_hex(32)
         else:
             raise ConfigError("ITEMGATE_SECRET_KEY is required (set it to a long random string)")
+    if values["audit_retention_days"] < 180:
+        raise ConfigError("ITEMGATE_AUDIT_RETENTION_DAYS must be at least 180 (audit records are kept 6 months)")
+    if values["orphan_grace_hours"] < 1:
+        raise ConfigError("ITEMGATE_ORPHAN_GRACE_HOURS must be at least 1")
     if values["max_upload_mb"] <= 0:
         raise ConfigError("ITEMGATE_MAX_UPLOAD_MB must be positive")
     return Settings(**values)

@@ -133,7 +133,8 @@ def load_demo(app: Flask, store: Any, echo: Callable[[str], None] = print) -> No
         for n in range(steps):
             overrides = None
             if with_return and n == 3:
-                overrides = {"confirm_survey": {"decision": "return", "comment": "事项梳理清单缺少办理材料字段，请补充"}}
+                comment = "事项梳理清单缺少办理材料字段，请补充"
+                overrides = {"confirm_survey": {"decision": "return", "comment": comment}}
             if not driver.step(item, overrides):
                 break
         echo(f"  {code} {name}: {item.status} / {item.stage}")

@@ -1,53 +1,61 @@
-"""Who may see and do what: the authorisation rules, kept in one place and used by every loader."""
+"""Who may see and do what: loaders and row scopes that apply the matrix in engine/policy.py."""
 from __future__ import annotations
 
 from sqlalchemy import ColumnElement, false, or_, select, true
 from sqlalchemy.orm import Session
 
 from engine.errors import Forbidden, NotFound
+from engine.policy import ALL, DEPARTMENT, LANE, authorize, scope_of
 from storage.models import HumanTask, User, WorkItem
 
-# Roles that see every item of every department (read access); the others are scoped.
-SEE_ALL = {"pm", "auditor", "buyer", "admin", "implementer"}
+__all__ = ["authorize", "item_scope", "load_item_for", "load_task_for", "may_act_on", "require_act",
+           "require_role", "task_scope"]
 
 
-def item_scope(user: User) -> ColumnElement[bool]:
-    """A WHERE clause limiting work items to the ones this user may see."""
-    if user.role in SEE_ALL:
+def item_scope(user: User, action: str = "item.read") -> ColumnElement[bool]:
+    """A WHERE clause limiting work items to the ones this user may reach for `action`."""
+    scope = scope_of(user.role, action)
+    if scope == ALL:
         return true()
-    if user.role == "dept_reviewer" and user.department_id is not None:
+    if scope == DEPARTMENT and user.department_id is not None:
         # A reviewer also sees items where their department has a task (one-things span departments).
         linked = select(HumanTask.item_id).where(HumanTask.department_id == user.department_id)
         return or_(WorkItem.department_id == user.department_id, WorkItem.id.in_(linked))
     return false()
 
 
-def load_item_for(session: Session, user: User, item_id: int) -> WorkItem:
-    """The item, if the user may see it; otherwise 404 so existence is not revealed."""
-    item = session.execute(select(WorkItem).where(WorkItem.id == item_id, item_scope(user))).scalar()
+def load_item_for(session: Session, user: User, item_id: int, action: str = "item.read") -> WorkItem:
+    """The item, if the user may reach it for `action`; 403 for a role never granted it, else 404 so
+    existence is not revealed."""
+    authorize(user, action)
+    item = session.execute(select(WorkItem).where(WorkItem.id == item_id, item_scope(user, action))).scalar()
     if item is None:
         raise NotFound(f"work item {item_id} not found")
     return item
 
 
-def task_scope(user: User) -> ColumnElement[bool]:
-    if user.role in SEE_ALL:
+def task_scope(user: User, action: str = "task.read") -> ColumnElement[bool]:
+    scope = scope_of(user.role, action)
+    if scope == ALL:
         return true()
-    if user.role == "dept_reviewer" and user.department_id is not None:
+    if scope == DEPARTMENT and user.department_id is not None:
         return HumanTask.department_id == user.department_id
     return false()
 
 
-def load_task_for(session: Session, user: User, task_id: int) -> HumanTask:
+def load_task_for(session: Session, user: User, task_id: int, action: str = "task.read") -> HumanTask:
+    authorize(user, "task.read")
     task = session.execute(select(HumanTask).where(HumanTask.id == task_id, task_scope(user))).scalar()
     if task is None:
         raise NotFound(f"task {task_id} not found")
+    if action != "task.read":
+        authorize(user, action)
     return task
 
 
-def may_act_on(user: User, task: HumanTask) -> bool:
+def may_act_on(user: User, task: HumanTask, action: str = "task.complete") -> bool:
     """Whether the user holds the role (and department) the task's lane asks for."""
-    if user.role != task.role:
+    if scope_of(user.role, action) != LANE or user.role != task.role:
         return False
     if task.department_id is not None and user.department_id is not None:
         return user.department_id == task.department_id
@@ -55,11 +63,12 @@ def may_act_on(user: User, task: HumanTask) -> bool:
     return not (user.role == "dept_reviewer" and task.department_id is not None)
 
 
-def require_act(user: User, task: HumanTask) -> None:
-    if not may_act_on(user, task):
+def require_act(user: User, task: HumanTask, action: str = "task.complete") -> None:
+    if not may_act_on(user, task, action):
         raise Forbidden(f"task {task.id} is for role {task.role}; you are {user.role}", code="not_your_task")
 
 
 def require_role(user: User, *roles: str) -> None:
+    """Legacy role check; prefer authorize(user, action) so the matrix stays the one source."""
     if user.role not in roles:
         raise Forbidden(f"this needs one of the roles {', '.join(roles)}", code="role_required")

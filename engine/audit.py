@@ -3,15 +3,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import event as sa_event
 from sqlalchemy import select, text
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from storage.models import AuditEvent, User
+from storage.models import AuditCheckpoint, AuditEvent, User
 
 GENESIS = "0" * 64
 # Any constant works; all writers of the chain take the same transaction-scoped lock.
@@ -37,7 +40,7 @@ class Actor:
 SYSTEM = Actor(None, "system", "system")
 
 
-def _canonical(event: AuditEvent) -> bytes:
+def _canonical(event: Any) -> bytes:
     at = event.at.astimezone(UTC).isoformat(timespec="microseconds")
     body = {
         "at": at, "user_id": event.user_id, "username": event.username, "role": event.role,
@@ -47,7 +50,7 @@ def _canonical(event: AuditEvent) -> bytes:
     return json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str).encode()
 
 
-def event_hash(prev_hash: str, event: AuditEvent) -> str:
+def event_hash(prev_hash: str, event: Any) -> str:
     return hashlib.sha256(prev_hash.encode() + b"\n" + _canonical(event)).hexdigest()
 
 
@@ -63,6 +66,10 @@ def record(session: Session, actor: Actor, event_type: str, *, target_type: str 
     """Append one event to the chain (flushes; the caller's transaction commits it)."""
     _lock_chain(session)
     prev = session.execute(select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1)).scalar()
+    if prev is None:
+        # Empty table: the chain goes on from the latest prune checkpoint, if any.
+        prev = session.execute(select(AuditCheckpoint.last_hash).order_by(AuditCheckpoint.id.desc())
+                               .limit(1)).scalar()
     event = AuditEvent(
         at=datetime.now(UTC), user_id=actor.user_id, username=actor.username, role=actor.role,
         event_type=event_type, target_type=target_type,
@@ -87,18 +94,93 @@ class ChainReport:
         return self.first_broken_id is None
 
 
-def verify_chain(events: Iterable[AuditEvent]) -> ChainReport:
-    """Walk the chain in id order; name the first event whose link or content does not match."""
-    prev = None
+def verify_chain(events: Iterable[Any], start_hash: str | None = GENESIS) -> ChainReport:
+    """Walk the chain in id order; name the first event whose link or content does not match.
+
+    `start_hash` is what the first event must point at: GENESIS for a whole chain, a checkpoint's last hash
+    for a pruned one, or None to accept any start (a slice of the chain)."""
+    prev = start_hash
     count = 0
     for event in events:
         count += 1
         if prev is not None and event.prev_hash != prev:
-            return ChainReport(count, event.id, "prev_hash does not match the previous event's hash")
-        if prev is None and event.prev_hash != GENESIS and count == 1:
-            # A pruned chain starts at an exported checkpoint; accept its recorded predecessor.
-            pass
+            what = "the previous event's hash" if count > 1 else (
+                "the genesis hash" if prev == GENESIS else "the prune checkpoint's last hash")
+            return ChainReport(count, event.id, f"prev_hash does not match {what}")
         if event_hash(event.prev_hash, event) != event.hash:
             return ChainReport(count, event.id, "content does not match its hash")
         prev = event.hash
     return ChainReport(count, None, None)
+
+
+# ---------------------------------------------------------------- append-only guard
+
+class AuditTampering(RuntimeError):
+    """The application tried to change or remove audit rows outside `itemgate audit prune`."""
+
+
+_ALLOW_PRUNE = "itemgate_allow_audit_prune"
+_AUDIT_WRITE = re.compile(r"^\s*(update|delete\s+from|truncate(\s+table)?)\s+\"?audit_events\b", re.IGNORECASE)
+
+
+def allow_prune(session: Session) -> None:
+    """Open the controlled way to delete audit rows for the current transaction only (prune, test cleanup).
+
+    On PostgreSQL the trigger from migration 0004_trust checks the same transaction-local setting."""
+    connection = session.connection()
+    connection.info[_ALLOW_PRUNE] = True
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SET LOCAL itemgate.allow_prune = 'on'"))
+
+
+@sa_event.listens_for(Engine, "before_cursor_execute")
+def _refuse_audit_writes(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+    # Every statement the application sends passes here, ORM flushes and raw SQL alike.
+    match = _AUDIT_WRITE.match(statement)
+    if match is None:
+        return
+    if match.group(1).lower().startswith("update") or not conn.info.get(_ALLOW_PRUNE):
+        raise AuditTampering("audit events are append-only; only `itemgate audit prune` removes old ones")
+
+
+def _close_prune_window(conn: Any) -> None:
+    conn.info.pop(_ALLOW_PRUNE, None)
+
+
+sa_event.listen(Engine, "commit", _close_prune_window)
+sa_event.listen(Engine, "rollback", _close_prune_window)
+
+
+@sa_event.listens_for(Session, "before_flush")
+def _refuse_audit_changes(session: Session, _context: Any, _instances: Any) -> None:
+    for obj in session.dirty:
+        if isinstance(obj, AuditEvent) and session.is_modified(obj):
+            raise AuditTampering(f"audit event {obj.id} is append-only and cannot be changed")
+
+
+# ---------------------------------------------------------------- verify a database's chain
+
+def latest_checkpoint(session: Session) -> AuditCheckpoint | None:
+    return session.execute(select(AuditCheckpoint).order_by(AuditCheckpoint.id.desc()).limit(1)).scalar()
+
+
+def verify_database(session: Session, batch: int = 1000) -> ChainReport:
+    """Walk the stored chain from the genesis, or from the latest prune checkpoint, in id order."""
+    checkpoint = latest_checkpoint(session)
+    start = GENESIS if checkpoint is None else checkpoint.last_hash
+    after = 0 if checkpoint is None else checkpoint.last_event_id
+
+    table = AuditEvent.__table__
+
+    def events() -> Iterable[Any]:
+        # Plain rows, not ORM objects: a long chain must not fill the session's identity map.
+        last = after
+        while True:
+            rows = session.execute(select(table).where(table.c.id > last).order_by(table.c.id)
+                                   .limit(batch)).all()
+            if not rows:
+                return
+            yield from rows
+            last = rows[-1].id
+
+    return verify_chain(events(), start)

@@ -120,11 +120,73 @@ def _rules(raw: Any, where: str) -> list[dict[str, Any]]:
         unknown = set(when) - WHEN_KEYS
         if unknown:
             raise CatalogError(f"{spot}: unknown condition {sorted(unknown)} (allowed: {sorted(WHEN_KEYS)})")
-        for value in (when.get("mode") if isinstance(when.get("mode"), list) else [when.get("mode")]):
-            if value is not None and value not in MODES:
+        for value in _as_list(when.get("mode")):
+            if value not in MODES:
                 raise CatalogError(f"{spot}: mode {value!r} is not one of {list(MODES)}")
+        for value in _as_list(when.get("channel")):
+            if value not in CHANNELS:
+                raise CatalogError(f"{spot}: channel {value!r} is not one of {list(CHANNELS)}")
+        for key in ("attribute", "not_attribute"):
+            for value in _as_list(when.get(key)):
+                if not isinstance(value, str) or not value:
+                    raise CatalogError(f"{spot}: {key} must name item attributes, not {value!r}")
         out.append({"kind": rule["kind"], "when": when})
     return out
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+LINE_KEYS = {"code", "name", "unit", "process", "gate_set", "gates", "channels", "unit_prices",
+             "estimated_volumes", "targets", "units_per_item"}
+CONTRACT_KEYS = {"code", "name", "buyer", "supplier", "period_start", "period_end", "award_amount", "pricing",
+                 "settings"}
+PRICING = ("unit_price", "fixed_price")
+TARGET_BOUNDS = {"min", "max"}
+
+
+def _targets(raw: Any, where: str) -> dict[str, dict[str, int]]:
+    """Countable targets, e.g. scenario_guides = { min = 50 }: a name and whole-number bounds."""
+    if not isinstance(raw, dict):
+        raise CatalogError(f"{where}: targets must be a table like {{ scenario_guides = {{ min = 50 }} }}")
+    out: dict[str, dict[str, int]] = {}
+    for name, bounds in raw.items():
+        spot = f"{where}: targets.{name}"
+        if not isinstance(bounds, dict) or not bounds or set(bounds) - TARGET_BOUNDS:
+            raise CatalogError(f"{spot}: must be a table with min and/or max")
+        for key, value in bounds.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise CatalogError(f"{spot}.{key}: must be a whole number ≥ 0, not {value!r}")
+        if "min" in bounds and "max" in bounds and bounds["min"] > bounds["max"]:
+            raise CatalogError(f"{spot}: min is greater than max")
+        out[str(name)] = dict(bounds)
+    return out
+
+
+def _settings(raw: Any, source: str) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise CatalogError(f"{source}: [contract.settings] must be a table")
+    due = raw.get("due_days", {})
+    if not isinstance(due, dict):
+        raise CatalogError(f"{source}: [contract.settings] due_days must be a table task = working days")
+    for task, days in due.items():
+        if isinstance(days, bool) or not isinstance(days, int) or days <= 0:
+            raise CatalogError(f"{source}: [contract.settings] due_days.{task}: must be a whole number > 0")
+    return dict(raw)
+
+
+def _model_gates(process_id: str) -> set[str]:
+    """Gate codes the shipped model of a process uses (a deployed version is checked when deployed)."""
+    import bpmn
+    from engine.modelcheck import model_gate_codes
+
+    try:
+        return model_gate_codes(bpmn.read_model(process_id), process_id, f"{process_id}.bpmn")
+    except OSError:
+        return set()
 
 
 def parse_catalog(text: str, source: str) -> dict[str, Any]:
@@ -142,9 +204,24 @@ def parse_catalog(text: str, source: str) -> dict[str, Any]:
     for key in ("period_start", "period_end"):
         if key in contract and not isinstance(contract[key], date):
             raise CatalogError(f"{source}: [contract] {key} must be a date like 2025-01-01")
+    unknown_keys = set(contract) - CONTRACT_KEYS
+    if unknown_keys:
+        raise CatalogError(f"{source}: [contract] unknown keys {sorted(unknown_keys)}")
+    if (isinstance(contract.get("period_start"), date) and isinstance(contract.get("period_end"), date)
+            and contract["period_end"] < contract["period_start"]):
+        raise CatalogError(f"{source}: [contract] period_end is before period_start")
+    pricing = contract.get("pricing", "unit_price")
+    if pricing not in PRICING:
+        raise CatalogError(f"{source}: [contract] pricing must be one of {list(PRICING)}, not {pricing!r}")
+    settings = _settings(contract.get("settings") or {}, source)
+    settings["pricing"] = pricing
     gate_sets_raw = raw.get("gate_sets", {})
     gate_sets: dict[str, dict[str, Any]] = {}
+    if not isinstance(gate_sets_raw, dict):
+        raise CatalogError(f"{source}: gate_sets must be tables [gate_sets.NAME]")
     for set_name, gates in gate_sets_raw.items():
+        if not isinstance(gates, dict):
+            raise CatalogError(f"{source}: gate_sets.{set_name} must be a table gate = [rules]")
         gate_sets[set_name] = {g: _rules(r, f"{source}: gate_sets.{set_name}.{g}") for g, r in gates.items()}
     lines_raw = raw.get("service_lines")
     if not isinstance(lines_raw, list) or not lines_raw:
@@ -152,10 +229,15 @@ def parse_catalog(text: str, source: str) -> dict[str, Any]:
     seen: set[str] = set()
     lines = []
     for index, line in enumerate(lines_raw):
+        if not isinstance(line, dict):
+            raise CatalogError(f"{source}: service_lines[{index}]: must be a table")
         code = str(line.get("code", "")).strip()
         where = f"{source}: service_lines[{index}]" + (f" (code {code!r})" if code else "")
         if not code:
             raise CatalogError(f"{where}: needs a 'code'")
+        unknown_keys = set(line) - LINE_KEYS
+        if unknown_keys:
+            raise CatalogError(f"{where}: unknown keys {sorted(unknown_keys)}")
         if code in seen:
             raise CatalogError(f"{where}: duplicate service line code")
         seen.add(code)
@@ -183,12 +265,26 @@ def parse_catalog(text: str, source: str) -> dict[str, Any]:
             gates.update(gate_sets[line["gate_set"]])
         for gate, rules in (line.get("gates") or {}).items():
             gates[gate] = _rules(rules, f"{where}: gates.{gate}")
-        volumes = {ch: int(v) for ch, v in (line.get("estimated_volumes") or {}).items()}
+        missing = sorted(_model_gates(line["process"]) - set(gates))
+        if missing:
+            raise CatalogError(f"{where}: process {line['process']!r} has gates {missing} with no rules here "
+                               f"(declare each, as an empty list when nothing is required)")
+        volumes_raw = line.get("estimated_volumes") or {}
+        if not isinstance(volumes_raw, dict):
+            raise CatalogError(f"{where}: estimated_volumes must be a table channel = count")
+        volumes = {}
+        for ch, v in volumes_raw.items():
+            if ch not in channels:
+                raise CatalogError(f"{where}: estimated_volumes names channel {ch!r} that is not offered")
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise CatalogError(f"{where}: estimated_volumes.{ch} must be a whole number ≥ 0")
+            volumes[ch] = v
         lines.append({
             "code": code, "name": line["name"], "unit": line["unit"], "process_id": line["process"],
             "channels": list(channels),
             "unit_prices": {ch: _money(prices[ch], f"{where}: unit_prices.{ch}") for ch in channels},
-            "estimated_volumes": volumes, "gates": gates, "targets": line.get("targets") or {},
+            "estimated_volumes": volumes, "gates": gates,
+            "targets": _targets(line.get("targets") or {}, where),
             "units_per_item": _money(line.get("units_per_item", 1), f"{where}: units_per_item"),
         })
     award = contract.get("award_amount")
@@ -198,7 +294,7 @@ def parse_catalog(text: str, source: str) -> dict[str, Any]:
             "supplier": contract.get("supplier"), "period_start": contract.get("period_start"),
             "period_end": contract.get("period_end"),
             "award_amount": None if award is None else _money(award, f"{source}: [contract] award_amount"),
-            "settings": contract.get("settings") or {},
+            "settings": settings,
         },
         "service_lines": lines,
         "sha256": hashlib.sha256(text.encode()).hexdigest(),

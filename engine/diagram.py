@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import xml.etree.ElementTree as ET  # noqa: S405 - input is screened for DOCTYPE/ENTITY before parsing
 from collections.abc import Iterable, Mapping
@@ -33,7 +34,9 @@ TASK_TAGS = {
 }
 SUBPROCESS_TAGS = {"subProcess", "transaction", "adHocSubProcess"}
 EVENT_TAGS = {"startEvent", "endEvent", "intermediateCatchEvent", "intermediateThrowEvent", "boundaryEvent"}
-GATEWAY_TAGS = {"exclusiveGateway", "parallelGateway", "inclusiveGateway", "eventBasedGateway", "complexGateway"}
+GATEWAY_TAGS = {
+    "exclusiveGateway", "parallelGateway", "inclusiveGateway", "eventBasedGateway", "complexGateway",
+}
 
 FONT = "'Noto Sans CJK SC','Source Han Sans SC','PingFang SC','Microsoft YaHei',sans-serif"
 INK = "#343a40"
@@ -108,14 +111,20 @@ def _parse(bpmn_xml: str | bytes) -> ET.Element:
         raise DiagramError(f"malformed BPMN document: {exc}") from exc
 
 
+def _num(el: ET.Element, attr: str) -> float:
+    try:
+        value = float(el.get(attr, 0))
+    except ValueError as exc:
+        raise DiagramError(f"invalid DI coordinate {attr}={el.get(attr)!r}") from exc
+    if not math.isfinite(value):
+        raise DiagramError(f"invalid DI coordinate {attr}={el.get(attr)!r}")
+    return value
+
+
 def _bounds(el: ET.Element | None) -> tuple[float, float, float, float] | None:
     if el is None:
         return None
-    try:
-        return (float(el.get("x", 0)), float(el.get("y", 0)),
-                float(el.get("width", 0)), float(el.get("height", 0)))
-    except ValueError as exc:
-        raise DiagramError("invalid DI bounds") from exc
+    return _num(el, "x"), _num(el, "y"), _num(el, "width"), _num(el, "height")
 
 
 def _local(tag: str) -> str:
@@ -140,8 +149,9 @@ def _collect(root: ET.Element, process_id: str) -> _Diagram:
                 walk(child, depth)
 
     walk(process, 0)
-    participants = {
-        p.get("id"): p for p in root.iter(f"{BPMN}participant") if p.get("processRef") == process_id
+    participants: dict[str, ET.Element] = {
+        pid: p for p in root.iter(f"{BPMN}participant")
+        if p.get("processRef") == process_id and (pid := p.get("id"))
     }
     wanted = set(elements) | set(participants)
 
@@ -153,7 +163,7 @@ def _collect(root: ET.Element, process_id: str) -> _Diagram:
     diagram = _Diagram(process_name=process.get("name") or process_id)
     for item in plane:
         ref = item.get("bpmnElement")
-        if ref not in wanted:
+        if ref is None or ref not in wanted:
             continue
         if item.tag == f"{BPMNDI}BPMNShape":
             b = _bounds(item.find(f"{DC}Bounds"))
@@ -178,10 +188,7 @@ def _collect(root: ET.Element, process_id: str) -> _Diagram:
             el, _depth = elements[ref]
             if _local(el.tag) != "sequenceFlow":
                 continue
-            try:
-                points = [(float(w.get("x", 0)), float(w.get("y", 0))) for w in item.iter(f"{DI}waypoint")]
-            except ValueError as exc:
-                raise DiagramError("invalid DI waypoint") from exc
+            points = [(_num(w, "x"), _num(w, "y")) for w in item.iter(f"{DI}waypoint")]
             if len(points) >= 2:
                 label = _bounds(item.find(f"{BPMNDI}BPMNLabel/{DC}Bounds"))
                 diagram.edges.append(_Edge(ref, el.get("name") or "", points, label))

@@ -1,9 +1,10 @@
-"""Workload queries and exports: the detail sheet (工作量统计明细表) and completed-item counts."""
+"""Workload queries and exports: the detail sheet (工作量统计明细表), completed-item counts, progress, claims."""
 from __future__ import annotations
 
 import csv
 import io
 import tempfile
+from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
@@ -11,16 +12,30 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Select, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Select, case, func, select, tuple_
+from sqlalchemy.orm import Session, aliased
 
-from storage.models import Contract, Department, ServiceLine, WorkItem, WorkloadEntry
+from storage.models import (
+    Contract,
+    Department,
+    ServiceLine,
+    Settlement,
+    SettlementLine,
+    SettlementNote,
+    WorkItem,
+    WorkloadEntry,
+)
 
 TZ = ZoneInfo("Asia/Shanghai")
 CHANNEL_NAMES = {"pc": "PC端", "mobile": "移动端", "kiosk": "自助终端"}
+CHANNEL_RANK = {"pc": 0, "mobile": 1, "kiosk": 2}  # the catalogue's order, not the alphabet's
 MODE_NAMES = {"new": "新增接入", "iteration": "优化迭代"}
 DETAIL_HEADER = ["合同编号", "服务类别编号", "服务类别", "事项名称", "事项编码", "需求部门", "渠道", "接入方式",
-                 "数量", "难度系数", "单价（元）", "金额（元）", "上线日期", "计量时间"]
+                 "数量", "难度系数", "单价（元）", "金额（元）", "上线日期", "计量时间", "分录号", "冲销说明"]
+UNITS_COL, AMOUNT_COL, PRICE_COL = 8, 11, 10
+COUNTS_HEADER = ["服务类别编号", "服务类别", "渠道", "需求部门", "月份", "完成事项数", "数量", "金额（元）"]
+PROGRESS_HEADER = ["服务类别编号", "服务类别", "渠道/指标", "已完成", "预估量/目标", "完成率"]
+CENT = Decimal("0.01")
 
 
 @dataclass
@@ -30,6 +45,9 @@ class WorkloadFilter:
     date_to: date | None = None
     department: str | None = None
     service_line: str | None = None
+    settlement_id: int | None = None
+    # An approved claim shows what was claimed even if an item was cancelled afterwards.
+    include_cancelled: bool = False
 
 
 def _bounds(f: WorkloadFilter) -> tuple[datetime | None, datetime | None]:
@@ -38,122 +56,385 @@ def _bounds(f: WorkloadFilter) -> tuple[datetime | None, datetime | None]:
     return start, end
 
 
-def entries_query(f: WorkloadFilter) -> Select[Any]:
-    query = (select(WorkloadEntry, WorkItem, ServiceLine, Department, Contract)
-             .join(WorkItem, WorkloadEntry.item_id == WorkItem.id)
-             .join(ServiceLine, WorkloadEntry.service_line_id == ServiceLine.id)
-             .join(Department, WorkloadEntry.department_id == Department.id)
-             .join(Contract, WorkloadEntry.contract_id == Contract.id))
+def _filtered(query: Select[Any], f: WorkloadFilter) -> Select[Any]:
     if f.contract:
         query = query.where(Contract.code == f.contract)
     if f.department:
         query = query.where(Department.code == f.department)
     if f.service_line:
         query = query.where(ServiceLine.code == f.service_line)
+    if f.settlement_id is not None:
+        claimed = select(SettlementLine.entry_id).where(SettlementLine.settlement_id == f.settlement_id)
+        query = query.where(WorkloadEntry.id.in_(claimed))
+    if not f.include_cancelled:
+        # A cancelled item is never billable, whatever entries it may have.
+        query = query.where(WorkItem.status != "cancelled")
     start, end = _bounds(f)
     if start:
         query = query.where(WorkloadEntry.tallied_at >= start)
     if end:
         query = query.where(WorkloadEntry.tallied_at < end)
-    return query.order_by(WorkloadEntry.id)
+    return query
+
+
+def _joined(query: Select[Any]) -> Select[Any]:
+    return (query.join(WorkItem, WorkloadEntry.item_id == WorkItem.id)
+            .join(ServiceLine, WorkloadEntry.service_line_id == ServiceLine.id)
+            .join(Department, WorkloadEntry.department_id == Department.id)
+            .join(Contract, WorkloadEntry.contract_id == Contract.id))
+
+
+def entries_query(f: WorkloadFilter) -> Select[Any]:
+    query = _joined(select(WorkloadEntry, WorkItem, ServiceLine, Department, Contract).select_from(WorkloadEntry))
+    return _filtered(query, f).order_by(WorkloadEntry.id)
 
 
 def totals(session: Session, f: WorkloadFilter) -> dict[str, Decimal]:
-    sub = entries_query(f).subquery()
-    units, amount = session.execute(select(func.coalesce(func.sum(sub.c.units), 0),
-                                           func.coalesce(func.sum(sub.c.amount), 0))).one()
-    return {"units": Decimal(units), "amount": Decimal(amount).quantize(Decimal("0.01"))}
+    query = _filtered(_joined(select(func.coalesce(func.sum(WorkloadEntry.units), 0),
+                                     func.coalesce(func.sum(WorkloadEntry.amount), 0))
+                              .select_from(WorkloadEntry)), f)
+    units, amount = session.execute(query).one()
+    return {"units": Decimal(units), "amount": Decimal(amount).quantize(CENT)}
 
 
-def _row(entry: WorkloadEntry, item: WorkItem, line: ServiceLine, dept: Department, contract: Contract) -> list[Any]:
-    live = item.completed_at.astimezone(TZ).date().isoformat() if item.completed_at else ""
-    return [contract.code, line.code, line.name, item.name, item.code, dept.name,
-            CHANNEL_NAMES.get(entry.channel, entry.channel), MODE_NAMES.get(entry.mode, entry.mode),
-            entry.units, entry.difficulty, entry.unit_price, entry.amount, live,
-            entry.tallied_at.astimezone(TZ).strftime("%Y-%m-%d %H:%M")]
+_DETAIL_COLS = (Contract.id.label("contract_id"), Contract.code.label("contract_code"),
+                ServiceLine.position.label("line_position"), ServiceLine.id.label("line_id"),
+                ServiceLine.code.label("line_code"), ServiceLine.name.label("line_name"),
+                WorkItem.name.label("item_name"), WorkItem.code.label("item_code"),
+                Department.name.label("department_name"), WorkloadEntry.channel, WorkloadEntry.mode,
+                WorkloadEntry.units, WorkloadEntry.difficulty, WorkloadEntry.unit_price, WorkloadEntry.amount,
+                WorkItem.completed_at, WorkloadEntry.tallied_at, WorkloadEntry.id.label("entry_id"),
+                WorkloadEntry.reverses_id, WorkloadEntry.reason)
 
 
-def iter_rows(session: Session, f: WorkloadFilter, batch: int = 2000) -> Iterator[list[Any]]:
-    """Stream rows in id order with keyset paging, so memory stays bounded for any size."""
-    last_id = 0
+def _row(r: Any) -> list[Any]:
+    live = r.completed_at.astimezone(TZ).date().isoformat() if r.completed_at else ""
+    note = f"冲销 #{r.reverses_id}：{r.reason or ''}" if r.reverses_id else ""
+    return [r.contract_code, r.line_code, r.line_name, r.item_name, r.item_code, r.department_name,
+            CHANNEL_NAMES.get(r.channel, r.channel), MODE_NAMES.get(r.mode, r.mode),
+            r.units, r.difficulty, r.unit_price, r.amount, live,
+            r.tallied_at.astimezone(TZ).strftime("%Y-%m-%d %H:%M"), r.entry_id, note]
+
+
+# ---------------------------------------------------------------- the detail sheet, grouped with subtotals
+
+@dataclass
+class DetailLine:
+    """One line of the detail sheet: an entry row, a subtotal (per service line × channel, per service line)
+    or the grand total."""
+
+    kind: str  # "entry" | "channel_subtotal" | "line_subtotal" | "total"
+    values: list[Any]
+    units: Decimal
+    amount: Decimal
+
+
+def _summary_values(label: str, line_code: str = "", line_name: str = "", channel: str = "",
+                    units: Decimal = Decimal(0), amount: Decimal = Decimal(0)) -> list[Any]:
+    values: list[Any] = [""] * len(DETAIL_HEADER)
+    values[0], values[1], values[2], values[6] = label, line_code, line_name, channel
+    values[UNITS_COL], values[AMOUNT_COL] = units, amount.quantize(CENT)
+    return values
+
+
+def iter_detail(session: Session, f: WorkloadFilter, batch: int = 2000) -> Iterator[DetailLine]:
+    """Entries grouped by service line and channel, with a subtotal after each group and each line, then the
+    total. Keyset paging on the sort key keeps memory flat however many entries there are."""
+    rank = case(CHANNEL_RANK, value=WorkloadEntry.channel, else_=len(CHANNEL_RANK))
+    key_cols = (Contract.id, ServiceLine.position, ServiceLine.id, rank, WorkloadEntry.id)
+    # Plain columns, not ORM objects: nothing accumulates in the session however many rows stream by.
+    base = _filtered(_joined(select(*_DETAIL_COLS).select_from(WorkloadEntry)), f).order_by(*key_cols)
+
+    last: tuple[Any, ...] | None = None
+    group: tuple[int, str] | None = None
+    line_key: int | None = None
+    line_label: tuple[str, str] = ("", "")
+    group_channel = ""
+    g_units = g_amount = l_units = l_amount = t_units = t_amount = Decimal(0)
+
+    def channel_sub() -> DetailLine:
+        return DetailLine("channel_subtotal", _summary_values(
+            "小计", line_label[0], line_label[1], CHANNEL_NAMES.get(group_channel, group_channel), g_units,
+            g_amount), g_units, g_amount)
+
+    def line_sub() -> DetailLine:
+        return DetailLine("line_subtotal", _summary_values(
+            "服务类别合计", line_label[0], line_label[1], "", l_units, l_amount), l_units, l_amount)
+
     while True:
-        page = session.execute(entries_query(f).where(WorkloadEntry.id > last_id).limit(batch)).all()
+        query = base if last is None else base.where(tuple_(*key_cols) > tuple_(*last))
+        page = session.execute(query.limit(batch)).all()
         if not page:
-            return
-        for entry, item, line, dept, contract in page:
-            yield _row(entry, item, line, dept, contract)
-        last_id = page[-1][0].id
-        session.expunge_all()
+            break
+        for r in page:
+            key = (r.line_id, r.channel)
+            if group is not None and key != group:
+                yield channel_sub()
+                g_units = g_amount = Decimal(0)
+                if r.line_id != line_key:
+                    yield line_sub()
+                    l_units = l_amount = Decimal(0)
+            group, line_key, group_channel = key, r.line_id, r.channel
+            line_label = (r.line_code, r.line_name)
+            g_units += r.units
+            g_amount += r.amount
+            l_units += r.units
+            l_amount += r.amount
+            t_units += r.units
+            t_amount += r.amount
+            yield DetailLine("entry", _row(r), r.units, r.amount)
+        tail = page[-1]
+        last = (tail.contract_id, tail.line_position, tail.line_id,
+                CHANNEL_RANK.get(tail.channel, len(CHANNEL_RANK)), tail.entry_id)
+    if group is not None:
+        yield channel_sub()
+        yield line_sub()
+    yield DetailLine("total", _summary_values("合计", units=t_units, amount=t_amount), t_units, t_amount)
 
+
+# ---------------------------------------------------------------- counts and progress
 
 def counts(session: Session, f: WorkloadFilter) -> list[dict[str, Any]]:
-    """Completed-item counts by service line, channel and department (tallies net of reversals)."""
-    sub = entries_query(f).subquery()
-    rows = session.execute(
-        select(sub.c.service_line_id, sub.c.channel, sub.c.department_id,
-               func.count(func.distinct(sub.c.item_id)), func.sum(sub.c.units), func.sum(sub.c.amount))
-        .where(sub.c.reverses_id.is_(None))
-        .group_by(sub.c.service_line_id, sub.c.channel, sub.c.department_id)).all()
+    """Completed-item counts by service line, channel and department (units and amounts net of reversals)."""
+    grouped: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for row in monthly_counts(session, f):
+        key = (row["service_line"], row["channel"], row["department"])
+        acc = grouped.setdefault(key, {k: row[k] for k in ("service_line", "service_line_name", "channel",
+                                                           "department", "department_name")}
+                                 | {"items": 0, "units": Decimal(0), "amount": Decimal(0)})
+        acc["items"] += row["items"]
+        acc["units"] += row["units"]
+        acc["amount"] += row["amount"]
+    return [grouped[k] for k in sorted(grouped)]
+
+
+def _net_rows(session: Session, f: WorkloadFilter) -> Iterator[tuple[Any, ...]]:
+    """(line id, channel, department id, item id, month, units, amount) per entry; a reversal is dated by
+    the entry it reverses, so a correction lands in the month of the work it corrects."""
+    original = aliased(WorkloadEntry)
+    query = _filtered(_joined(
+        select(WorkloadEntry.service_line_id, WorkloadEntry.channel, WorkloadEntry.department_id,
+               WorkloadEntry.item_id, func.coalesce(original.tallied_at, WorkloadEntry.tallied_at),
+               WorkloadEntry.units, WorkloadEntry.amount)
+        .select_from(WorkloadEntry)
+        .outerjoin(original, original.id == WorkloadEntry.reverses_id)), f)
+    result = session.execute(query.execution_options(yield_per=2000))
+    for line_id, channel, dept_id, item_id, at, units, amount in result:
+        if isinstance(at, str):  # a raw COALESCE result is not run through the column type on SQLite
+            at = datetime.fromisoformat(at)
+        if at.tzinfo is None:
+            at = at.replace(tzinfo=ZoneInfo("UTC"))
+        yield line_id, channel, dept_id, item_id, at.astimezone(TZ).strftime("%Y-%m"), units, amount
+
+
+def monthly_counts(session: Session, f: WorkloadFilter) -> list[dict[str, Any]]:
+    """Completed items by service line × channel × department × month. An item counts once per group while
+    its net units there are positive (a fully reversed entry no longer counts)."""
+    per_item: dict[tuple[int, str, int, str], dict[int, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
+    sums: dict[tuple[int, str, int, str], list[Decimal]] = defaultdict(lambda: [Decimal(0), Decimal(0)])
+    for line_id, channel, dept_id, item_id, month, units, amount in _net_rows(session, f):
+        key = (line_id, channel, dept_id, month)
+        per_item[key][item_id] += Decimal(units)
+        sums[key][0] += Decimal(units)
+        sums[key][1] += Decimal(amount)
     lines = {sl.id: sl for sl in session.scalars(select(ServiceLine))}
     depts = {d.id: d for d in session.scalars(select(Department))}
-    out = [{"service_line": lines[sl].code, "service_line_name": lines[sl].name, "channel": ch,
-            "department": depts[d].code, "department_name": depts[d].name, "items": n,
-            "units": Decimal(u), "amount": Decimal(a)} for sl, ch, d, n, u, a in rows]
-    return sorted(out, key=lambda r: (r["service_line"], r["channel"], r["department"]))
+    out = []
+    for key, (units, amount) in sums.items():
+        line_id, channel, dept_id, month = key
+        out.append({"service_line": lines[line_id].code, "service_line_name": lines[line_id].name,
+                    "channel": channel, "department": depts[dept_id].code, "department_name": depts[dept_id].name,
+                    "month": month, "items": sum(1 for u in per_item[key].values() if u > 0),
+                    "units": units, "amount": amount.quantize(CENT)})
+    return sorted(out, key=lambda r: (_line_sort(lines, r["service_line"]), r["channel"], r["department"],
+                                      r["month"]))
 
+
+def _line_sort(lines: dict[int, ServiceLine], code: str) -> tuple[int, str]:
+    positions = {sl.code: sl.position for sl in lines.values()}
+    return positions.get(code, 0), code
+
+
+def progress(session: Session, f: WorkloadFilter) -> list[dict[str, Any]]:
+    """Completed items per service line and channel against the catalogue's estimated volumes, and per line
+    against its countable targets (e.g. scenario guides 37 of ≥ 50)."""
+    done: dict[tuple[int, str], dict[int, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
+    for line_id, channel, _dept, item_id, _month, units, _amount in _net_rows(session, f):
+        done[(line_id, channel)][item_id] += Decimal(units)
+    query = select(ServiceLine).join(Contract, Contract.id == ServiceLine.contract_id)
+    if f.contract:
+        query = query.where(Contract.code == f.contract)
+    if f.service_line:
+        query = query.where(ServiceLine.code == f.service_line)
+    out: list[dict[str, Any]] = []
+    for line in session.scalars(query.order_by(Contract.id, ServiceLine.position)):
+        line_items: set[int] = set()
+        for channel in line.channels:
+            items = {i for i, u in done.get((line.id, channel), {}).items() if u > 0}
+            line_items |= items
+            estimate = (line.estimated_volumes or {}).get(channel)
+            out.append(_progress_row(line, channel, CHANNEL_NAMES.get(channel, channel), len(items), estimate))
+        for target, value in sorted((line.targets or {}).items()):
+            if isinstance(value, int | float) and target in ("items", "min_items"):
+                out.append(_progress_row(line, f"target:{target}", "目标事项数", len(line_items), value))
+    return out
+
+
+def _progress_row(line: ServiceLine, key: str, label: str, completed: int, target: Any) -> dict[str, Any]:
+    ratio = None if not target else round(completed / float(target), 4)
+    return {"service_line": line.code, "service_line_name": line.name, "measure": key, "label": label,
+            "completed": completed, "target": target, "ratio": ratio}
+
+
+# ---------------------------------------------------------------- file formats
 
 def _fmt(value: Any) -> Any:
     return f"{value:.2f}" if isinstance(value, Decimal) else value
 
 
 def csv_stream(session: Session, f: WorkloadFilter) -> Iterator[bytes]:
-    """UTF-8 with BOM so Excel shows the Chinese header."""
+    """The detail sheet as CSV, UTF-8 with BOM so Excel shows the Chinese header."""
     buf = io.StringIO()
     writer = csv.writer(buf)
     buf.write("\ufeff")
     writer.writerow(DETAIL_HEADER)
     count = 0
-    for row in iter_rows(session, f):
-        writer.writerow([_fmt(v) for v in row])
+    for line in iter_detail(session, f):
+        writer.writerow([_fmt(v) for v in line.values])
         count += 1
         if count % 1000 == 0:
             yield buf.getvalue().encode("utf-8")
             buf.seek(0)
             buf.truncate()
-    t = totals(session, f)
-    writer.writerow(["合计", "", "", "", "", "", "", "", _fmt(t["units"]), "", "", _fmt(t["amount"]), "", ""])
     yield buf.getvalue().encode("utf-8")
 
 
-def xlsx_file(session: Session, f: WorkloadFilter) -> tempfile.SpooledTemporaryFile[bytes]:
-    """Write the workbook in constant-memory mode to a temp file; the caller streams it."""
-    import xlsxwriter
+def counts_csv_stream(session: Session, f: WorkloadFilter) -> Iterator[bytes]:
+    """Completed-item counts by service line × channel × department × month, UTF-8 with BOM."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    buf.write("\ufeff")
+    writer.writerow(COUNTS_HEADER)
+    for c in monthly_counts(session, f):
+        writer.writerow([c["service_line"], c["service_line_name"], CHANNEL_NAMES.get(c["channel"], c["channel"]),
+                         c["department_name"], c["month"], c["items"], _fmt(c["units"]), _fmt(c["amount"])])
+    yield buf.getvalue().encode("utf-8")
 
-    out: tempfile.SpooledTemporaryFile[bytes] = tempfile.SpooledTemporaryFile(max_size=8 << 20)
-    tmpdir = tempfile.mkdtemp(prefix="itemgate-xlsx-")
-    book = xlsxwriter.Workbook(out, {"constant_memory": True, "tmpdir": tmpdir, "in_memory": False})
-    bold = book.add_format({"bold": True})
-    money = book.add_format({"num_format": "#,##0.00"})
-    sheet = book.add_worksheet("工作量统计明细表")
-    sheet.write_row(0, 0, DETAIL_HEADER, bold)
-    r = 0
-    for r, row in enumerate(iter_rows(session, f), start=1):
-        for c, value in enumerate(row):
-            if isinstance(value, Decimal):
-                sheet.write_number(r, c, float(value), money if c in (10, 11) else None)
-            else:
-                sheet.write(r, c, value)
-    t = totals(session, f)
-    sheet.write(r + 1, 0, "合计", bold)
-    sheet.write_number(r + 1, 8, float(t["units"]))
-    sheet.write_number(r + 1, 11, float(t["amount"]), money)
-    summary = book.add_worksheet("完成事项统计")
-    summary.write_row(0, 0, ["服务类别", "渠道", "需求部门", "完成事项数", "数量", "金额（元）"], bold)
-    for i, c in enumerate(counts(session, f), start=1):
-        summary.write_row(i, 0, [f"{c['service_line']} {c['service_line_name']}",
-                                 CHANNEL_NAMES.get(c["channel"], c["channel"]), c["department_name"], c["items"]])
-        summary.write_number(i, 4, float(c["units"]))
-        summary.write_number(i, 5, float(c["amount"]), money)
-    book.close()
-    out.seek(0)
-    return out
+
+class _Book:
+    """An xlsxwriter workbook in constant-memory mode, written to a spooled temp file the caller streams."""
+
+    def __init__(self) -> None:
+        import xlsxwriter
+
+        self.out: tempfile.SpooledTemporaryFile[bytes] = tempfile.SpooledTemporaryFile(max_size=8 << 20)
+        self._tmp = tempfile.TemporaryDirectory(prefix="itemgate-xlsx-")
+        self.book = xlsxwriter.Workbook(self.out, {"constant_memory": True, "tmpdir": self._tmp.name,
+                                                   "in_memory": False})
+        self.bold = self.book.add_format({"bold": True})
+        self.money = self.book.add_format({"num_format": "#,##0.00"})
+        self.bold_money = self.book.add_format({"num_format": "#,##0.00", "bold": True})
+        self.pct = self.book.add_format({"num_format": "0.00%"})
+
+    def close(self) -> tempfile.SpooledTemporaryFile[bytes]:
+        self.book.close()
+        self._tmp.cleanup()
+        self.out.seek(0)
+        return self.out
+
+    def detail_sheet(self, session: Session, f: WorkloadFilter, name: str = "工作量统计明细表") -> Decimal:
+        sheet = self.book.add_worksheet(name)
+        sheet.write_row(0, 0, DETAIL_HEADER, self.bold)
+        sheet.set_column(0, 0, 14)
+        sheet.set_column(3, 3, 30)
+        total = Decimal(0)
+        for r, line in enumerate(iter_detail(session, f), start=1):
+            emphasis = line.kind != "entry"
+            for c, value in enumerate(line.values):
+                if isinstance(value, Decimal):
+                    fmt = (self.bold_money if emphasis else self.money) if c in (PRICE_COL, AMOUNT_COL) else None
+                    sheet.write_number(r, c, float(value), fmt)
+                elif value != "":
+                    sheet.write(r, c, value, self.bold if emphasis else None)
+            if line.kind == "total":
+                total = line.amount
+        return total
+
+    def counts_sheet(self, session: Session, f: WorkloadFilter) -> None:
+        sheet = self.book.add_worksheet("完成事项统计")
+        sheet.write_row(0, 0, COUNTS_HEADER, self.bold)
+        for i, c in enumerate(monthly_counts(session, f), start=1):
+            sheet.write_row(i, 0, [c["service_line"], c["service_line_name"],
+                                   CHANNEL_NAMES.get(c["channel"], c["channel"]), c["department_name"], c["month"],
+                                   c["items"]])
+            sheet.write_number(i, 6, float(c["units"]))
+            sheet.write_number(i, 7, float(c["amount"]), self.money)
+
+    def progress_sheet(self, session: Session, f: WorkloadFilter) -> None:
+        sheet = self.book.add_worksheet("完成进度")
+        sheet.write_row(0, 0, PROGRESS_HEADER, self.bold)
+        for i, p in enumerate(progress(session, f), start=1):
+            sheet.write_row(i, 0, [p["service_line"], p["service_line_name"], p["label"], p["completed"]])
+            if p["target"] is not None:
+                sheet.write_number(i, 4, float(p["target"]))
+            if p["ratio"] is not None:
+                sheet.write_number(i, 5, p["ratio"], self.pct)
+
+
+def xlsx_file(session: Session, f: WorkloadFilter) -> tempfile.SpooledTemporaryFile[bytes]:
+    """The detail sheet with subtotals, the completed-item counts by month, and progress; one workbook."""
+    book = _Book()
+    book.detail_sheet(session, f)
+    book.counts_sheet(session, f)
+    book.progress_sheet(session, f)
+    return book.close()
+
+
+def counts_xlsx_file(session: Session, f: WorkloadFilter) -> tempfile.SpooledTemporaryFile[bytes]:
+    book = _Book()
+    book.counts_sheet(session, f)
+    book.progress_sheet(session, f)
+    return book.close()
+
+
+CLAIM_SUMMARY = [("gross", "申报金额（元）"), ("penalty", "逾期提交扣款（元）"), ("deduction", "考核扣款（元）"),
+                 ("net", "应付金额（元）")]
+
+
+def claim_xlsx_file(session: Session, settlement: Settlement, figures: Any) -> tempfile.SpooledTemporaryFile[bytes]:
+    """The settlement claim sheet: its lines grouped with subtotals, then gross, penalty, deduction and net;
+    a second sheet carries the review trail."""
+    book = _Book()
+    head = book.book.add_worksheet("结算申报汇总")
+    contract = settlement.contract
+    rows: list[tuple[str, Any]] = [
+        ("合同", f"{contract.code} {contract.name}"), ("结算期", settlement.label),
+        ("期间", f"{settlement.period_start.isoformat()} 至 {settlement.period_end.isoformat()}"),
+        ("状态", settlement.status), ("分录数", figures.entries),
+        ("提交截止", figures.due_at.astimezone(TZ).strftime("%Y-%m-%d %H:%M") if figures.due_at else "未设置"),
+        ("是否逾期", {True: "是", False: "否", None: "—"}[figures.late]),
+        ("逾期扣款比例", figures.penalty_rate), ("考核得分", figures.score if figures.score is not None else "—"),
+        ("考核扣款比例", figures.deduction_rate if figures.deduction_rate is not None else "—"),
+    ]
+    for r, (label, value) in enumerate(rows):
+        head.write(r, 0, label, book.bold)
+        if isinstance(value, Decimal):
+            head.write_number(r, 1, float(value))
+        else:
+            head.write(r, 1, value)
+    base = len(rows) + 1
+    for i, (key, label) in enumerate(CLAIM_SUMMARY):
+        head.write(base + i, 0, label, book.bold)
+        head.write_number(base + i, 1, float(getattr(figures, key)), book.bold_money)
+    head.set_column(0, 0, 18)
+    head.set_column(1, 1, 40)
+    f = WorkloadFilter(settlement_id=settlement.id, include_cancelled=settlement.status == "approved")
+    book.detail_sheet(session, f, "结算申报明细")
+    notes = book.book.add_worksheet("审核意见")
+    notes.write_row(0, 0, ["轮次", "类型", "分录号", "意见/说明", "用户", "时间"], book.bold)
+    query = select(SettlementNote).where(SettlementNote.settlement_id == settlement.id).order_by(SettlementNote.id)
+    for i, note in enumerate(session.scalars(query), start=1):
+        notes.write_row(i, 0, [note.round, note.kind, note.entry_id or "", note.text or "",
+                               note.user.username if note.user else "",
+                               note.at.astimezone(TZ).strftime("%Y-%m-%d %H:%M")])
+    return book.close()

@@ -1,26 +1,27 @@
 """Work-item lifecycle use cases: start an item's process, claim and complete its human tasks."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from SpiffWorkflow.util.task import TaskState
 from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
-from SpiffWorkflow.util.task import TaskState
 
 import bpmn
 import forms
-from engine import audit, spiff
-from engine.access import load_task_for, require_act, require_role
+from engine import audit, spiff, timers
+from engine.access import authorize, load_task_for, require_act
 from engine.calendar import WorkCalendar
 from engine.catalog import required_kinds
 from engine.errors import Conflict, DomainError, FormInvalid, GateUnmet, Invalid
 from engine.evidence import verify_artefact
 from engine.ledger import tally_item
-from storage.artefact_store import ArtefactStore
+from storage.artefact_store import ArtefactStore, StoreUnavailable
 from storage.models import (
     CHANNELS,
     MODES,
@@ -37,6 +38,8 @@ from storage.models import (
     User,
     WorkItem,
 )
+
+_log = logging.getLogger("itemgate.workflow")
 
 
 @dataclass
@@ -149,7 +152,7 @@ def _resolve_new_item(session: Session, spec: NewItem) -> tuple[Contract, Servic
 def create_item(ctx: Ctx, spec: NewItem) -> WorkItem:
     """Register a work item and start its process at once (PM)."""
     assert ctx.user is not None
-    require_role(ctx.user, "pm", "admin")
+    authorize(ctx.user, "item.create")
     contract, line, department = _resolve_new_item(ctx.session, spec)
     item = WorkItem(
         contract_id=contract.id, service_line_id=line.id, department_id=department.id, code=spec.code.strip(),
@@ -165,6 +168,7 @@ def create_item(ctx: Ctx, spec: NewItem) -> WorkItem:
     start_data = {
         "mode": item.mode, "channels": list(item.channels), "service_line": line.code,
         "department": department.code, "attributes": dict(item.attributes),
+        timers.DUE_VARIABLE: timers.NO_DEADLINE,
     }
     start_data.update({k: v for k, v in item.attributes.items() if k in ("departments", "parts")})
     workflow = spiff.new_workflow(model, start_data)
@@ -208,6 +212,7 @@ def _sync_projection(ctx: Ctx, instance: ProcessInstance, item: WorkItem, workfl
     known = {row.spiff_task_id for row in open_rows}
     created: list[HumanTask] = []
     calendar = None
+    armed = 0
     due_overrides = (item.contract.settings or {}).get("due_days", {})
     for tid, task in ready.items():
         if tid in known:
@@ -221,6 +226,7 @@ def _sync_projection(ctx: Ctx, instance: ProcessInstance, item: WorkItem, workfl
             deadline = calendar.add_working_days(ctx.now, int(due_days))
             due_at = deadline.due_at
             warning = "; ".join(deadline.warnings) or None
+            armed += timers.arm_deadline_timers(task, due_at)
         row = HumanTask(
             instance_id=instance.id, item_id=item.id, spiff_task_id=tid, spec_name=task.task_spec.name,
             title=spiff.task_title(task), lane=lane, role=lane,
@@ -232,6 +238,9 @@ def _sync_projection(ctx: Ctx, instance: ProcessInstance, item: WorkItem, workfl
         session.add(row)
         created.append(row)
     session.flush()
+    if armed:
+        # The deadline timers changed the instance state after it was saved: save it again (CAS).
+        save_instance(ctx, instance, workflow, model_of(instance.definition))
     stages = [spiff.task_properties(t).get("stage") for t in ready.values()]
     if workflow.is_completed():
         item.stage = "done"
@@ -242,9 +251,14 @@ def _sync_projection(ctx: Ctx, instance: ProcessInstance, item: WorkItem, workfl
 
 # ---------------------------------------------------------------- claim
 
+def _rowcount(result: Any) -> int:
+    """Rows matched by an UPDATE (a CursorResult); the compare-and-set writes depend on it."""
+    return int(result.rowcount)
+
+
 def claim(ctx: Ctx, task_id: int) -> HumanTask:
     assert ctx.user is not None
-    task = load_task_for(ctx.session, ctx.user, task_id)
+    task = load_task_for(ctx.session, ctx.user, task_id, "task.claim")
     require_act(ctx.user, task)
     if task.status != "ready":
         raise Conflict(f"task {task_id} is no longer open", code="task_not_ready")
@@ -255,7 +269,7 @@ def claim(ctx: Ctx, task_id: int) -> HumanTask:
         update(HumanTask).where(HumanTask.id == task.id, HumanTask.status == "ready",
                                 HumanTask.assignee_id.is_(None))
         .values(assignee_id=ctx.user.id, claimed_at=ctx.now).execution_options(synchronize_session=False))
-    if result.rowcount != 1:
+    if _rowcount(result) != 1:
         raise Conflict(f"task {task_id} is claimed by someone else", code="claimed_by_other")
     ctx.session.refresh(task)
     audit.record(ctx.session, ctx.actor, "task.claimed", target_type="task", target_id=task.id, item_id=task.item_id)
@@ -264,7 +278,7 @@ def claim(ctx: Ctx, task_id: int) -> HumanTask:
 
 def unclaim(ctx: Ctx, task_id: int) -> HumanTask:
     assert ctx.user is not None
-    task = load_task_for(ctx.session, ctx.user, task_id)
+    task = load_task_for(ctx.session, ctx.user, task_id, "task.release")
     if task.assignee_id is None:
         return task
     if task.assignee_id != ctx.user.id and ctx.user.role not in ("pm", "admin"):
@@ -278,7 +292,7 @@ def unclaim(ctx: Ctx, task_id: int) -> HumanTask:
 
 def hand_over(ctx: Ctx, task_id: int, to_username: str) -> HumanTask:
     assert ctx.user is not None
-    task = load_task_for(ctx.session, ctx.user, task_id)
+    task = load_task_for(ctx.session, ctx.user, task_id, "task.release")
     if task.status != "ready":
         raise Conflict(f"task {task_id} is no longer open", code="task_not_ready")
     if task.assignee_id not in (None, ctx.user.id) and ctx.user.role not in ("pm", "admin"):
@@ -350,7 +364,7 @@ def save_instance(ctx: Ctx, instance: ProcessInstance, workflow: Any, model: spi
         if "locked" in str(exc).lower():
             raise Conflict("the item changed while you were working; reload and try again") from exc
         raise
-    if result.rowcount != 1:
+    if _rowcount(result) != 1:
         raise Conflict("the item changed while you were working; reload and try again", code="version_conflict")
     instance.state = state
     instance.version = expected + 1
@@ -361,7 +375,7 @@ def complete_task(ctx: Ctx, task_id: int, data: Any) -> HumanTask:
     """Load, check caller and gate, validate, run, step, persist (CAS), project, audit — one transaction."""
     assert ctx.user is not None
     session = ctx.session
-    task = load_task_for(session, ctx.user, task_id)
+    task = load_task_for(session, ctx.user, task_id, "task.complete")
     require_act(ctx.user, task)
     if task.status != "ready":
         raise Conflict(f"task {task_id} is no longer open", code="task_not_ready")
@@ -403,6 +417,7 @@ def complete_task(ctx: Ctx, task_id: int, data: Any) -> HumanTask:
         assert s.artefact is not None
         session.add(GatePass(item_id=item.id, task_id=task.id, gate=task.gate or "", kind=s.kind,
                              artefact_id=s.artefact.id, passed_at=ctx.now))
+        _retain_evidence(ctx, s.artefact)
     if task.form == "difficulty_confirmation":
         old = item.difficulty
         item.difficulty = Decimal(clean["difficulty"]).quantize(Decimal("0.01"))
@@ -422,19 +437,44 @@ def complete_task(ctx: Ctx, task_id: int, data: Any) -> HumanTask:
     return task
 
 
-def _separation_of_duties(ctx: Ctx, task: HumanTask, statuses: list[GateStatus]) -> None:
-    """The user who submitted a deliverable never approves it."""
-    assert ctx.user is not None
-    if task.form != "review" or not task.review_of:
+def _retain_evidence(ctx: Ctx, artefact: Artefact) -> None:
+    """A gate passed on this object version: ask the store to hold it (object lock legal hold). A hold that
+    cannot be placed does not undo the gate; the app itself never deletes a referenced version."""
+    if ctx.store is None:
         return
-    submitter = ctx.session.execute(
-        select(HumanTask.completed_by_id).where(HumanTask.item_id == task.item_id,
-                                                HumanTask.gate == task.review_of,
-                                                HumanTask.status == "completed")
-        .order_by(HumanTask.id.desc()).limit(1)).scalar()
-    if submitter == ctx.user.id:
-        raise DomainError("you submitted this deliverable and cannot approve it", code="separation_of_duties",
-                          status=403)
+    try:
+        ctx.store.hold(artefact.key, artefact.version_id)
+    except (KeyError, StoreUnavailable):
+        _log.warning("could not place a legal hold on %s (%s)", artefact.key, artefact.version_id)
+
+
+def _separation_of_duties(ctx: Ctx, task: HumanTask, statuses: list[GateStatus]) -> None:
+    """The user who submitted or uploaded a deliverable never reviews it; co-signatures come from two
+    different users holding the two different roles the lanes ask for."""
+    assert ctx.user is not None
+    me = ctx.user.id
+    if task.review_of:
+        submitters = set(ctx.session.scalars(
+            select(HumanTask.completed_by_id).where(HumanTask.item_id == task.item_id,
+                                                    HumanTask.gate == task.review_of,
+                                                    HumanTask.status == "completed")))
+        if me in submitters:
+            raise DomainError("you submitted this deliverable and cannot review it", code="separation_of_duties",
+                              status=403)
+        reviewed = gate_requirements(ctx.session, task.item, task.review_of)
+        if any(s.artefact is not None and s.artefact.uploaded_by_id == me for s in reviewed):
+            raise DomainError("you uploaded evidence of this deliverable and cannot review it",
+                              code="separation_of_duties", status=403)
+    if task.form == "cosign":
+        # Sibling signatures of this round were projected together, so they share the creation time.
+        others = ctx.session.execute(
+            select(HumanTask.completed_by_id, HumanTask.role).where(
+                HumanTask.item_id == task.item_id, HumanTask.form == "cosign", HumanTask.id != task.id,
+                HumanTask.status == "completed", HumanTask.created_at >= task.created_at)).all()
+        for signer, role in others:
+            if signer == me or role == task.role:
+                raise DomainError("the two signatures must come from two different people in two different "
+                                  "roles", code="separation_of_duties", status=403)
 
 
 # ---------------------------------------------------------------- timers
@@ -442,12 +482,9 @@ def _separation_of_duties(ctx: Ctx, task: HumanTask, statuses: list[GateStatus])
 def next_timer_at(workflow: Any) -> datetime | None:
     """The earliest due time among waiting timer events, so `tick` only loads instances that are due."""
     due: list[datetime] = []
-    for task in workflow.get_tasks(state=TaskState.WAITING):
-        event_def = getattr(task.task_spec, "event_definition", None)
-        if event_def is None or "Timer" not in type(event_def).__name__:
-            continue
+    for task in timers.waiting_timer_ids(workflow).values():
         value = task._get_internal_data("event_value")
-        if isinstance(value, str):
+        if isinstance(value, str) and value != timers.NO_DEADLINE:
             try:
                 due.append(datetime.fromisoformat(value))
             except ValueError:
@@ -460,17 +497,25 @@ def advance_timers(session: Session, instance: ProcessInstance, now: datetime) -
     """Refresh waiting timers of one (locked) instance and persist; returns 1 when anything fired."""
     model = model_of(instance.definition)
     workflow = spiff.loads(instance.state, model)
-    before = {str(t.id) for t in workflow.get_tasks(state=TaskState.WAITING)}
-    workflow.refresh_waiting_tasks()
+    waiting = timers.waiting_timer_ids(workflow)
+    attached = {tid: timers.attached_user_task(t) for tid, t in waiting.items()}
+    workflow.refresh_timers()
     workflow.do_engine_steps()
-    after = {str(t.id) for t in workflow.get_tasks(state=TaskState.WAITING)}
+    # A timer fired when it left WAITING by running (not by being cancelled with its completed task).
+    fired = sorted(tid for tid, t in waiting.items() if t.state == TaskState.COMPLETED)
     item = session.get(WorkItem, instance.item_id)
     assert item is not None
     ctx = Ctx(session=session, user=None, now=now)
     save_instance(ctx, instance, workflow, model)
     _sync_projection(ctx, instance, item, workflow, return_comment=None)
-    fired = before - after
     if fired:
         audit.record(session, audit.SYSTEM, "timer.fired", target_type="item", target_id=item.id,
-                     tasks=sorted(fired))
+                     tasks=fired)
+        for tid in fired:
+            user_task = attached.get(tid)
+            row = None if user_task is None else session.execute(select(HumanTask).where(
+                HumanTask.instance_id == instance.id, HumanTask.spiff_task_id == str(user_task.id),
+                HumanTask.status == "ready")).scalar()
+            if row is not None:
+                timers.notify_overdue(session, row, now)
     return 1 if fired else 0

@@ -4,8 +4,8 @@ from __future__ import annotations
 from typing import Any
 
 from apispec.ext.marshmallow.field_converter import FieldConverterMixin
-from packaging.version import Version
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+from packaging.version import Version
 
 NOTES = {"title": "备注", "title_en": "Notes"}
 
@@ -122,6 +122,7 @@ FORMS: dict[str, type[FormSchema]] = {
     "publish": NotesForm,
     "intake_licence": LicenceIntakeForm,
     "guide_list": GuideListForm,
+    "quality_check": TestsForm,
 }
 
 

@@ -237,7 +237,8 @@ class ArtefactStore:
         try:
             if not self._client.bucket_exists(self.bucket):
                 try:
-                    self._client.make_bucket(self.bucket)
+                    # Object lock must be chosen at creation; it lets gate evidence carry a legal hold.
+                    self._client.make_bucket(self.bucket, object_lock=True)
                 except S3Error as exc:
                     # Another app server won the race; that is fine.
                     if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
@@ -253,9 +254,7 @@ class ArtefactStore:
         except Exception:  # noqa: BLE001 - readiness only reports yes/no
             return False
 
-    def put_stream(
-        self, key: str, stream: BinaryIO, length: int, content_type: str, max_bytes: int
-    ) -> StoredObject:
+    def put_stream(self, key: str, stream: BinaryIO, length: int, content_type: str, max_bytes: int) -> StoredObject:
         """Store `stream` (`length` bytes, or -1 if unknown) under `key` and return what was stored.
 
         Raises TooLarge (nothing stored), StoreUnavailable, or ValueError if the stream's size differs
@@ -349,6 +348,29 @@ class ArtefactStore:
             self._client.remove_object(self.bucket, key, version_id=version_id)
         except Exception as exc:
             _raise_mapped(exc, f"delete {key}")
+
+    def hold(self, key: str, version_id: str | None) -> bool:
+        """Put a legal hold on one version so the server refuses to delete it; False when the bucket was
+        created without object lock (the app still refuses deletes of referenced versions itself)."""
+        try:
+            self._client.enable_object_legal_hold(self.bucket, key, version_id=version_id)
+            return bool(self._client.is_object_legal_hold_enabled(self.bucket, key, version_id=version_id))
+        except S3Error as exc:
+            if exc.code in _MISSING_CODES:
+                raise KeyError(key) from exc
+            if _is_unavailable(exc) and exc.code not in ("AccessDenied",):
+                raise StoreUnavailable(f"object store unavailable during hold {key}: {exc}") from exc
+            return False
+        except Exception as exc:
+            _raise_mapped(exc, f"hold {key}")
+
+    def is_held(self, key: str, version_id: str | None) -> bool:
+        try:
+            return bool(self._client.is_object_legal_hold_enabled(self.bucket, key, version_id=version_id))
+        except S3Error:
+            return False
+        except Exception as exc:
+            _raise_mapped(exc, f"hold status {key}")
 
     def iter_objects(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Every version (and delete marker) under `prefix`, for the orphan sweeper."""

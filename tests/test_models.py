@@ -21,13 +21,13 @@ MODELS = ["service_item", "one_thing", "e_licence", "scenario_guide"]
 ROLES = {"implementer", "dept_reviewer", "pm"}
 FORMS = {
     "intake", "difficulty_confirmation", "survey_sorting", "review", "design", "build_integration", "tests",
-    "walkthrough", "go_live", "cosign", "analysis", "plan", "licence_step", "guide_design", "entry", "publish",
-    "intake_licence", "guide_list",
+    "walkthrough", "go_live", "cosign", "analysis", "plan", "licence_step", "guide_design", "entry",
+    "publish", "intake_licence", "guide_list",
     "quality_check",  # added for the one-thing 办件质量校验 step
 }
 STAGES = {
-    "intake", "survey", "design", "build", "test", "walkthrough", "go_live", "confirmation", "analysis", "plan",
-    "issuing", "showing", "using", "guide",
+    "intake", "survey", "design", "build", "test", "walkthrough", "go_live", "confirmation", "analysis",
+    "plan", "issuing", "showing", "using", "guide",
 }
 NS = {
     "bpmn": "http://www.omg.org/spec/BPMN/20100524/MODEL",
@@ -44,7 +44,9 @@ FLOW_NODES = {
 SNAKE = re.compile(r"^[a-z][a-z0-9_]*$")
 
 BASE_DATA = {"mode": "new", "channels": ["pc", "mobile"], "service_line": "single_department",
-             "department": "d_lead", "attributes": {"data_quality": True}}
+             "department": "d_lead", "attributes": {"data_quality": True},
+             # the engine starts every instance with this (engine/timers.py): deadline timers read it
+             "due_at_iso": "9999-12-31T00:00:00+00:00"}
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -197,7 +199,8 @@ def test_every_element_has_di_and_shapes_do_not_overlap(pid):
     for sh in doc.iterfind(".//bpmndi:BPMNShape", NS):
         b = sh.find("dc:Bounds", NS)
         shapes[sh.get("bpmnElement")] = tuple(float(b.get(k)) for k in ("x", "y", "width", "height"))
-    edges = {e.get("bpmnElement"): e.findall("di:waypoint", NS) for e in doc.iterfind(".//bpmndi:BPMNEdge", NS)}
+    edges = {e.get("bpmnElement"): e.findall("di:waypoint", NS)
+             for e in doc.iterfind(".//bpmndi:BPMNEdge", NS)}
 
     participant = doc.find(f".//bpmn:participant[@processRef='{pid}']", NS)
     assert participant is not None and participant.get("id") in shapes
@@ -282,8 +285,9 @@ def test_service_item_new_with_a_return_visits_walkthrough():
     run.complete("cosign_department", confirm=True)
     assert run.wf.is_completed()
     assert run.visited == [
-        "intake", "confirm_difficulty", "survey_sorting", "confirm_survey", "survey_sorting", "confirm_survey",
-        "design", "confirm_design", "build_integration", "tests", "walkthrough", "go_live",
+        "intake", "confirm_difficulty", "survey_sorting", "confirm_survey",
+        "survey_sorting", "confirm_survey", "design", "confirm_design", "build_integration", "tests",
+        "walkthrough", "go_live",
         "cosign_implementer", "cosign_department",
     ]
     assert run.lanes == {
@@ -336,7 +340,7 @@ def test_one_thing_runs_linked_item_analysis_per_department():
     run.approve("confirm_linked_item", "d_lead")
     run.send_back("confirm_linked_item", "d_two")
     # only the returned department reworks; the others wait, and the plan waits for all of them
-    assert [(t.task_spec.name, t.data["dept"]) for t in run.ready()] == [
+    assert sorted((t.task_spec.name, t.data["dept"]) for t in run.ready()) == [
         ("analyse_linked_item", "d_two"), ("confirm_linked_item", "d_three")]
     run.approve("confirm_linked_item", "d_three")
     assert run.ready_names() == ["analyse_linked_item"]
@@ -471,3 +475,11 @@ def test_scenario_guide_design_returned_twice():
         "review_guide_design": "dept_reviewer", "entry": "implementer", "tests": "implementer",
         "go_live": "implementer",
     }
+
+
+def test_e_licence_parts_chosen_at_intake_override_the_start_data():
+    run = Run("e_licence", parts=[])
+    run.complete("intake", parts=["using"])  # the intake_licence form chooses the parts
+    for name in ["confirm_difficulty", *ISSUING]:
+        run.complete(name, decision="approve", comment="")
+    assert run.ready_names() == ["using_design"]

@@ -1,6 +1,7 @@
 """REST API v1, the core contract (API.md): auth, users, catalogue, items, tasks, artefacts."""
 from __future__ import annotations
 
+import logging
 import os
 from decimal import Decimal
 from typing import Any
@@ -13,11 +14,11 @@ from sqlalchemy import func, select
 import forms
 from api.auth import Unauthorized, authenticate, current_user, hash_password, issue_token
 from api.extensions import db
-from api.serializers import artefact_json, history_json, item_summary, iso, task_json
+from api.serializers import artefact_json, history_json, iso, item_summary, task_json
 from engine import audit
-from engine.access import item_scope, load_item_for, load_task_for, require_role, task_scope
+from engine.access import authorize, item_scope, load_item_for, load_task_for, task_scope
 from engine.catalog import ARTEFACT_KINDS
-from engine.errors import Invalid, NotFound
+from engine.errors import DomainError, Forbidden, Invalid, NotFound
 from engine.evidence import upload_artefact
 from engine.workflow import Ctx, NewItem, claim, complete_task, create_item, gate_requirements, hand_over, unclaim
 from storage.models import ROLES, Artefact, AuditEvent, Contract, Department, HumanTask, User, WorkItem
@@ -53,8 +54,18 @@ class TokenResponse(Schema):
 @blp.arguments(TokenRequest)
 @blp.response(200, TokenResponse)
 def token(body: dict[str, Any]) -> dict[str, Any]:
+    from api.limits import check_login_allowed, record_login_failure
+
+    try:
+        check_login_allowed(body["username"])
+    except DomainError:
+        audit.record(db.session, audit.Actor(None, body["username"][:64], None, g.get("request_id")),
+                     "auth.token", outcome="rate_limited")
+        db.session.commit()
+        raise
     user = authenticate(body["username"], body["password"])
     if user is None:
+        record_login_failure(body["username"])
         audit.record(db.session, audit.Actor(None, body["username"][:64], None, g.get("request_id")),
                      "auth.token", outcome="failure")
         db.session.commit()
@@ -111,7 +122,7 @@ def user_json(user: User) -> dict[str, Any]:
 @blp.response(201)
 def users_create(body: dict[str, Any]) -> dict[str, Any]:
     me = current_user()
-    require_role(me, "admin")
+    authorize(me, "user.manage")
     user = create_user(body["username"], body["password"], body["role"], body["department"],
                        body.get("display_name"))
     audit.record(db.session, audit.Actor.of(me, g.get("request_id")), "user.created", target_type="user",
@@ -269,7 +280,7 @@ def task_query(user: User, scope: str) -> Any:
             query = query.where(HumanTask.department_id == user.department_id)
         return query
     if user.role not in ("pm", "auditor", "admin", "buyer"):
-        require_role(user, "pm", "auditor", "admin", "buyer")
+        raise Forbidden("scope=all is for the pm, auditor, buyer and admin roles", code="role_required")
     return query.where(task_scope(user))
 
 
@@ -372,8 +383,7 @@ def _file_length(stream: Any) -> int:
 def artefacts_upload(item_id: int) -> dict[str, Any]:
     context = ctx()
     assert context.user is not None
-    item = load_item_for(db.session, context.user, item_id)
-    require_role(context.user, "implementer", "pm", "dept_reviewer", "admin")
+    item = load_item_for(db.session, context.user, item_id, "artefact.upload")
     kind = request.form.get("kind", "")
     upload = request.files.get("file")
     if upload is None:
@@ -391,22 +401,32 @@ def artefacts_upload(item_id: int) -> dict[str, Any]:
         raise ServiceUnavailable("no evidence store is configured")
     artefact = upload_artefact(db.session, store, context.actor, context.user, item, kind, upload.filename,
                                upload.stream, _file_length(upload.stream), settings.max_upload_bytes, task_id)
+    key, version_id = artefact.key, artefact.version_id
     try:
         db.session.commit()
-    except Exception:
-        # The object exists but its row does not: remove it now rather than wait for the sweeper.
+    except Exception as exc:
+        # The object exists but its row does not: remove it now; if the store fails too, `itemgate fsck
+        # --repair` sweeps it once it is older than the grace period.
         db.session.rollback()
         try:
-            store.delete(artefact.key, artefact.version_id)
-        finally:
-            raise
+            store.delete(key, version_id)
+        except Exception:  # noqa: BLE001 - the commit failure is what the caller must hear about
+            logging.getLogger("itemgate.evidence").warning("orphan left for fsck: %s %s", key, version_id)
+        from sqlalchemy.exc import DBAPIError
+
+        if isinstance(exc, DBAPIError):
+            from engine.errors import ServiceUnavailable
+
+            raise ServiceUnavailable("the database could not record the upload; nothing was kept, try again",
+                                     code="database_unavailable") from exc
+        raise
     return artefact_json(artefact)
 
 
 @blp.route("/items/<int:item_id>/artefacts", methods=["GET"])
 @blp.response(200)
 def artefacts_list(item_id: int) -> dict[str, Any]:
-    item = load_item_for(db.session, current_user(), item_id)
+    item = load_item_for(db.session, current_user(), item_id, "artefact.read")
     rows = db.session.scalars(select(Artefact).where(Artefact.item_id == item.id).order_by(Artefact.id))
     return {"artefacts": [artefact_json(a) for a in rows]}
 
@@ -415,7 +435,7 @@ def load_artefact_for(user: User, artefact_id: int) -> Artefact:
     artefact = db.session.get(Artefact, artefact_id)
     if artefact is None:
         raise NotFound(f"artefact {artefact_id} not found")
-    load_item_for(db.session, user, artefact.item_id)  # authorise through its item
+    load_item_for(db.session, user, artefact.item_id, "artefact.read")  # authorise through its item
     return artefact
 
 

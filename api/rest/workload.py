@@ -10,11 +10,10 @@ from marshmallow import Schema, fields
 from api.auth import current_user
 from api.extensions import db
 from api.serializers import entry_json, money, num
-from engine.access import require_role
+from engine.access import authorize
 from engine.reports import WorkloadFilter, counts, csv_stream, entries_query, totals, xlsx_file
 
 blp = Blueprint("workload", __name__, url_prefix="/api/v1", description="Workload ledger and exports")
-READERS = ("pm", "auditor", "buyer", "admin")
 
 
 class WorkloadArgs(Schema):
@@ -33,7 +32,7 @@ def _filter(args: dict[str, Any]) -> WorkloadFilter:
 @blp.arguments(WorkloadArgs, location="query")
 @blp.response(200)
 def workload(args: dict[str, Any]) -> dict[str, Any]:
-    require_role(current_user(), *READERS)
+    authorize(current_user(), "workload.read")
     f = _filter(args)
     rows = db.session.execute(entries_query(f)).all()
     t = totals(db.session, f)
@@ -45,7 +44,7 @@ def workload(args: dict[str, Any]) -> dict[str, Any]:
 @blp.route("/exports/workload.csv", methods=["GET"])
 @blp.arguments(WorkloadArgs, location="query")
 def workload_csv(args: dict[str, Any]) -> Response:
-    require_role(current_user(), *READERS)
+    authorize(current_user(), "workload.read")
     response = Response(stream_with_context(csv_stream(db.session, _filter(args))),
                         mimetype="text/csv")
     response.headers["Content-Type"] = "text/csv; charset=utf-8"
@@ -57,7 +56,7 @@ def workload_csv(args: dict[str, Any]) -> Response:
 @blp.route("/exports/workload.xlsx", methods=["GET"])
 @blp.arguments(WorkloadArgs, location="query")
 def workload_xlsx(args: dict[str, Any]) -> Response:
-    require_role(current_user(), *READERS)
+    authorize(current_user(), "workload.read")
     out = xlsx_file(db.session, _filter(args))
 
     def chunks() -> Any:

@@ -1,0 +1,97 @@
+"""`itemgate process deploy` and `itemgate items import`: process versions and bulk intake from the shell."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from api.cli import app_context, main
+
+
+@main.group(help="Process models (BPMN) and their versions.")
+def process() -> None:
+    pass
+
+
+@process.command("deploy", help="Validate a BPMN file and make it the current version for new items.")
+@click.argument("file", type=click.Path(dir_okay=False, exists=True))
+def process_deploy(file: str) -> None:
+    from api.extensions import db as database
+    from engine import audit
+    from engine.errors import Invalid
+    from engine.processes import deploy
+
+    path = Path(file)
+    try:
+        xml = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.ClickException(f"{file}: cannot read it as UTF-8 text: {exc}") from exc
+    with app_context():
+        try:
+            result = deploy(database.session, audit.Actor(None, "cli", "admin"), None, xml, path.name)
+        except Invalid as exc:
+            database.session.commit()  # keeps the audit record of the refusal
+            problems = exc.extra.get("problems") or []
+            lines = [f"  - {p['element']}: {p['problem']}" for p in problems] or [f"  - {exc.detail}"]
+            raise click.ClickException(f"{file} was not deployed:\n" + "\n".join(lines)) from exc
+        database.session.commit()
+        d = result.definition
+        state = "deployed as a new version" if result.created else "already deployed; made current"
+        click.echo(f"{d.process_id} {d.sha256[:12]}: {state}; {result.running_on_previous} running item(s) "
+                   "stay on their version")
+
+
+@main.group(help="Work items.")
+def items() -> None:
+    pass
+
+
+@items.command("import", help="Create work items from a .csv or .xlsx item list (all rows or none).")
+@click.argument("file", type=click.Path(dir_okay=False, exists=True))
+@click.option("--contract", required=True, help="contract code")
+@click.option("--as", "username", required=True, help="the PM the items are registered by")
+@click.option("--dry-run", is_flag=True, help="validate and report only")
+def items_import(file: str, contract: str, username: str, dry_run: bool) -> None:
+    from sqlalchemy import select
+    from tqdm import tqdm
+
+    from api.extensions import db as database
+    from engine.errors import DomainError
+    from engine.intake import import_items
+    from engine.workflow import Ctx
+    from storage.models import User
+
+    with app_context():
+        user = database.session.execute(select(User).where(User.username == username)).scalar()
+        if user is None or not user.active:
+            raise click.ClickException(f"no active user {username!r}")
+        bar: tqdm | None = None
+
+        def start(total: int) -> None:
+            nonlocal bar
+            bar = tqdm(total=total, unit="item", desc="importing", file=click.get_text_stream("stderr"))
+
+        try:
+            with open(file, "rb") as stream:
+                report = import_items(Ctx(session=database.session, user=user, request_id="cli"), contract,
+                                      stream, Path(file).name, dry_run=dry_run,
+                                      progress=lambda n: bar.update(n) if bar else None, on_total=start)
+        except DomainError as exc:
+            database.session.rollback()
+            errors = exc.extra.get("errors")
+            lines = [exc.detail]
+            if isinstance(errors, list):
+                lines += [f"  row {e['row']}, column {e['column']}: {e['problem']}" for e in errors]
+            elif isinstance(errors, dict):
+                lines += [f"  {k}: {', '.join(v)}" for k, v in errors.items()]
+            raise click.ClickException("\n".join(lines)) from exc
+        finally:
+            if bar is not None:
+                bar.close()
+        if dry_run:
+            database.session.rollback()
+            click.echo(f"{file}: {report.rows} rows are valid; {report.to_create} would be created, "
+                       f"{report.existing} exist already (dry run, nothing imported)")
+            return
+        database.session.commit()
+        click.echo(f"{file}: {report.rows} rows; created {len(report.created)}, {report.existing} existed already")

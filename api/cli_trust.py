@@ -1,0 +1,119 @@
+"""Trust commands of `itemgate`: the authorization table, audit verify/prune, and the evidence fsck."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from api.cli import app_context, main, object_store
+
+DOCS_AUTHZ = Path(__file__).resolve().parent.parent / "docs" / "AUTHZ.md"
+
+
+@main.group(help="The authorization matrix (engine/policy.py).")
+def authz() -> None:
+    pass
+
+
+@authz.command("table", help="Print the matrix as Markdown, or write it to docs/AUTHZ.md with --write.")
+@click.option("--write", is_flag=True, help="write docs/AUTHZ.md instead of printing")
+def authz_table(write: bool) -> None:
+    from engine.policy import markdown_table
+
+    text = markdown_table()
+    if write:
+        DOCS_AUTHZ.parent.mkdir(parents=True, exist_ok=True)
+        DOCS_AUTHZ.write_text(text, encoding="utf-8")
+        click.echo(f"wrote {DOCS_AUTHZ}")
+    else:
+        click.echo(text, nl=False)
+
+
+@main.group(help="The tamper-evident audit trail.")
+def audit() -> None:
+    pass
+
+
+@audit.command("verify", help="Walk the hash chain (from the latest prune checkpoint); name the first broken "
+                              "link. Exit status 1 when broken.")
+@click.option("--exports", is_flag=True, help="also re-read the pruned exports from the object store")
+def audit_verify(exports: bool) -> None:
+    from api.extensions import db as database
+    from engine.audit import latest_checkpoint, verify_database
+
+    with app_context() as app:
+        report = verify_database(database.session)
+        checkpoint = latest_checkpoint(database.session)
+        origin = "the genesis" if checkpoint is None else f"checkpoint {checkpoint.id} (after event " \
+                                                          f"{checkpoint.last_event_id})"
+        if not report.ok:
+            click.echo(f"BROKEN at audit event {report.first_broken_id}: {report.reason} "
+                       f"({report.checked} events checked from {origin})")
+            sys.exit(1)
+        click.echo(f"audit chain OK: {report.checked} events verified from {origin}")
+        if exports and checkpoint is not None:
+            from engine.retention import verify_exports
+
+            with object_store(app) as store:
+                exported = verify_exports(database.session, store)
+            if not exported.ok:
+                click.echo(f"BROKEN in exports at audit event {exported.first_broken_id}: {exported.reason}")
+                sys.exit(1)
+            click.echo(f"exports OK: {exported.checked} pruned events verified from the genesis")
+
+
+@audit.command("prune", help="Export events older than ITEMGATE_AUDIT_RETENTION_DAYS (≥ 180) to the object "
+                             "store as JSONL, record a checkpoint, then delete them.")
+def audit_prune() -> None:
+    from api.extensions import db as database
+    from engine import audit as audit_log
+    from engine.errors import DomainError
+    from engine.retention import prune
+
+    with app_context() as app, object_store(app) as store:
+        settings = app.config["ITEMGATE"]
+        try:
+            result = prune(database.session, store, audit_log.Actor(None, "cli", "admin"),
+                           settings.audit_retention_days)
+        except DomainError as exc:
+            database.session.rollback()
+            raise click.ClickException(exc.detail) from exc
+        database.session.commit()
+        if result.checkpoint is None:
+            click.echo(f"nothing older than {settings.audit_retention_days} days to prune")
+        else:
+            cp = result.checkpoint
+            click.echo(f"pruned {result.pruned} events ({cp.first_event_id}–{cp.last_event_id}); exported to "
+                       f"s3://{cp.export_bucket}/{cp.export_key} sha256={cp.export_sha256}")
+
+
+@main.command(help="Compare every artefact row with its object (exists, size, SHA-256) and list orphaned "
+                   "objects; --repair removes orphans older than ITEMGATE_ORPHAN_GRACE_HOURS. Exit 1 if unclean.")
+@click.option("--repair", is_flag=True, help="remove orphaned objects older than the grace period")
+@click.option("--quick", is_flag=True, help="compare sizes and recorded checksums only (no streaming)")
+def fsck(repair: bool, quick: bool) -> None:
+    from api.extensions import db as database
+    from engine import audit as audit_log
+    from engine.integrity import fsck as run_fsck
+
+    with app_context() as app, object_store(app) as store:
+        settings = app.config["ITEMGATE"]
+        report = run_fsck(database.session, store, repair=repair, grace_hours=settings.orphan_grace_hours,
+                          deep=not quick)
+        for p in report.problems:
+            click.echo(f"artefact {p.artefact_id}: {p.problem} ({p.key} version {p.version_id})")
+        removed = {(o.key, o.version_id) for o in report.removed}
+        for o in report.orphans:
+            state = "removed" if (o.key, o.version_id) in removed else (
+                "kept (younger than the grace period)" if repair else "orphan")
+            click.echo(f"{state}: {o.key} version {o.version_id} ({o.size} bytes, {o.last_modified})")
+        if repair and report.removed:
+            audit_log.record(database.session, audit_log.Actor(None, "cli", "admin"), "evidence.orphans_removed",
+                             target_type="bucket", target_id=store.bucket,
+                             objects=[[o.key, o.version_id] for o in report.removed])
+            database.session.commit()
+        click.echo(f"checked {report.checked} artefacts: {len(report.problems)} problem(s), "
+                   f"{len(report.orphans)} orphan(s), {len(report.removed)} removed")
+        if report.problems or len(report.orphans) > len(report.removed):
+            sys.exit(1)

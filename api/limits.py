@@ -1,0 +1,93 @@
+"""Limits on hostile input: JSON body size and depth, and the login rate limit shared by every worker."""
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from flask import Flask, current_app, g, request
+from sqlalchemy import delete, func, select
+
+from api.errors import problem
+from api.extensions import db
+from engine.errors import DomainError
+from storage.models import LoginAttempt
+
+MAX_JSON_DEPTH = 32
+
+
+class TooManyAttempts(DomainError):
+    status, code, title = 429, "rate_limited", "Too many requests"
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+    return False
+
+
+def register(app: Flask) -> None:
+    @app.before_request
+    def _json_limits() -> Any:
+        if not request.is_json or request.method in ("GET", "HEAD", "OPTIONS"):
+            return None
+        limit = current_app.config["ITEMGATE"].max_json_kb * 1024
+        if request.content_length is not None and request.content_length > limit:
+            return problem(413, "too_large", f"JSON bodies are limited to {limit // 1024} KB")
+        request.max_content_length = limit  # also bounds chunked bodies that declare no length
+        raw = request.get_data(cache=True)
+        try:
+            parsed = json.loads(raw)
+        except RecursionError:
+            return problem(400, "bad_request", "the JSON body is nested too deeply")
+        except ValueError:
+            return None  # the route's parser answers with its own 400/422
+        if _depth_exceeds(parsed, MAX_JSON_DEPTH):
+            return problem(400, "bad_request", f"the JSON body is nested deeper than {MAX_JSON_DEPTH} levels")
+        return None
+
+    @app.after_request
+    def _retry_after(response: Any) -> Any:
+        seconds = g.get("retry_after")
+        if response.status_code == 429 and seconds:
+            response.headers["Retry-After"] = str(seconds)
+        return response
+
+
+def _key(username: str) -> str:
+    ip = request.remote_addr or "-"
+    return hashlib.sha256(f"{username.strip().lower()}|{ip}".encode()).hexdigest()
+
+
+def check_login_allowed(username: str) -> None:
+    """Refuse with 429 when this username from this address failed too often within the sliding window.
+    Failures are rows in the database, so every worker and host sees the same count."""
+    settings = current_app.config["ITEMGATE"]
+    now = datetime.now(UTC)
+    since = now - timedelta(seconds=settings.login_window_seconds)
+    count, oldest = db.session.execute(
+        select(func.count(LoginAttempt.id), func.min(LoginAttempt.at))
+        .where(LoginAttempt.key == _key(username), LoginAttempt.at > since)).one()
+    if count >= settings.login_max_failures:
+        oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=UTC)
+        wait = max(1, int((oldest - since).total_seconds()) + 1)
+        g.retry_after = wait
+        raise TooManyAttempts(f"too many failed logins; try again in {wait} seconds", retry_after=wait)
+
+
+def record_login_failure(username: str) -> None:
+    """Count one failure (the caller commits) and drop this key's rows that left the window."""
+    settings = current_app.config["ITEMGATE"]
+    now = datetime.now(UTC)
+    key = _key(username)
+    db.session.execute(delete(LoginAttempt).where(
+        LoginAttempt.key == key, LoginAttempt.at <= now - timedelta(seconds=settings.login_window_seconds)))
+    db.session.add(LoginAttempt(key=key, at=now))

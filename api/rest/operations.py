@@ -1,0 +1,202 @@
+"""REST API v1 for running the work: cancel/rework, bulk intake, notifications, calendar, process versions."""
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import g, request
+from flask_smorest import Blueprint
+from marshmallow import Schema, fields, validate
+from sqlalchemy import func, or_, select, update
+
+from api.auth import current_user
+from api.extensions import db
+from api.rest.core import PageArgs, ctx, item_detail
+from api.serializers import iso
+from engine import audit
+from engine.errors import Invalid, NotFound
+from engine.holidays import enter_year, year_view
+from engine.intake import import_items
+from engine.lifecycle import cancel_item, rework_item
+from engine.processes import deploy
+from storage.models import Notification, ProcessDefinition, User
+
+blp = Blueprint("operations", __name__, url_prefix="/api/v1", description="Cancel, rework, intake, deadlines")
+
+
+# ---------------------------------------------------------------- cancel and rework
+
+class CancelBody(Schema):
+    reason = fields.String(required=True, validate=validate.Length(min=2, max=2000))
+
+
+class ReworkBody(Schema):
+    to = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    reason = fields.String(required=True, validate=validate.Length(min=2, max=2000))
+
+
+@blp.route("/items/<int:item_id>/cancel", methods=["POST"])
+@blp.arguments(CancelBody)
+@blp.response(200)
+def items_cancel(body: dict[str, Any], item_id: int) -> dict[str, Any]:
+    item = cancel_item(ctx(), item_id, body["reason"])
+    db.session.commit()
+    return item_detail(item)
+
+
+@blp.route("/items/<int:item_id>/rework", methods=["POST"])
+@blp.arguments(ReworkBody)
+@blp.response(200)
+def items_rework(body: dict[str, Any], item_id: int) -> dict[str, Any]:
+    item = rework_item(ctx(), item_id, body["to"], body["reason"])
+    db.session.commit()
+    return item_detail(item)
+
+
+# ---------------------------------------------------------------- bulk intake
+
+class ImportArgs(Schema):
+    contract = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    dry_run = fields.Boolean(load_default=False)
+
+
+@blp.route("/items/import", methods=["POST"])
+@blp.arguments(ImportArgs, location="query")
+@blp.response(200)
+def items_import(args: dict[str, Any]) -> dict[str, Any]:
+    upload = request.files.get("file")
+    if upload is None:
+        raise Invalid("send the spreadsheet as multipart field 'file'", code="invalid_form",
+                      errors={"file": ["required"]})
+    report = import_items(ctx(), args["contract"], upload.stream, upload.filename or "items.csv",
+                          dry_run=args["dry_run"])
+    if args["dry_run"]:
+        db.session.rollback()
+    else:
+        db.session.commit()
+    return report.as_dict()
+
+
+# ---------------------------------------------------------------- notifications
+
+class NotificationQuery(PageArgs):
+    unread = fields.Boolean(load_default=False)
+
+
+def _mine(user: User) -> Any:
+    group = Notification.role == user.role
+    if user.department_id is not None:
+        group = group & ((Notification.department_id.is_(None)) | (Notification.department_id == user.department_id))
+    else:
+        group = group & Notification.department_id.is_(None)
+    return or_(Notification.user_id == user.id, Notification.user_id.is_(None) & group)
+
+
+def notification_json(note: Notification) -> dict[str, Any]:
+    return {"id": note.id, "kind": note.kind, "item_id": note.item_id, "task_id": note.task_id,
+            "user_id": note.user_id, "role": note.role, "message": note.message,
+            "created_at": iso(note.created_at), "read_at": iso(note.read_at)}
+
+
+@blp.route("/notifications", methods=["GET"])
+@blp.arguments(NotificationQuery, location="query")
+@blp.response(200)
+def notifications_list(args: dict[str, Any]) -> dict[str, Any]:
+    user = current_user()
+    query = select(Notification).where(_mine(user))
+    if args["unread"]:
+        query = query.where(Notification.read_at.is_(None))
+    total = db.session.execute(select(func.count()).select_from(query.subquery())).scalar_one()
+    rows = db.session.scalars(query.order_by(Notification.id.desc())
+                              .offset((args["page"] - 1) * args["per_page"]).limit(args["per_page"]))
+    return {"notifications": [notification_json(n) for n in rows], "total": total}
+
+
+@blp.route("/notifications/<int:note_id>/read", methods=["POST"])
+@blp.response(200)
+def notifications_read(note_id: int) -> dict[str, Any]:
+    user = current_user()
+    note = db.session.execute(select(Notification).where(Notification.id == note_id, _mine(user))).scalar()
+    if note is None:
+        raise NotFound(f"notification {note_id} not found")
+    db.session.execute(update(Notification).where(Notification.id == note.id, Notification.read_at.is_(None))
+                       .values(read_at=datetime.now(UTC)))
+    db.session.commit()
+    db.session.refresh(note)
+    return notification_json(note)
+
+
+# ---------------------------------------------------------------- calendar (admin)
+
+class CalendarEntry(Schema):
+    date = fields.Date(required=True)
+    note = fields.String(load_default=None, validate=validate.Length(max=100))
+
+
+class CalendarYearBody(Schema):
+    holidays = fields.List(fields.Nested(CalendarEntry), required=True, validate=validate.Length(max=366))
+    workdays = fields.List(fields.Nested(CalendarEntry), load_default=list, validate=validate.Length(max=366))
+
+
+@blp.route("/admin/calendar/<int:year>", methods=["POST"])
+@blp.arguments(CalendarYearBody)
+@blp.response(200)
+def calendar_enter(body: dict[str, Any], year: int) -> dict[str, Any]:
+    user = current_user()
+    view = enter_year(db.session, audit.Actor.of(user, g.get("request_id")), user, year, body["holidays"],
+                      body["workdays"])
+    db.session.commit()
+    return view
+
+
+@blp.route("/admin/calendar/<int:year>", methods=["GET"])
+@blp.response(200)
+def calendar_get(year: int) -> dict[str, Any]:
+    from engine.access import authorize
+
+    authorize(current_user(), "catalog.manage")
+    return year_view(db.session, year)
+
+
+# ---------------------------------------------------------------- process versions (admin)
+
+def definition_json(definition: ProcessDefinition) -> dict[str, Any]:
+    return {"id": definition.id, "process_id": definition.process_id, "sha256": definition.sha256,
+            "filename": definition.filename, "deployed_at": iso(definition.deployed_at),
+            "is_current": definition.is_current}
+
+
+@blp.route("/admin/processes", methods=["POST"])
+@blp.response(201)
+def processes_deploy() -> Any:
+    user = current_user()
+    upload = request.files.get("file")
+    if upload is None:
+        raise Invalid("send the BPMN file as multipart field 'file'", code="invalid_form",
+                      errors={"file": ["required"]})
+    raw = upload.stream.read(4 * 1024 * 1024 + 1)
+    try:
+        xml = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Invalid("the BPMN file must be UTF-8 text", code="model_invalid") from exc
+    filename = (upload.filename or "model.bpmn")[:200]
+    try:
+        result = deploy(db.session, audit.Actor.of(user, g.get("request_id")), user, xml, filename)
+    except Invalid:
+        db.session.commit()  # only the audit record of the refusal was written
+        raise
+    db.session.commit()
+    body = definition_json(result.definition)
+    body.update(created=result.created, running_on_previous_versions=result.running_on_previous)
+    return body, 201 if result.created else 200
+
+
+@blp.route("/admin/processes", methods=["GET"])
+@blp.response(200)
+def processes_list() -> dict[str, Any]:
+    from engine.access import authorize
+
+    authorize(current_user(), "process.manage")
+    rows = db.session.scalars(select(ProcessDefinition).order_by(ProcessDefinition.process_id,
+                                                                 ProcessDefinition.id))
+    return {"processes": [definition_json(d) for d in rows]}

@@ -1,0 +1,124 @@
+/* ItemGate web: progressive enhancement only. Uploads in place with progress; pages work without it. */
+(function () {
+  "use strict";
+
+  function csrfToken() {
+    var meta = document.querySelector('meta[name="csrf-token"]');
+    return meta ? meta.getAttribute("content") : "";
+  }
+
+  function extensionOf(name) {
+    var dot = name.lastIndexOf(".");
+    return dot < 0 ? "" : name.slice(dot).toLowerCase();
+  }
+
+  function setupUpload(form) {
+    var input = form.querySelector(".file-input");
+    var zone = form.querySelector(".dropzone");
+    var bar = form.querySelector(".upload-progress");
+    var msg = form.querySelector(".upload-msg");
+    var submit = form.querySelector(".upload-submit");
+    var accepted = (form.dataset.accept || "").split(",");
+    var maxBytes = parseInt(form.dataset.maxBytes || "0", 10);
+    if (submit) { submit.hidden = true; }  // with script, choosing a file uploads it at once
+    form.classList.add("enhanced");
+
+    function say(text, isError) {
+      msg.textContent = text;
+      msg.classList.toggle("error", !!isError);
+    }
+
+    function send(file) {
+      if (!file) { return; }
+      // Checked here to save a pointless transfer; the server checks again from the bytes.
+      if (accepted.indexOf(extensionOf(file.name)) < 0) { say(msg.dataset.badType, true); return; }
+      if (maxBytes && file.size > maxBytes) { say(msg.dataset.tooBig, true); return; }
+      var data = new FormData(form);
+      data.set("file", file, file.name);
+      var xhr = new XMLHttpRequest();
+      xhr.open("POST", form.action);
+      xhr.setRequestHeader("Accept", "application/json");
+      xhr.setRequestHeader("X-CSRFToken", csrfToken());
+      bar.hidden = false;
+      bar.value = 0;
+      form.classList.add("busy");
+      say(msg.dataset.uploading, false);
+      xhr.upload.addEventListener("progress", function (e) {
+        if (e.lengthComputable) { bar.value = Math.round((e.loaded / e.total) * 100); }
+      });
+      xhr.addEventListener("load", function () {
+        form.classList.remove("busy");
+        if (xhr.responseURL && xhr.responseURL.indexOf("/login") >= 0) {
+          window.location.assign(xhr.responseURL);  // the session timed out: sign in again
+          return;
+        }
+        if (xhr.status === 201) {
+          bar.value = 100;
+          say(msg.dataset.done + ": " + file.name, false);
+          // The checklist and the Complete button depend on what is now stored: load the task page afresh
+          // (a GET, never a reload, which would repeat a form post that rendered this page).
+          var next = form.querySelector('input[name="next"]');
+          window.location.assign(next ? next.value.split("#")[0] : window.location.pathname);
+          return;
+        }
+        var detail = "";
+        try { detail = JSON.parse(xhr.responseText).detail || ""; } catch (err) { detail = ""; }
+        bar.hidden = true;
+        say(msg.dataset.failed + " (" + xhr.status + ")" + (detail ? ": " + detail : ""), true);
+      });
+      xhr.addEventListener("error", function () {
+        form.classList.remove("busy");
+        bar.hidden = true;
+        say(msg.dataset.failed, true);
+      });
+      xhr.send(data);
+    }
+
+    input.addEventListener("change", function () { send(input.files[0]); });
+    ["dragenter", "dragover"].forEach(function (name) {
+      zone.addEventListener(name, function (e) { e.preventDefault(); zone.classList.add("over"); });
+    });
+    ["dragleave", "drop"].forEach(function (name) {
+      zone.addEventListener(name, function (e) { e.preventDefault(); zone.classList.remove("over"); });
+    });
+    zone.addEventListener("drop", function (e) {
+      if (e.dataTransfer && e.dataTransfer.files.length) { send(e.dataTransfer.files[0]); }
+    });
+  }
+
+  function setupReview(form) {
+    var comment = form.querySelector('[name="comment"]');
+    var choices = form.querySelectorAll('input[name="decision"]');
+    if (!comment || !choices.length) { return; }
+    function sync() {
+      var chosen = form.querySelector('input[name="decision"]:checked');
+      var returning = chosen && chosen.value === "return";
+      comment.setAttribute("aria-required", returning ? "true" : "false");
+      comment.closest(".field").classList.toggle("required-now", !!returning);
+    }
+    choices.forEach(function (c) { c.addEventListener("change", sync); });
+    sync();
+  }
+
+  function setupZoom(button) {
+    var box = document.getElementById(button.getAttribute("aria-controls"));
+    if (!box) { return; }
+    button.hidden = false;
+    button.addEventListener("click", function () {
+      var zoomed = box.classList.toggle("zoomed");
+      button.setAttribute("aria-pressed", zoomed ? "true" : "false");
+      button.textContent = zoomed ? button.dataset.zoomOut : button.dataset.zoomIn;
+      var current = box.querySelector(".ig-current");
+      if (zoomed && current && current.scrollIntoView) {
+        current.scrollIntoView({block: "center", inline: "center"});
+      }
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    document.querySelectorAll(".zoom-toggle").forEach(setupZoom);
+    document.querySelectorAll("form.upload").forEach(setupUpload);
+    var taskForm = document.getElementById("task-form");
+    if (taskForm) { setupReview(taskForm); }
+  });
+})();

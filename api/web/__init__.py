@@ -1,0 +1,99 @@
+"""The web inbox: server-rendered pages for implementers, reviewers and PMs (sessions, CSRF, zh/en)."""
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from flask import Flask, redirect, render_template, request, session, url_for
+from flask_login import current_user
+
+from api.extensions import babel, csrf, db, login_manager
+from api.web import i18n
+from api.web.auth import SessionUser, load_session_user
+from api.web.i18n import _
+
+# Endpoint → policy action for the routes this package adds (engine/policy.py ENDPOINTS lists the rest).
+WEB_ENDPOINTS: dict[str, str | dict[str, str]] = {
+    "index": "public.page",
+    "web.login": {"GET": "public.page", "POST": "auth.login"},
+    "web.logout": "auth.logout",
+    "web.inbox": "task.read",
+    "web.task": "task.read",
+    "web.task_claim": "task.claim",
+    "web.task_unclaim": "task.release",
+    "web.task_handover": "task.release",
+    "web.task_complete": "task.complete",
+    "web.items": "item.read",
+    "web.item": "item.read",
+    "web.artefact_upload": "artefact.upload",
+    "web.artefact_content": "artefact.read",
+    "web.dashboard": "workload.read",
+}
+
+_SAFE_METHODS = {"GET", "HEAD", "OPTIONS", "TRACE"}
+_ERROR_TEXT = {
+    400: "请求无效。",
+    403: "您没有权限执行此操作。",
+    404: "页面不存在，或您无权访问。",
+    405: "不支持此操作。",
+    409: "数据已被他人更改，请刷新后重试。",
+    413: "文件太大。",
+    415: "不支持此文件类型。",
+    422: "提交的内容有误。",
+    503: "服务暂时不可用，请稍后再试。",
+}
+
+
+def register(app: Flask) -> None:
+    settings = app.config["ITEMGATE"]
+    app.config.update(
+        PERMANENT_SESSION_LIFETIME=timedelta(minutes=settings.session_minutes),
+        # CSRF is checked by _csrf_for_web below: every web form, but never the bearer-token API.
+        WTF_CSRF_CHECK_DEFAULT=False,
+        WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the (timed-out) session
+    )
+    login_manager.init_app(app)
+    login_manager.login_view = "web.login"
+    login_manager.login_message = ""
+    login_manager.session_protection = "strong"
+    login_manager.user_loader(load_session_user)
+    csrf.init_app(app)
+    babel.init_app(app, default_locale="zh", default_timezone="Asia/Shanghai",
+                   locale_selector=i18n.select_locale)
+    i18n.install(app)
+
+    @app.before_request
+    def _web_context() -> Any:
+        if request.path.startswith("/api/") or request.path.startswith("/static/"):
+            return None
+        lang = request.args.get("lang")
+        if lang in i18n.LANGUAGES:
+            session["lang"] = lang
+        if request.method not in _SAFE_METHODS:
+            csrf.protect()
+        return None
+
+    from api.web.views import bp
+
+    app.register_blueprint(bp)
+
+    @app.get("/", endpoint="index")
+    def index() -> Any:
+        if current_user.is_authenticated:
+            return redirect(url_for("web.inbox"))
+        return redirect(url_for("web.login"))
+
+    # api/errors.py looks this name up so that web pages fail as HTML, not problem+json.
+    app.view_functions["html_error"] = html_error
+
+
+def html_error(status: int, detail: str) -> Any:
+    db.session.rollback()
+    if status == 400 and "CSRF" in (detail or ""):
+        message = _("表单已过期或缺少安全令牌，请返回并刷新页面后重试。")
+    else:
+        message = _(_ERROR_TEXT.get(status, "出现了错误。"))
+    return render_template("web/error.html", status=status, message=message), status
+
+
+__all__ = ["SessionUser", "WEB_ENDPOINTS", "register"]

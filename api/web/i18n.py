@@ -1,0 +1,282 @@
+"""Web translations: Chinese is the source language; a dict gives English. Flask-Babel picks the locale."""
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any
+from urllib.parse import urlencode
+
+from flask import Flask, request, session
+from flask_babel import format_date, format_datetime, get_locale
+
+from engine.catalog import ARTEFACT_KINDS
+
+LANGUAGES = ("zh", "en")
+DEFAULT = "zh"
+
+STAGES = {
+    "intake": "需求受理", "survey": "调研梳理", "analysis": "需求分析", "plan": "实施方案", "design": "功能设计",
+    "build": "开发联调", "test": "测试", "walkthrough": "体验走查", "go_live": "发布上线",
+    "confirmation": "确认会签", "issuing": "制证", "showing": "亮证", "using": "用证", "guide": "场景导办",
+    "done": "已完成",
+}
+ROLES = {
+    "implementer": "实施人员", "dept_reviewer": "需求单位审核人", "pm": "项目经理", "auditor": "第三方支撑单位",
+    "buyer": "采购单位", "admin": "系统管理员", "system": "系统",
+}
+STATUSES = {"active": "进行中", "completed": "已完成", "cancelled": "已取消", "ready": "待办"}
+MODES = {"new": "新增接入", "iteration": "优化迭代"}
+CHANNELS = {"pc": "PC端", "mobile": "移动端", "kiosk": "自助终端"}
+EVENTS = {
+    "item.created": "登记事项", "item.completed": "事项完成", "item.difficulty_set": "确定难度系数",
+    "task.claimed": "认领任务", "task.unclaimed": "放回任务", "task.handed_over": "转交任务",
+    "task.completed": "完成任务", "artefact.uploaded": "上传交付物", "artefact.downloaded": "下载交付物",
+    "timer.fired": "定时触发", "workload.tallied": "计入工作量",
+}
+DECISIONS = {"approve": "确认通过", "return": "退回修改"}
+# What each form key asks of the person doing the step.
+STEP_HELP = {
+    "intake": "提交需求函（新增）或变更函（迭代）及复杂度说明，概述接入需求。",
+    "intake_licence": "提交电子证照接入需求，选择是否包含亮证、用证。",
+    "difficulty_confirmation": "根据复杂度说明确定本事项的难度系数，并写明理由。",
+    "survey_sorting": "完成调研，上传调研表和事项梳理清单，填写梳理事项数。",
+    "review": "审阅交付物，确认通过或退回修改；退回时必须填写意见。",
+    "design": "完成需求分析与功能设计，上传功能设计文档。",
+    "build_integration": "完成前后端开发与联调后勾选确认。",
+    "tests": "上传功能和性能测试报告、安全测试报告，确认测试已通过。",
+    "walkthrough": "完成体验走查并上传走查确认单。",
+    "go_live": "完成纳管发布，上传上线记录或截图并填写上线日期。",
+    "cosign": "核对联调与上线确认单后会签确认。",
+}
+
+EN: dict[str, str] = {
+    # layout and navigation
+    "ItemGate 事项接入管理": "ItemGate service onboarding",
+    "跳到主要内容": "Skip to main content",
+    "主导航": "Main navigation",
+    "收件箱": "Inbox", "事项": "Items", "看板": "Dashboard", "退出登录": "Sign out", "登录": "Sign in",
+    "语言": "Language", "中文": "中文", "English": "English",
+    "当前用户": "Signed in as",
+    # login
+    "用户名": "Username", "密码": "Password", "用户名或密码错误": "Wrong username or password",
+    "请输入用户名和密码": "Enter your username and password",
+    "您已退出登录": "You have signed out",
+    "登录已过期，请重新登录": "Your session has expired; please sign in again",
+    # inbox
+    "我的任务": "My tasks", "组任务": "Group tasks", "全部任务": "All tasks",
+    "任务": "Task", "部门": "Department", "环节": "Stage", "阶段": "Stage", "截止时间": "Due",
+    "处理人": "Assignee", "操作": "Actions", "认领": "Claim", "放回": "Release", "转交": "Hand over",
+    "转交给": "Hand over to", "确定转交": "Confirm hand-over", "已逾期": "Overdue", "退回": "Returned",
+    "筛选": "Filter", "搜索事项": "Search items", "事项编码或名称": "Item code or name",
+    "全部环节": "All stages", "全部部门": "All departments", "排序": "Sort", "按截止时间": "By due date",
+    "按创建时间": "By creation time", "按事项编码": "By item code", "只看逾期": "Overdue only",
+    "应用": "Apply", "清除": "Clear", "没有任务。": "No tasks.", "上一页": "Previous", "下一页": "Next",
+    "第 {page} / {pages} 页，共 {total} 条": "Page {page} of {pages}, {total} in all",
+    "分页": "Pagination", "任务列表": "Task list", "未认领": "Unclaimed",
+    "没有可转交的同事": "No colleague to hand over to",
+    "已认领任务": "Task claimed", "已放回任务": "Task released", "已转交给 {name}": "Handed over to {name}",
+    "任务已提交": "Task completed", "创建时间": "Created",
+    # task page
+    "事项信息": "Item", "本环节要求": "What this step asks", "服务类别": "Service line", "接入方式": "Mode",
+    "渠道": "Channels", "难度系数": "Difficulty", "状态": "Status", "查看事项": "View item",
+    "退回意见": "Comment on return", "交付物检查": "Gate checklist", "已上传": "Uploaded", "缺少": "Missing",
+    "拖放文件到此处，或": "Drop a file here, or", "选择文件": "choose a file", "上传": "Upload",
+    "上传中…": "Uploading…", "上传成功": "Uploaded", "上传失败": "Upload failed",
+    "不支持此文件类型": "This file type is not accepted", "文件超过 {mb} MB 上限": "The file exceeds the {mb} MB limit",
+    "允许的类型": "Accepted types", "最大": "Max", "版本": "version", "待审交付物": "Artefacts to review",
+    "下载": "Download", "预览": "Preview", "提交": "Submit", "完成任务": "Complete task",
+    "以下交付物尚未上传，暂不能提交：": "These artefacts are missing, so the task cannot be completed yet:",
+    "表单有错误，请修改后再提交。": "The form has errors; correct them and submit again.",
+    "此任务已由他人认领。": "This task is held by someone else.",
+    "此任务已结束，无需处理。": "This task is closed; nothing to do.",
+    "您不能处理此任务。": "You cannot act on this task.",
+    "必填": "required", "是": "Yes", "否": "No", "请选择": "Choose", "任务处理": "Task handling",
+    "暂无交付物。": "No artefacts yet.", "本环节无需上传交付物。": "This step needs no artefacts.",
+    "认领后可处理": "Claim to work on it", "由 {name} 处理中": "Held by {name}",
+    "操作失败：{detail}": "Action failed: {detail}",
+    # form validation messages (marshmallow)
+    "此项必填。": "This field is required.", "请勾选确认。": "Please tick to confirm.",
+    "请输入有效的整数。": "Enter a whole number.", "请输入有效的数字。": "Enter a number.",
+    "请输入有效的日期。": "Enter a valid date.", "请输入有效的网址。": "Enter a valid URL.",
+    "数值超出允许范围。": "The value is out of range.", "内容长度不符合要求。": "The length is not allowed.",
+    "退回时必须填写审核意见。": "A comment is required when returning.", "选项无效。": "Invalid choice.",
+    # item page
+    "事项详情": "Item detail", "流程图": "Process diagram", "当前环节": "Current step", "已完成环节": "Completed step",
+    "时间线": "Timeline", "时间": "Time", "人员": "Who", "事件": "What", "意见": "Comment",
+    "交付物": "Artefacts", "类型": "Kind", "文件": "File", "大小": "Size", "校验和 (SHA-256)": "Checksum (SHA-256)",
+    "上传人": "Uploaded by", "上传时间": "Uploaded at", "待办任务": "Open tasks",
+    "无法绘制流程图。": "The diagram cannot be drawn.",
+    "流程图图例": "Diagram legend", "放大查看": "Zoom in", "缩小查看全图": "Show the whole diagram",
+    "编码": "Code", "名称": "Name", "全部状态": "All statuses",
+    "全部服务类别": "All service lines", "事项列表": "Work items", "没有事项。": "No items.",
+    # dashboard
+    "项目看板": "Project dashboard", "进行中事项": "Active items", "本月完成": "Completed this month",
+    "逾期任务": "Overdue tasks", "按服务类别": "By service line", "按环节": "By stage", "按部门": "By department",
+    "进行中": "Active", "已完成": "Completed", "合计": "Total", "每周完成数": "Completions per week",
+    "近 {n} 周每周完成的事项数": "Items completed per week over the last {n} weeks",
+    "周": "Week", "没有逾期任务。": "No overdue tasks.", "查看全部": "View all", "数量": "Count",
+    "逾期": "Overdue",
+    # errors
+    "出错了": "Something went wrong", "返回收件箱": "Back to inbox",
+    "表单已过期或缺少安全令牌，请返回并刷新页面后重试。":
+        "The form has expired or lacks its security token; go back, reload the page and try again.",
+    "请求无效。": "The request is not valid.", "您没有权限执行此操作。": "You are not allowed to do this.",
+    "页面不存在，或您无权访问。": "The page does not exist, or you may not see it.",
+    "不支持此操作。": "This action is not supported.", "数据已被他人更改，请刷新后重试。":
+        "Someone else changed this; reload and try again.", "文件太大。": "The file is too large.",
+    "不支持此文件类型。": "This file type is not accepted.", "提交的内容有误。": "What you sent is not valid.",
+    "服务暂时不可用，请稍后再试。": "The service is unavailable; try again later.",
+    "出现了错误。": "An error occurred.",
+    "事项已结束，不能再修改。": "The item is closed and can no longer change.",
+    "您提交了此交付物，不能由您本人审核。": "You submitted this deliverable, so you cannot review it.",
+    "找不到该用户。": "No such user.", "未知的交付物类型。": "Unknown artefact kind.",
+}
+for _table, _en in (
+    (STAGES, {"intake": "Intake", "survey": "Survey", "analysis": "Analysis", "plan": "Plan", "design": "Design",
+              "build": "Build", "test": "Test", "walkthrough": "Walkthrough", "go_live": "Go-live",
+              "confirmation": "Confirmation", "issuing": "Issuing", "showing": "Showing", "using": "Using",
+              "guide": "Scenario guide", "done": "Done"}),
+    (ROLES, {"implementer": "Implementer", "dept_reviewer": "Department reviewer", "pm": "Project manager",
+             "auditor": "Third-party auditor", "buyer": "Buyer", "admin": "Administrator", "system": "System"}),
+    (STATUSES, {"active": "Active", "completed": "Completed", "cancelled": "Cancelled", "ready": "Open"}),
+    (MODES, {"new": "New", "iteration": "Iteration"}),
+    (CHANNELS, {"pc": "PC", "mobile": "Mobile", "kiosk": "Kiosk"}),
+    (EVENTS, {"item.created": "Item registered", "item.completed": "Item completed",
+              "item.difficulty_set": "Difficulty set", "task.claimed": "Task claimed",
+              "task.unclaimed": "Task released", "task.handed_over": "Task handed over",
+              "task.completed": "Task completed", "artefact.uploaded": "Artefact uploaded",
+              "artefact.downloaded": "Artefact downloaded", "timer.fired": "Timer fired",
+              "workload.tallied": "Workload tallied"}),
+    (DECISIONS, {"approve": "Approved", "return": "Returned for changes"}),
+    (STEP_HELP, {
+        "intake": "Upload the requirement letter (new) or change letter (iteration) and the complexity "
+                  "statement; summarise the request.",
+        "intake_licence": "Submit the e-licence request and choose whether showing and using are included.",
+        "difficulty_confirmation": "Set the item's difficulty coefficient from the complexity statement and "
+                                   "say why.",
+        "survey_sorting": "Do the survey, upload the survey form and sorting list, and give the item count.",
+        "review": "Review the artefacts, then approve or return them; a comment is required when returning.",
+        "design": "Analyse the requirements and upload the functional design document.",
+        "build_integration": "Tick once front-end, back-end and integration are done.",
+        "tests": "Upload the functional/performance and security test reports and confirm the tests passed.",
+        "walkthrough": "Do the UX walkthrough and upload its confirmation.",
+        "go_live": "Release, upload the go-live record or screenshot and give the go-live date.",
+        "cosign": "Check the integration and go-live confirmation and co-sign it.",
+    }),
+):
+    for _key, _zh in _table.items():
+        EN.setdefault(_zh, _en[_key])
+EN.update({
+    "需求函": "Requirement letter", "变更函": "Change letter", "复杂度说明": "Complexity statement",
+    "调研表": "Survey form", "事项梳理清单": "Sorting list", "功能设计文档": "Functional design",
+    "业务方案": "Business plan", "技术实施方案": "Technical plan", "功能和性能测试报告": "Test report",
+    "第三方测试报告": "Third-party test report", "安全测试报告": "Security test report",
+    "业务数据质量检测确认单": "Data quality confirmation", "走查确认单": "Walkthrough confirmation",
+    "上线记录或截图": "Go-live record", "联调与上线确认单": "Integration and go-live confirmation",
+    "上线确认单": "Go-live confirmation", "模板校核确认": "Template check confirmation",
+    "证照参数表": "Licence parameters", "电子证照库记录": "Licence records", "证照接口说明": "Licence interface spec",
+    "电子证照接入清单": "E-licence list", "制证测试报告": "Issuing test report", "亮证测试报告": "Showing test report",
+    "用证测试报告": "Using test report", "制证上线记录": "Issuing go-live record",
+    "亮证上线记录": "Showing go-live record", "用证上线记录": "Using go-live record",
+    "关联事项需求分析": "Linked item analysis", "办理现状调研分析": "Current-state survey",
+    "导办事项清单": "Guide item list", "场景导办设计稿": "Scenario guide design", "审核要点及样例": "Review points",
+    "配置方案": "Configuration plan",
+})
+
+# marshmallow's English messages → Chinese (shown inline under the field).
+_MESSAGES = {
+    "Missing data for required field.": "此项必填。",
+    "Must be equal to True.": "请勾选确认。",
+    "Not a valid integer.": "请输入有效的整数。",
+    "Not a valid number.": "请输入有效的数字。",
+    "Not a valid date.": "请输入有效的日期。",
+    "Not a valid URL.": "请输入有效的网址。",
+    "Must be one of: approve, return.": "选项无效。",
+    "Field may not be null.": "此项必填。",
+}
+
+
+def select_locale() -> str:
+    lang = session.get("lang")
+    return lang if lang in LANGUAGES else DEFAULT
+
+
+def lang() -> str:
+    locale = get_locale()
+    return "en" if locale is not None and locale.language == "en" else "zh"
+
+
+def _(text: str, **values: Any) -> str:
+    out = EN.get(text, text) if lang() == "en" else text
+    return out.format(**values) if values else out
+
+
+def form_message(message: str) -> str:
+    """A field error in the page's language: known marshmallow texts get a Chinese source first."""
+    if message.startswith("Must be greater than") or message.startswith("Must be less than"):
+        message = "数值超出允许范围。"
+    elif message.startswith("Length must be") or message.startswith("Shorter than") \
+            or message.startswith("Longer than"):
+        message = "内容长度不符合要求。"
+    elif message.startswith("退回时必须填写审核意见"):
+        message = "退回时必须填写审核意见。"
+    return _(_MESSAGES.get(message, message))
+
+
+def label(table: dict[str, str], key: str | None) -> str:
+    if key is None:
+        return ""
+    return _(table.get(key, key))
+
+
+def kind_title(kind: str) -> str:
+    return _(ARTEFACT_KINDS.get(kind, kind))
+
+
+def fmt_datetime(value: datetime | str | None) -> str:
+    if not value:
+        return ""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return format_datetime(value, "yyyy-MM-dd HH:mm")
+
+
+def fmt_date(value: date | datetime | None) -> str:
+    if not value:
+        return ""
+    if isinstance(value, datetime):
+        return format_datetime(value, "yyyy-MM-dd")
+    return format_date(value, "yyyy-MM-dd")
+
+
+def filesize(size: int | None) -> str:
+    size = int(size or 0)
+    if size < 1024:
+        return f"{size} B"
+    if size < 1024 * 1024:
+        return f"{size / 1024:.1f} KB"
+    return f"{size / 1024 / 1024:.1f} MB"
+
+
+def url_with(**changes: Any) -> str:
+    """The current page's URL with some query arguments changed (None removes one)."""
+    args = {k: v for k, v in request.args.items()}
+    for key, value in changes.items():
+        if value is None or value == "":
+            args.pop(key, None)
+        else:
+            args[key] = str(value)
+    query = urlencode(args)
+    return request.path + (f"?{query}" if query else "")
+
+
+def install(app: Flask) -> None:
+    env = app.jinja_env
+    env.globals.update(
+        _=_, lang=lang, url_with=url_with, kind_title=kind_title,
+        stage_label=lambda k: label(STAGES, k), role_label=lambda k: label(ROLES, k),
+        status_label=lambda k: label(STATUSES, k), mode_label=lambda k: label(MODES, k),
+        channel_label=lambda k: label(CHANNELS, k), event_label=lambda k: label(EVENTS, k),
+        decision_label=lambda k: label(DECISIONS, k),
+        step_help=lambda form: _(STEP_HELP[form]) if form in STEP_HELP else "",
+    )
+    env.filters.update(dt=fmt_datetime, d=fmt_date, filesize=filesize)

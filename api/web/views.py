@@ -1,0 +1,476 @@
+"""Web pages: login, inbox, task, item, item list, dashboard; each calls the engine's use cases."""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections import defaultdict
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    flash,
+    g,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    session,
+    stream_with_context,
+    url_for,
+)
+from flask_login import current_user, login_user, logout_user
+from markupsafe import Markup
+from sqlalchemy import func, select
+from werkzeug.datastructures import MultiDict
+
+from api.auth import authenticate
+from api.extensions import db, login_manager
+from api.rest.core import content_disposition, filtered_items, item_detail, load_artefact_for, task_query
+from api.serializers import artefact_json
+from api.web.auth import SessionUser, me, web_ctx
+from api.web.formfields import data_from, fields_for
+from api.web.i18n import STAGES, _, form_message
+from engine import audit
+from engine.access import authorize, load_item_for, load_task_for, may_act_on
+from engine.dashboard import build_dashboard
+from engine.diagram import render_svg
+from engine.errors import DomainError, FormInvalid, GateUnmet, Invalid, NotFound, ServiceUnavailable
+from engine.evidence import upload_artefact
+from engine.workflow import claim, complete_task, gate_requirements, hand_over, unclaim
+from storage.models import Artefact, Department, HumanTask, ProcessInstance, ServiceLine, User, WorkItem
+
+log = logging.getLogger("itemgate.web")
+
+bp = Blueprint("web", __name__)
+
+PER_PAGE = 20
+ALL_SCOPE_ROLES = ("pm", "auditor", "admin", "buyer")
+DASHBOARD_ROLES = ("pm", "auditor", "admin", "buyer")
+ACCEPTED_EXTENSIONS = (".pdf", ".doc", ".docx", ".xls", ".xlsx", ".png", ".jpg", ".jpeg", ".zip", ".ofd", ".txt")
+PREVIEWABLE = ("application/pdf", "image/png", "image/jpeg")
+# Domain refusals people meet in normal work, said in their language (the engine's detail is English).
+_REFUSALS = {
+    "claimed_by_other": "此任务已由他人认领。",
+    "task_not_ready": "此任务已结束，无需处理。",
+    "not_your_task": "您不能处理此任务。",
+    "version_conflict": "数据已被他人更改，请刷新后重试。",
+    "separation_of_duties": "您提交了此交付物，不能由您本人审核。",
+    "unknown_user": "找不到该用户。",
+    "item_not_active": "事项已结束，不能再修改。",
+    "too_large": "文件太大。",
+    "unsupported_media_type": "不支持此文件类型。",
+    "unknown_kind": "未知的交付物类型。",
+    "store_unavailable": "服务暂时不可用，请稍后再试。",
+    "role_required": "您没有权限执行此操作。",
+}
+
+
+def refusal(err: DomainError) -> str:
+    return _(_REFUSALS.get(err.code, "出现了错误。"))
+
+
+def _safe_next(default: str) -> str:
+    target = request.values.get("next") or ""
+    if target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return default
+
+
+def _page() -> int:
+    page = request.args.get("page", type=int) or 1
+    return max(1, min(page, 100_000))
+
+
+def _count(query: Any) -> int:
+    return int(db.session.execute(select(func.count()).select_from(query.subquery())).scalar_one())
+
+
+# ---------------------------------------------------------------- session
+
+@bp.before_request
+def _require_login() -> Any:
+    if request.endpoint == "web.login":
+        return None
+    if not current_user.is_authenticated:
+        return login_manager.unauthorized()
+    g.user = current_user.row  # for the request log
+    return None
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login() -> Any:
+    error = None
+    username = ""
+    if request.method == "POST":
+        username = (request.form.get("username") or "").strip()[:64]
+        password = (request.form.get("password") or "")[:256]
+        from api.limits import TooManyAttempts, check_login_allowed, record_login_failure
+
+        try:
+            check_login_allowed(username)  # the same per user+IP window as the API's token endpoint
+        except TooManyAttempts:
+            audit.record(db.session, audit.Actor(None, username or None, None, g.get("request_id")),
+                         "auth.login", outcome="rate_limited")
+            db.session.commit()
+            raise
+        user = authenticate(username, password) if username and password else None
+        actor = audit.Actor(user.id if user else None, username or None, user.role if user else None,
+                            g.get("request_id"))
+        if user is None:
+            record_login_failure(username)
+            audit.record(db.session, actor, "auth.login", outcome="failure")
+            db.session.commit()
+            # One message for both halves, so a guesser cannot tell which was wrong.
+            error = _("用户名或密码错误")
+        else:
+            lang = session.get("lang")
+            session.clear()  # a fresh session at sign-in: nothing carried over from before
+            if lang:
+                session["lang"] = lang
+            session.permanent = True  # expires after ITEMGATE_SESSION_MINUTES of inactivity
+            login_user(SessionUser(user))
+            audit.record(db.session, actor, "auth.login", target_type="user", target_id=user.id)
+            db.session.commit()
+            return redirect(_safe_next(url_for("web.inbox")))
+    return render_template("web/login.html", error=error, username=username), 200 if error is None else 401
+
+
+@bp.post("/logout")
+def logout() -> Any:
+    audit.record(db.session, audit.Actor.of(me(), g.get("request_id")), "auth.logout", target_type="user",
+                 target_id=me().id)
+    db.session.commit()
+    lang = session.get("lang")
+    logout_user()
+    session.clear()
+    if lang:
+        session["lang"] = lang
+    flash(_("您已退出登录"), "ok")
+    return redirect(url_for("web.login"))
+
+
+# ---------------------------------------------------------------- inbox
+
+def _colleagues(tasks: list[HumanTask], user: User) -> dict[int, list[User]]:
+    """Who each task may be handed to: active users the engine would let act on it, except me."""
+    roles = {t.role for t in tasks}
+    if not roles:
+        return {}
+    people = list(db.session.scalars(select(User).where(User.role.in_(roles), User.active.is_(True),
+                                                        User.id != user.id).order_by(User.username)))
+    return {t.id: [p for p in people if may_act_on(p, t)] for t in tasks}
+
+
+def _visible_departments(user: User) -> list[Department]:
+    query = select(Department).order_by(Department.code)
+    if user.role == "dept_reviewer":
+        query = query.where(Department.id == user.department_id)
+    return list(db.session.scalars(query))
+
+
+@bp.get("/inbox")
+def inbox() -> Any:
+    user = me()
+    scopes = ["mine", "group"] + (["all"] if user.role in ALL_SCOPE_ROLES else [])
+    counts = {s: _count(task_query(user, s)) for s in scopes}
+    scope = request.args.get("scope")
+    if scope not in scopes:
+        scope = "mine" if counts["mine"] else "group"
+    query = task_query(user, scope).join(WorkItem, HumanTask.item_id == WorkItem.id)
+    q = (request.args.get("q") or "").strip()[:100]
+    if q:
+        like = f"%{q}%"
+        query = query.where(WorkItem.code.like(like) | WorkItem.name.like(like))
+    stage = request.args.get("stage") or ""
+    if stage:
+        query = query.where(HumanTask.stage == stage)
+    department = request.args.get("department") or ""
+    if department:
+        query = query.join(Department, HumanTask.department_id == Department.id).where(
+            Department.code == department)
+    now = datetime.now(UTC)
+    overdue_only = request.args.get("overdue") == "1"
+    if overdue_only:
+        query = query.where(HumanTask.due_at.is_not(None), HumanTask.due_at < now)
+    sort = request.args.get("sort") or "due"
+    if sort == "created":
+        query = query.order_by(HumanTask.created_at, HumanTask.id)
+    elif sort == "item":
+        query = query.order_by(WorkItem.code, HumanTask.id)
+    else:
+        sort = "due"
+        query = query.order_by(HumanTask.due_at.is_(None), HumanTask.due_at, HumanTask.created_at, HumanTask.id)
+    total = _count(query)
+    pages = max(1, math.ceil(total / PER_PAGE))
+    page = min(_page(), pages)
+    tasks = list(db.session.scalars(query.offset((page - 1) * PER_PAGE).limit(PER_PAGE)))
+    departments = {d.id: d for d in db.session.scalars(select(Department))}
+    return render_template(
+        "web/inbox.html", tasks=tasks, scope=scope, scopes=scopes, counts=counts, q=q, stage=stage,
+        department=department, overdue_only=overdue_only, sort=sort, page=page, pages=pages, total=total,
+        now=now, departments=departments, department_options=_visible_departments(user), stages=STAGES,
+        colleagues=_colleagues(tasks, user), may_act=lambda t: may_act_on(user, t), me=user)
+
+
+def _act(task_id: int, action: Any, done: str) -> Any:
+    try:
+        action()
+        db.session.commit()
+        flash(done, "ok")
+    except NotFound:
+        raise
+    except DomainError as err:
+        db.session.rollback()
+        flash(refusal(err), "error")
+    return redirect(_safe_next(url_for("web.task", task_id=task_id)))
+
+
+@bp.post("/tasks/<int:task_id>/claim")
+def task_claim(task_id: int) -> Any:
+    return _act(task_id, lambda: claim(web_ctx(), task_id), _("已认领任务"))
+
+
+@bp.post("/tasks/<int:task_id>/unclaim")
+def task_unclaim(task_id: int) -> Any:
+    return _act(task_id, lambda: unclaim(web_ctx(), task_id), _("已放回任务"))
+
+
+@bp.post("/tasks/<int:task_id>/handover")
+def task_handover(task_id: int) -> Any:
+    to = (request.form.get("to") or "").strip()[:64]
+    return _act(task_id, lambda: hand_over(web_ctx(), task_id, to), _("已转交给 {name}", name=to))
+
+
+# ---------------------------------------------------------------- task page
+
+def _previous_data(task: HumanTask) -> dict[str, Any]:
+    """What was entered the last time this step was done (a rework task starts from it). Decisions are
+    never carried over: a reviewer judges each submission afresh."""
+    if task.data:
+        return dict(task.data)
+    if task.form in ("review", "cosign"):
+        return {}
+    row = db.session.scalars(select(HumanTask.data).where(
+        HumanTask.item_id == task.item_id, HumanTask.spec_name == task.spec_name,
+        HumanTask.status == "completed", HumanTask.id != task.id).order_by(HumanTask.id.desc()).limit(1)).first()
+    return dict(row or {})
+
+
+def _versions(item_id: int) -> dict[str, int]:
+    rows = db.session.execute(select(Artefact.kind, func.count(Artefact.id)).where(
+        Artefact.item_id == item_id, Artefact.status == "stored").group_by(Artefact.kind)).all()
+    return {kind: n for kind, n in rows}
+
+
+def render_task(task: HumanTask, *, errors: dict[str, list[str]] | None = None,
+                values: MultiDict[str, str] | dict[str, Any] | None = None, missing: list[str] | None = None,
+                status: int = 200) -> Any:
+    user = me()
+    item = task.item
+    gate = gate_requirements(db.session, item, task.gate) if task.status == "ready" else []
+    review = [s for s in gate_requirements(db.session, item, task.review_of) if s.artefact is not None] \
+        if task.review_of else []
+    unmet = [s.kind for s in gate if s.artefact is None]
+    if missing:
+        unmet = list(dict.fromkeys(unmet + missing))
+    may_act = may_act_on(user, task)
+    held_by_other = task.assignee_id is not None and task.assignee_id != user.id
+    settings = current_app.config["ITEMGATE"]
+    fields = fields_for(task.form)
+    if values is None:
+        values = _previous_data(task)
+    elif isinstance(values, MultiDict):
+        # Re-show what was just submitted, shaped like stored task data.
+        values = {f.name: values.getlist(f.name) if f.widget == "checkboxes" else values.get(f.name)
+                  for f in fields}
+    departments = {d.id: d for d in db.session.scalars(select(Department))}
+    return render_template(
+        "web/task.html", task=task, item=item, gate=gate, review=review, unmet=unmet,
+        fields=fields, errors={k: [form_message(m) for m in v] for k, v in (errors or {}).items()},
+        values=values, may_act=may_act, held_by_other=held_by_other,
+        can_complete=task.status == "ready" and may_act and not held_by_other,
+        colleagues=_colleagues([task], user).get(task.id, []), versions=_versions(item.id),
+        max_upload_mb=settings.max_upload_mb, accepted=",".join(ACCEPTED_EXTENSIONS), previewable=PREVIEWABLE,
+        task_department=departments.get(task.department_id or 0), now=datetime.now(UTC), me=user,
+        status_code=status,
+    ), status
+
+
+@bp.get("/tasks/<int:task_id>")
+def task(task_id: int) -> Any:
+    return render_task(load_task_for(db.session, me(), task_id))
+
+
+@bp.post("/tasks/<int:task_id>/complete")
+def task_complete(task_id: int) -> Any:
+    task = load_task_for(db.session, me(), task_id)
+    data = data_from(task.form, request.form)
+    try:
+        complete_task(web_ctx(), task_id, data)
+        db.session.commit()
+    except FormInvalid as err:
+        db.session.rollback()
+        return render_task(task, errors=err.extra.get("errors", {}), values=request.form, status=422)
+    except GateUnmet as err:
+        db.session.rollback()
+        return render_task(task, values=request.form, missing=err.extra.get("missing", []), status=422)
+    except NotFound:
+        raise
+    except DomainError as err:
+        db.session.rollback()
+        flash(refusal(err), "error")
+        return redirect(url_for("web.task", task_id=task_id))
+    flash(_("任务已提交"), "ok")
+    return redirect(url_for("web.inbox"))
+
+
+# ---------------------------------------------------------------- artefacts
+
+def _wants_json() -> bool:
+    return request.accept_mimetypes.best == "application/json"
+
+
+def _length(stream: Any) -> int:
+    position = stream.tell()
+    stream.seek(0, os.SEEK_END)
+    size = stream.tell()
+    stream.seek(position)
+    return int(size)
+
+
+@bp.post("/items/<int:item_id>/artefacts")
+def artefact_upload(item_id: int) -> Any:
+    """Upload in place from the task page: XMLHttpRequest gets JSON, a plain form post a redirect."""
+    user = me()
+    context = web_ctx()
+    back = _safe_next(url_for("web.item", item_id=item_id))
+    try:
+        item = load_item_for(db.session, user, item_id, "artefact.upload")
+        upload = request.files.get("file")
+        if upload is None or not upload.filename:
+            raise Invalid("send the file as multipart field 'file'", code="invalid_form",
+                          errors={"file": ["required"]})
+        if item.status != "active":
+            raise Invalid(f"item {item.id} is {item.status}", code="item_not_active", status=409)
+        if context.store is None:
+            raise ServiceUnavailable("no evidence store is configured")
+        artefact = upload_artefact(db.session, context.store, context.actor, user, item,
+                                   request.form.get("kind", ""), upload.filename, upload.stream,
+                                   _length(upload.stream), current_app.config["ITEMGATE"].max_upload_bytes,
+                                   request.form.get("task_id", type=int))
+        try:
+            db.session.commit()
+        except Exception:
+            # The object exists but its row does not: remove it now rather than wait for the sweeper.
+            db.session.rollback()
+            context.store.delete(artefact.key, artefact.version_id)
+            raise
+    except DomainError as err:
+        if _wants_json() or isinstance(err, NotFound):
+            raise
+        db.session.rollback()
+        flash(refusal(err), "error")
+        return redirect(back)
+    if _wants_json():
+        return jsonify(artefact_json(artefact)), 201
+    flash(_("上传成功") + f": {artefact.filename}", "ok")
+    return redirect(back)
+
+
+@bp.get("/artefacts/<int:artefact_id>")
+def artefact_content(artefact_id: int) -> Any:
+    user = me()
+    artefact = load_artefact_for(user, artefact_id)
+    store = current_app.extensions.get("itemgate_store")
+    if store is None:
+        raise ServiceUnavailable("no evidence store is configured")
+    media_type = artefact.media_type.split(";")[0]
+    inline = request.args.get("inline") == "1" and media_type in PREVIEWABLE
+    response = Response(stream_with_context(store.iter_content(artefact.key, artefact.version_id)),
+                        mimetype=media_type)
+    if artefact.media_type.startswith("text/plain"):
+        response.headers["Content-Type"] = artefact.media_type
+    response.headers["Content-Disposition"] = content_disposition(artefact.filename, inline)
+    response.headers["Content-Length"] = str(artefact.size)
+    response.headers["ETag"] = f'"{artefact.sha256}"'
+    # An uploaded file must never run script in our origin, even when shown inline. (PDFs are left to the
+    # browser's viewer, which a restrictive policy on the document would switch off.)
+    if media_type != "application/pdf":
+        response.headers["Content-Security-Policy"] = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'"
+    audit.record(db.session, audit.Actor.of(user, g.get("request_id")), "artefact.downloaded",
+                 target_type="artefact", target_id=artefact.id, item_id=artefact.item_id)
+    db.session.commit()
+    return response
+
+
+# ---------------------------------------------------------------- items
+
+@bp.get("/items")
+def items() -> Any:
+    user = me()
+    args = {k: (request.args.get(k) or None) for k in ("department", "service_line", "status", "stage", "q")}
+    if args["status"] not in (None, "active", "completed", "cancelled"):
+        args["status"] = None
+    if args["q"]:
+        args["q"] = args["q"][:100]
+    query = filtered_items(user, args)
+    total = _count(query)
+    pages = max(1, math.ceil(total / PER_PAGE))
+    page = min(_page(), pages)
+    rows = list(db.session.scalars(query.order_by(WorkItem.id.desc()).offset((page - 1) * PER_PAGE)
+                                   .limit(PER_PAGE)))
+    lines = db.session.execute(select(ServiceLine.code, ServiceLine.name).distinct()
+                               .order_by(ServiceLine.code)).all()
+    return render_template("web/items.html", items=rows, args=args, total=total, page=page, pages=pages,
+                           department_options=_visible_departments(user), line_options=lines, stages=STAGES)
+
+
+def _diagram(item: WorkItem, tasks: list[dict[str, Any]]) -> Markup | None:
+    instance = db.session.execute(select(ProcessInstance).where(ProcessInstance.item_id == item.id)).scalar()
+    if instance is None:
+        return None
+    states = {t["name"]: "done" for t in tasks if t["status"] == "completed"}
+    states.update({t["name"]: "current" for t in tasks if t["status"] == "ready"})
+    try:
+        svg = render_svg(instance.definition.bpmn_xml, instance.definition.process_id, states)
+    except Exception:  # a drawing problem must not take the item page down with it
+        log.exception("diagram failed", extra={"item": item.id})
+        return None
+    # The SVG is built by ElementTree from the stored model, so its text is already escaped.
+    return Markup(svg)  # noqa: S704
+
+
+@bp.get("/items/<int:item_id>")
+def item(item_id: int) -> Any:
+    user = me()
+    item = load_item_for(db.session, user, item_id)
+    detail = item_detail(item)
+    titles = {t["name"]: t["title"] for t in detail["tasks"]}
+    seen: dict[str, int] = defaultdict(int)
+    artefacts = []
+    for a in detail["artefacts"]:
+        seen[a["kind"]] += 1
+        artefacts.append({**a, "version": seen[a["kind"]]})
+    artefacts.sort(key=lambda a: (a["kind"], -a["version"]))
+    departments = {d.code: d.name for d in db.session.scalars(select(Department))}
+    return render_template(
+        "web/item.html", item=item, detail=detail, titles=titles, artefacts=artefacts,
+        open_tasks=[t for t in detail["tasks"] if t["status"] == "ready"],
+        history=list(reversed(detail["history"])), diagram=_diagram(item, detail["tasks"]),
+        departments=departments, previewable=PREVIEWABLE, me=user)
+
+
+# ---------------------------------------------------------------- dashboard
+
+@bp.get("/dashboard")
+def dashboard() -> Any:
+    user = me()
+    authorize(user, "workload.read")
+    now = datetime.now(UTC)
+    dash = build_dashboard(db.session, user, now)
+    departments = {d.id: d for d in db.session.scalars(select(Department))}
+    return render_template("web/dashboard.html", dash=dash, now=now, departments=departments, stages=STAGES)

@@ -1,0 +1,268 @@
+"""Benchmark plumbing: statistics, a throw-away PostgreSQL database, S3 and a gunicorn server to measure."""
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import platform
+import queue
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------- statistics
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (q in 0..100) of an already sorted list."""
+    if not sorted_values:
+        return float("nan")
+    if len(sorted_values) == 1:
+        return sorted_values[0]
+    pos = (len(sorted_values) - 1) * q / 100
+    low = int(pos)
+    high = min(low + 1, len(sorted_values) - 1)
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (pos - low)
+
+
+@dataclass
+class Stat:
+    """Samples in seconds (or any unit); median with the p5–p95 spread."""
+
+    samples: list[float]
+
+    def __post_init__(self) -> None:
+        self.sorted = sorted(self.samples)
+
+    @property
+    def n(self) -> int:
+        return len(self.samples)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.sorted) if self.sorted else float("nan")
+
+    @property
+    def p5(self) -> float:
+        return percentile(self.sorted, 5)
+
+    @property
+    def p95(self) -> float:
+        return percentile(self.sorted, 95)
+
+    def ms(self, digits: int = 2) -> str:
+        d = digits
+        return f"{self.median * 1000:.{d}f} ms (p5–p95 {self.p5 * 1000:.{d}f}–{self.p95 * 1000:.{d}f}, n={self.n})"
+
+
+def timed(fn: Callable[[], Any], repeat: int) -> Stat:
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return Stat(samples)
+
+
+# ---------------------------------------------------------------- machine facts
+
+def machine() -> dict[str, str]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = "unknown"
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True,
+                               check=True).stdout.strip()
+        if dirty:
+            commit += " (working tree has uncommitted changes)"
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return {"cpu": cpu, "cores": str(os.cpu_count()), "ram": mem, "python": platform.python_version(),
+            "os": platform.platform(), "commit": commit}
+
+
+# ---------------------------------------------------------------- PostgreSQL
+
+class BenchDatabase:
+    """`itemgate_bench_<pid>` created for the run and dropped (forced) at the end."""
+
+    def __init__(self, admin_dsn: str) -> None:
+        self.admin_dsn = admin_dsn
+        self.name = f"itemgate_bench_{os.getpid()}"
+        base = admin_dsn.rsplit("/", 1)[0]
+        self.dsn = f"{base}/{self.name}"
+        self.url = self.dsn.replace("postgresql://", "postgresql+psycopg://", 1)
+
+    def create(self) -> None:
+        with psycopg.connect(self.admin_dsn, autocommit=True, connect_timeout=5) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+            admin.execute(f'CREATE DATABASE "{self.name}"')
+
+    def drop(self) -> None:
+        with psycopg.connect(self.admin_dsn, autocommit=True, connect_timeout=5) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+    def version(self) -> str:
+        with psycopg.connect(self.admin_dsn, connect_timeout=5) as conn:
+            return str(conn.execute("SHOW server_version").fetchone()[0])
+
+
+# ---------------------------------------------------------------- gunicorn
+
+def _status_kb(pid: int, field_name: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class Server:
+    """gunicorn with sync workers on loopback, as `itemgate serve` runs it."""
+
+    def __init__(self, env: dict[str, str], port: int, log_path: Path, workers: int = 2) -> None:
+        self.env = env
+        self.port = port
+        self.workers_n = workers
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.base = f"http://127.0.0.1:{port}"
+
+    def start(self, timeout: float = 60) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child for its lifetime
+        cmd = [sys.executable, "-m", "gunicorn", "--workers", str(self.workers_n), "--bind",
+               f"127.0.0.1:{self.port}", "--timeout", "300", "wsgi:app"]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log, stderr=log, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gunicorn exited ({self.proc.returncode}); see {self.log_path}")
+            try:
+                if requests.get(self.base + "/healthz", timeout=1).status_code == 200 and \
+                        len(self.worker_pids()) == self.workers_n:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"gunicorn did not answer within {timeout}s; see {self.log_path}")
+
+    def worker_pids(self) -> list[int]:
+        if self.proc is None:
+            return []
+        try:
+            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        except OSError:
+            return []
+        return [int(c) for c in children]
+
+    def reset_peaks(self) -> bool:
+        """Reset the workers' VmHWM (Linux: write 5 to clear_refs); False when the kernel refuses."""
+        ok = True
+        for pid in self.worker_pids():
+            try:
+                Path(f"/proc/{pid}/clear_refs").write_text("5")
+            except OSError:
+                ok = False
+        return ok
+
+    def memory(self) -> dict[int, tuple[int, int]]:
+        """pid → (VmRSS, VmHWM) in KiB for each worker."""
+        return {pid: (_status_kb(pid, "VmRSS"), _status_kb(pid, "VmHWM")) for pid in self.worker_pids()}
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+# ---------------------------------------------------------------- HTTP driving
+
+@dataclass
+class Client:
+    base: str
+    token: str
+    session: requests.Session = field(default_factory=requests.Session)
+
+    def __post_init__(self) -> None:
+        self.session.headers["Authorization"] = f"Bearer {self.token}"
+
+    def get(self, path: str, **kw: Any) -> requests.Response:
+        return self.session.get(self.base + path, timeout=600, **kw)
+
+    def post(self, path: str, **kw: Any) -> requests.Response:
+        return self.session.post(self.base + path, timeout=600, **kw)
+
+    def fork(self) -> Client:
+        return Client(self.base, self.token)
+
+
+def login(base: str, username: str, password: str) -> str:
+    r = requests.post(base + "/api/v1/auth/token", json={"username": username, "password": password}, timeout=30)
+    r.raise_for_status()
+    return str(r.json()["token"])
+
+
+def run_concurrently(clients: list[Client], jobs: Iterable[Any],
+                     call: Callable[[Client, Any], None]) -> tuple[float, list[float]]:
+    """Run `call(client, job)` for every job, one thread per client; returns (wall seconds, latencies)."""
+    work: queue.Queue[Any] = queue.Queue()
+    for job in jobs:
+        work.put(job)
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def worker(client: Client) -> None:
+        while True:
+            try:
+                job = work.get_nowait()
+            except queue.Empty:
+                return
+            start = time.perf_counter()
+            call(client, job)
+            elapsed = time.perf_counter() - start
+            with lock:
+                latencies.append(elapsed)
+
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(len(clients)) as pool:
+        for f in [pool.submit(worker, c) for c in clients]:
+            f.result()
+    return time.perf_counter() - start, latencies

@@ -1,0 +1,68 @@
+"""The benchmark data generators at toy scale, so `make test` keeps them working on both databases."""
+from __future__ import annotations
+
+from sqlalchemy import func, select
+
+from api.extensions import db
+from bench import datagen
+from engine.workflow import current_definition
+from storage.models import Contract, HumanTask, ProcessInstance, User, WorkItem, WorkloadEntry
+
+
+def test_generators_build_data_the_api_reads(world):
+    session = db.session
+    contract = session.execute(select(Contract).where(Contract.code == "SH-YWTB-2025")).scalar_one()
+    definition = current_definition(session, "service_item")
+    impl_id = session.execute(select(User.id).where(User.username == "impl")).scalar_one()
+    departments = datagen.ensure_departments(session, 3, prefix="SMK")
+    assert datagen.ensure_departments(session, 3, prefix="SMK") == departments  # idempotent
+
+    bulk = datagen.bulk_items(session, contract_id=contract.id, definition_id=definition.id,
+                              department_ids=departments, count=24, tasks_per_item=5, implementer_ids=[impl_id])
+    entries = datagen.bulk_workload(session, list(bulk.item_ids), 30)
+    session.commit()
+
+    assert session.scalar(select(func.count()).select_from(WorkItem)) == 24
+    assert session.scalar(select(func.count()).select_from(ProcessInstance)) == 24
+    assert session.scalar(select(func.count()).select_from(HumanTask)) == bulk.task_rows == 24 * 5
+    ready = session.scalar(select(func.count()).select_from(HumanTask).where(HumanTask.status == "ready"))
+    assert ready == sum(bulk.ready_by_role.values())
+    assert entries == 30 == session.scalar(select(func.count()).select_from(WorkloadEntry))
+
+    # The inbox and the export read the generated rows through the API.
+    inbox = world.get("impl", "/api/v1/tasks?scope=group&per_page=5").get_json()
+    assert inbox["total"] == bulk.ready_by_role.get("implementer", 0)
+    csv_lines = world.get("pm", "/api/v1/exports/workload.csv").get_data().decode("utf-8-sig").splitlines()
+    assert sum(",BENCH-" in line for line in csv_lines) == entries
+
+    # Clones keep the template's state and stay workable; sequences moved past the explicit ids.
+    template = world.new_item("SMK-TPL-1")
+    clones = datagen.clone_items(session, template["id"], 3, code_prefix="SMK-CLONE")
+    session.commit()
+    world.complete_task_as("impl", clones[0], "intake", {"summary": "克隆事项"})
+    assert world.task_named(clones[0], "confirm_difficulty")
+    assert world.task_named(clones[1], "intake")
+    assert world.new_item("SMK-AFTER-1")["id"] > max(clones)
+
+    # A long history in memory: the survey loop, returned again and again, then one more through the API.
+    looping = world.new_item("SMK-LOOP-1")["id"]
+    world.complete_task_as("impl", looping, "intake", {"summary": "循环"})
+    world.complete_task_as("pm", looping, "confirm_difficulty", {"difficulty": "1.0", "complexity_note": "一般"})
+    world.complete_task_as("impl", looping, "survey_sorting", {"item_count": 1})
+    world.complete_task_as("rev_a", looping, "confirm_survey", {"decision": "return", "comment": "补充"})
+
+    def data_for(name):
+        return {"decision": "return", "comment": "再补充"} if name == "confirm_survey" else {"item_count": 2}
+
+    assert datagen.reachable_steps(session, looping, 4, data_for) == (4, None)
+    assert datagen.fast_forward(session, looping, 4, data_for) == 4
+    session.commit()
+    rows = session.scalars(select(HumanTask).where(HumanTask.item_id == looping)).all()
+    assert len(rows) == 5 + 4 and sum(r.status == "ready" for r in rows) == 1
+    world.complete_task_as("impl", looping, "survey_sorting", {"item_count": 3})
+    assert world.task_named(looping, "confirm_survey")
+
+    stored = datagen.bulk_artefacts(session, clones[2], [("bench/k1", None, "0" * 64, 1)], impl_id)
+    session.commit()
+    listed = world.get("pm", f"/api/v1/items/{clones[2]}/artefacts").get_json()["artefacts"]
+    assert [a["id"] for a in listed] == stored

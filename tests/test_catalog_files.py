@@ -1,0 +1,143 @@
+"""Catalogue files: the shipped contracts load, and malformed ones fail naming file, entry and problem."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from bpmn import CATALOG_DIR
+from engine.catalog import CatalogError, parse_catalog, required_kinds
+
+SHANGHAI = (CATALOG_DIR / "shanghai.toml").read_text(encoding="utf-8")
+KAIPING = (CATALOG_DIR / "kaiping.toml").read_text(encoding="utf-8")
+
+
+def test_shanghai_has_lines_1_2_3_5_6_12_with_prices_and_volumes():
+    parsed = parse_catalog(SHANGHAI, "shanghai.toml")
+    lines = {sl["code"]: sl for sl in parsed["service_lines"]}
+    assert set(lines) == {"1", "2", "3", "5", "6", "12"}
+    assert lines["5"]["process_id"] == "one_thing"
+    assert lines["5"]["unit_prices"] == {"pc": "500000.00", "mobile": "700000.00"}
+    assert lines["5"]["estimated_volumes"] == {"pc": 19, "mobile": 8}
+    assert lines["12"]["process_id"] == "e_licence"
+    assert lines["12"]["unit_prices"] == {"pc": "60000.00"}
+    # gate conditions: walkthrough only for new items; line 3 needs a third-party report, plain confirmation
+    walk = lines["1"]["gates"]["walkthrough"]
+    assert required_kinds({"w": walk}, "w", mode="new", channels=["pc"], attributes={}) == \
+        ["walkthrough_confirmation"]
+    assert required_kinds({"w": walk}, "w", mode="iteration", channels=["pc"], attributes={}) == []
+    assert [r["kind"] for r in lines["3"]["gates"]["tests"]] == ["third_party_test_report", "security_test_report"]
+    assert [r["kind"] for r in lines["3"]["gates"]["cosign"]] == ["plain_go_live_confirmation"]
+    tests = lines["1"]["gates"]["tests"]
+    assert "data_quality_confirmation" in required_kinds({"t": tests}, "t", mode="new", channels=["pc"],
+                                                         attributes={"data_quality": True})
+    assert "data_quality_confirmation" not in required_kinds({"t": tests}, "t", mode="new", channels=["pc"],
+                                                             attributes={})
+    assert parsed["contract"]["settings"]["pricing"] == "unit_price"
+
+
+def test_kaiping_is_fixed_price_with_the_scenario_guide_target():
+    parsed = parse_catalog(KAIPING, "kaiping.toml")
+    assert parsed["contract"]["settings"]["pricing"] == "fixed_price"
+    assert parsed["contract"]["award_amount"] == "158000.00"
+    lines = {sl["code"]: sl for sl in parsed["service_lines"]}
+    assert lines["guide"]["process_id"] == "scenario_guide"
+    assert lines["guide"]["targets"] == {"scenario_guides": {"min": 50}}
+    assert lines["config"]["process_id"] == "service_item"
+
+
+BASE = """
+[contract]
+code = "T-1"
+name = "测试合同"
+
+[[service_lines]]
+code = "1"
+name = "单部门事项接入"
+unit = "项"
+process = "scenario_guide"
+channels = ["pc"]
+unit_prices = { pc = 100 }
+[service_lines.gates]
+guide_list = [{ kind = "guide_item_list" }]
+guide_design = [{ kind = "guide_design" }]
+tests = []
+go_live = []
+"""
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda s: s.replace('unit_prices = { pc = 100 }', 'unit_prices = { pc = 100, mobile = 5 }'),
+     "service_lines[0] (code '1'): unit_prices names channels not offered"),
+    (lambda s: s.replace('{ kind = "guide_design" }', '{ kind = "guide_desing" }'),
+     "service_lines[0] (code '1'): gates.guide_design[0]: unknown artefact kind 'guide_desing'"),
+    (lambda s: s.replace('go_live = []\n', ''),
+     "service_lines[0] (code '1'): process 'scenario_guide' has gates ['go_live'] with no rules here"),
+    (lambda s: s.replace('tests = []', 'tests = [{ kind = "test_report", when = { channel = "tv" } }]'),
+     "gates.tests[0]: channel 'tv' is not one of"),
+    (lambda s: s.replace('tests = []', 'tests = [{ kind = "test_report", when = { moode = "new" } }]'),
+     "gates.tests[0]: unknown condition ['moode']"),
+    (lambda s: s.replace('channels = ["pc"]', 'channels = ["pc"]\ntargets = { guides = { min = -1 } }'),
+     "service_lines[0] (code '1'): targets.guides.min: must be a whole number"),
+    (lambda s: s.replace('process = "scenario_guide"', 'process = "nope"'),
+     "service_lines[0] (code '1'): unknown process 'nope'"),
+    (lambda s: s.replace('name = "测试合同"', 'name = "测试合同"\npricing = "cheap"'),
+     "[contract] pricing must be one of"),
+    (lambda s: s.replace('code = "1"', 'code = "1"\nprise = 4'), "service_lines[0] (code '1'): unknown keys ['prise']"),
+    (lambda s: s + "\n[[service_lines]]\ncode = \"1\"\n", "service_lines[1] (code '1'): duplicate service line code"),
+    (lambda s: s.replace('[contract]', '[contract'), "not valid TOML"),
+])
+def test_malformed_catalogues_name_file_entry_and_problem(edit, message):
+    with pytest.raises(CatalogError) as err:
+        parse_catalog(edit(BASE), "bad.toml")
+    assert str(err.value).startswith("bad.toml: ")
+    assert message in str(err.value)
+
+
+def test_base_example_is_valid():
+    assert parse_catalog(BASE, "ok.toml")["service_lines"][0]["gates"]["tests"] == []
+
+
+def test_cli_load_reports_the_problem_and_loads_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    db_file = tmp_path / "cli.db"
+    monkeypatch.setenv("ITEMGATE_DATABASE_URL", f"sqlite:///{db_file}")
+    monkeypatch.delenv("ITEMGATE_SECRET_KEY", raising=False)
+    monkeypatch.setenv("ITEMGATE_LOG_JSON", "0")
+    runner = Cli(monkeypatch)
+    assert runner.invoke(["db", "upgrade"]).exit_code == 0
+    bad = tmp_path / "broken.toml"
+    # The second line is broken: the first (valid) one must not be loaded either.
+    bad.write_text(BASE + '\n[[service_lines]]\ncode = "2"\nname = "x"\nunit = "项"\nprocess = "scenario_guide"\n'
+                   'channels = ["pc"]\nunit_prices = { pc = 1 }\n', encoding="utf-8")
+    result = runner.invoke(["catalog", "load", str(bad)])
+    assert result.exit_code == 1
+    assert f"{bad}: service_lines[1] (code '2'): process 'scenario_guide' has gates" in result.output
+    engine = create_engine(f"sqlite:///{db_file}")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM contracts")).scalar() == 0
+        assert conn.execute(text("SELECT count(*) FROM service_lines")).scalar() == 0
+    engine.dispose()
+    good = runner.invoke(["catalog", "load", str(CATALOG_DIR / "kaiping.toml")])
+    assert good.exit_code == 0, good.output
+    assert "contract KP-YTH-2026: 2 service lines (loaded)" in good.output
+    again = runner.invoke(["catalog", "load", str(CATALOG_DIR / "kaiping.toml")])
+    assert "(unchanged)" in again.output
+
+
+class Cli:
+    """Runs `itemgate` in a subprocess (its own app and engines, as an operator would) with the test's env."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch):
+        self.monkeypatch = monkeypatch  # the env it sets is what the subprocess inherits
+
+    def invoke(self, args: list[str], stdin: str | None = None) -> Any:
+        exe = Path(sys.executable).with_name("itemgate")
+        proc = subprocess.run([str(exe), *args], env=dict(os.environ), capture_output=True, text=True,  # noqa: S603
+                              input=stdin, timeout=300, check=False)
+        return SimpleNamespace(exit_code=proc.returncode, output=proc.stdout + proc.stderr)
