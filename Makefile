@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export ITEMGATE_DATA_DIR ?= var
 
-.PHONY: run test bench lint fuzz browser-deps clean
+.PHONY: run test bench lint fuzz loadtest browser-deps clean
 
 $(VENV)/bin/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON)"; exit 1; }
@@ -30,13 +30,17 @@ browser-deps:
 	@bash scripts/ensure-chromium.sh
 
 test: $(STAMP) browser-deps
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n 2
 
 bench: $(STAMP)
 	$(PY) -m bench.run
 
 fuzz: $(STAMP)
 	ITEMGATE_FUZZ_EXAMPLES=20000 $(VENV)/bin/pytest tests/test_fuzz_api.py
+
+# 50 users for 5 minutes against gunicorn (4 workers) on PostgreSQL; not part of `make test`.
+loadtest: $(STAMP)
+	$(PY) scripts/loadtest.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -184,6 +184,9 @@ def register_api(app: Flask) -> None:
     from api.rest import core, workload
 
     api.init_app(app)
+    from api.limits import decimal_bounds_as_numbers
+
+    api.ma_plugin.converter.add_attribute_function(decimal_bounds_as_numbers)
     api.spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     api.spec.options["security"] = [{"bearer": []}]
     api.register_blueprint(core.blp)

@@ -117,3 +117,39 @@ def fsck(repair: bool, quick: bool) -> None:
                    f"{len(report.orphans)} orphan(s), {len(report.removed)} removed")
         if report.problems or len(report.orphans) > len(report.removed):
             sys.exit(1)
+
+
+@main.command(help="Back up the database (every table as JSON lines) and the artefact objects into DIR.")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--no-objects", is_flag=True, help="write the artefact manifest only, not the object bytes")
+def backup(directory: str, no_objects: bool) -> None:
+    from api.extensions import db as database
+    from engine.backup import backup as run_backup
+    from engine.errors import DomainError
+
+    with app_context() as app, object_store(app) as store:
+        try:
+            info = run_backup(database.session, store, Path(directory), with_objects=not no_objects)
+        except DomainError as exc:
+            raise click.ClickException(exc.detail) from exc
+        click.echo(f"backed up {sum(info['tables'].values())} rows in {len(info['tables'])} tables and "
+                   f"{info['objects']} objects to {directory}")
+
+
+@main.command(help="Restore a backup DIR into an empty database (run `db upgrade` first) and empty bucket.")
+@click.argument("directory", type=click.Path(file_okay=False, exists=True))
+def restore(directory: str) -> None:
+    from api.extensions import db as database
+    from engine import audit as audit_log
+    from engine.backup import restore as run_restore
+    from engine.errors import DomainError
+
+    with app_context() as app, object_store(app) as store:
+        try:
+            result = run_restore(database.session, store, Path(directory), audit_log.Actor(None, "cli", "admin"))
+        except DomainError as exc:
+            database.session.rollback()
+            raise click.ClickException(exc.detail) from exc
+        database.session.commit()
+        click.echo(f"restored {sum(result['tables'].values())} rows and {result['objects']} objects; "
+                   "run `itemgate fsck` and `itemgate audit verify` to check")

@@ -34,7 +34,18 @@ def _depth_exceeds(value: Any, limit: int) -> bool:
     return False
 
 
+# Ids are INTEGER columns (int4 on PostgreSQL); a larger path id can name no row, and would overflow the driver.
+MAX_ID = 2**31 - 1
+
+
 def register(app: Flask) -> None:
+    @app.before_request
+    def _ids_in_range() -> Any:
+        for name, value in (request.view_args or {}).items():
+            if isinstance(value, int) and not 0 <= value <= MAX_ID:
+                return problem(404, "not_found", f"no such {name.removesuffix('_id')}")
+        return None
+
     @app.before_request
     def _json_limits() -> Any:
         if not request.is_json or request.method in ("GET", "HEAD", "OPTIONS"):
@@ -91,3 +102,16 @@ def record_login_failure(username: str) -> None:
     db.session.execute(delete(LoginAttempt).where(
         LoginAttempt.key == key, LoginAttempt.at <= now - timedelta(seconds=settings.login_window_seconds)))
     db.session.add(LoginAttempt(key=key, at=now))
+
+
+def decimal_bounds_as_numbers(converter: Any, field: Any, ret: dict[str, Any], **_: Any) -> dict[str, Any]:
+    """apispec renders Decimal fields' minimum/maximum/default as strings; JSON Schema wants numbers (and
+    generated clients and fuzzers choke on strings there)."""
+    from marshmallow import fields as ma_fields
+
+    if not isinstance(field, ma_fields.Decimal):
+        return {}
+    from decimal import Decimal
+
+    return {key: float(ret[key]) for key in ("minimum", "maximum", "default")
+            if isinstance(ret.get(key), str | Decimal)}

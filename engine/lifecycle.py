@@ -7,7 +7,7 @@ from typing import Any
 from SpiffWorkflow.util.task import TaskState
 from sqlalchemy import select
 
-from engine import audit, spiff
+from engine import audit, spiff, timers
 from engine.access import authorize, load_item_for
 from engine.errors import Conflict, Invalid
 from engine.workflow import Ctx, _load_instance, _sync_projection, model_of, save_instance
@@ -99,6 +99,7 @@ def rework_item(ctx: Ctx, item_id: int, to: str, reason: str | None) -> WorkItem
                       errors={"to": [f"one of {done}"]})
     target = candidates[-1]
     target_id = target.id
+    timers.disarm_deadline_timers(target)  # the projection arms it again with a new deadline
     workflow.reset_from_task_id(target_id)
     target = workflow.get_task_from_id(target_id)
     _fresh_id(target)

@@ -108,6 +108,9 @@ class Figures:
     deduction: Decimal
     net: Decimal
     frozen: bool
+    # Seed 001: the settled total may exceed the award by at most 10 %; shown, not enforced (a human decides).
+    award_limit: Decimal | None = None
+    exceeds_award_limit: bool | None = None
 
 
 # ---------------------------------------------------------------- loading and guards
@@ -510,8 +513,24 @@ def gross_of(session: Session, settlement_id: int) -> tuple[Decimal, int]:
     return money(Decimal(gross)), int(count)
 
 
+def _award_check(session: Session, settlement: Settlement, fig: Figures) -> Figures:
+    award = settlement.contract.award_amount
+    if award is None:
+        return fig
+    before = session.execute(select(func.coalesce(func.sum(Settlement.gross_amount), 0)).where(
+        Settlement.contract_id == settlement.contract_id, Settlement.status == "approved",
+        Settlement.id != settlement.id)).scalar()
+    fig.award_limit = money(Decimal(award) * Decimal("1.10"))
+    fig.exceeds_award_limit = Decimal(before) + fig.gross > fig.award_limit
+    return fig
+
+
 def figures(session: Session, settlement: Settlement, now: datetime) -> Figures:
     """Live figures while the claim moves; the frozen ones once approved."""
+    return _award_check(session, settlement, _figures(session, settlement, now))
+
+
+def _figures(session: Session, settlement: Settlement, now: datetime) -> Figures:
     _, count = gross_of(session, settlement.id)
     if settlement.status == "approved" and settlement.gross_amount is not None:
         return Figures(gross=settlement.gross_amount, entries=count, due_at=settlement.due_at,

@@ -53,6 +53,14 @@ def arm_deadline_timers(user_task: Any, due_at: datetime) -> int:
     return len(timers)
 
 
+def disarm_deadline_timers(user_task: Any) -> None:
+    """Back to "never" before a task is reset: its timers are re-created from the boundary split's data, and a
+    stale deadline would otherwise fire at once, unseen. The projection arms them again."""
+    parent = user_task.parent
+    if parent is not None and type(parent.task_spec).__name__.startswith("BoundaryEventSplit"):
+        parent.data[DUE_VARIABLE] = NO_DEADLINE
+
+
 def waiting_timer_ids(workflow: Any) -> dict[str, Any]:
     return {str(t.id): t for t in workflow.get_tasks(state=TaskState.WAITING) if _is_timer(t)}
 

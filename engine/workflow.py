@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from SpiffWorkflow.util.task import TaskState
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -61,11 +61,15 @@ class Ctx:
 
 def current_definition(session: Session, process_id: str) -> ProcessDefinition:
     """The definition new items start on; the shipped model is deployed on first use."""
-    definition = session.execute(
-        select(ProcessDefinition)
-        .where(ProcessDefinition.process_id == process_id, ProcessDefinition.is_current.is_(True))
-        .order_by(ProcessDefinition.id.desc()).limit(1)
-    ).scalar()
+    query = (select(ProcessDefinition)
+             .where(ProcessDefinition.process_id == process_id, ProcessDefinition.is_current.is_(True))
+             .order_by(ProcessDefinition.id.desc()).limit(1))
+    definition = session.execute(query).scalar()
+    if definition is None and session.get_bind().dialect.name == "postgresql":
+        # Several workers creating the first items at once would all deploy it (a unique-key 500, seen in
+        # the load test): the first takes the lock and deploys, the others wait and then find it.
+        session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"deploy:{process_id}"})
+        definition = session.execute(query).scalar()
     if definition is None:
         definition = deploy_definition(session, process_id, bpmn.read_model(process_id),
                                        f"{process_id}.bpmn", None)

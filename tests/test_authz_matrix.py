@@ -10,7 +10,7 @@ import pytest
 from api.app import create_app
 from api.config import load_settings
 from engine import policy
-from tests.conftest import make_app, truncate_all, World
+from tests.conftest import World, make_app, truncate_all
 from tests.test_web import HTML, Browser
 
 ROLE_USERS = {"implementer": "impl", "dept_reviewer": "rev_a", "pm": "pm", "auditor": "auditor",
@@ -176,3 +176,25 @@ def test_unknown_endpoint_is_denied_by_default(world, monkeypatch):
     monkeypatch.delitem(policy.ENDPOINTS, "core.catalog")
     r = world.get("admin", "/api/v1/catalog")
     assert r.status_code == 403 and r.get_json()["code"] == "no_policy"
+
+
+def test_scope_dimension_department_and_lane(world):
+    """Role granted, row out of reach: another department's reviewer gets 404 (existence not revealed);
+    a task in another lane gets 403 not_your_task."""
+    item = world.new_item("SCOPE-1", department="DA")
+    artefact = world.upload("impl", item["id"], "requirement_letter").get_json()
+    task = world.open_tasks(item["id"])[0]
+    for url in (f"/api/v1/items/{item['id']}", f"/api/v1/items/{item['id']}/artefacts",
+                f"/api/v1/artefacts/{artefact['id']}/content", f"/api/v1/tasks/{task['id']}"):
+        assert world.get("rev_b", url).status_code == 404, url
+        r = world.get("rev_a", url)
+        assert r.status_code == 200, url
+        r.close()
+    assert world.get("rev_b", "/api/v1/items").get_json()["total"] == 0
+    r = world.post("rev_b", f"/api/v1/items/{item['id']}/artefacts",
+                   data={"kind": "requirement_letter", "file": (__import__("io").BytesIO(b"%PDF-1.4\n"), "a.pdf")},
+                   content_type="multipart/form-data")
+    assert r.status_code == 404
+    # The intake task is the implementer's lane: a PM (granted task.complete for their own lane) may not.
+    r = world.complete("pm", task["id"], {})
+    assert r.status_code == 403 and r.get_json()["code"] == "not_your_task"

@@ -102,3 +102,28 @@ def test_rework_of_a_one_thing_redoes_the_per_department_analyses(world):
     assert [t["name"] for t in world.open_tasks(item_id)] == ["survey_current"]
     do(world, "impl", item_id, "survey_current", {})
     assert sorted(t["department"] for t in open_named(world, item_id, "analyse_linked_item")) == ["DA", "DB"]
+
+
+def test_rework_inside_the_e_licence_issuing_subprocess(world):
+    item_id = world.new_item("SH-RW-ZZ", line="12", channels=["pc"])["id"]
+    intake(world, item_id, {"parts": ["using"]})
+    do(world, "impl", item_id, "collect_info", {})
+    do(world, "rev_a", item_id, "confirm_info", APPROVE)
+    do(world, "impl", item_id, "customise_template", {})
+    do(world, "impl", item_id, "configure_parameters", {})
+    do(world, "rev_a", item_id, "template_check", APPROVE)
+    r = world.post("pm", f"/api/v1/items/{item_id}/rework", json={"to": "customise_template", "reason": "底版字段变更"})
+    assert r.status_code == 200, r.get_json()
+    assert [t["name"] for t in world.open_tasks(item_id)] == ["customise_template"]
+    do(world, "impl", item_id, "customise_template", {})
+    do(world, "impl", item_id, "configure_parameters", {})
+    do(world, "rev_a", item_id, "template_check", APPROVE)
+    do(world, "impl", item_id, "issuing_test", {"tests_passed": True})
+    do(world, "impl", item_id, "issuing_publish", GO_LIVE)
+    assert [t["name"] for t in world.open_tasks(item_id)] == ["using_design"]
+    for name, data in (("using_design", {}), ("using_test", {"tests_passed": True}), ("using_go_live", GO_LIVE),
+                       ("security_test", {"tests_passed": True})):
+        do(world, "impl", item_id, name, data)
+    do(world, "rev_a", item_id, "cosign_department", {"confirm": True})
+    do(world, "impl", item_id, "cosign_implementer", {"confirm": True})
+    assert item(world, item_id)["status"] == "completed"

@@ -205,3 +205,23 @@ def test_overdue_per_department_confirmations_remind_each_department(world, app)
     assert [n["kind"] for n in notifications(world, "rev_b")] == ["reminder"]
     assert notifications(world, "rev_a") == []
     assert [n["kind"] for n in notifications(world, "pm")] == ["escalation"]
+
+
+def test_rework_to_a_review_gets_a_fresh_deadline(world, app):
+    from tests.test_kinds_api import do
+
+    with frozen("2026-09-29 02:00:00", world):
+        first = to_confirm_survey(world, "SH-OD-RW")
+        item_id = first["item_id"]
+        do(world, "rev_a", item_id, "confirm_survey", APPROVE)
+        do(world, "impl", item_id, "design", {})
+    with frozen("2026-10-20 02:00:00", world):  # long after the first review's deadline
+        r = world.post("pm", f"/api/v1/items/{item_id}/rework", json={"to": "confirm_survey", "reason": "重新确认"})
+        assert r.status_code == 200, r.get_json()
+        again = world.task_named(item_id, "confirm_survey")
+        assert again["id"] != first["id"]
+        assert again["due_at"] == "2026-10-27T10:00:00Z"  # Tue 10-20 + 5 working days
+        assert tick(app) == 0  # the stale deadline did not fire
+    with frozen("2026-10-27 10:01:00", world):
+        assert tick(app) == 1
+    assert [(n["kind"], n["task_id"]) for n in notifications(world, "rev_a")] == [("reminder", again["id"])]

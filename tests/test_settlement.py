@@ -52,6 +52,7 @@ def test_claim_revised_reviewed_and_approved_with_numbers_adding_up(sworld):
     api_total = w.get("pm", "/api/v1/workload").get_json()["totals"]["amount"]
     assert s["figures"]["gross"] == api_total == float(ledger_sum()) == 3 * (45000 + 72000) - 45000 + 2 * 80000 * 1.5
     assert s["figures"]["late"] is False and s["figures"]["penalty"] == 0
+    assert s["figures"]["award_limit"] == 107_800_000.0 and s["figures"]["exceeds_award_limit"] is False
 
     # Auditor cannot act before submission; the PM submits.
     r = w.post("auditor", f"/api/v1/settlements/{sid}/accept", json={})
@@ -211,6 +212,12 @@ def test_cancelled_items_are_never_billable(sworld):
     workload = w.get("pm", "/api/v1/workload").get_json()
     assert {e["item_id"] for e in workload["entries"]} == {keep[0]}
     assert workload["totals"]["amount"] == 45000.0
+    # An item cancelled the ordinary way (while active) is never tallied in the first place.
+    live = w.new_item("SH-CANCEL-1")["id"]
+    assert w.post("pm", f"/api/v1/items/{live}/cancel", json={"reason": "需求撤销"}).status_code == 200
+    assert w.post("pm", f"/api/v1/items/{live}/cancel", json={"reason": "需求撤销"}).status_code == 409
+    assert db.session.execute(select(func.count(WorkloadEntry.id))
+                              .where(WorkloadEntry.item_id == live)).scalar() == 0
 
 
 def test_roles_and_stages_are_enforced(sworld):
@@ -293,3 +300,49 @@ def test_late_claim_with_assessment_deduction(sworld, score, deduction):
     frozen = db.session.get(Settlement, sid)
     db.session.refresh(frozen)
     assert frozen.net_amount == Decimal(str(fig["net"])).quantize(Decimal("0.01"))
+
+
+def test_web_pages_and_the_lock_through_the_web(sworld, app):
+    from tests.test_web import Browser
+
+    w = sworld
+    completed_items(2, prefix="WEB", channels=("pc",))
+    pm = Browser(app, "pm")
+    r = pm.post("/settlements", {"contract": "SH-YWTB-2025", "period_start": "2026-01-01",
+                                 "period_end": TODAY.isoformat(), "label": "网页结算"})
+    assert r.status_code == 302, r.get_data(as_text=True)
+    sid = int(r.headers["Location"].rstrip("/").split("/")[-1])
+    page = pm.get(f"/settlements/{sid}").get_data(as_text=True)
+    assert "网页结算" in page and "提交结算申报" in page and "90,000.00" in page
+    assert pm.post(f"/settlements/{sid}/submit", {"note": "网页提交"}).status_code == 302
+    auditor = Browser(app, "auditor")
+    assert auditor.post(f"/settlements/{sid}/audit", {"op": "accept", "text": "通过"}).status_code == 302
+    buyer = Browser(app, "buyer")
+    assert buyer.post(f"/settlements/{sid}/review", {"stage": "first", "decision": "approve"}).status_code == 302
+    buyer2 = Browser(app, "buyer2")
+    assert buyer2.post(f"/settlements/{sid}/review", {"stage": "final", "decision": "approve"}).status_code == 302
+    assert w.get("pm", f"/api/v1/settlements/{sid}").get_json()["status"] == "approved"
+
+    # After approval every web change is refused with a message, and audited.
+    pm.get(f"/settlements/{sid}")
+    pm.post(f"/settlements/{sid}/submit", {})
+    pm.post(f"/settlements/{sid}/lines", {"op": "remove", "entry_ids": "1", "reason": "撤回"})
+    auditor.get(f"/settlements/{sid}")
+    auditor.post(f"/settlements/{sid}/audit", {"op": "comment", "text": "再看看"})
+    buyer2.get(f"/settlements/{sid}")
+    buyer2.post(f"/settlements/{sid}/review", {"stage": "final", "decision": "return", "comment": "撤销"})
+    page = pm.get(f"/settlements/{sid}").get_data(as_text=True)
+    assert "结算已审定（锁定），不能再修改；本次操作已记录。" in page and 'id="locked"' in page
+    refused = db.session.execute(select(func.count(AuditEvent.id)).where(AuditEvent.outcome == "refused")).scalar()
+    assert refused == 4
+    assert w.get("pm", f"/api/v1/settlements/{sid}").get_json()["figures"]["gross"] == 90000.0
+
+    # The ledger, the list and the exports render; downloads come through the web session.
+    assert "WEB-0000" in pm.get("/ledger").get_data(as_text=True)
+    assert "网页结算" in pm.get("/settlements").get_data(as_text=True)
+    assert "工作量统计明细表" in pm.get("/exports?contract=SH-YWTB-2025").get_data(as_text=True)
+    r = pm.get("/exports/workload.csv")
+    assert r.status_code == 200 and r.data.startswith(b"\xef\xbb\xbf")
+    r = pm.get(f"/settlements/{sid}/claim.xlsx")
+    assert r.status_code == 200
+    assert Browser(app, "impl").get(f"/settlements/{sid}").status_code == 403

@@ -15,7 +15,6 @@ from storage.models import Artefact, GatePass, User
 from tests.test_lifecycle_api import drive_to_survey_review
 from tests.test_trust_audit import run_cli
 
-
 # ---------------------------------------------------------------- separation of duties
 
 def test_uploader_of_reviewed_evidence_cannot_approve_it(world):

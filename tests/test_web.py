@@ -204,6 +204,7 @@ def test_item_page_dashboard_and_language(world, app):
     assert Browser(app, "impl").get("/dashboard").status_code == 403
     en = pm.get("/inbox?lang=en").get_data(as_text=True)
     assert "Inbox" in en and 'lang="en"' in en
+    assert "Confirm difficulty coefficient" in en and "确认难度系数" not in en
     assert "Dashboard" in pm.get("/dashboard").get_data(as_text=True)  # the choice sticks
     assert "收件箱" in pm.get("/inbox?lang=zh").get_data(as_text=True)
 
@@ -266,3 +267,42 @@ def test_dashboard_counts_a_completed_item_this_week(world, app):
     assert "SH-WEB-DONE" not in pm.get("/items?status=active").get_data(as_text=True)
     page = pm.get(f"/items/{item_id}").get_data(as_text=True)
     assert "ig-current" not in page and "事项完成" in page
+
+
+def test_overdue_tasks_are_marked_and_counted(world, app):
+    from datetime import UTC, datetime
+
+    from api.extensions import db
+    from storage.models import HumanTask
+
+    item_id = world.new_item("SH-WEB-LATE")["id"]
+    drive_to_survey_review(world, item_id)
+    review = db.session.get(HumanTask, world.task_named(item_id, "confirm_survey")["id"])
+    review.due_at = datetime(2026, 1, 5, 2, 0, tzinfo=UTC)
+    db.session.commit()
+    rev = Browser(app, "rev_a")
+    inbox = rev.get("/inbox?overdue=1").get_data(as_text=True)
+    assert 'class="is-overdue"' in inbox and "已逾期" in inbox and "2026-01-05 10:00" in inbox  # Beijing time
+    dash = Browser(app, "pm").get("/dashboard").get_data(as_text=True)
+    assert 'id="kpi-overdue">1<' in dash and "部门确认调研梳理结果" in dash
+    on_time = rev.get("/inbox?sort=created").get_data(as_text=True)
+    assert "SH-WEB-LATE" in on_time
+
+
+def test_upload_without_script_redirects_back_with_a_message(world, app):
+    from api.demo import demo_pdf
+
+    item_id = world.new_item("SH-WEB-NOJS")["id"]
+    intake = world.task_named(item_id, "intake")
+    b = Browser(app, "impl")
+    back = f"/tasks/{intake['id']}"
+    r = b.post(f"/items/{item_id}/artefacts", {"kind": "requirement_letter", "next": back,
+                                                "file": (io.BytesIO(demo_pdf("x")), "需求函.pdf")},
+               content_type="multipart/form-data")
+    assert r.status_code == 302 and r.headers["Location"] == back
+    assert "上传成功" in b.get(back).get_data(as_text=True)
+    r = b.post(f"/items/{item_id}/artefacts", {"kind": "requirement_letter", "next": "//evil.example/",
+                                                "file": (io.BytesIO(b"MZ\x90\x00"), "x.exe")},
+               content_type="multipart/form-data")
+    assert r.status_code == 302 and r.headers["Location"] == f"/items/{item_id}"  # never off-site
+    assert "不支持此文件类型" in b.get(f"/items/{item_id}").get_data(as_text=True)

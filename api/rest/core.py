@@ -266,7 +266,7 @@ def items_get(item_id: int) -> dict[str, Any]:
 
 class TaskQuery(PageArgs):
     scope = fields.String(load_default="group", validate=validate.OneOf(["mine", "group", "all"]))
-    item_id = fields.Integer(load_default=None)
+    item_id = fields.Integer(load_default=None, validate=validate.Range(min=1, max=2**31 - 1))
 
 
 def task_query(user: User, scope: str) -> Any:

@@ -90,7 +90,9 @@ def settlement_json(s: Settlement, user: User, with_lines: bool = False) -> dict
         "figures": {"gross": money(fig.gross), "entries": fig.entries, "due_at": iso(fig.due_at), "late": fig.late,
                     "penalty_rate": num(fig.penalty_rate), "penalty": money(fig.penalty),
                     "assessment_score": num(fig.score), "deduction_rate": num(fig.deduction_rate),
-                    "deduction": money(fig.deduction), "net": money(fig.net), "frozen": fig.frozen},
+                    "deduction": money(fig.deduction), "net": money(fig.net), "frozen": fig.frozen,
+                    "award_limit": None if fig.award_limit is None else money(fig.award_limit),
+                    "exceeds_award_limit": fig.exceeds_award_limit},
         "actions": st.allowed_actions(user, s),
     }
     if with_lines:

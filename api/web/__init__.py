@@ -12,24 +12,6 @@ from api.web import i18n
 from api.web.auth import SessionUser, load_session_user
 from api.web.i18n import _
 
-# Endpoint → policy action for the routes this package adds (engine/policy.py ENDPOINTS lists the rest).
-WEB_ENDPOINTS: dict[str, str | dict[str, str]] = {
-    "index": "public.page",
-    "web.login": {"GET": "public.page", "POST": "auth.login"},
-    "web.logout": "auth.logout",
-    "web.inbox": "task.read",
-    "web.task": "task.read",
-    "web.task_claim": "task.claim",
-    "web.task_unclaim": "task.release",
-    "web.task_handover": "task.release",
-    "web.task_complete": "task.complete",
-    "web.items": "item.read",
-    "web.item": "item.read",
-    "web.artefact_upload": "artefact.upload",
-    "web.artefact_content": "artefact.read",
-    "web.dashboard": "workload.read",
-}
-
 _SAFE_METHODS = {"GET", "HEAD", "OPTIONS", "TRACE"}
 _ERROR_TEXT = {
     400: "请求无效。",
@@ -76,6 +58,9 @@ def register(app: Flask) -> None:
     from api.web.views import bp
 
     app.register_blueprint(bp)
+    from api.web.settlements import bp as settlements_bp
+
+    app.register_blueprint(settlements_bp)
 
     @app.get("/", endpoint="index")
     def index() -> Any:
@@ -88,6 +73,7 @@ def register(app: Flask) -> None:
 
 
 def html_error(status: int, detail: str) -> Any:
+    """A friendly error page for web requests (the detail stays in the log; people get a plain sentence)."""
     db.session.rollback()
     if status == 400 and "CSRF" in (detail or ""):
         message = _("表单已过期或缺少安全令牌，请返回并刷新页面后重试。")
@@ -96,4 +82,4 @@ def html_error(status: int, detail: str) -> Any:
     return render_template("web/error.html", status=status, message=message), status
 
 
-__all__ = ["SessionUser", "WEB_ENDPOINTS", "register"]
+__all__ = ["SessionUser", "html_error", "register"]

@@ -182,6 +182,63 @@ EN.update({
     "配置方案": "Configuration plan",
 })
 
+# Ledger, settlement and export pages (api/web/settlements.py).
+EN.update({
+    "佐证材料包": "Evidence bundle", "保存": "Save", "修改明细": "Change lines", "元": "CNY",
+    "全部合同": "All contracts",
+    "冲销": "Reverse", "冲销分录": "Reversal of", "冲销原因": "Reason for the reversal", "分录号": "Entry no.",
+    "分录数": "Entries", "初审": "First review", "原因": "Reason", "合同": "Contract", "增加分录": "Add entries",
+    "备注": "Note", "完成率": "Progress", "完成进度": "Progress against targets", "审定": "Final approval",
+    "审核": "Review", "审核记录": "Review trail", "审核通过": "Accept", "导出": "Exports",
+    "工作量台账": "Workload ledger", "工作量统计明细表": "Workload detail sheet",
+    "已保存审核意见": "Review saved", "已修改申报明细": "Claim lines changed", "已冲销该分录": "Entry reversed",
+    "已审定（锁定）：结算结果不可再修改。": "Approved (locked): this settlement can no longer change.",
+    "已开启结算": "Settlement opened", "已提交结算申报": "Claim submitted", "已记录审核结论": "Decision recorded",
+    "应付金额（元）": "Net payable (CNY)", "开启结算": "Open a settlement", "开始日期": "From", "结束日期": "To",
+    "提交截止": "Submission deadline", "提交结算申报": "Submit the claim",
+    "文件在服务器上逐段生成并边生成边下载；大文件请耐心等待浏览器的下载进度。":
+        "Files are generated and downloaded piece by piece; for large files follow your browser's download progress.",
+    "没有分录。": "No entries.", "渠道/指标": "Channel / target", "申报明细": "Claim lines",
+    "申报金额（元）": "Claimed (CNY)", "移除分录": "Remove entries", "结算": "Settlements", "结算期名称": "Period name",
+    "结算申报表": "Claim sheet", "结算金额": "Amounts", "考核得分": "Assessment score",
+    "考核扣款（元）": "Assessment deduction (CNY)", "计量时间": "Tallied at",
+    "请填写有效的结算期间。": "Give a valid settlement period.", "轮次": "Round", "还没有结算。": "No settlements yet.",
+    "逐条意见": "Line comment", "逾期提交": "Submitted late", "逾期提交扣款（元）": "Late penalty (CNY)",
+    "金额（元）": "Amount (CNY)", "预估量/目标": "Estimate / target", "目标事项数": "Target items",
+    "编制中": "Draft", "修改中": "Revising", "第三方审核": "Third-party review", "采购单位初审": "Buyer first review",
+    "采购单位审定": "Buyer final approval", "已审定（锁定）": "Approved (locked)",
+    "结算已审定（锁定），不能再修改；本次操作已记录。":
+        "The settlement is approved (locked) and can no longer change; this attempt has been recorded.",
+})
+
+# Task names as the process models give them (the diagram keeps the model's own text).
+TASK_TITLES_EN = {
+    "提交需求函与复杂度说明": "Submit requirement letter and complexity statement",
+    "确认难度系数": "Confirm difficulty coefficient", "调研与要素梳理": "Survey and sorting",
+    "部门确认调研梳理结果": "Department confirms survey results",
+    "需求分析与功能设计": "Analysis and functional design",
+    "部门确认功能设计": "Department confirms design", "前后端开发与联调": "Build and integration",
+    "功能、性能与安全测试": "Functional, performance and security tests",
+    "功能与安全测试": "Functional and security tests",
+    "安全测试": "Security test", "体验走查": "UX walkthrough", "纳管发布上线": "Deploy and release",
+    "需求单位会签联调与上线确认单": "Department co-signs go-live confirmation",
+    "实施方会签联调与上线确认单": "Implementer co-signs go-live confirmation", "办件质量校验": "Case quality check",
+    "办理现状调研分析": "Current-state survey", "关联事项需求分析": "Linked item analysis",
+    "部门确认关联事项分析": "Department confirms linked item analysis",
+    "编制业务方案与技术实施方案": "Business and technical plans", "牵头部门确认方案": "Lead department confirms plans",
+    "证照信息采集": "Collect licence information", "部门确认证照信息": "Department confirms licence information",
+    "证照底版定制": "Customise licence template", "参数列表配置": "Configure parameter list",
+    "模板校核确认": "Template check confirmation", "制证联调与测试": "Issuing integration and test",
+    "制证发布上线": "Issuing release", "亮证设计": "Showing design", "亮证联调与测试": "Showing integration and test",
+    "亮证发布上线": "Showing release", "用证设计": "Using design", "用证联调与测试": "Using integration and test",
+    "用证发布上线": "Using release", "梳理需导办事项清单": "List items needing guidance",
+    "部门确认导办事项清单": "Department confirms guidance list",
+    "设计问题、答案与情形关联（设计初稿）": "Design questions, answers and scenarios (draft)",
+    "部门审核导办设计": "Department reviews guide design", "录入系统": "Enter into the system",
+    "导办测试": "Guide test", "导办发布上线": "Guide release",
+}
+EN.update(TASK_TITLES_EN)
+
 # marshmallow's English messages → Chinese (shown inline under the field).
 _MESSAGES = {
     "Missing data for required field.": "此项必填。",

@@ -110,9 +110,14 @@ def test_implement_review_return_resubmit_approve(chromium: Any, live_url: str, 
     rev.locator("table.inbox a.task-link", has_text="部门确认调研梳理结果").click()
     rev.wait_for_url(re.compile(r"/tasks/\d+$"))
     assert rev.locator(".review-list").inner_text().count(".pdf") == 2
-    rev.locator(".preview summary").first.click()
-    rev.locator(".preview iframe").first.wait_for()
     rev.screenshot(path=str(screenshot_dir / "review.png"))
+    # PDFs preview inline (headless Chromium has no PDF viewer to draw them, so check what is served).
+    rev.locator(".preview summary").first.click()
+    frame = rev.locator(".preview iframe").first
+    frame.wait_for()
+    served = rev.request.get(frame.get_attribute("src"))
+    assert served.ok and served.headers["content-type"] == "application/pdf"
+    assert served.headers["content-disposition"].startswith("inline;")
     rev.get_by_label("退回修改").check()
     with rev.expect_navigation() as nav:
         rev.locator("#complete-button").click()

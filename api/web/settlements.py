@@ -1,0 +1,254 @@
+"""Web pages for the ledger, settlements (state, review trail, each role's actions) and exports."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import date
+from typing import Any
+
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    stream_with_context,
+    url_for,
+)
+from sqlalchemy import select
+
+from api.extensions import db
+from api.rest.settlements import attachment
+from api.web.auth import me, web_ctx
+from api.web.i18n import _
+from api.web.views import PER_PAGE, _count, _page, refusal
+from engine import ledger
+from engine import settlement as st
+from engine.bundle import stream_bundle
+from engine.errors import DomainError, NotFound
+from engine.reports import WorkloadFilter, claim_xlsx_file, csv_stream, entries_query, progress, totals, xlsx_file
+from engine.workflow import Ctx
+from storage.models import Contract, Department, ServiceLine, Settlement, SettlementNote
+
+bp = Blueprint("settle_web", __name__)
+XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+LOCKED = "结算已审定（锁定），不能再修改；本次操作已记录。"
+
+
+def _filter_args() -> tuple[WorkloadFilter, dict[str, Any]]:
+    args = {k: (request.args.get(k) or "").strip()[:64] for k in ("contract", "from", "to", "department",
+                                                                  "service_line")}
+
+    def day(value: str) -> date | None:
+        try:
+            return date.fromisoformat(value) if value else None
+        except ValueError:
+            return None
+
+    f = WorkloadFilter(contract=args["contract"] or None, date_from=day(args["from"]), date_to=day(args["to"]),
+                       department=args["department"] or None, service_line=args["service_line"] or None)
+    return f, args
+
+
+def _options() -> dict[str, Any]:
+    return {"contracts": list(db.session.scalars(select(Contract).order_by(Contract.code))),
+            "lines": sorted({(sl.code, sl.name) for sl in db.session.scalars(select(ServiceLine))}),
+            "departments": list(db.session.scalars(select(Department).order_by(Department.code)))}
+
+
+def _file(out: Any, mimetype: str, name: str, ascii_name: str) -> Response:
+    def chunks() -> Any:
+        try:
+            while block := out.read(1 << 16):
+                yield block
+        finally:
+            out.close()
+
+    response = Response(chunks(), mimetype=mimetype)
+    response.headers["Content-Disposition"] = attachment(name, ascii_name)
+    return response
+
+
+# ---------------------------------------------------------------- ledger
+
+@bp.get("/ledger")
+def ledger_page() -> Any:
+    f, args = _filter_args()
+    query = entries_query(f)
+    total = _count(query)
+    page = _page()
+    rows = db.session.execute(query.offset((page - 1) * PER_PAGE).limit(PER_PAGE)).all()
+    return render_template("web/ledger.html", rows=rows, args=args, page=page, total=total,
+                           pages=max(1, -(-total // PER_PAGE)), totals=totals(db.session, f), me=me(),
+                           **_options())
+
+
+@bp.post("/ledger/<int:entry_id>/reverse")
+def ledger_reverse(entry_id: int) -> Any:
+    reason = (request.form.get("reason") or "").strip()[:4000]
+    _change(lambda c: ledger.reverse_entry(c.session, c.actor, me(), entry_id, reason, c.now), _("已冲销该分录"))
+    return redirect(url_for("settle_web.ledger_page"))
+
+
+# ---------------------------------------------------------------- settlements
+
+@bp.get("/settlements")
+def settlements() -> Any:
+    rows = list(db.session.scalars(select(Settlement).order_by(Settlement.id.desc()).limit(200)))
+    figures = {s.id: st.figures(db.session, s, web_ctx().now) for s in rows}
+    return render_template("web/settlements.html", rows=rows, figures=figures, me=me(),
+                           status_names=st.STATUS_NAMES, **_options())
+
+
+@bp.post("/settlements")
+def settlements_open() -> Any:
+    form = request.form
+    try:
+        start, end = date.fromisoformat(form.get("period_start", "")), date.fromisoformat(form.get("period_end", ""))
+    except ValueError:
+        flash(_("请填写有效的结算期间。"), "error")
+        return redirect(url_for("settle_web.settlements"))
+    opened = _change(lambda c: st.open_settlement(c, form.get("contract", ""), start, end,
+                                                  (form.get("label") or "").strip() or None), _("已开启结算"))
+    if opened is None:
+        return redirect(url_for("settle_web.settlements"))
+    return redirect(url_for("settle_web.settlement", settlement_id=opened.id))
+
+
+@bp.get("/settlements/<int:settlement_id>")
+def settlement(settlement_id: int) -> Any:
+    s = st.load_settlement_for(db.session, me(), settlement_id)
+    lines = db.session.execute(st.line_entries(s.id)).all()
+    notes = list(db.session.scalars(select(SettlementNote).where(SettlementNote.settlement_id == s.id)
+                                    .order_by(SettlementNote.id)))
+    return render_template("web/settlement.html", s=s, lines=lines, notes=notes, me=me(),
+                           fig=st.figures(db.session, s, web_ctx().now), actions=st.allowed_actions(me(), s),
+                           status_names=st.STATUS_NAMES)
+
+
+def _change(fn: Callable[[Ctx], Any], done: str) -> Any:
+    """Run one use case; a refused change to a locked settlement is rolled back, audited and explained."""
+    context = web_ctx()
+    try:
+        result = fn(context)
+        db.session.commit()
+        flash(done, "ok")
+        return result
+    except ledger.SettlementLocked as err:
+        db.session.rollback()
+        ledger.record_refusal(db.session, context.actor, err)
+        db.session.commit()
+        flash(_(LOCKED), "error")
+    except NotFound:
+        raise
+    except DomainError as err:
+        db.session.rollback()
+        flash(err.detail if err.code not in ("role_required", "not_your_task", "version_conflict",
+                                             "separation_of_duties") else refusal(err), "error")
+    return None
+
+
+def _back(settlement_id: int) -> Any:
+    return redirect(url_for("settle_web.settlement", settlement_id=settlement_id))
+
+
+def _ids(text: str) -> list[int]:
+    return [int(p) for p in text.replace(",", " ").split() if p.isdigit()][:10000]
+
+
+@bp.post("/settlements/<int:settlement_id>/submit")
+def settlement_submit(settlement_id: int) -> Any:
+    note = (request.form.get("note") or "").strip()[:4000] or None
+    _change(lambda c: st.submit(c, st.load_settlement_for(c.session, me(), settlement_id), note), _("已提交结算申报"))
+    return _back(settlement_id)
+
+
+@bp.post("/settlements/<int:settlement_id>/lines")
+def settlement_lines(settlement_id: int) -> Any:
+    ids, reason = _ids(request.form.get("entry_ids", "")), (request.form.get("reason") or "").strip()[:4000]
+    op = st.add_lines if request.form.get("op") == "add" else st.remove_lines
+    _change(lambda c: op(c, st.load_settlement_for(c.session, me(), settlement_id), ids, reason), _("已修改申报明细"))
+    return _back(settlement_id)
+
+
+@bp.post("/settlements/<int:settlement_id>/audit")
+def settlement_audit(settlement_id: int) -> Any:
+    op, text = request.form.get("op", ""), (request.form.get("text") or "").strip()[:4000]
+    entry = request.form.get("entry_id", type=int)
+
+    def run(c: Ctx) -> Any:
+        s = st.load_settlement_for(c.session, me(), settlement_id)
+        if op == "comment":
+            return st.comment(c, s, text, entry)
+        return st.audit_decision(c, s, "accept" if op == "accept" else "return", text or None)
+
+    _change(run, _("已保存审核意见"))
+    return _back(settlement_id)
+
+
+@bp.post("/settlements/<int:settlement_id>/review")
+def settlement_review(settlement_id: int) -> Any:
+    form = request.form
+    decision, text = form.get("decision", ""), (form.get("comment") or "").strip()[:4000] or None
+
+    def run(c: Ctx) -> Any:
+        s = st.load_settlement_for(c.session, me(), settlement_id)
+        if form.get("stage") == "final":
+            return st.final_approval(c, s, decision, text)
+        return st.first_review(c, s, decision, text, form.get("assessment_score") or None)
+
+    _change(run, _("已记录审核结论"))
+    return _back(settlement_id)
+
+
+@bp.get("/settlements/<int:settlement_id>/claim.xlsx")
+def settlement_claim(settlement_id: int) -> Any:
+    s = st.load_settlement_for(db.session, me(), settlement_id)
+    out = claim_xlsx_file(db.session, s, st.figures(db.session, s, web_ctx().now))
+    return _file(out, XLSX, f"结算申报表-{s.id}.xlsx", f"settlement-{s.id}-claim.xlsx")
+
+
+@bp.get("/settlements/<int:settlement_id>/evidence.zip")
+def settlement_evidence(settlement_id: int) -> Any:
+    s = st.load_settlement_for(db.session, me(), settlement_id)
+    f = WorkloadFilter(settlement_id=s.id, include_cancelled=s.status == "approved")
+    chunks = stream_bundle(db.session, current_app.extensions["itemgate_store"], f, f"结算 #{s.id} {s.label}")
+    response = Response(stream_with_context(chunks), mimetype="application/zip")
+    response.headers["Content-Disposition"] = attachment(f"佐证材料-结算{s.id}.zip", f"settlement-{s.id}-evidence.zip")
+    return response
+
+
+# ---------------------------------------------------------------- exports
+
+@bp.get("/exports")
+def exports() -> Any:
+    f, args = _filter_args()
+    query = "&".join(f"{k}={v}" for k, v in args.items() if v)
+    return render_template("web/exports.html", args=args, query=query, progress=progress(db.session, f),
+                           totals=totals(db.session, f), **_options())
+
+
+@bp.get("/exports/workload.xlsx")
+def export_workload_xlsx() -> Any:
+    f, _args = _filter_args()
+    return _file(xlsx_file(db.session, f), XLSX, "工作量统计明细表.xlsx", "workload.xlsx")
+
+
+@bp.get("/exports/workload.csv")
+def export_workload_csv() -> Any:
+    f, _args = _filter_args()
+    response = Response(stream_with_context(csv_stream(db.session, f)), mimetype="text/csv")
+    response.headers["Content-Type"] = "text/csv; charset=utf-8"
+    response.headers["Content-Disposition"] = attachment("工作量统计明细表.csv", "workload.csv")
+    return response
+
+
+@bp.get("/exports/evidence.zip")
+def export_evidence() -> Any:
+    f, args = _filter_args()
+    described = ", ".join(f"{k}={v}" for k, v in args.items() if v) or "全部"
+    chunks = stream_bundle(db.session, current_app.extensions["itemgate_store"], f, f"筛选：{described}")
+    response = Response(stream_with_context(chunks), mimetype="application/zip")
+    response.headers["Content-Disposition"] = attachment("佐证材料.zip", "evidence.zip")
+    return response
