@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
-from urllib.parse import quote
 
 from flask import Response, current_app, g, stream_with_context
 from flask_smorest import Blueprint
@@ -11,6 +10,7 @@ from marshmallow import Schema, fields, validate
 from sqlalchemy import func, select
 
 from api.auth import current_user
+from api.downloads import XLSX, attachment, csv_response, file_response
 from api.extensions import db
 from api.serializers import entry_json, iso, money, num
 from engine import ledger
@@ -31,7 +31,6 @@ from storage.models import Contract, Settlement, SettlementNote, User, WorkloadE
 
 blp = Blueprint("settlements", __name__, url_prefix="/api/v1",
                 description="Settlements, ledger corrections, evidence bundles and count exports")
-XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 T = TypeVar("T")
 
 
@@ -52,23 +51,6 @@ def run_change(fn: Callable[[Ctx], T]) -> T:
         ledger.record_refusal(db.session, context.actor, exc)
         db.session.commit()
         raise
-
-
-def attachment(name: str, ascii_name: str) -> str:
-    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name)}"
-
-
-def file_response(out: Any, mimetype: str, name: str, ascii_name: str) -> Response:
-    def chunks() -> Iterator[bytes]:
-        try:
-            while block := out.read(1 << 16):
-                yield block
-        finally:
-            out.close()
-
-    response = Response(chunks(), mimetype=mimetype)
-    response.headers["Content-Disposition"] = attachment(name, ascii_name)
-    return response
 
 
 # ---------------------------------------------------------------- JSON shapes
@@ -345,10 +327,7 @@ def exports_counts(args: dict[str, Any]) -> dict[str, Any]:
 @blp.arguments(ExportArgs, location="query")
 def exports_counts_csv(args: dict[str, Any]) -> Response:
     authorize(current_user(), "workload.read")
-    response = Response(stream_with_context(counts_csv_stream(db.session, export_filter(args))), mimetype="text/csv")
-    response.headers["Content-Type"] = "text/csv; charset=utf-8"
-    response.headers["Content-Disposition"] = attachment("完成事项统计.csv", "counts.csv")
-    return response
+    return csv_response(counts_csv_stream(db.session, export_filter(args)), "完成事项统计.csv", "counts.csv")
 
 
 @blp.route("/exports/counts.xlsx", methods=["GET"])

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Response, stream_with_context
+from flask import Response
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields
 
 from api.auth import current_user
+from api.downloads import XLSX, csv_response, file_response
 from api.extensions import db
 from api.serializers import entry_json, money, num
 from engine.access import authorize
@@ -45,28 +46,11 @@ def workload(args: dict[str, Any]) -> dict[str, Any]:
 @blp.arguments(WorkloadArgs, location="query")
 def workload_csv(args: dict[str, Any]) -> Response:
     authorize(current_user(), "workload.read")
-    response = Response(stream_with_context(csv_stream(db.session, _filter(args))),
-                        mimetype="text/csv")
-    response.headers["Content-Type"] = "text/csv; charset=utf-8"
-    response.headers["Content-Disposition"] = "attachment; filename=\"workload.csv\"; " \
-        "filename*=UTF-8''%E5%B7%A5%E4%BD%9C%E9%87%8F%E7%BB%9F%E8%AE%A1%E6%98%8E%E7%BB%86%E8%A1%A8.csv"
-    return response
+    return csv_response(csv_stream(db.session, _filter(args)), "工作量统计明细表.csv", "workload.csv")
 
 
 @blp.route("/exports/workload.xlsx", methods=["GET"])
 @blp.arguments(WorkloadArgs, location="query")
 def workload_xlsx(args: dict[str, Any]) -> Response:
     authorize(current_user(), "workload.read")
-    out = xlsx_file(db.session, _filter(args))
-
-    def chunks() -> Any:
-        try:
-            while block := out.read(1 << 16):
-                yield block
-        finally:
-            out.close()
-
-    response = Response(chunks(), mimetype="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet")
-    response.headers["Content-Disposition"] = "attachment; filename=\"workload.xlsx\"; " \
-        "filename*=UTF-8''%E5%B7%A5%E4%BD%9C%E9%87%8F%E7%BB%9F%E8%AE%A1%E6%98%8E%E7%BB%86%E8%A1%A8.xlsx"
-    return response
+    return file_response(xlsx_file(db.session, _filter(args)), XLSX, "工作量统计明细表.xlsx", "workload.xlsx")

@@ -18,8 +18,8 @@ from flask import (
 )
 from sqlalchemy import select
 
+from api.downloads import XLSX, attachment, file_response
 from api.extensions import db
-from api.rest.settlements import attachment
 from api.web.auth import me, web_ctx
 from api.web.i18n import _
 from api.web.views import PER_PAGE, _count, _page, refusal
@@ -32,7 +32,6 @@ from engine.workflow import Ctx
 from storage.models import Contract, Department, ServiceLine, Settlement, SettlementNote
 
 bp = Blueprint("settle_web", __name__)
-XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 LOCKED = "结算已审定（锁定），不能再修改；本次操作已记录。"
 
 
@@ -55,19 +54,6 @@ def _options() -> dict[str, Any]:
     return {"contracts": list(db.session.scalars(select(Contract).order_by(Contract.code))),
             "lines": sorted({(sl.code, sl.name) for sl in db.session.scalars(select(ServiceLine))}),
             "departments": list(db.session.scalars(select(Department).order_by(Department.code)))}
-
-
-def _file(out: Any, mimetype: str, name: str, ascii_name: str) -> Response:
-    def chunks() -> Any:
-        try:
-            while block := out.read(1 << 16):
-                yield block
-        finally:
-            out.close()
-
-    response = Response(chunks(), mimetype=mimetype)
-    response.headers["Content-Disposition"] = attachment(name, ascii_name)
-    return response
 
 
 # ---------------------------------------------------------------- ledger
@@ -206,7 +192,7 @@ def settlement_review(settlement_id: int) -> Any:
 def settlement_claim(settlement_id: int) -> Any:
     s = st.load_settlement_for(db.session, me(), settlement_id)
     out = claim_xlsx_file(db.session, s, st.figures(db.session, s, web_ctx().now))
-    return _file(out, XLSX, f"结算申报表-{s.id}.xlsx", f"settlement-{s.id}-claim.xlsx")
+    return file_response(out, XLSX, f"结算申报表-{s.id}.xlsx", f"settlement-{s.id}-claim.xlsx")
 
 
 @bp.get("/settlements/<int:settlement_id>/evidence.zip")
@@ -232,7 +218,7 @@ def exports() -> Any:
 @bp.get("/exports/workload.xlsx")
 def export_workload_xlsx() -> Any:
     f, _args = _filter_args()
-    return _file(xlsx_file(db.session, f), XLSX, "工作量统计明细表.xlsx", "workload.xlsx")
+    return file_response(xlsx_file(db.session, f), XLSX, "工作量统计明细表.xlsx", "workload.xlsx")
 
 
 @bp.get("/exports/workload.csv")
