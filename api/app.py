@@ -197,6 +197,9 @@ def register_api(app: Flask) -> None:
     from api.rest import operations
 
     api.register_blueprint(operations.blp)
+    from api.rest import jobs
+
+    api.register_blueprint(jobs.blp)
 
 
 def register_health(app: Flask) -> None:

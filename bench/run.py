@@ -533,9 +533,10 @@ class Bench:
                                "(1000) is hit. The API answers 422 `process_error` from then on: the item is stuck. "
                                "Figures for the largest history are measured just below that point.")
         if forwarded:
-            row.details.append(f"History from ~106 to 1,000 tasks was built in {forwarded:.1f} s by "
+            row.details.append(f"History from ~106 to {checkpoints[-1]:,} tasks was built in {forwarded:.1f} s by "
                                "`bench.datagen.fast_forward` (the real model stepped in memory, state and task rows "
-                               "stored as a completion stores them); the h=1000 figures are API completions after it.")
+                               "stored as a completion stores them); the figures for that history are API "
+                               "completions made after it.")
         if cut_short:
             row.details.append(f"Not reached within the {budget:.0f} s budget (BENCH_ROW6_SECONDS): history "
                                f"{cut_short}; the loop stopped at {history} tasks after {len(samples)} completions.")

@@ -219,10 +219,10 @@ def parse_catalog(text: str, source: str) -> dict[str, Any]:
     gate_sets: dict[str, dict[str, Any]] = {}
     if not isinstance(gate_sets_raw, dict):
         raise CatalogError(f"{source}: gate_sets must be tables [gate_sets.NAME]")
-    for set_name, gates in gate_sets_raw.items():
-        if not isinstance(gates, dict):
+    for set_name, set_gates in gate_sets_raw.items():
+        if not isinstance(set_gates, dict):
             raise CatalogError(f"{source}: gate_sets.{set_name} must be a table gate = [rules]")
-        gate_sets[set_name] = {g: _rules(r, f"{source}: gate_sets.{set_name}.{g}") for g, r in gates.items()}
+        gate_sets[set_name] = {g: _rules(r, f"{source}: gate_sets.{set_name}.{g}") for g, r in set_gates.items()}
     lines_raw = raw.get("service_lines")
     if not isinstance(lines_raw, list) or not lines_raw:
         raise CatalogError(f"{source}: needs at least one [[service_lines]] entry")

@@ -84,6 +84,8 @@ _RULES = [
     Rule("settlement.prepare", "prepare, revise and submit settlement claims", {"pm": ALL}),
     Rule("settlement.comment", "comment on a settlement claim (third-party review)", {"auditor": ALL}),
     Rule("settlement.review", "first review and final approval of settlement claims", {"buyer": ALL}),
+    Rule("export.job", "run long exports in the background and follow one's own export jobs",
+         {"pm": OWN, "auditor": OWN, "buyer": OWN, "admin": ALL}),
     Rule("ledger.correct", "correct the workload ledger with a reversing entry (reason recorded)",
          {"pm": ALL, "admin": ALL}),
     Rule("audit.read", "read the audit trail", {"auditor": ALL, "admin": ALL}),
@@ -163,6 +165,11 @@ ENDPOINTS: dict[str, str | dict[str, str]] = {
     "settle_web.export_workload_xlsx": "workload.read",
     "settle_web.export_workload_csv": "workload.read",
     "settle_web.export_evidence": "settlement.read",
+    "settle_web.export_job_create": "export.job",
+    "settle_web.export_job": "export.job",
+    "settle_web.export_job_download": "export.job",
+    # background export jobs (api/rest/jobs.py)
+    "jobs.jobs_get": "export.job",
     # the web inbox (api/web)
     "web.login": {"GET": "public.page", "POST": "auth.login"},
     "web.logout": "auth.logout",

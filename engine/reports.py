@@ -5,14 +5,14 @@ import csv
 import io
 import tempfile
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Select, case, func, select, tuple_
+from sqlalchemy import Select, case, func, select
 from sqlalchemy.orm import Session, aliased
 
 from storage.models import (
@@ -77,7 +77,7 @@ def _filtered(query: Select[Any], f: WorkloadFilter) -> Select[Any]:
     return query
 
 
-def _joined(query: Select[Any]) -> Select[Any]:
+def _joined(query: Any) -> Any:
     return (query.join(WorkItem, WorkloadEntry.item_id == WorkItem.id)
             .join(ServiceLine, WorkloadEntry.service_line_id == ServiceLine.id)
             .join(Department, WorkloadEntry.department_id == Department.id)
@@ -87,6 +87,12 @@ def _joined(query: Select[Any]) -> Select[Any]:
 def entries_query(f: WorkloadFilter) -> Select[Any]:
     query = _joined(select(WorkloadEntry, WorkItem, ServiceLine, Department, Contract).select_from(WorkloadEntry))
     return _filtered(query, f).order_by(WorkloadEntry.id)
+
+
+def entry_count(session: Session, f: WorkloadFilter) -> int:
+    """How many entries the detail sheet lists: the total a progress report counts towards."""
+    query = _filtered(_joined(select(func.count(WorkloadEntry.id)).select_from(WorkloadEntry)), f)
+    return int(session.execute(query).scalar_one())
 
 
 def totals(session: Session, f: WorkloadFilter) -> dict[str, Decimal]:
@@ -139,13 +145,13 @@ def _summary_values(label: str, line_code: str = "", line_name: str = "", channe
 
 def iter_detail(session: Session, f: WorkloadFilter, batch: int = 2000) -> Iterator[DetailLine]:
     """Entries grouped by service line and channel, with a subtotal after each group and each line, then the
-    total. Keyset paging on the sort key keeps memory flat however many entries there are."""
+    total. One ordered query streamed in batches (a server-side cursor on PostgreSQL): a single sort, and
+    memory stays flat however many entries there are. (Keyset paging re-sorted the whole ledger per page.)"""
     rank = case(CHANNEL_RANK, value=WorkloadEntry.channel, else_=len(CHANNEL_RANK))
     key_cols = (Contract.id, ServiceLine.position, ServiceLine.id, rank, WorkloadEntry.id)
     # Plain columns, not ORM objects: nothing accumulates in the session however many rows stream by.
     base = _filtered(_joined(select(*_DETAIL_COLS).select_from(WorkloadEntry)), f).order_by(*key_cols)
 
-    last: tuple[Any, ...] | None = None
     group: tuple[int, str] | None = None
     line_key: int | None = None
     line_label: tuple[str, str] = ("", "")
@@ -161,31 +167,23 @@ def iter_detail(session: Session, f: WorkloadFilter, batch: int = 2000) -> Itera
         return DetailLine("line_subtotal", _summary_values(
             "服务类别合计", line_label[0], line_label[1], "", l_units, l_amount), l_units, l_amount)
 
-    while True:
-        query = base if last is None else base.where(tuple_(*key_cols) > tuple_(*last))
-        page = session.execute(query.limit(batch)).all()
-        if not page:
-            break
-        for r in page:
-            key = (r.line_id, r.channel)
-            if group is not None and key != group:
-                yield channel_sub()
-                g_units = g_amount = Decimal(0)
-                if r.line_id != line_key:
-                    yield line_sub()
-                    l_units = l_amount = Decimal(0)
-            group, line_key, group_channel = key, r.line_id, r.channel
-            line_label = (r.line_code, r.line_name)
-            g_units += r.units
-            g_amount += r.amount
-            l_units += r.units
-            l_amount += r.amount
-            t_units += r.units
-            t_amount += r.amount
-            yield DetailLine("entry", _row(r), r.units, r.amount)
-        tail = page[-1]
-        last = (tail.contract_id, tail.line_position, tail.line_id,
-                CHANNEL_RANK.get(tail.channel, len(CHANNEL_RANK)), tail.entry_id)
+    for r in session.execute(base.execution_options(yield_per=batch)):
+        key = (r.line_id, r.channel)
+        if group is not None and key != group:
+            yield channel_sub()
+            g_units = g_amount = Decimal(0)
+            if r.line_id != line_key:
+                yield line_sub()
+                l_units = l_amount = Decimal(0)
+        group, line_key, group_channel = key, r.line_id, r.channel
+        line_label = (r.line_code, r.line_name)
+        g_units += r.units
+        g_amount += r.amount
+        l_units += r.units
+        l_amount += r.amount
+        t_units += r.units
+        t_amount += r.amount
+        yield DetailLine("entry", _row(r), r.units, r.amount)
     if group is not None:
         yield channel_sub()
         yield line_sub()
@@ -292,8 +290,12 @@ def _fmt(value: Any) -> Any:
     return f"{value:.2f}" if isinstance(value, Decimal) else value
 
 
-def csv_stream(session: Session, f: WorkloadFilter) -> Iterator[bytes]:
-    """The detail sheet as CSV, UTF-8 with BOM so Excel shows the Chinese header."""
+def csv_stream(session: Session, f: WorkloadFilter,
+               progress: Callable[[int, int], None] | None = None) -> Iterator[bytes]:
+    """The detail sheet as CSV, UTF-8 with BOM so Excel shows the Chinese header. `progress(done, total)`
+    is called with entries written so far."""
+    total = entry_count(session, f) if progress is not None else 0
+    done = 0
     buf = io.StringIO()
     writer = csv.writer(buf)
     buf.write("\ufeff")
@@ -302,10 +304,15 @@ def csv_stream(session: Session, f: WorkloadFilter) -> Iterator[bytes]:
     for line in iter_detail(session, f):
         writer.writerow([_fmt(v) for v in line.values])
         count += 1
+        if progress is not None and line.kind == "entry":
+            done += 1
+            progress(done, total)
         if count % 1000 == 0:
             yield buf.getvalue().encode("utf-8")
             buf.seek(0)
             buf.truncate()
+    if progress is not None:
+        progress(max(done, total), max(done, total))
     yield buf.getvalue().encode("utf-8")
 
 
@@ -342,13 +349,19 @@ class _Book:
         self.out.seek(0)
         return self.out
 
-    def detail_sheet(self, session: Session, f: WorkloadFilter, name: str = "工作量统计明细表") -> Decimal:
+    def detail_sheet(self, session: Session, f: WorkloadFilter, name: str = "工作量统计明细表",
+                     progress: Callable[[int, int], None] | None = None) -> Decimal:
         sheet = self.book.add_worksheet(name)
         sheet.write_row(0, 0, DETAIL_HEADER, self.bold)
         sheet.set_column(0, 0, 14)
         sheet.set_column(3, 3, 30)
         total = Decimal(0)
+        expected = entry_count(session, f) if progress is not None else 0
+        done = 0
         for r, line in enumerate(iter_detail(session, f), start=1):
+            if progress is not None and line.kind == "entry":
+                done += 1
+                progress(done, expected)
             emphasis = line.kind != "entry"
             for c, value in enumerate(line.values):
                 if isinstance(value, Decimal):
@@ -381,10 +394,12 @@ class _Book:
                 sheet.write_number(i, 5, p["ratio"], self.pct)
 
 
-def xlsx_file(session: Session, f: WorkloadFilter) -> tempfile.SpooledTemporaryFile[bytes]:
-    """The detail sheet with subtotals, the completed-item counts by month, and progress; one workbook."""
+def xlsx_file(session: Session, f: WorkloadFilter,
+              progress: Callable[[int, int], None] | None = None) -> tempfile.SpooledTemporaryFile[bytes]:
+    """The detail sheet with subtotals, the completed-item counts by month, and progress; one workbook.
+    `progress(done, total)` is called with detail entries written so far."""
     book = _Book()
-    book.detail_sheet(session, f)
+    book.detail_sheet(session, f, progress=progress)
     book.counts_sheet(session, f)
     book.progress_sheet(session, f)
     return book.close()

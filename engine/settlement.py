@@ -151,7 +151,7 @@ def _cas(ctx: Ctx, settlement: Settlement, **values: Any) -> None:
             raise Conflict("the settlement changed while you were working; reload and try again",
                            code="version_conflict") from exc
         raise
-    if result.rowcount != 1:
+    if int(getattr(result, "rowcount", 0)) != 1:
         status = ctx.session.execute(select(Settlement.status).where(Settlement.id == settlement.id)).scalar()
         if status == "approved":
             raise SettlementLocked(f"settlement {settlement.id} was approved meanwhile and can no longer change",
@@ -521,7 +521,7 @@ def _award_check(session: Session, settlement: Settlement, fig: Figures) -> Figu
         Settlement.contract_id == settlement.contract_id, Settlement.status == "approved",
         Settlement.id != settlement.id)).scalar()
     fig.award_limit = money(Decimal(award) * Decimal("1.10"))
-    fig.exceeds_award_limit = Decimal(before) + fig.gross > fig.award_limit
+    fig.exceeds_award_limit = Decimal(before or 0) + fig.gross > fig.award_limit
     return fig
 
 

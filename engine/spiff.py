@@ -17,7 +17,7 @@ from SpiffWorkflow.bpmn.workflow import BpmnWorkflow
 from SpiffWorkflow.spiff.parser.process import SpiffBpmnParser
 from SpiffWorkflow.spiff.serializer.config import SPIFF_CONFIG
 from SpiffWorkflow.task import Task
-from SpiffWorkflow.util.task import TaskState
+from SpiffWorkflow.util.task import TaskIterator, TaskState
 
 from engine.expressions import restricted_script_engine
 
@@ -71,6 +71,37 @@ def _make_serializer() -> BpmnWorkflowSerializer:
     config[BpmnWorkflow] = _SpecFreeWorkflowConverter
     return BpmnWorkflowSerializer(BpmnWorkflowSerializer.configure(config))
 
+
+def _is_descendant_of(self: Task, task: Task) -> bool:
+    """Iterative replacement for SpiffWorkflow 3.2.0's recursive Task.is_descendant_of.
+
+    Every return loop makes the task tree one level deeper, and the library walks the ancestors by
+    recursion: after about 195 returns an item hit Python's recursion limit and could never advance
+    again (422 on every completion). Same answer, no recursion.
+    """
+    node = self.parent
+    while node is not None:
+        if node == task:
+            return True
+        node = node.parent
+    return False
+
+
+Task.is_descendant_of = _is_descendant_of  # type: ignore[method-assign]
+
+# TaskIterator stops descending at depth 1000 by default and says nothing: after ~200 return loops the
+# READY tasks sit deeper than that, get_tasks() no longer sees them, and the item silently freezes.
+_task_iterator_init = TaskIterator.__init__
+
+
+def _unbounded_iterator_init(self: TaskIterator, task: Task, end_at_spec: Any = None,
+                             max_depth: int | None = None, *args: Any, **kwargs: Any) -> None:
+    _task_iterator_init(self, task, end_at_spec, UNBOUNDED_DEPTH if max_depth is None or max_depth == 1000
+                        else max_depth, *args, **kwargs)
+
+
+UNBOUNDED_DEPTH = 10**9
+TaskIterator.__init__ = _unbounded_iterator_init  # type: ignore[method-assign]
 
 _SERIALIZER = _make_serializer()
 _SCRIPT_ENGINE = restricted_script_engine()

@@ -463,3 +463,30 @@ class LoginAttempt(Base):
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     key: Mapped[str] = mapped_column(String(64))
     at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# ---------------------------------------------------------------- background exports
+
+class ExportJob(Base):
+    """A long export rendered in the background: its progress while running, the stored result when done."""
+
+    __tablename__ = "export_jobs"
+    __table_args__ = (Index("ix_export_jobs_requested_by", "requested_by_id", "created_at"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))  # workload_xlsx | workload_csv | evidence_zip
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    requested_by_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    status: Mapped[str] = mapped_column(String(16), default="queued")  # queued | running | done | failed
+    progress_done: Mapped[int] = mapped_column(Integer, default=0)
+    progress_total: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    bucket: Mapped[str | None] = mapped_column(String(100))
+    key: Mapped[str | None] = mapped_column(String(400))
+    version_id: Mapped[str | None] = mapped_column(String(200))
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    # Written with every progress update: a running job whose heartbeat stops belongs to a dead process.
+    heartbeat_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]

@@ -100,9 +100,8 @@ def app_for_backend(backend: str, _apps: dict[str, Any], tmp_path_factory: pytes
 
 def truncate_all(app: Any) -> None:
     from api.extensions import db
-    from storage.models import Base
-
     from engine import audit
+    from storage.models import Base
 
     with app.app_context():
         db.session.remove()

@@ -17,8 +17,9 @@ def test_models_match_migrated_schema(app):
 
 
 def test_single_head(app):
-    from api.app import MIGRATIONS_DIR
     from alembic.config import Config
+
+    from api.app import MIGRATIONS_DIR
 
     config = Config()
     config.set_main_option("script_location", MIGRATIONS_DIR)

@@ -211,6 +211,27 @@ EN.update({
         "The settlement is approved (locked) and can no longer change; this attempt has been recorded.",
 })
 
+# background export jobs (api/web/settlements.py, export_job.html)
+EN.update({
+    "后台生成": "Generate in background",
+    "已开始后台生成": "Background export started",
+    "后台导出": "Background export",
+    "排队中": "Queued",
+    "生成中": "Running",
+    "失败": "Failed",
+    "进度": "Progress",
+    "筛选条件": "Filter",
+    "提交时间": "Requested at",
+    "完成时间": "Finished at",
+    "下载结果": "Download the result",
+    "生成失败": "Generation failed",
+    "页面每 2 秒自动刷新。": "This page refreshes every 2 seconds.",
+    "立即刷新": "Refresh now",
+    "大文件可选择“后台生成”：服务器生成完毕后在任务页面显示进度和下载链接。":
+        "For large files choose “Generate in background”: the job page shows the progress and, when the file is"
+        " ready, a download link.",
+})
+
 # Task names as the process models give them (the diagram keeps the model's own text).
 TASK_TITLES_EN = {
     "提交需求函与复杂度说明": "Submit requirement letter and complexity statement",

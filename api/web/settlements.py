@@ -18,18 +18,20 @@ from flask import (
 )
 from sqlalchemy import select
 
+from api.background import start_job
 from api.downloads import XLSX, attachment, file_response
 from api.extensions import db
 from api.web.auth import me, web_ctx
 from api.web.i18n import _
 from api.web.views import PER_PAGE, _count, _page, refusal
-from engine import ledger
+from engine import jobs, ledger
 from engine import settlement as st
 from engine.bundle import stream_bundle
-from engine.errors import DomainError, NotFound
+from engine.errors import DomainError, NotFound, ServiceUnavailable
 from engine.reports import WorkloadFilter, claim_xlsx_file, csv_stream, entries_query, progress, totals, xlsx_file
 from engine.workflow import Ctx
-from storage.models import Contract, Department, ServiceLine, Settlement, SettlementNote
+from storage.artefact_store import StoreUnavailable
+from storage.models import Contract, Department, ServiceLine, Settlement, SettlementNote, utcnow
 
 bp = Blueprint("settle_web", __name__)
 LOCKED = "结算已审定（锁定），不能再修改；本次操作已记录。"
@@ -237,4 +239,55 @@ def export_evidence() -> Any:
     chunks = stream_bundle(db.session, current_app.extensions["itemgate_store"], f, f"筛选：{described}")
     response = Response(stream_with_context(chunks), mimetype="application/zip")
     response.headers["Content-Disposition"] = attachment("佐证材料.zip", "evidence.zip")
+    return response
+
+
+# ---------------------------------------------------------------- background export jobs
+
+@bp.post("/exports/jobs")
+def export_job_create() -> Any:
+    form = request.form
+    params = {k: (form.get(k) or "").strip()[:64] for k in jobs.FILTER_KEYS}
+    try:
+        job = jobs.create_job(db.session, me(), form.get("kind", ""), params)
+    except NotFound:
+        raise
+    except DomainError as err:
+        db.session.rollback()
+        flash(refusal(err) if err.code == "role_required" else err.detail, "error")
+        return redirect(url_for("settle_web.exports", **{k: v for k, v in params.items() if v}))
+    db.session.commit()
+    start_job(current_app._get_current_object(), job.id)  # type: ignore[attr-defined]
+    flash(_("已开始后台生成"), "ok")
+    return redirect(url_for("settle_web.export_job", job_id=job.id))
+
+
+@bp.get("/exports/jobs/<int:job_id>")
+def export_job(job_id: int) -> Any:
+    job = jobs.load_job_for(db.session, me(), job_id)
+    status, error = jobs.shown(job, utcnow())
+    return render_template("web/export_job.html", job=job, status=status, error=error, me=me(),
+                           kind=jobs.KINDS[job.kind], running=status in ("queued", "running"))
+
+
+@bp.get("/exports/jobs/<int:job_id>/download")
+def export_job_download(job_id: int) -> Any:
+    job = jobs.load_job_for(db.session, me(), job_id)
+    if jobs.shown(job, utcnow())[0] != "done" or not job.key:
+        raise NotFound(f"export job {job_id} has no result yet")
+    store = current_app.extensions.get("itemgate_store")
+    if store is None:
+        raise ServiceUnavailable("no object store is configured")
+    try:
+        stream = store.iter_content(job.key, job.version_id)
+    except StoreUnavailable as exc:
+        raise ServiceUnavailable("the object store is unavailable") from exc
+    except KeyError as exc:
+        raise NotFound(f"the result of export job {job_id} is gone") from exc
+    spec = jobs.KINDS[job.kind]
+    response = Response(stream, mimetype=spec.content_type.split(";")[0])
+    response.headers["Content-Type"] = spec.content_type
+    response.headers["Content-Disposition"] = attachment(spec.name, f"job-{job.id}-{spec.ascii_name}")
+    if job.size is not None:
+        response.headers["Content-Length"] = str(job.size)
     return response
