@@ -16,7 +16,7 @@ from engine.access import require_role
 from engine.calendar import TZ, WorkCalendar
 from engine.errors import Conflict, DomainError, Forbidden, Invalid, NotFound
 from engine.ledger import SettlementLocked
-from engine.workflow import Ctx, current_definition, model_of, work_calendar
+from engine.workflow import Ctx, current_definition, model_of, run_and_step, work_calendar
 from storage.models import (
     Contract,
     Settlement,
@@ -256,15 +256,7 @@ def _advance(ctx: Ctx, settlement: Settlement, task_name: str, data: dict[str, A
     lane = spiff.task_lane(task)
     if ctx.user.role != lane:
         raise Forbidden(f"this step is for role {lane}; you are {ctx.user.role}", code="not_your_task")
-    task.data.update(data)
-    try:
-        task.run()
-        workflow.do_engine_steps()
-    except DomainError:
-        raise
-    except Exception as exc:  # a model error must not leave a half-moved settlement
-        raise DomainError(f"the settlement process could not advance: {exc}", code="process_error",
-                          status=422) from exc
+    run_and_step(workflow, task, data, "the settlement process")
     nxt = _ready_task(workflow)
     if workflow.is_completed():
         status = "approved"

@@ -375,6 +375,19 @@ def save_instance(ctx: Ctx, instance: ProcessInstance, workflow: Any, model: spi
     instance.status = "completed" if workflow.is_completed() else "running"
 
 
+def run_and_step(workflow: Any, task: Any, data: dict[str, Any], what: str) -> None:
+    """Complete one READY task with its form data and run the engine on. A model error at run time becomes
+    a 422 before anything is saved, so the instance stays as it was."""
+    task.data.update(data)
+    try:
+        task.run()
+        workflow.do_engine_steps()
+    except DomainError:
+        raise
+    except Exception as exc:  # the library raises many types; none may leave a half-moved instance
+        raise DomainError(f"{what} could not advance: {exc}", code="process_error", status=422) from exc
+
+
 def complete_task(ctx: Ctx, task_id: int, data: Any) -> HumanTask:
     """Load, check caller and gate, validate, run, step, persist (CAS), project, audit — one transaction."""
     assert ctx.user is not None
@@ -402,14 +415,7 @@ def complete_task(ctx: Ctx, task_id: int, data: Any) -> HumanTask:
     spiff_task = workflow.get_task_from_id(UUID(task.spiff_task_id))
     if spiff_task is None or spiff_task.state != TaskState.READY:
         raise Conflict(f"task {task_id} is no longer ready", code="task_not_ready")
-    spiff_task.data.update(clean)
-    try:
-        spiff_task.run()
-        workflow.do_engine_steps()
-    except DomainError:
-        raise
-    except Exception as exc:  # a model error at run time must not leave a half-done instance
-        raise DomainError(f"the process could not advance: {exc}", code="process_error", status=422) from exc
+    run_and_step(workflow, spiff_task, clean, "the process")
     save_instance(ctx, instance, workflow, model)
 
     task.status = "completed"

@@ -250,3 +250,29 @@ def world(app: Any, client: Any) -> World:
     w.user("buyer", "buyer")
     w.user("admin", "admin")
     return w
+
+
+SEED_USERS = [("impl", "implementer", None), ("rev_a", "dept_reviewer", "DA"), ("pm", "pm", None),
+              ("auditor", "auditor", None), ("buyer", "buyer", None), ("admin", "admin", None)]
+
+
+def seeded_sqlite_world(apps: dict[str, Any], tmp_path_factory: pytest.TempPathFactory, s3_server: Any) -> World:
+    """The session's SQLite app, emptied, with the Shanghai catalogue and one user per role.
+
+    For module-scoped fixtures (the authz matrix, the fuzzer); call inside the app context it needs."""
+    from api.extensions import db
+    from bpmn import CATALOG_DIR
+    from engine.catalog import load_catalog_file
+
+    if "sqlite" not in apps:
+        apps["sqlite"] = make_app(f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'itemgate.db'}", s3_server,
+                                  "itemgate-sqlite")
+    app = apps["sqlite"]
+    truncate_all(app)
+    with app.app_context():
+        load_catalog_file(db.session, CATALOG_DIR / "shanghai.toml")
+        db.session.commit()
+        world = World(app, app.test_client())
+        for username, role, dept in SEED_USERS:
+            world.user(username, role, dept)
+    return world

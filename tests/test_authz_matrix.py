@@ -10,7 +10,7 @@ import pytest
 from api.app import create_app
 from api.config import load_settings
 from engine import policy
-from tests.conftest import World, make_app, truncate_all
+from tests.conftest import World, seeded_sqlite_world, truncate_all
 from tests.test_web import HTML, Browser
 
 ROLE_USERS = {"implementer": "impl", "dept_reviewer": "rev_a", "pm": "pm", "auditor": "auditor",
@@ -32,23 +32,11 @@ RULES = _url_rules()
 
 @pytest.fixture(scope="module")
 def matrix_world(_apps, tmp_path_factory, s3_server) -> Any:
-    if "sqlite" not in _apps:
-        _apps["sqlite"] = make_app(f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'itemgate.db'}", s3_server,
-                                   "itemgate-sqlite")
-    app = _apps["sqlite"]
-    truncate_all(app)
+    world = seeded_sqlite_world(_apps, tmp_path_factory, s3_server)
+    app = world.app
     from api.extensions import db
-    from bpmn import CATALOG_DIR
-    from engine.catalog import load_catalog_file
 
     with app.app_context():
-        load_catalog_file(db.session, CATALOG_DIR / "shanghai.toml")
-        db.session.commit()
-        world = World(app, app.test_client())
-        for username, role, dept in [("impl", "implementer", None), ("rev_a", "dept_reviewer", "DA"),
-                                     ("pm", "pm", None), ("auditor", "auditor", None), ("buyer", "buyer", None),
-                                     ("admin", "admin", None)]:
-            world.user(username, role, dept)
         item = world.new_item("AUTHZ-1")
         r = world.upload("impl", item["id"], "requirement_letter")
         assert r.status_code == 201

@@ -17,7 +17,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     import schemathesis
 
-from tests.conftest import World, make_app, truncate_all
+from tests.conftest import seeded_sqlite_world, truncate_all
 
 TOTAL_REQUESTS = int(os.environ.get("ITEMGATE_FUZZ_EXAMPLES", "2000"))
 ROLES = ["impl", "rev_a", "pm", "auditor", "buyer", "admin"]
@@ -26,23 +26,11 @@ COUNTER = {"requests": 0, "by_status": {}}
 
 @pytest.fixture(scope="module")
 def fuzz_world(_apps, tmp_path_factory, s3_server) -> Any:
-    if "sqlite" not in _apps:
-        _apps["sqlite"] = make_app(f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'itemgate.db'}", s3_server,
-                                   "itemgate-sqlite")
-    app = _apps["sqlite"]
-    truncate_all(app)
+    world = seeded_sqlite_world(_apps, tmp_path_factory, s3_server)
+    app = world.app
     from api.extensions import db
-    from bpmn import CATALOG_DIR
-    from engine.catalog import load_catalog_file
 
     with app.app_context():
-        load_catalog_file(db.session, CATALOG_DIR / "shanghai.toml")
-        db.session.commit()
-        world = World(app, app.test_client())
-        for username, role, dept in [("impl", "implementer", None), ("rev_a", "dept_reviewer", "DA"),
-                                     ("pm", "pm", None), ("auditor", "auditor", None), ("buyer", "buyer", None),
-                                     ("admin", "admin", None)]:
-            world.user(username, role, dept)
         for i in range(3):  # some rows for ids 1..3 to land on
             item = world.new_item(f"FUZZ-{i}")
             world.upload("impl", item["id"], "requirement_letter")
