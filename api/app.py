@@ -14,6 +14,7 @@ from sqlalchemy.engine import Engine
 from api.config import Settings, load_settings
 from api.errors import problem, register_error_handlers
 from api.extensions import api, db, migrate
+from api.uploads import ItemGateRequest
 
 MIGRATIONS_DIR = str(Path(__file__).resolve().parent.parent / "storage" / "migrations")
 PUBLIC_API = {"/api/v1/auth/token", "/api/v1/openapi.json"}
@@ -22,6 +23,7 @@ PUBLIC_API = {"/api/v1/auth/token", "/api/v1/openapi.json"}
 def create_app(settings: Settings | None = None, *, store: Any = None) -> Flask:
     settings = settings or load_settings()
     app = Flask(__name__)
+    app.request_class = ItemGateRequest
     register_config(app, settings)
     register_logging(app, settings)
     register_db(app, settings)

@@ -49,11 +49,13 @@ def user_from_bearer() -> User | None:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return None
-    row = db.session.execute(select(ApiToken).where(ApiToken.token_hash == _digest(token.strip()))).scalar()
-    if row is None or row.expires_at <= datetime.now(UTC):
+    found = db.session.execute(
+        select(User, ApiToken.expires_at).join(ApiToken, ApiToken.user_id == User.id)
+        .where(ApiToken.token_hash == _digest(token.strip()))).first()
+    if found is None:
         return None
-    user = db.session.get(User, row.user_id)
-    return user if user is not None and user.active else None
+    user, expires_at = found
+    return user if expires_at > datetime.now(UTC) and user.active else None
 
 
 def current_user() -> User:

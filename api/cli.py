@@ -202,11 +202,23 @@ def demo() -> None:
 
 # ---------------------------------------------------------------- serve and tick
 
+def gunicorn_command(host: str, port: int, workers: int, threads: int) -> list[str]:
+    """How ItemGate runs under gunicorn (`itemgate serve`, and the benchmarks measure the same)."""
+    cmd = [sys.executable, "-m", "gunicorn", "--workers", str(workers), "--bind", f"{host}:{port}",
+           "--timeout", "300"]
+    if threads > 1:
+        cmd += ["--worker-class", "gthread", "--threads", str(threads)]
+    return cmd + ["wsgi:app"]
+
+
 @main.command(help="Run the app with gunicorn; starts the embedded S3 server when none is configured.")
 @click.option("--host", default="127.0.0.1")
 @click.option("--port", default=8000, type=int)
 @click.option("--workers", default=2, type=int)
-def serve(host: str, port: int, workers: int) -> None:
+@click.option("--threads", default=4, type=int, show_default=True,
+              help="threads per worker (gthread): a request waiting on the database or the object store does "
+                   "not hold its worker; 1 = sync workers")
+def serve(host: str, port: int, workers: int, threads: int) -> None:
     try:
         settings = load_settings()
     except ConfigError as exc:
@@ -215,8 +227,7 @@ def serve(host: str, port: int, workers: int) -> None:
 
     def run(endpoint: str) -> None:
         env = dict(os.environ, ITEMGATE_S3_ENDPOINT=endpoint)
-        cmd = [sys.executable, "-m", "gunicorn", "--workers", str(workers), "--bind", f"{host}:{port}",
-               "--access-logfile", "-", "--timeout", "300", "wsgi:app"]
+        cmd = gunicorn_command(host, port, workers, threads) + ["--access-logfile", "-"]
         proc = subprocess.Popen(cmd, env=env)  # noqa: S603 (fixed argv)
         os.environ["ITEMGATE_S3_ENDPOINT"] = endpoint
         ticker = threading.Thread(target=_tick_loop, args=(settings.tick_seconds, stop), daemon=True)

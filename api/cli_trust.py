@@ -89,7 +89,8 @@ def audit_prune() -> None:
 
 
 @main.command(help="Compare every artefact row with its object (exists, size, SHA-256) and list orphaned "
-                   "objects; --repair removes orphans older than ITEMGATE_ORPHAN_GRACE_HOURS. Exit 1 if unclean.")
+                   "objects; --repair removes orphans older than ITEMGATE_ORPHAN_GRACE_HOURS and places missing "
+                   "legal holds on gate evidence. Exit 1 if unclean.")
 @click.option("--repair", is_flag=True, help="remove orphaned objects older than the grace period")
 @click.option("--quick", is_flag=True, help="compare sizes and recorded checksums only (no streaming)")
 def fsck(repair: bool, quick: bool) -> None:
@@ -103,6 +104,8 @@ def fsck(repair: bool, quick: bool) -> None:
                           deep=not quick)
         for p in report.problems:
             click.echo(f"artefact {p.artefact_id}: {p.problem} ({p.key} version {p.version_id})")
+        for p in report.held:
+            click.echo(f"artefact {p.artefact_id}: legal hold placed ({p.key} version {p.version_id})")
         removed = {(o.key, o.version_id) for o in report.removed}
         for o in report.orphans:
             state = "removed" if (o.key, o.version_id) in removed else (

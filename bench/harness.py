@@ -8,7 +8,6 @@ import queue
 import signal
 import statistics
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -145,20 +144,23 @@ def _status_kb(pid: int, field_name: str) -> int:
 
 
 class Server:
-    """gunicorn with sync workers on loopback, as `itemgate serve` runs it."""
+    """gunicorn on loopback, as `itemgate serve` runs it (BENCH_THREADS_PER_WORKER=1 for sync workers)."""
 
-    def __init__(self, env: dict[str, str], port: int, log_path: Path, workers: int = 2) -> None:
+    def __init__(self, env: dict[str, str], port: int, log_path: Path, workers: int = 2,
+                 threads: int | None = None) -> None:
         self.env = env
         self.port = port
         self.workers_n = workers
+        self.threads = threads if threads is not None else int(os.environ.get("BENCH_THREADS_PER_WORKER", "4"))
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
         self.base = f"http://127.0.0.1:{port}"
 
     def start(self, timeout: float = 60) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child for its lifetime
-        cmd = [sys.executable, "-m", "gunicorn", "--workers", str(self.workers_n), "--bind",
-               f"127.0.0.1:{self.port}", "--timeout", "300", "wsgi:app"]
+        from api.cli import gunicorn_command
+
+        cmd = gunicorn_command("127.0.0.1", self.port, self.workers_n, self.threads)
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log, stderr=log, start_new_session=True)
         log.close()
         deadline = time.monotonic() + timeout

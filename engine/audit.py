@@ -61,26 +61,64 @@ def _lock_chain(session: Session) -> None:
         session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_CHAIN_LOCK})
 
 
+_PENDING = "itemgate_audit_pending"
+
+
 def record(session: Session, actor: Actor, event_type: str, *, target_type: str | None = None,
            target_id: Any = None, outcome: str = "success", **detail: Any) -> AuditEvent:
-    """Append one event to the chain (flushes; the caller's transaction commits it)."""
+    """Queue one event for the chain; it is linked and written when the caller's transaction commits.
+
+    Linking at commit keeps the chain lock (which serialises every writer) held for a few statements
+    instead of the whole request, and writes a transaction's events together; a rolled-back transaction
+    leaves none."""
+    event = AuditEvent(
+        at=datetime.now(UTC), user_id=actor.user_id, username=actor.username, role=actor.role,
+        event_type=event_type, target_type=target_type,
+        target_id=None if target_id is None else str(target_id), outcome=outcome,
+        request_id=actor.request_id, detail=json.loads(json.dumps(detail, default=str)),
+    )
+    session.info.setdefault(_PENDING, []).append(event)
+    return event
+
+
+def pending(session: Session) -> list[AuditEvent]:
+    """Events recorded in this transaction and not yet written."""
+    return list(session.info.get(_PENDING, ()))
+
+
+def write_pending(session: Session) -> int:
+    """Link and insert the queued events now (commit does this by itself); returns how many."""
+    events = session.info.pop(_PENDING, None)
+    if not events:
+        return 0
     _lock_chain(session)
     prev = session.execute(select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1)).scalar()
     if prev is None:
         # Empty table: the chain goes on from the latest prune checkpoint, if any.
         prev = session.execute(select(AuditCheckpoint.last_hash).order_by(AuditCheckpoint.id.desc())
                                .limit(1)).scalar()
-    event = AuditEvent(
-        at=datetime.now(UTC), user_id=actor.user_id, username=actor.username, role=actor.role,
-        event_type=event_type, target_type=target_type,
-        target_id=None if target_id is None else str(target_id), outcome=outcome,
-        request_id=actor.request_id, detail=json.loads(json.dumps(detail, default=str)),
-        prev_hash=prev or GENESIS,
-    )
-    event.hash = event_hash(event.prev_hash, event)
-    session.add(event)
+    prev = prev or GENESIS
+    # Stamped under the lock, so time order and chain (id) order agree, as retention's cut-off expects.
+    at = datetime.now(UTC)
+    for event in events:
+        event.at = max(event.at, at)
+        event.prev_hash = prev
+        event.hash = prev = event_hash(prev, event)
+        session.add(event)
     session.flush()
-    return event
+    return len(events)
+
+
+@sa_event.listens_for(Session, "before_commit")
+def _write_on_commit(session: Session) -> None:
+    write_pending(session)
+
+
+@sa_event.listens_for(Session, "after_transaction_end")
+def _drop_on_end(session: Session, transaction: Any) -> None:
+    # The outermost transaction ended without commit writing the queue (rollback, close): forget it.
+    if transaction.parent is None:
+        session.info.pop(_PENDING, None)
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """Evidence bundles: a ZIP streamed from the object store with a manifest, and its offline verification."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -8,8 +9,9 @@ import re
 import tempfile
 import zipfile
 import zlib
-from collections import defaultdict
-from collections.abc import Callable, Generator, Iterator
+from collections import defaultdict, deque
+from collections.abc import Callable, Generator, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,8 +20,8 @@ from typing import IO, Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from engine.reports import TZ, WorkloadFilter, _filtered, _joined, totals
-from storage.artefact_store import ArtefactStore, StoreUnavailable
+from engine.reports import TZ, XLSX_OPTIONS, WorkloadFilter, _filtered, _joined, totals
+from storage.artefact_store import ArtefactStore, ObjectStream
 from storage.models import Artefact, GatePass, ServiceLine, User, WorkItem, WorkloadEntry
 
 MANIFEST = "manifest.csv"
@@ -113,27 +115,21 @@ def stream_bundle(session: Session, store: ArtefactStore, f: WorkloadFilter, tit
     writer.writerow(MANIFEST_HEADER)
     stats: dict[str, _Stats] = defaultdict(_Stats)
     problems: list[tuple[str, str]] = []
-    written: dict[int, str] = {}
-    seen_pairs: set[tuple[int, str, int]] = set()
+    prefetch = _Prefetcher(store)
+    rows = None
     try:
         with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1,  # type: ignore[call-overload]
                              allowZip64=True) as zf:
             rows = session.execute(_evidence_query(f).execution_options(yield_per=500))
-            for r in rows:
+            for r, path, fetch in _planned(rows, prefetch):
                 if progress is not None:
                     done += 1
                     progress(min(done, total), total)
-                pair = (r.item_id, r.gate, r.artefact_id)
-                if pair in seen_pairs:
-                    continue  # the same artefact passed the same gate again after a rework
-                seen_pairs.add(pair)
-                status = "ok"
-                path = written.get(r.artefact_id)
                 if path is None:
-                    folder = f"{_safe(r.item_code)}-{r.item_id}"
-                    path = f"{folder}/{_safe(r.kind, 40)}-{r.artefact_id}-{_safe(r.filename, 120)}"
-                    written[r.artefact_id] = path
-                    status = yield from _copy_object(zf, sink, store, r, path)
+                    continue  # the same artefact passed the same gate again after a rework
+                status = "ok"
+                if fetch is not None:
+                    status = yield from _copy_object(zf, sink, r, path, fetch.result())
                     if status != "ok":
                         problems.append((path, status))
                     st = stats[r.line_code]
@@ -158,6 +154,9 @@ def stream_bundle(session: Session, store: ArtefactStore, f: WorkloadFilter, tit
                 summary.close()
         yield sink.drain()
     finally:
+        prefetch.close()
+        if rows is not None:
+            rows.close()  # a client that went away leaves a server-side cursor open otherwise
         manifest.close()
 
 
@@ -172,22 +171,24 @@ def _compression_for(media_type: str | None) -> int:
     return zipfile.ZIP_STORED
 
 
-def _copy_object(zf: zipfile.ZipFile, sink: _Sink, store: ArtefactStore, r: Any,
-                 path: str) -> Generator[bytes, None, str]:
+def _copy_object(zf: zipfile.ZipFile, sink: _Sink, r: Any, path: str,
+                 fetched: _Fetched | None) -> Generator[bytes, None, str]:
     """Copy one stored object version into the archive; returns "ok" or why the copy is not the record."""
+    if fetched is None:
+        return "missing from the object store"
     info = zipfile.ZipInfo(path, date_time=r.uploaded_at.astimezone(TZ).timetuple()[:6])
     info.compress_type = _compression_for(r.media_type)
     info.file_size = r.size
-    digest = hashlib.sha256()
-    size = 0
-    try:
-        stream = store.iter_content(r.key, r.version_id)
-    except KeyError:
-        return "missing from the object store"
-    except StoreUnavailable:
-        raise
-    with stream, zf.open(info, "w", force_zip64=r.size > (1 << 30)) as dst:
-        for chunk in stream:
+    digest, size = fetched.digest, fetched.size
+    with contextlib.ExitStack() as cleanup:
+        if fetched.rest is not None:
+            cleanup.enter_context(fetched.rest)
+        dst = cleanup.enter_context(zf.open(info, "w", force_zip64=r.size > (1 << 30)))
+        while fetched.head:
+            dst.write(fetched.head.pop(0))  # already hashed by the fetching thread
+            if sink.buffered >= FLUSH_AT:
+                yield sink.drain()
+        for chunk in fetched.rest or ():
             digest.update(chunk)
             size += len(chunk)
             dst.write(chunk)
@@ -199,6 +200,115 @@ def _copy_object(zf: zipfile.ZipFile, sink: _Sink, store: ArtefactStore, r: Any,
     return "ok"
 
 
+# Objects are fetched ahead by a few threads while the archive is written: most of a GET is waiting for the
+# store, and one object's transfer and SHA-256 (which release the GIL) overlap the CRC and sending of the
+# previous ones. Memory stays bounded: at most PREFETCH objects are ahead, each holding at most PREFETCH_BYTES
+# (plus one chunk); the rest of a larger object stays in its open response and is streamed by the writer.
+PREFETCH = 4
+PREFETCH_BYTES = 2 << 20
+# How many manifest rows may be read ahead of the writer (rows that need no fetch: repeats of an artefact).
+_LOOKAHEAD_ROWS = 512
+
+
+@dataclass
+class _Fetched:
+    head: list[bytes]
+    digest: Any  # hashlib's sha256 object, over head
+    size: int
+    rest: ObjectStream | None  # the unread remainder of an object larger than PREFETCH_BYTES
+
+
+def _fetch(store: ArtefactStore, key: str, version_id: str | None) -> _Fetched | None:
+    """Open a GET and read the first PREFETCH_BYTES of it; None if the object version is missing."""
+    try:
+        stream = store.iter_content(key, version_id)
+    except KeyError:
+        return None
+    try:
+        head: list[bytes] = []
+        digest = hashlib.sha256()
+        size = 0
+        while size < PREFETCH_BYTES:
+            chunk = next(stream, None)
+            if chunk is None:
+                return _Fetched(head, digest, size, None)  # the stream closed itself at its end
+            digest.update(chunk)
+            size += len(chunk)
+            head.append(chunk)
+        return _Fetched(head, digest, size, stream)
+    except BaseException:
+        stream.close()
+        raise
+
+
+class _Prefetcher:
+    """A few threads fetching objects ahead of the archive writer, in the writer's order."""
+
+    def __init__(self, store: ArtefactStore, depth: int = PREFETCH) -> None:
+        self.store = store
+        self.depth = depth
+        self.pending: deque[Future[_Fetched | None]] = deque()
+        self._pool: ThreadPoolExecutor | None = None
+
+    def submit(self, key: str, version_id: str | None) -> Future[_Fetched | None]:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.depth, thread_name_prefix="bundle-fetch")
+        future = self._pool.submit(_fetch, self.store, key, version_id)
+        self.pending.append(future)
+        return future
+
+    def close(self) -> None:
+        """Stop fetching and free the connections of fetched objects that were not written (e.g. the client
+        went away)."""
+        for future in self.pending:
+            future.cancel()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        while self.pending:
+            future = self.pending.popleft()
+            if future.cancelled() or future.exception() is not None:
+                continue
+            fetched = future.result()
+            if fetched is not None and fetched.rest is not None:
+                fetched.rest.close()
+
+
+def _planned(rows: Iterable[Any], prefetch: _Prefetcher) -> Iterator[tuple[Any, str | None, Any]]:
+    """The evidence rows in order, each with its archive path (None: a repeat of an artefact×gate pair, left
+    out) and, for the first row of each artefact, the future of its fetch; fetches run ahead of the writer."""
+    written: dict[int, str] = {}
+    seen_pairs: set[tuple[int, str, int]] = set()
+    ahead: deque[tuple[Any, str | None, Future[_Fetched | None] | None]] = deque()
+    source = iter(rows)
+    exhausted = False
+    while True:
+        while not exhausted and len(prefetch.pending) < prefetch.depth and len(ahead) < _LOOKAHEAD_ROWS:
+            r = next(source, None)
+            if r is None:
+                exhausted = True
+                break
+            pair = (r.item_id, r.gate, r.artefact_id)
+            if pair in seen_pairs:
+                ahead.append((r, None, None))
+                continue
+            seen_pairs.add(pair)
+            path = written.get(r.artefact_id)
+            if path is not None:
+                ahead.append((r, path, None))
+                continue
+            folder = f"{_safe(r.item_code)}-{r.item_id}"
+            path = f"{folder}/{_safe(r.kind, 40)}-{r.artefact_id}-{_safe(r.filename, 120)}"
+            written[r.artefact_id] = path
+            ahead.append((r, path, prefetch.submit(r.key, r.version_id)))
+        if not ahead:
+            return
+        r, path, future = ahead.popleft()
+        if future is not None:
+            assert prefetch.pending[0] is future
+            prefetch.pending.popleft()
+        yield r, path, future
+
+
 def _summary_xlsx(session: Session, f: WorkloadFilter, title: str, facts: list[tuple[str, Any]],
                   stats: dict[str, _Stats], problems: list[tuple[str, str]]) -> IO[bytes]:
     import xlsxwriter
@@ -206,7 +316,7 @@ def _summary_xlsx(session: Session, f: WorkloadFilter, title: str, facts: list[t
     out = tempfile.SpooledTemporaryFile(max_size=4 << 20)
     tmp = tempfile.TemporaryDirectory(prefix="itemgate-bundle-")
     try:
-        book = xlsxwriter.Workbook(out, {"constant_memory": True, "tmpdir": tmp.name, "in_memory": False})
+        book = xlsxwriter.Workbook(out, XLSX_OPTIONS | {"tmpdir": tmp.name})
         bold = book.add_format({"bold": True})
         money = book.add_format({"num_format": "#,##0.00"})
         sheet = book.add_worksheet("佐证材料汇总")

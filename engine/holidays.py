@@ -1,7 +1,7 @@
 """Admin-maintained holiday calendar: a year's public holidays and make-up workdays (调休) entered by hand."""
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any
 
 import chinese_calendar
@@ -61,6 +61,8 @@ def enter_year(session: Session, actor: audit.Actor, user: User, year: int,
         marker = CalendarYear(year=year)
         session.add(marker)
     marker.entered_by_id = user.id
+    # The stamp changes on every entry: the process-wide calendar cache (workflow.work_calendar) keys on it.
+    marker.entered_at = datetime.now(UTC)
     session.flush()
     audit.record(session, actor, "calendar.entered", target_type="calendar", target_id=year,
                  holidays=len(holidays), workdays=len(workdays))

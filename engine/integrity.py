@@ -31,6 +31,7 @@ class FsckReport:
     removed: list[ObjectInfo] = field(default_factory=list)
     kept_young: list[ObjectInfo] = field(default_factory=list)
     refused: list[ObjectInfo] = field(default_factory=list)
+    held: list[Problem] = field(default_factory=list)  # gate evidence whose missing hold --repair placed
 
     @property
     def clean(self) -> bool:
@@ -58,15 +59,21 @@ def discard_object(session: Session, store: ArtefactStore, key: str, version_id:
 def fsck(session: Session, store: ArtefactStore, *, repair: bool = False, grace_hours: int = 24,
          now: datetime | None = None, deep: bool = True) -> FsckReport:
     """Check every artefact row against its object (exists, size, SHA-256 by streaming when `deep`), list
-    objects no row refers to, and with `repair` remove those older than the grace period."""
+    objects no row refers to, and with `repair` remove those older than the grace period.
+
+    Evidence a gate passed on must carry a legal hold (the completion places it but does not fail when the
+    store refuses); a missing hold is a problem, and `repair` places it."""
     now = now or datetime.now(UTC)
     report = FsckReport()
+    holds = store.object_lock_enabled()
     known: dict[str, set[str | None]] = {}
     last = 0
     while True:
         rows = list(session.scalars(select(Artefact).where(Artefact.id > last).order_by(Artefact.id).limit(500)))
         if not rows:
             break
+        passed = set(session.scalars(select(GatePass.artefact_id).where(
+            GatePass.artefact_id.in_([r.id for r in rows])))) if holds else set()
         for row in rows:
             last = row.id
             known.setdefault(row.key, set()).add(row.version_id)
@@ -85,6 +92,12 @@ def fsck(session: Session, store: ArtefactStore, *, repair: bool = False, grace_
                                                f"size {size} != recorded {row.size}"))
             elif sha != row.sha256:
                 report.problems.append(Problem(row.id, row.key, row.version_id, "SHA-256 differs from recorded"))
+            if row.id in passed and not store.is_held(row.key, row.version_id):
+                unheld = Problem(row.id, row.key, row.version_id, "gate evidence without a legal hold")
+                if repair and store.hold(row.key, row.version_id):
+                    report.held.append(unheld)
+                else:
+                    report.problems.append(unheld)
         session.expunge_all()
     cutoff = now - timedelta(hours=grace_hours)
     for obj in store.iter_objects(EVIDENCE_PREFIX):

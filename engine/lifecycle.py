@@ -109,7 +109,6 @@ def rework_item(ctx: Ctx, item_id: int, to: str, reason: str | None) -> WorkItem
         if waiting.workflow.tasks.get(waiting.id) is not waiting or waiting.parent is None:
             events.pop(key, None)
     workflow.do_engine_steps()
-    save_instance(ctx, instance, workflow, model)
     before = {r.id for r in ctx.session.scalars(select(HumanTask).where(HumanTask.item_id == item.id,
                                                                         HumanTask.status == "ready"))}
     created = _sync_projection(ctx, instance, item, workflow, return_comment=text)

@@ -7,12 +7,12 @@ import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Select, case, func, select
+from sqlalchemy import DateTime, Select, case, func, select, type_coerce
 from sqlalchemy.orm import Session, aliased
 
 from storage.models import (
@@ -103,23 +103,67 @@ def totals(session: Session, f: WorkloadFilter) -> dict[str, Decimal]:
     return {"units": Decimal(units), "amount": Decimal(amount).quantize(CENT)}
 
 
+# Timestamps are read through plain DateTime, not the UTCDateTime decorator (a Python call per value on top of the
+# conversion each export makes anyway): PostgreSQL returns them aware, SQLite naive in UTC (see `_local`).
 _DETAIL_COLS = (Contract.id.label("contract_id"), Contract.code.label("contract_code"),
                 ServiceLine.position.label("line_position"), ServiceLine.id.label("line_id"),
                 ServiceLine.code.label("line_code"), ServiceLine.name.label("line_name"),
                 WorkItem.name.label("item_name"), WorkItem.code.label("item_code"),
                 Department.name.label("department_name"), WorkloadEntry.channel, WorkloadEntry.mode,
                 WorkloadEntry.units, WorkloadEntry.difficulty, WorkloadEntry.unit_price, WorkloadEntry.amount,
-                WorkItem.completed_at, WorkloadEntry.tallied_at, WorkloadEntry.id.label("entry_id"),
-                WorkloadEntry.reverses_id, WorkloadEntry.reason)
+                type_coerce(WorkItem.completed_at, DateTime(timezone=True)).label("completed_at"),
+                type_coerce(WorkloadEntry.tallied_at, DateTime(timezone=True)).label("tallied_at"),
+                WorkloadEntry.id.label("entry_id"), WorkloadEntry.reverses_id, WorkloadEntry.reason)
+
+
+# Streamed workbooks; text that users typed (item names, notes) is always written as text: never as a formula
+# (a name starting with "=") or a link, whatever xlsxwriter's `write()` would guess.
+XLSX_OPTIONS: dict[str, Any] = {"constant_memory": True, "in_memory": False, "strings_to_formulas": False,
+                                "strings_to_urls": False, "strings_to_numbers": False}
+
+
+def _core_rows(session: Session, query: Select[Any], batch: int) -> Any:
+    """Stream a column query's rows in batches (a server-side cursor on PostgreSQL) as a Core statement on the
+    session's connection: plain rows without the ORM's per-row loading, and nothing kept in the session."""
+    if session.autoflush:  # what session.execute would do first
+        session.flush()
+    return session.connection().execute(query.execution_options(yield_per=batch))
+
+
+def _local(value: datetime) -> datetime:
+    """A stored UTC time in Asia/Shanghai; naive values (SQLite) are UTC."""
+    return (value if value.tzinfo is not None else value.replace(tzinfo=UTC)).astimezone(TZ)
 
 
 def _row(r: Any) -> list[Any]:
-    live = r.completed_at.astimezone(TZ).date().isoformat() if r.completed_at else ""
+    live = _local(r.completed_at).date().isoformat() if r.completed_at else ""
     note = f"冲销 #{r.reverses_id}：{r.reason or ''}" if r.reverses_id else ""
     return [r.contract_code, r.line_code, r.line_name, r.item_name, r.item_code, r.department_name,
             CHANNEL_NAMES.get(r.channel, r.channel), MODE_NAMES.get(r.mode, r.mode),
             r.units, r.difficulty, r.unit_price, r.amount, live,
-            r.tallied_at.astimezone(TZ).strftime("%Y-%m-%d %H:%M"), r.entry_id, note]
+            _local(r.tallied_at).strftime("%Y-%m-%d %H:%M"), r.entry_id, note]
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _text(value: Any) -> Any:
+    """A text cell of a CSV export: names and notes are typed by users, and a spreadsheet program reads text
+    starting with =, +, -, @, tab or CR as a formula; such text gets a leading apostrophe so it shows as text."""
+    return "'" + value if isinstance(value, str) and value.startswith(_FORMULA_START) else value
+
+
+def _csv_row(r: Any) -> list[Any]:
+    """`_row` with the money columns already formatted as `_fmt` does: the CSV path, in one pass per entry."""
+    (_cid, contract_code, _pos, _lid, line_code, line_name, item_name, item_code, department_name, channel, mode,
+     units, difficulty, unit_price, amount, completed_at, tallied_at, entry_id, reverses_id, reason) = r
+    return [contract_code, line_code, _text(line_name), _text(item_name), _text(item_code), _text(department_name),
+            CHANNEL_NAMES.get(channel, channel), MODE_NAMES.get(mode, mode),
+            f"{units:.2f}", f"{difficulty:.2f}", f"{unit_price:.2f}", f"{amount:.2f}",
+            _local(completed_at).date().isoformat() if completed_at else "",
+            # isoformat ("YYYY-MM-DD HH:MM+08:00") cut to the minute: what strftime gives, at a third of the cost
+            _local(tallied_at).isoformat(" ", "minutes")[:16], entry_id,
+            f"冲销 #{reverses_id}：{reason or ''}" if reverses_id else ""]
 
 
 # ---------------------------------------------------------------- the detail sheet, grouped with subtotals
@@ -143,19 +187,21 @@ def _summary_values(label: str, line_code: str = "", line_name: str = "", channe
     return values
 
 
-def iter_detail(session: Session, f: WorkloadFilter, batch: int = 2000) -> Iterator[DetailLine]:
-    """Entries grouped by service line and channel, with a subtotal after each group and each line, then the
-    total. One ordered query streamed in batches (a server-side cursor on PostgreSQL): a single sort, and
-    memory stays flat however many entries there are. (Keyset paging re-sorted the whole ledger per page.)"""
+def _sheet(session: Session, f: WorkloadFilter, batch: int = 2000) -> Iterator[tuple[str, Any]]:
+    """The detail sheet in order: ("entry", row of `_DETAIL_COLS`) per entry, and (kind, DetailLine) for each
+    subtotal and the total. Entries are grouped by service line and channel, with a subtotal after each group
+    and each line, then the total. One ordered query streamed in batches (a server-side cursor on PostgreSQL):
+    a single sort, and memory stays flat however many entries there are. (Keyset paging re-sorted the whole
+    ledger per page.)"""
     rank = case(CHANNEL_RANK, value=WorkloadEntry.channel, else_=len(CHANNEL_RANK))
     key_cols = (Contract.id, ServiceLine.position, ServiceLine.id, rank, WorkloadEntry.id)
-    # Plain columns, not ORM objects: nothing accumulates in the session however many rows stream by.
     base = _filtered(_joined(select(*_DETAIL_COLS).select_from(WorkloadEntry)), f).order_by(*key_cols)
+    result = _core_rows(session, base, batch)
 
-    group: tuple[int, str] | None = None
     line_key: int | None = None
     line_label: tuple[str, str] = ("", "")
     group_channel = ""
+    # Per group only; a group's sums roll up into its line's, a line's into the total (Decimal sums are exact).
     g_units = g_amount = l_units = l_amount = t_units = t_amount = Decimal(0)
 
     def channel_sub() -> DetailLine:
@@ -167,27 +213,38 @@ def iter_detail(session: Session, f: WorkloadFilter, batch: int = 2000) -> Itera
         return DetailLine("line_subtotal", _summary_values(
             "服务类别合计", line_label[0], line_label[1], "", l_units, l_amount), l_units, l_amount)
 
-    for r in session.execute(base.execution_options(yield_per=batch)):
-        key = (r.line_id, r.channel)
-        if group is not None and key != group:
-            yield channel_sub()
-            g_units = g_amount = Decimal(0)
-            if r.line_id != line_key:
-                yield line_sub()
-                l_units = l_amount = Decimal(0)
-        group, line_key, group_channel = key, r.line_id, r.channel
-        line_label = (r.line_code, r.line_name)
+    for r in result:
+        line_id, channel = r.line_id, r.channel
+        if channel != group_channel or line_id != line_key:
+            if line_key is not None:
+                yield "channel_subtotal", channel_sub()
+                l_units += g_units
+                l_amount += g_amount
+                g_units = g_amount = Decimal(0)
+                if line_id != line_key:
+                    yield "line_subtotal", line_sub()
+                    t_units += l_units
+                    t_amount += l_amount
+                    l_units = l_amount = Decimal(0)
+            line_key, group_channel, line_label = line_id, channel, (r.line_code, r.line_name)
         g_units += r.units
         g_amount += r.amount
-        l_units += r.units
-        l_amount += r.amount
-        t_units += r.units
-        t_amount += r.amount
-        yield DetailLine("entry", _row(r), r.units, r.amount)
-    if group is not None:
-        yield channel_sub()
-        yield line_sub()
-    yield DetailLine("total", _summary_values("合计", units=t_units, amount=t_amount), t_units, t_amount)
+        yield "entry", r
+    if line_key is not None:
+        yield "channel_subtotal", channel_sub()
+        l_units += g_units
+        l_amount += g_amount
+        yield "line_subtotal", line_sub()
+        t_units += l_units
+        t_amount += l_amount
+    yield "total", DetailLine("total", _summary_values("合计", units=t_units, amount=t_amount), t_units, t_amount)
+
+
+def iter_detail(session: Session, f: WorkloadFilter, batch: int = 2000) -> Iterator[DetailLine]:
+    """The detail sheet line by line (see `_sheet`): entries, subtotals after each service line × channel and
+    each service line, then the total."""
+    for kind, r in _sheet(session, f, batch):
+        yield DetailLine("entry", _row(r), r.units, r.amount) if kind == "entry" else r
 
 
 # ---------------------------------------------------------------- counts and progress
@@ -212,17 +269,15 @@ def _net_rows(session: Session, f: WorkloadFilter) -> Iterator[tuple[Any, ...]]:
     original = aliased(WorkloadEntry)
     query = _filtered(_joined(
         select(WorkloadEntry.service_line_id, WorkloadEntry.channel, WorkloadEntry.department_id,
-               WorkloadEntry.item_id, func.coalesce(original.tallied_at, WorkloadEntry.tallied_at),
+               WorkloadEntry.item_id,
+               # typed, or SQLite hands the COALESCE back as text; plain DateTime as in `_DETAIL_COLS`
+               type_coerce(func.coalesce(original.tallied_at, WorkloadEntry.tallied_at), DateTime(timezone=True)),
                WorkloadEntry.units, WorkloadEntry.amount)
         .select_from(WorkloadEntry)
         .outerjoin(original, original.id == WorkloadEntry.reverses_id)), f)
-    result = session.execute(query.execution_options(yield_per=2000))
+    result = _core_rows(session, query, 2000)  # over every entry, twice per workbook
     for line_id, channel, dept_id, item_id, at, units, amount in result:
-        if isinstance(at, str):  # a raw COALESCE result is not run through the column type on SQLite
-            at = datetime.fromisoformat(at)
-        if at.tzinfo is None:
-            at = at.replace(tzinfo=ZoneInfo("UTC"))
-        yield line_id, channel, dept_id, item_id, at.astimezone(TZ).strftime("%Y-%m"), units, amount
+        yield line_id, channel, dept_id, item_id, _local(at).strftime("%Y-%m"), units, amount
 
 
 def monthly_counts(session: Session, f: WorkloadFilter) -> list[dict[str, Any]]:
@@ -287,7 +342,7 @@ def _progress_row(line: ServiceLine, key: str, label: str, completed: int, targe
 # ---------------------------------------------------------------- file formats
 
 def _fmt(value: Any) -> Any:
-    return f"{value:.2f}" if isinstance(value, Decimal) else value
+    return f"{value:.2f}" if isinstance(value, Decimal) else _text(value)
 
 
 def csv_stream(session: Session, f: WorkloadFilter,
@@ -300,17 +355,22 @@ def csv_stream(session: Session, f: WorkloadFilter,
     writer = csv.writer(buf)
     buf.write("\ufeff")
     writer.writerow(DETAIL_HEADER)
-    count = 0
-    for line in iter_detail(session, f):
-        writer.writerow([_fmt(v) for v in line.values])
-        count += 1
-        if progress is not None and line.kind == "entry":
-            done += 1
-            progress(done, total)
-        if count % 1000 == 0:
+    rows: list[list[Any]] = []
+    for kind, r in _sheet(session, f):
+        if kind == "entry":
+            rows.append(_csv_row(r))
+            if progress is not None:
+                done += 1
+                progress(done, total)
+        else:
+            rows.append([_fmt(v) for v in r.values])
+        if len(rows) == 2000:  # a chunk of about 330 kB
+            writer.writerows(rows)
+            rows.clear()
             yield buf.getvalue().encode("utf-8")
             buf.seek(0)
             buf.truncate()
+    writer.writerows(rows)
     if progress is not None:
         progress(max(done, total), max(done, total))
     yield buf.getvalue().encode("utf-8")
@@ -323,8 +383,9 @@ def counts_csv_stream(session: Session, f: WorkloadFilter) -> Iterator[bytes]:
     buf.write("\ufeff")
     writer.writerow(COUNTS_HEADER)
     for c in monthly_counts(session, f):
-        writer.writerow([c["service_line"], c["service_line_name"], CHANNEL_NAMES.get(c["channel"], c["channel"]),
-                         c["department_name"], c["month"], c["items"], _fmt(c["units"]), _fmt(c["amount"])])
+        channel = CHANNEL_NAMES.get(c["channel"], c["channel"])
+        writer.writerow([c["service_line"], _text(c["service_line_name"]), channel,
+                         _text(c["department_name"]), c["month"], c["items"], _fmt(c["units"]), _fmt(c["amount"])])
     yield buf.getvalue().encode("utf-8")
 
 
@@ -336,8 +397,7 @@ class _Book:
 
         self.out: tempfile.SpooledTemporaryFile[bytes] = tempfile.SpooledTemporaryFile(max_size=8 << 20)
         self._tmp = tempfile.TemporaryDirectory(prefix="itemgate-xlsx-")
-        self.book = xlsxwriter.Workbook(self.out, {"constant_memory": True, "tmpdir": self._tmp.name,
-                                                   "in_memory": False})
+        self.book = xlsxwriter.Workbook(self.out, XLSX_OPTIONS | {"tmpdir": self._tmp.name})
         self.bold = self.book.add_format({"bold": True})
         self.money = self.book.add_format({"num_format": "#,##0.00"})
         self.bold_money = self.book.add_format({"num_format": "#,##0.00", "bold": True})

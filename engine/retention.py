@@ -87,10 +87,11 @@ def prune(session: Session, store: ArtefactStore, actor: audit.Actor, retention_
         last_hash=last.hash, last_at=last.at, event_count=count, export_bucket=stored.bucket,
         export_key=stored.key, export_version_id=stored.version_id, export_sha256=stored.sha256)
     session.add(new_checkpoint)
-    # Recorded before the delete so it links to the chain's current head like any other event.
+    # Written before the delete so it links to the chain's current head like any other event.
     audit.record(session, actor, "audit.pruned", target_type="audit", target_id=last.id, events=count,
                  first_event_id=first_id, last_event_id=last.id, export_key=stored.key,
                  export_sha256=stored.sha256, cutoff=cutoff.isoformat())
+    audit.write_pending(session)  # now, not at commit: an emptied SQLite table would reuse the ids
     audit.allow_prune(session)
     session.execute(delete(AuditEvent).where(AuditEvent.id > after, AuditEvent.id <= last.id)
                     .execution_options(synchronize_session=False))

@@ -113,6 +113,12 @@ def content_hash(xml: str) -> str:
     return hashlib.sha256(xml.encode("utf-8")).hexdigest()
 
 
+def cached_model(sha256: str, process_id: str) -> ParsedModel | None:
+    """The model parsed earlier in this process from the XML with this content hash, if any."""
+    cached = _MODELS.get(sha256)
+    return cached if cached is not None and cached.process_id == process_id else None
+
+
 def parse_model(xml: str, process_id: str, filename: str = "model.bpmn") -> ParsedModel:
     """Parse (and cache by content hash) one BPMN file's executable process."""
     digest = content_hash(xml)

@@ -8,9 +8,10 @@ from decimal import Decimal
 from typing import Any
 
 from SpiffWorkflow.util.task import TaskState
-from sqlalchemy import select, text, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 import bpmn
 import forms
@@ -94,15 +95,39 @@ def deploy_definition(session: Session, process_id: str, xml: str, filename: str
 
 
 def model_of(definition: ProcessDefinition) -> spiff.ParsedModel:
-    return spiff.parse_model(definition.bpmn_xml, definition.process_id, definition.filename)
+    """The parsed model of a deployed definition: from the process's cache by the recorded content hash, so the
+    XML is neither loaded nor hashed per request; parsed (and checked against that hash) on a miss."""
+    cached = spiff.cached_model(definition.sha256, definition.process_id)
+    if cached is not None:
+        return cached
+    model = spiff.parse_model(definition.bpmn_xml, definition.process_id, definition.filename)
+    if model.sha256 != definition.sha256:
+        raise spiff.ModelError(f"process definition {definition.id}: the stored BPMN does not match its recorded "
+                               "SHA-256; it was changed outside `process deploy`")
+    return model
 
 
 # ---------------------------------------------------------------- calendar
 
+_calendar_cache: dict[str, tuple[tuple[Any, ...], WorkCalendar]] = {}
+
+
 def work_calendar(session: Session) -> WorkCalendar:
-    overrides = {d.day: d.is_workday for d in session.scalars(select(CalendarDay))}
+    """The working-day calendar with the admin-entered years. Built once per process and database, and
+    rebuilt when the entered years change: every entry stamps its year's `entered_at`, so the count and
+    latest stamp of `calendar_years` (one indexed aggregate) tell whether the cached copy is current."""
+    fingerprint = tuple(session.execute(select(func.count(), func.max(CalendarYear.entered_at),
+                                               func.sum(CalendarYear.year))).one())
+    key = str(session.get_bind().engine.url)
+    cached = _calendar_cache.get(key)
+    if cached is not None and cached[0] == fingerprint:
+        return cached[1]
+    overrides = {day: is_workday for day, is_workday in session.execute(
+        select(CalendarDay.day, CalendarDay.is_workday))}
     years = set(session.scalars(select(CalendarYear.year)))
-    return WorkCalendar(overrides=overrides, covered_years=years)
+    calendar = WorkCalendar(overrides=overrides, covered_years=years)
+    _calendar_cache[key] = (fingerprint, calendar)
+    return calendar
 
 
 # ---------------------------------------------------------------- items
@@ -122,13 +147,14 @@ class NewItem:
 
 def _resolve_new_item(session: Session, spec: NewItem) -> tuple[Contract, ServiceLine, Department]:
     errors: dict[str, list[str]] = {}
-    contract = session.execute(select(Contract).where(Contract.code == spec.contract)).scalar()
-    line = None
-    if contract is None:
-        errors["contract"] = [f"unknown contract {spec.contract!r}"]
-    else:
-        line = next((sl for sl in contract.service_lines if sl.code == spec.service_line), None)
-        if line is None:
+    found = session.execute(select(ServiceLine, Contract).join(Contract, ServiceLine.contract_id == Contract.id)
+                            .where(Contract.code == spec.contract, ServiceLine.code == spec.service_line)).first()
+    contract, line = (found[1], found[0]) if found else (None, None)
+    if found is None:
+        contract = session.execute(select(Contract).where(Contract.code == spec.contract)).scalar()
+        if contract is None:
+            errors["contract"] = [f"unknown contract {spec.contract!r}"]
+        else:
             errors["service_line"] = [f"contract {spec.contract} has no service line {spec.service_line!r}"]
     department = session.execute(select(Department).where(Department.code == spec.department)).scalar()
     if department is None:
@@ -165,8 +191,6 @@ def create_item(ctx: Ctx, spec: NewItem) -> WorkItem:
         status="active", created_by_id=ctx.user.id, created_at=ctx.now,
     )
     item.contract, item.service_line, item.department = contract, line, department
-    ctx.session.add(item)
-    ctx.session.flush()
     definition = current_definition(ctx.session, line.process_id)
     model = model_of(definition)
     start_data = {
@@ -176,16 +200,20 @@ def create_item(ctx: Ctx, spec: NewItem) -> WorkItem:
     }
     start_data.update({k: v for k, v in item.attributes.items() if k in ("departments", "parts")})
     workflow = spiff.new_workflow(model, start_data)
-    instance = ProcessInstance(item_id=item.id, definition_id=definition.id,
-                               state=spiff.dumps(workflow, model), version=1, status="running",
-                               next_timer_at=next_timer_at(workflow))
+    instance = ProcessInstance(definition_id=definition.id, version=1, status="running")
     instance.definition = definition
+    # The projection sets the item's stage and the instance's state (with its deadline timers armed), so the
+    # item, its instance and its first tasks go in with one flush and no follow-up UPDATE.
+    created = _sync_projection(ctx, instance, item, workflow, return_comment=None, new=True)
+    ctx.session.add(item)
+    ctx.session.flush()
+    instance.item_id = item.id
     ctx.session.add(instance)
+    ctx.session.add_all(created)
     ctx.session.flush()
     audit.record(ctx.session, ctx.actor, "item.created", target_type="item", target_id=item.id,
                  code=item.code, service_line=line.code, mode=item.mode, channels=item.channels,
                  difficulty=str(item.difficulty), definition=definition.sha256[:12])
-    _sync_projection(ctx, instance, item, workflow, return_comment=None)
     return item
 
 
@@ -203,11 +231,14 @@ def _department_for(session: Session, item: WorkItem, task: Any, props: dict[str
 
 
 def _sync_projection(ctx: Ctx, instance: ProcessInstance, item: WorkItem, workflow: Any,
-                     return_comment: str | None) -> list[HumanTask]:
-    """Make human_task rows mirror the READY manual tasks; returns the rows created."""
+                     return_comment: str | None, *, new: bool = False) -> list[HumanTask]:
+    """Make human_task rows mirror the READY manual tasks, arm their deadline timers, and persist the
+    instance state once: a compare-and-set UPDATE, or for a `new` instance (not yet inserted, no rows yet)
+    its initial state. Returns the rows created."""
     session = ctx.session
+    model = model_of(instance.definition)
     ready = {str(t.id): t for t in spiff.ready_human_tasks(workflow)}
-    open_rows = list(session.scalars(select(HumanTask).where(
+    open_rows = [] if new else list(session.scalars(select(HumanTask).where(
         HumanTask.instance_id == instance.id, HumanTask.status == "ready")))
     for row in open_rows:
         if row.spiff_task_id not in ready:
@@ -216,7 +247,6 @@ def _sync_projection(ctx: Ctx, instance: ProcessInstance, item: WorkItem, workfl
     known = {row.spiff_task_id for row in open_rows}
     created: list[HumanTask] = []
     calendar = None
-    armed = 0
     due_overrides = (item.contract.settings or {}).get("due_days", {})
     for tid, task in ready.items():
         if tid in known:
@@ -230,26 +260,30 @@ def _sync_projection(ctx: Ctx, instance: ProcessInstance, item: WorkItem, workfl
             deadline = calendar.add_working_days(ctx.now, int(due_days))
             due_at = deadline.due_at
             warning = "; ".join(deadline.warnings) or None
-            armed += timers.arm_deadline_timers(task, due_at)
+            timers.arm_deadline_timers(task, due_at)
         row = HumanTask(
-            instance_id=instance.id, item_id=item.id, spiff_task_id=tid, spec_name=task.task_spec.name,
+            item=item, spiff_task_id=tid, spec_name=task.task_spec.name,
             title=spiff.task_title(task), lane=lane, role=lane,
             department_id=_department_for(session, item, task, props), form=props.get("form", "design"),
             gate=props.get("gate"), stage=props.get("stage"), review_of=props.get("review_of"),
             status="ready", due_at=due_at, due_warning=warning, return_comment=return_comment,
             created_at=ctx.now,
         )
-        session.add(row)
+        row.instance = instance
         created.append(row)
-    session.flush()
-    if armed:
-        # The deadline timers changed the instance state after it was saved: save it again (CAS).
-        save_instance(ctx, instance, workflow, model_of(instance.definition))
     stages = [spiff.task_properties(t).get("stage") for t in ready.values()]
     if workflow.is_completed():
         item.stage = "done"
     elif stages:
         item.stage = next((s for s in stages if s), item.stage)
+    if new:
+        instance.state = spiff.dumps(workflow, model)
+        instance.next_timer_at = next_timer_at(workflow)
+        instance.status = "completed" if workflow.is_completed() else "running"
+    else:
+        save_instance(ctx, instance, workflow, model)
+        session.add_all(created)
+        session.flush()
     return created
 
 
@@ -320,14 +354,21 @@ class GateStatus:
     artefact: Artefact | None
 
 
-def gate_requirements(session: Session, item: WorkItem, gate: str | None) -> list[GateStatus]:
+def gate_requirements(session: Session, item: WorkItem, gate: str | None,
+                      artefacts: list[Artefact] | None = None) -> list[GateStatus]:
+    """The artefact kinds a gate needs, each with the latest stored artefact of that kind (or None).
+    `artefacts`: the item's artefacts when the caller has loaded them already (saves a query)."""
     kinds = required_kinds(item.service_line.gates, gate, mode=item.mode, channels=list(item.channels),
                            attributes=item.attributes or {})
     if not kinds:
         return []
     latest: dict[str, Artefact] = {}
-    rows = session.scalars(select(Artefact).where(Artefact.item_id == item.id, Artefact.kind.in_(kinds),
-                                                  Artefact.status == "stored").order_by(Artefact.id))
+    if artefacts is None:
+        rows: Any = session.scalars(select(Artefact).where(Artefact.item_id == item.id, Artefact.kind.in_(kinds),
+                                                           Artefact.status == "stored").order_by(Artefact.id))
+    else:
+        rows = sorted((a for a in artefacts if a.item_id == item.id and a.kind in kinds and a.status == "stored"),
+                      key=lambda a: a.id)
     for row in rows:
         latest[row.kind] = row
     return [GateStatus(kind, latest.get(kind)) for kind in kinds]
@@ -338,9 +379,10 @@ def check_gate(ctx: Ctx, item: WorkItem, gate: str | None) -> list[GateStatus]:
     statuses = gate_requirements(ctx.session, item, gate)
     missing = [s.kind for s in statuses if s.artefact is None]
     if ctx.store is not None:
-        for s in statuses:
-            if s.artefact is not None and not verify_artefact(ctx.store, s.artefact):
-                missing.append(s.kind)
+        store = ctx.store
+        present = [s for s in statuses if s.artefact is not None]
+        intact = store.each(lambda s: s.artefact is not None and verify_artefact(store, s.artefact), present)
+        missing += [s.kind for s, ok in zip(present, intact, strict=True) if not ok]
     if missing:
         raise GateUnmet(missing)
     return statuses
@@ -356,12 +398,13 @@ def _load_instance(session: Session, item_id: int) -> ProcessInstance:
 def save_instance(ctx: Ctx, instance: ProcessInstance, workflow: Any, model: spiff.ParsedModel) -> None:
     """Compare-and-set write of the instance state; the loser of a race gets 409."""
     state = spiff.dumps(workflow, model)
+    values_timer = next_timer_at(workflow)
     expected = instance.version
     try:
         result = ctx.session.execute(
             update(ProcessInstance)
             .where(ProcessInstance.id == instance.id, ProcessInstance.version == expected)
-            .values(state=state, version=expected + 1, updated_at=ctx.now, next_timer_at=next_timer_at(workflow),
+            .values(state=state, version=expected + 1, updated_at=ctx.now, next_timer_at=values_timer,
                     status="completed" if workflow.is_completed() else "running")
             .execution_options(synchronize_session=False))
     except OperationalError as exc:  # SQLite: another writer holds the database
@@ -370,9 +413,12 @@ def save_instance(ctx: Ctx, instance: ProcessInstance, workflow: Any, model: spi
         raise
     if _rowcount(result) != 1:
         raise Conflict("the item changed while you were working; reload and try again", code="version_conflict")
-    instance.state = state
-    instance.version = expected + 1
-    instance.status = "completed" if workflow.is_completed() else "running"
+    # The row is written; tell the ORM so (set as committed, not as changes) or it writes the state again.
+    set_committed_value(instance, "state", state)
+    set_committed_value(instance, "version", expected + 1)
+    set_committed_value(instance, "updated_at", ctx.now)
+    set_committed_value(instance, "next_timer_at", values_timer)
+    set_committed_value(instance, "status", "completed" if workflow.is_completed() else "running")
 
 
 def run_and_step(workflow: Any, task: Any, data: dict[str, Any], what: str) -> None:
@@ -416,7 +462,6 @@ def complete_task(ctx: Ctx, task_id: int, data: Any) -> HumanTask:
     if spiff_task is None or spiff_task.state != TaskState.READY:
         raise Conflict(f"task {task_id} is no longer ready", code="task_not_ready")
     run_and_step(workflow, spiff_task, clean, "the process")
-    save_instance(ctx, instance, workflow, model)
 
     task.status = "completed"
     task.completed_at = ctx.now
@@ -427,7 +472,7 @@ def complete_task(ctx: Ctx, task_id: int, data: Any) -> HumanTask:
         assert s.artefact is not None
         session.add(GatePass(item_id=item.id, task_id=task.id, gate=task.gate or "", kind=s.kind,
                              artefact_id=s.artefact.id, passed_at=ctx.now))
-        _retain_evidence(ctx, s.artefact)
+    _retain_evidence(ctx, [s.artefact for s in statuses if s.artefact is not None])
     if task.form == "difficulty_confirmation":
         old = item.difficulty
         item.difficulty = Decimal(clean["difficulty"]).quantize(Decimal("0.01"))
@@ -447,15 +492,21 @@ def complete_task(ctx: Ctx, task_id: int, data: Any) -> HumanTask:
     return task
 
 
-def _retain_evidence(ctx: Ctx, artefact: Artefact) -> None:
-    """A gate passed on this object version: ask the store to hold it (object lock legal hold). A hold that
-    cannot be placed does not undo the gate; the app itself never deletes a referenced version."""
-    if ctx.store is None:
+def _retain_evidence(ctx: Ctx, artefacts: list[Artefact]) -> None:
+    """A gate passed on these object versions: ask the store to hold them (object lock legal hold). A hold
+    that cannot be placed does not undo the gate; the app itself never deletes a referenced version, and
+    `itemgate fsck --repair` places holds that are missing."""
+    store = ctx.store
+    if store is None or not artefacts:
         return
-    try:
-        ctx.store.hold(artefact.key, artefact.version_id)
-    except (KeyError, StoreUnavailable):
-        _log.warning("could not place a legal hold on %s (%s)", artefact.key, artefact.version_id)
+
+    def hold(artefact: Artefact) -> None:
+        try:
+            store.hold(artefact.key, artefact.version_id)
+        except (KeyError, StoreUnavailable):
+            _log.warning("could not place a legal hold on %s (%s)", artefact.key, artefact.version_id)
+
+    store.each(hold, artefacts)
 
 
 def _separation_of_duties(ctx: Ctx, task: HumanTask, statuses: list[GateStatus]) -> None:
@@ -516,7 +567,6 @@ def advance_timers(session: Session, instance: ProcessInstance, now: datetime) -
     item = session.get(WorkItem, instance.item_id)
     assert item is not None
     ctx = Ctx(session=session, user=None, now=now)
-    save_instance(ctx, instance, workflow, model)
     _sync_projection(ctx, instance, item, workflow, return_comment=None)
     if fired:
         audit.record(session, audit.SYSTEM, "timer.fired", target_type="item", target_id=item.id,

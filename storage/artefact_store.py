@@ -6,25 +6,36 @@ import hashlib
 import re
 import shutil
 import tempfile
+import threading
 import uuid
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import BinaryIO, NoReturn
+from typing import BinaryIO, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 import urllib3
 from minio import Minio
+from minio.datatypes import Part
 from minio.error import InvalidResponseError, S3Error, ServerError
+from minio.helpers import genheaders
 from minio.versioningconfig import ENABLED, VersioningConfig
 
-# minio's minimum is 5 MiB; 16 MiB keeps a 200 MB upload at 13 parts while holding one part in memory.
-PART_SIZE = 16 * 1024 * 1024
+# minio's minimum is 5 MiB. Larger objects go up in parts of PART_SIZE, _PARALLEL_PARTS of them at once: the
+# store digests one part while the next travel, which is how the SDK's own put_object reaches its speed. Memory
+# stays at most _PARALLEL_PARTS + 1 parts (those in flight and the one being read): 32 MiB.
+PART_SIZE = 8 * 1024 * 1024
+_PARALLEL_PARTS = 3
 _COPY_CHUNK = 1024 * 1024
 # Upload streams that cannot seek are spooled to disk above this size, never kept in memory.
 _SPOOL_IN_MEMORY = 1024 * 1024
 
+T = TypeVar("T")
+R = TypeVar("R")
+_PARALLEL_CALLS = 4  # store calls of one request in flight at once (the HTTP pool holds 16 connections)
 _MISSING_CODES = frozenset({"NoSuchKey", "NoSuchVersion", "NoSuchObject"})
 # The store exists but cannot be used as configured: for a caller this is the same as "down".
 _UNUSABLE_CODES = frozenset(
@@ -106,6 +117,105 @@ class _HashingReader:
 
     def hexdigest(self) -> str:
         return self._hash.hexdigest()
+
+
+_hash_pool: ThreadPoolExecutor | None = None
+_hash_pool_lock = threading.Lock()
+
+
+def _hasher() -> ThreadPoolExecutor:
+    global _hash_pool
+    with _hash_pool_lock:
+        if _hash_pool is None:
+            # Created on first use, so a pre-forking server never forks a process holding threads.
+            _hash_pool = ThreadPoolExecutor(2, thread_name_prefix="spool-hash")
+        return _hash_pool
+
+
+class HashingSpool(tempfile.SpooledTemporaryFile):  # type: ignore[type-arg]
+    """A spool file (memory, then disk) that hashes what is written to it, so that storing it needs no
+    second pass to learn the SHA-256. Use it as werkzeug's upload stream factory (`for_upload`).
+
+    Written pieces are hashed on a helper thread, a few MiB at a time, while the writer receives and writes
+    the next ones (hashlib lets go of the GIL); one batch at a time, in order, so memory stays at two batches.
+    The digest is only offered for plain appends from the start: anything else (seek-then-write, truncate)
+    makes `written()` answer None and the store hashes the file the ordinary way.
+    """
+
+    _BATCH = 4 * 1024 * 1024
+
+    def __init__(self, max_size: int = _SPOOL_IN_MEMORY) -> None:
+        super().__init__(max_size=max_size, mode="w+b")
+        self._sha = hashlib.sha256()
+        self._appended = 0
+        self._at_end = True  # the position is where the next appended byte goes
+        self._clean = True
+        self._batch: list[bytes] = []
+        self._batched = 0
+        self._hashing: Future[None] | None = None
+
+    def _hash_batch(self, batch: list[bytes]) -> None:
+        for piece in batch:
+            self._sha.update(piece)
+
+    def _flush_batch(self, wait: bool) -> None:
+        if self._hashing is not None:
+            self._hashing.result()
+            self._hashing = None
+        if not self._batch:
+            return
+        batch, self._batch, self._batched = self._batch, [], 0
+        if wait:
+            self._hash_batch(batch)
+        else:
+            self._hashing = _hasher().submit(self._hash_batch, batch)
+
+    @classmethod
+    def for_upload(cls, *_args: object, **_kwargs: object) -> HashingSpool:
+        """werkzeug's `stream_factory` signature (total_content_length, content_type, filename, content_length)."""
+        return cls(512 * 1024)
+
+    def _taint(self) -> None:
+        self._clean = False
+        self._batch.clear()
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        if not self._at_end:
+            self._taint()
+        written = super().write(data)
+        if self._clean:
+            # Only immutable bytes may wait to be hashed; anything else is copied.
+            self._batch.append(data if isinstance(data, bytes) else bytes(data))
+            self._batched += written
+            self._appended += written
+            if self._batched >= self._BATCH:
+                self._flush_batch(wait=False)
+        return written
+
+    def seek(self, offset: int, whence: int = 0) -> int:  # type: ignore[override]
+        position = super().seek(offset, whence)
+        self._at_end = position == self._appended
+        return position
+
+    def writelines(self, lines: list[bytes]) -> None:  # type: ignore[override]
+        self._taint()
+        super().writelines(lines)
+
+    def truncate(self, size: int | None = None) -> int:  # type: ignore[override]
+        self._taint()
+        return super().truncate(size)
+
+    def written(self) -> tuple[int, str] | None:
+        """(size, sha256 hex) of the whole file, if every byte of it went through `write` in order."""
+        self._flush_batch(wait=True)
+        if not self._clean:
+            return None
+        position = self.tell()
+        end = self.seek(0, 2)
+        self.seek(position)
+        if end != self._appended:
+            return None
+        return self._appended, self._sha.hexdigest()
 
 
 def _is_unavailable(exc: BaseException) -> bool:
@@ -203,6 +313,8 @@ class ArtefactStore:
             raise ValueError(f"S3 endpoint must be a URL like http://host:port, got {endpoint!r}")
         self.endpoint = endpoint
         self.bucket = bucket
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
         # The SDK's default pool retries 5 times with long timeouts: an unreachable store would hang an
         # upload request for minutes. Fail in seconds instead; the caller answers 503.
         self._http = urllib3.PoolManager(
@@ -221,7 +333,11 @@ class ArtefactStore:
         )
 
     def close(self) -> None:
-        """Close pooled connections (tests run with ResourceWarning as an error)."""
+        """Close pooled connections and worker threads (tests run with ResourceWarning as an error)."""
+        with self._pool_lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
         self._http.clear()
 
     def __enter__(self) -> ArtefactStore:
@@ -268,26 +384,23 @@ class ArtefactStore:
                 spool = _spool(stream, max_bytes)
                 stream = spool
             start = stream.tell()
-            # First pass, local only: the SHA-256 must travel as x-amz-meta-sha256 in the request
-            # headers, which the SDK sends before (multipart: while) it reads the body, so the digest has
-            # to be known up front. Reading a spooled upload twice is cheap; memory stays at one chunk.
-            size, digest = _hash_stream(stream, max_bytes)
+            # The SHA-256 must travel as x-amz-meta-sha256 in the request headers, which the SDK sends before
+            # (multipart: while) it reads the body, so the digest has to be known up front. A HashingSpool
+            # hashed its bytes as they were written to it; any other stream gets a first pass, local only.
+            known = stream.written() if isinstance(stream, HashingSpool) and start == 0 else None
+            if known is not None:
+                size, digest = known
+                if size > max_bytes:
+                    raise TooLarge(max_bytes)
+            else:
+                size, digest = _hash_stream(stream, max_bytes)
+                stream.seek(start)
             if length >= 0 and size != length:
                 raise ValueError(f"stream has {size} bytes, declared {length}")
-            stream.seek(start)
+            # What is sent is hashed again on the way: the stored bytes are proven to be the hashed ones.
             reader = _HashingReader(stream, max_bytes, expected_size=size)
             try:
-                result = self._client.put_object(
-                    self.bucket,
-                    key,
-                    reader,  # type: ignore[arg-type]  # duck-typed: the SDK only calls read()
-                    size,
-                    content_type=content_type,
-                    metadata={"sha256": digest},
-                    part_size=PART_SIZE,
-                    # Parallel parts are queued in memory without bound; one at a time keeps memory flat.
-                    num_parallel_uploads=1,
-                )
+                version_id = self._upload(key, reader, size, content_type, digest)
             except (TooLarge, ValueError):
                 raise
             except Exception as exc:
@@ -296,12 +409,64 @@ class ArtefactStore:
                 _raise_mapped(exc, f"put {key}")
             if reader.size != size or reader.hexdigest() != digest:
                 # The source changed between the two passes; what is stored is not what was hashed.
-                self._discard(key, result.version_id)
+                self._discard(key, version_id)
                 raise ValueError("upload stream changed while it was being stored")
-            return StoredObject(self.bucket, key, result.version_id, digest, size)
+            return StoredObject(self.bucket, key, version_id, digest, size)
         finally:
             if spool is not None:
                 spool.close()
+
+    def _upload(self, key: str, reader: _HashingReader, size: int, content_type: str, digest: str) -> str | None:
+        """PUT exactly `size` bytes read from `reader`; return the new version id.
+
+        Up to PART_SIZE it is one PUT. Above, a multipart upload with _PARALLEL_PARTS parts in flight (the SDK's
+        own parallel put_object leaves its threads blocked forever when the source raises mid-upload, so the
+        parts are scheduled here); any failure aborts the upload, so no object and no stray parts remain.
+        """
+        if size <= PART_SIZE:
+            result = self._client.put_object(
+                self.bucket,
+                key,
+                reader,  # type: ignore[arg-type]  # duck-typed: the SDK only calls read()
+                size,
+                content_type=content_type,
+                metadata={"sha256": digest},
+                part_size=PART_SIZE,
+                num_parallel_uploads=1,
+            )
+            return result.version_id
+        headers = genheaders({"sha256": digest}, None, None, None, False)
+        headers["Content-Type"] = content_type
+        client = self._client
+        upload_id = client._create_multipart_upload(self.bucket, key, headers)
+        parts: list[Part] = []
+        in_flight: deque[Future[str]] = deque()
+        pool = ThreadPoolExecutor(_PARALLEL_PARTS, thread_name_prefix="s3-part")
+        try:
+            sent = 0
+            while sent < size:
+                if len(in_flight) >= _PARALLEL_PARTS:
+                    # Wait for the oldest part before reading another: memory stays at _PARALLEL_PARTS + 1 parts.
+                    parts.append(Part(len(parts) + 1, in_flight.popleft().result()))
+                data = _read_exactly(reader, min(PART_SIZE, size - sent))
+                sent += len(data)
+                number = len(parts) + len(in_flight) + 1
+                in_flight.append(pool.submit(client._upload_part, self.bucket, key, data, None, upload_id, number))
+                del data
+            while in_flight:
+                parts.append(Part(len(parts) + 1, in_flight.popleft().result()))
+            pool.shutdown(wait=True)
+            done = client._complete_multipart_upload(self.bucket, key, upload_id, parts)
+        except BaseException:
+            for future in in_flight:
+                future.cancel()
+            pool.shutdown(wait=True)
+            try:
+                client._abort_multipart_upload(self.bucket, key, upload_id)
+            except Exception:  # noqa: BLE001, S110 - the original failure is what the caller must hear about
+                pass
+            raise
+        return done.version_id
 
     def _discard(self, key: str, version_id: str | None) -> None:
         try:
@@ -349,12 +514,24 @@ class ArtefactStore:
         except Exception as exc:
             _raise_mapped(exc, f"delete {key}")
 
+    def each(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+        """`[fn(x) for x in items]` with the store round trips overlapped (a gate checks several objects, each a
+        loopback or LAN round trip). Results keep the order of `items`; the first exception is raised."""
+        if len(items) < 2:
+            return [fn(x) for x in items]
+        with self._pool_lock:
+            if self._pool is None:
+                # Created on first use, so a pre-forking server never forks a process holding threads.
+                self._pool = ThreadPoolExecutor(max_workers=_PARALLEL_CALLS, thread_name_prefix="s3")
+        return list(self._pool.map(fn, items))
+
     def hold(self, key: str, version_id: str | None) -> bool:
         """Put a legal hold on one version so the server refuses to delete it; False when the bucket was
-        created without object lock (the app still refuses deletes of referenced versions itself)."""
+        created without object lock (the app still refuses deletes of referenced versions itself). A PUT
+        the server accepted is the hold; `is_held` reads it back where that matters (fsck)."""
         try:
             self._client.enable_object_legal_hold(self.bucket, key, version_id=version_id)
-            return bool(self._client.is_object_legal_hold_enabled(self.bucket, key, version_id=version_id))
+            return True
         except S3Error as exc:
             if exc.code in _MISSING_CODES:
                 raise KeyError(key) from exc
@@ -363,6 +540,16 @@ class ArtefactStore:
             return False
         except Exception as exc:
             _raise_mapped(exc, f"hold {key}")
+
+    def object_lock_enabled(self) -> bool:
+        """Whether the bucket was created with object lock, i.e. whether legal holds can exist at all."""
+        try:
+            self._client.get_object_lock_config(self.bucket)
+            return True
+        except S3Error:
+            return False
+        except Exception as exc:
+            _raise_mapped(exc, "object lock config")
 
     def is_held(self, key: str, version_id: str | None) -> bool:
         try:
@@ -414,8 +601,21 @@ def _hash_stream(stream: BinaryIO, max_bytes: int) -> tuple[int, str]:
     return reader.size, reader.hexdigest()
 
 
+def _read_exactly(reader: _HashingReader, size: int) -> bytes:
+    data = reader.read(size)
+    if len(data) == size:
+        return data
+    buffer = bytearray(data)
+    while len(buffer) < size:
+        more = reader.read(size - len(buffer))
+        if not more:
+            raise ValueError("upload stream changed while it was being stored")
+        buffer += more
+    return bytes(buffer)
+
+
 def _spool(stream: BinaryIO, max_bytes: int) -> BinaryIO:
-    spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY)
+    spool = HashingSpool(_SPOOL_IN_MEMORY)
     try:
         shutil.copyfileobj(_HashingReader(stream, max_bytes), spool, _COPY_CHUNK)  # type: ignore[misc]
         spool.seek(0)

@@ -148,7 +148,8 @@ class ProcessDefinition(Base):
     process_id: Mapped[str] = mapped_column(String(64), index=True)
     sha256: Mapped[str] = mapped_column(String(64), unique=True)
     filename: Mapped[str] = mapped_column(String(200))
-    bpmn_xml: Mapped[str] = mapped_column(Text)
+    # Loaded on access only: every instance load joins its definition, and the parsed model is cached by sha256.
+    bpmn_xml: Mapped[str] = mapped_column(Text, deferred=True)
     deployed_at: Mapped[datetime] = mapped_column(default=utcnow)
     deployed_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     is_current: Mapped[bool] = mapped_column(Boolean, default=True)
@@ -241,6 +242,8 @@ class HumanTask(Base):
     item: Mapped[WorkItem] = relationship(lazy="joined")
     assignee: Mapped[User | None] = relationship(foreign_keys=[assignee_id], lazy="joined")
     completed_by: Mapped[User | None] = relationship(foreign_keys=[completed_by_id])
+    # Lets a new item's first tasks be added before its instance row exists, in one flush.
+    instance: Mapped[ProcessInstance] = relationship()
 
 
 class Artefact(Base):
@@ -319,6 +322,10 @@ class AuditEvent(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+    # An item's history (its own, its tasks' and its artefacts' events) is looked up by target; without this
+    # every item page scans the whole chain, which grows by every action for years.
+    __table_args__ = (Index("ix_audit_events_target", "target_type", "target_id"),)
 
 
 class CalendarDay(Base):

@@ -106,3 +106,20 @@ def test_s3_stopped_gives_503_and_nothing_recorded(world, app, tmp_path):
         down.close()
     assert db.session.execute(select(func.count(WorkloadEntry.id))).scalar() == 0
     assert world.task_named(item_id, "intake")["status"] == "ready"
+
+
+def test_upload_is_hashed_while_it_is_received_not_read_again(world, store, monkeypatch):
+    from storage import artefact_store as module
+
+    def no_second_pass(*_args, **_kwargs):
+        raise AssertionError("the spooled upload was read once more just to hash it")
+
+    monkeypatch.setattr(module, "_hash_stream", no_second_pass)
+    item_id = world.new_item("SH-ONEPASS")["id"]
+    body = demo_pdf("one pass") + b"%" + b"\x00" * (3 * 1024 * 1024)  # large enough to spool to disk
+    r = world.upload("impl", item_id, "test_report", body, "report.pdf")
+    assert r.status_code == 201, r.get_json()
+    art = r.get_json()
+    assert art["sha256"] == hashlib.sha256(body).hexdigest() and art["size"] == len(body)
+    row = db.session.get(Artefact, art["id"])
+    assert store.hash_object(row.key, row.version_id) == (len(body), art["sha256"])

@@ -5,6 +5,7 @@ import csv
 import io
 import shutil
 import struct
+import time
 import zipfile
 from pathlib import Path
 
@@ -138,3 +139,63 @@ def test_cli_bundle_by_settlement_and_a_missing_object(world, store, tmp_path, a
         rows = list(csv.DictReader(io.StringIO(zf.read(MANIFEST).decode("utf-8-sig"))))
     assert len(rows) == 4 * len(KINDS)
     assert sum(1 for row in rows if row["status"] != "ok") == 1
+
+
+class _TrackingStore:
+    """Hands out the real store's streams in small chunks and keeps them, to check they all get closed."""
+
+    def __init__(self, real) -> None:
+        self.real = real
+        self.streams: list = []
+        self.most_open = 0
+
+    def open_streams(self) -> int:
+        return sum(1 for s in self.streams if s._response is not None)
+
+    def iter_content(self, key, version_id, chunk=1 << 20):
+        stream = self.real.iter_content(key, version_id, chunk=256)
+        self.streams.append(stream)
+        self.most_open = max(self.most_open, self.open_streams())
+        return stream
+
+
+def _fetch_threads() -> list:
+    import threading
+
+    return [t for t in threading.enumerate() if t.name.startswith("bundle-fetch")]
+
+
+def test_prefetched_bundle_streams_large_objects_in_order_and_closes_everything(world, store, tmp_path,
+                                                                               monkeypatch):
+    from engine import bundle as bundle_module
+    from engine.reports import WorkloadFilter
+
+    completed_items(6, prefix="PF", store=store)
+    # Objects larger than what a fetching thread may hold: the rest streams through the writer.
+    monkeypatch.setattr(bundle_module, "PREFETCH_BYTES", 512)
+    tracking = _TrackingStore(store)
+    f = WorkloadFilter(contract="SH-YWTB-2025")
+    out = tmp_path / "prefetched.zip"
+    with out.open("wb") as fh:
+        for chunk in bundle_module.stream_bundle(db.session, tracking, f, "t"):
+            fh.write(chunk)
+    report = verify_bundle(out)
+    assert report.ok, report.mismatches
+    assert report.files_checked == 6 * len(KINDS) == len(tracking.streams)
+    with zipfile.ZipFile(out) as zf:
+        rows = list(csv.DictReader(io.StringIO(zf.read(MANIFEST).decode("utf-8-sig"))))
+        members = [n for n in zf.namelist() if n not in (MANIFEST, SUMMARY)]
+    assert members == [row["file"] for row in rows]  # archive order is manifest order
+    assert tracking.open_streams() == 0
+    assert tracking.most_open <= bundle_module.PREFETCH + 1
+
+    # The client goes away after the first bytes: every fetched-ahead response is released, threads stop.
+    monkeypatch.setattr(bundle_module, "FLUSH_AT", 1)
+    tracking = _TrackingStore(store)
+    chunks = bundle_module.stream_bundle(db.session, tracking, f, "t")
+    next(chunks)
+    time.sleep(0.5)
+    assert tracking.open_streams() > 1  # fetches ran ahead of the writer
+    chunks.close()
+    assert tracking.open_streams() == 0
+    assert not _fetch_threads()

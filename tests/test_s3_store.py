@@ -388,3 +388,72 @@ def test_weed_does_not_outlive_a_killed_parent(tmp_path) -> None:
         pytest.fail(f"weed {weed_pid} survived its parent")
     # Its private dir (identity file) is what a hard kill leaves behind; do not litter /tmp.
     shutil.rmtree(runtime_dir, ignore_errors=True)
+
+
+def test_hashing_spool_is_stored_without_a_second_hash_pass(artefact_store: ArtefactStore, monkeypatch) -> None:
+    from storage import artefact_store as module
+
+    data = os.urandom(3 * MiB + 5)
+    spool = module.HashingSpool(64 * 1024)
+    for start in range(0, len(data), 100_000):
+        spool.write(data[start : start + 100_000])
+    spool.seek(0)
+
+    def no_second_pass(*_args, **_kwargs):
+        raise AssertionError("the spool was read once more just to hash it")
+
+    monkeypatch.setattr(module, "_hash_stream", no_second_pass)
+    key = ArtefactStore.new_key("HT", 21, "test_report")
+    stored = artefact_store.put_stream(key, spool, len(data), "application/pdf", 8 * MiB)
+    assert stored.sha256 == hashlib.sha256(data).hexdigest() and stored.size == len(data)
+    assert artefact_store.hash_object(key, stored.version_id) == (len(data), stored.sha256)
+    assert artefact_store.stat(key, stored.version_id)[1]["sha256"] == stored.sha256
+
+    # Bytes changed behind the running hash: the spool no longer vouches for a digest, the store hashes itself.
+    spool.seek(10)
+    spool.write(b"X")
+    spool.seek(0)
+    assert spool.written() is None
+    monkeypatch.undo()
+    changed = data[:10] + b"X" + data[11:]
+    stored = artefact_store.put_stream(key, spool, len(data), "application/pdf", 8 * MiB)
+    assert stored.sha256 == hashlib.sha256(changed).hexdigest()
+    spool.close()
+
+
+class _FailsOnUpload(io.BytesIO):
+    """Reads fine for the hash pass; once rewound for the upload, fails past `fail_at` like a dying disk."""
+
+    def __init__(self, data: bytes, fail_at: int) -> None:
+        super().__init__(data)
+        self.fail_at = fail_at
+        self.armed = False
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        self.armed = True
+        return super().seek(pos, whence)
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self.armed and self.tell() >= self.fail_at:
+            raise OSError("read error")
+        return super().read(size)
+
+
+def test_multipart_upload_failing_midway_is_aborted_without_leftovers(artefact_store: ArtefactStore) -> None:
+    import threading
+
+    from storage.artefact_store import PART_SIZE
+
+    data = os.urandom(5 * PART_SIZE + 77)
+    key = ArtefactStore.new_key("HT", 22, "test_report")
+    with pytest.raises(OSError, match="read error"):
+        artefact_store.put_stream(key, _FailsOnUpload(data, 4 * PART_SIZE), len(data), "application/pdf",
+                                  64 * MiB)
+    assert versions_of(artefact_store, key) == []
+    uploads = artefact_store._client._list_multipart_uploads(artefact_store.bucket, prefix=key)
+    assert not list(uploads.uploads)
+    assert not [t for t in threading.enumerate() if t.name.startswith("s3-part")]
+
+    # The same store uploads fine afterwards, in parallel parts, and what it stored is what was hashed.
+    stored = artefact_store.put_stream(key, io.BytesIO(data), len(data), "application/pdf", 64 * MiB)
+    assert artefact_store.hash_object(key, stored.version_id) == (len(data), hashlib.sha256(data).hexdigest())

@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import ast
+import hashlib
 import io
 import re
 from datetime import timedelta
 from pathlib import Path
 
 from flask import g
+from sqlalchemy import select
 
+from api.extensions import db
 from tests.conftest import PASSWORD
 from tests.test_lifecycle_api import drive_to_survey_review
 
@@ -306,3 +309,27 @@ def test_upload_without_script_redirects_back_with_a_message(world, app):
                content_type="multipart/form-data")
     assert r.status_code == 302 and r.headers["Location"] == f"/items/{item_id}"  # never off-site
     assert "不支持此文件类型" in b.get(f"/items/{item_id}").get_data(as_text=True)
+
+
+def test_web_upload_is_hashed_while_received_too(world, app, monkeypatch):
+    """The web form's uploads go through the same one-pass parser as the API's (the CSRF check reads the form
+    before the view runs, so the parser is the app's, not the view's)."""
+    from api.demo import demo_pdf
+    from storage import artefact_store as module
+    from storage.models import Artefact
+
+    def no_second_pass(*_args, **_kwargs):
+        raise AssertionError("the spooled upload was read once more just to hash it")
+
+    monkeypatch.setattr(module, "_hash_stream", no_second_pass)
+    item_id = world.new_item("SH-WEB-ONEPASS")["id"]
+    # Small enough that the test client's multipart encoder keeps it in memory (above 500 kB it spills to a temp
+    # file the test client never closes); the one-pass hashing does not depend on the size.
+    body = demo_pdf("web one pass") + b"%" + b"\x00" * (200 * 1024)
+    b = Browser(app, "impl")
+    r = b.post(f"/items/{item_id}/artefacts", {"kind": "requirement_letter",
+                                                "file": (io.BytesIO(body), "需求函.pdf")},
+               content_type="multipart/form-data")
+    assert r.status_code == 302
+    row = db.session.scalars(select(Artefact).where(Artefact.item_id == item_id)).one()
+    assert row.size == len(body) and row.sha256 == hashlib.sha256(body).hexdigest()
