@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from lxml import etree
 from SpiffWorkflow.bpmn.serializer.default.workflow import BpmnWorkflowConverter
 from SpiffWorkflow.bpmn.serializer.workflow import BpmnWorkflowSerializer
 from SpiffWorkflow.bpmn.specs.mixins.events.event_types import CatchingEvent  # noqa: F401  (spec types)
+from SpiffWorkflow.bpmn.util.task import BpmnTaskIterator
 from SpiffWorkflow.bpmn.workflow import BpmnWorkflow
 from SpiffWorkflow.spiff.parser.process import SpiffBpmnParser
 from SpiffWorkflow.spiff.serializer.config import SPIFF_CONFIG
@@ -98,10 +100,58 @@ def _unbounded_iterator_init(self: TaskIterator, task: Task, end_at_spec: Any = 
                              max_depth: int | None = None, *args: Any, **kwargs: Any) -> None:
     _task_iterator_init(self, task, end_at_spec, UNBOUNDED_DEPTH if max_depth is None or max_depth == 1000
                         else max_depth, *args, **kwargs)
+    self._pending = deque([(task, 0)])  # type: ignore[attr-defined]
 
 
 UNBOUNDED_DEPTH = 10**9
 TaskIterator.__init__ = _unbounded_iterator_init  # type: ignore[method-assign]
+
+
+# The library's iterators keep the tasks still to visit in a list: depth-first they prepend each node's children
+# (`children + task_list`, a copy of the whole list) and pop(0), and after every leaf they walk up the ancestors
+# to recompute the depth. A returned item's tree is a chain that gets one level deeper per return, with a
+# pending sibling at every level, so each walk cost time proportional to the history: quadratic per completion
+# (bench row 6: the bare step went 20 ms → 480 ms from 100 to 1,000 tasks). Same visiting order, same filters;
+# each entry carries its depth, and a deque makes both ends O(1).
+def _visit(self: Any, task: Task, depth: int, children: list[Task]) -> None:
+    if self.depth_first:
+        self._pending.extendleft((child, depth + 1) for child in reversed(children))
+    else:
+        self._pending.extend((child, depth + 1) for child in children)
+
+
+def _task_iterator_next(self: Any) -> Task:
+    if not self._pending:
+        raise StopIteration()
+    task, depth = self._pending.popleft()
+    self.depth = depth
+    if task._children and task.state >= self.min_state and depth < self.max_depth and \
+            task.task_spec.name != self.end_at_spec:
+        _visit(self, task, depth, task.children)
+    return task
+
+
+def _bpmn_task_iterator_next(self: Any) -> Task:
+    if not self._pending:
+        raise StopIteration()
+    task, depth = self._pending.popleft()
+    self.depth = depth
+    subprocess = task.workflow.top_workflow.subprocesses.get(task.id)
+    if (task._children or subprocess is not None) and (task.state >= self.min_state or subprocess is not None) \
+            and depth < self.max_depth and task.task_spec.name != self.end_at_spec:
+        # As the library: do not descend into a completed subprocess to look for unfinished tasks.
+        if subprocess is None or self.skip_subprocesses or (
+                task.state >= TaskState.FINISHED_MASK and self.task_filter.state <= TaskState.FINISHED_MASK):
+            inner = []
+        else:
+            inner = [subprocess.task_tree]
+        _visit(self, task, depth, inner + task.children if self.depth_first else task.children + inner)
+    return task
+
+
+LIBRARY_NEXT = (TaskIterator._next, BpmnTaskIterator._next)  # the originals, for the equivalence test
+TaskIterator._next = _task_iterator_next  # type: ignore[method-assign]
+BpmnTaskIterator._next = _bpmn_task_iterator_next  # type: ignore[method-assign]
 
 _SERIALIZER = _make_serializer()
 _SCRIPT_ENGINE = restricted_script_engine()
