@@ -1137,9 +1137,9 @@ the fetch threads; a client that disconnects closes every response and the serve
 step copied (`children + task_list`) and walked the ancestors after every leaf to recompute the depth: in a
 returned item's deep tree that is quadratic. `engine/spiff.py` replaces both iterators' steps with a deque whose
 entries carry their depth, visiting the same tasks in the same order (a test compares it with the library's steps
-on real workflows). Measured in a separate row-6 run before this report: the bare step at 1,000 tasks went from
-484 ms to 361 ms; the rest of the library's growth (the bare step still rises ~16× from 100 to 1,000 tasks) is
-in its own serialisation and engine steps and was not changed.
+on real workflows). Measured in a separate row-6 run (one run each side, on a noisy machine): the bare step at
+1,000 tasks went from 484 ms to 361 ms; the rest of the library's growth (the bare step still rises ~16× from
+100 to 1,000 tasks) is in its own serialisation and engine steps and was not changed.
 
 **Targets that are the wrong yardstick (stated, not lowered):** rows 1 and 7 compare a whole HTTP request with a
 sub-millisecond in-memory library call. The CPU line under each row measures the app's own work per request in

@@ -81,11 +81,6 @@ def record(session: Session, actor: Actor, event_type: str, *, target_type: str 
     return event
 
 
-def pending(session: Session) -> list[AuditEvent]:
-    """Events recorded in this transaction and not yet written."""
-    return list(session.info.get(_PENDING, ()))
-
-
 def write_pending(session: Session) -> int:
     """Link and insert the queued events now (commit does this by itself); returns how many."""
     events = session.info.pop(_PENDING, None)

@@ -85,11 +85,12 @@ class ObjectInfo:
 class _HashingReader:
     """Hashes and counts what is read through it and refuses to pass more than `max_bytes`."""
 
-    def __init__(self, source: BinaryIO, max_bytes: int, expected_size: int | None = None) -> None:
+    def __init__(self, source: BinaryIO, max_bytes: int, expected_size: int | None = None,
+                 digest: bool = True) -> None:
         self._source = source
         self._max_bytes = max_bytes
         self._expected_size = expected_size
-        self._hash = hashlib.sha256()
+        self._hash = hashlib.sha256() if digest else None
         self.size = 0
         # Set when the *source* raised, so an I/O error of the client's upload is not mistaken for
         # the object store being down.
@@ -112,10 +113,12 @@ class _HashingReader:
         self.size += len(data)
         if self.size > self._max_bytes:
             raise TooLarge(self._max_bytes)
-        self._hash.update(data)
+        if self._hash is not None:
+            self._hash.update(data)
         return bytes(data)
 
     def hexdigest(self) -> str:
+        assert self._hash is not None, "made with digest=False"
         return self._hash.hexdigest()
 
 
@@ -617,7 +620,9 @@ def _read_exactly(reader: _HashingReader, size: int) -> bytes:
 def _spool(stream: BinaryIO, max_bytes: int) -> BinaryIO:
     spool = HashingSpool(_SPOOL_IN_MEMORY)
     try:
-        shutil.copyfileobj(_HashingReader(stream, max_bytes), spool, _COPY_CHUNK)  # type: ignore[misc]
+        # The reader only enforces the size limit here: the spool hashes what is written to it.
+        limited = _HashingReader(stream, max_bytes, digest=False)
+        shutil.copyfileobj(limited, spool, _COPY_CHUNK)  # type: ignore[misc]
         spool.seek(0)
     except BaseException:
         spool.close()
