@@ -268,3 +268,88 @@ def run_concurrently(clients: list[Client], jobs: Iterable[Any],
         for f in [pool.submit(worker, c) for c in clients]:
             f.result()
     return time.perf_counter() - start, latencies
+
+
+# ---------------------------------------------------------------- CPU accounting
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, all its threads included."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def _pids_named(comm: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == comm:
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def _machine_busy_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return (sum(values) - idle) / _TICK, sum(values) / _TICK
+
+
+class CpuMeter:
+    """CPU seconds each party of a measurement used between `start()` and `stop()`: the app's gunicorn
+    processes, PostgreSQL's processes, the S3 server, this (client) process, and the rest of the machine.
+    On a 2-core machine the sum per request bounds the rate: at most 2 s of CPU per second of wall time."""
+
+    def __init__(self, parties: dict[str, Callable[[], list[int]]]) -> None:
+        self.parties = parties
+        self.used: dict[str, float] = {}
+        self.wall = 0.0
+
+    def _read(self) -> dict[str, float]:
+        seen: set[int] = set()
+        out: dict[str, float] = {}
+        for name, pids in self.parties.items():
+            mine = [p for p in pids() if p not in seen]
+            seen.update(mine)
+            out[name] = sum(_cpu_seconds(p) for p in mine)
+        out["_busy"], out["_total"] = _machine_busy_seconds()
+        return out
+
+    def start(self) -> None:
+        self._before = self._read()
+        self._t0 = time.perf_counter()
+
+    def stop(self) -> None:
+        self.wall = time.perf_counter() - self._t0
+        after = self._read()
+        self.used = {k: after[k] - self._before.get(k, 0.0) for k in after}
+
+    def per_request(self, n: int) -> str:
+        """One line: CPU ms per request by party, the sum, and the rate that sum allows on this machine."""
+        parties = {k: v for k, v in self.used.items() if not k.startswith("_")}
+        other = max(0.0, self.used["_busy"] - sum(parties.values()))
+        cores = os.cpu_count() or 1
+        parts = [f"{name} {sec / n * 1000:.1f} ms" for name, sec in parties.items()]
+        measured = sum(parties.values()) / n * 1000
+        floor = sum(v for k, v in parties.items() if k != "app") / n * 1000
+        return (f"CPU per request over {n} requests ({self.wall:.1f} s): {', '.join(parts)}; other processes "
+                f"{other / n * 1000:.1f} ms. Machine busy {self.used['_busy'] / max(self.wall * cores, 1e-9):.0%} "
+                f"of {cores} cores. These parties' {measured:.1f} ms per request allow at most "
+                f"{cores * 1000 / measured:.0f} requests/s on {cores} cores; without any app CPU at all, the "
+                f"database, S3 and client alone ({floor:.1f} ms) would allow {cores * 1000 / max(floor, 1e-9):.0f}/s.")
+
+
+def bench_parties(server: Server, s3_pid: int | None) -> dict[str, Callable[[], list[int]]]:
+    def app() -> list[int]:
+        return ([server.proc.pid] if server.proc else []) + server.worker_pids()
+
+    return {"app": app, "PostgreSQL": lambda: _pids_named("postgres"),
+            "S3": lambda: [s3_pid] if s3_pid else [], "client": lambda: [os.getpid()]}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from sqlalchemy import ColumnElement, false, or_, select, true
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.interfaces import ORMOption
 
 from engine.errors import Forbidden, NotFound
 from engine.policy import ALL, DEPARTMENT, LANE, authorize, scope_of
@@ -43,9 +44,12 @@ def task_scope(user: User, action: str = "task.read") -> ColumnElement[bool]:
     return false()
 
 
-def load_task_for(session: Session, user: User, task_id: int, action: str = "task.read") -> HumanTask:
+def load_task_for(session: Session, user: User, task_id: int, action: str = "task.read",
+                  *options: ORMOption) -> HumanTask:
+    """The task, if the user may reach it (else 404); `options` shape the load for the caller's use."""
     authorize(user, "task.read")
-    task = session.execute(select(HumanTask).where(HumanTask.id == task_id, task_scope(user))).scalar()
+    task = session.execute(select(HumanTask).where(HumanTask.id == task_id, task_scope(user))
+                           .options(*options)).scalar()
     if task is None:
         raise NotFound(f"task {task_id} not found")
     if action != "task.read":

@@ -81,6 +81,11 @@ def record(session: Session, actor: Actor, event_type: str, *, target_type: str 
     return event
 
 
+def queued(session: Session) -> list[AuditEvent]:
+    """The events this transaction has recorded so far (they get their ids and hashes at commit)."""
+    return list(session.info.get(_PENDING, ()))
+
+
 def write_pending(session: Session) -> int:
     """Link and insert the queued events now (commit does this by itself); returns how many."""
     events = session.info.pop(_PENDING, None)

@@ -5,12 +5,12 @@ import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from SpiffWorkflow.util.task import TaskState
-from sqlalchemy import func, select, text, update
+from sqlalchemy import Table, func, insert, select, text, update
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload, lazyload
 from sqlalchemy.orm.attributes import set_committed_value
 
 import bpmn
@@ -41,6 +41,8 @@ from storage.models import (
 )
 
 _log = logging.getLogger("itemgate.workflow")
+_INSTANCES = cast(Table, ProcessInstance.__table__)
+_GATE_PASSES = cast(Table, GatePass.__table__)
 
 
 @dataclass
@@ -52,6 +54,8 @@ class Ctx:
     request_id: str | None = None
     store: ArtefactStore | None = None
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
+    # The human tasks this unit of work projected, in order: a caller answering with them need not query again.
+    created_tasks: list[HumanTask] = field(default_factory=list)
 
     @property
     def actor(self) -> audit.Actor:
@@ -238,8 +242,11 @@ def _sync_projection(ctx: Ctx, instance: ProcessInstance, item: WorkItem, workfl
     session = ctx.session
     model = model_of(instance.definition)
     ready = {str(t.id): t for t in spiff.ready_human_tasks(workflow)}
+    # The rows' item is the one given (found in the session by its key); joining it and its catalogue again
+    # per completion is what the default eager loading would do.
     open_rows = [] if new else list(session.scalars(select(HumanTask).where(
-        HumanTask.instance_id == instance.id, HumanTask.status == "ready")))
+        HumanTask.instance_id == instance.id, HumanTask.status == "ready")
+        .options(lazyload(HumanTask.item), lazyload(HumanTask.assignee))))
     for row in open_rows:
         if row.spiff_task_id not in ready:
             row.status = "cancelled"
@@ -271,6 +278,7 @@ def _sync_projection(ctx: Ctx, instance: ProcessInstance, item: WorkItem, workfl
         )
         row.instance = instance
         created.append(row)
+    ctx.created_tasks.extend(created)
     stages = [spiff.task_properties(t).get("stage") for t in ready.values()]
     if workflow.is_completed():
         item.stage = "done"
@@ -364,8 +372,10 @@ def gate_requirements(session: Session, item: WorkItem, gate: str | None,
         return []
     latest: dict[str, Artefact] = {}
     if artefacts is None:
+        # The uploader is read by few callers (a review's preview): loaded when asked, not joined every time.
         rows: Any = session.scalars(select(Artefact).where(Artefact.item_id == item.id, Artefact.kind.in_(kinds),
-                                                           Artefact.status == "stored").order_by(Artefact.id))
+                                                           Artefact.status == "stored").order_by(Artefact.id)
+                                    .options(lazyload(Artefact.uploaded_by)))
     else:
         rows = sorted((a for a in artefacts if a.item_id == item.id and a.kind in kinds and a.status == "stored"),
                       key=lambda a: a.id)
@@ -400,13 +410,14 @@ def save_instance(ctx: Ctx, instance: ProcessInstance, workflow: Any, model: spi
     state = spiff.dumps(workflow, model)
     values_timer = next_timer_at(workflow)
     expected = instance.version
+    table = _INSTANCES
     try:
-        result = ctx.session.execute(
-            update(ProcessInstance)
-            .where(ProcessInstance.id == instance.id, ProcessInstance.version == expected)
+        # A Core statement on the session's connection: the ORM's bulk-update machinery (and the autoflush it
+        # brings) cost more than the UPDATE itself, and the instance's attributes are set below anyway.
+        result = ctx.session.connection().execute(
+            update(table).where(table.c.id == instance.id, table.c.version == expected)
             .values(state=state, version=expected + 1, updated_at=ctx.now, next_timer_at=values_timer,
-                    status="completed" if workflow.is_completed() else "running")
-            .execution_options(synchronize_session=False))
+                    status="completed" if workflow.is_completed() else "running"))
     except OperationalError as exc:  # SQLite: another writer holds the database
         if "locked" in str(exc).lower():
             raise Conflict("the item changed while you were working; reload and try again") from exc
@@ -438,7 +449,9 @@ def complete_task(ctx: Ctx, task_id: int, data: Any) -> HumanTask:
     """Load, check caller and gate, validate, run, step, persist (CAS), project, audit — one transaction."""
     assert ctx.user is not None
     session = ctx.session
-    task = load_task_for(session, ctx.user, task_id, "task.complete")
+    # The task's instance comes in the same query; its holder, if any, is either the caller or a conflict.
+    task = load_task_for(session, ctx.user, task_id, "task.complete", joinedload(HumanTask.instance),
+                         lazyload(HumanTask.assignee))
     require_act(ctx.user, task)
     if task.status != "ready":
         raise Conflict(f"task {task_id} is no longer open", code="task_not_ready")
@@ -453,7 +466,7 @@ def complete_task(ctx: Ctx, task_id: int, data: Any) -> HumanTask:
     statuses = check_gate(ctx, item, task.gate)
     _separation_of_duties(ctx, task, statuses)
 
-    instance = _load_instance(session, item.id)
+    instance = task.instance
     model = model_of(instance.definition)
     workflow = spiff.loads(instance.state, model)
     from uuid import UUID
@@ -468,10 +481,11 @@ def complete_task(ctx: Ctx, task_id: int, data: Any) -> HumanTask:
     task.completed_by_id = ctx.user.id
     task.assignee_id = task.assignee_id or ctx.user.id
     task.data = clean
-    for s in statuses:
-        assert s.artefact is not None
-        session.add(GatePass(item_id=item.id, task_id=task.id, gate=task.gate or "", kind=s.kind,
-                             artefact_id=s.artefact.id, passed_at=ctx.now))
+    if statuses:
+        # Written as plain rows: nothing in this request reads them back as objects.
+        session.connection().execute(insert(_GATE_PASSES), [
+            {"item_id": item.id, "task_id": task.id, "gate": task.gate or "", "kind": s.kind,
+             "artefact_id": s.artefact.id, "passed_at": ctx.now} for s in statuses if s.artefact is not None])
     _retain_evidence(ctx, [s.artefact for s in statuses if s.artefact is not None])
     if task.form == "difficulty_confirmation":
         old = item.difficulty

@@ -174,3 +174,34 @@ def test_department_scope(world):
     assert world.upload("rev_b", item_id, "survey_form").status_code == 404
     assert world.get("rev_a", f"/api/v1/items/{item_id}").status_code == 200
     assert world.get("rev_a", "/api/v1/tasks?scope=group").get_json()["total"] == 1
+
+
+def test_fast_answers_match_the_full_item_and_task_shapes(world):
+    """POST /items answers from what it wrote, and task lists come from plain rows: both must equal what the
+    full loaders (GET /items/{id}, GET /tasks/{id}) say about the same objects."""
+    created = world.new_item("SH-FAST-1", department="DA", channels=["pc"])
+    fetched = world.get("pm", f"/api/v1/items/{created['id']}").get_json()
+    assert created == fetched
+    assert created["tasks"] and created["history"] and created["gates"]
+
+    world.upload("impl", created["id"], "requirement_letter")
+    world.upload("impl", created["id"], "complexity_statement")
+    intake = world.task_named(created["id"], "intake")
+    assert world.post("impl", f"/api/v1/tasks/{intake['id']}/claim").status_code == 200
+    done = world.complete("impl", intake["id"], {"summary": "新增接入"}).get_json()
+    assert done["next_tasks"], done
+    for listed in done["next_tasks"]:
+        full = world.get("pm", f"/api/v1/tasks/{listed['id']}").get_json()
+        assert listed == {k: full[k] for k in listed}
+    inbox = world.get("pm", f"/api/v1/tasks?scope=all&item_id={created['id']}").get_json()
+    assert inbox["total"] == len(done["next_tasks"]) == len(inbox["tasks"])
+    for listed in inbox["tasks"]:
+        full = world.get("pm", f"/api/v1/tasks/{listed['id']}").get_json()
+        assert listed == {k: full[k] for k in listed}
+    # A claimed task lists its holder.
+    following = done["next_tasks"][0]
+    assert world.post("pm", f"/api/v1/tasks/{following['id']}/claim").status_code == 200
+    mine = world.get("pm", "/api/v1/tasks?scope=mine").get_json()["tasks"]
+    assert [t["assignee"] for t in mine if t["id"] == following["id"]] == ["pm"]
+    full = world.get("pm", f"/api/v1/tasks/{following['id']}").get_json()
+    assert [t for t in mine if t["id"] == following["id"]][0] == {k: full[k] for k in mine[0]}

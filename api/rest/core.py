@@ -10,7 +10,6 @@ from flask import Response, current_app, g, request, stream_with_context
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 from sqlalchemy import func, select
-from sqlalchemy.orm import defer, joinedload, lazyload, load_only
 
 import forms
 from api.auth import Unauthorized, authenticate, current_user, hash_password, issue_token
@@ -182,8 +181,10 @@ class NewItemSchema(Schema):
 def items_create(body: dict[str, Any]) -> dict[str, Any]:
     context = ctx()
     item = create_item(context, NewItem(**body))
+    events = audit.queued(db.session)
     db.session.commit()
-    return item_detail(item)
+    # A new item has no artefacts yet, and its tasks and history are what this request wrote.
+    return item_detail(item, tasks=context.created_tasks, artefacts=[], events=events)
 
 
 class ItemQuery(PageArgs):
@@ -230,11 +231,18 @@ def items_list(args: dict[str, Any]) -> dict[str, Any]:
             "per_page": args["per_page"]}
 
 
-def item_detail(item: WorkItem) -> dict[str, Any]:
+def item_detail(item: WorkItem, *, tasks: list[HumanTask] | None = None, artefacts: list[Artefact] | None = None,
+                events: list[AuditEvent] | None = None) -> dict[str, Any]:
+    """The item with its tasks, artefacts, open gates and history; a caller that holds the complete lists
+    (a just-created item) passes them instead of having them queried."""
     data = item_summary(item)
-    tasks = db.session.scalars(select(HumanTask).where(HumanTask.item_id == item.id).order_by(HumanTask.id))
-    data["tasks"] = [task_json(t) for t in tasks]
-    artefacts = list(db.session.scalars(select(Artefact).where(Artefact.item_id == item.id).order_by(Artefact.id)))
+    if tasks is None:
+        tasks = list(db.session.scalars(select(HumanTask).where(HumanTask.item_id == item.id)
+                                        .order_by(HumanTask.id)))
+    data["tasks"] = [task_json(t) for t in sorted(tasks, key=lambda t: t.id)]
+    if artefacts is None:
+        artefacts = list(db.session.scalars(select(Artefact).where(Artefact.item_id == item.id)
+                                            .order_by(Artefact.id)))
     data["artefacts"] = [artefact_json(a) for a in artefacts]
     open_tasks = [t for t in data["tasks"] if t["status"] == "ready"]
     gates = []
@@ -245,14 +253,17 @@ def item_detail(item: WorkItem) -> dict[str, Any]:
                 {"kind": s.kind, "title": ARTEFACT_KINDS[s.kind], "present": s.artefact is not None}
                 for s in statuses]})
     data["gates"] = gates
+    if events is not None:
+        data["history"] = [history_json(e) for e in sorted(events, key=lambda e: e.id)]
+        return data
     task_ids = [str(t["id"]) for t in data["tasks"]]
-    events = db.session.scalars(select(AuditEvent).where(
+    history = db.session.scalars(select(AuditEvent).where(
         ((AuditEvent.target_type == "item") & (AuditEvent.target_id == str(item.id)))
         | ((AuditEvent.target_type == "task") & (AuditEvent.target_id.in_(task_ids)))
         | ((AuditEvent.target_type == "artefact") & (AuditEvent.target_id.in_(
             [str(a["id"]) for a in data["artefacts"]])))
     ).order_by(AuditEvent.id))
-    data["history"] = [history_json(e) for e in events]
+    data["history"] = [history_json(e) for e in history]
     return data
 
 
@@ -290,23 +301,35 @@ def task_query(user: User, scope: str) -> Any:
 @blp.response(200)
 def tasks_list(args: dict[str, Any]) -> dict[str, Any]:
     user = current_user()
-    query = task_query(user, args["scope"])
+    where = task_query(user, args["scope"]).whereclause
     if args.get("item_id"):
-        query = query.where(HumanTask.item_id == args["item_id"])
-    total = db.session.execute(select(func.count()).select_from(query.subquery())).scalar_one()
-    rows = db.session.scalars(query.options(*LIST_TASK_LOADING).order_by(HumanTask.created_at, HumanTask.id)
-                              .offset((args["page"] - 1) * args["per_page"]).limit(args["per_page"]))
-    return {"tasks": [task_json(t) for t in rows], "total": total}
+        where = where & (HumanTask.item_id == args["item_id"])
+    total = db.session.execute(select(func.count()).select_from(HumanTask).where(where)).scalar_one()
+    tasks = task_rows_json(where, (HumanTask.created_at, HumanTask.id), (args["page"] - 1) * args["per_page"],
+                           args["per_page"])
+    return {"tasks": tasks, "total": total}
 
 
-# What task_json reads and no more: by default a task row drags in its item's contract and service line, whose
-# JSON catalogue columns (gates, settings) cost more to decode than the rest of an inbox page (bench row 2).
-LIST_TASK_LOADING = (
-    defer(HumanTask.data),
-    joinedload(HumanTask.item).options(load_only(WorkItem.code, WorkItem.name, WorkItem.department_id),
-                                       lazyload(WorkItem.contract), lazyload(WorkItem.service_line)),
-    joinedload(HumanTask.assignee).options(load_only(User.username), lazyload(User.department)),
-)
+# Lists of tasks (the inbox, a completion's next tasks) read plain rows: building ORM entities with their
+# joined item, contract, service line and assignee cost several times the query itself (bench row 2).
+_TASK_ROW = (HumanTask.id, HumanTask.item_id, HumanTask.spec_name, HumanTask.title, HumanTask.lane, HumanTask.role,
+             Department.code, User.username, HumanTask.status, HumanTask.form, HumanTask.gate, HumanTask.stage,
+             HumanTask.due_at, HumanTask.due_warning, HumanTask.created_at, HumanTask.completed_at,
+             HumanTask.return_comment, WorkItem.code, WorkItem.name)
+_TASK_KEYS = ("id", "item_id", "name", "title", "lane", "role", "department", "assignee", "status", "form_key",
+              "gate", "stage", "due_at", "due_warning", "created_at", "completed_at", "return_comment", "item_code",
+              "item_name")
+_TASK_TIMES = frozenset({"due_at", "created_at", "completed_at"})
+
+
+def task_rows_json(where: Any, order: tuple[Any, ...], offset: int, limit: int | None) -> list[dict[str, Any]]:
+    """`task_json` of the tasks matching `where`, in `order`, from one query of plain rows."""
+    query = (select(*_TASK_ROW).join(WorkItem, WorkItem.id == HumanTask.item_id)
+             .outerjoin(Department, Department.id == HumanTask.department_id)
+             .outerjoin(User, User.id == HumanTask.assignee_id)
+             .where(where).order_by(*order).offset(offset).limit(limit))
+    return [{key: iso(value) if key in _TASK_TIMES else value for key, value in zip(_TASK_KEYS, row, strict=True)}
+            for row in db.session.execute(query)]
 
 
 def task_detail(task: HumanTask) -> dict[str, Any]:
@@ -373,9 +396,8 @@ def tasks_complete(body: dict[str, Any], task_id: int) -> dict[str, Any]:
     db.session.commit()
     result = task_json(task)
     result["item"] = item_summary(task.item)
-    result["next_tasks"] = [task_json(t) for t in db.session.scalars(
-        select(HumanTask).where(HumanTask.item_id == task.item_id, HumanTask.status == "ready")
-        .options(*LIST_TASK_LOADING).order_by(HumanTask.id))]
+    result["next_tasks"] = task_rows_json((HumanTask.item_id == task.item_id) & (HumanTask.status == "ready"),
+                                          (HumanTask.id,), 0, None)
     return result
 
 
