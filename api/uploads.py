@@ -1,12 +1,24 @@
-"""Request parsing for uploads: every multipart file is hashed while werkzeug spools it (API and web forms)."""
+"""Request parsing for uploads: multipart files hashed while werkzeug spools them, or parsed as they arrive."""
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from flask import Request
+from werkzeug.datastructures import Headers
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 from werkzeug.formparser import FormDataParser, MultiPartParser
+from werkzeug.http import parse_options_header
+from werkzeug.sansio.multipart import Data, Epilogue, Event, Field, File, MultipartDecoder, NeedData
 
 from storage.artefact_store import HashingSpool
+
+if TYPE_CHECKING:
+    from engine.evidence import StreamedUpload
+
+# How much of the body is read at a time when it is parsed as it arrives: werkzeug's 64 KiB pieces made parsing
+# 200 MB take about twice as long (see HashingFormParser).
+BODY_PIECE = 1 << 20
 
 
 class HashingFormParser(FormDataParser):
@@ -37,3 +49,93 @@ class ItemGateRequest(Request):
 
     form_data_parser_class = HashingFormParser
 
+
+def unread_multipart_boundary(request: Request) -> bytes | None:
+    """The boundary of a multipart/form-data body that nothing has read yet, which a view may then parse itself
+    as it arrives; None when it is not multipart, or the form was parsed already (e.g. by the web's CSRF check)."""
+    if request.mimetype != "multipart/form-data" or "form" in request.__dict__:
+        return None
+    if getattr(request, "_cached_data", None) is not None:
+        return None  # get_data() read the body into memory already; werkzeug parses the form from that copy
+    try:
+        boundary = request.mimetype_params.get("boundary", "").encode("ascii")
+    except UnicodeEncodeError:
+        return None
+    return boundary or None
+
+
+def iter_multipart(request: Request, boundary: bytes, piece: int = BODY_PIECE) -> Iterator[Event]:
+    """werkzeug's sans-io MultipartDecoder fed from `request.stream`, `piece` bytes at a time: the form's events
+    (Field or File, then its Data, …, Epilogue) as the body arrives, with werkzeug's limits (413 past
+    max_content_length, max_form_parts, or a preamble/part header larger than max_form_memory_size).
+
+    Raises ClientDisconnected when the body ends before its Content-Length, ValueError when it is malformed."""
+    stream = request.stream  # checks Content-Length against max_content_length before a byte is read
+    limit = request.max_form_memory_size
+    # The decoder's buffer holds one piece plus what it has not handed out yet: at most a preamble or the headers
+    # of one part, bounded like werkzeug's own parser bounds them.
+    decoder = MultipartDecoder(boundary, None if limit is None else limit + piece, max_parts=request.max_form_parts)
+    expected = request.content_length
+    received = 0
+    while True:
+        chunk = stream.read(piece)
+        if chunk:
+            received += len(chunk)
+            decoder.receive_data(chunk)
+        else:
+            # A server that terminates the input itself (gunicorn) answers a dropped client with a short body.
+            if expected is not None and received < expected:
+                raise ClientDisconnected()
+            decoder.receive_data(None)
+        while not isinstance(event := decoder.next_event(), NeedData):
+            yield event
+            if isinstance(event, Epilogue):
+                return
+
+
+def _part_charset(headers: Headers) -> str:
+    # werkzeug's MultiPartParser.get_part_charset: a field's declared charset, from a short safe list.
+    charset = parse_options_header(headers.get("content-type"))[1].get("charset", "").lower()
+    return charset if charset in {"ascii", "us-ascii", "utf-8", "iso-8859-1"} else "utf-8"
+
+
+def receive_artefact_form(request: Request, boundary: bytes, upload: StreamedUpload) -> dict[str, str]:
+    """Parse an artefact upload's multipart body as it arrives: the first `file` part is fed to `upload` piece by
+    piece (and `kind` as soon as it is complete, so an unknown kind stops the upload at once); returns the small
+    fields, first value of each (as request.form.get would). Other file parts are read and dropped."""
+    fields: dict[str, str] = {}
+    in_file = False
+    name: str | None = None  # the small field being read, None when its value is dropped
+    value = bytearray()
+    charset = "utf-8"
+    field_bytes = 0
+    limit = request.max_form_memory_size
+    for event in iter_multipart(request, boundary):
+        if isinstance(event, File):
+            in_file = event.name == "file" and not upload.has_file
+            name = None
+            if in_file:
+                upload.begin_file(event.filename)
+        elif isinstance(event, Field):
+            in_file = False
+            name = event.name if event.name not in fields else None
+            value = bytearray()
+            charset = _part_charset(event.headers)
+        elif isinstance(event, Data):
+            if in_file:
+                if event.data:
+                    upload.write(event.data)
+                if not event.more_data:
+                    upload.end_file()
+                    in_file = False
+            elif name is not None:
+                field_bytes += len(event.data)
+                if limit is not None and field_bytes > limit:
+                    raise RequestEntityTooLarge()
+                value += event.data
+                if not event.more_data:
+                    fields[name] = value.decode(charset, "replace")
+                    if name == "kind":
+                        upload.set_kind(fields[name])
+                    name = None
+    return fields

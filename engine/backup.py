@@ -60,7 +60,7 @@ def backup(session: Session, store: ArtefactStore, target: Path, *, with_objects
     with open(target / "artefacts.jsonl", "w", encoding="utf-8") as manifest:
         for a in session.scalars(select(Artefact).order_by(Artefact.id)):
             manifest.write(json.dumps({"id": a.id, "key": a.key, "version_id": a.version_id, "sha256": a.sha256,
-                                       "size": a.size, "media_type": a.media_type}) + "\n")
+                                       "size": a.size, "media_type": a.media_type, "etag": a.etag}) + "\n")
             if with_objects:
                 path = target / "objects" / a.sha256
                 if not path.exists():
@@ -89,7 +89,8 @@ def _rows(path: Path) -> Iterator[dict[str, Any]]:
 
 def restore(session: Session, store: ArtefactStore, source: Path, actor: audit.Actor) -> dict[str, Any]:
     """Load a backup into an empty database (schema already upgraded) and an empty bucket. Objects are
-    put back under their keys; the store gives them new version ids, which the artefact rows then carry."""
+    put back under their keys; the store gives them new version ids and ETags, which the artefact rows then
+    carry."""
     info = json.loads((source / "manifest.json").read_text(encoding="utf-8"))
     if info.get("format") != FORMAT:
         raise DomainError(f"unknown backup format {info.get('format')!r}", code="backup_format")
@@ -127,8 +128,10 @@ def restore(session: Session, store: ArtefactStore, source: Path, actor: audit.A
             stored = store.put_stream(entry["key"], body, entry["size"], entry["media_type"], max(entry["size"], 1))
         if stored.sha256 != entry["sha256"]:
             raise DomainError(f"object of artefact {entry['id']} changed in the backup", code="backup_mismatch")
+        # A new object has a new ETag (and now carries its SHA-256 as metadata, even if it was streamed in):
+        # the row records the one it points at, or gate checks and fsck would see a different object.
         session.execute(update(Artefact).where(Artefact.id == entry["id"])
-                        .values(version_id=stored.version_id, bucket=stored.bucket)
+                        .values(version_id=stored.version_id, bucket=stored.bucket, etag=stored.etag)
                         .execution_options(synchronize_session=False))
         restored += 1
     session.flush()

@@ -8,6 +8,7 @@ from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
 from engine.errors import Forbidden
+from engine.evidence import object_mismatch
 from storage.artefact_store import ArtefactStore, ObjectInfo, StoreUnavailable
 from storage.models import Artefact, GatePass
 
@@ -58,8 +59,9 @@ def discard_object(session: Session, store: ArtefactStore, key: str, version_id:
 
 def fsck(session: Session, store: ArtefactStore, *, repair: bool = False, grace_hours: int = 24,
          now: datetime | None = None, deep: bool = True) -> FsckReport:
-    """Check every artefact row against its object (exists, size, SHA-256 by streaming when `deep`), list
-    objects no row refers to, and with `repair` remove those older than the grace period.
+    """Check every artefact row against its object (exists; size and SHA-256 by streaming it when `deep`, else
+    size and SHA-256 metadata or ETag from a HEAD, as a gate check does), list objects no row refers to, and
+    with `repair` remove those older than the grace period.
 
     Evidence a gate passed on must carry a legal hold (the completion places it but does not fail when the
     store refuses); a missing hold is a problem, and `repair` places it."""
@@ -81,17 +83,17 @@ def fsck(session: Session, store: ArtefactStore, *, repair: bool = False, grace_
             try:
                 if deep:
                     size, sha = store.hash_object(row.key, row.version_id)
+                    mismatch = (f"size {size} != recorded {row.size}" if size != row.size
+                                else "SHA-256 differs from recorded" if sha != row.sha256 else None)
                 else:
-                    size, meta = store.stat(row.key, row.version_id)
-                    sha = meta.get("sha256", row.sha256)
+                    # From a HEAD: the recorded SHA-256 against the object's metadata, or (streamed uploads,
+                    # whose objects carry none) the recorded ETag against the object's.
+                    mismatch = object_mismatch(row, store.stat_object(row.key, row.version_id))
             except KeyError:
                 report.problems.append(Problem(row.id, row.key, row.version_id, "object missing"))
                 continue
-            if size != row.size:
-                report.problems.append(Problem(row.id, row.key, row.version_id,
-                                               f"size {size} != recorded {row.size}"))
-            elif sha != row.sha256:
-                report.problems.append(Problem(row.id, row.key, row.version_id, "SHA-256 differs from recorded"))
+            if mismatch is not None:
+                report.problems.append(Problem(row.id, row.key, row.version_id, mismatch))
             if row.id in passed and not store.is_held(row.key, row.version_id):
                 unheld = Problem(row.id, row.key, row.version_id, "gate evidence without a legal hold")
                 if repair and store.hold(row.key, row.version_id):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
 import tempfile
@@ -11,8 +12,9 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from types import TracebackType
 from typing import BinaryIO, NoReturn, TypeVar
 from urllib.parse import urlsplit
@@ -71,6 +73,16 @@ class StoredObject:
     version_id: str | None
     sha256: str
     size: int
+    # What the server answered for the finished upload, quotes stripped (a multipart one ends in "-<parts>").
+    # Derived from the stored bytes by the server, so it is not part of what identifies the object.
+    etag: str | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class ObjectStat:
+    size: int
+    metadata: dict[str, str]  # user metadata by lower-case name sans x-amz-meta-, plus content-type
+    etag: str | None
 
 
 @dataclass(frozen=True)
@@ -400,31 +412,41 @@ class ArtefactStore:
                 stream.seek(start)
             if length >= 0 and size != length:
                 raise ValueError(f"stream has {size} bytes, declared {length}")
-            # What is sent is hashed again on the way: the stored bytes are proven to be the hashed ones.
-            reader = _HashingReader(stream, max_bytes, expected_size=size)
-            try:
-                version_id = self._upload(key, reader, size, content_type, digest)
-            except (TooLarge, ValueError):
-                raise
-            except Exception as exc:
-                if reader.source_failed:
-                    raise
-                _raise_mapped(exc, f"put {key}")
-            if reader.size != size or reader.hexdigest() != digest:
-                # The source changed between the two passes; what is stored is not what was hashed.
-                self._discard(key, version_id)
-                raise ValueError("upload stream changed while it was being stored")
-            return StoredObject(self.bucket, key, version_id, digest, size)
+            return self._put_hashed(key, stream, size, digest, content_type, max_bytes)
         finally:
             if spool is not None:
                 spool.close()
 
-    def _upload(self, key: str, reader: _HashingReader, size: int, content_type: str, digest: str) -> str | None:
-        """PUT exactly `size` bytes read from `reader`; return the new version id.
+    def streamed_put(self, max_bytes: int) -> StreamedPut:
+        """An object to be written piece by piece as an upload arrives, stored while it arrives (StreamedPut)."""
+        return StreamedPut(self, max_bytes)
 
-        Up to PART_SIZE it is one PUT. Above, a multipart upload with _PARALLEL_PARTS parts in flight (the SDK's
-        own parallel put_object leaves its threads blocked forever when the source raises mid-upload, so the
-        parts are scheduled here); any failure aborts the upload, so no object and no stray parts remain.
+    def _put_hashed(self, key: str, stream: BinaryIO, size: int, digest: str, content_type: str,
+                    max_bytes: int) -> StoredObject:
+        """Store the `size` bytes of `stream` from its position, whose SHA-256 is `digest`, with the digest as
+        x-amz-meta-sha256."""
+        # What is sent is hashed again on the way: the stored bytes are proven to be the hashed ones.
+        reader = _HashingReader(stream, max_bytes, expected_size=size)
+        try:
+            version_id, etag = self._upload(key, reader, size, content_type, digest)
+        except (TooLarge, ValueError):
+            raise
+        except Exception as exc:
+            if reader.source_failed:
+                raise
+            _raise_mapped(exc, f"put {key}")
+        if reader.size != size or reader.hexdigest() != digest:
+            # The source changed between the two passes; what is stored is not what was hashed.
+            self._discard(key, version_id)
+            raise ValueError("upload stream changed while it was being stored")
+        return StoredObject(self.bucket, key, version_id, digest, size, etag)
+
+    def _upload(self, key: str, reader: _HashingReader, size: int, content_type: str,
+                digest: str) -> tuple[str | None, str | None]:
+        """PUT exactly `size` bytes read from `reader`; return the new version id and the server's ETag.
+
+        Up to PART_SIZE it is one PUT. Above, a multipart upload with _PARALLEL_PARTS parts in flight; any failure
+        aborts the upload, so no object and no stray parts remain.
         """
         if size <= PART_SIZE:
             result = self._client.put_object(
@@ -437,39 +459,21 @@ class ArtefactStore:
                 part_size=PART_SIZE,
                 num_parallel_uploads=1,
             )
-            return result.version_id
-        headers = genheaders({"sha256": digest}, None, None, None, False)
-        headers["Content-Type"] = content_type
-        client = self._client
-        upload_id = client._create_multipart_upload(self.bucket, key, headers)
-        parts: list[Part] = []
-        in_flight: deque[Future[str]] = deque()
-        pool = ThreadPoolExecutor(_PARALLEL_PARTS, thread_name_prefix="s3-part")
+            return result.version_id, result.etag or None
+        upload = _MultipartUpload(self._client, self.bucket, key, _object_headers(content_type, digest))
         try:
             sent = 0
             while sent < size:
-                if len(in_flight) >= _PARALLEL_PARTS:
-                    # Wait for the oldest part before reading another: memory stays at _PARALLEL_PARTS + 1 parts.
-                    parts.append(Part(len(parts) + 1, in_flight.popleft().result()))
+                # Room first, then read: memory stays at _PARALLEL_PARTS parts in flight + the one being read.
+                upload.make_room(_PARALLEL_PARTS)
                 data = _read_exactly(reader, min(PART_SIZE, size - sent))
                 sent += len(data)
-                number = len(parts) + len(in_flight) + 1
-                in_flight.append(pool.submit(client._upload_part, self.bucket, key, data, None, upload_id, number))
+                upload.send(partial(_identity, data))
                 del data
-            while in_flight:
-                parts.append(Part(len(parts) + 1, in_flight.popleft().result()))
-            pool.shutdown(wait=True)
-            done = client._complete_multipart_upload(self.bucket, key, upload_id, parts)
+            return upload.complete()
         except BaseException:
-            for future in in_flight:
-                future.cancel()
-            pool.shutdown(wait=True)
-            try:
-                client._abort_multipart_upload(self.bucket, key, upload_id)
-            except Exception:  # noqa: BLE001, S110 - the original failure is what the caller must hear about
-                pass
+            upload.abort()
             raise
-        return done.version_id
 
     def _discard(self, key: str, version_id: str | None) -> None:
         try:
@@ -479,6 +483,11 @@ class ArtefactStore:
 
     def stat(self, key: str, version_id: str | None) -> tuple[int, dict[str, str]]:
         """Return (size, metadata): user metadata by lower-case name sans x-amz-meta-, plus content-type."""
+        found = self.stat_object(key, version_id)
+        return found.size, found.metadata
+
+    def stat_object(self, key: str, version_id: str | None) -> ObjectStat:
+        """Size, metadata (as `stat`) and ETag of one object version, from one HEAD request."""
         try:
             info = self._client.stat_object(self.bucket, key, version_id=version_id)
         except Exception as exc:
@@ -490,7 +499,7 @@ class ArtefactStore:
                 metadata[lowered[len("x-amz-meta-") :]] = value
         if info.content_type:
             metadata["content-type"] = info.content_type
-        return int(info.size or 0), metadata
+        return ObjectStat(int(info.size or 0), metadata, info.etag or None)
 
     def hash_object(self, key: str, version_id: str | None) -> tuple[int, str]:
         """Read the stored bytes back and return (size, sha256 hex): the gate check trusts nothing else."""
@@ -587,6 +596,187 @@ class ArtefactStore:
         return f"contracts/{_key_segment(contract_code)}/items/{item_id}/{_key_segment(kind)}/{uuid.uuid4()}"
 
 
+class _MultipartUpload:
+    """One S3 multipart upload whose parts are sent on worker threads, at most _PARALLEL_PARTS at once.
+
+    The SDK's own parallel put_object leaves its threads blocked forever when the source raises mid-upload, so
+    the parts are scheduled here. A part is handed over as a function producing its bytes, called on the worker:
+    a part still waiting for a thread holds no memory when its bytes can be read later (StreamedPut's spool).
+    Whoever made it calls `complete` or `abort` (which leaves no stray parts on the server).
+    """
+
+    def __init__(self, client: Minio, bucket: str, key: str, headers: dict[str, str | list[str] | tuple[str]]) -> None:
+        self._client = client
+        self._bucket = bucket
+        self._key = key
+        self._upload_id = client._create_multipart_upload(bucket, key, headers)
+        self._pool = ThreadPoolExecutor(_PARALLEL_PARTS, thread_name_prefix="s3-part")
+        self._pending: deque[Future[str]] = deque()
+        self._etags: list[str] = []
+        self._closed = False
+
+    def _send_part(self, number: int, load: Callable[[], bytes]) -> str:
+        return self._client._upload_part(self._bucket, self._key, load(), None, self._upload_id, number)
+
+    def send(self, load: Callable[[], bytes]) -> None:
+        """Queue the next part; `load()` returns its bytes (at least 5 MiB unless it is the last part)."""
+        number = len(self._etags) + len(self._pending) + 1
+        self._pending.append(self._pool.submit(self._send_part, number, load))
+
+    def make_room(self, limit: int) -> None:
+        """Wait, oldest first, until fewer than `limit` parts are queued or in flight."""
+        while len(self._pending) >= limit:
+            self._etags.append(self._pending.popleft().result())
+
+    def poll(self) -> None:
+        """Raise the error of any part that failed already, so a failing store stops the upload at once rather
+        than after every queued part has timed out too."""
+        for future in self._pending:
+            if future.done() and future.exception() is not None:
+                future.result()
+        while self._pending and self._pending[0].done():
+            self._etags.append(self._pending.popleft().result())
+
+    def complete(self) -> tuple[str | None, str | None]:
+        """Wait for every part and complete the upload: (version id, ETag) of the new object."""
+        self.make_room(1)
+        self._pool.shutdown(wait=True)
+        parts = [Part(number, etag) for number, etag in enumerate(self._etags, start=1)]
+        done = self._client._complete_multipart_upload(self._bucket, self._key, self._upload_id, parts)
+        self._closed = True
+        return done.version_id, done.etag or None
+
+    def abort(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for future in self._pending:
+            future.cancel()
+        self._pool.shutdown(wait=True)
+        try:
+            self._client._abort_multipart_upload(self._bucket, self._key, self._upload_id)
+        except Exception:  # noqa: BLE001, S110 - the original failure is what the caller must hear about
+            pass
+
+
+class StreamedPut:
+    """An object written in order, piece by piece, while an upload is still arriving: each piece is hashed and
+    appended to a private temporary spool, and every complete PART_SIZE part is sent on to the store as part of
+    a multipart upload (_PARALLEL_PARTS in flight, read back from the spool on the sending thread, so memory stays
+    at those parts however far receiving is ahead). Receiving and storing overlap instead of following each other.
+
+    Parts go out once `start` has named the key and there is a byte beyond them, so an object of at most
+    PART_SIZE never starts a multipart upload: `finish` stores it in one PUT with its SHA-256 as x-amz-meta-sha256,
+    exactly as put_stream does. A larger object cannot carry its SHA-256 in metadata (S3 takes metadata when the
+    upload is created, before its first byte is known); its StoredObject carries the server's ETag instead, for
+    the caller to record. The complete spool is offered (`spool`) after `end` so the caller can examine the whole
+    file before deciding. Nothing is visible in the bucket unless `finish` succeeds; `abort` leaves no object and
+    no stray parts, and is safe to call at any time and more than once.
+    """
+
+    def __init__(self, store: ArtefactStore, max_bytes: int) -> None:
+        self._store = store
+        self._max_bytes = max_bytes
+        # Unbuffered, so whatever write() returned from is already in the file for the sending threads' pread.
+        self._spool = tempfile.TemporaryFile(buffering=0)  # noqa: SIM115 - closed by abort/finish
+        self._sha = hashlib.sha256()
+        self.size = 0
+        self.key: str | None = None
+        self._content_type = "application/octet-stream"
+        self._upload: _MultipartUpload | None = None
+        self._queued = 0  # bytes handed to the multipart upload so far
+        self._ended = False
+        self._done = False
+
+    def write(self, data: bytes) -> None:
+        """Append the next piece. Raises TooLarge past the limit, StoreUnavailable when sending a part failed."""
+        if self._ended or self._done:
+            raise ValueError("the object is complete; nothing more can be written")
+        if self.size + len(data) > self._max_bytes:
+            raise TooLarge(self._max_bytes)
+        view = memoryview(data)
+        while view:
+            view = view[self._spool.write(view) :]
+        self._sha.update(data)
+        self.size += len(data)
+        self._send_ready()
+
+    def head(self, size: int) -> bytes:
+        """The first `size` bytes written (fewer if fewer have arrived)."""
+        return os.pread(self._spool.fileno(), size, 0)
+
+    def start(self, key: str, content_type: str) -> None:
+        """Name the key and the Content-Type the object is created with; from now on parts are sent."""
+        if self.key is None:
+            self.key, self._content_type = key, content_type
+            self._send_ready()
+
+    def end(self) -> None:
+        """No more bytes: the last part is sent now, so it travels while the caller examines the spool."""
+        self._ended = True
+        self._send_ready()
+
+    @property
+    def spool(self) -> BinaryIO:
+        """The whole file, at position 0, for reading only (after `end`)."""
+        if not self._ended:
+            raise ValueError("the object is still being written")
+        self._spool.seek(0)
+        return self._spool  # type: ignore[return-value]  # FileIO is a binary file
+
+    @property
+    def multipart(self) -> bool:
+        return self._upload is not None
+
+    def _send_ready(self) -> None:
+        if self.key is None or self._done:
+            return
+        try:
+            # The last part (1..PART_SIZE bytes) waits for `end`, so that a part goes out only with a byte
+            # beyond it, and an object of at most one part never becomes a multipart upload.
+            while self.size - self._queued > PART_SIZE or (self._ended and self.size > PART_SIZE
+                                                           and self.size > self._queued):
+                if self._upload is None:
+                    self._upload = _MultipartUpload(self._store._client, self._store.bucket, self.key,
+                                                    _object_headers(self._content_type, None))
+                length = min(PART_SIZE, self.size - self._queued)
+                self._upload.send(partial(_read_at, self._spool.fileno(), length, self._queued))
+                self._queued += length
+            if self._upload is not None:
+                self._upload.poll()
+        except Exception as exc:
+            _raise_mapped(exc, f"put {self.key}")
+
+    def finish(self, content_type: str) -> StoredObject:
+        """Make the object exist and return it. `content_type` is that of a one-PUT object; a multipart one keeps
+        the type `start` gave. Raises StoreUnavailable (then `abort`)."""
+        if self.key is None:
+            raise ValueError("start() has not named the key")
+        self.end()
+        digest = self._sha.hexdigest()
+        if self._upload is None:
+            self._spool.seek(0)
+            stored = self._store._put_hashed(self.key, self._spool,  # type: ignore[arg-type]
+                                             self.size, digest, content_type, self._max_bytes)
+        else:
+            try:
+                version_id, etag = self._upload.complete()
+            except Exception as exc:
+                _raise_mapped(exc, f"put {self.key}")
+            stored = StoredObject(self._store.bucket, self.key, version_id, digest, self.size, etag)
+        self._done = True
+        self._spool.close()
+        return stored
+
+    def abort(self) -> None:
+        """Give up: no object, no parts left on the server, spool removed. A finished object is not touched."""
+        if not self._done:
+            self._done = True
+            if self._upload is not None:
+                self._upload.abort()
+        self._spool.close()
+
+
 def _seekable(stream: BinaryIO) -> bool:
     try:
         if not stream.seekable():
@@ -602,6 +792,29 @@ def _hash_stream(stream: BinaryIO, max_bytes: int) -> tuple[int, str]:
     while reader.read(_COPY_CHUNK):
         pass
     return reader.size, reader.hexdigest()
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+def _object_headers(content_type: str, digest: str | None) -> dict[str, str | list[str] | tuple[str]]:
+    headers = genheaders({"sha256": digest} if digest is not None else None, None, None, None, False)
+    headers["Content-Type"] = content_type
+    return headers
+
+
+def _read_at(fd: int, size: int, offset: int) -> bytes:
+    data = os.pread(fd, size, offset)
+    if len(data) == size:
+        return data
+    buffer = bytearray(data)
+    while len(buffer) < size:
+        more = os.pread(fd, size - len(buffer), offset + len(buffer))
+        if not more:
+            raise ValueError("the upload spool is shorter than what was written to it")
+        buffer += more
+    return bytes(buffer)
 
 
 def _read_exactly(reader: _HashingReader, size: int) -> bytes:

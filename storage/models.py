@@ -258,6 +258,9 @@ class Artefact(Base):
     version_id: Mapped[str | None] = mapped_column(String(200))
     sha256: Mapped[str] = mapped_column(String(64))
     size: Mapped[int] = mapped_column(BigInteger)
+    # The ETag the store answered for the upload (quotes stripped). Objects streamed in as multipart uploads
+    # carry no x-amz-meta-sha256 (metadata is fixed before the first byte), so verification compares this.
+    etag: Mapped[str | None] = mapped_column(String(200))
     media_type: Mapped[str] = mapped_column(String(200))
     uploaded_by_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     uploaded_at: Mapped[datetime] = mapped_column(default=utcnow)

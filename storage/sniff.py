@@ -85,26 +85,36 @@ def _extension(filename: str) -> str:
     return os.path.splitext(filename or "")[1].lower().lstrip(".")
 
 
-def _sniff(f: BinaryIO, start: int, ext: str) -> Sniffed:
-    head = f.read(HEAD_BYTES)
+def sniff_head(head: bytes, filename: str) -> Sniffed | None:
+    """What the first HEAD_BYTES of a file (all of it, if shorter) decide on their own, for an upload that is
+    still arriving: its type, or None for a zip archive (its central directory, at the end, decides), or
+    UnsupportedType. `sniff` of the whole file then gives the same type or refuses (an appended zip, say)."""
+    return _sniff_head(head[:HEAD_BYTES], _extension(filename))
+
+
+def _sniff_head(head: bytes, ext: str) -> Sniffed | None:
     if not head:
         raise UnsupportedType("empty file")
     if head.startswith(_EXECUTABLE_MAGIC):
         raise UnsupportedType("executable file")
-
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
-        return _sniff_zip(f, start, head)
-
+        return None
     if head.startswith(b"%PDF-"):
-        found = Sniffed(PDF, "pdf")
-    elif head.startswith(b"\x89PNG\r\n\x1a\n"):
-        found = Sniffed(PNG, "png")
-    elif head.startswith(b"\xff\xd8\xff"):
-        found = Sniffed(JPEG, "jpg")
-    elif head.startswith(_OLE2):
-        found = _sniff_ole(ext)
-    else:
-        found = _sniff_text(head, ext)
+        return Sniffed(PDF, "pdf")
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return Sniffed(PNG, "png")
+    if head.startswith(b"\xff\xd8\xff"):
+        return Sniffed(JPEG, "jpg")
+    if head.startswith(_OLE2):
+        return _sniff_ole(ext)
+    return _sniff_text(head, ext)
+
+
+def _sniff(f: BinaryIO, start: int, ext: str) -> Sniffed:
+    head = f.read(HEAD_BYTES)
+    found = _sniff_head(head, ext)
+    if found is None:
+        return _sniff_zip(f, start, head)
 
     # A zip appended to another format opens as either, depending on the program: such polyglots are a
     # classic way to smuggle content past a type check, so none of the non-zip types may carry one.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
 
 import psycopg
@@ -10,7 +11,7 @@ from click.testing import CliRunner
 from sqlalchemy import create_engine, func, select
 
 from api.extensions import db
-from storage.artefact_store import ArtefactStore
+from storage.artefact_store import PART_SIZE, ArtefactStore
 from storage.models import Artefact, AuditEvent, Base, GatePass
 from tests.conftest import PG_ADMIN_DSN, _pg_url
 from tests.test_lifecycle_api import drive_to_survey_review
@@ -28,6 +29,10 @@ def test_backup_and_restore_into_empty_database_and_bucket(world, app, store, s3
     item_id = world.new_item("BACKUP-1")["id"]
     drive_to_survey_review(world, item_id)
     world.upload("impl", item_id, "functional_design", filename="设计.pdf")
+    # Larger than one part: streamed in as a multipart upload, so its object has no SHA-256 metadata and the
+    # row an ETag, which the restore must replace with the new object's.
+    streamed = b"%PDF-1.4\n" + os.urandom(PART_SIZE + 1024).replace(b"P", b"p")
+    assert world.upload("impl", item_id, "test_report", streamed, "streamed.pdf").status_code == 201
     counts = {t.name: db.session.execute(select(func.count()).select_from(t)).scalar()
               for t in Base.metadata.sorted_tables}
     artefacts = {a.id: (a.key, a.sha256, a.size) for a in db.session.scalars(select(Artefact))}
@@ -58,6 +63,8 @@ def test_backup_and_restore_into_empty_database_and_bucket(world, app, store, s3
         assert result.exit_code == 0, result.output
         result = _cli("fsck")
         assert result.exit_code == 0, result.output
+        result = _cli("fsck", "--quick")
+        assert result.exit_code == 0, result.output
         assert "0 problem(s), 0 orphan(s)" in result.output
         result = _cli("audit", "verify")
         assert result.exit_code == 0, result.output
@@ -71,7 +78,7 @@ def test_backup_and_restore_into_empty_database_and_bucket(world, app, store, s3
                 restored = {t.name: conn.execute(select(func.count()).select_from(t)).scalar()
                             for t in Base.metadata.sorted_tables}
                 rows = conn.execute(select(Artefact.id, Artefact.key, Artefact.version_id, Artefact.sha256,
-                                           Artefact.size)).all()
+                                           Artefact.size, Artefact.etag)).all()
                 held = set(conn.execute(select(GatePass.artefact_id)).scalars())
                 last = conn.execute(select(AuditEvent.event_type).order_by(AuditEvent.id.desc()).limit(1)).scalar()
         finally:
@@ -80,9 +87,10 @@ def test_backup_and_restore_into_empty_database_and_bucket(world, app, store, s3
         assert last == "backup.restored"
         settings = app.config["ITEMGATE"]
         with ArtefactStore(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key, bucket) as new:
-            for artefact_id, key, version_id, sha, size in rows:
+            for artefact_id, key, version_id, sha, size, etag in rows:
                 assert (key, sha, size) == artefacts[artefact_id]
                 assert new.hash_object(key, version_id) == (size, sha)
+                assert etag and new.stat_object(key, version_id).etag == etag
                 if artefact_id in held:
                     assert new.is_held(key, version_id)
     finally:

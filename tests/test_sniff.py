@@ -366,3 +366,43 @@ def test_empty_and_unknown_files_are_refused() -> None:
     assert "empty" in refused(b"", "a.pdf")
     assert "unrecognised" in refused(b"\x00\x01" + os.urandom(256), "a.bin")
     assert "unrecognised" in refused(b"GIF89a" + b"\x00" * 20, "a.gif")
+
+
+# --- the head alone, for uploads still arriving ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data, filename",
+    [
+        (make_pdf(), "a.pdf"),
+        (make_png(), "a.png"),
+        (make_jpeg(), "a.jpg"),
+        (make_ole(), "a.doc"),
+        ("第一行\n".encode() * 20_000, "notes.txt"),  # longer than the head: decoded as a cut sample
+        (make_docx(), "a.docx"),
+        (make_pdf() + make_zip({"x.txt": "x"}), "polyglot.pdf"),
+        (b"MZ\x90\x00" + b"\x00" * 200, "letter.pdf"),
+        (b"<html><script>1</script></html>", "a.txt"),
+        (make_ole(), "a.msi"),
+        (b"", "empty.pdf"),
+    ],
+)
+def test_head_agrees_with_the_whole_file(data: bytes, filename: str) -> None:
+    """The head's verdict is the whole file's, except that only the whole file shows a zip's type or an appended
+    zip: a head refusal is the same refusal, and a head type is the type unless the whole file is refused."""
+    from storage.sniff import HEAD_BYTES, sniff_head
+
+    try:
+        whole: Sniffed | str = sniff(io.BytesIO(data), filename)
+    except UnsupportedType as exc:
+        whole = exc.reason
+    try:
+        head: Sniffed | str | None = sniff_head(data[:HEAD_BYTES], filename)
+    except UnsupportedType as exc:
+        head = exc.reason
+    if isinstance(head, str):
+        assert whole == head
+    elif head is None:
+        assert data.startswith(b"PK")
+    else:
+        assert whole == head or isinstance(whole, str)

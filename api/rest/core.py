@@ -411,29 +411,73 @@ def _file_length(stream: Any) -> int:
     return size
 
 
-@blp.route("/items/<int:item_id>/artefacts", methods=["POST"])
-@blp.response(201)
-def artefacts_upload(item_id: int) -> dict[str, Any]:
-    context = ctx()
+def _upload_streamed(context: Ctx, item: WorkItem, boundary: bytes) -> Artefact:
+    """An upload whose multipart body nothing has read yet: parsed as it arrives, its file stored as it arrives
+    (engine.evidence.StreamedUpload), so receiving and storing overlap. Anything but success leaves no object,
+    no stray parts and no row: an unknown kind (422), a refused type (415), too large (413), the store failing
+    (503), the client going away (400) or the body being malformed (422, as an unparsable form is today)."""
+    from api.uploads import receive_artefact_form
+    from engine.errors import ServiceUnavailable
+    from engine.evidence import StreamedUpload
+
     assert context.user is not None
-    item = load_item_for(db.session, context.user, item_id, "artefact.upload")
-    kind = request.form.get("kind", "")
-    upload = request.files.get("file")
-    if upload is None:
-        raise Invalid("send the file as multipart field 'file'", code="invalid_form",
-                      errors={"file": ["required"]})
+    # Checked before the body is read: nothing is sent to the store for an item that takes no evidence.
     if item.status != "active":
         raise Invalid(f"item {item.id} is {item.status}; its evidence is closed", code="item_not_active",
                       status=409)
-    task_id = request.form.get("task_id", type=int)
-    settings = current_app.config["ITEMGATE"]
-    store = context.store
-    if store is None:
-        from engine.errors import ServiceUnavailable
-
+    if context.store is None:
         raise ServiceUnavailable("no evidence store is configured")
-    artefact = upload_artefact(db.session, store, context.actor, context.user, item, kind, upload.filename,
-                               upload.stream, _file_length(upload.stream), settings.max_upload_bytes, task_id)
+    upload = StreamedUpload(context.store, item, current_app.config["ITEMGATE"].max_upload_bytes)
+    try:
+        try:
+            form = receive_artefact_form(request, boundary, upload)
+        except ValueError as exc:
+            raise Invalid("the multipart body is malformed or incomplete", code="invalid_form",
+                          errors={"file": ["required"]}) from exc
+        if not upload.has_file:
+            raise Invalid("send the file as multipart field 'file'", code="invalid_form",
+                          errors={"file": ["required"]})
+        try:
+            task_id: int | None = int(form["task_id"]) if "task_id" in form else None
+        except ValueError:
+            task_id = None  # as request.form.get("task_id", type=int)
+        return upload.finish(db.session, context.actor, context.user, item, form.get("kind", ""), task_id)
+    except BaseException:
+        upload.abort()
+        raise
+
+
+@blp.route("/items/<int:item_id>/artefacts", methods=["POST"])
+@blp.response(201)
+def artefacts_upload(item_id: int) -> dict[str, Any]:
+    from api.uploads import unread_multipart_boundary
+
+    context = ctx()
+    assert context.user is not None
+    item = load_item_for(db.session, context.user, item_id, "artefact.upload")
+    store = context.store
+    boundary = unread_multipart_boundary(request)
+    if boundary is not None:
+        artefact = _upload_streamed(context, item, boundary)
+    else:
+        # The form was read already (or is not multipart): werkzeug spooled the file, which is stored now.
+        kind = request.form.get("kind", "")
+        upload = request.files.get("file")
+        if upload is None:
+            raise Invalid("send the file as multipart field 'file'", code="invalid_form",
+                          errors={"file": ["required"]})
+        if item.status != "active":
+            raise Invalid(f"item {item.id} is {item.status}; its evidence is closed", code="item_not_active",
+                          status=409)
+        task_id = request.form.get("task_id", type=int)
+        settings = current_app.config["ITEMGATE"]
+        if store is None:
+            from engine.errors import ServiceUnavailable
+
+            raise ServiceUnavailable("no evidence store is configured")
+        artefact = upload_artefact(db.session, store, context.actor, context.user, item, kind, upload.filename,
+                                   upload.stream, _file_length(upload.stream), settings.max_upload_bytes, task_id)
+    assert store is not None
     key, version_id = artefact.key, artefact.version_id
     try:
         db.session.commit()
