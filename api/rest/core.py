@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 import forms
 from api.auth import Unauthorized, authenticate, current_user, hash_password, issue_token
 from api.extensions import db
-from api.serializers import artefact_json, history_json, iso, item_summary, task_json
+from api.serializers import artefact_json, history_json, iso, item_summary, task_json, task_rows_json
 from engine import audit
 from engine.access import authorize, item_scope, load_item_for, load_task_for, task_scope
 from engine.catalog import ARTEFACT_KINDS
@@ -305,31 +305,9 @@ def tasks_list(args: dict[str, Any]) -> dict[str, Any]:
     if args.get("item_id"):
         where = where & (HumanTask.item_id == args["item_id"])
     total = db.session.execute(select(func.count()).select_from(HumanTask).where(where)).scalar_one()
-    tasks = task_rows_json(where, (HumanTask.created_at, HumanTask.id), (args["page"] - 1) * args["per_page"],
-                           args["per_page"])
+    tasks = task_rows_json(db.session, where, (HumanTask.created_at, HumanTask.id),
+                           (args["page"] - 1) * args["per_page"], args["per_page"])
     return {"tasks": tasks, "total": total}
-
-
-# Lists of tasks (the inbox, a completion's next tasks) read plain rows: building ORM entities with their
-# joined item, contract, service line and assignee cost several times the query itself (bench row 2).
-_TASK_ROW = (HumanTask.id, HumanTask.item_id, HumanTask.spec_name, HumanTask.title, HumanTask.lane, HumanTask.role,
-             Department.code, User.username, HumanTask.status, HumanTask.form, HumanTask.gate, HumanTask.stage,
-             HumanTask.due_at, HumanTask.due_warning, HumanTask.created_at, HumanTask.completed_at,
-             HumanTask.return_comment, WorkItem.code, WorkItem.name)
-_TASK_KEYS = ("id", "item_id", "name", "title", "lane", "role", "department", "assignee", "status", "form_key",
-              "gate", "stage", "due_at", "due_warning", "created_at", "completed_at", "return_comment", "item_code",
-              "item_name")
-_TASK_TIMES = frozenset({"due_at", "created_at", "completed_at"})
-
-
-def task_rows_json(where: Any, order: tuple[Any, ...], offset: int, limit: int | None) -> list[dict[str, Any]]:
-    """`task_json` of the tasks matching `where`, in `order`, from one query of plain rows."""
-    query = (select(*_TASK_ROW).join(WorkItem, WorkItem.id == HumanTask.item_id)
-             .outerjoin(Department, Department.id == HumanTask.department_id)
-             .outerjoin(User, User.id == HumanTask.assignee_id)
-             .where(where).order_by(*order).offset(offset).limit(limit))
-    return [{key: iso(value) if key in _TASK_TIMES else value for key, value in zip(_TASK_KEYS, row, strict=True)}
-            for row in db.session.execute(query)]
 
 
 def task_detail(task: HumanTask) -> dict[str, Any]:
@@ -396,8 +374,8 @@ def tasks_complete(body: dict[str, Any], task_id: int) -> dict[str, Any]:
     db.session.commit()
     result = task_json(task)
     result["item"] = item_summary(task.item)
-    result["next_tasks"] = task_rows_json((HumanTask.item_id == task.item_id) & (HumanTask.status == "ready"),
-                                          (HumanTask.id,), 0, None)
+    open_tasks = (HumanTask.item_id == task.item_id) & (HumanTask.status == "ready")
+    result["next_tasks"] = task_rows_json(db.session, open_tasks, (HumanTask.id,), 0, None)
     return result
 
 
@@ -417,16 +395,9 @@ def _upload_streamed(context: Ctx, item: WorkItem, boundary: bytes) -> Artefact:
     no stray parts and no row: an unknown kind (422), a refused type (415), too large (413), the store failing
     (503), the client going away (400) or the body being malformed (422, as an unparsable form is today)."""
     from api.uploads import receive_artefact_form
-    from engine.errors import ServiceUnavailable
     from engine.evidence import StreamedUpload
 
-    assert context.user is not None
-    # Checked before the body is read: nothing is sent to the store for an item that takes no evidence.
-    if item.status != "active":
-        raise Invalid(f"item {item.id} is {item.status}; its evidence is closed", code="item_not_active",
-                      status=409)
-    if context.store is None:
-        raise ServiceUnavailable("no evidence store is configured")
+    assert context.user is not None and context.store is not None
     upload = StreamedUpload(context.store, item, current_app.config["ITEMGATE"].max_upload_bytes)
     try:
         try:
@@ -455,29 +426,28 @@ def artefacts_upload(item_id: int) -> dict[str, Any]:
     context = ctx()
     assert context.user is not None
     item = load_item_for(db.session, context.user, item_id, "artefact.upload")
+    # Checked before the body is read: nothing is sent to the store for an item that takes no evidence.
+    if item.status != "active":
+        raise Invalid(f"item {item.id} is {item.status}; its evidence is closed", code="item_not_active",
+                      status=409)
     store = context.store
+    if store is None:
+        from engine.errors import ServiceUnavailable
+
+        raise ServiceUnavailable("no evidence store is configured")
     boundary = unread_multipart_boundary(request)
     if boundary is not None:
         artefact = _upload_streamed(context, item, boundary)
     else:
         # The form was read already (or is not multipart): werkzeug spooled the file, which is stored now.
-        kind = request.form.get("kind", "")
         upload = request.files.get("file")
         if upload is None:
             raise Invalid("send the file as multipart field 'file'", code="invalid_form",
                           errors={"file": ["required"]})
-        if item.status != "active":
-            raise Invalid(f"item {item.id} is {item.status}; its evidence is closed", code="item_not_active",
-                          status=409)
-        task_id = request.form.get("task_id", type=int)
-        settings = current_app.config["ITEMGATE"]
-        if store is None:
-            from engine.errors import ServiceUnavailable
-
-            raise ServiceUnavailable("no evidence store is configured")
-        artefact = upload_artefact(db.session, store, context.actor, context.user, item, kind, upload.filename,
-                                   upload.stream, _file_length(upload.stream), settings.max_upload_bytes, task_id)
-    assert store is not None
+        artefact = upload_artefact(db.session, store, context.actor, context.user, item, request.form.get("kind", ""),
+                                   upload.filename, upload.stream, _file_length(upload.stream),
+                                   current_app.config["ITEMGATE"].max_upload_bytes,
+                                   request.form.get("task_id", type=int))
     key, version_id = artefact.key, artefact.version_id
     try:
         db.session.commit()
