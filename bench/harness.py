@@ -5,6 +5,7 @@ import concurrent.futures
 import os
 import platform
 import queue
+import re
 import signal
 import statistics
 import subprocess
@@ -17,6 +18,7 @@ from typing import Any
 
 import psycopg
 import requests
+from sqlalchemy import text
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -129,6 +131,81 @@ class BenchDatabase:
     def version(self) -> str:
         with psycopg.connect(self.admin_dsn, connect_timeout=5) as conn:
             return str(conn.execute("SHOW server_version").fetchone()[0])
+
+
+@dataclass
+class Statement:
+    """One statement as the DBAPI received it: text, parameters, and whether it went as executemany."""
+
+    sql: str
+    params: Any
+    many: bool
+
+
+def capture_statements(engine: Any, fn: Callable[[], Any]) -> list[Statement]:
+    """The statements `fn` sends through the SQLAlchemy `engine`, with their parameters as sent."""
+    from sqlalchemy import event
+
+    captured: list[Statement] = []
+
+    def before(_conn: Any, _cursor: Any, sql: str, params: Any, _context: Any, many: bool) -> None:
+        captured.append(Statement(sql, params, many))
+
+    event.listen(engine, "before_cursor_execute", before)
+    try:
+        fn()
+    finally:
+        event.remove(engine, "before_cursor_execute", before)
+    return captured
+
+
+def inserted_tables(statements: list[Statement]) -> list[str]:
+    """The tables the statements insert into, in order of first appearance."""
+    found: list[str] = []
+    for st in statements:
+        match = re.match(r"\s*INSERT INTO (\w+)", st.sql)
+        if match and match.group(1) not in found:
+            found.append(match.group(1))
+    return found
+
+
+def sequence_marks(conn: Any, tables: list[str]) -> list[tuple[str, int, bool]]:
+    """Where the id sequences of `tables` stand now: (sequence, last_value, is_called) to set them back to, so a
+    replay's INSERTs get the same ids as the captured run and the statements after them, which name those ids,
+    find them. Sequences are not transactional: a rolled-back INSERT still moves them on."""
+    marks = []
+    for table in tables:
+        seq = conn.execute(text("SELECT pg_get_serial_sequence(:t, 'id')"), {"t": table}).scalar()
+        if seq:
+            last, called = conn.execute(text(f"SELECT last_value, is_called FROM {seq}")).one()
+            marks.append((seq, int(last), bool(called)))
+    return marks
+
+
+def replay_statements(dsn: str, statements: list[Statement], repeat: int,
+                      marks: list[tuple[str, int, bool]] | None = None) -> Stat:
+    """Send the same statements again through psycopg alone (no ORM, no SQLAlchemy), prepared, one transaction
+    per repetition, rolled back: every repetition does the same work (a compare-and-set UPDATE matches again,
+    INSERTs get the captured ids back from their sequences, set back to `marks` before each repetition outside
+    the timing), minus the commit's WAL flush. Wall time per repetition."""
+    samples = []
+    with psycopg.connect(dsn, connect_timeout=5) as conn:
+        for _ in range(repeat):
+            if marks:
+                conn.execute("SELECT " + ", ".join(["setval(%s, %s, %s)"] * len(marks)),
+                             [v for mark in marks for v in mark])
+            start = time.perf_counter()
+            with conn.cursor() as cur:
+                for st in statements:
+                    if st.many:
+                        cur.executemany(st.sql, st.params)
+                    else:
+                        cur.execute(st.sql, st.params, prepare=True)
+                        if cur.description is not None:
+                            cur.fetchall()
+            conn.rollback()
+            samples.append(time.perf_counter() - start)
+    return Stat(samples)
 
 
 # ---------------------------------------------------------------- gunicorn
@@ -331,6 +408,11 @@ class CpuMeter:
         self.wall = time.perf_counter() - self._t0
         after = self._read()
         self.used = {k: after[k] - self._before.get(k, 0.0) for k in after}
+
+    def total_ms(self, n: int, parties: tuple[str, ...] | None = None) -> float:
+        """CPU milliseconds per request of the named parties together (all of them when None)."""
+        return sum(v for k, v in self.used.items()
+                   if not k.startswith("_") and (parties is None or k in parties)) / n * 1000
 
     def per_request(self, n: int) -> str:
         """One line: CPU ms per request by party, the sum, and the rate that sum allows on this machine."""

@@ -20,6 +20,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +36,13 @@ from bench.harness import (
     Server,
     Stat,
     bench_parties,
+    capture_statements,
+    inserted_tables,
     login,
     machine,
+    replay_statements,
     run_concurrently,
+    sequence_marks,
     timed,
 )
 
@@ -295,6 +300,74 @@ class Bench:
         proc = getattr(self.s3, "_proc", None)
         return CpuMeter(bench_parties(self.server, proc.pid if proc is not None else None))
 
+    def metered(self, fn: Callable[[], None], n: int, parties: tuple[str, ...]) -> tuple[Stat, float]:
+        """`fn` run `n` times alone: its wall-time Stat, and the CPU ms per call of the parties taking part (the
+        others, idle here, would only add their background work)."""
+        meter = self.cpu_meter()
+        meter.start()
+        stat = timed(fn, n)
+        meter.stop()
+        return stat, meter.total_ms(n, parties)
+
+    def parts_floor(self, what: str, engine_call: Callable[[Any], None],
+                    s3_calls: tuple[str, Callable[[], None]] | None, bare_fn: Callable[[], None], client: Client,
+                    measured: Stat, measured_cpu: float) -> str:
+        """The parts of a request that no implementation of this design avoids, each measured alone: HTTP with
+        authentication (`GET /api/v1/me`), the request's own SQL statements sent again through psycopg alone,
+        its S3 calls through the SDK, and the bare library step; their sum against the measured request.
+
+        `engine_call(session)` runs the use case in process (no S3) so its statements can be captured; it is run
+        once to warm the caches and once captured, both rolled back."""
+        from api.extensions import db
+
+        session = db.session
+        warm = capture_statements(db.engine, lambda: engine_call(session))  # warms the caches; rolled back
+        session.rollback()
+        marks = sequence_marks(session.connection(), inserted_tables(warm))
+        session.rollback()
+        statements = capture_statements(db.engine, lambda: engine_call(session))
+        session.rollback()
+        n = scaled(100, 30)
+        parts: list[tuple[str, Stat, float]] = [
+            ("HTTP, authentication and JSON: `GET /api/v1/me` through the same server and client",
+             *self.metered(lambda: client.get("/api/v1/me").raise_for_status(), n, ("app", "PostgreSQL", "client"))),
+            (f"the request's {len(statements)} SQL statements, sent again with psycopg alone (prepared; each "
+             "repetition rolled back, so without the commit's WAL flush)", *self._replayed(statements, n, marks))]
+        if s3_calls is not None:
+            parts.append((s3_calls[0], *self.metered(s3_calls[1], n, ("S3", "client"))))
+        parts.append(("the bare SpiffWorkflow step", *self.metered(bare_fn, n, ("client",))))
+        wall = sum(st.median for _, st, _ in parts)
+        cpu = sum(c for _, _, c in parts)
+        bare = parts[-1][1].median
+        cores = os.cpu_count() or 1
+        lines = [f"Floor by parts: what {what} cannot do without, each part measured alone in this run (median "
+                 "wall time; CPU per call of every process together):", "",
+                 "| part | wall | CPU |", "|---|---|---|"]
+        lines += [f"| {name} | {st.median * 1000:.2f} ms | {c:.1f} ms |" for name, st, c in parts]
+        lines += [f"| sum of the parts | {wall * 1000:.2f} ms = {wall / bare:.1f}× the bare step | {cpu:.1f} ms |",
+                  f"| the measured request | {measured.median * 1000:.2f} ms = {measured.median / bare:.1f}× | "
+                  f"{measured_cpu:.1f} ms (concurrent run) |", "",
+                  f"The parts alone come to {wall / bare:.1f}× the bare step (target 3×), and their CPU alone allows "
+                  f"at most {cores * 1000 / cpu:.0f} requests/s on {cores} cores. What the application adds on top "
+                  f"(ORM, views, forms, projection, audit chain) is {max(0.0, measured.median - wall) * 1000:.1f} ms "
+                  f"of wall time and {max(0.0, measured_cpu - cpu):.1f} ms of CPU per request."]
+        return "\n".join(lines)
+
+    def _replayed(self, statements: list[Any], n: int, marks: list[tuple[str, int, bool]]) -> tuple[Stat, float]:
+        """The replay's wall time, and its CPU less that of setting the sequences back (metered on its own)."""
+        parties = ("PostgreSQL", "client")
+        meter = self.cpu_meter()
+        meter.start()
+        stat = replay_statements(self.db.dsn, statements, n, marks)
+        meter.stop()
+        if not marks:
+            return stat, meter.total_ms(n, parties)
+        resets = self.cpu_meter()
+        resets.start()
+        replay_statements(self.db.dsn, [], n, marks)
+        resets.stop()
+        return stat, max(0.0, meter.total_ms(n, parties) - resets.total_ms(n, parties))
+
     def add(self, row: Row) -> None:
         self.rows.append(row)
         log(f"row {row.num}: {row.measured} | limit {row.limit} | ratio {row.ratio} | {row.met}")
@@ -352,9 +425,30 @@ class Bench:
         row.details.append(f"Concurrent latency with {THREADS} clients: {Stat(lat).ms()}.")
         row.details.append(meter.per_request(n))
         row.details.append(self.floor_note(pm, bare))
+        row.details.append(self.create_floor(pm, model, api, meter.total_ms(n)))
         if not (met_ratio and met_rate):
             row.details.append(self.profile_create())
         self.add(row)
+
+    def create_floor(self, pm: Client, model: Any, api: Stat, api_cpu: float) -> str:
+        from engine import audit, spiff
+        from engine.workflow import Ctx, NewItem, create_item
+        from storage.models import User
+
+        session = self.session()
+        user = session.execute(select(User).where(User.username == "pm")).scalar_one()
+        session.expunge(user)
+        session.rollback()
+        body = self.item_body("R7-FLOOR")
+        body["difficulty"] = Decimal(str(body["difficulty"]))
+
+        def engine_call(s: Any) -> None:
+            create_item(Ctx(s, user), NewItem(**body))
+            audit.write_pending(s)
+
+        return self.parts_floor("creating an item", engine_call, None,
+                                lambda: spiff.dumps(spiff.new_workflow(model, self.start_data()), model), pm, api,
+                                api_cpu)
 
     def profile_create(self) -> str:
         client, headers = self.test_client("pm")
@@ -404,9 +498,49 @@ class Bench:
         row.details.append(f"Concurrent latency with {THREADS} clients: {Stat(lat).ms()}.")
         row.details.append(meter.per_request(len(conc_ids)))
         row.details.append(self.floor_note(impl, bare))
+        row.details.append(self.completion_floor(impl, data, api, meter.total_ms(len(conc_ids))))
         if not (met_ratio and met_rate):
             row.details.append(self.profile_complete())
         self.add(row)
+
+    def completion_floor(self, impl: Client, data: dict[str, Any], api: Stat, api_cpu: float) -> str:
+        from api.serializers import task_rows_json
+        from engine import audit
+        from engine.evidence import verify_artefact
+        from engine.workflow import Ctx, complete_task, gate_requirements
+        from storage.models import HumanTask, ProcessInstance, User
+
+        session = self.session()
+        task_id = self.clone_ready_task_ids(1, "R1F")[0]
+        user = session.execute(select(User).where(User.username == "impl")).scalar_one()
+        task = session.get(HumanTask, task_id)
+        assert task is not None
+        artefacts = [s.artefact for s in gate_requirements(session, task.item, task.gate) if s.artefact is not None]
+        state = session.execute(select(ProcessInstance.state).where(
+            ProcessInstance.id == task.instance_id)).scalar_one()
+        # Detached with what they have loaded: the rollbacks below do not expire them, so the captured statements
+        # contain no reload of the caller (authentication is in the HTTP part) and the S3 threads read no rows.
+        for obj in [user, *artefacts]:
+            session.expunge(obj)
+        session.rollback()
+
+        def engine_call(s: Any) -> None:
+            done = complete_task(Ctx(s, user), task_id, data)
+            audit.write_pending(s)
+            task_rows_json(s, (HumanTask.item_id == done.item_id) & (HumanTask.status == "ready"), (HumanTask.id,),
+                           0, None)
+
+        store = self.store
+
+        def s3() -> None:
+            assert all(store.each(lambda a: verify_artefact(store, a), artefacts))
+            store.each(lambda a: store.hold(a.key, a.version_id), artefacts)
+
+        return self.parts_floor(
+            "a completion", engine_call,
+            (f"its {2 * len(artefacts)} S3 calls through the minio SDK ({len(artefacts)} stats, then "
+             f"{len(artefacts)} legal holds, each group concurrent, as the app makes them)", s3),
+            self.bare_step(state, "survey_sorting", data), impl, api, api_cpu)
 
     def profile_complete(self) -> str:
         task_ids = self.clone_ready_task_ids(60, "R1P")
@@ -1202,7 +1336,7 @@ on real workflows). Measured in a separate row-6 run (one run each side, on a no
 1,000 tasks went from 484 ms to 361 ms; the rest of the library's growth (the bare step still rises ~16× from
 100 to 1,000 tasks) is in its own serialisation and engine steps and was not changed.
 
-**Third round (this report).** Each row now says where the CPU goes, by process: the gunicorn workers, PostgreSQL,
+**Third round.** Each row now says where the CPU goes, by process: the gunicorn workers, PostgreSQL,
 the S3 server and the benchmark client, read from /proc around the concurrent runs (`CpuMeter`). Rows 1, 2 and 7
 also time an authenticated request that does nothing (`GET /api/v1/me`) through the same server and client: the
 floor under every API call. Changes, each checked by an in-process A/B on the same machine in one sitting (the
@@ -1243,26 +1377,50 @@ previous commit in a git worktree against this one, alternating, CPU time per re
   (71–78 %); when it ran slow, 58–72 %, and alternating old and new paths gave old 52–63 %, new 55–62 %. In
   production MinIO runs on its own hosts and its CPU does not compete with the app's.
 
+**Fourth round (this report).** Rows 1 and 7 now carry a *floor by parts* table: the parts of the request that
+any implementation of this design has to do, each measured alone in the same run, with their sum set against the
+measured request. The parts are HTTP with authentication (`GET /api/v1/me`), the request's own SQL statements
+(captured from the use case run in process, then sent again through psycopg alone, prepared, each repetition
+rolled back, with the id sequences set back so the INSERTs get the same ids), the S3 calls through the SDK as
+the app makes them, and the bare library step. That replaces the estimate the third round gave for "a raw-SQL
+rewrite" with a measurement. Also in this round:
+
+- **Creating an item (row 7):** the contract, service line, department and current process definition come in
+  one query (the lookups one by one only when something is unknown, to name each unknown field); 10 statements
+  became 8. In-process A/B, CPU per item (100 requests, 3 rounds each side, alternating): 11.2, 11.6, 12.2 and
+  9.5, 11.0, 10.1 ms before; 9.8, 10.7, 13.4 and 10.1, 10.8, 10.7 ms after: within the noise. It saves two
+  round trips, which count for more when the database is on another host than on loopback.
+- **Completing a task (row 1), tried and measured, not changed:** with the four S3 calls stubbed out in process,
+  a completion's CPU fell from 26.0–29.0 ms to 18.8–21.2 ms (100 requests, 3 rounds), so the SDK's two stats and two
+  legal holds cost the app about 8 ms, on top of the S3 server's own CPU. Placing the hold first and taking a
+  successful hold as proof that the version exists would save the two stats, but it trusts the row's version id
+  without comparing the object's ETag or SHA-256: a row pointing at another version of the key (a test pins this:
+  `test_gate_fails_when_streamed_object_is_replaced_or_missing`) would pass the gate. Not done.
+- **Upload (row 3), examined:** SHA-256 runs at about 920 MB/s here (SHA-NI), 0.22 s per 200 MB, and the SDK
+  signs every part with its own SHA-256 over plain HTTP (as the direct put does); the rest of the app's CPU is
+  receiving and parsing the body and the spool. Nothing found that would change the ratio on these shared cores.
+
 **Targets that are the wrong yardstick (stated with the measurements, not lowered):**
-- Rows 1 and 7, "≤ 3× the bare step": the bare step is an in-memory library call of about a millisecond or less.
-  The floor line under each row shows that an authenticated request doing nothing at all, through the same server
-  and client, already costs more than 3× the bare step, and the CPU line shows PostgreSQL alone spending more
-  CPU per request than 3× the bare step. No design that keeps the database, the gate check against S3 and the
-  audit chain in the request can meet it.
-- Row 1, "≥ 150 completions/s with 2 workers": the CPU line under row 1 gives the ceiling on these 2 cores
-  directly. The parties other than the app (PostgreSQL, the S3 server answering 2 stats and 2 legal holds, the
-  client) need 7–8 ms of CPU per completion when the shared host runs fast and about twice that when it runs
-  slow; the line shows what they allowed in this run even with an app that used no CPU at all. 150/s needs all
-  parties together under 13.3 ms, which leaves the app under 6 ms (fast phase) or nothing (slow phase) for Flask,
-  authentication, 13 SQL statements, 4 signed S3 requests, the SpiffWorkflow step and the audit chain. The app
-  uses several times that. This round cut the app where the profiles pointed; what is left is spread thinly over
-  the ORM, Flask and the two SDKs. By our estimate even a raw-SQL rewrite of the hot path would not get there:
-  about 1 ms per request for gunicorn and Flask, 2–3 ms for 13 Core statements, 2.4 ms for 4 minio calls and 1 ms
-  for the step, in a fast phase.
+- Rows 1 and 7, "≤ 3× the bare step": the floor-by-parts table under each row shows that the parts alone (an
+  authenticated request that does nothing, the request's SQL sent through psycopg with no ORM, the S3 calls, the
+  step) come to well over 3× the bare step, whatever the application adds on top. No design that keeps the
+  database, the gate check against S3 and the audit chain in the request can meet it.
+- Row 1, "≥ 150 completions/s with 2 workers": the same table gives the CPU of those parts together, and with it
+  the most completions per second these 2 cores allow with an application that costs nothing; it is below 150 in
+  this run. The S3 calls (2 stats and 2 legal holds, SDK and server) are the largest part. What the application
+  adds (the last line of the table) is spread thinly over the ORM, Flask and the engine: the profiles show no
+  single cause left.
+- Row 7, "≥ 100 items/s": reachable. The floor-by-parts CPU allows well over 100/s, and the measured rate is met
+  or missed with the host's phase (104/s in the run before this round's changes, 76/s and 102/s in the third
+  round).
 - Row 2, "≤ 2× the bare query": for the reviewer, the `GET /me` column shows that an authenticated call that
   reads nothing already takes about twice the bare page and count at p95. For the implementer's 48,000-task
   group the ratio is about 2×, but the bare `count(*)` and page alone take more than half of the 25 ms at p95.
-  Meeting "≤ 25 ms" there needs a different `total` (capped or kept in counters), an API change we did not make.
+  Meeting "≤ 25 ms" there needs a different `total` (capped or kept in counters), which changes the API contract
+  (`total` on every list), so it was not done.
+- Row 3, "≥ 70 % of direct": met or missed with the host's phase (61–76 % over the last three runs). Both paths
+  are CPU-bound on the 2 cores the S3 server shares; the CPU table under row 3 shows the S3 server alone needing
+  about as many CPU-seconds per 200 MB as the direct put's wall time.
 """
 
 

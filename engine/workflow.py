@@ -149,20 +149,34 @@ class NewItem:
     attributes: dict[str, Any] = field(default_factory=dict)
 
 
-def _resolve_new_item(session: Session, spec: NewItem) -> tuple[Contract, ServiceLine, Department]:
+def _resolve_new_item(session: Session, spec: NewItem
+                      ) -> tuple[Contract, ServiceLine, Department, ProcessDefinition | None]:
+    """The item's contract, service line and department, and the current definition of the line's process
+    (None when none is deployed yet): one query when all are found; the lookups one by one only to say what
+    is wrong."""
     errors: dict[str, list[str]] = {}
-    found = session.execute(select(ServiceLine, Contract).join(Contract, ServiceLine.contract_id == Contract.id)
-                            .where(Contract.code == spec.contract, ServiceLine.code == spec.service_line)).first()
-    contract, line = (found[1], found[0]) if found else (None, None)
+    found = session.execute(
+        select(ServiceLine, Contract, Department, ProcessDefinition)
+        .join(Contract, ServiceLine.contract_id == Contract.id)
+        .join(Department, Department.code == spec.department)
+        .outerjoin(ProcessDefinition, (ProcessDefinition.process_id == ServiceLine.process_id)
+                   & ProcessDefinition.is_current.is_(True))
+        .where(Contract.code == spec.contract, ServiceLine.code == spec.service_line)
+        .order_by(ProcessDefinition.id.desc()).limit(1)).first()
+    line, contract, department, definition = found if found is not None else (None, None, None, None)
     if found is None:
-        contract = session.execute(select(Contract).where(Contract.code == spec.contract)).scalar()
-        if contract is None:
-            errors["contract"] = [f"unknown contract {spec.contract!r}"]
-        else:
-            errors["service_line"] = [f"contract {spec.contract} has no service line {spec.service_line!r}"]
-    department = session.execute(select(Department).where(Department.code == spec.department)).scalar()
-    if department is None:
-        errors["department"] = [f"unknown department {spec.department!r}"]
+        pair = session.execute(select(ServiceLine, Contract).join(Contract, ServiceLine.contract_id == Contract.id)
+                               .where(Contract.code == spec.contract, ServiceLine.code == spec.service_line)).first()
+        contract, line = (pair[1], pair[0]) if pair else (None, None)
+        if pair is None:
+            contract = session.execute(select(Contract).where(Contract.code == spec.contract)).scalar()
+            if contract is None:
+                errors["contract"] = [f"unknown contract {spec.contract!r}"]
+            else:
+                errors["service_line"] = [f"contract {spec.contract} has no service line {spec.service_line!r}"]
+        department = session.execute(select(Department).where(Department.code == spec.department)).scalar()
+        if department is None:
+            errors["department"] = [f"unknown department {spec.department!r}"]
     if spec.mode not in MODES:
         errors["mode"] = [f"must be one of {list(MODES)}"]
     if not spec.channels or len(set(spec.channels)) != len(spec.channels):
@@ -180,14 +194,14 @@ def _resolve_new_item(session: Session, spec: NewItem) -> tuple[Contract, Servic
     if errors:
         raise FormInvalid(errors, "The work item is not valid")
     assert contract is not None and line is not None and department is not None
-    return contract, line, department
+    return contract, line, department, definition
 
 
 def create_item(ctx: Ctx, spec: NewItem) -> WorkItem:
     """Register a work item and start its process at once (PM)."""
     assert ctx.user is not None
     authorize(ctx.user, "item.create")
-    contract, line, department = _resolve_new_item(ctx.session, spec)
+    contract, line, department, definition = _resolve_new_item(ctx.session, spec)
     item = WorkItem(
         contract_id=contract.id, service_line_id=line.id, department_id=department.id, code=spec.code.strip(),
         name=spec.name.strip(), channels=list(spec.channels), mode=spec.mode,
@@ -195,7 +209,7 @@ def create_item(ctx: Ctx, spec: NewItem) -> WorkItem:
         status="active", created_by_id=ctx.user.id, created_at=ctx.now,
     )
     item.contract, item.service_line, item.department = contract, line, department
-    definition = current_definition(ctx.session, line.process_id)
+    definition = definition or current_definition(ctx.session, line.process_id)
     model = model_of(definition)
     start_data = {
         "mode": item.mode, "channels": list(item.channels), "service_line": line.code,

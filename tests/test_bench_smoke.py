@@ -1,11 +1,17 @@
 """The benchmark data generators at toy scale, so `make test` keeps them working on both databases."""
 from __future__ import annotations
 
+from decimal import Decimal
+
+import psycopg
+import pytest
 from sqlalchemy import func, select
 
 from api.extensions import db
 from bench import datagen
-from engine.workflow import current_definition
+from bench.harness import capture_statements, inserted_tables, replay_statements, sequence_marks
+from engine import audit
+from engine.workflow import Ctx, NewItem, create_item, current_definition
 from storage.models import Contract, HumanTask, ProcessInstance, User, WorkItem, WorkloadEntry
 
 
@@ -66,3 +72,37 @@ def test_generators_build_data_the_api_reads(world):
     session.commit()
     listed = world.get("pm", f"/api/v1/items/{clones[2]}/artefacts").get_json()["artefacts"]
     assert [a["id"] for a in listed] == stored
+
+
+def test_captured_statements_replay_alone_and_leave_nothing(world):
+    """The floor-by-parts replay: a use case's statements, captured in process, sent again through psycopg
+    alone, twice, with the id sequences set back so later statements find the ids the earlier INSERTs made."""
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("the replay goes through psycopg to PostgreSQL, as the benchmark does")
+    session = db.session
+    world.new_item("SMK-REPLAY-0")  # deploys the definition, so the captured run is the usual one
+    pm = session.execute(select(User).where(User.username == "pm")).scalar_one()
+    session.expunge(pm)
+    session.rollback()
+    body = dict(contract="SH-YWTB-2025", service_line="1", name="回放", code="SMK-REPLAY-1", department="DA",
+                channels=["pc"], mode="new", difficulty=Decimal("1.00"))
+
+    def create() -> None:
+        create_item(Ctx(session, pm), NewItem(**body))
+        audit.write_pending(session)
+
+    marks = sequence_marks(session.connection(), ["work_items", "process_instances", "human_tasks",
+                                                  "audit_events"])
+    session.rollback()
+    statements = capture_statements(db.engine, create)
+    session.rollback()
+    assert inserted_tables(statements) == ["work_items", "process_instances", "human_tasks", "audit_events"]
+    items_before = session.scalar(select(func.count()).select_from(WorkItem))
+    dsn = db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+    stat = replay_statements(dsn, statements, 2, marks)
+    assert stat.n == 2 and all(s > 0 for s in stat.samples)
+    assert session.scalar(select(func.count()).select_from(WorkItem)) == items_before  # rolled back
+    # Without setting the sequences back, the instance's INSERT names an item id that is not there.
+    with pytest.raises(psycopg.errors.ForeignKeyViolation):
+        replay_statements(dsn, statements, 1)

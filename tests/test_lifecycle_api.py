@@ -205,3 +205,24 @@ def test_fast_answers_match_the_full_item_and_task_shapes(world):
     assert [t["assignee"] for t in mine if t["id"] == following["id"]] == ["pm"]
     full = world.get("pm", f"/api/v1/tasks/{following['id']}").get_json()
     assert [t for t in mine if t["id"] == following["id"]][0] == {k: full[k] for k in mine[0]}
+
+
+def test_new_item_names_every_unknown_reference_and_records_nothing(world):
+    """The contract, line, department and current definition come in one query; when it finds nothing, each
+    unknown reference is still named on its own field, and nothing is written."""
+    body = {"contract": "SH-YWTB-2025", "service_line": "1", "name": "事项", "code": "SH-BAD-1",
+            "department": "DA", "channels": ["pc"], "mode": "new", "difficulty": 1.0, "attributes": {}}
+    cases = [({"contract": "NO-SUCH", "department": "ZZ"}, {"contract", "department"}),
+             ({"service_line": "99"}, {"service_line"}),
+             ({"department": "ZZ"}, {"department"}),
+             ({"service_line": "99", "department": "ZZ", "name": " "}, {"service_line", "department", "name"})]
+    for change, fields in cases:
+        r = world.post("pm", "/api/v1/items", json=dict(body, **change))
+        assert r.status_code == 422, r.get_json()
+        assert set(r.get_json()["errors"]) == fields, (change, r.get_json())
+    assert not db.session.scalars(select(AuditEvent.event_type).where(AuditEvent.event_type.like("item.%"))).all()
+    assert world.get("pm", "/api/v1/items").get_json()["total"] == 0
+    # The same body with every reference known goes in on the definition the first item deployed.
+    first = world.post("pm", "/api/v1/items", json=body).get_json()
+    second = world.post("pm", "/api/v1/items", json=dict(body, code="SH-BAD-2")).get_json()
+    assert first["status"] == second["status"] == "active" and first["tasks"] and second["tasks"]
