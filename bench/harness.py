@@ -182,29 +182,28 @@ def sequence_marks(conn: Any, tables: list[str]) -> list[tuple[str, int, bool]]:
     return marks
 
 
-def replay_statements(dsn: str, statements: list[Statement], repeat: int,
+def replay_statements(conn: psycopg.Connection[Any], statements: list[Statement], repeat: int,
                       marks: list[tuple[str, int, bool]] | None = None) -> Stat:
-    """Send the same statements again through psycopg alone (no ORM, no SQLAlchemy), prepared, one transaction
-    per repetition, rolled back: every repetition does the same work (a compare-and-set UPDATE matches again,
-    INSERTs get the captured ids back from their sequences, set back to `marks` before each repetition outside
-    the timing), minus the commit's WAL flush. Wall time per repetition."""
+    """Send the same statements again through a psycopg connection alone (no ORM, no SQLAlchemy), prepared, one
+    transaction per repetition, rolled back: every repetition does the same work (a compare-and-set UPDATE matches
+    again, INSERTs get the captured ids back from their sequences, set back to `marks` before each repetition
+    outside the timing), minus the commit's WAL flush. Wall time per repetition."""
     samples = []
-    with psycopg.connect(dsn, connect_timeout=5) as conn:
-        for _ in range(repeat):
-            if marks:
-                conn.execute("SELECT " + ", ".join(["setval(%s, %s, %s)"] * len(marks)),
-                             [v for mark in marks for v in mark])
-            start = time.perf_counter()
-            with conn.cursor() as cur:
-                for st in statements:
-                    if st.many:
-                        cur.executemany(st.sql, st.params)
-                    else:
-                        cur.execute(st.sql, st.params, prepare=True)
-                        if cur.description is not None:
-                            cur.fetchall()
-            conn.rollback()
-            samples.append(time.perf_counter() - start)
+    for _ in range(repeat):
+        if marks:
+            conn.execute("SELECT " + ", ".join(["setval(%s, %s, %s)"] * len(marks)),
+                         [v for mark in marks for v in mark])
+        start = time.perf_counter()
+        with conn.cursor() as cur:
+            for st in statements:
+                if st.many:
+                    cur.executemany(st.sql, st.params)
+                else:
+                    cur.execute(st.sql, st.params, prepare=True)
+                    if cur.description is not None:
+                        cur.fetchall()
+        conn.rollback()
+        samples.append(time.perf_counter() - start)
     return Stat(samples)
 
 

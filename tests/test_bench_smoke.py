@@ -100,9 +100,10 @@ def test_captured_statements_replay_alone_and_leave_nothing(world):
     items_before = session.scalar(select(func.count()).select_from(WorkItem))
     dsn = db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
 
-    stat = replay_statements(dsn, statements, 2, marks)
-    assert stat.n == 2 and all(s > 0 for s in stat.samples)
-    assert session.scalar(select(func.count()).select_from(WorkItem)) == items_before  # rolled back
-    # Without setting the sequences back, the instance's INSERT names an item id that is not there.
-    with pytest.raises(psycopg.errors.ForeignKeyViolation):
-        replay_statements(dsn, statements, 1)
+    with psycopg.connect(dsn) as conn:
+        stat = replay_statements(conn, statements, 2, marks)
+        assert stat.n == 2 and all(s > 0 for s in stat.samples)
+        assert session.scalar(select(func.count()).select_from(WorkItem)) == items_before  # rolled back
+        # Without setting the sequences back, the instance's INSERT names an item id that is not there.
+        with pytest.raises(psycopg.errors.ForeignKeyViolation):
+            replay_statements(conn, statements, 1)

@@ -6,7 +6,7 @@ from decimal import Decimal
 from sqlalchemy import func, select
 
 from api.extensions import db
-from storage.models import AuditEvent, GatePass, WorkloadEntry
+from storage.models import AuditEvent, GatePass, ProcessDefinition, ProcessInstance, WorkloadEntry
 
 
 def drive_to_survey_review(world, item_id):
@@ -222,7 +222,12 @@ def test_new_item_names_every_unknown_reference_and_records_nothing(world):
         assert set(r.get_json()["errors"]) == fields, (change, r.get_json())
     assert not db.session.scalars(select(AuditEvent.event_type).where(AuditEvent.event_type.like("item.%"))).all()
     assert world.get("pm", "/api/v1/items").get_json()["total"] == 0
-    # The same body with every reference known goes in on the definition the first item deployed.
+    # With every reference known: the first item deploys the definition (none is deployed yet), the second
+    # finds it in the same query as its contract, line and department.
     first = world.post("pm", "/api/v1/items", json=body).get_json()
     second = world.post("pm", "/api/v1/items", json=dict(body, code="SH-BAD-2")).get_json()
     assert first["status"] == second["status"] == "active" and first["tasks"] and second["tasks"]
+    used = db.session.execute(select(ProcessInstance.definition_id).where(
+        ProcessInstance.item_id.in_([first["id"], second["id"]]))).scalars().all()
+    assert len(used) == 2 and len(set(used)) == 1
+    assert db.session.scalar(select(func.count()).select_from(ProcessDefinition)) == 1
