@@ -310,31 +310,37 @@ class Bench:
         meter.stop()
         return stat, meter.total_ms(n, parties)
 
-    def parts_floor(self, what: str, engine_call: Callable[[Any], None],
+    def parts_floor(self, what: str, engine_calls: list[Callable[[Any], None]],
                     s3_calls: tuple[str, Callable[[], None]] | None, bare_fn: Callable[[], None], client: Client,
                     measured: Stat, measured_cpu: float) -> str:
         """The parts of a request that no implementation of this design avoids, each measured alone: HTTP with
         authentication (`GET /api/v1/me`), the request's own SQL statements sent again through psycopg alone,
         its S3 calls through the SDK, and the bare library step; their sum against the measured request.
 
-        `engine_call(session)` runs the use case in process (no S3) so its statements can be captured; it is run
-        once to warm the caches and once captured, both rolled back."""
+        Each of `engine_calls` runs the use case in process (no S3) on its own task or item, so its statements can
+        be captured: the first warms the caches, each of the others is captured and replayed once (sending one
+        request's writes again and again would pile dead row versions and index entries onto the same rows and
+        slow every repetition down). All are rolled back."""
         from api.extensions import db
 
         session = db.session
-        warm = capture_statements(db.engine, lambda: engine_call(session))  # warms the caches; rolled back
+        warm = capture_statements(db.engine, lambda: engine_calls[0](session))
         session.rollback()
-        marks = sequence_marks(session.connection(), inserted_tables(warm))
-        session.rollback()
-        statements = capture_statements(db.engine, lambda: engine_call(session))
-        session.rollback()
-        n = scaled(100, 30)
+        tables = inserted_tables(warm)
+        captures: list[tuple[list[Any], list[tuple[str, int, bool]]]] = []
+        for call in engine_calls[1:]:
+            marks = sequence_marks(session.connection(), tables)
+            session.rollback()
+            captures.append((capture_statements(db.engine, lambda c=call: c(session)), marks))
+            session.rollback()
+        n = len(captures)
+        counts = sorted({len(statements) for statements, _ in captures})
         parts: list[tuple[str, Stat, float]] = [
             ("HTTP, authentication and JSON: `GET /api/v1/me` through the same server and client",
              *self.metered(lambda: client.get("/api/v1/me").raise_for_status(), n, ("app", "PostgreSQL", "client"))),
-            (f"the request's {len(statements)} SQL statements, sent again with psycopg alone (prepared; each "
-             "repetition rolled back, so without the commit's WAL flush; CPU of its own backend only)",
-             *self._replayed(statements, n, marks))]
+            (f"the request's {'/'.join(map(str, counts))} SQL statements, sent again with psycopg alone (prepared; "
+             f"{n} requests' statements, each once, in a transaction rolled back, so without the commit's WAL "
+             "flush; CPU of this process and its own backend only)", *self._replayed(captures))]
         if s3_calls is not None:
             parts.append((s3_calls[0], *self.metered(s3_calls[1], n, ("S3", "client"))))
         parts.append(("the bare SpiffWorkflow step", *self.metered(bare_fn, n, ("client",))))
@@ -343,7 +349,7 @@ class Bench:
         bare = parts[-1][1].median
         cores = os.cpu_count() or 1
         lines = [f"Floor by parts: what {what} cannot do without, each part measured alone in this run (median "
-                 "wall time; CPU per call of every process together):", "",
+                 "wall time; CPU per call of the processes taking part):", "",
                  "| part | wall | CPU |", "|---|---|---|"]
         lines += [f"| {name} | {st.median * 1000:.2f} ms | {c:.1f} ms |" for name, st, c in parts]
         lines += [f"| sum of the parts | {wall * 1000:.2f} ms = {wall / bare:.1f}× the bare step | {cpu:.1f} ms |",
@@ -351,32 +357,36 @@ class Bench:
                   f"{measured_cpu:.1f} ms (concurrent run) |", "",
                   f"The parts alone come to {wall / bare:.1f}× the bare step (target 3×), and their CPU alone allows "
                   f"at most {cores * 1000 / cpu:.0f} requests/s on {cores} cores. What the application adds on top "
-                  f"(ORM, views, forms, projection, audit chain) is {max(0.0, measured.median - wall) * 1000:.1f} ms "
-                  f"of wall time and {max(0.0, measured_cpu - cpu):.1f} ms of CPU per request. On this machine (a "
-                  f"virtual machine) one round trip of a prepared `SELECT 1` to PostgreSQL over loopback takes "
-                  f"{self.round_trip.median * 1000:.2f} ms (p95 {self.round_trip.p95 * 1000:.2f}): every statement "
-                  "of a request costs at least that, before it does any work."]
+                  f"(ORM, views, forms, projection, audit chain) is {(measured.median - wall) * 1000:.1f} ms "
+                  f"of wall time and {measured_cpu - cpu:.1f} ms of CPU per request (parts and request were measured "
+                  "minutes apart on a shared host; a negative figure means the host's speed moved more than the "
+                  "application costs). On this machine (a virtual machine) one round trip of a prepared `SELECT 1` "
+                  f"to PostgreSQL over loopback takes {self.round_trip.median * 1000:.2f} ms (p95 "
+                  f"{self.round_trip.p95 * 1000:.2f}): every statement of a request costs at least that, before it "
+                  "does any work."]
         return "\n".join(lines)
 
-    def _replayed(self, statements: list[Any], n: int, marks: list[tuple[str, int, bool]]) -> tuple[Stat, float]:
-        """The replay's wall time, and the CPU of this process and of the one PostgreSQL backend serving it (not
-        autovacuum or other sessions), less that of setting the sequences back (metered on its own)."""
+    def _replayed(self, captures: list[tuple[list[Any], list[tuple[str, int, bool]]]]) -> tuple[Stat, float]:
+        """Each capture's statements sent once: the wall time per request, and the CPU of this process and of the
+        one PostgreSQL backend serving it (not autovacuum or other sessions), less that of setting the sequences
+        back (metered on its own)."""
+        n = len(captures)
         with psycopg.connect(self.db.dsn, connect_timeout=5) as conn:
             backend = conn.info.backend_pid
             parties: dict[str, Callable[[], list[int]]] = {"PostgreSQL": lambda: [backend],
                                                            "client": lambda: [os.getpid()]}
             meter = CpuMeter(parties)
             meter.start()
-            stat = replay_statements(conn, statements, n, marks)
+            samples = [s for statements, marks in captures
+                       for s in replay_statements(conn, statements, 1, marks).samples]
             meter.stop()
-            self.round_trip = timed(lambda: conn.execute("SELECT 1", prepare=True).fetchall(), n)
-            if not marks:
-                return stat, meter.total_ms(n)
             resets = CpuMeter(parties)
             resets.start()
-            replay_statements(conn, [], n, marks)
+            for _, marks in captures:
+                replay_statements(conn, [], 1, marks)
             resets.stop()
-        return stat, max(0.0, meter.total_ms(n) - resets.total_ms(n))
+            self.round_trip = timed(lambda: conn.execute("SELECT 1", prepare=True).fetchall(), n)
+        return Stat(samples), max(0.0, meter.total_ms(n) - resets.total_ms(n))
 
     def add(self, row: Row) -> None:
         self.rows.append(row)
@@ -449,14 +459,17 @@ class Bench:
         user = session.execute(select(User).where(User.username == "pm")).scalar_one()
         session.expunge(user)
         session.rollback()
-        body = self.item_body("R7-FLOOR")
-        body["difficulty"] = Decimal(str(body["difficulty"]))
+        def engine_call(code: str) -> Callable[[Any], None]:
+            body = self.item_body(code)
+            body["difficulty"] = Decimal(str(body["difficulty"]))
 
-        def engine_call(s: Any) -> None:
-            create_item(Ctx(s, user), NewItem(**body))
-            audit.write_pending(s)
+            def run(s: Any) -> None:
+                create_item(Ctx(s, user), NewItem(**body))
+                audit.write_pending(s)
+            return run
 
-        return self.parts_floor("creating an item", engine_call, None,
+        calls = [engine_call(f"R7-FLOOR-{i:04d}") for i in range(scaled(100, 30) + 1)]
+        return self.parts_floor("creating an item", calls, None,
                                 lambda: spiff.dumps(spiff.new_workflow(model, self.start_data()), model), pm, api,
                                 api_cpu)
 
@@ -521,9 +534,9 @@ class Bench:
         from storage.models import HumanTask, ProcessInstance, User
 
         session = self.session()
-        task_id = self.clone_ready_task_ids(1, "R1F")[0]
+        task_ids = self.clone_ready_task_ids(scaled(100, 30) + 1, "R1F")
         user = session.execute(select(User).where(User.username == "impl")).scalar_one()
-        task = session.get(HumanTask, task_id)
+        task = session.get(HumanTask, task_ids[0])
         assert task is not None
         artefacts = [s.artefact for s in gate_requirements(session, task.item, task.gate) if s.artefact is not None]
         state = session.execute(select(ProcessInstance.state).where(
@@ -534,11 +547,13 @@ class Bench:
             session.expunge(obj)
         session.rollback()
 
-        def engine_call(s: Any) -> None:
-            done = complete_task(Ctx(s, user), task_id, data)
-            audit.write_pending(s)
-            task_rows_json(s, (HumanTask.item_id == done.item_id) & (HumanTask.status == "ready"), (HumanTask.id,),
-                           0, None)
+        def engine_call(task_id: int) -> Callable[[Any], None]:
+            def run(s: Any) -> None:
+                done = complete_task(Ctx(s, user), task_id, data)
+                audit.write_pending(s)
+                task_rows_json(s, (HumanTask.item_id == done.item_id) & (HumanTask.status == "ready"),
+                               (HumanTask.id,), 0, None)
+            return run
 
         store = self.store
 
@@ -547,7 +562,7 @@ class Bench:
             store.each(lambda a: store.hold(a.key, a.version_id), artefacts)
 
         return self.parts_floor(
-            "a completion", engine_call,
+            "a completion", [engine_call(t) for t in task_ids],
             (f"its {2 * len(artefacts)} S3 calls through the minio SDK ({len(artefacts)} stats, then "
              f"{len(artefacts)} legal holds, each group concurrent, as the app makes them)", s3),
             self.bare_step(state, "survey_sorting", data), impl, api, api_cpu)
