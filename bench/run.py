@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,45 @@ class Row:
     target: str
     met: str
     details: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FloorPart:
+    """One part of a request's floor, measured in blocks: `block(k)` makes k calls and returns their wall times;
+    the CPU of `parties` is read around each block, less that of `correction(k)` (overhead the block carries
+    outside its timing, metered on its own)."""
+
+    name: str
+    block: Callable[[int], list[float]]
+    parties: dict[str, Callable[[], list[int]]]
+    correction: Callable[[int], None] | None = None
+    # Before each block, and after it and its correction: not metered.
+    around: tuple[Callable[[], None], Callable[[], None]] | None = None
+    samples: list[float] = field(default_factory=list)
+    cpu_seconds: float = 0.0
+
+    def run(self, k: int) -> None:
+        if self.around is not None:
+            self.around[0]()
+        meter = CpuMeter(self.parties)
+        meter.start()
+        self.samples += self.block(k)
+        meter.stop()
+        self.cpu_seconds += meter.total_ms(1) / 1000
+        if self.correction is not None:
+            extra = CpuMeter(self.parties)
+            extra.start()
+            self.correction(k)
+            extra.stop()
+            self.cpu_seconds -= extra.total_ms(1) / 1000
+        if self.around is not None:
+            self.around[1]()
+
+    def stat(self) -> Stat:
+        return Stat(self.samples)
+
+    def cpu_ms(self) -> float:
+        return max(0.0, self.cpu_seconds) / max(len(self.samples), 1) * 1000
 
 
 class Bench:
@@ -310,12 +350,14 @@ class Bench:
         meter.stop()
         return stat, meter.total_ms(n, parties)
 
-    def parts_floor(self, what: str, engine_calls: list[Callable[[Any], None]],
-                    s3_calls: tuple[str, Callable[[], None]] | None, bare_fn: Callable[[], None], client: Client,
-                    measured: Stat, measured_cpu: float) -> str:
+    def parts_floor(self, what: str, engine_calls: list[Callable[[Any], None]], api_call: Callable[[], None],
+                    s3_calls: tuple[str, Callable[[], None]] | None, bare_fn: Callable[[], None],
+                    client: Client) -> str:
         """The parts of a request that no implementation of this design avoids, each measured alone: HTTP with
         authentication (`GET /api/v1/me`), the request's own SQL statements sent again through psycopg alone,
-        its S3 calls through the SDK, and the bare library step; their sum against the measured request.
+        its S3 calls through the SDK, and the bare library step; their sum against the request itself
+        (`api_call`, one fresh request per call), all measured in the same interleaved rounds, as this host's
+        speed moves by minutes.
 
         Each of `engine_calls` runs the use case in process (no S3) on its own task or item, so its statements can
         be captured: the first warms the caches, each of the others is captured and replayed once (sending one
@@ -335,58 +377,81 @@ class Bench:
             session.rollback()
         n = len(captures)
         counts = sorted({len(statements) for statements, _ in captures})
-        parts: list[tuple[str, Stat, float]] = [
-            ("HTTP, authentication and JSON: `GET /api/v1/me` through the same server and client",
-             *self.metered(lambda: client.get("/api/v1/me").raise_for_status(), n, ("app", "PostgreSQL", "client"))),
-            (f"the request's {'/'.join(map(str, counts))} SQL statements, sent again with psycopg alone (prepared; "
-             f"{n} requests' statements, each once, in a transaction rolled back, so without the commit's WAL "
-             "flush; CPU of this process and its own backend only)", *self._replayed(captures))]
-        if s3_calls is not None:
-            parts.append((s3_calls[0], *self.metered(s3_calls[1], n, ("S3", "client"))))
-        parts.append(("the bare SpiffWorkflow step", *self.metered(bare_fn, n, ("client",))))
-        wall = sum(st.median for _, st, _ in parts)
-        cpu = sum(c for _, _, c in parts)
-        bare = parts[-1][1].median
-        cores = os.cpu_count() or 1
-        lines = [f"Floor by parts: what {what} cannot do without, each part measured alone in this run (median "
-                 "wall time; CPU per call of the processes taking part):", "",
-                 "| part | wall | CPU |", "|---|---|---|"]
-        lines += [f"| {name} | {st.median * 1000:.2f} ms | {c:.1f} ms |" for name, st, c in parts]
-        lines += [f"| sum of the parts | {wall * 1000:.2f} ms = {wall / bare:.1f}× the bare step | {cpu:.1f} ms |",
-                  f"| the measured request | {measured.median * 1000:.2f} ms = {measured.median / bare:.1f}× | "
-                  f"{measured_cpu:.1f} ms (concurrent run) |", "",
-                  f"The parts alone come to {wall / bare:.1f}× the bare step (target 3×), and their CPU alone allows "
-                  f"at most {cores * 1000 / cpu:.0f} requests/s on {cores} cores. What the application adds on top "
-                  f"(ORM, views, forms, projection, audit chain) is {(measured.median - wall) * 1000:.1f} ms "
-                  f"of wall time and {measured_cpu - cpu:.1f} ms of CPU per request (parts and request were measured "
-                  "minutes apart on a shared host; a negative figure means the host's speed moved more than the "
-                  "application costs). On this machine (a virtual machine) one round trip of a prepared `SELECT 1` "
-                  f"to PostgreSQL over loopback takes {self.round_trip.median * 1000:.2f} ms (p95 "
-                  f"{self.round_trip.p95 * 1000:.2f}): every statement of a request costs at least that, before it "
-                  "does any work."]
-        return "\n".join(lines)
-
-    def _replayed(self, captures: list[tuple[list[Any], list[tuple[str, int, bool]]]]) -> tuple[Stat, float]:
-        """Each capture's statements sent once: the wall time per request, and the CPU of this process and of the
-        one PostgreSQL backend serving it (not autovacuum or other sessions), less that of setting the sequences
-        back (metered on its own)."""
-        n = len(captures)
+        everyone = self.cpu_meter().parties
         with psycopg.connect(self.db.dsn, connect_timeout=5) as conn:
             backend = conn.info.backend_pid
-            parties: dict[str, Callable[[], list[int]]] = {"PostgreSQL": lambda: [backend],
-                                                           "client": lambda: [os.getpid()]}
-            meter = CpuMeter(parties)
-            meter.start()
-            samples = [s for statements, marks in captures
-                       for s in replay_statements(conn, statements, 1, marks).samples]
-            meter.stop()
-            resets = CpuMeter(parties)
-            resets.start()
-            for _, marks in captures:
-                replay_statements(conn, [], 1, marks)
-            resets.stop()
+            replayed = iter(captures)
+            reset = iter(captures)
+
+            def replay_block(k: int) -> list[float]:
+                return [t for statements, marks in islice(replayed, k)
+                        for t in replay_statements(conn, statements, 1, marks).samples]
+
+            def reset_block(k: int) -> None:
+                for _, marks in islice(reset, k):
+                    replay_statements(conn, [], 1, marks)
+
+            # The replays set the id sequences back to where each captured request found them; the real requests
+            # taking turns with them must go on from where the sequences stood, or they would take the ids the
+            # remaining replays insert again.
+            sequences = [seq for seq, _, _ in captures[0][1]] if captures else []
+            resume: list[tuple[str, int, bool]] = []
+
+            def note_sequences() -> None:
+                resume[:] = [(seq, *conn.execute(f"SELECT last_value, is_called FROM {seq}").fetchone())
+                             for seq in sequences]
+                conn.rollback()
+
+            def restore_sequences() -> None:
+                replay_statements(conn, [], 1, resume)
+
+            def repeat(fn: Callable[[], None]) -> Callable[[int], list[float]]:
+                return lambda k: timed(fn, k).samples
+
+            def only(*names: str) -> dict[str, Callable[[], list[int]]]:
+                return {name: everyone[name] for name in names}
+
+            parts = [
+                FloorPart("the request itself, through the same server and client", repeat(api_call),
+                          only("app", "PostgreSQL", "S3", "client")),
+                FloorPart("HTTP, authentication and JSON: `GET /api/v1/me`",
+                          repeat(lambda: client.get("/api/v1/me").raise_for_status()),
+                          only("app", "PostgreSQL", "client")),
+                FloorPart(f"the request's {'/'.join(map(str, counts))} SQL statements, sent again with psycopg alone "
+                          f"(prepared; {n} requests' statements, each once, in a transaction rolled back, so "
+                          "without the commit's WAL flush; CPU of this process and its own backend only)",
+                          replay_block, {"PostgreSQL": lambda: [backend], "client": lambda: [os.getpid()]},
+                          reset_block, (note_sequences, restore_sequences))]
+            if s3_calls is not None:
+                parts.append(FloorPart(s3_calls[0], repeat(s3_calls[1]), only("S3", "client")))
+            parts.append(FloorPart("the bare SpiffWorkflow step", repeat(bare_fn), only("client")))
+            rounds = 5
+            for r in range(rounds):
+                k = n // rounds + (1 if r < n % rounds else 0)
+                for part in parts:
+                    part.run(k)
             self.round_trip = timed(lambda: conn.execute("SELECT 1", prepare=True).fetchall(), n)
-        return Stat(samples), max(0.0, meter.total_ms(n) - resets.total_ms(n))
+        request, components = parts[0], parts[1:]
+        wall = sum(part.stat().median for part in components)
+        cpu = sum(part.cpu_ms() for part in components)
+        bare = components[-1].stat().median
+        cores = os.cpu_count() or 1
+        lines = [f"Floor by parts: what {what} cannot do without, each part measured alone, in {rounds} rounds that "
+                 f"take turns with the request itself ({n} of each; median wall time; CPU per call of the "
+                 "processes taking part):", "", "| part | wall | CPU |", "|---|---|---|"]
+        lines += [f"| {part.name} | {part.stat().median * 1000:.2f} ms | {part.cpu_ms():.1f} ms |"
+                  for part in components]
+        lines += [f"| sum of the parts | {wall * 1000:.2f} ms = {wall / bare:.1f}× the bare step | {cpu:.1f} ms |",
+                  f"| {request.name} | {request.stat().median * 1000:.2f} ms = {request.stat().median / bare:.1f}× "
+                  f"| {request.cpu_ms():.1f} ms |", "",
+                  f"The parts alone come to {wall / bare:.1f}× the bare step (target 3×), and their CPU alone allows "
+                  f"at most {cores * 1000 / cpu:.0f} requests/s on {cores} cores. What the application adds on top "
+                  f"(ORM, views, forms, engine, audit chain) is {(request.stat().median - wall) * 1000:.1f} ms of "
+                  f"wall time and {request.cpu_ms() - cpu:.1f} ms of CPU per request. On this machine (a virtual "
+                  "machine) one round trip of a prepared `SELECT 1` to PostgreSQL over loopback takes "
+                  f"{self.round_trip.median * 1000:.2f} ms (p95 {self.round_trip.p95 * 1000:.2f}): every statement "
+                  "of a request costs at least that, before it does any work."]
+        return "\n".join(lines)
 
     def add(self, row: Row) -> None:
         self.rows.append(row)
@@ -445,12 +510,12 @@ class Bench:
         row.details.append(f"Concurrent latency with {THREADS} clients: {Stat(lat).ms()}.")
         row.details.append(meter.per_request(n))
         row.details.append(self.floor_note(pm, bare))
-        row.details.append(self.create_floor(pm, model, api, meter.total_ms(n)))
+        row.details.append(self.create_floor(pm, model, create))
         if not (met_ratio and met_rate):
             row.details.append(self.profile_create())
         self.add(row)
 
-    def create_floor(self, pm: Client, model: Any, api: Stat, api_cpu: float) -> str:
+    def create_floor(self, pm: Client, model: Any, create: Callable[[Client], None]) -> str:
         from engine import audit, spiff
         from engine.workflow import Ctx, NewItem, create_item
         from storage.models import User
@@ -459,6 +524,7 @@ class Bench:
         user = session.execute(select(User).where(User.username == "pm")).scalar_one()
         session.expunge(user)
         session.rollback()
+
         def engine_call(code: str) -> Callable[[Any], None]:
             body = self.item_body(code)
             body["difficulty"] = Decimal(str(body["difficulty"]))
@@ -469,9 +535,8 @@ class Bench:
             return run
 
         calls = [engine_call(f"R7-FLOOR-{i:04d}") for i in range(scaled(100, 30) + 1)]
-        return self.parts_floor("creating an item", calls, None,
-                                lambda: spiff.dumps(spiff.new_workflow(model, self.start_data()), model), pm, api,
-                                api_cpu)
+        return self.parts_floor("creating an item", calls, lambda: create(pm), None,
+                                lambda: spiff.dumps(spiff.new_workflow(model, self.start_data()), model), pm)
 
     def profile_create(self) -> str:
         client, headers = self.test_client("pm")
@@ -521,12 +586,12 @@ class Bench:
         row.details.append(f"Concurrent latency with {THREADS} clients: {Stat(lat).ms()}.")
         row.details.append(meter.per_request(len(conc_ids)))
         row.details.append(self.floor_note(impl, bare))
-        row.details.append(self.completion_floor(impl, data, api, meter.total_ms(len(conc_ids))))
+        row.details.append(self.completion_floor(impl, data))
         if not (met_ratio and met_rate):
             row.details.append(self.profile_complete())
         self.add(row)
 
-    def completion_floor(self, impl: Client, data: dict[str, Any], api: Stat, api_cpu: float) -> str:
+    def completion_floor(self, impl: Client, data: dict[str, Any]) -> str:
         from api.serializers import task_rows_json
         from engine import audit
         from engine.evidence import verify_artefact
@@ -534,7 +599,9 @@ class Bench:
         from storage.models import HumanTask, ProcessInstance, User
 
         session = self.session()
-        task_ids = self.clone_ready_task_ids(scaled(100, 30) + 1, "R1F")
+        n = scaled(100, 30)
+        task_ids = self.clone_ready_task_ids(2 * n + 1, "R1F")
+        task_ids, api_ids = task_ids[:n + 1], iter(task_ids[n + 1:])
         user = session.execute(select(User).where(User.username == "impl")).scalar_one()
         task = session.get(HumanTask, task_ids[0])
         assert task is not None
@@ -555,6 +622,10 @@ class Bench:
                                (HumanTask.id,), 0, None)
             return run
 
+        def api_call() -> None:
+            r = impl.post(f"/api/v1/tasks/{next(api_ids)}/complete", json={"data": data})
+            assert r.status_code == 200, r.text
+
         store = self.store
 
         def s3() -> None:
@@ -562,10 +633,10 @@ class Bench:
             store.each(lambda a: store.hold(a.key, a.version_id), artefacts)
 
         return self.parts_floor(
-            "a completion", [engine_call(t) for t in task_ids],
+            "a completion", [engine_call(t) for t in task_ids], api_call,
             (f"its {2 * len(artefacts)} S3 calls through the minio SDK ({len(artefacts)} stats, then "
              f"{len(artefacts)} legal holds, each group concurrent, as the app makes them)", s3),
-            self.bare_step(state, "survey_sorting", data), impl, api, api_cpu)
+            self.bare_step(state, "survey_sorting", data), impl)
 
     def profile_complete(self) -> str:
         task_ids = self.clone_ready_task_ids(60, "R1P")
