@@ -1474,12 +1474,14 @@ previous commit in a git worktree against this one, alternating, CPU time per re
   production MinIO runs on its own hosts and its CPU does not compete with the app's.
 
 **Fourth round (this report).** Rows 1 and 7 now carry a *floor by parts* table: the parts of the request that
-any implementation of this design has to do, each measured alone in the same run, with their sum set against the
-measured request. The parts are HTTP with authentication (`GET /api/v1/me`), the request's own SQL statements
-(captured from the use case run in process, then sent again through psycopg alone, prepared, each repetition
-rolled back, with the id sequences set back so the INSERTs get the same ids), the S3 calls through the SDK as
-the app makes them, and the bare library step. That replaces the estimate the third round gave for "a raw-SQL
-rewrite" with a measurement. Also in this round:
+any implementation of this design has to do, each measured alone, with their sum set against the request itself,
+all in five rounds that take turns (this host's speed moves within minutes, so parts and request measured apart
+could not be compared). The parts are HTTP with authentication (`GET /api/v1/me`), the request's own SQL
+statements (captured from the use case run in process on its own task or item, then sent again once through
+psycopg alone, prepared, in a transaction rolled back, with the id sequences set back so the INSERTs get the same
+ids; one request's writes replayed again and again piled dead row versions onto the same rows and slowed down),
+the S3 calls through the SDK as the app makes them, and the bare library step. That replaces the estimate the
+third round gave for "a raw-SQL rewrite" with a measurement. Also in this round:
 
 - **Creating an item (row 7):** the contract, service line, department and current process definition come in
   one query (the lookups one by one only when something is unknown, to name each unknown field); 10 statements
