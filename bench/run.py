@@ -341,15 +341,6 @@ class Bench:
         proc = getattr(self.s3, "_proc", None)
         return CpuMeter(bench_parties(self.server, proc.pid if proc is not None else None))
 
-    def metered(self, fn: Callable[[], None], n: int, parties: tuple[str, ...]) -> tuple[Stat, float]:
-        """`fn` run `n` times alone: its wall-time Stat, and the CPU ms per call of the parties taking part (the
-        others, idle here, would only add their background work)."""
-        meter = self.cpu_meter()
-        meter.start()
-        stat = timed(fn, n)
-        meter.stop()
-        return stat, meter.total_ms(n, parties)
-
     def parts_floor(self, what: str, engine_calls: list[Callable[[Any], None]], api_call: Callable[[], None],
                     s3_calls: tuple[str, Callable[[], None]] | None, bare_fn: Callable[[], None],
                     client: Client) -> str:
