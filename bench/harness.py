@@ -18,7 +18,6 @@ from typing import Any
 
 import psycopg
 import requests
-from sqlalchemy import text
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -170,17 +169,29 @@ def inserted_tables(statements: list[Statement]) -> list[str]:
     return found
 
 
-def sequence_marks(conn: Any, tables: list[str]) -> list[tuple[str, int, bool]]:
-    """Where the id sequences of `tables` stand now: (sequence, last_value, is_called) to set them back to, so a
-    replay's INSERTs get the same ids as the captured run and the statements after them, which name those ids,
+def id_sequences(conn: psycopg.Connection[Any], tables: list[str]) -> list[str]:
+    """The sequences that give `tables` their ids."""
+    found = [conn.execute("SELECT pg_get_serial_sequence(%s, 'id')", (table,)).fetchone() for table in tables]
+    conn.rollback()
+    return [row[0] for row in found if row is not None and row[0]]
+
+
+def sequence_marks(conn: psycopg.Connection[Any], sequences: list[str]) -> list[tuple[str, int, bool]]:
+    """Where `sequences` stand now: (sequence, last_value, is_called), for `set_sequences` to set them back to, so
+    a replay's INSERTs get the same ids as the captured run and the statements after them, which name those ids,
     find them. Sequences are not transactional: a rolled-back INSERT still moves them on."""
     marks = []
-    for table in tables:
-        seq = conn.execute(text("SELECT pg_get_serial_sequence(:t, 'id')"), {"t": table}).scalar()
-        if seq:
-            last, called = conn.execute(text(f"SELECT last_value, is_called FROM {seq}")).one()
-            marks.append((seq, int(last), bool(called)))
+    for seq in sequences:
+        last, called = conn.execute(f"SELECT last_value, is_called FROM {seq}").fetchone() or (0, False)
+        marks.append((seq, int(last), bool(called)))
+    conn.rollback()
     return marks
+
+
+def set_sequences(conn: psycopg.Connection[Any], marks: list[tuple[str, int, bool]]) -> None:
+    """Set sequences to `marks` in one statement (setval is not undone by a rollback)."""
+    if marks:
+        conn.execute("SELECT " + ", ".join(["setval(%s, %s, %s)"] * len(marks)), [v for mark in marks for v in mark])
 
 
 def replay_statements(conn: psycopg.Connection[Any], statements: list[Statement], repeat: int,
@@ -191,9 +202,7 @@ def replay_statements(conn: psycopg.Connection[Any], statements: list[Statement]
     outside the timing), minus the commit's WAL flush. Wall time per repetition."""
     samples = []
     for _ in range(repeat):
-        if marks:
-            conn.execute("SELECT " + ", ".join(["setval(%s, %s, %s)"] * len(marks)),
-                         [v for mark in marks for v in mark])
+        set_sequences(conn, marks or [])
         start = time.perf_counter()
         with conn.cursor() as cur:
             for st in statements:

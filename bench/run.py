@@ -38,12 +38,14 @@ from bench.harness import (
     Stat,
     bench_parties,
     capture_statements,
+    id_sequences,
     inserted_tables,
     login,
     machine,
     replay_statements,
     run_concurrently,
     sequence_marks,
+    set_sequences,
     timed,
 )
 
@@ -146,7 +148,6 @@ class Bench:
         self.timings: dict[str, float] = {}
         self.loads: dict[str, tuple[float, float]] = {}
         self.load_start = os.getloadavg()
-        self.round_trip = Stat([0.0])  # of `SELECT 1`, measured with the replayed statements (parts_floor)
 
     # ------------------------------------------------------------ set-up
 
@@ -329,13 +330,6 @@ class Bench:
     def test_client(self, username: str) -> tuple[Any, dict[str, str]]:
         return self.app.test_client(), {"Authorization": f"Bearer {self.clients[username].token}"}
 
-    def floor_note(self, client: Client, bare: Stat) -> str:
-        """How an authenticated request that does nothing compares with the bare library step: the floor that
-        any request through this server and client stands on."""
-        noop = timed(lambda: client.get("/api/v1/me").raise_for_status(), scaled(150, 50))
-        return (f"Floor: `GET /api/v1/me` (authenticated, reads only the caller) through the same server and client "
-                f"takes {noop.ms()}, {noop.median / bare.median:.1f}× the bare step by itself.")
-
     def cpu_meter(self) -> CpuMeter:
         assert self.server is not None
         proc = getattr(self.s3, "_proc", None)
@@ -359,17 +353,16 @@ class Bench:
         session = db.session
         warm = capture_statements(db.engine, lambda: engine_calls[0](session))
         session.rollback()
-        tables = inserted_tables(warm)
-        captures: list[tuple[list[Any], list[tuple[str, int, bool]]]] = []
-        for call in engine_calls[1:]:
-            marks = sequence_marks(session.connection(), tables)
-            session.rollback()
-            captures.append((capture_statements(db.engine, lambda c=call: c(session)), marks))
-            session.rollback()
-        n = len(captures)
-        counts = sorted({len(statements) for statements, _ in captures})
         everyone = self.cpu_meter().parties
         with psycopg.connect(self.db.dsn, connect_timeout=5) as conn:
+            sequences = id_sequences(conn, inserted_tables(warm))
+            captures: list[tuple[list[Any], list[tuple[str, int, bool]]]] = []
+            for call in engine_calls[1:]:
+                marks = sequence_marks(conn, sequences)
+                captures.append((capture_statements(db.engine, lambda c=call: c(session)), marks))
+                session.rollback()
+            n = len(captures)
+            counts = sorted({len(statements) for statements, _ in captures})
             backend = conn.info.backend_pid
             replayed = iter(captures)
             reset = iter(captures)
@@ -380,21 +373,20 @@ class Bench:
 
             def reset_block(k: int) -> None:
                 for _, marks in islice(reset, k):
-                    replay_statements(conn, [], 1, marks)
+                    set_sequences(conn, marks)
+                    conn.rollback()
 
             # The replays set the id sequences back to where each captured request found them; the real requests
             # taking turns with them must go on from where the sequences stood, or they would take the ids the
             # remaining replays insert again.
-            sequences = [seq for seq, _, _ in captures[0][1]] if captures else []
             resume: list[tuple[str, int, bool]] = []
 
             def note_sequences() -> None:
-                resume[:] = [(seq, *conn.execute(f"SELECT last_value, is_called FROM {seq}").fetchone())
-                             for seq in sequences]
-                conn.rollback()
+                resume[:] = sequence_marks(conn, sequences)
 
             def restore_sequences() -> None:
-                replay_statements(conn, [], 1, resume)
+                set_sequences(conn, resume)
+                conn.rollback()
 
             def repeat(fn: Callable[[], None]) -> Callable[[int], list[float]]:
                 return lambda k: timed(fn, k).samples
@@ -421,7 +413,7 @@ class Bench:
                 k = n // rounds + (1 if r < n % rounds else 0)
                 for part in parts:
                     part.run(k)
-            self.round_trip = timed(lambda: conn.execute("SELECT 1", prepare=True).fetchall(), n)
+            round_trip = timed(lambda: conn.execute("SELECT 1", prepare=True).fetchall(), n)
         request, components = parts[0], parts[1:]
         wall = sum(part.stat().median for part in components)
         cpu = sum(part.cpu_ms() for part in components)
@@ -440,7 +432,7 @@ class Bench:
                   f"(ORM, views, forms, engine, audit chain) is {(request.stat().median - wall) * 1000:.1f} ms of "
                   f"wall time and {request.cpu_ms() - cpu:.1f} ms of CPU per request. On this machine (a virtual "
                   "machine) one round trip of a prepared `SELECT 1` to PostgreSQL over loopback takes "
-                  f"{self.round_trip.median * 1000:.2f} ms (p95 {self.round_trip.p95 * 1000:.2f}): every statement "
+                  f"{round_trip.median * 1000:.2f} ms (p95 {round_trip.p95 * 1000:.2f}): every statement "
                   "of a request costs at least that, before it does any work."]
         return "\n".join(lines)
 
@@ -500,7 +492,6 @@ class Bench:
                   "≤ 3×; ≥ 100 items/s", _met(met_ratio, met_rate))
         row.details.append(f"Concurrent latency with {THREADS} clients: {Stat(lat).ms()}.")
         row.details.append(meter.per_request(n))
-        row.details.append(self.floor_note(pm, bare))
         row.details.append(self.create_floor(pm, model, create))
         if not (met_ratio and met_rate):
             row.details.append(self.profile_create())
@@ -576,7 +567,6 @@ class Bench:
                   _met(met_ratio, met_rate))
         row.details.append(f"Concurrent latency with {THREADS} clients: {Stat(lat).ms()}.")
         row.details.append(meter.per_request(len(conc_ids)))
-        row.details.append(self.floor_note(impl, bare))
         row.details.append(self.completion_floor(impl, data))
         if not (met_ratio and met_rate):
             row.details.append(self.profile_complete())

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 
 from api.extensions import db
 from bench import datagen
-from bench.harness import capture_statements, inserted_tables, replay_statements, sequence_marks
+from bench.harness import capture_statements, id_sequences, inserted_tables, replay_statements, sequence_marks
 from engine import audit
 from engine.workflow import Ctx, NewItem, create_item, current_definition
 from storage.models import Contract, HumanTask, ProcessInstance, User, WorkItem, WorkloadEntry
@@ -91,16 +91,18 @@ def test_captured_statements_replay_alone_and_leave_nothing(world):
         create_item(Ctx(session, pm), NewItem(**body))
         audit.write_pending(session)
 
-    marks = sequence_marks(session.connection(), ["work_items", "process_instances", "human_tasks",
-                                                  "audit_events"])
-    session.rollback()
-    statements = capture_statements(db.engine, create)
-    session.rollback()
-    assert inserted_tables(statements) == ["work_items", "process_instances", "human_tasks", "audit_events"]
+    tables = ["work_items", "process_instances", "human_tasks", "audit_events"]
     items_before = session.scalar(select(func.count()).select_from(WorkItem))
+    session.rollback()
     dsn = db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
 
     with psycopg.connect(dsn) as conn:
+        sequences = id_sequences(conn, tables)
+        assert len(sequences) == len(tables)
+        marks = sequence_marks(conn, sequences)
+        statements = capture_statements(db.engine, create)
+        session.rollback()
+        assert inserted_tables(statements) == tables
         stat = replay_statements(conn, statements, 2, marks)
         assert stat.n == 2 and all(s > 0 for s in stat.samples)
         assert session.scalar(select(func.count()).select_from(WorkItem)) == items_before  # rolled back
