@@ -113,13 +113,13 @@ def test_each_department_must_upload_its_own_analysis(world, send):
     r = send("impl", item_id, "item_analysis", task_id=analyses["DA"]["id"], filename="da.pdf")
     assert r.status_code == 201, r.get_json()
     da_file = r.get_json()
-    assert da_file["department"] == "DA" and da_file["task_id"] == analyses["DA"]["id"]
 
     # DA's file does not satisfy DB's gate: DB's checklist shows it missing, and completing is refused.
     detail = world.get("impl", f"/api/v1/tasks/{analyses['DB']['id']}").get_json()
     assert [(q["kind"], q["present"]) for q in detail["required_artefacts"]] == [("item_analysis", False)]
     r = world.complete("impl", analyses["DB"]["id"], {"notes": "DB"})
     assert refused(r, 422, "gate_unmet")["missing"] == ["item_analysis"]
+    assert da_file["department"] == "DA" and da_file["task_id"] == analyses["DA"]["id"]
     assert world.complete("impl", analyses["DA"]["id"], {"notes": "DA"}).status_code == 200
 
     r = send("impl", item_id, "item_analysis", task_id=analyses["DB"]["id"], filename="db.pdf")
