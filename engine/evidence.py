@@ -99,6 +99,13 @@ def kinds_under_review(session: Session, item_id: int, department_id: int | None
     return locked
 
 
+def lock_evidence(session: Session, item_id: int) -> None:
+    """Serialise what changes an item's evidence (an upload deciding where it goes) with what reads it (a
+    submission reading its gate and opening the review): both take the item's process instance row, held until
+    commit (PostgreSQL; SQLite serialises writers by itself)."""
+    session.execute(select(ProcessInstance.id).where(ProcessInstance.item_id == item_id).with_for_update())
+
+
 @dataclass(frozen=True)
 class UploadTarget:
     """Where an upload belongs: the task it names (or was resolved to) and whose evidence it is."""
@@ -133,11 +140,11 @@ def upload_target(session: Session, user: User, item: WorkItem, kind: str, task_
     - While an open review judges a submitted version of the kind in that scope, it is refused (409
       `under_review`): what was submitted is what is reviewed, until the review decides.
 
-    `lock`: take the item's process instance row first (PostgreSQL), so a submission that opens a review and
-    this upload are serialised: either the upload lands before the submission reads its gate, or it is refused."""
+    `lock`: decide under `lock_evidence`, so a submission that opens a review and this upload are serialised:
+    either the upload lands before the submission reads its gate (and is what is reviewed), or it is refused."""
     _check_kind(kind)
     if lock:
-        session.execute(select(ProcessInstance.id).where(ProcessInstance.item_id == item.id).with_for_update())
+        lock_evidence(session, item.id)
     named: HumanTask | None = None
     if task_ref is not None:
         number = _task_number(task_ref)

@@ -20,7 +20,7 @@ from engine.access import authorize, load_task_for, require_act
 from engine.calendar import WorkCalendar
 from engine.catalog import required_kinds
 from engine.errors import Conflict, DomainError, FormInvalid, GateUnmet, Invalid
-from engine.evidence import evidence_scope, submitted_evidence, verify_artefact
+from engine.evidence import evidence_scope, lock_evidence, submitted_evidence, verify_artefact
 from engine.ledger import tally_item
 from storage.artefact_store import ArtefactStore, StoreUnavailable
 from storage.models import (
@@ -487,6 +487,9 @@ def complete_task(ctx: Ctx, task_id: int, data: Any) -> HumanTask:
     item = task.item
     if item.status != "active":
         raise Conflict(f"item {item.id} is {item.status}", code="item_not_active")
+    # The gate is read, and any review it opens created, with no upload deciding in between (uploads take the
+    # same lock): a review judges exactly what its gate pass records, and nothing lands after it unseen.
+    lock_evidence(session, item.id)
     statuses = check_gate(ctx, task)
     _separation_of_duties(ctx, task, statuses)
 

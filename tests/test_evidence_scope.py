@@ -310,3 +310,75 @@ def test_an_upload_task_id_must_be_an_open_task_of_the_same_item(world, store, s
     confirm = world.task_named(mine, "confirm_difficulty")
     r = send("pm", mine, "complexity_statement", task_id=confirm["id"])
     assert r.status_code == 201 and r.get_json()["task_id"] == confirm["id"], r.get_json()
+
+
+# ---------------------------------------------------------------- an upload racing the submission it would change
+
+RACE_ROUNDS = 50
+
+
+def _at_once(app: Any, calls: list[Callable[[Any], Any]]) -> list[Any]:
+    """Run each call with its own test client (its own app context and session) in its own thread, released
+    together; returns their responses in order."""
+    import threading
+
+    barrier = threading.Barrier(len(calls))
+    results: list[Any] = [None] * len(calls)
+    errors: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        try:
+            client = app.test_client()
+            barrier.wait(timeout=30)
+            results[n] = calls[n](client)
+        except BaseException as exc:  # surfaced in the main thread below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    return results
+
+
+def test_an_upload_racing_the_submission_is_either_reviewed_or_refused(world, app, backend):
+    """PostgreSQL, real commits from two threads: the submission of the survey and a new version of its survey
+    form at the same instant. Either the upload lands first and is the version under review, or it is refused
+    409 — never a version accepted after the gate was read and left out of the review."""
+    if backend != "postgresql":
+        pytest.skip("PostgreSQL only: SQLite serialises writers, so there is no real race to test")
+    impl, impl2 = world.headers("impl"), world.headers("impl2")
+    outcomes: dict[int, int] = {}
+    for i in range(RACE_ROUNDS):
+        item_id = world.new_item(f"SH-RACE-EV-{i}", channels=["pc"])["id"]
+        world.complete_task_as("impl", item_id, "intake", {"summary": "新增接入"})
+        world.complete_task_as("pm", item_id, "confirm_difficulty", {"difficulty": "1.0", "complexity_note": "一般"})
+        sorting = world.task_named(item_id, "survey_sorting")
+        for kind in ("survey_form", "sorting_list"):
+            assert world.upload("impl", item_id, kind, task_id=sorting["id"]).status_code == 201
+        db.session.remove()  # the main thread holds no snapshot or connection during the race
+
+        def submit(client: Any, task_id: int = sorting["id"]) -> Any:
+            return client.post(f"/api/v1/tasks/{task_id}/complete", json={"data": {"item_count": 3}}, headers=impl)
+
+        def swap(client: Any, item: int = item_id) -> Any:
+            data = {"kind": "survey_form", "file": (io.BytesIO(demo_pdf(f"v2 {item}")), "v2.pdf")}
+            return client.post(f"/api/v1/items/{item}/artefacts", data=data, headers=impl2,
+                               content_type="multipart/form-data")
+
+        submitted, swapped = _at_once(app, [submit, swap])
+        assert submitted.status_code == 200, (i, submitted.get_json())
+        assert swapped.status_code in (201, 409), (i, swapped.get_json())
+        outcomes[swapped.status_code] = outcomes.get(swapped.status_code, 0) + 1
+        review = world.task_named(item_id, "confirm_survey")
+        reviewed = review_ids(world, "rev_a", review["id"])
+        latest = db.session.execute(select(func.max(Artefact.id)).where(
+            Artefact.item_id == item_id, Artefact.kind == "survey_form")).scalar()
+        # The newest survey form is the one under review, whichever request won.
+        assert latest in reviewed, (i, swapped.status_code, latest, reviewed)
+        if swapped.status_code == 201:
+            assert swapped.get_json()["id"] == latest
+        db.session.remove()
+    assert sum(outcomes.values()) == RACE_ROUNDS and outcomes.get(409), outcomes  # the race was really run
