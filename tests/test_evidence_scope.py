@@ -382,3 +382,72 @@ def test_an_upload_racing_the_submission_is_either_reviewed_or_refused(world, ap
             assert swapped.get_json()["id"] == latest
         db.session.remove()
     assert sum(outcomes.values()) == RACE_ROUNDS and outcomes.get(409), outcomes  # the race was really run
+
+
+# ---------------------------------------------------------------- rows from before the evidence scope
+
+@pytest.fixture
+def fresh_app(backend: str, s3_server: Any, tmp_path: Any) -> Iterator[Any]:
+    """An app on a database of its own (this test moves the schema down and up again)."""
+    import secrets
+
+    import psycopg
+
+    from tests.conftest import PG_ADMIN_DSN, _pg_url, make_app
+
+    name = None
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'migrate.db'}"
+    else:
+        name = f"itemgate_mig_{secrets.token_hex(4)}"
+        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+        url = _pg_url(name)
+    fresh = make_app(url, s3_server, f"itemgate-mig-{backend}")
+    try:
+        with fresh.app_context():
+            yield fresh
+            db.session.remove()
+            db.engine.dispose()
+    finally:
+        if name is not None:
+            with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_the_migration_scopes_existing_per_department_evidence(fresh_app):
+    """Rows written before the scope existed are filled in from the deployed model: the per-department steps'
+    tasks are marked, and files uploaded for them become their department's; the rest stays the item's."""
+    from flask_migrate import downgrade, upgrade
+
+    from bpmn import CATALOG_DIR
+    from engine.catalog import load_catalog_file
+    from storage.models import HumanTask
+    from tests.conftest import World
+
+    load_catalog_file(db.session, CATALOG_DIR / "shanghai.toml")
+    db.session.commit()
+    world = World(fresh_app, fresh_app.test_client())
+    for username, role, dept in (("impl", "implementer", None), ("pm", "pm", None), ("rev_a", "dept_reviewer", "DA"),
+                                 ("rev_b", "dept_reviewer", "DB")):
+        world.user(username, role, dept)
+    item_id, analyses = one_thing_at_analysis(world, "SH-MIG-1")
+    uploaded = {}
+    for dept, task in analyses.items():
+        r = world.upload("impl", item_id, "item_analysis", task_id=task["id"])
+        assert r.status_code == 201, r.get_json()
+        uploaded[dept] = r.get_json()["id"]
+    loose = world.upload("impl", item_id, "business_plan").get_json()["id"]
+    db.session.remove()
+
+    downgrade(revision="0008_artefact_etag")
+    upgrade(revision="heads")
+    db.session.remove()
+
+    marked = {t.spec_name: t.per_department for t in db.session.scalars(
+        select(HumanTask).where(HumanTask.item_id == item_id))}
+    assert marked == {"intake": False, "confirm_difficulty": False, "survey_current": False,
+                      "analyse_linked_item": True}
+    scoped = {a.id: a.department.code if a.department else None for a in db.session.scalars(
+        select(Artefact).where(Artefact.item_id == item_id, Artefact.kind.in_(["item_analysis", "business_plan"])))}
+    assert scoped == {uploaded["DA"]: "DA", uploaded["DB"]: "DB", loose: None}

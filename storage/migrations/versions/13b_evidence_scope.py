@@ -37,14 +37,18 @@ def _per_department_steps(xml: str) -> set[str]:
 
 
 def upgrade():
-    with op.batch_alter_table("human_tasks", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("per_department", sa.Boolean(), server_default=sa.false(), nullable=False))
-    with op.batch_alter_table("artefacts", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("department_id", sa.Integer(), nullable=True))
-        batch_op.create_foreign_key(batch_op.f("fk_artefacts_department_id_departments"), "departments",
-                                    ["department_id"], ["id"])
-
     conn = op.get_bind()
+    # Plain ADD COLUMNs: on SQLite a batch copy of these tables (which others refer to) fails on a database that
+    # holds rows, and a new nullable column with a reference needs no copy.
+    op.add_column("human_tasks", sa.Column("per_department", sa.Boolean(), server_default=sa.false(), nullable=False))
+    if conn.dialect.name == "sqlite":
+        op.execute("ALTER TABLE artefacts ADD COLUMN department_id INTEGER "
+                   "CONSTRAINT fk_artefacts_department_id_departments REFERENCES departments (id)")
+    else:
+        op.add_column("artefacts", sa.Column("department_id", sa.Integer(), nullable=True))
+        op.create_foreign_key("fk_artefacts_department_id_departments", "artefacts", "departments",
+                              ["department_id"], ["id"])
+
     tasks = sa.table("human_tasks", sa.column("id"), sa.column("instance_id"), sa.column("spec_name"),
                      sa.column("department_id"), sa.column("per_department"))
     instances = sa.table("process_instances", sa.column("id"), sa.column("definition_id"))
@@ -63,8 +67,16 @@ def upgrade():
 
 
 def downgrade():
-    with op.batch_alter_table("artefacts", schema=None) as batch_op:
-        batch_op.drop_constraint(batch_op.f("fk_artefacts_department_id_departments"), type_="foreignkey")
+    if op.get_bind().dialect.name != "sqlite":
+        op.drop_constraint("fk_artefacts_department_id_departments", "artefacts", type_="foreignkey")
+        op.drop_column("artefacts", "department_id")
+        op.drop_column("human_tasks", "per_department")
+        return
+    # SQLite drops a column with a reference only by copying the table, and other tables refer to artefacts:
+    # their references are checked at commit (inside a transaction) or not during the copy (outside one).
+    op.execute("PRAGMA defer_foreign_keys=ON")
+    op.execute("PRAGMA foreign_keys=OFF")
+    with op.batch_alter_table("artefacts", recreate="always") as batch_op:
         batch_op.drop_column("department_id")
-    with op.batch_alter_table("human_tasks", schema=None) as batch_op:
-        batch_op.drop_column("per_department")
+    op.drop_column("human_tasks", "per_department")
+    op.execute("PRAGMA foreign_keys=ON")
