@@ -428,6 +428,9 @@ def _upload_streamed(context: Ctx, item: WorkItem, boundary: bytes) -> Artefact:
 @blp.route("/items/<int:item_id>/artefacts", methods=["POST"])
 @blp.response(201)
 def artefacts_upload(item_id: int) -> dict[str, Any]:
+    """Upload one artefact: multipart fields `kind`, `file` and `task_id` (the open task of this item the file is
+    for; needed when open tasks of several departments take the kind). Refused with 409 `under_review` while a
+    review judges the submitted version of that kind."""
     from api.uploads import unread_multipart_boundary
 
     context = ctx()
