@@ -87,7 +87,10 @@ def artefact_json(artefact: Artefact) -> dict[str, Any]:
         "title": ARTEFACT_KINDS.get(artefact.kind, artefact.kind), "filename": artefact.filename,
         "size": artefact.size, "sha256": artefact.sha256, "media_type": artefact.media_type,
         "version_id": artefact.version_id, "uploaded_by": artefact.uploaded_by.username,
-        "uploaded_at": iso(artefact.uploaded_at),
+        "uploaded_at": iso(artefact.uploaded_at), "task_id": artefact.task_id,
+        # The department whose own evidence this is (a per-department step's); None: the whole item's.
+        "department": artefact.department.code if artefact.department_id is not None and artefact.department
+        else None,
     }
 
 

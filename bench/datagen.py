@@ -269,8 +269,8 @@ def clone_items(session: Session, template_item_id: int, count: int, code_prefix
                 ((first_inst + n, i, instance.definition_id, instance.state, 1, instance.status,
                   instance.next_timer_at, now, now) for n, i in enumerate(ids)))
     task_cols = ["instance_id", "item_id", "spiff_task_id", "spec_name", "title", "lane", "role",
-                 "department_id", "form", "gate", "stage", "review_of", "status", "due_at", "due_warning",
-                 "return_comment", "created_at"]
+                 "department_id", "per_department", "form", "gate", "stage", "review_of", "status", "due_at",
+                 "due_warning", "return_comment", "created_at"]
 
     def task_rows() -> Iterable[tuple[Any, ...]]:
         tid = first_task
@@ -281,7 +281,7 @@ def clone_items(session: Session, template_item_id: int, count: int, code_prefix
 
     bulk_insert(session, tasks_t, ["id", *task_cols], task_rows())
     art_cols = ["kind", "filename", "bucket", "key", "version_id", "sha256", "size", "media_type",
-                "uploaded_by_id", "uploaded_at", "status"]
+                "uploaded_by_id", "uploaded_at", "department_id", "status"]
 
     def art_rows() -> Iterable[tuple[Any, ...]]:
         aid = first_art

@@ -7,10 +7,10 @@ from sqlalchemy.orm.interfaces import ORMOption
 
 from engine.errors import Forbidden, NotFound
 from engine.policy import ALL, DEPARTMENT, LANE, authorize, scope_of
-from storage.models import HumanTask, User, WorkItem
+from storage.models import Artefact, HumanTask, User, WorkItem
 
-__all__ = ["authorize", "item_scope", "load_item_for", "load_task_for", "may_act_on", "require_act",
-           "require_role", "task_scope"]
+__all__ = ["artefact_scope", "authorize", "item_scope", "load_item_for", "load_task_for", "may_act_on",
+           "may_see_artefact", "require_act", "require_role", "task_scope"]
 
 
 def item_scope(user: User, action: str = "item.read") -> ColumnElement[bool]:
@@ -33,6 +33,21 @@ def load_item_for(session: Session, user: User, item_id: int, action: str = "ite
     if item is None:
         raise NotFound(f"work item {item_id} not found")
     return item
+
+
+def artefact_scope(user: User, action: str = "artefact.read") -> ColumnElement[bool]:
+    """A WHERE clause limiting an item's artefacts to the ones this user may see: with a department scope, the
+    whole item's evidence and the user's own department's, never another department's."""
+    if scope_of(user.role, action) == DEPARTMENT:
+        return or_(Artefact.department_id.is_(None), Artefact.department_id == user.department_id)
+    return true()
+
+
+def may_see_artefact(user: User, artefact: Artefact, action: str = "artefact.read") -> bool:
+    """`artefact_scope` for one artefact already loaded (its item already authorised)."""
+    if scope_of(user.role, action) == DEPARTMENT:
+        return artefact.department_id is None or artefact.department_id == user.department_id
+    return True
 
 
 def task_scope(user: User, action: str = "task.read") -> ColumnElement[bool]:

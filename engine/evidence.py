@@ -2,17 +2,20 @@
 from __future__ import annotations
 
 import os
+import re
 import unicodedata
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import BinaryIO
 
-from sqlalchemy.orm import Session
+from sqlalchemy import select
+from sqlalchemy.orm import Session, lazyload
 
 from engine import audit
-from engine.catalog import ARTEFACT_KINDS
-from engine.errors import Invalid, PayloadTooLarge, ServiceUnavailable, UnsupportedMedia
+from engine.catalog import ARTEFACT_KINDS, required_kinds
+from engine.errors import Conflict, Forbidden, Invalid, PayloadTooLarge, ServiceUnavailable, UnsupportedMedia
 from storage.artefact_store import ArtefactStore, ObjectStat, StoredObject, StoreUnavailable, StreamedPut, TooLarge
-from storage.models import Artefact, User, WorkItem
+from storage.models import Artefact, Department, GatePass, HumanTask, ProcessInstance, User, WorkItem
 from storage.sniff import HEAD_BYTES, ZIP, Sniffed, UnsupportedType, sniff, sniff_head
 
 MAX_FILENAME = 180
@@ -38,6 +41,151 @@ def _check_kind(kind: str) -> None:
         raise Invalid(f"unknown artefact kind {kind!r}", code="unknown_kind", known=sorted(ARTEFACT_KINDS))
 
 
+# ---------------------------------------------------------------- whose evidence
+
+def evidence_scope(task: HumanTask) -> int | None:
+    """The department a task's evidence belongs to: its own for a per-department step (one instance of a step
+    the model runs once per department), None (the whole item) for any other step."""
+    return task.department_id if task.per_department else None
+
+
+def _gate_kinds(task: HumanTask, gate: str | None) -> list[str]:
+    item = task.item
+    return required_kinds(item.service_line.gates, gate, mode=item.mode, channels=list(item.channels),
+                          attributes=item.attributes or {})
+
+
+def task_kinds(task: HumanTask) -> list[str]:
+    """The artefact kinds a task is about: what its gate needs, then what the gate it reviews needs."""
+    return list(dict.fromkeys(_gate_kinds(task, task.gate) + _gate_kinds(task, task.review_of)))
+
+
+def submission_of(session: Session, review: HumanTask) -> HumanTask | None:
+    """The completed task whose deliverable a review task judges: the latest one through the reviewed gate
+    before the review began, in the review's own department for a per-department review."""
+    if not review.review_of:
+        return None
+    query = select(HumanTask).where(HumanTask.item_id == review.item_id, HumanTask.gate == review.review_of,
+                                    HumanTask.status == "completed", HumanTask.id < review.id)
+    if review.per_department:
+        query = query.where(HumanTask.department_id == review.department_id)
+    return session.scalars(query.order_by(HumanTask.id.desc()).limit(1)
+                           .options(lazyload(HumanTask.item), lazyload(HumanTask.assignee))).first()
+
+
+def submitted_evidence(session: Session, review: HumanTask) -> list[Artefact]:
+    """Exactly the artefact versions a review judges: the ones its submission's gate pass recorded, not
+    whatever of those kinds was uploaded last."""
+    submission = submission_of(session, review)
+    if submission is None:
+        return []
+    return list(session.scalars(select(Artefact).join(GatePass, GatePass.artefact_id == Artefact.id)
+                                .where(GatePass.task_id == submission.id).order_by(GatePass.id)))
+
+
+def kinds_under_review(session: Session, item_id: int, department_id: int | None) -> dict[str, HumanTask]:
+    """The artefact kinds of one evidence scope (a department's, or the whole item's) whose submitted versions
+    an open review is judging, each with that review: nobody may replace them until it is decided."""
+    query = select(HumanTask).where(HumanTask.item_id == item_id, HumanTask.status == "ready",
+                                    HumanTask.review_of.is_not(None))
+    if department_id is None:
+        query = query.where(HumanTask.per_department.is_(False))
+    else:
+        query = query.where(HumanTask.per_department.is_(True), HumanTask.department_id == department_id)
+    locked: dict[str, HumanTask] = {}
+    for review in session.scalars(query.order_by(HumanTask.id)):
+        for artefact in submitted_evidence(session, review):
+            locked.setdefault(artefact.kind, review)
+    return locked
+
+
+def lock_evidence(session: Session, item_id: int) -> None:
+    """Serialise what changes an item's evidence (an upload deciding where it goes) with what reads it (a
+    submission reading its gate and opening the review): both take the item's process instance row, held until
+    commit (PostgreSQL; SQLite serialises writers by itself)."""
+    session.execute(select(ProcessInstance.id).where(ProcessInstance.item_id == item_id).with_for_update())
+
+
+@dataclass(frozen=True)
+class UploadTarget:
+    """Where an upload belongs: the task it names (or was resolved to) and whose evidence it is."""
+
+    task_id: int | None
+    department_id: int | None
+
+
+_TASK_NUMBER = re.compile(r"[0-9]{1,18}", re.ASCII)
+
+
+def _task_number(ref: str | int) -> int:
+    if isinstance(ref, int) and not isinstance(ref, bool) and 0 < ref < 10**18:
+        return ref
+    if isinstance(ref, str) and _TASK_NUMBER.fullmatch(ref.strip()) and int(ref) > 0:
+        return int(ref)
+    raise Invalid("task_id must be the number of an open task of this item", code="invalid_task_id")
+
+
+def _task_ref(task: HumanTask, departments: dict[int, str]) -> dict[str, object]:
+    return {"id": task.id, "name": task.spec_name, "title": task.title,
+            "department": departments.get(task.department_id or 0)}
+
+
+def upload_target(session: Session, user: User, item: WorkItem, kind: str, task_ref: str | int | None, *,
+                  lock: bool = False) -> UploadTarget:
+    """Decide which task and whose evidence an upload of `kind` is, or refuse it.
+
+    - `task_ref` (the upload's `task_id`) must be the number of an open task of this item (422 otherwise).
+    - Evidence of a per-department step is that department's: the upload names the task, or is resolved to the
+      only open per-department task that needs the kind; when several do, it is refused (422) naming them.
+    - While an open review judges a submitted version of the kind in that scope, it is refused (409
+      `under_review`): what was submitted is what is reviewed, until the review decides.
+
+    `lock`: decide under `lock_evidence`, so a submission that opens a review and this upload are serialised:
+    either the upload lands before the submission reads its gate (and is what is reviewed), or it is refused."""
+    _check_kind(kind)
+    if lock:
+        lock_evidence(session, item.id)
+    named: HumanTask | None = None
+    if task_ref is not None:
+        number = _task_number(task_ref)
+        named = session.scalars(select(HumanTask).where(HumanTask.id == number, HumanTask.item_id == item.id)
+                                .options(lazyload(HumanTask.assignee))).first()
+        if named is None:
+            raise Invalid(f"work item {item.id} has no task {number}", code="unknown_task", task_id=number)
+        if named.status != "ready":
+            raise Invalid(f"task {number} is {named.status}; evidence goes to an open task", code="task_not_open",
+                          task_id=number)
+    if named is None or not named.per_department:
+        # The open per-department steps this kind concerns: an item-wide upload must not be taken for one of them.
+        concerned = [t for t in session.scalars(
+            select(HumanTask).where(HumanTask.item_id == item.id, HumanTask.status == "ready",
+                                    HumanTask.per_department.is_(True)).order_by(HumanTask.id)
+            .options(lazyload(HumanTask.assignee))) if kind in task_kinds(t)]
+        needing = [t for t in concerned if kind in _gate_kinds(t, t.gate)]
+        if len(needing) > 1 or (named is not None and needing):
+            departments = {d.id: d.code for d in session.scalars(select(Department))}
+            raise Invalid(f"open tasks of different departments take {kind!r}; name the one this file is for as "
+                          "task_id", code="task_required", kind=kind,
+                          tasks=[_task_ref(t, departments) for t in needing])
+        if named is None and concerned:
+            # The one step that needs it; or, when only reviews are open for it, the file one of them judges.
+            named = needing[0] if needing else concerned[0]
+    if named is not None and named.per_department:
+        if kind not in task_kinds(named):
+            raise Invalid(f"task {named.id} ({named.spec_name}) takes no {kind!r}", code="kind_not_for_task",
+                          task_id=named.id, kinds=task_kinds(named))
+        if user.role == "dept_reviewer" and user.department_id != named.department_id:
+            raise Forbidden(f"task {named.id} is another department's; its evidence is theirs to give",
+                            code="not_your_department")
+    target = UploadTarget(named.id if named is not None else None,
+                          evidence_scope(named) if named is not None else None)
+    review = kinds_under_review(session, item.id, target.department_id).get(kind)
+    if review is not None:
+        raise Conflict(f"the submitted {kind!r} is under review (task {review.id}); it can be replaced only after "
+                       "the review returns it", code="under_review", kind=kind, review_task_id=review.id)
+    return target
+
+
 def _too_large(max_bytes: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"the file is larger than the {max_bytes // (1024 * 1024)} MB limit")
 
@@ -52,9 +200,10 @@ def _store_down() -> ServiceUnavailable:
 
 def upload_artefact(session: Session, store: ArtefactStore, actor: audit.Actor, user: User, item: WorkItem,
                     kind: str, filename: str | None, stream: BinaryIO, length: int, max_bytes: int,
-                    task_id: int | None = None) -> Artefact:
-    """Stream a file into the object store, then record it. No row is written unless the object exists."""
-    _check_kind(kind)
+                    task_id: str | int | None = None) -> Artefact:
+    """Stream a file into the object store, then record it. No row is written unless the object exists.
+    `task_id`: the task the file is for, as the request gave it (see `upload_target`)."""
+    upload_target(session, user, item, kind, task_id)  # refused before anything is stored
     if length > max_bytes:
         raise _too_large(max_bytes)
     try:
@@ -68,23 +217,36 @@ def upload_artefact(session: Session, store: ArtefactStore, actor: audit.Actor, 
         raise _too_large(max_bytes) from exc
     except StoreUnavailable as exc:
         raise _store_down() from exc
-    return _record(session, actor, user, item, kind, filename, stored, sniffed, task_id)
+    try:
+        return _record(session, actor, user, item, kind, filename, stored, sniffed, task_id)
+    except BaseException:
+        _discard(store, stored)
+        raise
+
+
+def _discard(store: ArtefactStore, stored: StoredObject) -> None:
+    try:
+        store.delete(stored.key, stored.version_id)
+    except StoreUnavailable:
+        pass  # `itemgate fsck --repair` sweeps objects no row refers to
 
 
 def _record(session: Session, actor: audit.Actor, user: User, item: WorkItem, kind: str, filename: str | None,
-            stored: StoredObject, sniffed: Sniffed, task_id: int | None) -> Artefact:
+            stored: StoredObject, sniffed: Sniffed, task_ref: str | int | None) -> Artefact:
+    # Decided again under the instance lock: a submission may have opened a review while the file was stored.
+    target = upload_target(session, user, item, kind, task_ref, lock=True)
     artefact = Artefact(
         item_id=item.id, kind=kind, filename=safe_filename(filename, sniffed.extension), bucket=stored.bucket,
         key=stored.key, version_id=stored.version_id, sha256=stored.sha256, size=stored.size, etag=stored.etag,
-        media_type=sniffed.media_type, uploaded_by_id=user.id, uploaded_at=datetime.now(UTC), task_id=task_id,
-        status="stored",
+        media_type=sniffed.media_type, uploaded_by_id=user.id, uploaded_at=datetime.now(UTC),
+        task_id=target.task_id, department_id=target.department_id, status="stored",
     )
     artefact.uploaded_by = user
     session.add(artefact)
     session.flush()
     audit.record(session, actor, "artefact.uploaded", target_type="artefact", target_id=artefact.id,
                  item_id=item.id, kind=kind, sha256=stored.sha256, size=stored.size, key=stored.key,
-                 version_id=stored.version_id)
+                 version_id=stored.version_id, task_id=target.task_id, department_id=target.department_id)
     return artefact
 
 
@@ -180,14 +342,16 @@ class StreamedUpload:
             raise _store_down() from exc
 
     def finish(self, session: Session, actor: audit.Actor, user: User, item: WorkItem, kind: str,
-               task_id: int | None) -> Artefact:
-        """The body is complete (`kind` is the form's, "" if none came): store the object and record it."""
+               task_id: str | int | None) -> Artefact:
+        """The body is complete (`kind` is the form's, "" if none came; `task_id` as the form gave it, None if
+        none came): store the object and record it."""
         if self.kind is None:
             self.set_kind(kind)
         if self._refusal is not None:
             raise self._refusal
         put = self._put
         assert put is not None and item.id == self._item_id, "begin_file() first, for the same item"
+        upload_target(session, user, item, self.kind or kind, task_id)  # refused before the object exists
         self.end_file()
         try:
             sniffed = sniff(put.spool, self.filename or "")
@@ -202,10 +366,7 @@ class StreamedUpload:
         try:
             return _record(session, actor, user, item, self.kind or kind, self.filename, stored, sniffed, task_id)
         except BaseException:
-            try:
-                self._store.delete(stored.key, stored.version_id)
-            except StoreUnavailable:
-                pass  # `itemgate fsck --repair` sweeps objects no row refers to
+            _discard(self._store, stored)
             raise
 
     def abort(self) -> None:

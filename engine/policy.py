@@ -78,7 +78,8 @@ _RULES = [
          {"implementer": OWN, "dept_reviewer": OWN, "pm": ALL, "admin": ALL}),
     Rule("artefact.upload", "upload evidence to an active item",
          {"implementer": ALL, "dept_reviewer": DEPARTMENT, "pm": ALL, "admin": ALL}),
-    Rule("artefact.read", "download evidence (authorised through its item)", _READ_ITEMS),
+    Rule("artefact.read", "download evidence (authorised through its item; a department's own evidence of a "
+         "per-department step only to that department)", _READ_ITEMS),
     Rule("workload.read", "read the workload ledger and export it", _LEDGER_READERS),
     Rule("settlement.read", "read settlement claims and their evidence", _LEDGER_READERS),
     Rule("settlement.prepare", "prepare, revise and submit settlement claims", {"pm": ALL}),

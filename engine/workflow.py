@@ -20,7 +20,7 @@ from engine.access import authorize, load_task_for, require_act
 from engine.calendar import WorkCalendar
 from engine.catalog import required_kinds
 from engine.errors import Conflict, DomainError, FormInvalid, GateUnmet, Invalid
-from engine.evidence import verify_artefact
+from engine.evidence import evidence_scope, lock_evidence, submitted_evidence, verify_artefact
 from engine.ledger import tally_item
 from storage.artefact_store import ArtefactStore, StoreUnavailable
 from storage.models import (
@@ -285,7 +285,8 @@ def _sync_projection(ctx: Ctx, instance: ProcessInstance, item: WorkItem, workfl
         row = HumanTask(
             item=item, spiff_task_id=tid, spec_name=task.task_spec.name,
             title=spiff.task_title(task), lane=lane, role=lane,
-            department_id=_department_for(session, item, task, props), form=props.get("form", "design"),
+            department_id=_department_for(session, item, task, props),
+            per_department=bool(props.get("department_var")), form=props.get("form", "design"),
             gate=props.get("gate"), stage=props.get("stage"), review_of=props.get("review_of"),
             status="ready", due_at=due_at, due_warning=warning, return_comment=return_comment,
             created_at=ctx.now,
@@ -377,8 +378,9 @@ class GateStatus:
 
 
 def gate_requirements(session: Session, item: WorkItem, gate: str | None,
-                      artefacts: list[Artefact] | None = None) -> list[GateStatus]:
-    """The artefact kinds a gate needs, each with the latest stored artefact of that kind (or None).
+                      artefacts: list[Artefact] | None = None, *, department_id: int | None = None) -> list[GateStatus]:
+    """The artefact kinds a gate needs, each with the latest stored artefact of that kind in one evidence scope
+    (or None): a department's own for a per-department step (`department_id`), else the whole item's.
     `artefacts`: the item's artefacts when the caller has loaded them already (saves a query)."""
     kinds = required_kinds(item.service_line.gates, gate, mode=item.mode, channels=list(item.channels),
                            attributes=item.attributes or {})
@@ -387,20 +389,28 @@ def gate_requirements(session: Session, item: WorkItem, gate: str | None,
     latest: dict[str, Artefact] = {}
     if artefacts is None:
         # The uploader is read by few callers (a review's preview): loaded when asked, not joined every time.
+        scope = Artefact.department_id.is_(None) if department_id is None else \
+            Artefact.department_id == department_id
         rows: Any = session.scalars(select(Artefact).where(Artefact.item_id == item.id, Artefact.kind.in_(kinds),
-                                                           Artefact.status == "stored").order_by(Artefact.id)
+                                                           Artefact.status == "stored", scope).order_by(Artefact.id)
                                     .options(lazyload(Artefact.uploaded_by)))
     else:
-        rows = sorted((a for a in artefacts if a.item_id == item.id and a.kind in kinds and a.status == "stored"),
-                      key=lambda a: a.id)
+        rows = sorted((a for a in artefacts if a.item_id == item.id and a.kind in kinds and a.status == "stored"
+                       and a.department_id == department_id), key=lambda a: a.id)
     for row in rows:
         latest[row.kind] = row
     return [GateStatus(kind, latest.get(kind)) for kind in kinds]
 
 
-def check_gate(ctx: Ctx, item: WorkItem, gate: str | None) -> list[GateStatus]:
+def task_requirements(session: Session, task: HumanTask, artefacts: list[Artefact] | None = None
+                      ) -> list[GateStatus]:
+    """What a task's gate needs, from the task's own evidence scope (`engine.evidence.evidence_scope`)."""
+    return gate_requirements(session, task.item, task.gate, artefacts, department_id=evidence_scope(task))
+
+
+def check_gate(ctx: Ctx, task: HumanTask) -> list[GateStatus]:
     """Every required artefact must exist and match its stored size and hash in the object store."""
-    statuses = gate_requirements(ctx.session, item, gate)
+    statuses = task_requirements(ctx.session, task)
     missing = [s.kind for s in statuses if s.artefact is None]
     if ctx.store is not None:
         store = ctx.store
@@ -477,7 +487,10 @@ def complete_task(ctx: Ctx, task_id: int, data: Any) -> HumanTask:
     item = task.item
     if item.status != "active":
         raise Conflict(f"item {item.id} is {item.status}", code="item_not_active")
-    statuses = check_gate(ctx, item, task.gate)
+    # The gate is read, and any review it opens created, with no upload deciding in between (uploads take the
+    # same lock): a review judges exactly what its gate pass records, and nothing lands after it unseen.
+    lock_evidence(session, item.id)
+    statuses = check_gate(ctx, task)
     _separation_of_duties(ctx, task, statuses)
 
     instance = task.instance
@@ -550,8 +563,7 @@ def _separation_of_duties(ctx: Ctx, task: HumanTask, statuses: list[GateStatus])
         if me in submitters:
             raise DomainError("you submitted this deliverable and cannot review it", code="separation_of_duties",
                               status=403)
-        reviewed = gate_requirements(ctx.session, task.item, task.review_of)
-        if any(s.artefact is not None and s.artefact.uploaded_by_id == me for s in reviewed):
+        if any(a.uploaded_by_id == me for a in submitted_evidence(ctx.session, task)):
             raise DomainError("you uploaded evidence of this deliverable and cannot review it",
                               code="separation_of_duties", status=403)
     if task.form == "cosign":

@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -228,6 +229,8 @@ class HumanTask(Base):
     gate: Mapped[str | None] = mapped_column(String(64))
     stage: Mapped[str | None] = mapped_column(String(64))
     review_of: Mapped[str | None] = mapped_column(String(64))
+    # A step the model runs once per department (its `department_var`): its evidence is that department's own.
+    per_department: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     status: Mapped[str] = mapped_column(String(16), default="ready")
     assignee_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     claimed_at: Mapped[datetime | None]
@@ -265,9 +268,13 @@ class Artefact(Base):
     uploaded_by_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     uploaded_at: Mapped[datetime] = mapped_column(default=utcnow)
     task_id: Mapped[int | None] = mapped_column(ForeignKey("human_tasks.id"))
+    # Whose evidence it is: the department of the per-department step it was uploaded for; NULL for evidence
+    # of the whole item. Gates and reviews of a per-department step count only that department's files.
+    department_id: Mapped[int | None] = mapped_column(ForeignKey("departments.id"))
     status: Mapped[str] = mapped_column(String(16), default="stored")
 
     uploaded_by: Mapped[User] = relationship(lazy="joined")
+    department: Mapped[Department | None] = relationship()
 
 
 class GatePass(Base):

@@ -26,7 +26,7 @@ def do(world: Any, user: str, item_id: int, name: str, data: dict[str, Any] | No
     detail = world.get(user, f"/api/v1/tasks/{task['id']}").get_json()
     for req in detail["required_artefacts"]:
         if not req["present"]:
-            r = world.upload(user, item_id, req["kind"])
+            r = world.upload(user, item_id, req["kind"], task_id=task["id"])
             assert r.status_code == 201, r.get_json()
     r = world.complete(user, task["id"], data)
     assert r.status_code == 200, (name, r.get_json())

@@ -16,11 +16,19 @@ from api.auth import Unauthorized, authenticate, current_user, hash_password, is
 from api.extensions import db
 from api.serializers import artefact_json, history_json, iso, item_summary, task_json, task_rows_json
 from engine import audit
-from engine.access import authorize, item_scope, load_item_for, load_task_for, task_scope
+from engine.access import (
+    artefact_scope,
+    authorize,
+    item_scope,
+    load_item_for,
+    load_task_for,
+    may_see_artefact,
+    task_scope,
+)
 from engine.catalog import ARTEFACT_KINDS
 from engine.errors import DomainError, Forbidden, Invalid, NotFound
-from engine.evidence import upload_artefact
-from engine.workflow import Ctx, NewItem, claim, complete_task, create_item, gate_requirements, hand_over, unclaim
+from engine.evidence import submitted_evidence, upload_artefact
+from engine.workflow import Ctx, NewItem, claim, complete_task, create_item, hand_over, task_requirements, unclaim
 from storage.models import ROLES, Artefact, AuditEvent, Contract, Department, HumanTask, User, WorkItem
 
 blp = Blueprint("core", __name__, url_prefix="/api/v1", description="ItemGate core API")
@@ -184,7 +192,8 @@ def items_create(body: dict[str, Any]) -> dict[str, Any]:
     events = audit.queued(db.session)
     db.session.commit()
     # A new item has no artefacts yet, and its tasks and history are what this request wrote.
-    return item_detail(item, tasks=context.created_tasks, artefacts=[], events=events)
+    assert context.user is not None
+    return item_detail(item, context.user, tasks=context.created_tasks, artefacts=[], events=events)
 
 
 class ItemQuery(PageArgs):
@@ -231,25 +240,26 @@ def items_list(args: dict[str, Any]) -> dict[str, Any]:
             "per_page": args["per_page"]}
 
 
-def item_detail(item: WorkItem, *, tasks: list[HumanTask] | None = None, artefacts: list[Artefact] | None = None,
-                events: list[AuditEvent] | None = None) -> dict[str, Any]:
-    """The item with its tasks, artefacts, open gates and history; a caller that holds the complete lists
-    (a just-created item) passes them instead of having them queried."""
+def item_detail(item: WorkItem, viewer: User, *, tasks: list[HumanTask] | None = None,
+                artefacts: list[Artefact] | None = None, events: list[AuditEvent] | None = None) -> dict[str, Any]:
+    """The item with its tasks, the artefacts `viewer` may see, open gates and history; a caller that holds the
+    complete lists (a just-created item) passes them instead of having them queried."""
     data = item_summary(item)
     if tasks is None:
         tasks = list(db.session.scalars(select(HumanTask).where(HumanTask.item_id == item.id)
                                         .order_by(HumanTask.id)))
-    data["tasks"] = [task_json(t) for t in sorted(tasks, key=lambda t: t.id)]
+    tasks = sorted(tasks, key=lambda t: t.id)
+    data["tasks"] = [task_json(t) for t in tasks]
     if artefacts is None:
         artefacts = list(db.session.scalars(select(Artefact).where(Artefact.item_id == item.id)
                                             .order_by(Artefact.id)))
-    data["artefacts"] = [artefact_json(a) for a in artefacts]
-    open_tasks = [t for t in data["tasks"] if t["status"] == "ready"]
+    data["artefacts"] = [artefact_json(a) for a in artefacts if may_see_artefact(viewer, a)]
     gates = []
-    for t in open_tasks:
-        if t["gate"]:
-            statuses = gate_requirements(db.session, item, t["gate"], artefacts)
-            gates.append({"gate": t["gate"], "task_id": t["id"], "required": [
+    for t in tasks:
+        if t.status == "ready" and t.gate:
+            # Each step's checklist from its own evidence scope; another department's files stay unnamed.
+            statuses = task_requirements(db.session, t, artefacts)
+            gates.append({"gate": t.gate, "task_id": t.id, "required": [
                 {"kind": s.kind, "title": ARTEFACT_KINDS[s.kind], "present": s.artefact is not None}
                 for s in statuses]})
     data["gates"] = gates
@@ -270,8 +280,9 @@ def item_detail(item: WorkItem, *, tasks: list[HumanTask] | None = None, artefac
 @blp.route("/items/<int:item_id>", methods=["GET"])
 @blp.response(200)
 def items_get(item_id: int) -> dict[str, Any]:
-    item = load_item_for(db.session, current_user(), item_id)
-    return item_detail(item)
+    user = current_user()
+    item = load_item_for(db.session, user, item_id)
+    return item_detail(item, user)
 
 
 # ---------------------------------------------------------------- tasks
@@ -316,11 +327,10 @@ def task_detail(task: HumanTask) -> dict[str, Any]:
     data["required_artefacts"] = [
         {"kind": s.kind, "title": ARTEFACT_KINDS[s.kind], "present": s.artefact is not None,
          "artefact_id": s.artefact.id if s.artefact else None}
-        for s in gate_requirements(db.session, task.item, task.gate)]
+        for s in task_requirements(db.session, task)]
     if task.review_of:
-        data["artefacts_to_review"] = [
-            artefact_json(s.artefact) for s in gate_requirements(db.session, task.item, task.review_of)
-            if s.artefact is not None]
+        # The versions the submission passed its gate with, not whatever was uploaded since.
+        data["artefacts_to_review"] = [artefact_json(a) for a in submitted_evidence(db.session, task)]
     data["data"] = task.data
     return data
 
@@ -408,11 +418,8 @@ def _upload_streamed(context: Ctx, item: WorkItem, boundary: bytes) -> Artefact:
         if not upload.has_file:
             raise Invalid("send the file as multipart field 'file'", code="invalid_form",
                           errors={"file": ["required"]})
-        try:
-            task_id: int | None = int(form["task_id"]) if "task_id" in form else None
-        except ValueError:
-            task_id = None  # as request.form.get("task_id", type=int)
-        return upload.finish(db.session, context.actor, context.user, item, form.get("kind", ""), task_id)
+        return upload.finish(db.session, context.actor, context.user, item, form.get("kind", ""),
+                             form.get("task_id"))
     except BaseException:
         upload.abort()
         raise
@@ -421,6 +428,9 @@ def _upload_streamed(context: Ctx, item: WorkItem, boundary: bytes) -> Artefact:
 @blp.route("/items/<int:item_id>/artefacts", methods=["POST"])
 @blp.response(201)
 def artefacts_upload(item_id: int) -> dict[str, Any]:
+    """Upload one artefact: multipart fields `kind`, `file` and `task_id` (the open task of this item the file is
+    for; needed when open tasks of several departments take the kind). Refused with 409 `under_review` while a
+    review judges the submitted version of that kind."""
     from api.uploads import unread_multipart_boundary
 
     context = ctx()
@@ -447,7 +457,7 @@ def artefacts_upload(item_id: int) -> dict[str, Any]:
         artefact = upload_artefact(db.session, store, context.actor, context.user, item, request.form.get("kind", ""),
                                    upload.filename, upload.stream, _file_length(upload.stream),
                                    current_app.config["ITEMGATE"].max_upload_bytes,
-                                   request.form.get("task_id", type=int))
+                                   request.form.get("task_id"))
     key, version_id = artefact.key, artefact.version_id
     try:
         db.session.commit()
@@ -473,8 +483,10 @@ def artefacts_upload(item_id: int) -> dict[str, Any]:
 @blp.route("/items/<int:item_id>/artefacts", methods=["GET"])
 @blp.response(200)
 def artefacts_list(item_id: int) -> dict[str, Any]:
-    item = load_item_for(db.session, current_user(), item_id, "artefact.read")
-    rows = db.session.scalars(select(Artefact).where(Artefact.item_id == item.id).order_by(Artefact.id))
+    user = current_user()
+    item = load_item_for(db.session, user, item_id, "artefact.read")
+    rows = db.session.scalars(select(Artefact).where(Artefact.item_id == item.id, artefact_scope(user))
+                              .order_by(Artefact.id))
     return {"artefacts": [artefact_json(a) for a in rows]}
 
 
@@ -483,6 +495,8 @@ def load_artefact_for(user: User, artefact_id: int) -> Artefact:
     if artefact is None:
         raise NotFound(f"artefact {artefact_id} not found")
     load_item_for(db.session, user, artefact.item_id, "artefact.read")  # authorise through its item
+    if not may_see_artefact(user, artefact):
+        raise NotFound(f"artefact {artefact_id} not found")  # another department's evidence
     return artefact
 
 

@@ -39,18 +39,22 @@ class ReworkBody(Schema):
 @blp.arguments(CancelBody)
 @blp.response(200)
 def items_cancel(body: dict[str, Any], item_id: int) -> dict[str, Any]:
-    item = cancel_item(ctx(), item_id, body["reason"])
+    context = ctx()
+    item = cancel_item(context, item_id, body["reason"])
     db.session.commit()
-    return item_detail(item)
+    assert context.user is not None
+    return item_detail(item, context.user)
 
 
 @blp.route("/items/<int:item_id>/rework", methods=["POST"])
 @blp.arguments(ReworkBody)
 @blp.response(200)
 def items_rework(body: dict[str, Any], item_id: int) -> dict[str, Any]:
-    item = rework_item(ctx(), item_id, body["to"], body["reason"])
+    context = ctx()
+    item = rework_item(context, item_id, body["to"], body["reason"])
     db.session.commit()
-    return item_detail(item)
+    assert context.user is not None
+    return item_detail(item, context.user)
 
 
 # ---------------------------------------------------------------- bulk intake

@@ -129,6 +129,14 @@ EN: dict[str, str] = {
     "事项已结束，不能再修改。": "The item is closed and can no longer change.",
     "您提交了此交付物，不能由您本人审核。": "You submitted this deliverable, so you cannot review it.",
     "找不到该用户。": "No such user.", "未知的交付物类型。": "Unknown artefact kind.",
+    "该交付物已提交审核，审核结束前不能替换。":
+        "This artefact has been submitted for review; it cannot be replaced until the review is decided.",
+    "多个部门的任务都需要此交付物，请在对应任务页面上传。":
+        "Tasks of several departments need this artefact; upload it from the task it is for.",
+    "所指的任务无效。": "The task given is not valid.",
+    "所指的任务已结束，不能再上传交付物。": "The task given is closed; it takes no more artefacts.",
+    "此任务不需要该类交付物。": "This task does not take that kind of artefact.",
+    "这是其他部门的交付物，您不能上传。": "This is another department's evidence; you cannot upload it.",
 }
 for _table, _en in (
     (STAGES, {"intake": "Intake", "survey": "Survey", "analysis": "Analysis", "plan": "Plan", "design": "Design",

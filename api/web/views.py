@@ -39,8 +39,8 @@ from engine.access import authorize, load_item_for, load_task_for, may_act_on
 from engine.dashboard import build_dashboard
 from engine.diagram import render_svg
 from engine.errors import DomainError, FormInvalid, GateUnmet, Invalid, NotFound, ServiceUnavailable
-from engine.evidence import upload_artefact
-from engine.workflow import claim, complete_task, gate_requirements, hand_over, unclaim
+from engine.evidence import submitted_evidence, upload_artefact
+from engine.workflow import claim, complete_task, hand_over, task_requirements, unclaim
 from storage.models import Artefact, Department, HumanTask, ProcessInstance, ServiceLine, User, WorkItem
 
 log = logging.getLogger("itemgate.web")
@@ -66,6 +66,13 @@ _REFUSALS = {
     "unknown_kind": "未知的交付物类型。",
     "store_unavailable": "服务暂时不可用，请稍后再试。",
     "role_required": "您没有权限执行此操作。",
+    "under_review": "该交付物已提交审核，审核结束前不能替换。",
+    "task_required": "多个部门的任务都需要此交付物，请在对应任务页面上传。",
+    "invalid_task_id": "所指的任务无效。",
+    "unknown_task": "所指的任务无效。",
+    "task_not_open": "所指的任务已结束，不能再上传交付物。",
+    "kind_not_for_task": "此任务不需要该类交付物。",
+    "not_your_department": "这是其他部门的交付物，您不能上传。",
 }
 
 
@@ -260,10 +267,17 @@ def _previous_data(task: HumanTask) -> dict[str, Any]:
     return dict(row or {})
 
 
-def _versions(item_id: int) -> dict[str, int]:
-    rows = db.session.execute(select(Artefact.kind, func.count(Artefact.id)).where(
-        Artefact.item_id == item_id, Artefact.status == "stored").group_by(Artefact.kind)).all()
-    return {kind: n for kind, n in rows}
+def _versions(item_id: int) -> dict[int, int]:
+    """Each stored artefact's version number: its place among the item's files of its kind, in its evidence
+    scope (a department's own files are counted apart from the whole item's and other departments')."""
+    rows = db.session.execute(select(Artefact.id, Artefact.kind, Artefact.department_id).where(
+        Artefact.item_id == item_id, Artefact.status == "stored").order_by(Artefact.id)).all()
+    seen: dict[tuple[str, int | None], int] = defaultdict(int)
+    versions: dict[int, int] = {}
+    for artefact_id, kind, department_id in rows:
+        seen[(kind, department_id)] += 1
+        versions[artefact_id] = seen[(kind, department_id)]
+    return versions
 
 
 def render_task(task: HumanTask, *, errors: dict[str, list[str]] | None = None,
@@ -271,9 +285,9 @@ def render_task(task: HumanTask, *, errors: dict[str, list[str]] | None = None,
                 status: int = 200) -> Any:
     user = me()
     item = task.item
-    gate = gate_requirements(db.session, item, task.gate) if task.status == "ready" else []
-    review = [s for s in gate_requirements(db.session, item, task.review_of) if s.artefact is not None] \
-        if task.review_of else []
+    gate = task_requirements(db.session, task) if task.status == "ready" else []
+    # A review shows exactly what was submitted to it (from the gate pass), in its own department's scope.
+    review = submitted_evidence(db.session, task) if task.review_of else []
     unmet = [s.kind for s in gate if s.artefact is None]
     if missing:
         unmet = list(dict.fromkeys(unmet + missing))
@@ -361,7 +375,7 @@ def artefact_upload(item_id: int) -> Any:
         artefact = upload_artefact(db.session, context.store, context.actor, user, item,
                                    request.form.get("kind", ""), upload.filename, upload.stream,
                                    _length(upload.stream), current_app.config["ITEMGATE"].max_upload_bytes,
-                                   request.form.get("task_id", type=int))
+                                   request.form.get("task_id"))
         try:
             db.session.commit()
         except Exception:
@@ -448,14 +462,11 @@ def _diagram(item: WorkItem, tasks: list[dict[str, Any]]) -> Markup | None:
 def item(item_id: int) -> Any:
     user = me()
     item = load_item_for(db.session, user, item_id)
-    detail = item_detail(item)
+    detail = item_detail(item, user)
     titles = {t["name"]: t["title"] for t in detail["tasks"]}
-    seen: dict[str, int] = defaultdict(int)
-    artefacts = []
-    for a in detail["artefacts"]:
-        seen[a["kind"]] += 1
-        artefacts.append({**a, "version": seen[a["kind"]]})
-    artefacts.sort(key=lambda a: (a["kind"], -a["version"]))
+    versions = _versions(item.id)
+    artefacts = [{**a, "version": versions.get(a["id"], 1)} for a in detail["artefacts"]]
+    artefacts.sort(key=lambda a: (a["kind"], a["department"] or "", -a["version"]))
     departments = {d.code: d.name for d in db.session.scalars(select(Department))}
     return render_template(
         "web/item.html", item=item, detail=detail, titles=titles, artefacts=artefacts,
