@@ -212,7 +212,8 @@ def test_one_thing_and_settlement_with_requests_alternating_between_two_servers(
                                                  "period_end": today, "label": "两台服务器结算"}, expect=201)
         sid = s["id"]
         assert c.post("pm", f"/api/v1/settlements/{sid}/submit", {"note": "第一次申报"})["status"] == "audit"
-        assert c.post("auditor", f"/api/v1/settlements/{sid}/return", {"comment": "缺少上线截图"})["status"] == "revising"
+        returned = c.post("auditor", f"/api/v1/settlements/{sid}/return", {"comment": "缺少上线截图"})
+        assert returned["status"] == "revising"
         assert c.post("pm", f"/api/v1/settlements/{sid}/submit", {})["status"] == "audit"
         assert c.post("auditor", f"/api/v1/settlements/{sid}/accept", {})["status"] == "first_review"
         assert c.post("buyer", f"/api/v1/settlements/{sid}/first-review", APPROVE)["status"] == "final_approval"
