@@ -177,19 +177,27 @@ def object_store(app: Flask) -> Iterator[Any]:
 
 
 @contextmanager
-def embedded_s3(settings: Any, port: int = EMBEDDED_S3_PORT) -> Iterator[str]:
-    from storage.s3server import EmbeddedS3
+def embedded_s3(settings: Any, port: int | None = None) -> Iterator[str]:
+    """The data directory's own embedded S3 server: the one another command of this directory runs, or one
+    started for the duration. Never a server some other process runs on the port: the directory then moves
+    to a free port, recorded in the data directory, and says so."""
+    from storage.s3server import SERVER_RECORD, PortInUse, data_dir_server
 
-    data_dir = Path(settings.data_dir) / "s3"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    server = EmbeddedS3(data_dir, settings.s3_access_key, settings.s3_secret_key, settings.s3_bucket,
-                        s3_port=port, log_path=Path(settings.data_dir) / "weed.log")
-    click.echo(f"starting the embedded S3 server (SeaweedFS) on 127.0.0.1:{port} …")
-    server.start()
+    data_dir = Path(settings.data_dir)
     try:
-        yield server.endpoint
-    finally:
-        server.stop()
+        with data_dir_server(data_dir, settings.s3_access_key, settings.s3_secret_key, settings.s3_bucket,
+                             preferred_port=port or EMBEDDED_S3_PORT) as found:
+            where = f"127.0.0.1:{found.port}"
+            if not found.started:
+                click.echo(f"using the embedded S3 server this data directory already runs on {where}")
+            else:
+                if found.displaced_from is not None:
+                    click.echo(f"port {found.displaced_from} is in use by another process; this data directory's "
+                               f"S3 server moves to {where} (recorded in {data_dir / SERVER_RECORD})")
+                click.echo(f"started the embedded S3 server (SeaweedFS) on {where}")
+            yield found.endpoint
+    except PortInUse as exc:
+        raise click.ClickException(f"could not start the embedded S3 server: {exc}") from exc
 
 
 @main.command(help="Load a ready demo: contract, departments, users, items at different stages.")
