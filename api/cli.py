@@ -240,6 +240,9 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
         os.environ["ITEMGATE_S3_ENDPOINT"] = endpoint
         ticker = threading.Thread(target=_tick_loop, args=(settings.tick_seconds, stop), daemon=True)
         ticker.start()
+        # Export jobs on a loop of their own, so a long export never holds up the timers.
+        runner = threading.Thread(target=_jobs_loop, args=(settings.tick_seconds, stop), daemon=True)
+        runner.start()
         click.echo(f"ItemGate is running on http://{host}:{port}")
 
         def _forward(signum: int, _frame: Any) -> None:
@@ -270,6 +273,21 @@ def _tick_loop(every: int, stop: threading.Event) -> None:
             click.echo(f"tick failed: {exc}", err=True)
 
 
+def _jobs_loop(every: int, stop: threading.Event) -> None:
+    """Take up export jobs that a dead process left, and queued ones nobody started: at once (the previous
+    `serve` may have died with jobs running), then every `every` seconds."""
+    app = None
+    while True:
+        try:
+            app = app or _app()
+            with app.app_context():
+                _run_jobs(app.extensions["itemgate_store"])
+        except Exception as exc:  # keep going; the next round may succeed
+            click.echo(f"export job runner failed: {exc}", err=True)
+        if stop.wait(every):
+            return
+
+
 def _tick_once() -> int:
     from api.extensions import db as database
     from engine.timers import fire_due_timers
@@ -278,11 +296,32 @@ def _tick_once() -> int:
     return fired
 
 
-@main.command(help="Fire due timers once (safe to run from several hosts at once).")
+def _run_jobs(store: Any) -> dict[str, int]:
+    from sqlalchemy.orm import sessionmaker
+
+    from api.extensions import db as database
+    from engine.jobs import run_pending
+
+    try:
+        return run_pending(sessionmaker(bind=database.engine, expire_on_commit=False), store)
+    finally:
+        database.session.remove()
+
+
+@main.command(help="Fire due timers and run pending export jobs once, including those a dead process left "
+                   "running (safe to run from several hosts at once).")
 def tick() -> None:
-    with app_context():
+    from api.extensions import db as database
+    from engine.jobs import jobs_waiting
+
+    with app_context() as app:
         fired = _tick_once()
-    click.echo(f"fired {fired} timer(s)")
+        click.echo(f"fired {fired} timer(s)")
+        if jobs_waiting(database.session):
+            database.session.remove()
+            with object_store(app) as store:
+                counts = _run_jobs(store)
+            click.echo("export jobs: " + ", ".join(f"{n} {what}" for what, n in counts.items()))
 
 
 def register_flask_commands(app: Flask) -> None:
