@@ -16,15 +16,21 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-var/secret.key:
-	@mkdir -p var
-	@$(PY) -c "import secrets; print(secrets.token_hex(32))" > var/secret.key
-	@chmod 600 var/secret.key
+SECRET := $(ITEMGATE_DATA_DIR)/secret.key
+HOST ?= 127.0.0.1
+PORT ?= 8000
 
-run: $(STAMP) var/secret.key
-	ITEMGATE_SECRET_KEY=$$(cat var/secret.key) $(VENV)/bin/itemgate db upgrade
-	ITEMGATE_SECRET_KEY=$$(cat var/secret.key) $(VENV)/bin/itemgate demo
-	ITEMGATE_SECRET_KEY=$$(cat var/secret.key) $(VENV)/bin/itemgate serve --host 127.0.0.1 --port 8000
+$(SECRET):
+	@mkdir -p $(ITEMGATE_DATA_DIR)
+	@$(PY) -c "import secrets; print(secrets.token_hex(32))" > $(SECRET)
+	@chmod 600 $(SECRET)
+
+# The server is exec'ed: make's child is `itemgate serve` itself, so a SIGTERM to make (which make passes on to
+# its child) or a Ctrl+C stops gunicorn and the embedded S3 server, and nothing is left running.
+run: $(STAMP) $(SECRET)
+	ITEMGATE_SECRET_KEY=$$(cat $(SECRET)) $(VENV)/bin/itemgate db upgrade
+	ITEMGATE_SECRET_KEY=$$(cat $(SECRET)) $(VENV)/bin/itemgate demo
+	exec env ITEMGATE_SECRET_KEY=$$(cat $(SECRET)) $(VENV)/bin/itemgate serve --host $(HOST) --port $(PORT)
 
 browser-deps:
 	@bash scripts/ensure-chromium.sh

@@ -25,6 +25,7 @@ def create_app(settings: Settings | None = None, *, store: Any = None) -> Flask:
     app = Flask(__name__)
     app.request_class = ItemGateRequest
     register_config(app, settings)
+    register_caches(settings)
     register_logging(app, settings)
     register_db(app, settings)
     register_store(app, settings, store)
@@ -62,6 +63,13 @@ def register_config(app: Flask, settings: Settings) -> None:
         REMEMBER_COOKIE_HTTPONLY=True,
     )
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
+
+
+def register_caches(settings: Settings) -> None:
+    """Parsed models and the calendar are kept per process unless the settings ask for cold mode."""
+    from engine import caching
+
+    caching.set_enabled(settings.model_cache)
 
 
 def _database_url(url: str) -> str:

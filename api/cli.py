@@ -177,19 +177,27 @@ def object_store(app: Flask) -> Iterator[Any]:
 
 
 @contextmanager
-def embedded_s3(settings: Any, port: int = EMBEDDED_S3_PORT) -> Iterator[str]:
-    from storage.s3server import EmbeddedS3
+def embedded_s3(settings: Any, port: int | None = None) -> Iterator[str]:
+    """The data directory's own embedded S3 server: the one another command of this directory runs, or one
+    started for the duration. Never a server some other process runs on the port: the directory then moves
+    to a free port, recorded in the data directory, and says so."""
+    from storage.s3server import SERVER_RECORD, PortInUse, data_dir_server
 
-    data_dir = Path(settings.data_dir) / "s3"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    server = EmbeddedS3(data_dir, settings.s3_access_key, settings.s3_secret_key, settings.s3_bucket,
-                        s3_port=port, log_path=Path(settings.data_dir) / "weed.log")
-    click.echo(f"starting the embedded S3 server (SeaweedFS) on 127.0.0.1:{port} …")
-    server.start()
+    data_dir = Path(settings.data_dir)
     try:
-        yield server.endpoint
-    finally:
-        server.stop()
+        with data_dir_server(data_dir, settings.s3_access_key, settings.s3_secret_key, settings.s3_bucket,
+                             preferred_port=port or EMBEDDED_S3_PORT) as found:
+            where = f"127.0.0.1:{found.port}"
+            if not found.started:
+                click.echo(f"using the embedded S3 server this data directory already runs on {where}")
+            else:
+                if found.displaced_from is not None:
+                    click.echo(f"port {found.displaced_from} is in use by another process; this data directory's "
+                               f"S3 server moves to {where} (recorded in {data_dir / SERVER_RECORD})")
+                click.echo(f"started the embedded S3 server (SeaweedFS) on {where}")
+            yield found.endpoint
+    except PortInUse as exc:
+        raise click.ClickException(f"could not start the embedded S3 server: {exc}") from exc
 
 
 @main.command(help="Load a ready demo: contract, departments, users, items at different stages.")
@@ -232,6 +240,9 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
         os.environ["ITEMGATE_S3_ENDPOINT"] = endpoint
         ticker = threading.Thread(target=_tick_loop, args=(settings.tick_seconds, stop), daemon=True)
         ticker.start()
+        # Export jobs on a loop of their own, so a long export never holds up the timers.
+        runner = threading.Thread(target=_jobs_loop, args=(settings.tick_seconds, stop), daemon=True)
+        runner.start()
         click.echo(f"ItemGate is running on http://{host}:{port}")
 
         def _forward(signum: int, _frame: Any) -> None:
@@ -262,6 +273,21 @@ def _tick_loop(every: int, stop: threading.Event) -> None:
             click.echo(f"tick failed: {exc}", err=True)
 
 
+def _jobs_loop(every: int, stop: threading.Event) -> None:
+    """Take up export jobs that a dead process left, and queued ones nobody started: at once (the previous
+    `serve` may have died with jobs running), then every `every` seconds."""
+    app = None
+    while True:
+        try:
+            app = app or _app()
+            with app.app_context():
+                _run_jobs(app.extensions["itemgate_store"])
+        except Exception as exc:  # keep going; the next round may succeed
+            click.echo(f"export job runner failed: {exc}", err=True)
+        if stop.wait(every):
+            return
+
+
 def _tick_once() -> int:
     from api.extensions import db as database
     from engine.timers import fire_due_timers
@@ -270,11 +296,32 @@ def _tick_once() -> int:
     return fired
 
 
-@main.command(help="Fire due timers once (safe to run from several hosts at once).")
+def _run_jobs(store: Any) -> dict[str, int]:
+    from sqlalchemy.orm import sessionmaker
+
+    from api.extensions import db as database
+    from engine.jobs import run_pending
+
+    try:
+        return run_pending(sessionmaker(bind=database.engine, expire_on_commit=False), store)
+    finally:
+        database.session.remove()
+
+
+@main.command(help="Fire due timers and run pending export jobs once, including those a dead process left "
+                   "running (safe to run from several hosts at once).")
 def tick() -> None:
-    with app_context():
+    from api.extensions import db as database
+    from engine.jobs import jobs_waiting
+
+    with app_context() as app:
         fired = _tick_once()
-    click.echo(f"fired {fired} timer(s)")
+        click.echo(f"fired {fired} timer(s)")
+        if jobs_waiting(database.session):
+            database.session.remove()
+            with object_store(app) as store:
+                counts = _run_jobs(store)
+            click.echo("export jobs: " + ", ".join(f"{n} {what}" for what, n in counts.items()))
 
 
 def register_flask_commands(app: Flask) -> None:

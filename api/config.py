@@ -33,6 +33,7 @@ class Settings:
     login_max_failures: int = 5                        # ITEMGATE_LOGIN_MAX_FAILURES per user+IP per window
     login_window_seconds: int = 300                    # ITEMGATE_LOGIN_WINDOW_SECONDS
     max_json_kb: int = 256                             # ITEMGATE_MAX_JSON_KB (JSON request bodies)
+    model_cache: bool = True                           # ITEMGATE_MODEL_CACHE (off: cold mode, nothing kept)
     testing: bool = False
     extra: dict = field(default_factory=dict)
 
@@ -45,6 +46,17 @@ def _bool(value: str | None, default: bool) -> bool:
     if value is None or value == "":
         return default
     return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _switch(env: dict[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if raw == "":
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name} must be on or off, got {env.get(name)!r}")
 
 
 def _int(env: dict[str, str], name: str, default: int) -> int:
@@ -79,6 +91,7 @@ def load_settings(env: dict[str, str] | None = None, *, testing: bool = False, *
         login_max_failures=_int(env, "ITEMGATE_LOGIN_MAX_FAILURES", 5),
         login_window_seconds=_int(env, "ITEMGATE_LOGIN_WINDOW_SECONDS", 300),
         max_json_kb=_int(env, "ITEMGATE_MAX_JSON_KB", 256),
+        model_cache=_switch(env, "ITEMGATE_MODEL_CACHE", True),
         testing=testing,
     )
     values.update(overrides)

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import socket
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -11,7 +14,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from engine.bundle import stream_bundle
@@ -25,10 +28,13 @@ log = logging.getLogger(__name__)
 
 JOB_ACTION = "export.job"
 FILTER_KEYS = ("contract", "from", "to", "department", "service_line")
-# A running job writes a heartbeat with every progress update; one silent for this long belongs to a
-# process that died (restart, crash, OOM kill) and will never finish.
-STALE_AFTER = timedelta(minutes=15)
-STALE_ERROR = "no progress for 15 minutes: the process running this export stopped"
+# A running job's runner writes a heartbeat every HEARTBEAT_SECONDS (and with every progress update); a job
+# silent for STALE_AFTER belongs to a process that died (restart, crash, OOM kill, lost host), and the next
+# `itemgate tick` or `serve` on any host takes it up again, at most MAX_ATTEMPTS times in all.
+HEARTBEAT_SECONDS = 20.0
+STALE_AFTER = timedelta(minutes=2)
+MAX_ATTEMPTS = 3
+STALE_NOTE = "the process running this export stopped; the next `itemgate tick` (or `serve`) takes it up again"
 # Write progress at most this often: each write is its own transaction.
 PROGRESS_SECONDS = 1.0
 PROGRESS_ROWS = 500
@@ -94,16 +100,18 @@ def load_job_for(session: Session, user: User, job_id: int) -> ExportJob:
 
 
 def is_stale(job: ExportJob, now: datetime) -> bool:
-    if job.status not in ("queued", "running"):
+    """A running job whose runner has stopped writing its heartbeat."""
+    if job.status != "running":
         return False
     last = job.heartbeat_at or job.started_at or job.created_at
     return last < now - STALE_AFTER
 
 
 def shown(job: ExportJob, now: datetime) -> tuple[str, str | None]:
-    """(status, error) as a reader should see them: a job abandoned by a dead process shows as failed."""
+    """(status, error) as a reader should see them: a job abandoned by a dead process waits to be taken up
+    again (the next tick queues it, or fails it for good after MAX_ATTEMPTS)."""
     if is_stale(job, now):
-        return "failed", STALE_ERROR
+        return "queued", STALE_NOTE
     return job.status, job.error
 
 
@@ -111,22 +119,35 @@ def job_json(job: ExportJob, now: datetime) -> dict[str, Any]:
     status, error = shown(job, now)
     return {"id": job.id, "kind": job.kind, "params": job.params, "status": status,
             "progress": {"done": job.progress_done, "total": job.progress_total},
-            "error": error, "size": job.size, "sha256": job.sha256,
+            "error": error, "attempts": job.attempts, "size": job.size, "sha256": job.sha256,
             "created_at": job.created_at.isoformat(),
             "started_at": job.started_at.isoformat() if job.started_at else None,
             "finished_at": job.finished_at.isoformat() if job.finished_at else None}
 
 
-class _Progress:
-    """The progress callback: writes (done, total) in its own short transaction, throttled."""
+RUNNER = f"{socket.gethostname()[:150]}:{os.getpid()}"
 
-    def __init__(self, session_factory: Callable[[], Session], job_id: int) -> None:
+
+class Superseded(RuntimeError):
+    """This runner's attempt was given up on (its heartbeat went stale) and the job belongs to another now."""
+
+
+class _Progress:
+    """The progress callback and heartbeat of one attempt: each write is its own short transaction, guarded by
+    the attempt, so a runner that was given up on writes nothing and stops at its next report."""
+
+    def __init__(self, session_factory: Callable[[], Session], job_id: int, attempt: int = 0) -> None:
         self.session_factory = session_factory
         self.job_id = job_id
+        self.attempt = attempt
         self.last_done = -1
         self.last_at = 0.0
+        self.superseded = False
+        self._lock = threading.Lock()
 
     def __call__(self, done: int, total: int) -> None:
+        if self.superseded:
+            raise Superseded(f"export job {self.job_id}: attempt {self.attempt} was given up on")
         moment = time.monotonic()
         total = max(total, done)  # rows tallied after the count was taken still get listed
         final = done >= total
@@ -143,24 +164,103 @@ class _Progress:
             changes["progress_done"] = values.pop("done")
             changes["progress_total"] = values.pop("total")
         changes.update(values)
-        with self.session_factory() as session:
-            session.execute(update(ExportJob).where(ExportJob.id == self.job_id).values(**changes))
+        with self._lock, self.session_factory() as session:
+            result = session.execute(update(ExportJob).where(
+                ExportJob.id == self.job_id, ExportJob.attempts == self.attempt, ExportJob.status == "running")
+                .values(**changes))
             session.commit()
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                self.superseded = True
+                raise Superseded(f"export job {self.job_id}: attempt {self.attempt} was given up on")
 
 
-def _claim(session_factory: Callable[[], Session], job_id: int) -> ExportJob | None:
-    """Move the job from queued to running; None if another runner got there first (or it is gone)."""
+def _heartbeat(report: _Progress, stop: threading.Event) -> None:
+    """Keep the job's heartbeat fresh through long stretches that report no progress (a big upload)."""
+    while not stop.wait(HEARTBEAT_SECONDS):
+        try:
+            report.write()
+        except Superseded:
+            return
+        except Exception:  # noqa: BLE001 - a missed beat is retried; a long outage lets the job go stale
+            log.warning("export job %s: heartbeat not written", report.job_id, exc_info=True)
+
+
+def _claim(session_factory: Callable[[], Session], job_id: int | None = None) -> ExportJob | None:
+    """Move a queued job (this one, or the oldest) to running as a new attempt of this process; None if there
+    is none or another runner got there first. The oldest is picked under a row lock that other runners skip
+    (SKIP LOCKED on PostgreSQL), and the move itself is a guarded UPDATE, so each attempt has one runner."""
     with session_factory() as session:
+        if job_id is None:
+            job_id = session.execute(select(ExportJob.id).where(ExportJob.status == "queued")
+                                     .order_by(ExportJob.id).limit(1).with_for_update(skip_locked=True)).scalar()
+            if job_id is None:
+                session.rollback()
+                return None
         now = utcnow()
         claimed = session.execute(update(ExportJob)
                                   .where(ExportJob.id == job_id, ExportJob.status == "queued")
-                                  .values(status="running", started_at=now, heartbeat_at=now))
+                                  .values(status="running", started_at=now, heartbeat_at=now, runner=RUNNER,
+                                          attempts=ExportJob.attempts + 1))
         session.commit()
         if claimed.rowcount != 1:  # type: ignore[attr-defined]
             return None
         job = session.get(ExportJob, job_id)
         session.expunge(job)
         return job
+
+
+def recover_stale(session_factory: Callable[[], Session], now: datetime | None = None) -> list[int]:
+    """Running jobs whose heartbeat stopped: queued again with the reason, or failed for good after
+    MAX_ATTEMPTS. Safe with many hosts: rows another recoverer holds are skipped, and each change is guarded
+    by the attempt and the stale heartbeat it was decided on."""
+    now = now or utcnow()
+    cutoff = now - STALE_AFTER
+    recovered: list[int] = []
+    with session_factory() as session:
+        stale = session.execute(select(ExportJob.id, ExportJob.attempts, ExportJob.runner, ExportJob.heartbeat_at)
+                                .where(ExportJob.status == "running", ExportJob.heartbeat_at < cutoff)
+                                .order_by(ExportJob.id).with_for_update(skip_locked=True)).all()
+        for job_id, attempts, runner, heartbeat in stale:
+            reason = (f"attempt {attempts} stopped: its process ({runner or 'unknown'}) sent no heartbeat after "
+                      f"{heartbeat.isoformat() if heartbeat else '?'}")
+            values: dict[str, Any]
+            if attempts >= MAX_ATTEMPTS:
+                values = {"status": "failed", "finished_at": now,
+                          "error": f"{reason}; given up after {attempts} attempts"}
+            else:
+                values = {"status": "queued", "error": f"{reason}; queued again"}
+            done = session.execute(update(ExportJob).where(
+                ExportJob.id == job_id, ExportJob.status == "running", ExportJob.attempts == attempts,
+                ExportJob.heartbeat_at < cutoff).values(**values))
+            if done.rowcount == 1:  # type: ignore[attr-defined]
+                log.warning("export job %s: %s", job_id, values["error"])
+                recovered.append(job_id)
+        session.commit()
+    return recovered
+
+
+def jobs_waiting(session: Session, now: datetime | None = None) -> bool:
+    """Whether a runner has anything to do: a queued job, or a running one whose heartbeat stopped."""
+    cutoff = (now or utcnow()) - STALE_AFTER
+    return session.execute(select(ExportJob.id).where(
+        (ExportJob.status == "queued") | ((ExportJob.status == "running") & (ExportJob.heartbeat_at < cutoff)))
+        .limit(1)).first() is not None
+
+
+def run_pending(session_factory: Callable[[], Session], store: ArtefactStore, limit: int | None = None,
+                now: datetime | None = None) -> dict[str, int]:
+    """What `tick` and `serve` do for export jobs: take up the jobs of dead processes, then run queued jobs one
+    after another (at most `limit`). Returns how many were recovered and how each run ended."""
+    counts = {"recovered": len(recover_stale(session_factory, now))}
+    ran = 0
+    while limit is None or ran < limit:
+        job = _claim(session_factory)
+        if job is None:
+            break
+        ran += 1
+        outcome = _run_claimed(session_factory, store, job)
+        counts[outcome] = counts.get(outcome, 0) + 1
+    return counts
 
 
 def _render(session: Session, store: ArtefactStore, job: ExportJob, out: Any, report: _Progress) -> None:
@@ -181,26 +281,56 @@ def _render(session: Session, store: ArtefactStore, job: ExportJob, out: Any, re
 
 
 def run_job(session_factory: Callable[[], Session], store: ArtefactStore, job_id: int) -> str:
-    """Render the job's export to a temp file with progress, store it under exports/{id}/{uuid} and record
-    the object. Returns the final status ('done' or 'failed'), or 'skipped' if the job was not queued.
-    Every write is its own short transaction; the rendering reads run in a session of their own."""
+    """Claim one queued job and run it (see _run_claimed). Returns 'done', 'failed', 'superseded', or 'skipped'
+    if the job was not queued."""
     job = _claim(session_factory, job_id)
     if job is None:
         return "skipped"
-    report = _Progress(session_factory, job_id)
+    return _run_claimed(session_factory, store, job)
+
+
+def _run_claimed(session_factory: Callable[[], Session], store: ArtefactStore, job: ExportJob) -> str:
+    """Render the job's export to a temp file with progress, store it under exports/{id}/{uuid} and record
+    the object. Every write is its own short transaction, guarded by the attempt; the rendering reads run in
+    a session of their own; a heartbeat thread keeps the job fresh meanwhile."""
+    job_id = job.id
+    report = _Progress(session_factory, job_id, job.attempts)
+    stop = threading.Event()
+    beat = threading.Thread(target=_heartbeat, args=(report, stop), name=f"export-job-{job_id}-heartbeat",
+                            daemon=True)
+    beat.start()
     try:
-        with tempfile.TemporaryFile(prefix="itemgate-export-") as out:
-            with session_factory() as session:
-                _render(session, store, job, out, report)
-            size = out.tell()
-            out.seek(0)
-            report.write()  # a heartbeat before the upload, which reports no progress of its own
-            stored = store.put_stream(f"exports/{job_id}/{uuid.uuid4().hex}", out, size,
-                                      KINDS[job.kind].content_type, MAX_RESULT_BYTES)
-    except Exception as exc:  # noqa: BLE001 - any failure ends the job as failed, with the reason recorded
-        log.exception("export job %s failed", job_id)
-        report.write(status="failed", error=(f"{type(exc).__name__}: {exc}")[:4000], finished_at=utcnow())
-        return "failed"
-    report.write(status="done", bucket=stored.bucket, key=stored.key, version_id=stored.version_id,
-                 size=stored.size, sha256=stored.sha256, finished_at=utcnow())
-    return "done"
+        try:
+            with tempfile.TemporaryFile(prefix="itemgate-export-") as out:
+                with session_factory() as session:
+                    _render(session, store, job, out, report)
+                size = out.tell()
+                out.seek(0)
+                report.write()  # a heartbeat before the upload, which reports no progress of its own
+                stored = store.put_stream(f"exports/{job_id}/{uuid.uuid4().hex}", out, size,
+                                          KINDS[job.kind].content_type, MAX_RESULT_BYTES)
+        except Superseded:
+            log.warning("export job %s: attempt %s was given up on; another runner has it", job_id, job.attempts)
+            return "superseded"
+        except Exception as exc:  # noqa: BLE001 - any failure ends the job as failed, with the reason recorded
+            log.exception("export job %s failed", job_id)
+            try:
+                report.write(status="failed", error=(f"{type(exc).__name__}: {exc}")[:4000], finished_at=utcnow())
+            except Superseded:
+                return "superseded"
+            return "failed"
+        try:
+            report.write(status="done", bucket=stored.bucket, key=stored.key, version_id=stored.version_id,
+                         size=stored.size, sha256=stored.sha256, error=None, finished_at=utcnow())
+        except Superseded:
+            # Another runner owns the job now and will store its own result; this object is an orphan that
+            # `itemgate fsck` does not sweep (exports live outside the evidence prefix), so drop it here.
+            try:
+                store.delete(stored.key, stored.version_id)
+            except Exception:  # noqa: BLE001 - best effort; the object is unreferenced either way
+                log.warning("export job %s: could not remove a superseded result", job_id, exc_info=True)
+            return "superseded"
+        return "done"
+    finally:
+        stop.set()
+        beat.join()

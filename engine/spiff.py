@@ -14,6 +14,7 @@ from lxml import etree
 from SpiffWorkflow.bpmn.serializer.default.workflow import BpmnWorkflowConverter
 from SpiffWorkflow.bpmn.serializer.workflow import BpmnWorkflowSerializer
 from SpiffWorkflow.bpmn.specs.mixins.events.event_types import CatchingEvent  # noqa: F401  (spec types)
+from SpiffWorkflow.bpmn.specs.mixins.multiinstance_task import LoopTask
 from SpiffWorkflow.bpmn.util.task import BpmnTaskIterator
 from SpiffWorkflow.bpmn.workflow import BpmnWorkflow
 from SpiffWorkflow.spiff.parser.process import SpiffBpmnParser
@@ -21,6 +22,7 @@ from SpiffWorkflow.spiff.serializer.config import SPIFF_CONFIG
 from SpiffWorkflow.task import Task
 from SpiffWorkflow.util.task import TaskIterator, TaskState
 
+from engine import caching
 from engine.expressions import restricted_script_engine
 
 # The serialized format we write and accept. SpiffWorkflow's 1.4→1.5 migration crashes with
@@ -164,13 +166,16 @@ def content_hash(xml: str) -> str:
 
 
 def cached_model(sha256: str, process_id: str) -> ParsedModel | None:
-    """The model parsed earlier in this process from the XML with this content hash, if any."""
+    """The model parsed earlier in this process from the XML with this content hash, if any (never in cold
+    mode)."""
+    if not caching.enabled():
+        return None
     cached = _MODELS.get(sha256)
     return cached if cached is not None and cached.process_id == process_id else None
 
 
 def parse_model(xml: str, process_id: str, filename: str = "model.bpmn") -> ParsedModel:
-    """Parse (and cache by content hash) one BPMN file's executable process."""
+    """Parse (and, unless in cold mode, cache by content hash) one BPMN file's executable process."""
     digest = content_hash(xml)
     cached = cached_model(digest, process_id)
     if cached is not None:
@@ -188,10 +193,32 @@ def parse_model(xml: str, process_id: str, filename: str = "model.bpmn") -> Pars
         raise
     except Exception as exc:  # the library raises many types (ValidationException, KeyError, XML errors)
         raise ModelError(f"{filename}: {exc}") from exc
+    for one in (spec, *subprocess_specs.values()):
+        wire_loop_tasks(one)
     model = ParsedModel(process_id, digest, spec, subprocess_specs, xml)
-    with _MODELS_LOCK:
-        _MODELS[digest] = model
+    if caching.enabled():
+        with _MODELS_LOCK:
+            _MODELS[digest] = model
     return model
+
+
+def wire_loop_tasks(spec: Any) -> int:
+    """Connect every loop (multi-instance, standard loop) task to its instance spec's completion, as
+    SpiffWorkflow's own spec deserializer does.
+
+    The parser leaves that connection out: the library makes it only when a loop task creates its first
+    instance. A workflow resumed against a freshly parsed spec, after its instances were created in an
+    earlier request, would complete every instance without the loop task ever hearing of it, so a
+    multi-instance step never finished (all tasks done, nothing open, the item stuck). Wired here, at parse
+    time, the spec is complete on its own and the serialized state alone decides what happens next."""
+    wired = 0
+    for task_spec in spec.task_specs.values():
+        if isinstance(task_spec, LoopTask):
+            instance_spec = spec.task_specs[task_spec.task_spec]
+            if not instance_spec.completed_event.is_connected(task_spec.merge_child):
+                instance_spec.completed_event.connect(task_spec.merge_child)
+                wired += 1
+    return wired
 
 
 def new_workflow(model: ParsedModel, data: dict[str, Any]) -> BpmnWorkflow:

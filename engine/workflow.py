@@ -8,14 +8,14 @@ from decimal import Decimal
 from typing import Any, cast
 
 from SpiffWorkflow.util.task import TaskState
-from sqlalchemy import Table, func, insert, select, text, update
+from sqlalchemy import Table, insert, select, text, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, joinedload, lazyload
 from sqlalchemy.orm.attributes import set_committed_value
 
 import bpmn
 import forms
-from engine import audit, spiff, timers
+from engine import audit, caching, spiff, timers
 from engine.access import authorize, load_task_for, require_act
 from engine.calendar import WorkCalendar
 from engine.catalog import required_kinds
@@ -118,19 +118,21 @@ _calendar_cache: dict[str, tuple[tuple[Any, ...], WorkCalendar]] = {}
 
 def work_calendar(session: Session) -> WorkCalendar:
     """The working-day calendar with the admin-entered years. Built once per process and database, and
-    rebuilt when the entered years change: every entry stamps its year's `entered_at`, so the count and
-    latest stamp of `calendar_years` (one indexed aggregate) tell whether the cached copy is current."""
-    fingerprint = tuple(session.execute(select(func.count(), func.max(CalendarYear.entered_at),
-                                               func.sum(CalendarYear.year))).one())
+    rebuilt when the entered years change: every entry stamps its year's `entered_at`, so the entered years
+    with their stamps (a handful of rows) tell whether the cached copy is current. The whole list, not an
+    aggregate: a re-entered year whose stamp is older than another year's (clocks of two hosts differ) still
+    changes it. In cold mode nothing is kept."""
+    fingerprint = tuple((year, entered_at) for year, entered_at in session.execute(
+        select(CalendarYear.year, CalendarYear.entered_at).order_by(CalendarYear.year)))
     key = str(session.get_bind().engine.url)
-    cached = _calendar_cache.get(key)
+    cached = _calendar_cache.get(key) if caching.enabled() else None
     if cached is not None and cached[0] == fingerprint:
         return cached[1]
     overrides = {day: is_workday for day, is_workday in session.execute(
         select(CalendarDay.day, CalendarDay.is_workday))}
-    years = set(session.scalars(select(CalendarYear.year)))
-    calendar = WorkCalendar(overrides=overrides, covered_years=years)
-    _calendar_cache[key] = (fingerprint, calendar)
+    calendar = WorkCalendar(overrides=overrides, covered_years={year for year, _ in fingerprint})
+    if caching.enabled():
+        _calendar_cache[key] = (fingerprint, calendar)
     return calendar
 
 

@@ -488,7 +488,9 @@ class ExportJob(Base):
     """A long export rendered in the background: its progress while running, the stored result when done."""
 
     __tablename__ = "export_jobs"
-    __table_args__ = (Index("ix_export_jobs_requested_by", "requested_by_id", "created_at"),)
+    __table_args__ = (Index("ix_export_jobs_requested_by", "requested_by_id", "created_at"),
+                      # The runners' queue: queued jobs in order, running ones whose heartbeat stopped.
+                      Index("ix_export_jobs_status", "status", "id"))
     id: Mapped[int] = mapped_column(primary_key=True)
     kind: Mapped[str] = mapped_column(String(32))  # workload_xlsx | workload_csv | evidence_zip
     params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
@@ -504,6 +506,10 @@ class ExportJob(Base):
     sha256: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
-    # Written with every progress update: a running job whose heartbeat stops belongs to a dead process.
+    # Written with every progress update and by the runner's heartbeat: a running job whose heartbeat stops
+    # belongs to a dead process, and the next `tick` (or `serve`) takes it up again.
     heartbeat_at: Mapped[datetime | None]
+    # Claims so far; every write of a runner names its attempt, so one that was given up on cannot write.
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    runner: Mapped[str | None] = mapped_column(String(200))  # host:pid of the process running it
     finished_at: Mapped[datetime | None]

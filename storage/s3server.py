@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import ctypes
 import ctypes.util
+import fcntl
 import io
 import json
 import os
@@ -19,7 +20,9 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -49,6 +52,18 @@ _reserved_lock = threading.Lock()
 def _bindable(host: str, port: int) -> bool:
     # No SO_REUSEADDR on purpose: a port that is merely in TIME_WAIT is skipped rather than trusted.
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _listener_free(host: str, port: int) -> bool:
+    """Whether a server could listen on `port` now: nothing listens there (connections of an earlier server that
+    linger in TIME_WAIT do not count; weed, like most servers, binds with SO_REUSEADDR)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -115,6 +130,48 @@ def _die_with_parent(parent_pid: int) -> Callable[[], None] | None:
 
 class _PortTaken(RuntimeError):
     pass
+
+
+class PortInUse(RuntimeError):
+    """The S3 port the caller fixed is held by another process (which may itself be an S3 server)."""
+
+
+def _listening_inodes(port: int) -> set[str] | None:
+    """Socket inodes listening on `port` (any address), from /proc; None where /proc does not tell."""
+    inodes: set[str] = set()
+    seen = False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table, encoding="ascii") as fh:
+                lines = fh.readlines()[1:]
+        except OSError:
+            continue
+        seen = True
+        for line in lines:
+            fields = line.split()
+            # local_address is HEXIP:HEXPORT; state 0A is LISTEN; the inode is the tenth column.
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    return inodes if seen else None
+
+
+def listens_on(pid: int, port: int) -> bool | None:
+    """Whether process `pid` holds the socket listening on `port`; None where /proc cannot say."""
+    inodes = _listening_inodes(port)
+    if inodes is None:
+        return None
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return None
+    for fd in fds:
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:  # closed since the listing (the listing's own descriptor, for one)
+            continue
+        if link.startswith("socket:[") and link[8:-1] in inodes:
+            return True
+    return False
 
 
 class EmbeddedS3:
@@ -288,7 +345,9 @@ class EmbeddedS3:
                     message = f"weed exited with code {code} during start-up\n{self.log_tail()}"
                     taken = _PORT_TAKEN.search(self._log_since(log_offset))
                     # Fresh ports help unless the taken one is the S3 port the caller insisted on.
-                    if taken and not (self._s3_port_fixed and taken.group("flag") == "s3.port"):
+                    if taken and self._s3_port_fixed and taken.group("flag") == "s3.port":
+                        raise PortInUse(f"port {self.s3_port} is in use by another process\n{message}")
+                    if taken:
                         raise _PortTaken(message)
                     raise RuntimeError(message)
                 try:
@@ -296,10 +355,17 @@ class EmbeddedS3:
                     # data must round-trip. S3 can answer metadata requests before the volume server's
                     # first heartbeat has reached the master, and reads of existing objects then fail
                     # with InternalError for a moment after a restart.
-                    if client.bucket_exists(self.bucket) and self._probe(client):
-                        return
+                    ready = client.bucket_exists(self.bucket) and self._probe(client)
                 except Exception as exc:  # noqa: BLE001 - any failure just means "not ready yet"
                     last_error = exc
+                    ready = False
+                if ready:
+                    # An S3 server that another process runs on this port can answer the probe before our
+                    # weed notices the port is taken and exits: only the listener our process holds counts.
+                    if self.s3_port is not None and listens_on(proc.pid, self.s3_port) is False:
+                        raise PortInUse(f"port {self.s3_port} answers S3, but from another process than the "
+                                        f"weed started here (pid {proc.pid})")
+                    return
                 time.sleep(0.1)
         finally:
             http.clear()
@@ -393,6 +459,10 @@ class EmbeddedS3:
     def is_running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
     def __enter__(self) -> EmbeddedS3:
         self.start()
         return self
@@ -404,3 +474,101 @@ class EmbeddedS3:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+# ---------------------------------------------------------------- one embedded server per data directory
+
+SERVER_RECORD = "s3-server.json"
+_LOCK_NAME = "s3-server.lock"
+
+
+@dataclass(frozen=True)
+class DataDirServer:
+    """The embedded S3 server of one data directory, as a command sees it."""
+
+    endpoint: str
+    port: int
+    started: bool  # False: attached to the server another command of this data directory runs
+    displaced_from: int | None  # the port this data directory wanted, held by another process
+
+
+def _read_record(data_dir: Path) -> dict[str, object]:
+    try:
+        record = json.loads((data_dir / SERVER_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _write_record(data_dir: Path, record: dict[str, object]) -> None:
+    path = data_dir / SERVER_RECORD
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def _weed_serves(pid: object, s3_dir: Path, port: object) -> bool:
+    """Whether `pid` is a live weed serving `s3_dir` on `port` (its command line says so)."""
+    if not isinstance(pid, int) or not isinstance(port, int):
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            argv = fh.read().decode("utf-8", "replace").split("\0")
+    except OSError:
+        return False
+    return f"-dir={s3_dir}" in argv and f"-s3.port={port}" in argv
+
+
+def _record_port(record: dict[str, object]) -> int | None:
+    port = record.get("port")
+    return port if isinstance(port, int) and 0 < port < 65536 else None
+
+
+@contextmanager
+def data_dir_server(data_dir: str | Path, access_key: str, secret_key: str, bucket: str, preferred_port: int,
+                    host: str = "127.0.0.1") -> Iterator[DataDirServer]:
+    """The embedded S3 server of `data_dir`: the one another command of this data directory already runs, or one
+    started here for the duration, on the port recorded for the directory (`SERVER_RECORD`).
+
+    A server on the port that this directory does not run is never used: a directory's first server takes
+    `preferred_port` when it is free, and any other free port when it is not; a recorded port that another
+    process has taken since moves the same way. The port in use is recorded, so every command on the directory
+    (`demo`, `fsck`, `serve`) finds the same server with the same data."""
+    data_dir = Path(data_dir).resolve()
+    s3_dir = data_dir / "s3"
+    s3_dir.mkdir(parents=True, exist_ok=True)
+    server: EmbeddedS3 | None = None
+    with open(data_dir / _LOCK_NAME, "a+", encoding="utf-8") as lock:
+        # Two commands starting at once on one directory must not both start a server on its files.
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            record = _read_record(data_dir)
+            recorded = _record_port(record)
+            if recorded is not None and _weed_serves(record.get("pid"), s3_dir, recorded):
+                found = DataDirServer(f"http://{host}:{recorded}", recorded, False, None)
+            else:
+                wanted = recorded if recorded is not None else preferred_port
+                port: int | None = wanted if _listener_free(host, wanted) else None
+                for attempt in range(1, _START_ATTEMPTS + 1):
+                    server = EmbeddedS3(s3_dir, access_key, secret_key, bucket, host=host,
+                                        s3_port=port or free_port(host), log_path=data_dir / "weed.log")
+                    try:
+                        server.start()
+                        break
+                    except PortInUse:
+                        # Taken between the check and weed's bind, or answered by someone else: move on.
+                        server = None
+                        port = None
+                        if attempt == _START_ATTEMPTS:
+                            raise
+                assert server is not None and server.s3_port is not None
+                _write_record(data_dir, {"port": server.s3_port, "pid": server.pid, "dir": str(s3_dir)})
+                found = DataDirServer(server.endpoint, server.s3_port, True,
+                                      wanted if server.s3_port != wanted else None)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    try:
+        yield found
+    finally:
+        if server is not None:
+            server.stop()

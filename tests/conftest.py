@@ -123,6 +123,20 @@ def app(app_for_backend: Any) -> Iterator[Any]:
         db.session.remove()
 
 
+@pytest.fixture(params=["warm", "cold"])
+def cache_mode(request: pytest.FixtureRequest, app: Any) -> Iterator[str]:
+    """Run a test with this process's model and calendar caches on (warm) and off (cold mode: every request
+    parses the model afresh, as a new worker or another host would). Lifecycle tests use it."""
+    from engine import caching
+
+    before = caching.enabled()
+    caching.set_enabled(request.param == "warm")
+    try:
+        yield request.param
+    finally:
+        caching.set_enabled(before)
+
+
 @pytest.fixture
 def client(app: Any) -> Any:
     return app.test_client()

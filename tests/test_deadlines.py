@@ -225,3 +225,23 @@ def test_rework_to_a_review_gets_a_fresh_deadline(world, app):
     with frozen("2026-10-27 10:01:00", world):
         assert tick(app) == 1
     assert [(n["kind"], n["task_id"]) for n in notifications(world, "rev_a")] == [("reminder", again["id"])]
+
+
+def test_the_cached_calendar_follows_a_year_entered_on_a_host_whose_clock_is_behind(app):
+    """The process keeps the calendar it built; a year re-entered elsewhere must be seen here even when that
+    host's clock stamped it earlier than another year's entry (the newest stamp alone does not change then)."""
+    from datetime import UTC, date
+
+    from api.extensions import db
+    from engine.workflow import work_calendar
+    from storage.models import CalendarDay, CalendarYear
+
+    db.session.add_all([CalendarYear(year=2027, entered_at=datetime(2026, 12, 1, tzinfo=UTC)),
+                        CalendarYear(year=2028, entered_at=datetime(2026, 12, 5, tzinfo=UTC))])
+    db.session.commit()
+    monday = date(2027, 3, 1)
+    assert work_calendar(db.session).is_workday(monday)[0]
+    db.session.add(CalendarDay(day=monday, is_workday=False, note="补录假日"))
+    db.session.get(CalendarYear, 2027).entered_at = datetime(2026, 12, 3, tzinfo=UTC)
+    db.session.commit()
+    assert not work_calendar(db.session).is_workday(monday)[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import socket
+import threading
 import time
 import zipfile
 from datetime import UTC, datetime, timedelta
@@ -170,16 +171,139 @@ def test_store_down_ends_the_job_failed_with_the_reason(world, inline):
     assert pm.get(f"/exports/jobs/{job_id}/download").status_code == 404
 
 
-def test_a_job_abandoned_by_a_dead_process_shows_as_failed(world, inline):
-    pm = Browser(inline, "pm")
-    job_id = _queue(pm, "workload_csv")
+def _abandon(job_id: int, attempts: int = 1, minutes: int = 30) -> None:
+    """What a runner that died mid-export leaves behind: running, its heartbeat long silent."""
     job = _job(job_id)
     job.status = "running"
-    job.started_at = job.heartbeat_at = datetime.now(UTC) - jobs.STALE_AFTER - timedelta(minutes=1)
+    job.attempts = attempts
+    job.runner = "gone-host:4242"
+    job.started_at = job.heartbeat_at = datetime.now(UTC) - timedelta(minutes=minutes)
     db.session.commit()
+
+
+def test_a_job_left_running_by_a_dead_process_is_finished_by_the_next_tick(world, inline, monkeypatch):
+    from tests.test_trust_audit import run_cli
+
+    completed_items(2, prefix="JD", at=JUNE)
+    pm = Browser(inline, "pm")
+    job_id = _queue(pm, "workload_csv")
+    _abandon(job_id)
     body = world.get("pm", f"/api/v1/jobs/{job_id}").get_json()
-    assert body["status"] == "failed" and body["error"] == jobs.STALE_ERROR
+    assert (body["status"], body["error"]) == ("queued", jobs.STALE_NOTE)
+    assert "排队中" in pm.get(f"/exports/jobs/{job_id}").get_data(as_text=True)
+
+    result = run_cli(inline, monkeypatch, "tick")
+    assert result.exit_code == 0, result.output
+    assert "export jobs: 1 recovered, 1 done" in result.output
+    job = _job(job_id)
+    assert (job.status, job.attempts, job.error) == ("done", 2, None)
+    assert job.runner != "gone-host:4242" and job.progress_done == job.progress_total == 2
+    r = pm.get(f"/exports/jobs/{job_id}/download")
+    assert r.status_code == 200
+    assert sum(1 for row in csv.reader(io.StringIO(r.data.decode("utf-8-sig"))) if any("JD-" in c for c in row)) == 2
+    # Nothing left to do: the next tick neither recovers nor runs anything, nor starts a store for it.
+    again = run_cli(inline, monkeypatch, "tick")
+    assert again.exit_code == 0 and "export jobs" not in again.output
+
+
+def test_a_job_whose_runners_keep_dying_fails_for_good_with_the_reason(world, inline, store):
+    pm = Browser(inline, "pm")
+    job_id = _queue(pm, "workload_csv")
+    _abandon(job_id, attempts=jobs.MAX_ATTEMPTS)
+    assert jobs.run_pending(_factory(), store) == {"recovered": 1}
+    job = _job(job_id)
+    assert job.status == "failed" and job.finished_at is not None
+    assert "gone-host:4242" in job.error and f"given up after {jobs.MAX_ATTEMPTS} attempts" in job.error
+    body = world.get("pm", f"/api/v1/jobs/{job_id}").get_json()
+    assert body["status"] == "failed" and body["error"] == job.error
     assert "生成失败" in pm.get(f"/exports/jobs/{job_id}").get_data(as_text=True)
+
+
+def test_a_runner_that_was_given_up_on_writes_nothing(world, inline, store):
+    pm = Browser(inline, "pm")
+    job_id = _queue(pm, "workload_csv")
+    first = jobs._claim(_factory(), job_id)
+    assert first is not None and first.attempts == 1
+    slow = jobs._Progress(_factory(), job_id, first.attempts)
+    slow(1, 10)
+    _abandon(job_id, attempts=1)  # its heartbeat went silent (a long pause, a partitioned host)
+    assert jobs.recover_stale(_factory()) == [job_id]
+    assert jobs.run_pending(_factory(), store) == {"recovered": 0, "done": 1}
+    # The first runner wakes up: its progress and its result are refused, and it stops.
+    with pytest.raises(jobs.Superseded):
+        slow(10, 10)
+    with pytest.raises(jobs.Superseded):
+        slow.write(status="failed", error="late", finished_at=datetime.now(UTC))
+    job = _job(job_id)
+    assert (job.status, job.attempts, job.error) == ("done", 2, None)
+
+
+def test_the_heartbeat_keeps_a_long_silent_job_its_own(world, inline, store, monkeypatch):
+    """A render that reports no progress for longer than STALE_AFTER is still alive: its heartbeat thread keeps
+    it fresh, and recoverers running all the while never take it away."""
+    monkeypatch.setattr(jobs, "HEARTBEAT_SECONDS", 0.1)
+    monkeypatch.setattr(jobs, "STALE_AFTER", timedelta(seconds=1.5))
+    real_render = jobs._render
+
+    def slow_render(*args, **kwargs):
+        time.sleep(4)
+        return real_render(*args, **kwargs)
+
+    monkeypatch.setattr(jobs, "_render", slow_render)
+    pm = Browser(inline, "pm")
+    job_id = _queue(pm, "workload_csv")
+    stolen: list[int] = []
+    stop = threading.Event()
+    factory = _factory()
+
+    def recoverer():
+        while not stop.wait(0.2):
+            stolen.extend(jobs.recover_stale(factory))
+
+    watcher = threading.Thread(target=recoverer)
+    watcher.start()
+    try:
+        assert run_job(_factory(), store, job_id) == "done"
+    finally:
+        stop.set()
+        watcher.join()
+    assert stolen == []
+    assert (_job(job_id).status, _job(job_id).attempts) == ("done", 1)
+
+
+def test_runners_on_many_hosts_run_each_job_once(world, inline, store, backend):
+    """Three runners (as `tick` on three hosts) at once, over queued and abandoned jobs: every job ends done,
+    each run by exactly one attempt after its abandonment, none twice."""
+    if backend != "postgresql":
+        pytest.skip("row locks with SKIP LOCKED: PostgreSQL")
+    completed_items(1, prefix="JM", at=JUNE)
+    pm = Browser(inline, "pm")
+    for _round in range(5):
+        queued = [_queue(pm, "workload_csv") for _ in range(6)]
+        abandoned = [_queue(pm, "workload_csv") for _ in range(4)]
+        for job_id in abandoned:
+            _abandon(job_id)
+        db.session.remove()
+        barrier = threading.Barrier(3)
+        outcomes: list[dict[str, int]] = []
+        factory = _factory()
+
+        def runner():
+            barrier.wait()
+            outcomes.append(jobs.run_pending(factory, store))
+
+        threads = [threading.Thread(target=runner) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sum(o["recovered"] for o in outcomes) == len(abandoned)
+        assert sum(o.get("done", 0) for o in outcomes) == len(queued) + len(abandoned)
+        assert sum(o.get("superseded", 0) for o in outcomes) == 0
+        for job_id in queued + abandoned:
+            job = _job(job_id)
+            assert job.status == "done", (job_id, job.status, job.error)
+            assert job.attempts == (2 if job_id in abandoned else 1)
 
 
 def test_the_background_thread_completes_an_evidence_bundle(world, app, store):

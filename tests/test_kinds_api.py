@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from bpmn import CATALOG_DIR
 
 APPROVE = {"decision": "approve", "comment": "同意"}
@@ -44,6 +46,7 @@ def intake(world: Any, item_id: int, data: dict[str, Any] | None = None) -> None
     do(world, "pm", item_id, "confirm_difficulty", {"difficulty": "1.20", "complexity_note": "涉及多部门数据共享"})
 
 
+@pytest.mark.usefixtures("cache_mode")
 def test_one_thing_with_three_departments(world):
     world.user("rev_c", "dept_reviewer", "DC")
     created = world.new_item("SH-YJS-1", line="5", department="DA", channels=["pc", "mobile"],
@@ -104,6 +107,39 @@ def test_one_thing_with_three_departments(world):
         ("mobile", 840000.0), ("pc", 600000.0)]
 
 
+@pytest.mark.usefixtures("cache_mode")
+def test_one_thing_with_two_departments_reaches_the_plan_after_both_confirmations(world, cache_mode):
+    """The per-department step ends when both departments have confirmed, whichever process answers: cold, every
+    request resumes the instance against a freshly parsed model (it froze there: all done, nothing open)."""
+    item_id = world.new_item("SH-YJS-2", line="5", department="DA", channels=["pc"],
+                             attributes={"departments": ["DA", "DB"]})["id"]
+    intake(world, item_id)
+    do(world, "impl", item_id, "survey_current", {"item_count": 2})
+    for dept in ("DA", "DB"):
+        do(world, "impl", item_id, "analyse_linked_item", {"notes": dept}, department=dept)
+    do(world, "rev_a", item_id, "confirm_linked_item", RETURN, department="DA")
+    do(world, "impl", item_id, "analyse_linked_item", {"notes": "补充"}, department="DA")
+    do(world, "rev_b", item_id, "confirm_linked_item", APPROVE, department="DB")
+    assert [(t["name"], t["department"]) for t in world.open_tasks(item_id)] == [("confirm_linked_item", "DA")]
+    do(world, "rev_a", item_id, "confirm_linked_item", APPROVE, department="DA")
+    state = item(world, item_id)
+    assert (state["status"], state["stage"]) == ("active", "plan"), cache_mode
+    assert [t["name"] for t in world.open_tasks(item_id)] == ["business_technical_plan"]
+
+    do(world, "impl", item_id, "business_technical_plan", {"notes": "方案"})
+    do(world, "rev_a", item_id, "confirm_plan", APPROVE)
+    do(world, "impl", item_id, "build_integration", {"integration_done": True})
+    do(world, "impl", item_id, "quality_check", {"tests_passed": True})
+    do(world, "impl", item_id, "tests", {"tests_passed": True})
+    do(world, "impl", item_id, "walkthrough", {})
+    do(world, "impl", item_id, "go_live", GO_LIVE)
+    do(world, "rev_a", item_id, "cosign_department", {"confirm": True})
+    do(world, "impl2", item_id, "cosign_implementer", {"confirm": True})
+    assert item(world, item_id)["status"] == "completed"
+    entries = world.get("pm", "/api/v1/workload?contract=SH-YWTB-2025").get_json()["entries"]
+    assert [(e["channel"], e["amount"]) for e in entries if e["item_id"] == item_id] == [("pc", 600000.0)]
+
+
 def run_licence(world: Any, code: str, parts: list[str]) -> dict[str, Any]:
     item_id = world.new_item(code, line="12", channels=["pc"])["id"]
     intake(world, item_id, {"parts": parts, "summary": "营业执照"})
@@ -130,6 +166,7 @@ def run_licence(world: Any, code: str, parts: list[str]) -> dict[str, Any]:
     return item(world, item_id)
 
 
+@pytest.mark.usefixtures("cache_mode")
 def test_e_licence_with_issuing_showing_and_using(world):
     done = run_licence(world, "SH-ZZ-1", ["showing", "using"])
     assert done["status"] == "completed"
@@ -141,6 +178,7 @@ def test_e_licence_with_issuing_showing_and_using(world):
     assert "showing" in stages and "using" in stages
 
 
+@pytest.mark.usefixtures("cache_mode")
 def test_e_licence_with_issuing_only(world):
     done = run_licence(world, "SH-ZZ-2", [])
     assert done["status"] == "completed"
@@ -150,6 +188,7 @@ def test_e_licence_with_issuing_only(world):
     assert [(e["channel"], e["amount"]) for e in entries if e["item_id"] == done["id"]] == [("pc", 72000.0)]
 
 
+@pytest.mark.usefixtures("cache_mode")
 def test_scenario_guide_returned_twice(world, app):
     from api.extensions import db
     from engine.catalog import load_catalog_file
@@ -186,6 +225,7 @@ def test_scenario_guide_returned_twice(world, app):
         {"scenario_guides": {"min": 50}}
 
 
+@pytest.mark.usefixtures("cache_mode")
 def test_line_3_item_needs_third_party_report_and_plain_confirmation(world):
     item_id = world.new_item("SH-GJ-1", line="3", mode="iteration", channels=["pc", "mobile"])["id"]
     intake(world, item_id)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import pytest
 from sqlalchemy import func, select
 
 from api.extensions import db
@@ -16,6 +17,7 @@ def drive_to_survey_review(world, item_id):
     world.complete_task_as("impl", item_id, "survey_sorting", {"item_count": 3})
 
 
+@pytest.mark.usefixtures("cache_mode")
 def test_new_item_full_lifecycle_with_return_and_cosign(world):
     item = world.new_item("SH-NEW-1", mode="new", channels=["pc", "mobile"], attributes={"data_quality": True})
     item_id = item["id"]
@@ -92,6 +94,7 @@ def test_new_item_full_lifecycle_with_return_and_cosign(world):
     assert db.session.execute(select(func.count(GatePass.id))).scalar() > 10
 
 
+@pytest.mark.usefixtures("cache_mode")
 def test_iteration_item_skips_walkthrough_and_needs_change_letter(world):
     item_id = world.new_item("SH-IT-1", mode="iteration", channels=["kiosk"])["id"]
     detail = world.get("impl", f"/api/v1/tasks/{world.task_named(item_id, 'intake')['id']}").get_json()

@@ -209,6 +209,7 @@ class Lifecycle(RuleBasedStateMachine):
         db.session.remove()
 
 
+@pytest.mark.usefixtures("cache_mode")
 def test_lifecycle_state_machine(world, app, store, backend):
     if backend != "sqlite":
         pytest.skip("bounded run on SQLite; PostgreSQL races are in tests/test_concurrency.py")

@@ -35,6 +35,7 @@ def open_settlement(world, body=None):
     return r.get_json()
 
 
+@pytest.mark.usefixtures("cache_mode")
 def test_claim_revised_reviewed_and_approved_with_numbers_adding_up(sworld):
     w = sworld
     a = completed_items(3, prefix="A", channels=("pc", "mobile"))
