@@ -440,7 +440,7 @@ def test_the_migration_scopes_existing_per_department_evidence(fresh_app):
     loose = world.upload("impl", item_id, "business_plan").get_json()["id"]
     db.session.remove()
 
-    downgrade(revision="0008_artefact_etag")
+    downgrade(revision="13a_export_job_attempts")
     upgrade(revision="heads")
     db.session.remove()
 

@@ -6,7 +6,7 @@ per-department step, and an artefact uploaded for such a task is that task's dep
 uploaded without naming a task stay evidence of the whole item; a per-department gate does not count them.
 
 Revision ID: 13b_evidence_scope
-Revises: 0008_artefact_etag
+Revises: 13a_export_job_attempts
 """
 from xml.etree import ElementTree
 
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "13b_evidence_scope"
-down_revision = "0008_artefact_etag"
+down_revision = "13a_export_job_attempts"
 branch_labels = None
 depends_on = None
 
