@@ -112,11 +112,7 @@ def users_create(name: str, role: str, department: str | None, password_stdin: b
     from engine import audit
     from engine.errors import DomainError
 
-    if not password_stdin:
-        raise click.UsageError("pass --password-stdin and give the password on standard input")
-    password = sys.stdin.readline().rstrip("\r\n")
-    if len(password) < 8:
-        raise click.ClickException("the password must have at least 8 characters")
+    password = _password_from_stdin(password_stdin)
     with app_context():
         try:
             user = create_user(name, password, role, department, display_name)
@@ -126,6 +122,57 @@ def users_create(name: str, role: str, department: str | None, password_stdin: b
                      target_id=user.id, username=user.username, role=role)
         database.session.commit()
         click.echo(f"created user {name} ({role}{', ' + department if department else ''})")
+
+
+def _password_from_stdin(password_stdin: bool) -> str:
+    if not password_stdin:
+        raise click.UsageError("pass --password-stdin and give the password on standard input")
+    password = sys.stdin.readline().rstrip("\r\n")
+    if not 8 <= len(password) <= 256:
+        raise click.ClickException("the password must have 8 to 256 characters")
+    return password
+
+
+def _change_user(name: str, body: dict[str, Any]) -> Any:
+    from api.extensions import db as database
+    from api.rest.core import change_user_by_name
+    from engine import audit
+    from engine.errors import DomainError
+
+    with app_context():
+        try:
+            result = change_user_by_name(audit.Actor(None, "cli", "admin"), name, body)
+        except DomainError as exc:
+            database.session.rollback()
+            errors = exc.extra.get("errors")
+            raise click.ClickException(f"{exc.detail}{f': {errors}' if errors else ''}") from exc
+        database.session.commit()
+        ended = result.revoked
+        click.echo(f"user {name}: " + ", ".join(
+            [f"active={result.user.active}"]
+            + ([f"{ended.tokens} token(s) and {ended.sessions} web session(s) ended"] if ended else [])
+            + ([f"{len(result.released)} claimed task(s) back in the group queue"] if result.released else [])))
+
+
+@users.command("deactivate", help="Deactivate a user: sign-ins are refused, every token and web session ends "
+                                  "now, claimed tasks go back to the group queue; the history stays.")
+@click.argument("name")
+def users_deactivate(name: str) -> None:
+    _change_user(name, {"active": False})
+
+
+@users.command("activate", help="Let a deactivated user sign in again.")
+@click.argument("name")
+def users_activate(name: str) -> None:
+    _change_user(name, {"active": True})
+
+
+@users.command("set-password", help="Set a user's password (one line of standard input); every token and web "
+                                    "session of the user ends now.")
+@click.argument("name")
+@click.option("--password-stdin", is_flag=True, help="read the password from one line of standard input")
+def users_set_password(name: str, password_stdin: bool) -> None:
+    _change_user(name, {"password": _password_from_stdin(password_stdin)})
 
 
 # ---------------------------------------------------------------- catalogue
