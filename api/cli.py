@@ -273,6 +273,7 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
     stop = threading.Event()
 
     def run(endpoint: str) -> None:
+        require_evidence_lock(settings, endpoint)
         env = dict(os.environ, ITEMGATE_S3_ENDPOINT=endpoint)
         cmd = gunicorn_command(host, port, workers, threads) + ["--access-logfile", "-"]
         proc = subprocess.Popen(cmd, env=env)  # noqa: S603 (fixed argv)
@@ -296,6 +297,35 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
     else:
         with embedded_s3(settings) as endpoint:
             run(endpoint)
+
+
+def require_evidence_lock(settings: Any, endpoint: str) -> None:
+    """Refuse to serve from a bucket without object lock (held evidence there can be deleted with the app's own
+    credentials) unless the operator accepted that with ITEMGATE_EVIDENCE_LOCK=off."""
+    from storage.artefact_store import ArtefactStore, StoreUnavailable
+
+    store = ArtefactStore(endpoint, settings.s3_access_key, settings.s3_secret_key, settings.s3_bucket)
+    try:
+        store.ensure_bucket()  # a bucket ItemGate creates gets object lock
+        locked = store.object_lock_enabled()
+    except StoreUnavailable as exc:
+        click.echo(f"warning: could not check the bucket's object lock now ({exc}); /readyz reports it", err=True)
+        return
+    finally:
+        store.close()
+    if locked:
+        return
+    where = f"bucket {settings.s3_bucket!r} at {endpoint}"
+    if not settings.evidence_lock:
+        click.echo(f"WARNING: {where} has no object lock; running anyway (ITEMGATE_EVIDENCE_LOCK=off): evidence "
+                   "that passed a gate can be deleted. /readyz reports evidence_lock off.", err=True)
+        return
+    raise click.ClickException(
+        f"{where} was created without object lock, so evidence that passed a gate could be deleted with "
+        "ItemGate's own credentials. Object lock can only be chosen when a bucket is created: point "
+        "ITEMGATE_S3_BUCKET at a new bucket (ItemGate creates it with object lock and versioning; or create it "
+        "yourself, e.g. `mc mb --with-lock`) and move the data with `itemgate backup` / `itemgate restore` "
+        "(docs/TRUST.md, Evidence lock). To run without the lock anyway, set ITEMGATE_EVIDENCE_LOCK=off.")
 
 
 def _tick_loop(every: int, stop: threading.Event) -> None:

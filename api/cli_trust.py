@@ -102,6 +102,9 @@ def fsck(repair: bool, quick: bool) -> None:
         settings = app.config["ITEMGATE"]
         report = run_fsck(database.session, store, repair=repair, grace_hours=settings.orphan_grace_hours,
                           deep=not quick)
+        if report.lock_missing:
+            click.echo(f"bucket {store.bucket}: no object lock - legal holds protect nothing and gate evidence can "
+                       "be deleted with the application's credentials (see docs/TRUST.md, Evidence lock)")
         for p in report.problems:
             click.echo(f"artefact {p.artefact_id}: {p.problem} ({p.key} version {p.version_id})")
         for p in report.held:
@@ -116,9 +119,9 @@ def fsck(repair: bool, quick: bool) -> None:
                              target_type="bucket", target_id=store.bucket,
                              objects=[[o.key, o.version_id] for o in report.removed])
             database.session.commit()
-        click.echo(f"checked {report.checked} artefacts: {len(report.problems)} problem(s), "
+        click.echo(f"checked {report.checked} artefacts: {len(report.problems) + report.lock_missing} problem(s), "
                    f"{len(report.orphans)} orphan(s), {len(report.removed)} removed")
-        if report.problems or len(report.orphans) > len(report.removed):
+        if report.problems or report.lock_missing or len(report.orphans) > len(report.removed):
             sys.exit(1)
 
 

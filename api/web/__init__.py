@@ -46,6 +46,18 @@ def register(app: Flask) -> None:
                    locale_selector=i18n.select_locale)
     i18n.install(app)
 
+    @app.context_processor
+    def _evidence_lock_warning() -> dict[str, Any]:
+        def evidence_lock_off() -> bool:
+            # A standing warning for administrators while the bucket has no object lock (ITEMGATE_EVIDENCE_LOCK=off).
+            if not current_user.is_authenticated or current_user.role != "admin":
+                return False
+            from api.app import evidence_lock_state
+
+            return evidence_lock_state(app) == "off"
+
+        return {"evidence_lock_off": evidence_lock_off}
+
     @app.before_request
     def _web_context() -> Any:
         if request.path.startswith("/api/") or request.path.startswith("/static/"):
