@@ -280,6 +280,7 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
         os.environ["ITEMGATE_S3_ENDPOINT"] = endpoint
         ticker = threading.Thread(target=_tick_loop, args=(settings.tick_seconds, stop), daemon=True)
         ticker.start()
+        threading.Thread(target=_anchor_loop, args=(settings.audit_anchor_minutes, stop), daemon=True).start()
         click.echo(f"ItemGate is running on http://{host}:{port}")
 
         def _forward(signum: int, _frame: Any) -> None:
@@ -337,6 +338,36 @@ def _tick_loop(every: int, stop: threading.Event) -> None:
                 _tick_once()
         except Exception as exc:  # keep ticking; the next round may succeed
             click.echo(f"tick failed: {exc}", err=True)
+
+
+def _anchor_loop(minutes: int, stop: threading.Event) -> None:
+    """Anchor the audit chain's head at start and every `minutes` while it moves (docs/TRUST.md)."""
+    app = None
+    last: int | None = None
+    while True:
+        try:
+            app = app or _app()
+            with app.app_context():
+                from api.extensions import db as database
+                from engine.anchors import anchor_if_moved
+
+                store = app.extensions.get("itemgate_store")
+                if store is not None:
+                    anchor = anchor_if_moved(database.session, store, last)
+                    last = anchor.event_id if anchor is not None else last
+                database.session.remove()
+        except Exception as exc:  # keep going; the next round may succeed
+            click.echo(f"audit anchor failed: {exc}", err=True)
+        if stop.wait(minutes * 60):
+            break
+    if app is not None:
+        with app.app_context():
+            from api.extensions import db as database
+
+            database.engine.dispose()
+        store = app.extensions.get("itemgate_store")
+        if store is not None:
+            store.close()
 
 
 def _tick_once() -> int:
