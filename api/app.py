@@ -227,8 +227,21 @@ def register_health(app: Flask) -> None:
             checks["database"] = f"error: {type(exc).__name__}"
         store = app.extensions.get("itemgate_store")
         checks["object_store"] = "ok" if store is not None and store.ping() else "unreachable"
+        lock = evidence_lock_state(app)
+        if lock == "off" and app.config["ITEMGATE"].evidence_lock:
+            # `serve` refuses such a bucket; a worker started some other way is not ready either.
+            checks["evidence_lock"] = "bucket without object lock (set ITEMGATE_EVIDENCE_LOCK=off to accept)"
         ok = all(v == "ok" for v in checks.values())
-        return jsonify(status="ready" if ok else "not_ready", checks=checks), 200 if ok else 503
+        return jsonify(status="ready" if ok else "not_ready", evidence_lock=lock, checks=checks), \
+            200 if ok else 503
+
+
+def evidence_lock_state(app: Flask) -> str:
+    """"on" when gate evidence in the bucket is protected by object lock, "off" when the bucket has none (only
+    with ITEMGATE_EVIDENCE_LOCK=off is that accepted), "unknown" when the store cannot say right now."""
+    store = app.extensions.get("itemgate_store")
+    lock = None if store is None else store.evidence_lock()
+    return "unknown" if lock is None else "on" if lock else "off"
 
 
 def register_web(app: Flask) -> None:

@@ -6,7 +6,7 @@ import secrets
 from datetime import UTC, datetime, timedelta
 
 from flask import current_app, g, request
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from api.extensions import db
@@ -44,14 +44,34 @@ def issue_token(user: User) -> tuple[str, datetime]:
     return token, expires
 
 
-def user_from_bearer() -> User | None:
+def check_password(user: User, password: str) -> bool:
+    return check_password_hash(user.password_hash, password)
+
+
+def _bearer() -> str | None:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return None
+    return token.strip()
+
+
+def revoke_bearer() -> bool:
+    """End the token this request came with (the caller commits); True when there was one."""
+    token = _bearer()
+    if token is None:
+        return False
+    result = db.session.execute(delete(ApiToken).where(ApiToken.token_hash == _digest(token)))
+    return bool(getattr(result, "rowcount", 0))
+
+
+def user_from_bearer() -> User | None:
+    token = _bearer()
+    if token is None:
+        return None
     found = db.session.execute(
         select(User, ApiToken.expires_at).join(ApiToken, ApiToken.user_id == User.id)
-        .where(ApiToken.token_hash == _digest(token.strip()))).first()
+        .where(ApiToken.token_hash == _digest(token))).first()
     if found is None:
         return None
     user, expires_at = found

@@ -112,11 +112,7 @@ def users_create(name: str, role: str, department: str | None, password_stdin: b
     from engine import audit
     from engine.errors import DomainError
 
-    if not password_stdin:
-        raise click.UsageError("pass --password-stdin and give the password on standard input")
-    password = sys.stdin.readline().rstrip("\r\n")
-    if len(password) < 8:
-        raise click.ClickException("the password must have at least 8 characters")
+    password = _password_from_stdin(password_stdin)
     with app_context():
         try:
             user = create_user(name, password, role, department, display_name)
@@ -126,6 +122,57 @@ def users_create(name: str, role: str, department: str | None, password_stdin: b
                      target_id=user.id, username=user.username, role=role)
         database.session.commit()
         click.echo(f"created user {name} ({role}{', ' + department if department else ''})")
+
+
+def _password_from_stdin(password_stdin: bool) -> str:
+    if not password_stdin:
+        raise click.UsageError("pass --password-stdin and give the password on standard input")
+    password = sys.stdin.readline().rstrip("\r\n")
+    if not 8 <= len(password) <= 256:
+        raise click.ClickException("the password must have 8 to 256 characters")
+    return password
+
+
+def _change_user(name: str, body: dict[str, Any]) -> Any:
+    from api.extensions import db as database
+    from api.rest.core import change_user_by_name
+    from engine import audit
+    from engine.errors import DomainError
+
+    with app_context():
+        try:
+            result = change_user_by_name(audit.Actor(None, "cli", "admin"), name, body)
+        except DomainError as exc:
+            database.session.rollback()
+            errors = exc.extra.get("errors")
+            raise click.ClickException(f"{exc.detail}{f': {errors}' if errors else ''}") from exc
+        database.session.commit()
+        ended = result.revoked
+        click.echo(f"user {name}: " + ", ".join(
+            [f"active={result.user.active}"]
+            + ([f"{ended.tokens} token(s) and {ended.sessions} web session(s) ended"] if ended else [])
+            + ([f"{len(result.released)} claimed task(s) back in the group queue"] if result.released else [])))
+
+
+@users.command("deactivate", help="Deactivate a user: sign-ins are refused, every token and web session ends "
+                                  "now, claimed tasks go back to the group queue; the history stays.")
+@click.argument("name")
+def users_deactivate(name: str) -> None:
+    _change_user(name, {"active": False})
+
+
+@users.command("activate", help="Let a deactivated user sign in again.")
+@click.argument("name")
+def users_activate(name: str) -> None:
+    _change_user(name, {"active": True})
+
+
+@users.command("set-password", help="Set a user's password (one line of standard input); every token and web "
+                                    "session of the user ends now.")
+@click.argument("name")
+@click.option("--password-stdin", is_flag=True, help="read the password from one line of standard input")
+def users_set_password(name: str, password_stdin: bool) -> None:
+    _change_user(name, {"password": _password_from_stdin(password_stdin)})
 
 
 # ---------------------------------------------------------------- catalogue
@@ -234,6 +281,7 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
     stop = threading.Event()
 
     def run(endpoint: str) -> None:
+        require_evidence_lock(settings, endpoint)
         env = dict(os.environ, ITEMGATE_S3_ENDPOINT=endpoint)
         cmd = gunicorn_command(host, port, workers, threads) + ["--access-logfile", "-"]
         proc = subprocess.Popen(cmd, env=env)  # noqa: S603 (fixed argv)
@@ -243,6 +291,7 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
         # Export jobs on a loop of their own, so a long export never holds up the timers.
         runner = threading.Thread(target=_jobs_loop, args=(settings.tick_seconds, stop), daemon=True)
         runner.start()
+        threading.Thread(target=_anchor_loop, args=(settings.audit_anchor_minutes, stop), daemon=True).start()
         click.echo(f"ItemGate is running on http://{host}:{port}")
 
         def _forward(signum: int, _frame: Any) -> None:
@@ -260,6 +309,35 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
     else:
         with embedded_s3(settings) as endpoint:
             run(endpoint)
+
+
+def require_evidence_lock(settings: Any, endpoint: str) -> None:
+    """Refuse to serve from a bucket without object lock (held evidence there can be deleted with the app's own
+    credentials) unless the operator accepted that with ITEMGATE_EVIDENCE_LOCK=off."""
+    from storage.artefact_store import ArtefactStore, StoreUnavailable
+
+    store = ArtefactStore(endpoint, settings.s3_access_key, settings.s3_secret_key, settings.s3_bucket)
+    try:
+        store.ensure_bucket()  # a bucket ItemGate creates gets object lock
+        locked = store.object_lock_enabled()
+    except StoreUnavailable as exc:
+        click.echo(f"warning: could not check the bucket's object lock now ({exc}); /readyz reports it", err=True)
+        return
+    finally:
+        store.close()
+    if locked:
+        return
+    where = f"bucket {settings.s3_bucket!r} at {endpoint}"
+    if not settings.evidence_lock:
+        click.echo(f"WARNING: {where} has no object lock; running anyway (ITEMGATE_EVIDENCE_LOCK=off): evidence "
+                   "that passed a gate can be deleted. /readyz reports evidence_lock off.", err=True)
+        return
+    raise click.ClickException(
+        f"{where} was created without object lock, so evidence that passed a gate could be deleted with "
+        "ItemGate's own credentials. Object lock can only be chosen when a bucket is created: point "
+        "ITEMGATE_S3_BUCKET at a new bucket (ItemGate creates it with object lock and versioning; or create it "
+        "yourself, e.g. `mc mb --with-lock`) and move the data with `itemgate backup` / `itemgate restore` "
+        "(docs/TRUST.md, Evidence lock). To run without the lock anyway, set ITEMGATE_EVIDENCE_LOCK=off.")
 
 
 def _tick_loop(every: int, stop: threading.Event) -> None:
@@ -286,6 +364,36 @@ def _jobs_loop(every: int, stop: threading.Event) -> None:
             click.echo(f"export job runner failed: {exc}", err=True)
         if stop.wait(every):
             return
+
+
+def _anchor_loop(minutes: int, stop: threading.Event) -> None:
+    """Anchor the audit chain's head at start and every `minutes` while it moves (docs/TRUST.md)."""
+    app = None
+    last: int | None = None
+    while True:
+        try:
+            app = app or _app()
+            with app.app_context():
+                from api.extensions import db as database
+                from engine.anchors import anchor_if_moved
+
+                store = app.extensions.get("itemgate_store")
+                if store is not None:
+                    anchor = anchor_if_moved(database.session, store, last)
+                    last = anchor.event_id if anchor is not None else last
+                database.session.remove()
+        except Exception as exc:  # keep going; the next round may succeed
+            click.echo(f"audit anchor failed: {exc}", err=True)
+        if stop.wait(minutes * 60):
+            break
+    if app is not None:
+        with app.app_context():
+            from api.extensions import db as database
+
+            database.engine.dispose()
+        store = app.extensions.get("itemgate_store")
+        if store is not None:
+            store.close()
 
 
 def _tick_once() -> int:

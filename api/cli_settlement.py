@@ -18,7 +18,9 @@ def evidence() -> None:
                                  "Exit status 1 when anything does not match.")
 @click.argument("bundle", type=click.Path(exists=True, dir_okay=False))
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def evidence_verify(bundle: str, quiet: bool) -> None:
+@click.option("--against-anchors", is_flag=True,
+              help="also check that an audit anchor in the object store carries this bundle's manifest SHA-256")
+def evidence_verify(bundle: str, quiet: bool, against_anchors: bool) -> None:
     from tqdm import tqdm
 
     from engine.bundle import BundleError, verify_bundle
@@ -41,6 +43,25 @@ def evidence_verify(bundle: str, quiet: bool) -> None:
         click.echo(f"{len(report.mismatches)} mismatch(es); {report.files_checked} file(s) checked")
         sys.exit(1)
     click.echo(f"bundle OK: {report.files_checked} file(s), {report.bytes_checked} bytes match the manifest")
+    if against_anchors:
+        _verify_against_anchors(bundle)
+
+
+def _verify_against_anchors(bundle: str) -> None:
+    from engine.bundle import BundleError, check_against_anchors
+    from storage.artefact_store import StoreUnavailable
+
+    with app_context() as app, object_store(app) as store:
+        try:
+            check = check_against_anchors(bundle, store)
+        except (BundleError, StoreUnavailable) as exc:
+            raise click.ClickException(str(exc)) from exc
+    if not check.ok:
+        click.echo(f"ANCHOR MISMATCH: {check.problem} (manifest sha256 {check.manifest_sha256})")
+        sys.exit(1)
+    assert check.matched is not None
+    click.echo(f"anchor OK: the manifest (sha256 {check.manifest_sha256}) is the one anchored as "
+               f"{check.matched.key} at {check.matched.anchored_at} (audit event {check.matched.event_id})")
 
 
 @evidence.command("bundle", help="Write the evidence bundle of a settlement (or of a filter) to a ZIP file.")

@@ -35,12 +35,15 @@ def audit() -> None:
     pass
 
 
-@audit.command("verify", help="Walk the hash chain (from the latest prune checkpoint); name the first broken "
-                              "link. Exit status 1 when broken.")
+@audit.command("verify", help="Walk the hash chain (from the latest prune checkpoint) and check it against every "
+                              "anchor in the object store; name the first broken link or the first anchor it "
+                              "contradicts. Exit status 1 when broken.")
 @click.option("--exports", is_flag=True, help="also re-read the pruned exports from the object store")
 def audit_verify(exports: bool) -> None:
     from api.extensions import db as database
+    from engine.anchors import stored_anchors, verify_against
     from engine.audit import latest_checkpoint, verify_database
+    from storage.artefact_store import StoreUnavailable
 
     with app_context() as app:
         report = verify_database(database.session)
@@ -52,15 +55,62 @@ def audit_verify(exports: bool) -> None:
                        f"({report.checked} events checked from {origin})")
             sys.exit(1)
         click.echo(f"audit chain OK: {report.checked} events verified from {origin}")
-        if exports and checkpoint is not None:
-            from engine.retention import verify_exports
-
-            with object_store(app) as store:
-                exported = verify_exports(database.session, store)
-            if not exported.ok:
-                click.echo(f"BROKEN in exports at audit event {exported.first_broken_id}: {exported.reason}")
+        with object_store(app) as store:
+            try:
+                found = stored_anchors(store)
+            except StoreUnavailable as exc:
+                click.echo(f"NOT VERIFIED against anchors: the object store is unavailable ({exc})")
                 sys.exit(1)
-            click.echo(f"exports OK: {exported.checked} pruned events verified from the genesis")
+            against = verify_against(database.session, found.anchors)
+            for what in found.unreadable:
+                click.echo(f"unreadable anchor: {what}")
+            if against.first is not None:
+                anchor, why = against.first
+                click.echo(f"CONTRADICTS anchor {anchor.key} (version {anchor.version_id}, written "
+                           f"{anchor.anchored_at}, {anchor.reason}): {why}; {len(against.contradicted)} of "
+                           f"{against.checked} anchors contradicted")
+                sys.exit(1)
+            if against.latest is None:
+                click.echo(f"no anchors in the store yet: none of the {against.unanchored} events is anchored "
+                           "(`itemgate audit anchor`; `serve` anchors every ITEMGATE_AUDIT_ANCHOR_MINUTES)")
+            else:
+                click.echo(f"anchors OK: {against.checked} anchors agree with the chain (newest: event "
+                           f"{against.latest.event_id}, written {against.latest.anchored_at}); "
+                           f"{against.unanchored} newer event(s) not anchored yet"
+                           + (f"; {against.before_checkpoint} anchors of pruned events (see --exports)"
+                              if against.before_checkpoint else ""))
+            if found.unreadable:
+                sys.exit(1)
+            if exports and checkpoint is not None:
+                from engine.retention import verify_exports
+
+                exported = verify_exports(database.session, store)
+                if not exported.ok:
+                    click.echo(f"BROKEN in exports at audit event {exported.first_broken_id}: {exported.reason}")
+                    sys.exit(1)
+                click.echo(f"exports OK: {exported.checked} pruned events verified from the genesis")
+
+
+@audit.command("anchor", help="Write the audit chain's head (event id, hash, time) to the object store under object "
+                              "lock now (`serve` does it every ITEMGATE_AUDIT_ANCHOR_MINUTES).")
+def audit_anchor() -> None:
+    from api.extensions import db as database
+    from engine import audit as audit_log
+    from engine.anchors import anchor_now
+
+    with app_context() as app, object_store(app) as store:
+        # Recorded first, so that the anchor covers the request for it too.
+        audit_log.record(database.session, audit_log.Actor(None, "cli", "admin"), "audit.anchor_requested",
+                         target_type="bucket", target_id=store.bucket)
+        database.session.commit()
+        anchor = anchor_now(database.session, store, "cli")
+        if anchor is None:
+            click.echo("the audit chain is empty: nothing to anchor")
+            return
+        protection = "held under object lock" if anchor.held else \
+            "NOT protected: the bucket has no object lock (ITEMGATE_EVIDENCE_LOCK=off)"
+        click.echo(f"anchored audit event {anchor.event_id} (hash {anchor.hash}) as s3://{store.bucket}/{anchor.key} "
+                   f"version {anchor.version_id}; {protection}")
 
 
 @audit.command("prune", help="Export events older than ITEMGATE_AUDIT_RETENTION_DAYS (≥ 180) to the object "
@@ -102,6 +152,9 @@ def fsck(repair: bool, quick: bool) -> None:
         settings = app.config["ITEMGATE"]
         report = run_fsck(database.session, store, repair=repair, grace_hours=settings.orphan_grace_hours,
                           deep=not quick)
+        if report.lock_missing:
+            click.echo(f"bucket {store.bucket}: no object lock - legal holds protect nothing and gate evidence can "
+                       "be deleted with the application's credentials (see docs/TRUST.md, Evidence lock)")
         for p in report.problems:
             click.echo(f"artefact {p.artefact_id}: {p.problem} ({p.key} version {p.version_id})")
         for p in report.held:
@@ -116,9 +169,9 @@ def fsck(repair: bool, quick: bool) -> None:
                              target_type="bucket", target_id=store.bucket,
                              objects=[[o.key, o.version_id] for o in report.removed])
             database.session.commit()
-        click.echo(f"checked {report.checked} artefacts: {len(report.problems)} problem(s), "
+        click.echo(f"checked {report.checked} artefacts: {len(report.problems) + report.lock_missing} problem(s), "
                    f"{len(report.orphans)} orphan(s), {len(report.removed)} removed")
-        if report.problems or len(report.orphans) > len(report.removed):
+        if report.problems or report.lock_missing or len(report.orphans) > len(report.removed):
             sys.exit(1)
 
 

@@ -31,7 +31,12 @@ class Settings:
     audit_retention_days: int = 180                    # ITEMGATE_AUDIT_RETENTION_DAYS (at least 180)
     orphan_grace_hours: int = 24                       # ITEMGATE_ORPHAN_GRACE_HOURS (fsck --repair)
     login_max_failures: int = 5                        # ITEMGATE_LOGIN_MAX_FAILURES per user+IP per window
+    login_user_max_failures: int = 20                  # ITEMGATE_LOGIN_USER_MAX_FAILURES per user, all IPs
+    login_ip_max_failures: int = 50                    # ITEMGATE_LOGIN_IP_MAX_FAILURES per IP, all users
     login_window_seconds: int = 300                    # ITEMGATE_LOGIN_WINDOW_SECONDS
+    proxy_hops: int = 0                                # ITEMGATE_PROXY_HOPS (trusted X-Forwarded-For hops)
+    evidence_lock: bool = True                         # ITEMGATE_EVIDENCE_LOCK (off: run on a bucket without)
+    audit_anchor_minutes: int = 5                      # ITEMGATE_AUDIT_ANCHOR_MINUTES (serve's anchor loop)
     max_json_kb: int = 256                             # ITEMGATE_MAX_JSON_KB (JSON request bodies)
     model_cache: bool = True                           # ITEMGATE_MODEL_CACHE (off: cold mode, nothing kept)
     testing: bool = False
@@ -69,6 +74,17 @@ def _int(env: dict[str, str], name: str, default: int) -> int:
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
 
 
+def _on_off(env: dict[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if raw == "":
+        return default
+    if raw in {"on", "1", "true", "yes"}:
+        return True
+    if raw in {"off", "0", "false", "no"}:
+        return False
+    raise ConfigError(f"{name} must be on or off, got {env.get(name)!r}")
+
+
 def load_settings(env: dict[str, str] | None = None, *, testing: bool = False, **overrides) -> Settings:
     """Read settings from the environment; a missing secret fails here, at start, not on first use."""
     env = dict(os.environ if env is None else env)
@@ -89,7 +105,12 @@ def load_settings(env: dict[str, str] | None = None, *, testing: bool = False, *
         audit_retention_days=_int(env, "ITEMGATE_AUDIT_RETENTION_DAYS", 180),
         orphan_grace_hours=_int(env, "ITEMGATE_ORPHAN_GRACE_HOURS", 24),
         login_max_failures=_int(env, "ITEMGATE_LOGIN_MAX_FAILURES", 5),
+        login_user_max_failures=_int(env, "ITEMGATE_LOGIN_USER_MAX_FAILURES", 20),
+        login_ip_max_failures=_int(env, "ITEMGATE_LOGIN_IP_MAX_FAILURES", 50),
         login_window_seconds=_int(env, "ITEMGATE_LOGIN_WINDOW_SECONDS", 300),
+        proxy_hops=_int(env, "ITEMGATE_PROXY_HOPS", 0),
+        evidence_lock=_on_off(env, "ITEMGATE_EVIDENCE_LOCK", True),
+        audit_anchor_minutes=_int(env, "ITEMGATE_AUDIT_ANCHOR_MINUTES", 5),
         max_json_kb=_int(env, "ITEMGATE_MAX_JSON_KB", 256),
         model_cache=_switch(env, "ITEMGATE_MODEL_CACHE", True),
         testing=testing,
@@ -104,6 +125,15 @@ def load_settings(env: dict[str, str] | None = None, *, testing: bool = False, *
         raise ConfigError("ITEMGATE_AUDIT_RETENTION_DAYS must be at least 180 (audit records are kept 6 months)")
     if values["orphan_grace_hours"] < 1:
         raise ConfigError("ITEMGATE_ORPHAN_GRACE_HOURS must be at least 1")
+    if min(values["login_max_failures"], values["login_user_max_failures"], values["login_ip_max_failures"]) < 1:
+        raise ConfigError("the ITEMGATE_LOGIN_*_MAX_FAILURES limits must be at least 1")
+    if values["login_user_max_failures"] <= values["login_max_failures"]:
+        # Otherwise guesses from one address could lock the account out everywhere.
+        raise ConfigError("ITEMGATE_LOGIN_USER_MAX_FAILURES must be greater than ITEMGATE_LOGIN_MAX_FAILURES")
+    if values["proxy_hops"] < 0:
+        raise ConfigError("ITEMGATE_PROXY_HOPS must be 0 or more")
+    if values["audit_anchor_minutes"] < 1:
+        raise ConfigError("ITEMGATE_AUDIT_ANCHOR_MINUTES must be at least 1")
     if values["max_upload_mb"] <= 0:
         raise ConfigError("ITEMGATE_MAX_UPLOAD_MB must be positive")
     return Settings(**values)

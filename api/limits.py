@@ -1,12 +1,14 @@
-"""Limits on hostile input: JSON body size and depth, and the login rate limit shared by every worker."""
+"""Limits on hostile input: JSON body size and depth, and the login rate limits shared by every worker."""
 from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import Flask, current_app, g, request
+from itsdangerous import BadSignature, URLSafeTimedSerializer
 from sqlalchemy import delete, func, select
 
 from api.errors import problem
@@ -39,6 +41,13 @@ MAX_ID = 2**31 - 1
 
 
 def register(app: Flask) -> None:
+    hops = app.config["ITEMGATE"].proxy_hops
+    if hops:
+        # Behind reverse proxies the peer is the proxy; the per-address login limits need the client's address.
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops)  # type: ignore[method-assign]
+
     @app.before_request
     def _ids_in_range() -> Any:
         for name, value in (request.view_args or {}).items():
@@ -73,35 +82,95 @@ def register(app: Flask) -> None:
         return response
 
 
-def _key(username: str) -> str:
+# A browser (or client) that signed in as a user before gets a signed cookie naming that user; its attempts for that
+# user are counted on their own, so guesses by someone else (even behind the same office address) cannot lock the
+# user out of a device they already use.
+DEVICE_COOKIE = "itemgate_device"
+DEVICE_DAYS = 365
+_DEVICE_SALT = "itemgate-login-device"
+
+
+def _digest(scope: str, value: str) -> str:
+    return hashlib.sha256(f"{scope}|{value}".encode()).hexdigest()
+
+
+def _serializer() -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(current_app.config["SECRET_KEY"], salt=_DEVICE_SALT)
+
+
+def _trusted_device(name: str) -> str | None:
+    """The id of this client's device cookie when it was issued at a sign-in of `name`, else None."""
+    raw = request.cookies.get(DEVICE_COOKIE)
+    if not raw:
+        return None
+    try:
+        data = _serializer().loads(raw, max_age=DEVICE_DAYS * 86400)
+    except BadSignature:
+        return None
+    if not isinstance(data, dict) or data.get("u") != name or not isinstance(data.get("d"), str):
+        return None
+    return data["d"]
+
+
+def _limits(username: str) -> list[tuple[str, int]]:
+    """(counter key, limit) pairs that govern a login attempt for `username` from this client."""
+    settings = current_app.config["ITEMGATE"]
+    name = username.strip().lower()
+    device = _trusted_device(name)
+    if device is not None:
+        return [(_digest("device", device), settings.login_max_failures)]
     ip = request.remote_addr or "-"
-    return hashlib.sha256(f"{username.strip().lower()}|{ip}".encode()).hexdigest()
+    return [
+        # one address guessing one account: stopped early
+        (_digest("user+ip", f"{name}|{ip}"), settings.login_max_failures),
+        # one account guessed from many addresses: a higher bar, so one address alone never reaches it
+        (_digest("user", name), settings.login_user_max_failures),
+        # one address trying many accounts
+        (_digest("ip", ip), settings.login_ip_max_failures),
+    ]
 
 
 def check_login_allowed(username: str) -> None:
-    """Refuse with 429 when this username from this address failed too often within the sliding window.
-    Failures are rows in the database, so every worker and host sees the same count."""
+    """Refuse with 429 when any counter governing this attempt (this username from this address; this username
+    from anywhere; this address for any username; or, for a device that signed in as this user before, that
+    device alone) reached its limit within the sliding window. Failures are rows in the database, so every
+    worker and host sees the same counts."""
     settings = current_app.config["ITEMGATE"]
     now = datetime.now(UTC)
     since = now - timedelta(seconds=settings.login_window_seconds)
-    count, oldest = db.session.execute(
-        select(func.count(LoginAttempt.id), func.min(LoginAttempt.at))
-        .where(LoginAttempt.key == _key(username), LoginAttempt.at > since)).one()
-    if count >= settings.login_max_failures:
-        oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=UTC)
-        wait = max(1, int((oldest - since).total_seconds()) + 1)
+    limits = dict(_limits(username))
+    rows = db.session.execute(
+        select(LoginAttempt.key, func.count(LoginAttempt.id), func.min(LoginAttempt.at))
+        .where(LoginAttempt.key.in_(list(limits)), LoginAttempt.at > since).group_by(LoginAttempt.key)).all()
+    waits = []
+    for key, count, oldest in rows:
+        if count >= limits[key]:
+            oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=UTC)
+            waits.append(max(1, int((oldest - since).total_seconds()) + 1))
+    if waits:
+        wait = max(waits)
         g.retry_after = wait
         raise TooManyAttempts(f"too many failed logins; try again in {wait} seconds", retry_after=wait)
 
 
 def record_login_failure(username: str) -> None:
-    """Count one failure (the caller commits) and drop this key's rows that left the window."""
+    """Count one failure against every counter governing the attempt (the caller commits) and drop those
+    counters' rows that left the window."""
     settings = current_app.config["ITEMGATE"]
     now = datetime.now(UTC)
-    key = _key(username)
+    keys = [key for key, _ in _limits(username)]
     db.session.execute(delete(LoginAttempt).where(
-        LoginAttempt.key == key, LoginAttempt.at <= now - timedelta(seconds=settings.login_window_seconds)))
-    db.session.add(LoginAttempt(key=key, at=now))
+        LoginAttempt.key.in_(keys), LoginAttempt.at <= now - timedelta(seconds=settings.login_window_seconds)))
+    db.session.add_all(LoginAttempt(key=key, at=now) for key in keys)
+
+
+def remember_device(response: Any, username: str) -> Any:
+    """After a successful sign-in: mark this client as one `username` uses (a signed cookie, no server state)."""
+    settings = current_app.config["ITEMGATE"]
+    value = _serializer().dumps({"u": username.strip().lower(), "d": secrets.token_urlsafe(16)})
+    response.set_cookie(DEVICE_COOKIE, value, max_age=DEVICE_DAYS * 86400, httponly=True, samesite="Lax",
+                        secure=settings.secure_cookies)
+    return response
 
 
 def decimal_bounds_as_numbers(converter: Any, field: Any, ret: dict[str, Any], **_: Any) -> dict[str, Any]:

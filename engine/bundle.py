@@ -5,6 +5,7 @@ import contextlib
 import csv
 import hashlib
 import io
+import json
 import re
 import tempfile
 import zipfile
@@ -20,12 +21,14 @@ from typing import IO, Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from engine import anchors
 from engine.reports import TZ, XLSX_OPTIONS, WorkloadFilter, _filtered, _joined, totals
 from storage.artefact_store import ArtefactStore, ObjectStream
 from storage.models import Artefact, GatePass, ServiceLine, User, WorkItem, WorkloadEntry
 
 MANIFEST = "manifest.csv"
 SUMMARY = "summary.xlsx"
+ANCHOR = "anchor.json"
 MANIFEST_HEADER = ["item_id", "item_code", "item_name", "service_line", "gate", "kind", "file", "size", "sha256",
                    "uploaded_by", "uploaded_at", "object_version", "artefact_id", "status"]
 # Hand bytes to the client once this much is buffered; one S3 chunk is 1 MiB, so memory stays ~2 MiB.
@@ -141,11 +144,23 @@ def stream_bundle(session: Session, store: ArtefactStore, f: WorkloadFilter, tit
                                  r.version_id or "", r.artefact_id, status])
             manifest.flush()
             manifest.seek(0)
+            manifest_hash = hashlib.sha256()
             with zf.open(MANIFEST, "w") as dst:
                 while block := manifest.read(1 << 16):
-                    dst.write(block.encode("utf-8"))
+                    encoded = block.encode("utf-8")
+                    manifest_hash.update(encoded)
+                    dst.write(encoded)
+            # The bundle is made under an anchor that also records its manifest's SHA-256: `evidence verify
+            # --against-anchors` later proves that this manifest (and so every file hash in it) is the one made.
+            anchor = anchors.anchor_now(session, store, "evidence_bundle",
+                                        manifest_sha256=manifest_hash.hexdigest(), title=title)
+            with zf.open(ANCHOR, "w") as dst:
+                dst.write(json.dumps({"manifest_sha256": manifest_hash.hexdigest(),
+                                      "anchor": None if anchor is None else anchor.ref()},
+                                     ensure_ascii=False, indent=2).encode("utf-8"))
             yield sink.drain()
-            summary = _summary_xlsx(session, f, title, facts or [], stats, problems)
+            anchor_fact = [("审计锚点", "无" if anchor is None else f"{anchor.key}（审计事件 {anchor.event_id}）")]
+            summary = _summary_xlsx(session, f, title, [*(facts or []), *anchor_fact], stats, problems)
             try:
                 with zf.open(SUMMARY, "w") as dst:
                     while chunk := summary.read(1 << 16):
@@ -439,6 +454,54 @@ def verify_bundle(path: str | Path, progress: Callable[[int], None] | None = Non
             elif status != "ok":
                 report.mismatches.append(Mismatch(name, f"flagged when bundled: {status}"))
         for name in present:
-            if name not in expected and name not in (MANIFEST, SUMMARY):
+            if name not in expected and name not in (MANIFEST, SUMMARY, ANCHOR):
                 report.mismatches.append(Mismatch(name, "not in the manifest"))
     return report
+
+
+# ---------------------------------------------------------------- against the anchors in the store
+
+@dataclass
+class AnchorCheck:
+    manifest_sha256: str
+    claimed: dict[str, Any] | None  # what the bundle's anchor.json names
+    matched: anchors.Anchor | None  # a stored anchor that carries this manifest's SHA-256
+    problem: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.matched is not None and self.problem is None
+
+
+def check_against_anchors(path: str | Path, store: ArtefactStore) -> AnchorCheck:
+    """Does an anchor in the store (written under object lock when the bundle was made) carry the SHA-256 of this
+    bundle's manifest? The anchor its anchor.json names is read first; failing that, every stored anchor."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            try:
+                digest = hashlib.sha256(zf.read(MANIFEST)).hexdigest()
+            except KeyError as exc:
+                raise BundleError(f"the bundle has no {MANIFEST}") from exc
+            try:
+                claimed = json.loads(zf.read(ANCHOR)).get("anchor")
+            except (KeyError, ValueError, AttributeError):
+                claimed = None
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise BundleError(f"{path}: not a readable ZIP: {exc}") from exc
+    if isinstance(claimed, dict) and isinstance(claimed.get("key"), str):
+        try:
+            named = anchors.read_anchor(store, claimed["key"], claimed.get("version_id"))
+        except (KeyError, ValueError):
+            named = None
+        if named is not None and named.detail.get("manifest_sha256") == digest:
+            return AnchorCheck(digest, claimed, named, None)
+    else:
+        claimed = None
+    for anchor in anchors.stored_anchors(store).anchors:
+        if anchor.detail.get("manifest_sha256") == digest:
+            problem = None if claimed is None or claimed.get("key") == anchor.key else \
+                f"anchor.json names {claimed.get('key')}, but the manifest matches {anchor.key}"
+            return AnchorCheck(digest, claimed, anchor, problem)
+    why = "no anchor in the store carries this manifest's SHA-256: the manifest was changed after the bundle " \
+          "was made, or the bundle was not made by this installation"
+    return AnchorCheck(digest, claimed, None, why)

@@ -33,10 +33,12 @@ class FsckReport:
     kept_young: list[ObjectInfo] = field(default_factory=list)
     refused: list[ObjectInfo] = field(default_factory=list)
     held: list[Problem] = field(default_factory=list)  # gate evidence whose missing hold --repair placed
+    # The bucket was created without object lock: holds read back as set but protect nothing.
+    lock_missing: bool = False
 
     @property
     def clean(self) -> bool:
-        return not self.problems and not self.orphans
+        return not self.problems and not self.orphans and not self.lock_missing
 
 
 def _referenced(session: Session, key: str, version_id: str | None) -> bool:
@@ -64,10 +66,12 @@ def fsck(session: Session, store: ArtefactStore, *, repair: bool = False, grace_
     with `repair` remove those older than the grace period.
 
     Evidence a gate passed on must carry a legal hold (the completion places it but does not fail when the
-    store refuses); a missing hold is a problem, and `repair` places it."""
+    store refuses); a missing hold is a problem, and `repair` places it. A bucket without object lock, where no
+    hold protects anything, is a problem of its own (`lock_missing`); `repair` cannot fix that."""
     now = now or datetime.now(UTC)
     report = FsckReport()
     holds = store.object_lock_enabled()
+    report.lock_missing = not holds
     known: dict[str, set[str | None]] = {}
     last = 0
     while True:

@@ -11,12 +11,13 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from engine import audit, spiff
+from engine import anchors, audit, spiff
 from engine.access import require_role
 from engine.calendar import TZ, WorkCalendar
-from engine.errors import Conflict, DomainError, Forbidden, Invalid, NotFound
+from engine.errors import Conflict, DomainError, Forbidden, Invalid, NotFound, ServiceUnavailable
 from engine.ledger import SettlementLocked
 from engine.workflow import Ctx, current_definition, model_of, run_and_step, work_calendar
+from storage.artefact_store import StoreUnavailable
 from storage.models import (
     Contract,
     Settlement,
@@ -463,22 +464,41 @@ def final_approval(ctx: Ctx, settlement: Settlement, decision: str, text: str | 
         _drop_cancelled(ctx, settlement)
     round_ = settlement.round
     fig = figures(ctx.session, settlement, ctx.now)
+    anchor = _approval_anchor(ctx, settlement, fig) if decision == "approve" else None
+    anchored: dict[str, Any] = {} if anchor is None else {"anchor": anchor}
     _advance(ctx, settlement, "final_approval", {"decision": decision}, f"settlement.final_{decision}")
     if decision == "approve":
-        _freeze(ctx, settlement, fig)
+        _freeze(ctx, settlement, fig, anchor)
     ctx.session.add(SettlementNote(settlement_id=settlement.id, round=round_, kind=f"final_{decision}",
                                    text=text, user_id=ctx.user.id, at=ctx.now))
     audit.record(ctx.session, ctx.actor, f"settlement.final_{decision}", target_type="settlement",
                  target_id=settlement.id, round=round_, comment=text, gross=str(fig.gross),
-                 penalty=str(fig.penalty), deduction=str(fig.deduction), net=str(fig.net))
+                 penalty=str(fig.penalty), deduction=str(fig.deduction), net=str(fig.net), **anchored)
+    if decision == "approve" and ctx.store is not None:
+        # The approval's own events are written at commit; anchor them as soon as they exist.
+        anchors.anchor_after_commit(ctx.session, ctx.store, "settlement_approved", settlement_id=settlement.id)
     return settlement
 
 
-def _freeze(ctx: Ctx, settlement: Settlement, fig: Figures) -> None:
+def _approval_anchor(ctx: Ctx, settlement: Settlement, fig: Figures) -> dict[str, Any] | None:
+    """The anchor an approval is made under: the audit chain's head as of the last commit, written with the
+    approved figures before this transaction commits, so the settlement row and its approval event can name it.
+    Without the store the approval waits (503): an approved settlement always carries its anchor."""
+    if ctx.store is None:
+        raise ServiceUnavailable("the object store is needed to anchor the approval")
+    try:
+        anchor = anchors.anchor_now(ctx.session, ctx.store, "settlement_approval", settlement_id=settlement.id,
+                                    gross=str(fig.gross), net=str(fig.net))
+    except StoreUnavailable as exc:
+        raise ServiceUnavailable(f"the audit anchor could not be written: {exc}") from exc
+    return None if anchor is None else anchor.ref()
+
+
+def _freeze(ctx: Ctx, settlement: Settlement, fig: Figures, anchor: dict[str, Any] | None) -> None:
     # The status is already "approved", so the CAS guard would refuse; this write is the approval itself.
     values = dict(approved_at=ctx.now, approved_by_id=ctx.user.id if ctx.user else None, gross_amount=fig.gross,
                   penalty_rate=fig.penalty_rate, penalty_amount=fig.penalty, deduction_rate=fig.deduction_rate,
-                  deduction_amount=fig.deduction, net_amount=fig.net)
+                  deduction_amount=fig.deduction, net_amount=fig.net, anchor=anchor)
     ctx.session.execute(update(Settlement).where(Settlement.id == settlement.id).values(**values)
                         .execution_options(synchronize_session=False))
     for key, value in values.items():

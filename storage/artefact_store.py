@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import shutil
 import tempfile
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -21,9 +23,11 @@ from urllib.parse import urlsplit
 
 import urllib3
 from minio import Minio
+from minio.commonconfig import GOVERNANCE
 from minio.datatypes import Part
 from minio.error import InvalidResponseError, S3Error, ServerError
 from minio.helpers import genheaders
+from minio.retention import Retention
 from minio.versioningconfig import ENABLED, VersioningConfig
 
 # minio's minimum is 5 MiB. Larger objects go up in parts of PART_SIZE, _PARALLEL_PARTS of them at once: the
@@ -328,6 +332,7 @@ class ArtefactStore:
             raise ValueError(f"S3 endpoint must be a URL like http://host:port, got {endpoint!r}")
         self.endpoint = endpoint
         self.bucket = bucket
+        self._lock_seen: tuple[float, bool] | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
         # The SDK's default pool retries 5 times with long timeouts: an unreachable store would hang an
@@ -554,14 +559,59 @@ class ArtefactStore:
             _raise_mapped(exc, f"hold {key}")
 
     def object_lock_enabled(self) -> bool:
-        """Whether the bucket was created with object lock, i.e. whether legal holds can exist at all."""
+        """Whether the bucket was created with object lock, i.e. whether a held version is protected at all (in a
+        bucket without it, SeaweedFS and others accept a legal hold, read it back as set, and delete anyway).
+        Raises StoreUnavailable when the store cannot say (unreachable, or the credentials may not ask)."""
         try:
             self._client.get_object_lock_config(self.bucket)
-            return True
-        except S3Error:
-            return False
+            lock = True
+        except S3Error as exc:
+            if exc.code in _UNUSABLE_CODES or exc.response.status >= 500:
+                _raise_mapped(exc, "object lock config")
+            lock = False  # ObjectLockConfigurationNotFoundError, or a store without the object lock API
         except Exception as exc:
             _raise_mapped(exc, "object lock config")
+        self._lock_seen = (time.monotonic(), lock)
+        return lock
+
+    def evidence_lock(self, max_age: float = 60.0) -> bool | None:
+        """`object_lock_enabled`, remembered for `max_age` seconds (readiness and every admin page ask); None
+        when the store cannot say right now. A bucket's lock is fixed at its creation, so this only saves calls."""
+        seen = self._lock_seen
+        if seen is not None and time.monotonic() - seen[0] < max_age:
+            return seen[1]
+        try:
+            return self.object_lock_enabled()
+        except StoreUnavailable:
+            return None
+
+    def put_locked(self, key: str, data: bytes, content_type: str, retain_until: datetime | None) -> StoredObject:
+        """Store a small record (audit anchors) under a legal hold and, when `retain_until` is given, GOVERNANCE
+        retention: nobody can delete it while the hold is on, and credentials without s3:BypassGovernanceRetention
+        cannot delete it before `retain_until` even with the hold lifted. In a bucket without object lock it is
+        stored unprotected (`StoredObject.etag` as usual; `is_held` tells)."""
+        digest = hashlib.sha256(data).hexdigest()
+        locked = self.evidence_lock() is True
+        try:
+            result = self._client.put_object(
+                self.bucket, key, io.BytesIO(data), len(data), content_type=content_type,
+                metadata={"sha256": digest},
+                retention=Retention(GOVERNANCE, retain_until) if locked and retain_until is not None else None,
+                legal_hold=locked,
+            )
+        except Exception as exc:
+            _raise_mapped(exc, f"put {key}")
+        return StoredObject(self.bucket, key, result.version_id, digest, len(data), result.etag or None)
+
+    def read_small(self, key: str, version_id: str | None, limit: int = 1 << 20) -> bytes:
+        """The whole of a small object (at most `limit` bytes); KeyError when it is missing."""
+        out = bytearray()
+        with self.iter_content(key, version_id, chunk=1 << 16) as chunks:
+            for chunk in chunks:
+                out += chunk
+                if len(out) > limit:
+                    raise ValueError(f"{key} is larger than {limit} bytes")
+        return bytes(out)
 
     def is_held(self, key: str, version_id: str | None) -> bool:
         try:

@@ -100,6 +100,21 @@ class ApiToken(Base):
     expires_at: Mapped[datetime]
 
 
+class WebSession(Base):
+    """A signed-in web session. The signed cookie carries only a random id whose hash is looked up here on every
+    request, so signing out, a new password or a deactivation ends the session on the server."""
+
+    __tablename__ = "web_sessions"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sid_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    # SHA-256 of the client's address and User-Agent at sign-in: a cookie replayed by another client is refused.
+    agent_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Refreshed at most every few minutes; rows unseen for longer than a session can live are pruned.
+    seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Contract(Base):
     __tablename__ = "contracts"
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -391,6 +406,8 @@ class Settlement(Base):
     deduction_rate: Mapped[Decimal | None] = mapped_column(Numeric(6, 4))
     deduction_amount: Mapped[Decimal | None] = mapped_column(Numeric(16, 2))
     net_amount: Mapped[Decimal | None] = mapped_column(Numeric(16, 2))
+    # The audit anchor written at final approval (object key, version, anchored event id and hash).
+    anchor: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)

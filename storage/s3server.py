@@ -28,6 +28,8 @@ from types import TracebackType
 
 import urllib3
 from minio import Minio
+from minio.error import S3Error
+from minio.versioningconfig import ENABLED, VersioningConfig
 
 # weed puts every gRPC listener at its HTTP port + 10000 unless told otherwise; we pass the gRPC ports
 # explicitly but keep the same convention so that a port we hand out never lands on someone's twin.
@@ -175,7 +177,8 @@ def listens_on(pid: int, port: int) -> bool | None:
 
 
 class EmbeddedS3:
-    """A single-node SeaweedFS (`weed mini`) serving S3 on loopback with one identity and one bucket."""
+    """A single-node SeaweedFS (`weed mini`) serving S3 on loopback with one identity and one bucket (created with
+    object lock and versioning)."""
 
     def __init__(
         self,
@@ -188,7 +191,7 @@ class EmbeddedS3:
         log_path: str | Path | None = None,
     ) -> None:
         if not _BUCKET_NAME.fullmatch(bucket) or ".." in bucket:
-            # weed only logs a warning for a bad -bucket and then never answers for it: fail here instead.
+            # Fail here, before weed starts, rather than with an S3 error once it is up.
             raise ValueError(f"invalid S3 bucket name {bucket!r} (3-63 of a-z, 0-9, '.', '-')")
         self.data_dir = Path(data_dir)
         self.access_key = access_key
@@ -262,7 +265,7 @@ class EmbeddedS3:
             # A stray DeleteBucket must not wipe every artefact.
             "-s3.allowDeleteBucketNotEmpty=false",
             f"-s3.config={config_path}",
-            f"-bucket={self.bucket}",
+            # No -bucket: weed would make it without object lock; _wait_ready creates it with object lock.
             # Unix sockets default to /tmp/seaweedfs-*-<port>.sock and survive a crash; keep them private.
             f"-s3.localSocket={os.path.join(runtime_dir, 's3.sock')}",
             f"-filer.localSocket={os.path.join(runtime_dir, 'filer.sock')}",
@@ -351,11 +354,11 @@ class EmbeddedS3:
                         raise _PortTaken(message)
                     raise RuntimeError(message)
                 try:
-                    # Not just "port open": the bucket from -bucket must exist, our key must sign, and
-                    # data must round-trip. S3 can answer metadata requests before the volume server's
-                    # first heartbeat has reached the master, and reads of existing objects then fail
-                    # with InternalError for a moment after a restart.
-                    ready = client.bucket_exists(self.bucket) and self._probe(client)
+                    # Not just "port open": the bucket must exist, our key must sign, and data must
+                    # round-trip. S3 can answer metadata requests before the volume server's first heartbeat
+                    # has reached the master, and reads of existing objects then fail with InternalError for a
+                    # moment after a restart.
+                    ready = self._ensure_bucket(client) and self._probe(client)
                 except Exception as exc:  # noqa: BLE001 - any failure just means "not ready yet"
                     last_error = exc
                     ready = False
@@ -372,6 +375,19 @@ class EmbeddedS3:
         raise RuntimeError(
             f"weed S3 did not answer on {self.endpoint} within {timeout}s (last error: {last_error})\n{self.log_tail()}"
         )
+
+    def _ensure_bucket(self, client: Minio) -> bool:
+        """Create the bucket on first start, with object lock (chosen only at creation; gate evidence is held
+        under it) and versioning. A bucket that exists is left as it is: `itemgate serve` checks its lock."""
+        if not client.bucket_exists(self.bucket):
+            try:
+                client.make_bucket(self.bucket, object_lock=True)
+            except S3Error as exc:
+                if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise
+        if client.get_bucket_versioning(self.bucket).status != ENABLED:
+            client.set_bucket_versioning(self.bucket, VersioningConfig(ENABLED))
+        return True
 
     def _probe(self, client: Minio) -> bool:
         key = f"{_PROBE_PREFIX}{uuid.uuid4()}"

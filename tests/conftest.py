@@ -110,6 +110,11 @@ def truncate_all(app: Any) -> None:
         for table in reversed(Base.metadata.sorted_tables):
             db.session.execute(delete(table))
         db.session.commit()
+    store = app.extensions.get("itemgate_store")
+    if store is not None:
+        from tests.s3_fixtures import remove_anchors
+
+        remove_anchors(store)
 
 
 @pytest.fixture

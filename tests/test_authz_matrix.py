@@ -75,7 +75,10 @@ def _call(world: World, caller: str, method: str, url: str) -> Any:
     username = ROLE_USERS[caller]
     if api:
         kwargs = {"json": {}} if method != "GET" else {}
-        return world.client.open(url, method=method, headers=world.headers(username), **kwargs)
+        response = world.client.open(url, method=method, headers=world.headers(username), **kwargs)
+        if url == "/api/v1/auth/logout" and response.status_code == 204:
+            world.tokens.pop(username)  # that token has ended; the next call signs in afresh
+        return response
     if username not in world.browsers:
         world.browsers[username] = Browser(world.app, username)
         g.pop("_login_user", None)

@@ -164,7 +164,8 @@ class Alternating:
         task = found[0]
         for req in self.get(user, f"/api/v1/tasks/{task['id']}")["required_artefacts"]:
             if not req["present"]:
-                r = self.request("POST", f"/api/v1/items/{item_id}/artefacts", user, data={"kind": req["kind"]},
+                form = {"kind": req["kind"], "task_id": str(task["id"])}
+                r = self.request("POST", f"/api/v1/items/{item_id}/artefacts", user, data=form,
                                  files={"file": (f"{req['kind']}.pdf", demo_pdf(req["kind"]), "application/pdf")})
                 assert r.status_code == 201, r.text
         self.post(user, f"/api/v1/tasks/{task['id']}/complete", {"data": data})

@@ -6,16 +6,25 @@ import os
 from decimal import Decimal
 from typing import Any
 
-from flask import Response, current_app, g, request, stream_with_context
+from flask import Response, after_this_request, current_app, g, request, stream_with_context
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 from sqlalchemy import func, select
 
 import forms
-from api.auth import Unauthorized, authenticate, current_user, hash_password, issue_token
+from api.auth import (
+    Unauthorized,
+    authenticate,
+    check_password,
+    current_user,
+    hash_password,
+    issue_token,
+    revoke_bearer,
+)
 from api.extensions import db
+from api.limits import remember_device
 from api.serializers import artefact_json, history_json, iso, item_summary, task_json, task_rows_json
-from engine import audit
+from engine import accounts, audit
 from engine.access import (
     artefact_scope,
     authorize,
@@ -82,7 +91,60 @@ def token(body: dict[str, Any]) -> dict[str, Any]:
     audit.record(db.session, audit.Actor.of(user, g.get("request_id")), "auth.token", target_type="user",
                  target_id=user.id)
     db.session.commit()
+    username = user.username
+
+    @after_this_request
+    def _device(response: Response) -> Response:
+        return remember_device(response, username)  # type: ignore[no-any-return]
+
     return {"token": value, "expires_at": iso(expires)}
+
+
+@blp.route("/auth/logout", methods=["POST"])
+@blp.response(204)
+def logout() -> None:
+    """End the token this request carries; it answers 401 from now on."""
+    user = current_user()
+    revoke_bearer()
+    audit.record(db.session, audit.Actor.of(user, g.get("request_id")), "auth.logout", target_type="user",
+                 target_id=user.id, via="token")
+    db.session.commit()
+
+
+class PasswordChange(Schema):
+    current_password = fields.String(required=True, validate=validate.Length(min=1, max=256))
+    new_password = fields.String(required=True, validate=validate.Length(min=8, max=256))
+
+
+@blp.route("/me/password", methods=["POST"])
+@blp.arguments(PasswordChange)
+@blp.response(204)
+def me_password(body: dict[str, Any]) -> None:
+    """Change one's own password: every token and web session of the user ends, this request's token too."""
+    from api.limits import check_login_allowed, record_login_failure
+
+    user = current_user()
+    actor = audit.Actor.of(user, g.get("request_id"))
+    # Guessing the current password with a stolen token is limited like guessing it at the login.
+    try:
+        check_login_allowed(user.username)
+    except DomainError:
+        audit.record(db.session, actor, "user.password_changed", target_type="user", target_id=user.id,
+                     outcome="rate_limited")
+        db.session.commit()
+        raise
+    if not check_password(user, body["current_password"]):
+        record_login_failure(user.username)
+        audit.record(db.session, actor, "user.password_changed", target_type="user", target_id=user.id,
+                     outcome="failure")
+        db.session.commit()
+        raise Invalid("the current password is wrong", code="wrong_password",
+                      errors={"current_password": ["wrong password"]})
+    if body["new_password"] == body["current_password"]:
+        raise Invalid("the new password must differ from the current one", code="invalid_form",
+                      errors={"new_password": ["must differ from the current password"]})
+    accounts.change_own_password(db.session, actor, user, hash_password(body["new_password"]))
+    db.session.commit()
 
 
 class NewUser(Schema):
@@ -137,6 +199,41 @@ def users_create(body: dict[str, Any]) -> dict[str, Any]:
                  target_id=user.id, username=user.username, role=user.role)
     db.session.commit()
     return user_json(user)
+
+
+class UserPatch(Schema):
+    active = fields.Boolean(truthy={True}, falsy={False})
+    password = fields.String(validate=validate.Length(min=8, max=256))
+    role = fields.String(validate=validate.OneOf(ROLES))
+    department = fields.String(allow_none=True, validate=validate.Length(min=1, max=64))
+
+
+def change_user_by_name(actor: audit.Actor, username: str, body: dict[str, Any]) -> accounts.UserChanged:
+    """An administrator's change to a user (REST and CLI): the caller commits."""
+    user = db.session.execute(select(User).where(User.username == username)).scalar()
+    if user is None:
+        raise NotFound(f"no user {username!r}", code="unknown_user")
+    change = accounts.UserChange(active=body.get("active"), role=body.get("role"),
+                                 password_hash=hash_password(body["password"]) if "password" in body else None)
+    if "department" in body:
+        change.department_given = True
+        code = body["department"]
+        change.department_code = code
+        change.department_id = ensure_department(code).id if code else None
+    return accounts.change_user(db.session, actor, user, change)
+
+
+@blp.route("/users/<string:username>", methods=["PATCH"])
+@blp.arguments(UserPatch)
+@blp.response(200)
+def users_patch(body: dict[str, Any], username: str) -> dict[str, Any]:
+    """Change a user's active flag, password, role or department. Deactivating or a new password ends the
+    user's tokens and web sessions at once; deactivating returns their claimed tasks to the group queue."""
+    me = current_user()
+    authorize(me, "user.manage")
+    result = change_user_by_name(audit.Actor.of(me, g.get("request_id")), username, body)
+    db.session.commit()
+    return dict(user_json(result.user), tasks_released=result.released)
 
 
 @blp.route("/me", methods=["GET"])

@@ -76,6 +76,8 @@ def settlement_json(s: Settlement, user: User, with_lines: bool = False) -> dict
                     "award_limit": None if fig.award_limit is None else money(fig.award_limit),
                     "exceeds_award_limit": fig.exceeds_award_limit},
         "actions": st.allowed_actions(user, s),
+        # The audit anchor the final approval was made under (docs/TRUST.md, Audit anchors).
+        "anchor": s.anchor,
     }
     if with_lines:
         notes = list(db.session.scalars(select(SettlementNote).where(SettlementNote.settlement_id == s.id)

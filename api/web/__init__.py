@@ -4,12 +4,12 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from flask import Flask, redirect, render_template, request, session, url_for
+from flask import Flask, g, redirect, render_template, request, session, url_for
 from flask_login import current_user
 
 from api.extensions import babel, csrf, db, login_manager
 from api.web import i18n
-from api.web.auth import SessionUser, load_session_user
+from api.web.auth import SessionUser, load_session_user, touch_web_session
 from api.web.i18n import _
 
 _SAFE_METHODS = {"GET", "HEAD", "OPTIONS", "TRACE"}
@@ -37,6 +37,8 @@ def register(app: Flask) -> None:
     login_manager.init_app(app)
     login_manager.login_view = "web.login"
     login_manager.login_message = ""
+    # For the permanent sessions used here Flask-Login's "strong" mode only marks a session non-fresh when the
+    # client changes; load_session_user refuses it outright (the server-side session records its client).
     login_manager.session_protection = "strong"
     login_manager.user_loader(load_session_user)
     csrf.init_app(app)
@@ -44,10 +46,25 @@ def register(app: Flask) -> None:
                    locale_selector=i18n.select_locale)
     i18n.install(app)
 
+    @app.context_processor
+    def _evidence_lock_warning() -> dict[str, Any]:
+        def evidence_lock_off() -> bool:
+            # A standing warning for administrators while the bucket has no object lock (ITEMGATE_EVIDENCE_LOCK=off).
+            if not current_user.is_authenticated or current_user.role != "admin":
+                return False
+            from api.app import evidence_lock_state
+
+            return evidence_lock_state(app) == "off"
+
+        return {"evidence_lock_off": evidence_lock_off}
+
     @app.before_request
     def _web_context() -> Any:
         if request.path.startswith("/api/") or request.path.startswith("/static/"):
             return None
+        touch = g.pop("web_session_touch", None)
+        if touch is not None:
+            touch_web_session(touch)
         lang = request.args.get("lang")
         if lang in i18n.LANGUAGES:
             session["lang"] = lang

@@ -56,6 +56,10 @@ EN: dict[str, str] = {
     "收件箱": "Inbox", "事项": "Items", "看板": "Dashboard", "退出登录": "Sign out", "登录": "Sign in",
     "语言": "Language", "中文": "中文", "English": "English",
     "当前用户": "Signed in as",
+    ("证据存储桶未启用对象锁定（ITEMGATE_EVIDENCE_LOCK=off）："
+     "已通过关卡的证据可以被删除。请迁移到启用对象锁定的存储桶（见 docs/TRUST.md）。"):
+        "The evidence bucket has no object lock (ITEMGATE_EVIDENCE_LOCK=off): evidence that passed a gate can be "
+        "deleted. Move to a bucket created with object lock (see docs/TRUST.md).",
     # login
     "用户名": "Username", "密码": "Password", "用户名或密码错误": "Wrong username or password",
     "请输入用户名和密码": "Enter your username and password",

@@ -31,7 +31,7 @@ from api.auth import authenticate
 from api.extensions import db, login_manager
 from api.rest.core import content_disposition, filtered_items, item_detail, load_artefact_for, task_query
 from api.serializers import artefact_json
-from api.web.auth import SessionUser, me, web_ctx
+from api.web.auth import SessionUser, end_web_session, me, start_web_session, web_ctx
 from api.web.formfields import data_from, fields_for
 from api.web.i18n import STAGES, _, form_message
 from engine import audit
@@ -115,10 +115,10 @@ def login() -> Any:
     if request.method == "POST":
         username = (request.form.get("username") or "").strip()[:64]
         password = (request.form.get("password") or "")[:256]
-        from api.limits import TooManyAttempts, check_login_allowed, record_login_failure
+        from api.limits import TooManyAttempts, check_login_allowed, record_login_failure, remember_device
 
         try:
-            check_login_allowed(username)  # the same per user+IP window as the API's token endpoint
+            check_login_allowed(username)  # the same limits as the API's token endpoint
         except TooManyAttempts:
             audit.record(db.session, audit.Actor(None, username or None, None, g.get("request_id")),
                          "auth.login", outcome="rate_limited")
@@ -139,15 +139,17 @@ def login() -> Any:
             if lang:
                 session["lang"] = lang
             session.permanent = True  # expires after ITEMGATE_SESSION_MINUTES of inactivity
+            start_web_session(user)
             login_user(SessionUser(user))
             audit.record(db.session, actor, "auth.login", target_type="user", target_id=user.id)
             db.session.commit()
-            return redirect(_safe_next(url_for("web.inbox")))
+            return remember_device(redirect(_safe_next(url_for("web.inbox"))), user.username)
     return render_template("web/login.html", error=error, username=username), 200 if error is None else 401
 
 
 @bp.post("/logout")
 def logout() -> Any:
+    end_web_session()
     audit.record(db.session, audit.Actor.of(me(), g.get("request_id")), "auth.logout", target_type="user",
                  target_id=me().id)
     db.session.commit()
