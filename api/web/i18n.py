@@ -87,6 +87,10 @@ EN: dict[str, str] = {
     "以下交付物尚未上传，暂不能提交：": "These artefacts are missing, so the task cannot be completed yet:",
     "表单有错误，请修改后再提交。": "The form has errors; correct them and submit again.",
     "此任务已由他人认领。": "This task is held by someone else.",
+    "该分录所在的结算申报正在审核中，不能冲销；请待申报退回后先将其移出申报。":
+        "The settlement claim holding this entry is under review, so it cannot be reversed; once the claim is "
+        "returned, remove the entry from it first.",
+    "该分录已被冲销。": "This entry has already been reversed.",
     "此任务已结束，无需处理。": "This task is closed; nothing to do.",
     "您不能处理此任务。": "You cannot act on this task.",
     "必填": "required", "是": "Yes", "否": "No", "请选择": "Choose", "任务处理": "Task handling",

@@ -133,7 +133,8 @@ def _change(fn: Callable[[Ctx], Any], done: str) -> Any:
     except DomainError as err:
         db.session.rollback()
         flash(err.detail if err.code not in ("role_required", "not_your_task", "version_conflict",
-                                             "separation_of_duties") else refusal(err), "error")
+                                             "separation_of_duties", "entry_under_review", "already_reversed")
+              else refusal(err), "error")
     return None
 
 

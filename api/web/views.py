@@ -66,6 +66,8 @@ _REFUSALS = {
     "unknown_kind": "未知的交付物类型。",
     "store_unavailable": "服务暂时不可用，请稍后再试。",
     "role_required": "您没有权限执行此操作。",
+    "entry_under_review": "该分录所在的结算申报正在审核中，不能冲销；请待申报退回后先将其移出申报。",
+    "already_reversed": "该分录已被冲销。",
 }
 
 
