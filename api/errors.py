@@ -42,7 +42,7 @@ def register_error_handlers(app: Flask) -> None:
         db.session.rollback()
         log.info("refused", extra={"code": err.code, "status": err.status})
         if _wants_html() and "html_error" in app.view_functions:
-            return app.view_functions["html_error"](err.status, err.detail)
+            return app.view_functions["html_error"](err.status, err.detail, err.code)
         return problem(err.status, err.code, err.detail, err.title, **err.extra)
 
     @app.errorhandler(HTTPException)

@@ -91,6 +91,8 @@ EN: dict[str, str] = {
         "The settlement claim holding this entry is under review, so it cannot be reversed; once the claim is "
         "returned, remove the entry from it first.",
     "该分录已被冲销。": "This entry has already been reversed.",
+    "提交的内容不能包含空字符（NUL）或无效的 Unicode 字符，请删除后重试。":
+        "What you sent contains a NUL character or invalid Unicode; remove it and try again.",
     "此任务已结束，无需处理。": "This task is closed; nothing to do.",
     "您不能处理此任务。": "You cannot act on this task.",
     "必填": "required", "是": "Yes", "否": "No", "请选择": "Choose", "任务处理": "Task handling",
