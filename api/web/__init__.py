@@ -22,6 +22,7 @@ _ERROR_TEXT = {
     413: "文件太大。",
     415: "不支持此文件类型。",
     422: "提交的内容有误。",
+    502: "存储中的文件无法读取，请联系系统管理员。",
     503: "服务暂时不可用，请稍后再试。",
 }
 # Refusals whose reason people can act on, by the problem code, where the status alone says too little.

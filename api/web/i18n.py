@@ -91,6 +91,7 @@ EN: dict[str, str] = {
         "The settlement claim holding this entry is under review, so it cannot be reversed; once the claim is "
         "returned, remove the entry from it first.",
     "该分录已被冲销。": "This entry has already been reversed.",
+    "存储中的文件无法读取，请联系系统管理员。": "The stored file cannot be read; contact the system administrator.",
     "提交的内容不能包含空字符（NUL）或无效的 Unicode 字符，请删除后重试。":
         "What you sent contains a NUL character or invalid Unicode; remove it and try again.",
     "此任务已结束，无需处理。": "This task is closed; nothing to do.",
