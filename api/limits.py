@@ -70,8 +70,25 @@ def check_request_text() -> None:
         _check_pairs("form", ((name, None) for name in request.files))
 
 
-# Ids are INTEGER columns (int4 on PostgreSQL); a larger path id can name no row, and would overflow the driver.
+# Ids are INTEGER columns (int4 on PostgreSQL); a larger id can name no row, and would overflow the driver.
 MAX_ID = 2**31 - 1
+
+
+def id_field(**kwargs: Any) -> Any:
+    """A row id in a JSON body or a query: outside 1..MAX_ID it names no row, so it is refused with the
+    other invalid fields (422) instead of reaching the database driver, which cannot bind it."""
+    from marshmallow import fields, validate
+
+    return fields.Integer(validate=validate.Range(min=1, max=MAX_ID), strict=False, **kwargs)
+
+
+def row_id(text: str | None) -> int | None:
+    """A row id typed into a web form (digits only, within 1..MAX_ID), else None."""
+    text = (text or "").strip()
+    if not text.isdigit() or not text.isascii():
+        return None
+    value = int(text)
+    return value if 1 <= value <= MAX_ID else None
 
 
 def register(app: Flask) -> None:

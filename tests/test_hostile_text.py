@@ -116,3 +116,32 @@ def test_nul_in_an_imported_spreadsheet_is_a_row_error(world):
                         {"file": (io.BytesIO(csv), "items.csv")})
     assert r.status_code in (200, 422), r.get_data(as_text=True)[:300]
     assert db.session.execute(select(func.count(WorkItem.id))).scalar() == 0
+
+
+def test_ids_beyond_the_integer_range_are_422(world):
+    """Ids are INTEGER columns: a larger id in a JSON body or a query names no row and is refused as invalid
+    (before, the driver could not bind it: a 500, or a CSV/ZIP download that broke off after its headers)."""
+    from tests.settlement_helpers import completed_items
+
+    completed_items(1, prefix="BIG")
+    r = world.post("pm", "/api/v1/settlements", json={"contract": "SH-YWTB-2025", "period_start": "2026-01-01",
+                                                      "period_end": "2026-12-31"})
+    sid = r.get_json()["id"]
+    big = 2**70
+    for method, url, body in (
+            ("post", f"/api/v1/settlements/{sid}/lines", {"entry_ids": [big], "reason": "补充"}),
+            ("post", f"/api/v1/settlements/{sid}/lines/remove", {"entry_ids": [2**31], "reason": "移出"}),
+            ("post", f"/api/v1/settlements/{sid}/comments", {"entry_id": big, "text": "意见"}),
+            ("get", f"/api/v1/exports/counts?settlement={big}", None),
+            ("get", f"/api/v1/exports/counts.csv?settlement={big}", None),
+            ("get", f"/api/v1/exports/counts.xlsx?settlement={big}", None),
+            ("get", f"/api/v1/exports/evidence.zip?settlement={big}", None)):
+        user = "auditor" if url.endswith("/comments") else "pm"
+        r = getattr(world, method)(user, url, **({"json": body} if body is not None else {}))
+        assert r.status_code == 422, (url, r.status_code, r.get_data()[:200])
+        assert r.get_json()["code"] == "invalid_request", r.get_json()
+    # The web forms skip what cannot be an id, as they skip what is not a number.
+    browser = Browser(world.app, "pm")
+    browser.get(f"/settlements/{sid}")
+    r = browser.post(f"/settlements/{sid}/lines", {"entry_ids": f"{big} {2**31}", "reason": "补充", "op": "add"})
+    assert r.status_code == 302, r.status_code
