@@ -1,9 +1,11 @@
 """A pytest plugin for the figures in docs/TRUST.md ("Measured"): every HTTP answer the apps gave, by test file,
 and which race and fault tests ran and passed. Not loaded by `make test`; run it without xdist:
 
-    .venv/bin/pytest -p tests.trust_tally -p no:cacheprovider tests/test_fuzz_api.py tests/test_hostile_text.py \
-        tests/test_hostile_input.py tests/test_authz_matrix.py tests/test_concurrency.py tests/test_db_faults.py \
-        tests/test_download_faults.py tests/test_faults.py
+    .venv/bin/python -m pytest -p tests.trust_tally -p no:cacheprovider tests/test_fuzz_api.py \
+        tests/test_hostile_text.py tests/test_hostile_input.py tests/test_authz_matrix.py \
+        tests/test_concurrency.py tests/test_db_faults.py tests/test_download_faults.py tests/test_faults.py
+
+(`python -m` puts the project on sys.path, which `-p tests.…` needs.)
 """
 from __future__ import annotations
 
