@@ -1,11 +1,17 @@
-"""HTTP download helpers shared by the REST API and the web pages: filenames, streamed files and CSV."""
+"""HTTP download helpers shared by the REST API and the web pages: filenames, streamed files, CSV, artefacts."""
 from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
-from flask import Response, stream_with_context
+from flask import Response, g, stream_with_context
+
+from api.extensions import db
+from engine import audit
+from engine.errors import ObjectMissing, ServiceUnavailable
+from storage.artefact_store import ArtefactStore, StoreUnavailable
+from storage.models import Artefact, User
 
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 
@@ -34,4 +40,52 @@ def csv_response(rows: Iterator[bytes], name: str, ascii_name: str) -> Response:
     response = Response(stream_with_context(rows), mimetype="text/csv")
     response.headers["Content-Type"] = "text/csv; charset=utf-8"
     response.headers["Content-Disposition"] = attachment(name, ascii_name)
+    return response
+
+
+def content_disposition(filename: str, inline: bool = False) -> str:
+    """Content-Disposition for a user's file name: a printable ASCII fallback and the real name per RFC 6266."""
+    ascii_name = "".join(c if 32 <= ord(c) < 127 and c not in '"\\;' else "_" for c in filename) or "file"
+    kind = "inline" if inline else "attachment"
+    return f"{kind}; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+def artefact_response(artefact: Artefact, user: User, store: ArtefactStore | None, inline: bool) -> Response:
+    """The bytes of an artefact the caller has authorised for `user`, for the REST API and the web page alike;
+    the download is audited and committed here. The object is opened and its first chunk read before the
+    response exists, so a missing object (502 object_missing) or a failing store (503 store_unavailable) is a
+    problem answer, never a 200 that breaks off; so is an object whose size is not the recorded one
+    (Content-Length would promise what the body cannot keep). A download that did not happen is not audited."""
+    if store is None:
+        raise ServiceUnavailable("no evidence store is configured")
+    what = f"the stored file of artefact {artefact.id}"
+    try:
+        stream = store.iter_content(artefact.key, artefact.version_id).prefetch()
+    except KeyError as exc:
+        raise ObjectMissing(f"{what} is missing from the object store; an operator should run `itemgate fsck`",
+                            artefact_id=artefact.id) from exc
+    except StoreUnavailable as exc:
+        raise ServiceUnavailable(f"the object store is unavailable; {what} cannot be read now") from exc
+    if stream.length is not None and stream.length != artefact.size:
+        stream.close()
+        raise ObjectMissing(f"{what} has {stream.length} bytes in the store, not the {artefact.size} recorded; "
+                            "an operator should run `itemgate fsck`", code="object_mismatch",
+                            artefact_id=artefact.id)
+    media_type = artefact.media_type.split(";")[0]
+    # The stream is the response's iterable itself: the server closes it (and frees the S3 connection) when the
+    # response ends, sent or not.
+    response = Response(stream, mimetype=media_type)
+    if artefact.media_type.startswith("text/plain"):
+        response.headers["Content-Type"] = artefact.media_type
+    response.headers["Content-Disposition"] = content_disposition(artefact.filename, inline)
+    response.headers["Content-Length"] = str(artefact.size)
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["ETag"] = f'"{artefact.sha256}"'
+    try:
+        audit.record(db.session, audit.Actor.of(user, g.get("request_id")), "artefact.downloaded",
+                     target_type="artefact", target_id=artefact.id, item_id=artefact.item_id)
+        db.session.commit()
+    except BaseException:
+        response.close()  # frees the store's connection; nothing will iterate this response
+        raise
     return response

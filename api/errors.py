@@ -4,7 +4,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, g, json, request
+from flask import Flask, Response, g, json, make_response, request
+from sqlalchemy.exc import DBAPIError, PendingRollbackError
 from werkzeug.exceptions import HTTPException
 
 from api.extensions import db
@@ -15,8 +16,10 @@ log = logging.getLogger("itemgate.errors")
 _HTTP_CODES = {
     400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
     409: "conflict", 413: "too_large", 415: "unsupported_media_type", 422: "invalid", 429: "rate_limited",
-    500: "internal_error", 503: "unavailable",
+    500: "internal_error", 502: "bad_gateway", 503: "unavailable",
 }
+# What a 503 asks the client to wait before trying again: a database failover or a store restart takes seconds.
+RETRY_AFTER_SECONDS = 5
 
 
 def problem(status: int, code: str, detail: str, title: str | None = None, **extra: Any) -> Response:
@@ -29,6 +32,12 @@ def problem(status: int, code: str, detail: str, title: str | None = None, **ext
                         mimetype="application/problem+json")
     if status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="itemgate"'
+    return _retry_later(response)
+
+
+def _retry_later(response: Response) -> Response:
+    if response.status_code == 503:
+        response.headers.setdefault("Retry-After", str(RETRY_AFTER_SECONDS))
     return response
 
 
@@ -36,18 +45,45 @@ def _wants_html() -> bool:
     return not request.path.startswith("/api/") and request.accept_mimetypes.accept_html
 
 
+def lost_database(err: BaseException) -> bool:
+    """Whether `err` (or what it arose from) is the database connection going away: a server shutdown, a killed
+    backend, a network failure. SQLAlchemy has invalidated that connection, so the pool will not hand it out
+    again; using the session afterwards without a rollback is what raises PendingRollbackError."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, DBAPIError) and current.connection_invalidated:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _rollback() -> None:
+    """End the failed transaction. When even that fails (the connection is gone mid-rollback), drop the session:
+    the next use starts a new one on a fresh connection."""
+    try:
+        db.session.rollback()
+    except Exception:  # noqa: BLE001 - nothing more can be done with this session
+        log.warning("rollback failed; the session is discarded", exc_info=True)
+        db.session.remove()
+
+
 def register_error_handlers(app: Flask) -> None:
+    def html(status: int, detail: str, code: str | None = None) -> Any:
+        return _retry_later(make_response(app.view_functions["html_error"](status, detail, code)))
+
     @app.errorhandler(DomainError)
     def _domain(err: DomainError) -> Any:
-        db.session.rollback()
+        _rollback()
         log.info("refused", extra={"code": err.code, "status": err.status})
         if _wants_html() and "html_error" in app.view_functions:
-            return app.view_functions["html_error"](err.status, err.detail)
+            return html(err.status, err.detail, err.code)
         return problem(err.status, err.code, err.detail, err.title, **err.extra)
 
     @app.errorhandler(HTTPException)
     def _http(err: HTTPException) -> Any:
-        db.session.rollback()
+        _rollback()
         status = err.code or 500
         extra: dict[str, Any] = {}
         data = getattr(err, "data", None)  # webargs/flask-smorest put validation messages here
@@ -62,11 +98,18 @@ def register_error_handlers(app: Flask) -> None:
             extra["errors"] = flat
             code = "invalid_request"
         if _wants_html() and "html_error" in app.view_functions:
-            return app.view_functions["html_error"](status, err.description or "")
+            return html(status, err.description or "")
         return problem(status, code, err.description or err.name, err.name, **extra)
 
     @app.errorhandler(Exception)
     def _unexpected(err: Exception) -> Any:
-        db.session.rollback()
+        _rollback()
+        if isinstance(err, DBAPIError | PendingRollbackError) and lost_database(err):
+            log.warning("database connection lost: %s", type(err.orig if isinstance(err, DBAPIError) else err)
+                        .__name__)
+            detail = "the database connection was lost; nothing of this request was kept, try again"
+            if _wants_html() and "html_error" in app.view_functions:
+                return html(503, detail, "database_unavailable")
+            return problem(503, "database_unavailable", detail, "Service unavailable")
         log.exception("unhandled error")
         return problem(500, "internal_error", "An unexpected error occurred; it has been logged.")

@@ -1,4 +1,5 @@
-"""Limits on hostile input: JSON body size and depth, and the login rate limits shared by every worker."""
+"""Limits on hostile input: JSON body size and depth, text no field can hold, and the login rate limits shared by
+every worker."""
 from __future__ import annotations
 
 import hashlib
@@ -13,7 +14,8 @@ from sqlalchemy import delete, func, select
 
 from api.errors import problem
 from api.extensions import db
-from engine.errors import DomainError
+from engine import text
+from engine.errors import DomainError, Invalid
 from storage.models import LoginAttempt
 
 MAX_JSON_DEPTH = 32
@@ -36,8 +38,59 @@ def _depth_exceeds(value: Any, limit: int) -> bool:
     return False
 
 
-# Ids are INTEGER columns (int4 on PostgreSQL); a larger path id can name no row, and would overflow the driver.
+class UnstorableText(Invalid):
+    """Text with a NUL or an unpaired surrogate, anywhere in the request: refused before anything reads it."""
+
+    code = "invalid_characters"
+
+    def __init__(self, location: str, field: str | None) -> None:
+        where = f"{location} field {field!r}" if field else f"the {location}"
+        extra = {"location": location} | ({"field": field} if field else {})
+        super().__init__(f"{where} {text.WHY}", **extra)
+
+
+def _check_pairs(location: str, pairs: Any) -> None:
+    for key, value in pairs:
+        if text.unstorable(key):
+            raise UnstorableText(location, None)
+        if isinstance(value, str) and text.unstorable(value):
+            raise UnstorableText(location, key)
+
+
+def check_request_text() -> None:
+    """Refuse (422 invalid_characters) a request whose path, query, form fields or JSON strings hold text that no
+    column can store, before any view or database sees it. A multipart body that the API parses as it arrives is
+    left to that parser (its fields are an artefact kind, checked against the known kinds, and a task number)."""
+    if text.unstorable(request.path):
+        raise UnstorableText("path", None)
+    _check_pairs("query", request.args.items(multi=True))
+    streamed_upload = request.mimetype == "multipart/form-data" and request.path.startswith("/api/")
+    if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data") and (
+            not streamed_upload or "form" in request.__dict__):
+        _check_pairs("form", request.form.items(multi=True))
+        # A file's own name is made safe where it is stored; its bytes are the file's business.
+        _check_pairs("form", ((name, None) for name in request.files))
+
+
+# Ids are INTEGER columns (int4 on PostgreSQL); a larger id can name no row, and would overflow the driver.
 MAX_ID = 2**31 - 1
+
+
+def id_field(**kwargs: Any) -> Any:
+    """A row id in a JSON body or a query: outside 1..MAX_ID it names no row, so it is refused with the
+    other invalid fields (422) instead of reaching the database driver, which cannot bind it."""
+    from marshmallow import fields, validate
+
+    return fields.Integer(validate=validate.Range(min=1, max=MAX_ID), strict=False, **kwargs)
+
+
+def row_id(text: str | None) -> int | None:
+    """A row id typed into a web form (digits only, within 1..MAX_ID), else None."""
+    text = (text or "").strip()
+    if not text.isdigit() or not text.isascii():
+        return None
+    value = int(text)
+    return value if 1 <= value <= MAX_ID else None
 
 
 def register(app: Flask) -> None:
@@ -54,6 +107,8 @@ def register(app: Flask) -> None:
             if isinstance(value, int) and not 0 <= value <= MAX_ID:
                 return problem(404, "not_found", f"no such {name.removesuffix('_id')}")
         return None
+
+    app.before_request(check_request_text)
 
     @app.before_request
     def _json_limits() -> Any:
@@ -72,6 +127,9 @@ def register(app: Flask) -> None:
             return None  # the route's parser answers with its own 400/422
         if _depth_exceeds(parsed, MAX_JSON_DEPTH):
             return problem(400, "bad_request", f"the JSON body is nested deeper than {MAX_JSON_DEPTH} levels")
+        where = text.first_unstorable(parsed)
+        if where is not None:
+            raise UnstorableText("JSON body", where or None)
         return None
 
     @app.after_request

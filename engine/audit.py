@@ -182,6 +182,8 @@ def _refuse_audit_writes(conn: Any, _cursor: Any, statement: str, *_args: Any) -
 
 
 def _close_prune_window(conn: Any) -> None:
+    if conn.invalidated:
+        return  # the connection is lost, and its info (the window with it) is cleared with it
     conn.info.pop(_ALLOW_PRUNE, None)
 
 

@@ -60,5 +60,11 @@ class UnsupportedMedia(DomainError):
     status, code, title = 415, "unsupported_media_type", "Unsupported media type"
 
 
+class ObjectMissing(DomainError):
+    """A stored object a row refers to is gone from the store (or is not what was stored): the store failed us."""
+
+    status, code, title = 502, "object_missing", "Bad gateway"
+
+
 class ServiceUnavailable(DomainError):
     status, code, title = 503, "store_unavailable", "Service unavailable"

@@ -11,7 +11,7 @@ from typing import Any, BinaryIO
 
 from sqlalchemy import select
 
-from engine import audit
+from engine import audit, text
 from engine.access import authorize
 from engine.errors import Invalid
 from engine.workflow import Ctx, NewItem, create_item
@@ -199,6 +199,10 @@ def _row(number: int, cells: list[str], columns: dict[str, int], contract: str, 
 
     before = len(errors)
     values = {k: get(k) for k in (*REQUIRED, "difficulty")}
+    unstorable = [RowProblem(number, key, text.WHY) for key, value in values.items() if text.unstorable(value)]
+    if unstorable:
+        errors.extend(unstorable)
+        return None
     for key in REQUIRED:
         if not values[key]:
             errors.append(RowProblem(number, key, "empty"))

@@ -6,6 +6,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from engine import audit
@@ -71,10 +72,34 @@ def record_refusal(session: Session, actor: audit.Actor, exc: SettlementLocked) 
                  outcome="refused", reason=exc.code, **exc.context)
 
 
-def approved_settlement_of(session: Session, entry_id: int) -> Settlement | None:
-    return session.execute(
-        select(Settlement).join(SettlementLine, SettlementLine.settlement_id == Settlement.id)
-        .where(SettlementLine.entry_id == entry_id, Settlement.status == "approved")).scalar()
+# A claim the PM holds (being prepared, or returned for revision) is reviewed again as a whole when it is
+# (re)submitted; a claim under review or approved has been looked at by others and must not move under them.
+PM_HOLDS_CLAIM = ("draft", "revising")
+
+
+class EntryUnderReview(Conflict):
+    """A reversal of an entry whose settlement claim is under review: the PM takes it out of the claim first."""
+
+    code = "entry_under_review"
+
+
+def _lock_entry(session: Session, entry_id: int) -> WorkloadEntry | None:
+    """The entry, row-locked until commit (PostgreSQL): two reversals of it take turns, and a settlement
+    claiming it (its line's foreign key takes a share lock on this row) waits for the reversal, or the
+    reversal for that claim."""
+    return session.execute(select(WorkloadEntry).where(WorkloadEntry.id == entry_id).with_for_update(of=WorkloadEntry)
+                           .execution_options(populate_existing=True)).scalar()
+
+
+def claiming_settlement(session: Session, entry_id: int, *, lock: bool = False) -> Settlement | None:
+    """The settlement whose claim holds the entry (an entry is claimed at most once), read fresh. With `lock`,
+    its row stays locked until commit, so it cannot be submitted, reviewed or approved meanwhile: every
+    settlement step is a compare-and-set UPDATE of that row, which waits for the lock."""
+    query = (select(Settlement).join(SettlementLine, SettlementLine.settlement_id == Settlement.id)
+             .where(SettlementLine.entry_id == entry_id).execution_options(populate_existing=True))
+    if lock:
+        query = query.with_for_update(of=Settlement)
+    return session.execute(query).scalar()
 
 
 def reverse_entry(session: Session, actor: audit.Actor, user: User, entry_id: int, reason: str,
@@ -82,21 +107,30 @@ def reverse_entry(session: Session, actor: audit.Actor, user: User, entry_id: in
     """Correct a wrong entry with a reversing entry (negative units and amount); nothing is edited or deleted.
 
     The reversal is a new, unsettled entry: it nets the original out in every sum and is claimed by
-    whichever settlement gathers it next. An entry claimed by an approved settlement cannot be reversed.
+    whichever settlement gathers it next. Only an unclaimed entry, or one of a claim the PM holds (draft or
+    returned for revision), can be reversed: a claim under review refuses with 409 `entry_under_review`
+    (the PM removes the line once the claim comes back, and resubmits), an approved one with 409
+    `settlement_locked`. The entry and its settlement are locked first, so the rule holds against a
+    submission, review step or approval racing the reversal, and against a second reversal.
     """
     if user.role not in ("pm", "admin"):
         raise Forbidden("only the project manager corrects the ledger", code="role_required")
     reason = (reason or "").strip()
     if len(reason) < 2:
         raise Invalid("a reversal needs a reason", code="reason_required")
-    entry = session.get(WorkloadEntry, entry_id)
+    entry = _lock_entry(session, entry_id)
     if entry is None:
         raise NotFound(f"ledger entry {entry_id} not found")
-    locked = approved_settlement_of(session, entry.id)
-    if locked is not None:
-        raise SettlementLocked(f"entry {entry.id} is part of approved settlement {locked.id} and cannot change",
-                               settlement_id=locked.id, attempted="ledger.reverse", entry_id=entry.id,
+    claim = claiming_settlement(session, entry.id, lock=True)
+    if claim is not None and claim.status == "approved":
+        raise SettlementLocked(f"entry {entry.id} is part of approved settlement {claim.id} and cannot change",
+                               settlement_id=claim.id, attempted="ledger.reverse", entry_id=entry.id,
                                reason_given=reason)
+    if claim is not None and claim.status not in PM_HOLDS_CLAIM:
+        raise EntryUnderReview(
+            f"entry {entry.id} is claimed by settlement {claim.id}, which is under review ({claim.status}); "
+            "it can be reversed once the claim is returned and the line removed from it",
+            settlement_id=claim.id, settlement_status=claim.status)
     if entry.reverses_id is not None:
         raise Conflict(f"entry {entry.id} is itself a reversal", code="is_reversal")
     existing = session.execute(select(WorkloadEntry.id).where(WorkloadEntry.reverses_id == entry.id)).scalar()
@@ -109,8 +143,12 @@ def reverse_entry(session: Session, actor: audit.Actor, user: User, entry_id: in
         difficulty=entry.difficulty, unit_price=entry.unit_price, amount=-entry.amount, tallied_at=at,
         tally_key=None, reverses_id=entry.id, reason=reason, created_by_id=user.id,
     )
-    session.add(reversal)
-    session.flush()
+    try:
+        with session.begin_nested():
+            session.add(reversal)
+    except IntegrityError as exc:
+        # The unique index on reverses_id: a reversal committed by a path that did not take the row lock.
+        raise Conflict(f"entry {entry.id} is already reversed", code="already_reversed") from exc
     audit.record(session, actor, "ledger.reversed", target_type="workload_entry", target_id=reversal.id,
                  reverses=entry.id, item_id=entry.item_id, amount=str(reversal.amount), reason=reason)
     return reversal

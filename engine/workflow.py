@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Any, cast
 
 from SpiffWorkflow.util.task import TaskState
-from sqlalchemy import Table, insert, select, text, update
+from sqlalchemy import ColumnElement, Table, insert, or_, select, text, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, joinedload, lazyload
 from sqlalchemy.orm.attributes import set_committed_value
@@ -319,6 +319,30 @@ def _rowcount(result: Any) -> int:
     return int(result.rowcount)
 
 
+def _set_task_if(ctx: Ctx, task: HumanTask, holder: ColumnElement[bool], **values: Any) -> None:
+    """Compare-and-set on the task row: write `values` only while the task is still open and its holder is
+    still what `holder` says, else 409. Every change of holder or status goes through here, so of two people
+    racing for one task exactly one wins: the loser's UPDATE (on PostgreSQL, after waiting for the winner's
+    row lock) no longer matches and changes nothing."""
+    result = ctx.session.execute(
+        update(HumanTask).where(HumanTask.id == task.id, HumanTask.status == "ready", holder)
+        .values(**values).execution_options(synchronize_session=False))
+    if _rowcount(result) != 1:
+        status = ctx.session.execute(select(HumanTask.status).where(HumanTask.id == task.id)).scalar()
+        if status != "ready":
+            raise Conflict(f"task {task.id} is no longer open", code="task_not_ready")
+        raise Conflict(f"task {task.id} was claimed or released by someone else meanwhile; reload and try again",
+                       code="claimed_by_other")
+    for key, value in values.items():
+        set_committed_value(task, key, value)
+    if "assignee_id" in values:
+        ctx.session.expire(task, ["assignee"])  # the relationship follows the new holder when next read
+
+
+def _held_by(user_id: int | None) -> ColumnElement[bool]:
+    return HumanTask.assignee_id.is_(None) if user_id is None else HumanTask.assignee_id == user_id
+
+
 def claim(ctx: Ctx, task_id: int) -> HumanTask:
     assert ctx.user is not None
     task = load_task_for(ctx.session, ctx.user, task_id, "task.claim")
@@ -327,14 +351,9 @@ def claim(ctx: Ctx, task_id: int) -> HumanTask:
         raise Conflict(f"task {task_id} is no longer open", code="task_not_ready")
     if task.assignee_id == ctx.user.id:
         return task
-    # Compare-and-set on the assignee so two people claiming at once cannot both win.
-    result = ctx.session.execute(
-        update(HumanTask).where(HumanTask.id == task.id, HumanTask.status == "ready",
-                                HumanTask.assignee_id.is_(None))
-        .values(assignee_id=ctx.user.id, claimed_at=ctx.now).execution_options(synchronize_session=False))
-    if _rowcount(result) != 1:
+    if task.assignee_id is not None:
         raise Conflict(f"task {task_id} is claimed by someone else", code="claimed_by_other")
-    ctx.session.refresh(task)
+    _set_task_if(ctx, task, _held_by(None), assignee_id=ctx.user.id, claimed_at=ctx.now)
     audit.record(ctx.session, ctx.actor, "task.claimed", target_type="task", target_id=task.id, item_id=task.item_id)
     return task
 
@@ -344,10 +363,11 @@ def unclaim(ctx: Ctx, task_id: int) -> HumanTask:
     task = load_task_for(ctx.session, ctx.user, task_id, "task.release")
     if task.assignee_id is None:
         return task
+    if task.status != "ready":
+        raise Conflict(f"task {task_id} is no longer open", code="task_not_ready")
     if task.assignee_id != ctx.user.id and ctx.user.role not in ("pm", "admin"):
         raise Conflict(f"task {task_id} is held by someone else", code="claimed_by_other")
-    task.assignee_id = None
-    task.claimed_at = None
+    _set_task_if(ctx, task, _held_by(task.assignee_id), assignee_id=None, claimed_at=None)
     audit.record(ctx.session, ctx.actor, "task.unclaimed", target_type="task", target_id=task.id,
                  item_id=task.item_id)
     return task
@@ -364,8 +384,7 @@ def hand_over(ctx: Ctx, task_id: int, to_username: str) -> HumanTask:
     if target is None or not target.active:
         raise Invalid(f"no active user {to_username!r}", code="unknown_user")
     require_act(target, task)
-    task.assignee_id = target.id
-    task.claimed_at = ctx.now
+    _set_task_if(ctx, task, _held_by(task.assignee_id), assignee_id=target.id, claimed_at=ctx.now)
     audit.record(ctx.session, ctx.actor, "task.handed_over", target_type="task", target_id=task.id,
                  item_id=task.item_id, to=target.username)
     return task
@@ -494,6 +513,10 @@ def complete_task(ctx: Ctx, task_id: int, data: Any) -> HumanTask:
     lock_evidence(session, item.id)
     statuses = check_gate(ctx, task)
     _separation_of_duties(ctx, task, statuses)
+    # Completing claims the task implicitly: taken only if nobody else holds it at this moment (a claim
+    # committed since the load wins, and this completion gets 409).
+    _set_task_if(ctx, task, or_(HumanTask.assignee_id.is_(None), HumanTask.assignee_id == ctx.user.id),
+                 status="completed", completed_at=ctx.now, completed_by_id=ctx.user.id, assignee_id=ctx.user.id)
 
     instance = task.instance
     model = model_of(instance.definition)
@@ -505,10 +528,6 @@ def complete_task(ctx: Ctx, task_id: int, data: Any) -> HumanTask:
         raise Conflict(f"task {task_id} is no longer ready", code="task_not_ready")
     run_and_step(workflow, spiff_task, clean, "the process")
 
-    task.status = "completed"
-    task.completed_at = ctx.now
-    task.completed_by_id = ctx.user.id
-    task.assignee_id = task.assignee_id or ctx.user.id
     task.data = clean
     if statuses:
         # Written as plain rows: nothing in this request reads them back as objects.

@@ -270,6 +270,23 @@ class ObjectStream:
         self._response: urllib3.BaseHTTPResponse | None = response
         self._chunks = response.stream(chunk)
         self._what = what
+        self._first: bytes | None = None
+        length = response.headers.get("Content-Length")
+        # The size the store is about to send (None when it did not say).
+        self.length: int | None = int(length) if length is not None and length.isdigit() else None
+
+    def prefetch(self) -> ObjectStream:
+        """Read the first chunk now, so that a store failing right after the headers shows (as KeyError or
+        StoreUnavailable) before the caller commits to sending the object; iteration starts with that chunk."""
+        if self._first is None and self._response is not None:
+            try:
+                self._first = next(self._chunks)
+            except StopIteration:
+                self._first = b""
+            except Exception as exc:
+                self.close()
+                _raise_mapped(exc, self._what)
+        return self
 
     def __iter__(self) -> ObjectStream:
         return self
@@ -277,6 +294,9 @@ class ObjectStream:
     def __next__(self) -> bytes:
         if self._response is None:
             raise StopIteration
+        if self._first:
+            first, self._first = self._first, None
+            return first
         try:
             return next(self._chunks)
         except StopIteration:

@@ -347,3 +347,75 @@ def test_web_pages_and_the_lock_through_the_web(sworld, app):
     r = pm.get(f"/settlements/{sid}/claim.xlsx")
     assert r.status_code == 200
     assert Browser(app, "impl").get(f"/settlements/{sid}").status_code == 403
+
+
+def test_entries_of_a_claim_under_review_cannot_be_reversed(sworld, app, monkeypatch):
+    """Unclaimed entries and those of a claim the PM holds (draft, or returned for revision) may be reversed;
+    those of a submitted claim (third-party review, first review, final approval) are refused with 409
+    entry_under_review until the claim comes back and the PM takes the line out — over the API, the web
+    page and the command line alike."""
+    w = sworld
+    items = completed_items(6, prefix="UR")
+    free_item = completed_items(1, prefix="FREE", at=datetime(2025, 6, 1, tzinfo=UTC))  # outside the period
+    entries = entry_ids(items)
+    sid = open_settlement(w)["id"]
+
+    def reverse(entry, user="pm"):
+        return w.post(user, f"/api/v1/workload/entries/{entry}/reverse", json={"reason": "数量登记错误"})
+
+    assert reverse(entry_ids(free_item)[0]).status_code == 201  # unclaimed
+    assert reverse(entries[0]).status_code == 201  # draft
+    w.post("pm", f"/api/v1/settlements/{sid}/submit", json={})
+    for stage, step in (("audit", None), ("first_review", ("auditor", "accept", {})),
+                        ("final_approval", ("buyer", "first-review", {"decision": "approve"}))):
+        if step:
+            r = w.post(step[0], f"/api/v1/settlements/{sid}/{step[1]}", json=step[2])
+            assert r.status_code == 200, r.get_json()
+        r = reverse(entries[1])
+        assert r.status_code == 409, r.get_json()
+        body = r.get_json()
+        assert (body["code"], body["settlement_id"], body["settlement_status"]) == ("entry_under_review", sid, stage)
+    assert db.session.execute(select(func.count(WorkloadEntry.id))
+                              .where(WorkloadEntry.reverses_id == entries[1])).scalar() == 0
+
+    # The web ledger page and the command line refuse it too, and say why.
+    from tests.test_web import Browser
+
+    browser = Browser(app, "pm")
+    browser.get("/ledger")
+    r = browser.post(f"/ledger/{entries[2]}/reverse", {"reason": "数量登记错误"}, follow_redirects=True)
+    assert "该分录所在的结算申报正在审核中" in r.get_data(as_text=True)
+    from api.cli import main
+
+    db.session.commit()
+    monkeypatch.setenv("ITEMGATE_DATABASE_URL", str(app.config["SQLALCHEMY_DATABASE_URI"]))
+    monkeypatch.delenv("ITEMGATE_SECRET_KEY", raising=False)
+    monkeypatch.delenv("ITEMGATE_S3_ENDPOINT", raising=False)
+    result = CliRunner().invoke(main, ["ledger", "reverse", str(entries[3]), "--reason", "事后更正", "--user", "pm"])
+    assert result.exit_code == 1 and "entry_under_review" in result.output, result.output
+    db.session.rollback()
+    assert db.session.execute(select(func.count(WorkloadEntry.id))
+                              .where(WorkloadEntry.reverses_id.in_(entries[1:4]))).scalar() == 0
+
+    # Returned for revision, the claim is the PM's again: the line can be reversed, or removed and reversed.
+    r = w.post("buyer2", f"/api/v1/settlements/{sid}/final-approval", json={"decision": "return", "comment": "核减"})
+    assert r.status_code == 200 and r.get_json()["status"] == "revising"
+    assert reverse(entries[1]).status_code == 201
+    r = w.post("pm", f"/api/v1/settlements/{sid}/lines/remove", json={"entry_ids": [entries[2]], "reason": "核减"})
+    assert r.status_code == 200
+    assert reverse(entries[2]).status_code == 201
+    # Approved, the claim is locked for good.
+    drive_to_approved(w, sid)
+    r = reverse(entries[4])
+    assert r.status_code == 409 and r.get_json()["code"] == "settlement_locked"
+
+
+def test_a_task_that_is_closed_cannot_be_released_or_handed_over(world):
+    """Releasing or handing over a completed task is refused (409 task_not_ready), and its holder stays."""
+    item_id = world.new_item("CLOSED-1")["id"]
+    task = world.complete_task_as("impl", item_id, "intake", {"summary": "需求概述"})
+    for url, body in (("unclaim", {}), ("handover", {"to": "impl2"})):
+        r = world.post("pm", f"/api/v1/tasks/{task['id']}/{url}", json=body)
+        assert r.status_code == 409 and r.get_json()["code"] == "task_not_ready", r.get_json()
+    row = world.get("pm", f"/api/v1/items/{item_id}").get_json()["tasks"]
+    assert next(t for t in row if t["id"] == task["id"])["assignee"] == "impl"

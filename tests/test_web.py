@@ -239,11 +239,11 @@ def _literals() -> set[str]:
 
 
 def test_every_web_text_has_an_english_translation():
-    from api.web import _ERROR_TEXT
+    from api.web import _CODE_TEXT, _ERROR_TEXT
     from api.web.i18n import EN
     from api.web.views import _REFUSALS
 
-    texts = _literals() | set(_ERROR_TEXT.values()) | set(_REFUSALS.values())
+    texts = _literals() | set(_ERROR_TEXT.values()) | set(_REFUSALS.values()) | set(_CODE_TEXT.values())
     assert len(texts) > 50
     missing = sorted(t for t in texts if t not in EN and re.search(r"[\u4e00-\u9fff]", t))
     assert not missing, missing

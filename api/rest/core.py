@@ -6,7 +6,7 @@ import os
 from decimal import Decimal
 from typing import Any
 
-from flask import Response, after_this_request, current_app, g, request, stream_with_context
+from flask import Response, after_this_request, current_app, g, request
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 from sqlalchemy import func, select
@@ -21,6 +21,7 @@ from api.auth import (
     issue_token,
     revoke_bearer,
 )
+from api.downloads import artefact_response
 from api.extensions import db
 from api.limits import remember_device
 from api.serializers import artefact_json, history_json, iso, item_summary, task_json, task_rows_json
@@ -597,35 +598,12 @@ def load_artefact_for(user: User, artefact_id: int) -> Artefact:
     return artefact
 
 
-def content_disposition(filename: str, inline: bool = False) -> str:
-    from urllib.parse import quote
-
-    ascii_name = "".join(c if 32 <= ord(c) < 127 and c not in '"\\;' else "_" for c in filename) or "file"
-    kind = "inline" if inline else "attachment"
-    return f"{kind}; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
-
-
 @blp.route("/artefacts/<int:artefact_id>/content", methods=["GET"])
 def artefacts_content(artefact_id: int) -> Response:
     user = current_user()
     artefact = load_artefact_for(user, artefact_id)
-    store = current_app.extensions.get("itemgate_store")
-    if store is None:
-        from engine.errors import ServiceUnavailable
-
-        raise ServiceUnavailable("no evidence store is configured")
-    chunks = store.iter_content(artefact.key, artefact.version_id)
     inline = request.args.get("inline") == "1" and artefact.media_type in ("application/pdf", "image/png",
                                                                           "image/jpeg")
-    response = Response(stream_with_context(chunks), mimetype=artefact.media_type.split(";")[0])
-    if artefact.media_type.startswith("text/plain"):
-        response.headers["Content-Type"] = artefact.media_type
-    response.headers["Content-Disposition"] = content_disposition(artefact.filename, inline)
-    response.headers["Content-Length"] = str(artefact.size)
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["ETag"] = f'"{artefact.sha256}"'
+    response = artefact_response(artefact, user, current_app.extensions.get("itemgate_store"), inline)
     response.headers["Digest"] = f"sha-256={artefact.sha256}"
-    audit.record(db.session, audit.Actor.of(user, g.get("request_id")), "artefact.downloaded",
-                 target_type="artefact", target_id=artefact.id, item_id=artefact.item_id)
-    db.session.commit()
     return response

@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from api.auth import current_user
 from api.downloads import XLSX, attachment, csv_response, file_response
 from api.extensions import db
+from api.limits import id_field
 from api.serializers import entry_json, iso, money, num
 from engine import ledger
 from engine import settlement as st
@@ -165,7 +166,7 @@ def settlements_submit(body: dict[str, Any], settlement_id: int) -> dict[str, An
 
 
 class LinesBody(Schema):
-    entry_ids = fields.List(fields.Integer(validate=validate.Range(min=1)), required=True,
+    entry_ids = fields.List(id_field(), required=True,
                             validate=validate.Length(min=1, max=10000))
     reason = fields.String(required=True, validate=validate.Length(min=2, max=4000))
 
@@ -196,7 +197,7 @@ def settlements_remove_lines(body: dict[str, Any], settlement_id: int) -> dict[s
 
 class CommentBody(Schema):
     text = fields.String(required=True, validate=validate.Length(min=1, max=4000))
-    entry_id = fields.Integer(load_default=None)
+    entry_id = id_field(load_default=None)
 
 
 @blp.route("/settlements/<int:settlement_id>/comments", methods=["POST"])
@@ -295,7 +296,7 @@ class ExportArgs(Schema):
     date_to = fields.Date(load_default=None, data_key="to")
     department = fields.String(load_default=None)
     service_line = fields.String(load_default=None)
-    settlement = fields.Integer(load_default=None, data_key="settlement")
+    settlement = id_field(load_default=None, data_key="settlement")
 
 
 def export_filter(args: dict[str, Any]) -> WorkloadFilter:

@@ -22,7 +22,12 @@ _ERROR_TEXT = {
     413: "文件太大。",
     415: "不支持此文件类型。",
     422: "提交的内容有误。",
+    502: "存储中的文件无法读取，请联系系统管理员。",
     503: "服务暂时不可用，请稍后再试。",
+}
+# Refusals whose reason people can act on, by the problem code, where the status alone says too little.
+_CODE_TEXT = {
+    "invalid_characters": "提交的内容不能包含空字符（NUL）或无效的 Unicode 字符，请删除后重试。",
 }
 
 
@@ -89,11 +94,13 @@ def register(app: Flask) -> None:
     app.view_functions["html_error"] = html_error
 
 
-def html_error(status: int, detail: str) -> Any:
+def html_error(status: int, detail: str, code: str | None = None) -> Any:
     """A friendly error page for web requests (the detail stays in the log; people get a plain sentence)."""
     db.session.rollback()
     if status == 400 and "CSRF" in (detail or ""):
         message = _("表单已过期或缺少安全令牌，请返回并刷新页面后重试。")
+    elif code in _CODE_TEXT:
+        message = _(_CODE_TEXT[code])
     else:
         message = _(_ERROR_TEXT.get(status, "出现了错误。"))
     return render_template("web/error.html", status=status, message=message), status

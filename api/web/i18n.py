@@ -91,6 +91,13 @@ EN: dict[str, str] = {
     "以下交付物尚未上传，暂不能提交：": "These artefacts are missing, so the task cannot be completed yet:",
     "表单有错误，请修改后再提交。": "The form has errors; correct them and submit again.",
     "此任务已由他人认领。": "This task is held by someone else.",
+    "该分录所在的结算申报正在审核中，不能冲销；请待申报退回后先将其移出申报。":
+        "The settlement claim holding this entry is under review, so it cannot be reversed; once the claim is "
+        "returned, remove the entry from it first.",
+    "该分录已被冲销。": "This entry has already been reversed.",
+    "存储中的文件无法读取，请联系系统管理员。": "The stored file cannot be read; contact the system administrator.",
+    "提交的内容不能包含空字符（NUL）或无效的 Unicode 字符，请删除后重试。":
+        "What you sent contains a NUL character or invalid Unicode; remove it and try again.",
     "此任务已结束，无需处理。": "This task is closed; nothing to do.",
     "您不能处理此任务。": "You cannot act on this task.",
     "必填": "required", "是": "Yes", "否": "No", "请选择": "Choose", "任务处理": "Task handling",

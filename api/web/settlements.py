@@ -21,6 +21,7 @@ from sqlalchemy import select
 from api.background import start_job
 from api.downloads import XLSX, attachment, file_response
 from api.extensions import db
+from api.limits import row_id
 from api.web.auth import me, web_ctx
 from api.web.i18n import _
 from api.web.views import PER_PAGE, _count, _page, refusal
@@ -133,7 +134,8 @@ def _change(fn: Callable[[Ctx], Any], done: str) -> Any:
     except DomainError as err:
         db.session.rollback()
         flash(err.detail if err.code not in ("role_required", "not_your_task", "version_conflict",
-                                             "separation_of_duties") else refusal(err), "error")
+                                             "separation_of_duties", "entry_under_review", "already_reversed")
+              else refusal(err), "error")
     return None
 
 
@@ -142,7 +144,7 @@ def _back(settlement_id: int) -> Any:
 
 
 def _ids(text: str) -> list[int]:
-    return [int(p) for p in text.replace(",", " ").split() if p.isdigit()][:10000]
+    return [i for i in (row_id(p) for p in text.replace(",", " ").split()) if i is not None][:10000]
 
 
 @bp.post("/settlements/<int:settlement_id>/submit")
@@ -163,7 +165,7 @@ def settlement_lines(settlement_id: int) -> Any:
 @bp.post("/settlements/<int:settlement_id>/audit")
 def settlement_audit(settlement_id: int) -> Any:
     op, text = request.form.get("op", ""), (request.form.get("text") or "").strip()[:4000]
-    entry = request.form.get("entry_id", type=int)
+    entry = row_id(request.form.get("entry_id"))
 
     def run(c: Ctx) -> Any:
         s = st.load_settlement_for(c.session, me(), settlement_id)

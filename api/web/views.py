@@ -10,7 +10,6 @@ from typing import Any
 
 from flask import (
     Blueprint,
-    Response,
     current_app,
     flash,
     g,
@@ -19,7 +18,6 @@ from flask import (
     render_template,
     request,
     session,
-    stream_with_context,
     url_for,
 )
 from flask_login import current_user, login_user, logout_user
@@ -28,8 +26,9 @@ from sqlalchemy import func, select
 from werkzeug.datastructures import MultiDict
 
 from api.auth import authenticate
+from api.downloads import artefact_response
 from api.extensions import db, login_manager
-from api.rest.core import content_disposition, filtered_items, item_detail, load_artefact_for, task_query
+from api.rest.core import filtered_items, item_detail, load_artefact_for, task_query
 from api.serializers import artefact_json
 from api.web.auth import SessionUser, end_web_session, me, start_web_session, web_ctx
 from api.web.formfields import data_from, fields_for
@@ -73,6 +72,8 @@ _REFUSALS = {
     "task_not_open": "所指的任务已结束，不能再上传交付物。",
     "kind_not_for_task": "此任务不需要该类交付物。",
     "not_your_department": "这是其他部门的交付物，您不能上传。",
+    "entry_under_review": "该分录所在的结算申报正在审核中，不能冲销；请待申报退回后先将其移出申报。",
+    "already_reversed": "该分录已被冲销。",
 }
 
 
@@ -401,25 +402,13 @@ def artefact_upload(item_id: int) -> Any:
 def artefact_content(artefact_id: int) -> Any:
     user = me()
     artefact = load_artefact_for(user, artefact_id)
-    store = current_app.extensions.get("itemgate_store")
-    if store is None:
-        raise ServiceUnavailable("no evidence store is configured")
     media_type = artefact.media_type.split(";")[0]
     inline = request.args.get("inline") == "1" and media_type in PREVIEWABLE
-    response = Response(stream_with_context(store.iter_content(artefact.key, artefact.version_id)),
-                        mimetype=media_type)
-    if artefact.media_type.startswith("text/plain"):
-        response.headers["Content-Type"] = artefact.media_type
-    response.headers["Content-Disposition"] = content_disposition(artefact.filename, inline)
-    response.headers["Content-Length"] = str(artefact.size)
-    response.headers["ETag"] = f'"{artefact.sha256}"'
+    response = artefact_response(artefact, user, current_app.extensions.get("itemgate_store"), inline)
     # An uploaded file must never run script in our origin, even when shown inline. (PDFs are left to the
     # browser's viewer, which a restrictive policy on the document would switch off.)
     if media_type != "application/pdf":
         response.headers["Content-Security-Policy"] = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'"
-    audit.record(db.session, audit.Actor.of(user, g.get("request_id")), "artefact.downloaded",
-                 target_type="artefact", target_id=artefact.id, item_id=artefact.item_id)
-    db.session.commit()
     return response
 
 
