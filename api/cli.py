@@ -286,12 +286,16 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
         cmd = gunicorn_command(host, port, workers, threads) + ["--access-logfile", "-"]
         proc = subprocess.Popen(cmd, env=env)  # noqa: S603 (fixed argv)
         os.environ["ITEMGATE_S3_ENDPOINT"] = endpoint
-        ticker = threading.Thread(target=_tick_loop, args=(settings.tick_seconds, stop), daemon=True)
+        # One app for the background loops, made before they start: building apps in several threads at once
+        # races on the API extension's shared OpenAPI spec.
+        background = _app()
+        ticker = threading.Thread(target=_tick_loop, args=(background, settings.tick_seconds, stop), daemon=True)
         ticker.start()
         # Export jobs on a loop of their own, so a long export never holds up the timers.
-        runner = threading.Thread(target=_jobs_loop, args=(settings.tick_seconds, stop), daemon=True)
+        runner = threading.Thread(target=_jobs_loop, args=(background, settings.tick_seconds, stop), daemon=True)
         runner.start()
-        threading.Thread(target=_anchor_loop, args=(settings.audit_anchor_minutes, stop), daemon=True).start()
+        threading.Thread(target=_anchor_loop, args=(background, settings.audit_anchor_minutes, stop),
+                         daemon=True).start()
         click.echo(f"ItemGate is running on http://{host}:{port}")
 
         def _forward(signum: int, _frame: Any) -> None:
@@ -340,24 +344,20 @@ def require_evidence_lock(settings: Any, endpoint: str) -> None:
         "(docs/TRUST.md, Evidence lock). To run without the lock anyway, set ITEMGATE_EVIDENCE_LOCK=off.")
 
 
-def _tick_loop(every: int, stop: threading.Event) -> None:
-    app = None
+def _tick_loop(app: Flask, every: int, stop: threading.Event) -> None:
     while not stop.wait(every):
         try:
-            app = app or _app()
             with app.app_context():
                 _tick_once()
         except Exception as exc:  # keep ticking; the next round may succeed
             click.echo(f"tick failed: {exc}", err=True)
 
 
-def _jobs_loop(every: int, stop: threading.Event) -> None:
+def _jobs_loop(app: Flask, every: int, stop: threading.Event) -> None:
     """Take up export jobs that a dead process left, and queued ones nobody started: at once (the previous
     `serve` may have died with jobs running), then every `every` seconds."""
-    app = None
     while True:
         try:
-            app = app or _app()
             with app.app_context():
                 _run_jobs(app.extensions["itemgate_store"])
         except Exception as exc:  # keep going; the next round may succeed
@@ -366,13 +366,11 @@ def _jobs_loop(every: int, stop: threading.Event) -> None:
             return
 
 
-def _anchor_loop(minutes: int, stop: threading.Event) -> None:
+def _anchor_loop(app: Flask, minutes: int, stop: threading.Event) -> None:
     """Anchor the audit chain's head at start and every `minutes` while it moves (docs/TRUST.md)."""
-    app = None
     last: int | None = None
     while True:
         try:
-            app = app or _app()
             with app.app_context():
                 from api.extensions import db as database
                 from engine.anchors import anchor_if_moved
@@ -385,15 +383,7 @@ def _anchor_loop(minutes: int, stop: threading.Event) -> None:
         except Exception as exc:  # keep going; the next round may succeed
             click.echo(f"audit anchor failed: {exc}", err=True)
         if stop.wait(minutes * 60):
-            break
-    if app is not None:
-        with app.app_context():
-            from api.extensions import db as database
-
-            database.engine.dispose()
-        store = app.extensions.get("itemgate_store")
-        if store is not None:
-            store.close()
+            return
 
 
 def _tick_once() -> int:

@@ -131,7 +131,7 @@ def test_the_periodic_anchor_writes_only_when_the_head_moved(world, app, store, 
     db.session.remove()
     stop = threading.Event()
     stop.set()
-    _anchor_loop(5, stop)
+    _anchor_loop(app, 5, stop)
     latest = anchors.stored_anchors(store).anchors[-1]
     assert latest.reason == "periodic" and latest.event_id == _ids()[-1] > head
 

@@ -69,6 +69,10 @@ def test_a_signal_to_make_run_stops_the_server_and_the_embedded_s3_server(tmp_pa
                 pass
             assert time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
             time.sleep(0.5)
+        time.sleep(1)  # serve's background loops make their first round at start
+        started = log.read_text(errors="replace")
+        # The timer, export-job and audit-anchor loops run beside the server; none may fail on its first round.
+        assert "failed:" not in started, started[-3000:]
         running = _processes_of(data_dir)
         assert any("weed" in cmd for cmd in running.values()), running
         assert any("gunicorn" in cmd for cmd in running.values()), running
