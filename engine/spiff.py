@@ -245,6 +245,11 @@ def dumps(workflow: BpmnWorkflow, model: ParsedModel) -> str:
     return json.dumps(dct, cls=_SERIALIZER._encoder_cls, separators=(",", ":"))
 
 
+def encode_data(data: Any) -> str:
+    """Task data as the serializer writes it (for measuring it)."""
+    return json.dumps(_SERIALIZER.registry.convert(data), cls=_SERIALIZER._encoder_cls, separators=(",", ":"))
+
+
 def loads(state: str, model: ParsedModel) -> BpmnWorkflow:
     dct = json.loads(state, cls=_SERIALIZER.json_decoder_cls)
     fmt = dct.pop("format", None)
