@@ -17,6 +17,8 @@ from SpiffWorkflow.bpmn.exceptions import WorkflowTaskException
 from SpiffWorkflow.bpmn.script_engine import PythonScriptEngine
 from SpiffWorkflow.bpmn.script_engine.python_environment import BasePythonScriptEngineEnvironment
 
+from engine.timerspec import TimerValueError, check_timer_value, timer_kind
+
 __all__ = [
     "SAFE_FUNCTIONS",
     "Budget",
@@ -859,6 +861,19 @@ class RestrictedEnvironment(BasePythonScriptEngineEnvironment):
         raise NotImplementedError("service tasks are not supported by ItemGate's restricted script engine")
 
 
+def _check_timer(task: Any, expression: str, value: Any) -> None:
+    """A timer's expression must yield a sane ISO 8601 value: checked here, before SpiffWorkflow parses it (an
+    absurd duration would loop in the library; garbage would fail on every later engine step)."""
+    spec = getattr(task, "task_spec", None)
+    kind = timer_kind(spec)
+    if kind is None or getattr(spec.event_definition, "expression", None) != expression:
+        return
+    try:
+        check_timer_value(kind, value)
+    except TimerValueError as err:
+        raise ExpressionError(expression, f"timer {kind}: {err}") from None
+
+
 def _element_id(task: Any) -> str | None:
     spec = getattr(task, "task_spec", None)
     element = getattr(spec, "bpmn_id", None) or getattr(spec, "name", None)
@@ -879,7 +894,9 @@ class RestrictedScriptEngine(PythonScriptEngine):
 
     def evaluate(self, task: Any, expression: str, external_context: Mapping[str, Any] | None = None) -> Any:
         try:
-            return self.environment.evaluate(expression, task.data, external_context)
+            value = self.environment.evaluate(expression, task.data, external_context)
+            _check_timer(task, expression, value)
+            return value
         except ExpressionProblem as err:
             located = err.with_element(_element_id(task))
             raise WorkflowTaskException(str(located), task=task, exception=located) from located

@@ -283,7 +283,10 @@ def _sync_projection(ctx: Ctx, instance: ProcessInstance, item: WorkItem, workfl
             deadline = calendar.add_working_days(ctx.now, int(due_days))
             due_at = deadline.due_at
             warning = "; ".join(deadline.warnings) or None
-            timers.arm_deadline_timers(task, due_at)
+            try:
+                timers.arm_deadline_timers(task, due_at)
+            except Exception as exc:  # the model's timer expression is re-evaluated here
+                raise _model_failure(exc, "the deadline timer") from exc
         row = HumanTask(
             item=item, spiff_task_id=tid, spec_name=task.task_spec.name,
             title=spiff.task_title(task), lane=lane, role=lane,
