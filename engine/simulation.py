@@ -82,6 +82,8 @@ def _step_name(task: Any) -> str:
 
 
 def _element(exc: BaseException, fallback: str) -> str:
+    if getattr(exc, "element", None):
+        return str(exc.element)  # type: ignore[attr-defined]
     task = getattr(exc, "task", None)
     spec = getattr(task, "task_spec", None)
     return str(getattr(spec, "bpmn_id", None) or getattr(spec, "name", None) or fallback)
@@ -96,7 +98,10 @@ def _waits_on_timer(workflow: Any) -> bool:
 
 
 def simulate(model: spiff.ParsedModel, xml: str) -> list[ModelProblem]:
-    """Problems found running the model: a path that fails (script, condition, timer) or stops without an end."""
+    """Problems found running the model: a path that fails (script, condition, timer), stores more state than
+    allowed, or stops without an end."""
+    from engine.workflow import serialize_state  # late: engine.workflow is the use-case layer above
+
     started = time.monotonic()
     multi = "multiInstanceLoopCharacteristics" in xml
     variants = [(mode, depts) for mode in MODES for depts in ((["SIM1"], ["SIM1", "SIM2"]) if multi else (["SIM1"],))]
@@ -114,7 +119,13 @@ def simulate(model: spiff.ParsedModel, xml: str) -> list[ModelProblem]:
                 element = _element(exc, model.process_id)
                 problems.setdefault(element, _failure(element, [f"start ({label})"], exc))
                 continue
-            stack = [_Path(spiff.dumps(workflow, model), [f"start ({label})"])]
+            try:
+                first = serialize_state(workflow, model)
+            except Exception as exc:  # noqa: BLE001
+                element = _element(exc, model.process_id)
+                problems.setdefault(element, _failure(element, [f"start ({label})"], exc))
+                continue
+            stack = [_Path(first, [f"start ({label})"])]
             while stack:
                 if completions >= MAX_COMPLETIONS or time.monotonic() - started > MAX_SECONDS:
                     log.info("simulation of %s stopped at its caps after %d steps", model.process_id, completions)
@@ -160,7 +171,7 @@ def simulate(model: spiff.ParsedModel, xml: str) -> list[ModelProblem]:
                         target.data.update(data)
                         target.run()
                         branch.do_engine_steps()
-                        state = spiff.dumps(branch, model)
+                        state = serialize_state(branch, model)
                     except Exception as exc:  # noqa: BLE001
                         element = _element(exc, name)
                         problems.setdefault(element, _failure(element, steps, exc))
