@@ -17,8 +17,7 @@ from tests.test_kinds_api import intake
 
 
 def deploy(world: Any, xml: str, filename: str = "service_item.bpmn") -> Any:
-    return world.post("admin", "/api/v1/admin/processes",
-                      data={"file": (io.BytesIO(xml.encode("utf-8")), filename)}, content_type="multipart/form-data")
+    return world.multipart("admin", "/api/v1/admin/processes", {"file": (io.BytesIO(xml.encode("utf-8")), filename)})
 
 
 def refused(world: Any, xml: str, element: str, text: str) -> dict[str, Any]:
