@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from api.cli import app_context, main
+from engine.policy import CLI_ROLE
 
 
 @main.group(help="Process models (BPMN) and their versions.")
@@ -28,7 +29,7 @@ def process_deploy(file: str) -> None:
         raise click.ClickException(f"{file}: cannot read it as UTF-8 text: {exc}") from exc
     with app_context():
         try:
-            result = deploy(database.session, audit.Actor(None, "cli", "admin"), None, xml, path.name)
+            result = deploy(database.session, audit.Actor(None, "cli", CLI_ROLE), None, xml, path.name)
         except Invalid as exc:
             database.session.commit()  # keeps the audit record of the refusal
             problems = exc.extra.get("problems") or []
@@ -62,7 +63,7 @@ def process_migrate(source: int, target: int, items_: str | None, dry_run: bool)
     with app_context():
         bar = tqdm(unit="item", desc="dry run" if dry_run else "migrating", file=click.get_text_stream("stderr"))
         try:
-            report = migrate(database.session, audit.Actor(None, "cli", "admin"), None, target, item_ids=item_ids,
+            report = migrate(database.session, audit.Actor(None, "cli", CLI_ROLE), None, target, item_ids=item_ids,
                              from_definition=source, dry_run=dry_run, commit=database.session.commit,
                              rollback=database.session.rollback, progress=lambda _: bar.update(1))
         except DomainError as exc:

@@ -10,13 +10,13 @@ from lxml import etree
 
 import forms
 from engine.expressions import ExpressionProblem, check_expression, check_script
-from storage.models import ROLES
+from engine.policy import lane_roles
 
 BPMN_NS = "http://www.omg.org/spec/BPMN/20100524/MODEL"
 SPIFF_NS = "http://spiffworkflow.org/bpmn/schema/1.0/core"
 NS = {"bpmn": BPMN_NS, "spiffworkflow": SPIFF_NS}
 # Lanes name the role that acts; only roles that work on items may own a lane.
-LANE_ROLES = frozenset(r for r in ROLES if r not in ("auditor", "buyer", "admin"))
+LANE_ROLES = lane_roles()
 TASK_PROPERTIES = frozenset({"form", "gate", "stage", "due_days", "review_of", "department_var"})
 
 
@@ -42,7 +42,7 @@ class ModelRejected(ValueError):
         super().__init__(f"{filename}: " + "; ".join(str(p) for p in problems))
 
 
-def _xml_tree(xml: str, filename: str) -> Any:
+def xml_tree(xml: str, filename: str) -> Any:
     if "<!DOCTYPE" in xml or "<!ENTITY" in xml:
         raise ModelRejected(filename, [ModelProblem("(document)", "DOCTYPE/ENTITY declarations are not allowed")])
     try:
@@ -52,9 +52,10 @@ def _xml_tree(xml: str, filename: str) -> Any:
         raise ModelRejected(filename, [ModelProblem("(document)", f"not well-formed XML: {exc}")]) from exc
 
 
-def _properties(task: Any) -> dict[str, str]:
+def properties_of(element: Any) -> dict[str, str]:
+    """The spiffworkflow properties of a process or task element."""
     return {p.get("name"): p.get("value")
-            for p in task.iterfind("bpmn:extensionElements/spiffworkflow:properties/spiffworkflow:property", NS)}
+            for p in element.iterfind("bpmn:extensionElements/spiffworkflow:properties/spiffworkflow:property", NS)}
 
 
 def _process(root: Any, process_id: str) -> Any:
@@ -72,15 +73,15 @@ def _human_tasks(scope: Any) -> list[Any]:
 
 def model_gate_codes(xml: str, process_id: str | None = None, filename: str = "model.bpmn") -> set[str]:
     """Every gate code a model's user tasks name (the catalogue must say what each requires)."""
-    root = _xml_tree(xml, filename)
+    root = xml_tree(xml, filename)
     scope = _process(root, process_id) if process_id else root
     if scope is None:
         return set()
-    return {props["gate"] for task in _human_tasks(scope) if (props := _properties(task)).get("gate")}
+    return {props["gate"] for task in _human_tasks(scope) if (props := properties_of(task)).get("gate")}
 
 
 def process_ids(xml: str, filename: str = "model.bpmn") -> list[str]:
-    root = _xml_tree(xml, filename)
+    root = xml_tree(xml, filename)
     return [p.get("id") for p in root.iterfind("bpmn:process", NS) if p.get("isExecutable") != "false"]
 
 
@@ -95,10 +96,10 @@ def _lanes_of(process: Any) -> dict[str, str]:
 
 
 def check_model(xml: str, process_id: str, filename: str,
-                gate_rules: Iterable[tuple[str, Mapping[str, Any]]] = (),
+                gate_rules: Iterable[tuple[str, Mapping[str, Any]]] | None = None,
                 artefact_kinds: Iterable[str] = ()) -> list[ModelProblem]:
     """All problems of one model; `gate_rules` are (line label, gates) of every contract line running it."""
-    root = _xml_tree(xml, filename)
+    root = xml_tree(xml, filename)
     process = _process(root, process_id)
     if process is None:
         found = [p.get("id") for p in root.iterfind("bpmn:process", NS)]
@@ -111,11 +112,15 @@ def check_model(xml: str, process_id: str, filename: str,
                                                                 f"({sorted(LANE_ROLES)})",
                                          f"泳道名称 {lane.get('name')!r} 不是角色（可用：{sorted(LANE_ROLES)}）"))
     used_gates: dict[str, str] = {}
+    process_props = properties_of(process)
+    # A work kind names its stages for people: every stage its tasks enter needs a `stage.<key>` label.
+    stage_labels = {k[len("stage."):] for k in process_props if k.startswith("stage.")} \
+        if process_props.get("work_kind") == "true" else None
     human = _human_tasks(process)
     for task in human:
         tid = task.get("id") or "?"
         kind = "manual task" if task.tag.endswith("manualTask") else "user task"
-        props = _properties(task)
+        props = properties_of(task)
         unknown = set(props) - TASK_PROPERTIES
         if unknown:
             problems.append(ModelProblem(tid, f"unknown properties {sorted(unknown)}",
@@ -138,13 +143,19 @@ def check_model(xml: str, process_id: str, filename: str,
                                          f"due_days {due!r} 必须是正整数"))
         if props.get("gate"):
             used_gates.setdefault(props["gate"], tid)
+        if stage_labels is not None and props.get("stage") and props["stage"] not in stage_labels:
+            problems.append(ModelProblem(tid, f"stage {props['stage']!r} has no label: add the process property "
+                                              f"'stage.{props['stage']}'",
+                                         f"阶段 {props['stage']!r} 没有名称：请添加流程属性 'stage.{props['stage']}'"))
     if not human:
         problems.append(ModelProblem(process_id, "the process has no user or manual task, so its items could never "
                                                  "move; add at least one human task",
                                      "流程中没有任何人工任务（userTask/manualTask），事项将无法推进；请至少添加一个人工任务"))
     kinds = set(artefact_kinds)
-    rules = list(gate_rules)
-    if not rules:
+    # `gate_rules` None: the caller did not look the lines up (a check of the file alone). An empty list: no
+    # contract line runs this process, so nothing declares its gates — refused, not "requires nothing".
+    rules = list(gate_rules or ())
+    if gate_rules is not None and not rules:
         for gate, tid in sorted(used_gates.items()):
             problems.append(ModelProblem(tid, f"gate {gate!r} is declared by no contract line (no line runs process "
                                               f"{process_id!r}); load a catalogue whose line runs it and declares "
@@ -220,7 +231,7 @@ def known_variables(process: Any) -> set[str]:
 
     names = set(START_VARIABLES)
     for task in _human_tasks(process):
-        form = _properties(task).get("form")
+        form = properties_of(task).get("form")
         if form in forms.FORMS:
             names.update(forms.FORMS[form]().fields)
     scripts = [n.text for n in process.iter(f"{{{BPMN_NS}}}script")]
@@ -357,7 +368,7 @@ def variable_domains(process: Any) -> dict[str, list[Any]]:
 
     domains: dict[str, list[Any]] = {"mode": list(MODES)}
     for task in _human_tasks(process):
-        form = _properties(task).get("form")
+        form = properties_of(task).get("form")
         if form not in forms.FORMS:
             continue
         for name, field in forms.FORMS[form]().fields.items():
