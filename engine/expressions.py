@@ -864,7 +864,7 @@ class RestrictedEnvironment(BasePythonScriptEngineEnvironment):
 def _check_timer(task: Any, expression: str, value: Any) -> None:
     """A timer's expression must yield a sane ISO 8601 value: checked here, before SpiffWorkflow parses it (an
     absurd duration would loop in the library; garbage would fail on every later engine step)."""
-    spec = getattr(task, "task_spec", None)
+    spec: Any = getattr(task, "task_spec", None)
     kind = timer_kind(spec)
     if kind is None or getattr(spec.event_definition, "expression", None) != expression:
         return

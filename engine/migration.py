@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from SpiffWorkflow.util.task import TaskState
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from engine import audit, spiff, timers
@@ -203,8 +203,9 @@ def _apply(session: Session, actor: audit.Actor, user: User | None, instance: Pr
     ctx = Ctx(session=session, user=user, request_id=actor.request_id)
     source_id = instance.definition_id
     save_instance(ctx, instance, workflow, target_model)  # compare-and-set: a concurrent change wins, 409
-    session.execute(ProcessInstance.__table__.update().where(ProcessInstance.id == instance.id)
-                    .values(definition_id=target.id, next_timer_at=next_timer_at(workflow)))
+    session.execute(update(ProcessInstance).where(ProcessInstance.id == instance.id)
+                    .values(definition_id=target.id, next_timer_at=next_timer_at(workflow))
+                    .execution_options(synchronize_session=False))
     session.expire(instance, ["definition_id", "definition", "next_timer_at"])
     # The inbox rows keep their ids, claims and due dates; what the model says about each step is re-read.
     ready = {str(t.id): t for t in spiff.ready_human_tasks(workflow)}

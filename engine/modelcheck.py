@@ -400,10 +400,10 @@ def _gateway_default_problems(process: Any) -> list[ModelProblem]:
     problems: list[ModelProblem] = []
     for gateway in process.iter(f"{{{BPMN_NS}}}exclusiveGateway"):
         gid = gateway.get("id") or "?"
-        outgoing = [flows[f.get("sourceRef") and f.get("id")] for f in flows.values() if f.get("sourceRef") == gid]
+        outgoing = [f for f in flows.values() if f.get("sourceRef") == gid]
         if len(outgoing) < 2 or gateway.get("default"):
             continue
-        conditions = []
+        conditions: list[str] = []
         for flow in outgoing:
             cond = flow.find("bpmn:conditionExpression", NS)
             if cond is None or not (cond.text or "").strip():
