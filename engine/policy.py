@@ -123,6 +123,7 @@ ENDPOINTS: dict[str, str | dict[str, str]] = {
     "core.artefacts_upload": "artefact.upload",
     "core.artefacts_list": "artefact.read",
     "core.artefacts_content": "artefact.read",
+    "core.items_sheet": "item.read",
     "workload.workload": "workload.read",
     "operations.items_cancel": "item.cancel",
     "operations.items_rework": "item.rework",
@@ -188,6 +189,7 @@ ENDPOINTS: dict[str, str | dict[str, str]] = {
     "web.item": "item.read",
     "web.artefact_upload": "artefact.upload",
     "web.artefact_content": "artefact.read",
+    "web.item_sheet": "item.read",
     "web.dashboard": "workload.read",
 }
 
