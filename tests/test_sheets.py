@@ -77,8 +77,8 @@ def test_printed_sheet_carries_item_accepted_evidence_signers_code_and_qr(world)
     pdf, code = print_sheet(world, "rev_a", item_id)
     assert normalise_code(code) == code
     text = pdf_text(pdf)
-    for expected in ("联调与上线确认单", "SH-SHEET-1", "事项SH-SHEET-1", "上海市一网通办", "DA", "PC端、移动端", "新增接入",
-                     "需求单位（盖章）", "实施方（盖章）", "示例信息技术有限公司", code):
+    for expected in ("联调与上线确认单", "SH-SHEET-1", "事项SH-SHEET-1", "上海市一网通办", "DA", "PC端、移动端",
+                     "新增接入", "需求单位（盖章）", "实施方（盖章）", "示例信息技术有限公司", code):
         assert expected in text, expected
     artefacts = {a["id"]: a for a in world.get("pm", f"/api/v1/items/{item_id}").get_json()["artefacts"]}
     listed = [a for a in artefacts.values() if a["id"] != returned.get_json()["id"]]
