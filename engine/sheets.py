@@ -268,14 +268,13 @@ def check_signed_sheet(session: Session, item: WorkItem, kind: str, typed: str |
         sheet = sheets.get(code)
         if sheet is not None and sheet.item_id == item.id and sheet.kind == kind:
             continue
-        reason = ("unknown_code" if sheet is None else "other_item" if sheet.item_id != item.id else "other_kind")
-        detail = {
-            "unknown_code": f"{code} is not a code ItemGate printed",
-            "other_item": f"{code} is printed on another item's sheet",
-            "other_kind": f"{code} is printed on this item's {ARTEFACT_KINDS.get(sheet.kind, sheet.kind)}"
-            if sheet is not None else "",
-        }[reason]
-        raise Invalid(f"this is not item {item.code}'s {title}: {detail}; nothing was stored", code="wrong_sheet",
+        if sheet is None:
+            reason, why = "unknown_code", f"{code} is not a code ItemGate printed"
+        elif sheet.item_id != item.id:
+            reason, why = "other_item", f"{code} is printed on another item's sheet"
+        else:
+            reason, why = "other_kind", f"{code} is printed on this item's {ARTEFACT_KINDS.get(sheet.kind, sheet.kind)}"
+        raise Invalid(f"this is not item {item.code}'s {title}: {why}; nothing was stored", code="wrong_sheet",
                       kind=kind, verification_code=code, reason=reason)
     return sheets[codes[0]]
 

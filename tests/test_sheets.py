@@ -231,3 +231,15 @@ def test_task_page_offers_the_sheet_and_takes_the_code(world, app, store):
     r = web_upload(code)
     assert r.status_code == 201, r.get_json()
     world.complete_task_as("impl", item_id, "walkthrough")
+
+
+def test_demo_uploads_its_signed_sheets_with_their_codes(app, store):
+    from api.demo import load_demo
+
+    load_demo(app, store, echo=lambda _line: None)
+    signed = list(db.session.scalars(select(AuditEvent).where(AuditEvent.event_type == "artefact.uploaded")))
+    codes = {e.detail["sheet_code"] for e in signed if "sheet_code" in e.detail}
+    sheets = {s.code: s for s in db.session.scalars(select(SignOffSheet))}
+    # The demo's completed items went through the walkthrough and the co-signing with sheets that verified.
+    assert codes and codes == set(sheets)
+    assert {s.kind for s in sheets.values()} >= {"go_live_confirmation", "walkthrough_confirmation"}
