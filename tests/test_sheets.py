@@ -243,3 +243,32 @@ def test_demo_uploads_its_signed_sheets_with_their_codes(app, store):
     # The demo's completed items went through the walkthrough and the co-signing with sheets that verified.
     assert codes and codes == set(sheets)
     assert {s.kind for s in sheets.values()} >= {"go_live_confirmation", "walkthrough_confirmation"}
+
+
+def test_first_printings_at_the_same_instant_share_one_code(world, app, backend):
+    """Two servers printing an item's first sheet at once: the unique index lets one row in, both answer its code."""
+    import threading
+
+    if backend != "postgresql":
+        pytest.skip("PostgreSQL only: SQLite serialises writers, so there is no real race to test")
+    headers = [world.headers("impl"), world.headers("pm")]
+    for round_ in range(3):
+        item_id = world.new_item(f"SH-RACE-{round_}")["id"]
+        db.session.remove()
+        barrier = threading.Barrier(2)
+        answers: list = [None, None]
+
+        def worker(index: int, item_id: int = item_id, barrier: threading.Barrier = barrier) -> None:
+            client = app.test_client()
+            barrier.wait(timeout=30)
+            r = client.get(sheet_url(item_id), headers=headers[index])
+            answers[index] = (r.status_code, r.headers.get("X-Verification-Code"))
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert answers[0] == answers[1] and answers[0][0] == 200, answers
+        rows = db.session.execute(select(SignOffSheet.code).where(SignOffSheet.item_id == item_id)).scalars().all()
+        assert rows == [answers[0][1]]
