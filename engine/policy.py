@@ -90,7 +90,13 @@ _RULES = [
          {"pm": OWN, "auditor": OWN, "buyer": OWN, "admin": ALL}),
     Rule("ledger.correct", "correct the workload ledger with a reversing entry (reason recorded)",
          {"pm": ALL, "admin": ALL}),
-    Rule("audit.read", "read the audit trail", {"auditor": ALL, "admin": ALL}),
+    Rule("audit.read", "read and export the audit trail", {"auditor": ALL, "admin": ALL}),
+    Rule("payment.read", "read the contract's payment plan: due, capped and paid", _LEDGER_READERS),
+    Rule("payment.record", "record a payment made under the contract's payment plan", {"buyer": ALL}),
+    Rule("report.read", "read monthly operations reports (月度运营报告) and their spreadsheets", _LEDGER_READERS),
+    Rule("report.prepare", "draft, write and submit monthly operations reports", {"pm": ALL}),
+    Rule("report.review", "review monthly operations reports (return with comments or accept)",
+         {"auditor": ALL}),
     Rule("ops.maintain", "operate the installation: audit verify/prune/anchor, fsck, backup, timers",
          {"admin": ALL}),
 ]
@@ -154,6 +160,13 @@ ENDPOINTS: dict[str, str | dict[str, str]] = {
     "settlements.exports_counts_csv": "workload.read",
     "settlements.exports_counts_xlsx": "workload.read",
     "settlements.ledger_reverse": "ledger.correct",
+    # payment plans, the audit trail, the item register (api/rest/money.py)
+    "money.payments_get": "payment.read",
+    "money.payments_post": "payment.record",
+    "money.payments_xlsx": "payment.read",
+    "money.audit_list": "audit.read",
+    "money.audit_export": "audit.read",
+    "money.exports_items_xlsx": "workload.read",
     # their web pages (api/web/settlements.py)
     "settle_web.ledger_page": "workload.read",
     "settle_web.ledger_reverse": "ledger.correct",

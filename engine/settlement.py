@@ -588,7 +588,8 @@ def final_approval(ctx: Ctx, settlement: Settlement, decision: str, text: str | 
     if decision == "approve" and fig.exceeds_award_limit:
         raise Conflict(f"approving would bring the settled total to {fig.settled_total}, beyond the award + 10 % "
                        f"({fig.award_limit})", code="over_award", settled_total=str(fig.settled_total),
-                       award=str(settlement.contract.award_amount), award_limit=str(fig.award_limit),
+                       award=str(money(Decimal(settlement.contract.award_amount or 0))),
+                       award_limit=str(fig.award_limit),
                        this_claim=str(fig.net))
     anchor = _approval_anchor(ctx, settlement, fig) if decision == "approve" else None
     anchored: dict[str, Any] = {} if anchor is None else {"anchor": anchor}
@@ -823,10 +824,10 @@ def deadlines(settlement: Settlement, fig: Figures, now: datetime) -> list[dict[
     back with the PM, the revision (15 working days after the comments)."""
     out: list[dict[str, Any]] = []
     if settlement.due_at is not None:
-        out.append({"clock": "materials", "name": "结算材料提交", "due_at": settlement.due_at.isoformat(),
+        out.append({"clock": "materials", "name": "结算材料提交", "due_at": settlement.due_at,
                     "state": clock_state(settlement.due_at, settlement.first_submitted_at, now)})
     if settlement.revision_due_at is not None:
-        out.append({"clock": "revision", "name": "修改完善", "due_at": settlement.revision_due_at.isoformat(),
+        out.append({"clock": "revision", "name": "修改完善", "due_at": settlement.revision_due_at,
                     "state": clock_state(settlement.revision_due_at, None, now)})
     elif settlement.revision_late:
         out.append({"clock": "revision", "name": "修改完善", "due_at": None, "state": "late"})

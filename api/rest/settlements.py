@@ -84,7 +84,7 @@ def settlement_json(s: Settlement, user: User, with_lines: bool = False) -> dict
                     "grade": fig.grade},
         "stage": s.stage, "grade": fig.grade,
         # Every clock of the claim and its state (seed 001 §十(三)): materials, revision.
-        "deadlines": st.deadlines(s, fig, ctx().now),
+        "deadlines": [dict(d, due_at=iso(d["due_at"])) for d in st.deadlines(s, fig, ctx().now)],
         "actions": st.allowed_actions(user, s),
         # The audit anchor the final approval was made under (docs/TRUST.md, Audit anchors).
         "anchor": s.anchor,
