@@ -167,6 +167,7 @@ ENDPOINTS: dict[str, str | dict[str, str]] = {
     "money.audit_list": "audit.read",
     "money.audit_export": "audit.read",
     "money.exports_items_xlsx": "workload.read",
+    "money.performance_get": "workload.read",
     # their web pages (api/web/settlements.py)
     "settle_web.ledger_page": "workload.read",
     "settle_web.ledger_reverse": "ledger.correct",

@@ -18,7 +18,7 @@ from engine.calendar import TZ
 from engine.catalog import CatalogError, parse_catalog
 from engine.payments import compute
 from engine.workflow import work_calendar
-from storage.models import AuditEvent, Contract, ContractTask, Settlement
+from storage.models import AuditEvent, Contract, ContractTask, HumanTask, Settlement, User
 from tests.settlement_helpers import CONTRACT, adhoc_contract, completed_items, drive_to_approved, entry_ids
 
 D = Decimal
@@ -344,3 +344,29 @@ def test_a_citizens_id_number_is_masked_in_the_auditors_export(cw):
         "310101********1234", "138****5678", "张**", "样本")
     clear = export("pm")   # the contract clears the PM (unmasked_roles)
     assert clear["id_number"] == "310101199001011234"
+
+
+def test_on_time_rate_against_a_response_tier(cw):
+    w = cw
+    items = [w.new_item(f"SH-RT-{i}", department=dept)["id"] for i, dept in enumerate(("DA", "DA", "DB"))]
+    tasks = [db.session.execute(select(HumanTask).where(HumanTask.item_id == i).order_by(HumanTask.id)
+                                .limit(1)).scalar_one() for i in items]
+    spec = tasks[0].spec_name
+    set_settings(response_tiers={"demand": 5, "problem": 15}, task_tiers={spec: "demand"})
+    now = datetime.now(UTC)
+    impl = db.session.execute(select(User).where(User.username == "impl")).scalar_one()
+    # Answered in 4 minutes (on time), in 6 minutes (late: the tier is 5), and one still open after an hour.
+    for task, minutes in ((tasks[0], 4), (tasks[1], 6)):
+        task.created_at = now - timedelta(hours=2)
+        task.completed_at = task.created_at + timedelta(minutes=minutes)
+        task.status = "completed"
+        task.completed_by_id = impl.id
+    tasks[2].created_at = now - timedelta(hours=1)
+    db.session.commit()
+    r = w.get("pm", f"/api/v1/contracts/{CONTRACT}/performance?by=department&from=2026-01-01")
+    assert r.status_code == 200, r.get_json()
+    rows = {x["key"]: x for x in r.get_json()["rows"]}
+    assert (rows["DA"]["on_time"], rows["DA"]["late"], rows["DA"]["rate"]) == (1, 1, 0.5)
+    assert (rows["DB"]["open_overdue"], rows["DB"]["overdue"], rows["DB"]["rate"]) == (1, 1, 0.0)
+    by_impl = w.get("pm", f"/api/v1/contracts/{CONTRACT}/performance?by=implementer&from=2026-01-01").get_json()
+    assert {x["key"]: x["rate"] for x in by_impl["rows"]}["impl"] == 0.5

@@ -171,3 +171,28 @@ def exports_items_xlsx(args: dict[str, Any]) -> Response:
 
     rows = [(item, masking.for_role(item.attributes or {}, user.role, contract.settings or {})) for item in items]
     return file_response(items_xlsx_file(rows), XLSX, f"事项清单-{contract.code}.xlsx", f"items-{contract.code}.xlsx")
+
+
+# ---------------------------------------------------------------- on-time rate (按时处理率)
+
+class PerformanceArgs(Schema):
+    by = fields.String(load_default="department", validate=validate.OneOf(["department", "implementer", "stage"]))
+    date_from = fields.Date(load_default=None, data_key="from")
+    date_to = fields.Date(load_default=None, data_key="to")
+
+
+@blp.route("/contracts/<code>/performance", methods=["GET"])
+@blp.arguments(PerformanceArgs, location="query")
+@blp.response(200)
+def performance_get(args: dict[str, Any], code: str) -> dict[str, Any]:
+    """On-time rate and overdue figures per department, implementer or stage, against the contract's
+    response-time tiers (or each task's own deadline)."""
+    authorize(current_user(), "workload.read")
+    contract = _contract(code)
+    start = args["date_from"] or contract.period_start or datetime(2000, 1, 1).date()
+    end = args["date_to"] or datetime.now(TZ).date()
+    from engine.performance import on_time_rates
+
+    rows = on_time_rates(db.session, contract, start, end, args["by"], datetime.now(TZ))
+    return {"contract": contract.code, "from": start.isoformat(), "to": end.isoformat(), "by": args["by"],
+            "tiers": (contract.settings or {}).get("response_tiers") or {}, "rows": rows}
