@@ -370,3 +370,55 @@ def test_on_time_rate_against_a_response_tier(cw):
     assert (rows["DB"]["open_overdue"], rows["DB"]["overdue"], rows["DB"]["rate"]) == (1, 1, 0.0)
     by_impl = w.get("pm", f"/api/v1/contracts/{CONTRACT}/performance?by=implementer&from=2026-01-01").get_json()
     assert {x["key"]: x["rate"] for x in by_impl["rows"]}["impl"] == 0.5
+
+
+# ---------------------------------------------------------------- monthly operations report
+
+def test_monthly_report_drafted_from_data_and_one_working_day_late_costs_three_percent_of_the_month(cw, app):
+    from engine import monthly_report as mr
+    from engine.workflow import Ctx
+
+    w = cw
+    completed_items(2, prefix="MR3", at=at(2025, 3, 12))          # March's fee: 2 × 45,000
+    completed_items(1, prefix="MR4", at=at(2025, 4, 2))           # April's: not March's
+    r = w.get("pm", f"/api/v1/contracts/{CONTRACT}/monthly-reports")
+    assert r.status_code == 200
+    reports = {x["month"]: x for x in r.get_json()["reports"]}
+    assert list(reports) == [f"2025-{m:02d}" for m in range(1, 13)]
+    march = reports["2025-03"]
+    # Due: the 10th working day after March (4 April 2025 is 清明, a holiday) → 15 April, 23:59:59 Beijing.
+    assert march["due_at"] == "2025-04-15T15:59:59Z" and march["status"] == "open"
+    body = w.get("auditor", f"/api/v1/monthly-reports/{march['id']}").get_json()
+    assert body["draft"]["month_fee"] == 90000.0 and body["draft"]["totals"]["entries"] == 2
+    r = w.get("pm", f"/api/v1/monthly-reports/{march['id']}/report.xlsx")
+    sheet = openpyxl.load_workbook(io.BytesIO(r.data))["概况"]
+    facts = {row[0]: row[1] for row in sheet.iter_rows(values_only=True) if row[0]}
+    assert facts["本月结算费用（元）"] == 90000 and facts["本月计量分录"] == 2
+    pdf = w.get("pm", f"/api/v1/monthly-reports/{march['id']}/report.pdf")
+    assert pdf.status_code == 200 and pdf.data.startswith(b"%PDF")
+
+    assert w.post("pm", f"/api/v1/monthly-reports/{march['id']}/submit").get_json()["code"] == "narrative_required"
+    r = w.post("pm", f"/api/v1/monthly-reports/{march['id']}/narrative", json={"narrative": "三月运营情况良好。"})
+    assert r.status_code == 200
+    r = w.post("pm", f"/api/v1/monthly-reports/{march['id']}/attachments",
+               data={"file": (io.BytesIO(b"%PDF-1.4 annex"), "附件.pdf")}, content_type="multipart/form-data")
+    assert r.status_code == 201, r.get_json()
+    # Submitted on 16 April, 10:00 Beijing: one working day late.
+    submitted = datetime(2025, 4, 16, 2, 0, tzinfo=UTC)
+    report = mr.load(db.session, march["id"])
+    assert work_calendar(db.session).working_days_between(report.due_at, submitted) == 1
+    mr.submit(Ctx(session=db.session, user=db.session.execute(select(User).where(User.username == "pm"))
+                  .scalar_one(), now=submitted), report)
+    db.session.commit()
+    got = w.get("auditor", f"/api/v1/monthly-reports/{march['id']}").get_json()
+    assert (got["late"], got["month_fee"], got["deduction_rate"], got["deduction"]) == (True, "90000.00", "0.03",
+                                                                                        "2700.00")
+    assert got["attachments"][0]["filename"] == "附件.pdf" and got["status"] == "submitted"
+    r = w.post("auditor", f"/api/v1/monthly-reports/{march['id']}/review", json={"decision": "accept"})
+    assert r.status_code == 200 and r.get_json()["status"] == "accepted"
+    # The 3 % is a deduction on the stage claim that covers March (the 6-month stage).
+    s6 = open_stage(w, "6m")
+    fig = s6["figures"]
+    assert fig["other_deductions"] == 2700.0
+    assert fig["monthly_report_deductions"][0]["month"] == "2025-03"
+    assert fig["net"] == round(fig["gross"] - fig["penalty"] - fig["deduction"] - 2700.0, 2)

@@ -196,3 +196,145 @@ def performance_get(args: dict[str, Any], code: str) -> dict[str, Any]:
     rows = on_time_rates(db.session, contract, start, end, args["by"], datetime.now(TZ))
     return {"contract": contract.code, "from": start.isoformat(), "to": end.isoformat(), "by": args["by"],
             "tiers": (contract.settings or {}).get("response_tiers") or {}, "rows": rows}
+
+
+# ---------------------------------------------------------------- monthly operations reports (月度运营报告)
+
+def _report_ctx() -> Any:
+    from flask import current_app
+
+    from engine.workflow import Ctx
+
+    return Ctx(session=db.session, user=current_user(), request_id=g.get("request_id"),
+               store=current_app.extensions.get("itemgate_store"))
+
+
+def _report_json(report: Any) -> dict[str, Any]:
+    from api.serializers import iso
+    from engine import monthly_report as mr
+
+    out = mr.report_json(report, datetime.now(TZ))
+    for k in ("due_at", "submitted_at", "revision_due_at"):
+        out[k] = iso(out[k])
+    return out
+
+
+class ReportListArgs(Schema):
+    status = fields.String(load_default=None, validate=validate.Length(max=16))
+
+
+@blp.route("/contracts/<code>/monthly-reports", methods=["GET"])
+@blp.arguments(ReportListArgs, location="query")
+@blp.response(200)
+def monthly_reports_list(args: dict[str, Any], code: str) -> dict[str, Any]:
+    """One report work item per month of the service period, with its clock and any late deduction."""
+    from engine import monthly_report as mr
+
+    authorize(current_user(), "report.read")
+    reports = mr.ensure_reports(db.session, _contract(code))
+    db.session.commit()
+    rows = [_report_json(r) for r in reports if args["status"] in (None, r.status)]
+    return {"contract": code, "reports": rows}
+
+
+@blp.route("/monthly-reports/<int:report_id>", methods=["GET"])
+@blp.response(200)
+def monthly_report_get(report_id: int) -> dict[str, Any]:
+    from engine import monthly_report as mr
+
+    authorize(current_user(), "report.read")
+    report = mr.load(db.session, report_id)
+    return dict(_report_json(report), draft=mr.draft(db.session, report, datetime.now(TZ)))
+
+
+@blp.route("/monthly-reports/<int:report_id>/report.xlsx", methods=["GET"])
+def monthly_report_xlsx(report_id: int) -> Response:
+    from engine import monthly_report as mr
+
+    authorize(current_user(), "report.read")
+    report = mr.load(db.session, report_id)
+    figures = mr.draft(db.session, report, datetime.now(TZ))
+    g.export_rows = len(figures["rows"])
+    return file_response(mr.xlsx_file(report, figures), XLSX, f"月度运营报告-{report.key}.xlsx",
+                         f"monthly-report-{report.key}.xlsx")
+
+
+@blp.route("/monthly-reports/<int:report_id>/report.pdf", methods=["GET"])
+def monthly_report_pdf(report_id: int) -> Response:
+    from api.downloads import attachment
+    from engine import monthly_report as mr
+
+    authorize(current_user(), "report.read")
+    report = mr.load(db.session, report_id)
+    figures = mr.draft(db.session, report, datetime.now(TZ))
+    g.export_rows = len(figures["rows"])
+    response = Response(mr.pdf_bytes(report, figures), mimetype="application/pdf")
+    response.headers["Content-Disposition"] = attachment(f"月度运营报告-{report.key}.pdf",
+                                                         f"monthly-report-{report.key}.pdf")
+    return response
+
+
+class NarrativeBody(Schema):
+    narrative = fields.String(required=True, validate=validate.Length(min=1, max=20000))
+
+
+@blp.route("/monthly-reports/<int:report_id>/narrative", methods=["POST"])
+@blp.arguments(NarrativeBody)
+@blp.response(200)
+def monthly_report_narrative(body: dict[str, Any], report_id: int) -> dict[str, Any]:
+    from engine import monthly_report as mr
+
+    authorize(current_user(), "report.prepare")
+    report = mr.write(_report_ctx(), mr.load(db.session, report_id), body["narrative"])
+    db.session.commit()
+    return _report_json(report)
+
+
+@blp.route("/monthly-reports/<int:report_id>/attachments", methods=["POST"])
+@blp.response(201)
+def monthly_report_attach(report_id: int) -> dict[str, Any]:
+    """multipart/form-data with `file` (≤ 64 MiB)."""
+    from flask import request
+
+    from engine import monthly_report as mr
+    from engine.errors import Invalid
+
+    authorize(current_user(), "report.prepare")
+    upload = request.files.get("file")
+    if upload is None or not upload.filename:
+        raise Invalid("send the attachment as multipart field 'file'", code="file_required")
+    body = upload.read((64 << 20) + 1)
+    if len(body) > 64 << 20:
+        raise Invalid("the attachment is larger than 64 MiB", code="too_large")
+    report = mr.load(db.session, report_id)
+    entry = mr.attach(_report_ctx(), report, upload.filename, body, upload.mimetype or "application/octet-stream")
+    db.session.commit()
+    return {k: entry[k] for k in ("filename", "sha256", "size", "at", "by")}
+
+
+@blp.route("/monthly-reports/<int:report_id>/submit", methods=["POST"])
+@blp.response(200)
+def monthly_report_submit(report_id: int) -> dict[str, Any]:
+    from engine import monthly_report as mr
+
+    authorize(current_user(), "report.prepare")
+    report = mr.submit(_report_ctx(), mr.load(db.session, report_id))
+    db.session.commit()
+    return _report_json(report)
+
+
+class ReportReviewBody(Schema):
+    decision = fields.String(required=True, validate=validate.OneOf(["accept", "return"]))
+    comment = fields.String(load_default=None, validate=validate.Length(max=4000))
+
+
+@blp.route("/monthly-reports/<int:report_id>/review", methods=["POST"])
+@blp.arguments(ReportReviewBody)
+@blp.response(200)
+def monthly_report_review(body: dict[str, Any], report_id: int) -> dict[str, Any]:
+    from engine import monthly_report as mr
+
+    authorize(current_user(), "report.review")
+    report = mr.review(_report_ctx(), mr.load(db.session, report_id), body["decision"], body["comment"])
+    db.session.commit()
+    return _report_json(report)
