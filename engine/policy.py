@@ -195,6 +195,9 @@ ENDPOINTS: dict[str, str | dict[str, str]] = {
     "settle_web.export_job_create": "export.job",
     "settle_web.export_job": "export.job",
     "settle_web.export_job_download": "export.job",
+    "settle_web.payments_page": "payment.read",
+    "settle_web.payments_record": "payment.record",
+    "settle_web.payments_xlsx": "payment.read",
     # background export jobs (api/rest/jobs.py)
     "jobs.jobs_get": "export.job",
     # the web inbox (api/web)

@@ -422,3 +422,33 @@ def test_monthly_report_drafted_from_data_and_one_working_day_late_costs_three_p
     assert fig["other_deductions"] == 2700.0
     assert fig["monthly_report_deductions"][0]["month"] == "2025-03"
     assert fig["net"] == round(fig["gross"] - fig["penalty"] - fig["deduction"] - 2700.0, 2)
+
+
+# ---------------------------------------------------------------- web pages
+
+def test_web_payment_schedule_claim_page_and_dashboard_show_the_money_rules(cw, app):
+    from tests.test_web import Browser
+
+    w = cw
+    missed = completed_items(1, prefix="WB6", at=at(2025, 4, 3))
+    completed_items(1, prefix="WB9", at=at(2025, 8, 3))
+    s9 = open_stage(w, "9m")
+    r = w.post("pm", f"/api/v1/settlements/{s9['id']}/lines",
+               json={"entry_ids": entry_ids(missed), "reason": "上期漏报", "carry": True})
+    assert r.status_code == 200
+    pm = Browser(app, "pm")
+    page = pm.get(f"/settlements/{s9['id']}").get_data(as_text=True)
+    assert "结转" in page and "上期漏报" in page and 'data-stage="9m"' in page and 'data-clock="materials"' in page
+    dash = pm.get("/dashboard").get_data(as_text=True)
+    assert 'id="clocks"' in dash and 'data-kind="settlement_materials"' in dash
+    buyer = Browser(app, "buyer")
+    r = buyer.get(f"/contracts/{CONTRACT}/payments")
+    assert r.status_code == 200
+    html = r.get_data(as_text=True)
+    assert 'data-number="1"' in html and "91,655,000.00" in html and "登记付款" in html
+    r = buyer.post(f"/contracts/{CONTRACT}/payments", {"amount": "91655000", "paid_on": "2025-01-20",
+                                                      "invoice_number": "INV-W1"})
+    assert r.status_code == 302
+    assert w.get("auditor", f"/api/v1/contracts/{CONTRACT}/payments").get_json()["payments"][0]["paid"] == 91655000.0
+    assert pm.get(f"/contracts/{CONTRACT}/payments").status_code == 200
+    assert Browser(app, "impl").get(f"/contracts/{CONTRACT}/payments").status_code == 403
