@@ -452,3 +452,11 @@ def test_web_payment_schedule_claim_page_and_dashboard_show_the_money_rules(cw, 
     assert w.get("auditor", f"/api/v1/contracts/{CONTRACT}/payments").get_json()["payments"][0]["paid"] == 91655000.0
     assert pm.get(f"/contracts/{CONTRACT}/payments").status_code == 200
     assert Browser(app, "impl").get(f"/contracts/{CONTRACT}/payments").status_code == 403
+
+
+def test_item_pages_mask_personal_data_for_roles_that_do_not_need_it(cw):
+    w = cw
+    item = w.new_item("SH-MASK-2", attributes={"id_number": "310101199001011234", "phone": "13812345678"})
+    assert item["attributes"]["id_number"] == "310101199001011234"     # the PM registered it and sees it
+    seen = w.get("auditor", f"/api/v1/items/{item['id']}").get_json()
+    assert seen["attributes"] == {"id_number": "310101********1234", "phone": "138****5678"}
