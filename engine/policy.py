@@ -168,6 +168,7 @@ ENDPOINTS: dict[str, str | dict[str, str]] = {
     "money.audit_export": "audit.read",
     "money.exports_items_xlsx": "workload.read",
     "money.performance_get": "workload.read",
+    "money.deadlines_get": "settlement.read",
     "money.monthly_reports_list": "report.read",
     "money.monthly_report_get": "report.read",
     "money.monthly_report_xlsx": "report.read",

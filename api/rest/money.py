@@ -4,7 +4,7 @@ Exports here and elsewhere are audit events (api/audit_hooks.py); masked fields 
 """
 from __future__ import annotations
 
-from datetime import datetime, time, timedelta
+from datetime import date, datetime, time, timedelta
 from typing import Any
 
 from flask import Response, g
@@ -21,6 +21,9 @@ from engine.calendar import TZ
 from engine.errors import NotFound
 from engine.money_reports import audit_xlsx_file, payments_xlsx_file
 from storage.models import AuditEvent, Contract, WorkItem
+
+# Dates a request may name: far enough either way for any contract, near enough to convert to UTC.
+DAYS = validate.Range(min=date(1990, 1, 1), max=date(2200, 12, 31))
 
 blp = Blueprint("money", __name__, url_prefix="/api/v1",
                 description="Payment plans, the audit trail and the item register (with masking)")
@@ -56,7 +59,7 @@ def payments_get(code: str) -> dict[str, Any]:
 class PaymentBody(Schema):
     amount = fields.Decimal(required=True, places=2, allow_nan=False,
                             validate=validate.Range(min=0.01, max=10**13))
-    paid_on = fields.Date(required=True)
+    paid_on = fields.Date(required=True, validate=DAYS)
     invoice_number = fields.String(required=True, validate=validate.Length(min=1, max=64))
     number = fields.Integer(load_default=None, validate=validate.Range(min=1, max=100))
 
@@ -89,8 +92,8 @@ def payments_xlsx(code: str) -> Response:
 class AuditQuery(Schema):
     event = fields.String(load_default=None, validate=validate.Length(max=64))
     user = fields.String(load_default=None, validate=validate.Length(max=64))
-    date_from = fields.Date(load_default=None, data_key="from")
-    date_to = fields.Date(load_default=None, data_key="to")
+    date_from = fields.Date(load_default=None, data_key="from", validate=DAYS)
+    date_to = fields.Date(load_default=None, data_key="to", validate=DAYS)
     page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=1_000_000))
     per_page = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
 
@@ -177,8 +180,8 @@ def exports_items_xlsx(args: dict[str, Any]) -> Response:
 
 class PerformanceArgs(Schema):
     by = fields.String(load_default="department", validate=validate.OneOf(["department", "implementer", "stage"]))
-    date_from = fields.Date(load_default=None, data_key="from")
-    date_to = fields.Date(load_default=None, data_key="to")
+    date_from = fields.Date(load_default=None, data_key="from", validate=DAYS)
+    date_to = fields.Date(load_default=None, data_key="to", validate=DAYS)
 
 
 @blp.route("/contracts/<code>/performance", methods=["GET"])
@@ -338,3 +341,17 @@ def monthly_report_review(body: dict[str, Any], report_id: int) -> dict[str, Any
     report = mr.review(_report_ctx(), mr.load(db.session, report_id), body["decision"], body["comment"])
     db.session.commit()
     return _report_json(report)
+
+
+@blp.route("/contracts/<code>/deadlines", methods=["GET"])
+@blp.response(200)
+def deadlines_get(code: str) -> dict[str, Any]:
+    """Every running contract clock (settlement materials and revisions, monthly reports, rectifications), due
+    first, with its state — what the PM dashboard shows."""
+    from api.serializers import iso
+    from engine.clocks import running_clocks
+
+    authorize(current_user(), "settlement.read")
+    contract = _contract(code)
+    clocks = running_clocks(db.session, datetime.now(TZ), contract.code)
+    return {"contract": contract.code, "deadlines": [dict(c, due_at=iso(c["due_at"])) for c in clocks]}
