@@ -31,6 +31,7 @@ def sworld(world):
 
 
 def open_settlement(world, body=None):
+    adhoc_contract()  # these tests open ad-hoc periods (today's dates); stage claims: test_contract_settlement.py
     r = world.post("pm", "/api/v1/settlements", json=body or CURRENT)
     assert r.status_code == 201, r.get_json()
     return r.get_json()
