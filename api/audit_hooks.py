@@ -13,8 +13,8 @@ from engine import audit
 
 log = logging.getLogger(__name__)
 
-# Downloads already audited by their own views (each artefact version downloaded).
-SELF_AUDITED = frozenset({"core.artefacts_content", "web.artefact_content"})
+# Downloads already audited by their own views (each artefact version downloaded, each sign-off sheet printed).
+SELF_AUDITED = frozenset({"core.artefacts_content", "web.artefact_content", "core.items_sheet", "web.item_sheet"})
 
 
 def register(app: Flask) -> None:

@@ -38,8 +38,9 @@ from engine.access import (
 from engine.catalog import ARTEFACT_KINDS
 from engine.errors import DomainError, Forbidden, Invalid, NotFound
 from engine.evidence import submitted_evidence, upload_artefact
+from engine.policy import ROLES, may, needs_department
 from engine.workflow import Ctx, NewItem, claim, complete_task, create_item, hand_over, task_requirements, unclaim
-from storage.models import ROLES, Artefact, AuditEvent, Contract, Department, HumanTask, User, WorkItem
+from storage.models import Artefact, AuditEvent, Contract, Department, HumanTask, User, WorkItem
 
 blp = Blueprint("core", __name__, url_prefix="/api/v1", description="ItemGate core API")
 
@@ -169,9 +170,9 @@ def create_user(username: str, password: str, role: str, department: str | None,
                 display_name: str | None = None) -> User:
     if role not in ROLES:
         raise Invalid(f"unknown role {role!r}", code="invalid_form", errors={"role": [f"one of {list(ROLES)}"]})
-    if role == "dept_reviewer" and not department:
-        raise Invalid("a department reviewer needs a department", code="invalid_form",
-                      errors={"department": ["required for dept_reviewer"]})
+    if needs_department(role) and not department:
+        raise Invalid(f"a {role} needs a department", code="invalid_form",
+                      errors={"department": [f"required for {role}"]})
     if db.session.execute(select(User.id).where(User.username == username)).scalar() is not None:
         raise Invalid(f"user {username!r} exists", code="user_exists", status=409)
     dept = ensure_department(department) if department else None
@@ -400,7 +401,7 @@ def task_query(user: User, scope: str) -> Any:
         if user.department_id is not None:
             query = query.where(HumanTask.department_id == user.department_id)
         return query
-    if user.role not in ("pm", "auditor", "admin", "buyer"):
+    if not may(user, "task.queue_all"):
         raise Forbidden("scope=all is for the pm, auditor, buyer and admin roles", code="role_required")
     return query.where(task_scope(user))
 
@@ -517,7 +518,7 @@ def _upload_streamed(context: Ctx, item: WorkItem, boundary: bytes) -> Artefact:
             raise Invalid("send the file as multipart field 'file'", code="invalid_form",
                           errors={"file": ["required"]})
         return upload.finish(db.session, context.actor, context.user, item, form.get("kind", ""),
-                             form.get("task_id"))
+                             form.get("task_id"), form.get("verification_code"))
     except BaseException:
         upload.abort()
         raise
@@ -528,7 +529,8 @@ def _upload_streamed(context: Ctx, item: WorkItem, boundary: bytes) -> Artefact:
 def artefacts_upload(item_id: int) -> dict[str, Any]:
     """Upload one artefact: multipart fields `kind`, `file` and `task_id` (the open task of this item the file is
     for; needed when open tasks of several departments take the kind). Refused with 409 `under_review` while a
-    review judges the submitted version of that kind."""
+    review judges the submitted version of that kind. A signed sign-off sheet (docs/SHEETS.md) must carry this
+    item's code for its kind: field `verification_code`, or in the PDF's text; another sheet's → 422 `wrong_sheet`."""
     from api.uploads import unread_multipart_boundary
 
     context = ctx()
@@ -555,7 +557,7 @@ def artefacts_upload(item_id: int) -> dict[str, Any]:
         artefact = upload_artefact(db.session, store, context.actor, context.user, item, request.form.get("kind", ""),
                                    upload.filename, upload.stream, _file_length(upload.stream),
                                    current_app.config["ITEMGATE"].max_upload_bytes,
-                                   request.form.get("task_id"))
+                                   request.form.get("task_id"), request.form.get("verification_code"))
     key, version_id = artefact.key, artefact.version_id
     try:
         db.session.commit()
@@ -596,6 +598,20 @@ def load_artefact_for(user: User, artefact_id: int) -> Artefact:
     if not may_see_artefact(user, artefact):
         raise NotFound(f"artefact {artefact_id} not found")  # another department's evidence
     return artefact
+
+
+@blp.route("/items/<int:item_id>/sheets/<string:kind>.pdf", methods=["GET"])
+def items_sheet(item_id: int, kind: str) -> Response:
+    """The item's sign-off sheet of artefact kind `kind` (e.g. `go_live_confirmation`) as a PDF to print and sign:
+    pre-filled with the item, the evidence its gates accepted (file names, SHA-256) and the signature blocks, with a
+    verification code and QR code unique to the item and kind. 404 `no_such_sheet` for a kind the item's gates do
+    not require as a sheet. docs/SHEETS.md."""
+    from api.downloads import sheet_response
+
+    context = ctx()
+    assert context.user is not None
+    item = load_item_for(db.session, context.user, item_id, "item.read")
+    return sheet_response(context.actor, context.user, item, kind)
 
 
 @blp.route("/artefacts/<int:artefact_id>/content", methods=["GET"])
