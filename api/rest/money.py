@@ -13,12 +13,13 @@ from marshmallow import Schema, fields, validate
 from sqlalchemy import func, select
 
 from api.auth import current_user
-from api.downloads import XLSX, file_response
+from api.downloads import file_response
 from api.extensions import db
 from engine import audit, masking, payments
 from engine.access import authorize
 from engine.calendar import TZ
 from engine.errors import NotFound
+from engine.exports import XLSX
 from engine.money_reports import audit_xlsx_file, payments_xlsx_file
 from storage.models import AuditEvent, Contract, WorkItem
 
