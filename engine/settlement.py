@@ -723,6 +723,24 @@ def month_deductions(session: Session, settlement: Settlement) -> list[dict[str,
     return out
 
 
+def penalty_base(session: Session, settlement: Settlement, gross: Decimal) -> Decimal:
+    """What a late claim's 3 % is taken from: the claim's own fee, except for a stage that builds on the staged
+    ones (the annual settlement), where the seed takes it from the year's fee (当年度服务周期年度结算服务费用的3%):
+    the approved staged claims' gross plus this claim's."""
+    stage = settlement_stage(settlement)
+    if stage is None or not stage.builds_on_staged:
+        return gross
+    c = settlement.contract
+    earlier = [s.code for s in schedule.stages(c.settings or {}, c.period_start, c.period_end)
+               if s.position < stage.position and not s.final]
+    if not earlier:
+        return gross
+    staged = session.execute(select(func.coalesce(func.sum(Settlement.gross_amount), 0)).where(
+        Settlement.contract_id == settlement.contract_id, Settlement.status == "approved",
+        Settlement.stage.in_(earlier))).scalar()
+    return gross + Decimal(staged or 0)
+
+
 def _figures(session: Session, settlement: Settlement, now: datetime) -> Figures:
     _, count = gross_of(session, settlement.id)
     sub_late = is_late(settlement.first_submitted_at or now, settlement.due_at) if settlement.due_at else None
@@ -741,7 +759,7 @@ def _figures(session: Session, settlement: Settlement, now: datetime) -> Figures
     late = (bool(sub_late) or settlement.revision_late) if (settlement.due_at is not None
                                                              or settlement.revision_late) else None
     rate = Decimal(str(settings.get("late_penalty_rate", 0))) if late else Decimal("0")
-    penalty = money(gross * rate)
+    penalty = money(penalty_base(session, settlement, gross) * rate)
     bands = bands_for(settings)
     score = settlement.assessment_score
     d_rate = deduction_rate(score, bands) if bands is not None and score is not None else None

@@ -121,6 +121,9 @@ def test_annual_shows_the_approved_staged_claims_and_the_cumulative_amount(cw):
     assert by["9m"]["cumulative_approved"] == round(net6 + net9, 2)
     assert by["annual"]["this"] is True and by["annual"]["approved"] is None
     assert annual["figures"]["gross"] == 45000.0   # what is new in the annual stage
+    # Late (its 20 working days passed): 3 % of the year's fee — the staged claims' gross and the new.
+    assert annual["figures"]["late"] is True and annual["figures"]["penalty"] == 4050.0
+    assert s6["figures"]["penalty"] == 1350.0       # a staged claim's 3 % is of its own fee
 
 
 def test_an_overlapping_schedule_is_refused_when_loaded():
