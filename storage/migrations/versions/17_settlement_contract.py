@@ -7,7 +7,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "17_settlement_contract"
-down_revision = "13d_sessions_anchors"
+down_revision = "16b_sign_off_sheets"
 branch_labels = None
 depends_on = None
 
