@@ -314,7 +314,8 @@ def payments_page(code: str) -> Any:
     from engine.money_reports import STATE_NAMES
 
     return render_template("web/payments.html", contract=contract, plan=plan, me=me(), state_names=STATE_NAMES,
-                           cumulative=pay.approved_cumulative(db.session, contract))
+                           cumulative=pay.approved_cumulative(db.session, contract),
+                           may_record=may(me(), "payment.record"))
 
 
 @bp.post("/contracts/<code>/payments")

@@ -487,6 +487,6 @@ def dashboard() -> Any:
     from engine.clocks import running_clocks
 
     # Every contract clock (settlement materials and revisions, monthly reports, rectifications), due first.
-    clocks = running_clocks(db.session, now) if user.role in ("pm", "auditor", "buyer", "admin") else []
+    clocks = running_clocks(db.session, now) if may(user, "settlement.read") else []
     return render_template("web/dashboard.html", dash=dash, now=now, departments=departments, stages=STAGES,
                            clocks=clocks)
