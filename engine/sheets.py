@@ -283,8 +283,9 @@ def check_signed_sheet(session: Session, item: WorkItem, kind: str, typed: str |
 # A scan is decoded at most this long a side (a 300 dpi A4 page is 2480 × 3508; the sheet's 30 mm QR code keeps
 # about 8 pixels a module at this size), and not at all above this many pixels.
 SCAN_SIDE = 2400
-MAX_SCAN_PIXELS = 80_000_000
+MAX_SCAN_PIXELS = 40_000_000
 MAX_PAGES_SCANNED = 2
+MAX_IMAGES_SCANNED = 8
 
 
 def _codes_in(text: str) -> list[str]:
@@ -319,12 +320,14 @@ def codes_in_scan(stream: BinaryIO, media_type: str) -> list[str]:
             if media_type == "application/pdf":
                 from pypdf import PdfReader
 
+                scanned = 0
                 for page in PdfReader(stream).pages[:MAX_PAGES_SCANNED]:
                     xobjects = (page.get("/Resources") or {}).get("/XObject") or {}
                     for name, ref in xobjects.items():
                         obj = ref.get_object()
-                        if (obj.get("/Subtype") == "/Image"
+                        if (obj.get("/Subtype") == "/Image" and scanned < MAX_IMAGES_SCANNED
                                 and int(obj.get("/Width", 0)) * int(obj.get("/Height", 0)) <= MAX_SCAN_PIXELS):
+                            scanned += 1
                             found += _codes_in_qr(page.images[name].image)
             else:
                 with Image.open(stream) as image:
