@@ -530,7 +530,8 @@ def artefacts_upload(item_id: int) -> dict[str, Any]:
     """Upload one artefact: multipart fields `kind`, `file` and `task_id` (the open task of this item the file is
     for; needed when open tasks of several departments take the kind). Refused with 409 `under_review` while a
     review judges the submitted version of that kind. A signed sign-off sheet (docs/SHEETS.md) must carry this
-    item's code for its kind: field `verification_code`, or in the PDF's text; another sheet's → 422 `wrong_sheet`."""
+    item's code for its kind: field `verification_code`, the PDF's text or the scan's QR code; another sheet's → 422
+    `wrong_sheet`."""
     from api.uploads import unread_multipart_boundary
 
     context = ctx()

@@ -203,8 +203,8 @@ EN.update({
 # Sign-off sheets on the task page (docs/SHEETS.md).
 EN.update({
     "打印确认单": "Print sign-off sheet", "核验码": "Verification code",
-    "上传签字盖章的扫描件时，请填写确认单上印的核验码。":
-        "When uploading the signed and stamped scan, enter the verification code printed on the sheet.",
+    "扫描件上的二维码无法识别时，请填写确认单上印的核验码。":
+        "If the QR code on the scan cannot be read, enter the verification code printed on the sheet.",
 })
 
 # Ledger, settlement and export pages (api/web/settlements.py).
