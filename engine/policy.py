@@ -71,6 +71,8 @@ _RULES = [
     Rule("item.cancel", "cancel a work item", {"pm": ALL, "admin": ALL}),
     Rule("item.rework", "send a work item back to an earlier step", {"pm": ALL, "admin": ALL}),
     Rule("item.import", "import work items from a spreadsheet (all rows or none)", {"pm": ALL, "admin": ALL}),
+    Rule("item.difficulty", "adjust an item's proposed difficulty coefficient before it is confirmed",
+         {"pm": ALL, "admin": ALL}),
     Rule("notification.read", "read and mark one's own reminders and escalations", _all_roles(OWN)),
     Rule("task.read", "list and read tasks", _all_roles(ALL, dept_reviewer=DEPARTMENT)),
     Rule("task.claim", "claim a ready task", _LANE_ACTORS),
@@ -189,6 +191,16 @@ ENDPOINTS: dict[str, str | dict[str, str]] = {
     "web.artefact_upload": "artefact.upload",
     "web.artefact_content": "artefact.read",
     "web.dashboard": "workload.read",
+    # the PM's pages (api/web/pm.py)
+    "web.item_new": "item.create",
+    "web.item_cancel": "item.cancel",
+    "web.item_rework": "item.rework",
+    "web.item_difficulty": "item.difficulty",
+    "web.items_import": "item.import",
+    "web.items_import_template": "item.import",
+    "web.items_import_preview": "item.import",
+    "web.items_import_start": "item.import",
+    "web.items_import_job": "item.import",
 }
 
 # `itemgate` sub-commands → action, checked as CLI_ROLE. Every command must appear here.

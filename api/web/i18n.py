@@ -31,6 +31,8 @@ EVENTS = {
     "task.claimed": "认领任务", "task.unclaimed": "放回任务", "task.handed_over": "转交任务",
     "task.completed": "完成任务", "artefact.uploaded": "上传交付物", "artefact.downloaded": "下载交付物",
     "timer.fired": "定时触发", "workload.tallied": "计入工作量",
+    "item.cancelled": "取消事项", "item.reworked": "退回重做", "item.difficulty_proposed": "调整建议难度系数",
+    "task.reopened": "重新打开任务", "service_order.accepted": "受理运营服务单",
 }
 DECISIONS = {"approve": "确认通过", "return": "退回修改"}
 # What each form key asks of the person doing the step.
@@ -164,7 +166,9 @@ for _table, _en in (
               "task.unclaimed": "Task released", "task.handed_over": "Task handed over",
               "task.completed": "Task completed", "artefact.uploaded": "Artefact uploaded",
               "artefact.downloaded": "Artefact downloaded", "timer.fired": "Timer fired",
-              "workload.tallied": "Workload tallied"}),
+              "workload.tallied": "Workload tallied", "item.cancelled": "Item cancelled",
+              "item.reworked": "Sent back for rework", "item.difficulty_proposed": "Proposed difficulty changed",
+              "task.reopened": "Task reopened", "service_order.accepted": "Service order accepted"}),
     (DECISIONS, {"approve": "Approved", "return": "Returned for changes"}),
     (STEP_HELP, {
         "intake": "Upload the requirement letter (new) or change letter (iteration) and the complexity "

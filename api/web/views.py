@@ -74,6 +74,7 @@ _REFUSALS = {
     "not_your_department": "这是其他部门的交付物，您不能上传。",
     "entry_under_review": "该分录所在的结算申报正在审核中，不能冲销；请待申报退回后先将其移出申报。",
     "already_reversed": "该分录已被冲销。",
+    "difficulty_confirmed": "难度系数已确认，不能再调整建议值。",
 }
 
 
@@ -459,11 +460,27 @@ def item(item_id: int) -> Any:
     artefacts = [{**a, "version": versions.get(a["id"], 1)} for a in detail["artefacts"]]
     artefacts.sort(key=lambda a: (a["kind"], a["department"] or "", -a["version"]))
     departments = {d.code: d.name for d in db.session.scalars(select(Department))}
+    open_tasks = [t for t in detail["tasks"] if t["status"] == "ready"]
+    pm_actions = None
+    if user.role in ("pm", "admin") and item.status == "active":
+        # What the PM may do here: rework to a completed step (latest first, once each), reassign open tasks,
+        # adjust the proposed difficulty until the difficulty step is done.
+        done_steps: dict[str, str] = {}
+        for t in reversed(detail["tasks"]):
+            if t["status"] == "completed" and t["name"] not in done_steps:
+                done_steps[t["name"]] = t["title"]
+        rows = list(db.session.scalars(select(HumanTask).where(HumanTask.item_id == item.id,
+                                                              HumanTask.status == "ready").order_by(HumanTask.id)))
+        pm_actions = {
+            "rework_to": done_steps,
+            "colleagues": _colleagues(rows, user) if rows else {},
+            "difficulty_open": not any(t["form_key"] == "difficulty_confirmation" and t["status"] == "completed"
+                                       for t in detail["tasks"]),
+        }
     return render_template(
-        "web/item.html", item=item, detail=detail, titles=titles, artefacts=artefacts,
-        open_tasks=[t for t in detail["tasks"] if t["status"] == "ready"],
+        "web/item.html", item=item, detail=detail, titles=titles, artefacts=artefacts, open_tasks=open_tasks,
         history=list(reversed(detail["history"])), diagram=_diagram(item, detail["tasks"]),
-        departments=departments, previewable=PREVIEWABLE, me=user)
+        departments=departments, previewable=PREVIEWABLE, me=user, pm_actions=pm_actions)
 
 
 # ---------------------------------------------------------------- dashboard
