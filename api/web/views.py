@@ -39,6 +39,7 @@ from engine.dashboard import build_dashboard
 from engine.diagram import render_svg
 from engine.errors import DomainError, FormInvalid, GateUnmet, Invalid, NotFound, ServiceUnavailable
 from engine.evidence import submitted_evidence, upload_artefact
+from engine.inbox import settlement_steps
 from engine.workflow import claim, complete_task, hand_over, task_requirements, unclaim
 from storage.models import Artefact, Department, HumanTask, ProcessInstance, ServiceLine, User, WorkItem
 
@@ -190,7 +191,9 @@ def inbox() -> Any:
     counts = {s: _count(task_query(user, s)) for s in scopes}
     scope = request.args.get("scope")
     if scope not in scopes:
-        scope = "mine" if counts["mine"] else "group"
+        # Open where the work is: my claimed tasks, else my queue, else (for roles who oversee) everything.
+        scope = next((s for s in scopes if counts[s]), "group")
+    steps = settlement_steps(db.session, user)
     query = task_query(user, scope).join(WorkItem, HumanTask.item_id == WorkItem.id)
     q = (request.args.get("q") or "").strip()[:100]
     if q:
@@ -224,7 +227,8 @@ def inbox() -> Any:
         "web/inbox.html", tasks=tasks, scope=scope, scopes=scopes, counts=counts, q=q, stage=stage,
         department=department, overdue_only=overdue_only, sort=sort, page=page, pages=pages, total=total,
         now=now, departments=departments, department_options=_visible_departments(user), stages=STAGES,
-        colleagues=_colleagues(tasks, user), may_act=lambda t: may_act_on(user, t), me=user)
+        colleagues=_colleagues(tasks, user), may_act=lambda t: may_act_on(user, t), me=user,
+        settlement_steps=steps)
 
 
 def _act(task_id: int, action: Any, done: str) -> Any:
