@@ -395,7 +395,8 @@ EN.update({
     "不超过 {n} MB，作为交付物“复杂度说明”保存。": "At most {n} MB; kept as the artefact 'complexity statement'.",
     "与第 {0} 行的编码和接入方式相同。": "Same code and mode as row {0}.",
     "事项名称": "Item name", "事项编码": "Item code", "需求部门": "Requesting department",
-    "接入渠道": "Channels", "事项已取消": "Item cancelled", "事项已登记，流程已启动": "Item registered; its process has started",
+    "接入渠道": "Channels", "事项已取消": "Item cancelled",
+    "事项已登记，流程已启动": "Item registered; its process has started",
     "事项清单文件（.xlsx）": "Item list (.xlsx)", "亮证/用证": "Showing / using",
     "修改结算申报": "Revise the settlement claim",
     "共 {rows} 行，全部通过检查：将新登记 {n} 项，已登记的 {e} 项不会重复登记。":
@@ -420,7 +421,8 @@ EN.update({
         "Cannot read this file: upload an .xlsx (or .csv) file of at most 20 MB.",
     "有 {n} 处问题，未导入任何事项。请修改文件后重新上传。":
         "{n} problem(s); nothing was imported. Correct the file and upload it again.",
-    "有未知的部门。": "Unknown department(s).", "未知的渠道（PC端/移动端/自助终端）。": "Unknown channel (PC/mobile/kiosk).",
+    "有未知的部门。": "Unknown department(s).",
+    "未知的渠道（PC端/移动端/自助终端）。": "Unknown channel (PC/mobile/kiosk).",
     "未知的需求部门。": "Unknown requesting department.", "查看事项列表": "See the item list",
     "检查结果": "Check", "模板列": "Template columns", "此列重复。": "This column appears twice.",
     "此类事项需要业务数据质量检测确认单（测试环节的交付物）。":
@@ -450,5 +452,6 @@ EN.update({
     "难度系数应为 0.1 至 5 的数字。": "The difficulty must be a number from 0.1 to 5.",
     "难度系数须在 0.1 到 5 之间。": "The difficulty must be between 0.1 and 5.",
     "需要业务数据质量检测": "Needs a business data quality check", "项目经理操作": "PM actions",
-    "预览会检查每一行；任何一行有误，都不会导入。": "The preview checks every row; if any row is wrong, nothing is imported.",
+    "预览会检查每一行；任何一行有误，都不会导入。":
+        "The preview checks every row; if any row is wrong, nothing is imported.",
 })
