@@ -210,6 +210,9 @@ def register_api(app: Flask) -> None:
     from api.rest import jobs
 
     api.register_blueprint(jobs.blp)
+    from api.rest import service_orders
+
+    api.register_blueprint(service_orders.blp)
 
 
 def register_health(app: Flask) -> None:

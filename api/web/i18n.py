@@ -455,3 +455,25 @@ EN.update({
     "预览会检查每一行；任何一行有误，都不会导入。":
         "The preview checks every row; if any row is wrong, nothing is imported.",
 })
+
+# Service orders (api/web/service_orders.py).
+EN.update({
+    "上传需求函（新增）或变更函（迭代），项目经理受理后登记为事项并启动流程。":
+        "Upload the requirement letter (new) or change letter (iteration); once the PM accepts it, it becomes an "
+        "item and its process starts.",
+    "不予受理": "Decline", "全部": "All", "受理为事项": "Accept as an item", "已不予受理": "Declined",
+    "已受理": "Accepted", "已受理为事项": "Accepted as item",
+    "已受理运营服务单，事项已登记，流程已启动":
+        "Service order accepted; the item is registered and its process started",
+    "已提交运营服务单，等待项目经理受理": "Service order filed; it waits for the PM",
+    "建议服务类别": "Proposed service line", "建议服务类别（可选）": "Proposed service line (optional)",
+    "待受理": "Waiting", "待受理的运营服务单": "Service orders waiting for you",
+    "提交运营服务单": "File a service order",
+    "提出人": "Requested by", "服务单": "Service orders", "期望完成日期": "Wanted by",
+    "期望完成日期（可选）": "Wanted by (optional)", "来源运营服务单": "From service order",
+    "没有运营服务单。": "No service orders.", "由项目经理确定": "Decided by the PM", "编号": "No.",
+    "该运营服务单已处理。": "This service order has already been decided.",
+    "请上传需求函。": "Upload the requirement letter.",
+    "运营服务单": "Service orders", "需求函文件": "Requirement letter file", "需求名称": "Request",
+    "需求说明": "Description",
+})

@@ -76,6 +76,7 @@ _REFUSALS = {
     "entry_under_review": "该分录所在的结算申报正在审核中，不能冲销；请待申报退回后先将其移出申报。",
     "already_reversed": "该分录已被冲销。",
     "difficulty_confirmed": "难度系数已确认，不能再调整建议值。",
+    "order_decided": "该运营服务单已处理。",
 }
 
 
@@ -194,6 +195,12 @@ def inbox() -> Any:
         # Open where the work is: my claimed tasks, else my queue, else (for roles who oversee) everything.
         scope = next((s for s in scopes if counts[s]), "group")
     steps = settlement_steps(db.session, user)
+    waiting_orders: list[Any] = []
+    if user.role in ("pm", "admin"):  # service orders wait for the PM to accept or decline them
+        from storage.models import ServiceOrder
+
+        waiting_orders = list(db.session.scalars(select(ServiceOrder).where(ServiceOrder.status == "submitted")
+                                                 .order_by(ServiceOrder.id).limit(50)))
     query = task_query(user, scope).join(WorkItem, HumanTask.item_id == WorkItem.id)
     q = (request.args.get("q") or "").strip()[:100]
     if q:
@@ -228,7 +235,7 @@ def inbox() -> Any:
         department=department, overdue_only=overdue_only, sort=sort, page=page, pages=pages, total=total,
         now=now, departments=departments, department_options=_visible_departments(user), stages=STAGES,
         colleagues=_colleagues(tasks, user), may_act=lambda t: may_act_on(user, t), me=user,
-        settlement_steps=steps)
+        settlement_steps=steps, waiting_orders=waiting_orders)
 
 
 def _act(task_id: int, action: Any, done: str) -> Any:
@@ -481,8 +488,14 @@ def item(item_id: int) -> Any:
             "difficulty_open": not any(t["form_key"] == "difficulty_confirmation" and t["status"] == "completed"
                                        for t in detail["tasks"]),
         }
+    from engine.policy import RULES
+    from engine.service_orders import order_of_item
+
+    # The request the item came from (运营服务单): who asked and with which letter; linked for roles that read orders.
+    source_order = order_of_item(db.session, item.id) if (item.attributes or {}).get("service_order") else None
     return render_template(
         "web/item.html", item=item, detail=detail, titles=titles, artefacts=artefacts, open_tasks=open_tasks,
+        source_order=source_order, may_read_orders=RULES["service_order.read"].allows(user.role),
         history=list(reversed(detail["history"])), diagram=_diagram(item, detail["tasks"]),
         departments=departments, previewable=PREVIEWABLE, me=user, pm_actions=pm_actions)
 
