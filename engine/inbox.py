@@ -18,7 +18,6 @@ from storage.models import Settlement, User
 REVISION_WORKING_DAYS = 15
 STEP_TITLES = {"prepare_claim": "编制并提交结算申报", "audit_review": "第三方审核申报材料",
                "first_review": "采购单位初审", "final_approval": "采购单位审定"}
-STEP_ROLES = {"prepare_claim": "pm", "audit_review": "auditor", "first_review": "buyer", "final_approval": "buyer"}
 
 
 @dataclass(frozen=True)
@@ -36,11 +35,9 @@ class SettlementStep:
 
 
 def settlement_steps(session: Session, user: User) -> list[SettlementStep]:
-    """The settlement steps this user may act on now, earliest due first."""
-    steps = [name for name, role in STEP_ROLES.items() if role == user.role]
-    if not steps:
-        return []
-    rows = session.scalars(select(Settlement).where(Settlement.current_task.in_(steps),
+    """The settlement steps this user may act on now, earliest due first. The step's lane in the settlement
+    model (kept on the claim as `current_lane`) names the role that acts."""
+    rows = session.scalars(select(Settlement).where(Settlement.current_lane == user.role,
                                                     Settlement.status != "approved").order_by(Settlement.id))
     calendar = None
     out: list[SettlementStep] = []

@@ -17,6 +17,7 @@ from api.web.pm import field_text
 from api.web.views import PER_PAGE, _page, bp, refusal
 from engine.access import authorize
 from engine.errors import DomainError, FormInvalid, NotFound
+from engine.policy import DEPARTMENT, may, scope_of
 from engine.registration import line_fields
 from engine.service_orders import (
     STATUSES,
@@ -52,14 +53,14 @@ def service_orders() -> Any:
                                    .limit(PER_PAGE)))
     return render_template("web/service_orders.html", orders=rows, status=status, total=total, page=page,
                            pages=pages, statuses=ORDER_STATUS,
-                           may_file=user.role in ("dept_reviewer", "buyer"))
+                           may_file=may(user, "service_order.file"))
 
 
 def _new_page(values: dict[str, Any], errors: dict[str, list[str]], status: int = 200) -> Any:
     user = me()
     contracts = list(db.session.scalars(select(Contract).order_by(Contract.code)))
     query = select(Department).order_by(Department.code)
-    if user.role == "dept_reviewer":
+    if scope_of(user.role, "service_order.file") == DEPARTMENT:  # files for their own department only
         query = query.where(Department.id == user.department_id)
     return render_template("web/service_order_new.html", contracts=contracts,
                            departments=list(db.session.scalars(query)), values=values, errors=errors,
@@ -69,15 +70,15 @@ def _new_page(values: dict[str, Any], errors: dict[str, list[str]], status: int 
 @bp.route("/service-orders/new", methods=["GET", "POST"])
 def service_order_new() -> Any:
     user = me()
-    authorize(user, "service_order.file")
+    own_department = authorize(user, "service_order.file") == DEPARTMENT
     if request.method == "GET":
         return _new_page({"mode": "new", "channels": [],
-                          "department": user.department_code if user.role == "dept_reviewer" else ""}, {})
+                          "department": user.department_code if own_department else ""}, {})
     values: dict[str, Any] = {k: (request.form.get(k) or "").strip() for k in
                               ("contract", "department", "title", "description", "service_line", "mode",
                                "wanted_by")}
     values["channels"] = request.form.getlist("channels")
-    if user.role == "dept_reviewer":
+    if own_department:
         values["department"] = user.department_code or ""
     errors: dict[str, list[str]] = {}
     if not values["title"]:
@@ -133,7 +134,7 @@ def _order_page(order: ServiceOrder, errors: dict[str, list[str]] | None = None,
         "web/service_order.html", order=order, statuses=ORDER_STATUS, lines=lines, fields_by_line=fields_by_line,
         all_fields=all_fields, departments=list(db.session.scalars(select(Department).order_by(Department.code))),
         channels=CHANNELS, values=values, errors=errors or {},
-        may_decide=user.role in ("pm", "admin") and order.status == "submitted"), status
+        may_decide=may(user, "service_order.decide") and order.status == "submitted"), status
 
 
 @bp.get("/service-orders/<int:order_id>")

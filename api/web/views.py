@@ -40,6 +40,7 @@ from engine.diagram import render_svg
 from engine.errors import DomainError, FormInvalid, GateUnmet, Invalid, NotFound, ServiceUnavailable
 from engine.evidence import submitted_evidence, upload_artefact
 from engine.inbox import settlement_steps
+from engine.policy import DEPARTMENT, may, scope_of
 from engine.workflow import claim, complete_task, hand_over, task_requirements, unclaim
 from storage.models import Artefact, Department, HumanTask, ProcessInstance, ServiceLine, User, WorkItem
 
@@ -48,8 +49,6 @@ log = logging.getLogger("itemgate.web")
 bp = Blueprint("web", __name__)
 
 PER_PAGE = 20
-ALL_SCOPE_ROLES = ("pm", "auditor", "admin", "buyer")
-DASHBOARD_ROLES = ("pm", "auditor", "admin", "buyer")
 ACCEPTED_EXTENSIONS = (".pdf", ".doc", ".docx", ".xls", ".xlsx", ".png", ".jpg", ".jpeg", ".zip", ".ofd", ".txt")
 PREVIEWABLE = ("application/pdf", "image/png", "image/jpeg")
 # Domain refusals people meet in normal work, said in their language (the engine's detail is English).
@@ -180,7 +179,7 @@ def _colleagues(tasks: list[HumanTask], user: User) -> dict[int, list[User]]:
 
 def _visible_departments(user: User) -> list[Department]:
     query = select(Department).order_by(Department.code)
-    if user.role == "dept_reviewer":
+    if scope_of(user.role, "item.read") == DEPARTMENT:
         query = query.where(Department.id == user.department_id)
     return list(db.session.scalars(query))
 
@@ -188,7 +187,7 @@ def _visible_departments(user: User) -> list[Department]:
 @bp.get("/inbox")
 def inbox() -> Any:
     user = me()
-    scopes = ["mine", "group"] + (["all"] if user.role in ALL_SCOPE_ROLES else [])
+    scopes = ["mine", "group"] + (["all"] if may(user, "task.queue_all") else [])
     counts = {s: _count(task_query(user, s)) for s in scopes}
     scope = request.args.get("scope")
     if scope not in scopes:
@@ -196,7 +195,7 @@ def inbox() -> Any:
         scope = next((s for s in scopes if counts[s]), "group")
     steps = settlement_steps(db.session, user)
     waiting_orders: list[Any] = []
-    if user.role in ("pm", "admin"):  # service orders wait for the PM to accept or decline them
+    if may(user, "service_order.decide"):  # service orders wait for the PM to accept or decline them
         from storage.models import ServiceOrder
 
         waiting_orders = list(db.session.scalars(select(ServiceOrder).where(ServiceOrder.status == "submitted")
@@ -473,7 +472,7 @@ def item(item_id: int) -> Any:
     departments = {d.code: d.name for d in db.session.scalars(select(Department))}
     open_tasks = [t for t in detail["tasks"] if t["status"] == "ready"]
     pm_actions = None
-    if user.role in ("pm", "admin") and item.status == "active":
+    if may(user, "item.cancel") and item.status == "active":
         # What the PM may do here: rework to a completed step (latest first, once each), reassign open tasks,
         # adjust the proposed difficulty until the difficulty step is done.
         done_steps: dict[str, str] = {}
