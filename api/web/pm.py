@@ -117,6 +117,12 @@ def item_new() -> Any:
             errors[key] = [_("此项必填。")]
         elif len(values[key]) > limit:
             errors[key] = [_("内容长度不符合要求。")]
+    if not values["department"]:
+        errors["department"] = [_("请选择需求部门。")]
+    if not values["channels"]:
+        errors["channels"] = [_("请至少选择一个渠道。")]
+    if values["mode"] not in MODES:
+        errors["mode"] = [_("请选择接入方式。")]
     if len(values["complexity_note"]) > 2000:
         errors["complexity_note"] = [_("内容长度不符合要求。")]
     if difficulty != Decimal("1.0") and not values["complexity_note"] and not _statement_file():
