@@ -141,8 +141,26 @@
     sync();
   }
 
+  // Rework: a completed step in the diagram picks it as the step to go back to.
+  function setupReworkPick(select) {
+    var values = Array.prototype.map.call(select.options, function (o) { return o.value; });
+    document.querySelectorAll(".itemgate-diagram .ig-shape.ig-done[data-element-id]").forEach(function (shape) {
+      var id = shape.getAttribute("data-element-id");
+      if (values.indexOf(id) < 0) { return; }
+      shape.classList.add("ig-pickable");
+      shape.addEventListener("click", function () {
+        select.value = id;
+        select.dispatchEvent(new Event("change"));
+        var reason = document.getElementById("rw-reason");
+        if (reason) { reason.focus(); }
+      });
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     document.querySelectorAll("#register-form, #accept-form").forEach(setupLineForm);
+    var reworkTo = document.getElementById("rw-to");
+    if (reworkTo) { setupReworkPick(reworkTo); }
     document.querySelectorAll(".zoom-toggle").forEach(setupZoom);
     document.querySelectorAll("form.upload").forEach(setupUpload);
     var taskForm = document.getElementById("task-form");

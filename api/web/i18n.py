@@ -458,4 +458,5 @@ EN.update({
     "请上传需求函。": "Upload the requirement letter.",
     "运营服务单": "Service orders", "需求函文件": "Requirement letter file", "需求名称": "Request",
     "需求说明": "Description",
+    "也可在下方流程图中点击已完成的环节。": "Or click a completed step in the diagram below.",
 })

@@ -173,3 +173,21 @@ def test_auditor_finds_the_claim_in_the_inbox(chromium: Any, live_url: str, worl
     steps.locator(f'tr[data-settlement="{sid}"] a').click()
     auditor.wait_for_url(re.compile(rf"/settlements/{sid}$"))
     auditor.screenshot(path=str(shots / "auditor-settlement.png"), full_page=True)
+
+
+def test_pm_picks_the_rework_step_in_the_diagram(chromium: Any, live_url: str, world: Any, shots: Path) -> None:
+    item_id = world.new_item("SH-PW-RW")["id"]
+    world.complete_task_as("impl", item_id, "intake", {"summary": "新增接入"})
+    world.complete_task_as("pm", item_id, "confirm_difficulty", {"difficulty": "1.2", "complexity_note": "两系统"})
+    pm = open_page(chromium, live_url)
+    sign_in(pm, "pm")
+    pm.goto(f"/items/{item_id}")
+    assert pm.locator("#rw-to").input_value() == "confirm_difficulty"  # the latest completed step first
+    pm.locator('.itemgate-diagram .ig-pickable[data-element-id="intake"]').click()
+    assert pm.locator("#rw-to").input_value() == "intake"
+    pm.locator("#rw-reason").fill("需求函版本有误")
+    pm.screenshot(path=str(shots / "pm-rework.png"), full_page=True)
+    pm.get_by_role("button", name="退回重做").click()
+    pm.wait_for_url(re.compile(rf"/items/{item_id}$"))
+    assert pm.locator(".flash-ok").inner_text() == "已退回到所选环节重做"
+    assert [t["name"] for t in world.open_tasks(item_id)] == ["intake"]
