@@ -206,3 +206,15 @@ def test_item_actions_for_the_pm(world, app):
     assert world.get("pm", f"/api/v1/items/{item_id}").get_json()["status"] == "cancelled"
     # Not for the implementer.
     assert Browser(app, "impl").post(f"/items/{item_id}/cancel", {"reason": "x"}).status_code == 403
+
+
+def test_the_pm_pages_in_english(world, app):
+    pm = Browser(app, "pm")
+    page = pm.get("/items/new?lang=en").get_data(as_text=True)
+    assert "Register an item" in page and "Register and start the process" in page and "登记并启动流程" not in page
+    page = pm.get("/items/import").get_data(as_text=True)
+    assert "Step 1: upload and preview" in page and "Download the import template (XLSX)" in page
+    item_id = world.new_item("SH-EN-1")["id"]
+    page = pm.get(f"/items/{item_id}").get_data(as_text=True)
+    assert "Cancel the item" in page and "Item registered" in page
+    assert "Service orders" in Browser(app, "rev_a").get("/service-orders/new?lang=en").get_data(as_text=True)

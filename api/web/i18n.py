@@ -22,11 +22,11 @@ STATUSES = {"active": "进行中", "completed": "已完成", "cancelled": "已�
 MODES = {"new": "新增接入", "iteration": "优化迭代"}
 CHANNELS = {"pc": "PC端", "mobile": "移动端", "kiosk": "自助终端"}
 EVENTS = {
-    "item.created": "登记事项", "item.completed": "事项完成", "item.difficulty_set": "确定难度系数",
+    "item.created": "事项登记", "item.completed": "事项完成", "item.difficulty_set": "确定难度系数",
     "task.claimed": "认领任务", "task.unclaimed": "放回任务", "task.handed_over": "转交任务",
     "task.completed": "完成任务", "artefact.uploaded": "上传交付物", "artefact.downloaded": "下载交付物",
     "timer.fired": "定时触发", "workload.tallied": "计入工作量",
-    "item.cancelled": "取消事项", "item.reworked": "退回重做", "item.difficulty_proposed": "调整建议难度系数",
+    "item.cancelled": "事项已取消", "item.reworked": "已退回重做", "item.difficulty_proposed": "建议难度系数已调整",
     "task.reopened": "重新打开任务", "service_order.accepted": "受理运营服务单",
 }
 DECISIONS = {"approve": "确认通过", "return": "退回修改"}
@@ -459,4 +459,6 @@ EN.update({
     "运营服务单": "Service orders", "需求函文件": "Requirement letter file", "需求名称": "Request",
     "需求说明": "Description",
     "也可在下方流程图中点击已完成的环节。": "Or click a completed step in the diagram below.",
+    "登记事项": "Register an item", "取消事项": "Cancel the item", "退回重做": "Send back",
+    "调整建议难度系数": "Change the proposed difficulty", "已退回重做": "Sent back for rework",
 })
