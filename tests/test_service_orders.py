@@ -123,3 +123,34 @@ def test_web_department_files_and_pm_accepts(world, app):
     item_page = pm.get(r.headers["Location"]).get_data(as_text=True)
     assert "来源运营服务单" in item_page and "社保卡申领接入" in item_page and "rev_a" in item_page
     assert "已受理" in rev.get(order_url).get_data(as_text=True)
+
+
+def test_two_decisions_at_once_one_wins(world, app, backend):
+    """Two PMs accept one order at the same instant, or one accepts while the other declines: one wins, the
+    loser gets 409 order_decided, and exactly one item exists for the order (PostgreSQL: real concurrent writers)."""
+    import pytest
+    from sqlalchemy import func, select
+
+    from api.extensions import db
+    from storage.models import ServiceOrder, WorkItem
+    from tests.test_concurrency import post, race
+
+    if backend != "postgresql":
+        pytest.skip("PostgreSQL only: SQLite serialises writers")
+    world.user("pm2", "pm")
+    a, b = world.headers("pm"), world.headers("pm2")
+    for i in range(10):
+        order_id = file_order(world, "rev_a", title=f"并发 {i}").get_json()["id"]
+        url = f"/api/v1/service-orders/{order_id}"
+        second = post(f"{url}/decline", b, {"reason": "并发拒绝"}) if i % 2 else \
+            post(f"{url}/accept", b, {"service_line": "1", "code": f"RACE-SO-{i}-B", "channels": ["pc"]})
+        outcome = race(app, [post(f"{url}/accept", a, {"service_line": "1", "code": f"RACE-SO-{i}-A",
+                                                       "channels": ["pc"]}), second])
+        statuses = sorted(s for s, _ in outcome)
+        assert statuses in ([200, 409], [201, 409]), f"round {i}: {outcome}"
+        assert [c for s, c in outcome if s == 409] == ["order_decided"], f"round {i}: {outcome}"
+        order = db.session.get(ServiceOrder, order_id)
+        items = db.session.execute(select(func.count()).select_from(WorkItem).where(
+            WorkItem.code.like(f"RACE-SO-{i}-%"))).scalar_one()
+        assert (order.status, items) in (("accepted", 1), ("declined", 0)), f"round {i}: {order.status} {items}"
+        db.session.remove()
