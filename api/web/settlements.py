@@ -273,6 +273,8 @@ def export_job_create() -> Any:
 @bp.get("/exports/jobs/<int:job_id>")
 def export_job(job_id: int) -> Any:
     job = jobs.load_job_for(db.session, me(), job_id)
+    if job.kind not in EXPORTS:  # an import job shares the queue; it has its own page
+        return redirect(url_for("web.items_import_job", job_id=job_id))
     status, error = jobs.shown(job, utcnow())
     return render_template("web/export_job.html", job=job, status=status, error=error, me=me(),
                            kind=EXPORTS[job.kind], running=status in ("queued", "running"))
