@@ -39,6 +39,7 @@ class Settings:
     audit_anchor_minutes: int = 5                      # ITEMGATE_AUDIT_ANCHOR_MINUTES (serve's anchor loop)
     max_json_kb: int = 256                             # ITEMGATE_MAX_JSON_KB (JSON request bodies)
     model_cache: bool = True                           # ITEMGATE_MODEL_CACHE (off: cold mode, nothing kept)
+    cjk_font: str | None = None                        # ITEMGATE_CJK_FONT (sign-off sheets; unset: Noto CJK)
     expression_ms: int = 1000                          # ITEMGATE_EXPRESSION_MS (wall time per evaluation)
     expression_steps: int = 1_000_000                  # ITEMGATE_EXPRESSION_STEPS (steps per evaluation)
     expression_size: int = 1_000_000                   # ITEMGATE_EXPRESSION_SIZE (elements+chars per value)
@@ -118,6 +119,7 @@ def load_settings(env: dict[str, str] | None = None, *, testing: bool = False, *
         audit_anchor_minutes=_int(env, "ITEMGATE_AUDIT_ANCHOR_MINUTES", 5),
         max_json_kb=_int(env, "ITEMGATE_MAX_JSON_KB", 256),
         model_cache=_switch(env, "ITEMGATE_MODEL_CACHE", True),
+        cjk_font=env.get("ITEMGATE_CJK_FONT") or None,
         expression_ms=_int(env, "ITEMGATE_EXPRESSION_MS", 1000),
         expression_steps=_int(env, "ITEMGATE_EXPRESSION_STEPS", 1_000_000),
         expression_size=_int(env, "ITEMGATE_EXPRESSION_SIZE", 1_000_000),

@@ -16,6 +16,7 @@ from engine import audit
 from engine.catalog import load_catalog_file
 from engine.evidence import upload_artefact
 from engine.policy import ADMIN, AUDITOR, BUYER, CLI_ROLE, DEPT_REVIEWER, IMPLEMENTER, PM
+from engine.sheets import is_sheet_kind, sheet_for
 from engine.workflow import Ctx, NewItem, complete_task, create_item, task_requirements
 from storage.models import HumanTask, User, WorkItem
 
@@ -92,7 +93,9 @@ class DemoDriver:
         ctx = Ctx(session=db.session, user=user, store=self.store)
         for status in task_requirements(db.session, task):
             if status.artefact is None:
-                body = demo_pdf(f"{item.code} {status.kind}")
+                # A signed sheet carries the verification code ItemGate printed on it (read from its text).
+                code = sheet_for(db.session, item, status.kind, user).code if is_sheet_kind(status.kind) else ""
+                body = demo_pdf(f"{item.code} {status.kind} {code}".strip())
                 upload_artefact(db.session, self.store, ctx.actor, user, item, status.kind,
                                 f"{status.kind}.pdf", io.BytesIO(body), len(body), 10 * 1024 * 1024, task.id)
         form = dict((data or {}).get(task.spec_name) or FORM_DATA.get(task.form, {}))
@@ -139,6 +142,17 @@ def load_demo(app: Flask, store: Any, echo: Callable[[str], None] = print) -> No
             if not driver.step(item, overrides):
                 break
         echo(f"  {code} {name}: {item.status} / {item.stage}")
+    # A service order (运营服务单) the department has filed and the PM has yet to accept.
+    from engine.service_orders import NewOrder, file_order
+
+    reviewer = db.session.execute(select(User).where(User.username == "rev_ga")).scalar_one()
+    letter = demo_pdf("需求函：机动车驾驶证补领")
+    file_order(Ctx(session=db.session, user=reviewer, store=store), store, NewOrder(
+        contract=contract.code, department="SHGA", title="机动车驾驶证补领接入", service_line="1",
+        channels=["pc", "mobile"], description="请将机动车驾驶证补领接入一网通办 PC 端和移动端。"),
+        "需求函.pdf", io.BytesIO(letter), len(letter), 10 * 1024 * 1024)
+    db.session.commit()
+    echo("  service order 机动车驾驶证补领接入: waiting for the PM")
     audit.record(db.session, audit.Actor(None, "demo", CLI_ROLE), "demo.loaded", target_type="contract",
                  target_id=contract.id)
     db.session.commit()

@@ -38,6 +38,7 @@ from engine.access import (
 from engine.catalog import ARTEFACT_KINDS
 from engine.errors import DomainError, Forbidden, Invalid, NotFound
 from engine.evidence import submitted_evidence, upload_artefact
+from engine.inbox import settlement_steps
 from engine.policy import ROLES, may, needs_department
 from engine.workflow import Ctx, NewItem, claim, complete_task, create_item, hand_over, task_requirements, unclaim
 from storage.models import Artefact, AuditEvent, Contract, Department, HumanTask, User, WorkItem
@@ -417,7 +418,12 @@ def tasks_list(args: dict[str, Any]) -> dict[str, Any]:
     total = db.session.execute(select(func.count()).select_from(HumanTask).where(where)).scalar_one()
     tasks = task_rows_json(db.session, where, (HumanTask.created_at, HumanTask.id),
                            (args["page"] - 1) * args["per_page"], args["per_page"])
-    return {"tasks": tasks, "total": total}
+    # Settlement steps are not item tasks; they wait for a role (engine/inbox.py), so they come with the queues.
+    steps = [] if args["scope"] == "mine" else [
+        {"settlement_id": s.settlement_id, "label": s.label, "contract": s.contract, "step": s.step,
+         "title": s.title, "round": s.round, "waiting_since": iso(s.waiting_since), "due_at": iso(s.due_at)}
+        for s in settlement_steps(db.session, user)]
+    return {"tasks": tasks, "total": total, "settlement_steps": steps}
 
 
 def task_detail(task: HumanTask) -> dict[str, Any]:
@@ -518,7 +524,7 @@ def _upload_streamed(context: Ctx, item: WorkItem, boundary: bytes) -> Artefact:
             raise Invalid("send the file as multipart field 'file'", code="invalid_form",
                           errors={"file": ["required"]})
         return upload.finish(db.session, context.actor, context.user, item, form.get("kind", ""),
-                             form.get("task_id"))
+                             form.get("task_id"), form.get("verification_code"))
     except BaseException:
         upload.abort()
         raise
@@ -529,7 +535,9 @@ def _upload_streamed(context: Ctx, item: WorkItem, boundary: bytes) -> Artefact:
 def artefacts_upload(item_id: int) -> dict[str, Any]:
     """Upload one artefact: multipart fields `kind`, `file` and `task_id` (the open task of this item the file is
     for; needed when open tasks of several departments take the kind). Refused with 409 `under_review` while a
-    review judges the submitted version of that kind."""
+    review judges the submitted version of that kind. A signed sign-off sheet (docs/SHEETS.md) must carry this
+    item's code for its kind: field `verification_code`, the PDF's text or the scan's QR code; another sheet's → 422
+    `wrong_sheet`."""
     from api.uploads import unread_multipart_boundary
 
     context = ctx()
@@ -556,7 +564,7 @@ def artefacts_upload(item_id: int) -> dict[str, Any]:
         artefact = upload_artefact(db.session, store, context.actor, context.user, item, request.form.get("kind", ""),
                                    upload.filename, upload.stream, _file_length(upload.stream),
                                    current_app.config["ITEMGATE"].max_upload_bytes,
-                                   request.form.get("task_id"))
+                                   request.form.get("task_id"), request.form.get("verification_code"))
     key, version_id = artefact.key, artefact.version_id
     try:
         db.session.commit()
@@ -597,6 +605,20 @@ def load_artefact_for(user: User, artefact_id: int) -> Artefact:
     if not may_see_artefact(user, artefact):
         raise NotFound(f"artefact {artefact_id} not found")  # another department's evidence
     return artefact
+
+
+@blp.route("/items/<int:item_id>/sheets/<string:kind>.pdf", methods=["GET"])
+def items_sheet(item_id: int, kind: str) -> Response:
+    """The item's sign-off sheet of artefact kind `kind` (e.g. `go_live_confirmation`) as a PDF to print and sign:
+    pre-filled with the item, the evidence its gates accepted (file names, SHA-256) and the signature blocks, with a
+    verification code and QR code unique to the item and kind. 404 `no_such_sheet` for a kind the item's gates do
+    not require as a sheet. docs/SHEETS.md."""
+    from api.downloads import sheet_response
+
+    context = ctx()
+    assert context.user is not None
+    item = load_item_for(db.session, context.user, item_id, "item.read")
+    return sheet_response(context.actor, context.user, item, kind)
 
 
 @blp.route("/artefacts/<int:artefact_id>/content", methods=["GET"])
