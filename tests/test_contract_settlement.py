@@ -443,7 +443,7 @@ def test_web_payment_schedule_claim_page_and_dashboard_show_the_money_rules(cw, 
     page = pm.get(f"/settlements/{s9['id']}").get_data(as_text=True)
     assert "结转" in page and "上期漏报" in page and 'data-stage="9m"' in page and 'data-clock="materials"' in page
     dash = pm.get("/dashboard").get_data(as_text=True)
-    assert 'id="clocks"' in dash and 'data-kind="settlement_materials"' in dash
+    assert 'id="clocks"' in dash and 'data-kind="settlement_materials"' in dash and 'data-kind="monthly_report"' in dash
     clocks = w.get("pm", f"/api/v1/contracts/{CONTRACT}/deadlines").get_json()["deadlines"]
     assert [(c["kind"], c["settlement_id"], c["state"]) for c in clocks if c["kind"].startswith("settlement")] == [
         ("settlement_materials", s9["id"], "overdue")]
