@@ -466,3 +466,19 @@ def test_item_pages_mask_personal_data_for_roles_that_do_not_need_it(cw):
     assert item["attributes"]["id_number"] == "310101199001011234"     # the PM registered it and sees it
     seen = w.get("auditor", f"/api/v1/items/{item['id']}").get_json()
     assert seen["attributes"] == {"id_number": "310101********1234", "phone": "138****5678"}
+
+
+def test_monthly_report_steps_are_for_their_roles(cw):
+    from engine import monthly_report as mr
+    from engine.errors import Forbidden
+    from engine.workflow import Ctx
+
+    w = cw
+    report = w.get("pm", f"/api/v1/contracts/{CONTRACT}/monthly-reports").get_json()["reports"][0]
+    assert w.post("auditor", f"/api/v1/monthly-reports/{report['id']}/narrative",
+                  json={"narrative": "x"}).status_code == 403
+    assert w.post("pm", f"/api/v1/monthly-reports/{report['id']}/review",
+                  json={"decision": "accept"}).status_code == 403
+    auditor = db.session.execute(select(User).where(User.username == "auditor")).scalar_one()
+    with pytest.raises(Forbidden, match="draft, write and submit"):
+        mr.write(Ctx(session=db.session, user=auditor), mr.load(db.session, report["id"]), "x")
