@@ -120,6 +120,7 @@ def test_annual_shows_the_approved_staged_claims_and_the_cumulative_amount(cw):
     assert by["6m"]["approved"] == net6 and by["9m"]["approved"] == net9
     assert by["9m"]["cumulative_approved"] == round(net6 + net9, 2)
     assert by["annual"]["this"] is True and by["annual"]["approved"] is None
+    assert isinstance(annual["on_time"], list)   # the period's on-time rate per department, for the evaluation
     assert annual["figures"]["gross"] == 45000.0   # what is new in the annual stage
     # Late (its 20 working days passed): 3 % of the year's fee — the staged claims' gross and the new.
     assert annual["figures"]["late"] is True and annual["figures"]["penalty"] == 4050.0
