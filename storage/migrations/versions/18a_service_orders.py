@@ -7,7 +7,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "18a_service_orders"
-down_revision = "13d_sessions_anchors"
+down_revision = "17_settlement_contract"
 branch_labels = None
 depends_on = None
 
