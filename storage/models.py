@@ -632,34 +632,3 @@ class ServiceOrder(Base):
     department: Mapped[Department] = relationship(lazy="joined")
     requested_by: Mapped[User] = relationship(foreign_keys=[requested_by_id], lazy="joined")
     decided_by: Mapped[User | None] = relationship(foreign_keys=[decided_by_id])
-
-
-class MonthlyReport(Base):
-    """月度运营报告 (seed 001 §十(三)2): the supplier submits it to the third party within 10 working days after
-    the month; the third party accepts it or returns it with comments, revised within 10 working days."""
-
-    __tablename__ = "monthly_reports"
-    __table_args__ = (UniqueConstraint("contract_id", "month", name="uq_monthly_reports_contract_month"),
-                      Index("ix_monthly_reports_status", "status"))
-    id: Mapped[int] = mapped_column(primary_key=True)
-    contract_id: Mapped[int] = mapped_column(ForeignKey("contracts.id"))
-    month: Mapped[date]  # the first day of the month reported on
-    status: Mapped[str] = mapped_column(String(16), default="submitted")  # submitted | returned | accepted
-    round: Mapped[int] = mapped_column(Integer, default=1)
-    filename: Mapped[str] = mapped_column(String(255))
-    bucket: Mapped[str] = mapped_column(String(100))
-    key: Mapped[str] = mapped_column(String(400))
-    version_id: Mapped[str | None] = mapped_column(String(200))
-    sha256: Mapped[str] = mapped_column(String(64))
-    size: Mapped[int] = mapped_column(BigInteger)
-    media_type: Mapped[str] = mapped_column(String(200))
-    submitted_by_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
-    submitted_at: Mapped[datetime] = mapped_column(default=utcnow)
-    due_at: Mapped[datetime | None]  # the original deadline: 10 working days after the month
-    revision_due_at: Mapped[datetime | None]  # after a return: 10 working days from the return
-    reviewed_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
-    reviewed_at: Mapped[datetime | None]
-    comment: Mapped[str | None] = mapped_column(Text)
-
-    contract: Mapped[Contract] = relationship(lazy="joined")
-    submitted_by: Mapped[User] = relationship(foreign_keys=[submitted_by_id], lazy="joined")

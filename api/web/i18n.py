@@ -486,21 +486,3 @@ EN.update({
     "登记事项": "Register an item", "取消事项": "Cancel the item", "退回重做": "Send back",
     "调整建议难度系数": "Change the proposed difficulty", "已退回重做": "Sent back for rework",
 })
-
-# Monthly operation reports (api/web/reports.py).
-EN.update({
-    "修改月度运营报告": "Revise the monthly report", "审核意见已提交": "Review submitted",
-    "审核月度运营报告": "Review the monthly report", "已提交 {m} 月度运营报告": "Monthly report for {m} submitted",
-    "已提交的报告": "Submitted reports", "已退回": "Returned", "已通过": "Accepted", "待修改": "To revise",
-    "待处理": "Waiting", "待审核": "To review", "待提交": "To submit",
-    "意见（退回时必填）": "Comment (required to return)",
-    "报告文件": "Report file", "提交或修改月度运营报告": "Submit or revise a monthly report",
-    "提交月度运营报告": "Submit the monthly report", "暂无报告。": "No reports yet.", "月份": "Month",
-    "月度运营报告": "Monthly operation reports", "月报": "Monthly reports",
-    "每月结束后 10 个工作日内提交第三方支撑单位；退回后 10 个工作日内修改完成。":
-        "Due to the third party within 10 working days after each month; a returned report is revised within 10 "
-        "working days.",
-    "该报告不在待审核状态。": "This report is not waiting for review.",
-    "该月的报告已提交或已通过，不能重复提交。": "This month's report is already submitted or accepted.",
-    "请上传月度运营报告文件。": "Upload the report file.", "请选择月份。": "Choose the month.",
-})

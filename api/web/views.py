@@ -40,7 +40,6 @@ from engine.diagram import render_svg
 from engine.errors import DomainError, FormInvalid, GateUnmet, Invalid, NotFound, ServiceUnavailable
 from engine.evidence import submitted_evidence, upload_artefact
 from engine.inbox import settlement_steps
-from engine.monthly_reports import report_steps
 from engine.policy import DEPARTMENT, may, scope_of
 from engine.sheets import SHEETS
 from engine.workflow import claim, complete_task, hand_over, task_requirements, unclaim
@@ -78,8 +77,6 @@ _REFUSALS = {
     "already_reversed": "该分录已被冲销。",
     "difficulty_confirmed": "难度系数已确认，不能再调整建议值。",
     "order_decided": "该运营服务单已处理。",
-    "report_exists": "该月的报告已提交或已通过，不能重复提交。",
-    "report_not_submitted": "该报告不在待审核状态。",
 }
 
 
@@ -238,7 +235,7 @@ def inbox() -> Any:
         department=department, overdue_only=overdue_only, sort=sort, page=page, pages=pages, total=total,
         now=now, departments=departments, department_options=_visible_departments(user), stages=STAGES,
         colleagues=_colleagues(tasks, user), may_act=lambda t: may_act_on(user, t), me=user,
-        settlement_steps=steps, waiting_orders=waiting_orders, report_steps=report_steps(db.session, user, now))
+        settlement_steps=steps, waiting_orders=waiting_orders)
 
 
 def _act(task_id: int, action: Any, done: str) -> Any:

@@ -1,4 +1,4 @@
-"""service orders (运营服务单): requests with their letter, accepted into an item or declined; monthly reports
+"""service orders (运营服务单): requests with their letter, accepted into an item or declined
 
 Revision ID: 18a_service_orders
 Revises: 13d_sessions_anchors
@@ -49,41 +49,9 @@ def upgrade():
     with op.batch_alter_table("service_orders", schema=None) as batch_op:
         batch_op.create_index("ix_service_orders_status", ["status", "created_at"], unique=False)
         batch_op.create_index("ix_service_orders_department", ["department_id", "created_at"], unique=False)
-    op.create_table(
-        "monthly_reports",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("contract_id", sa.Integer(), nullable=False),
-        sa.Column("month", sa.Date(), nullable=False),
-        sa.Column("status", sa.String(length=16), nullable=False),
-        sa.Column("round", sa.Integer(), nullable=False),
-        sa.Column("filename", sa.String(length=255), nullable=False),
-        sa.Column("bucket", sa.String(length=100), nullable=False),
-        sa.Column("key", sa.String(length=400), nullable=False),
-        sa.Column("version_id", sa.String(length=200), nullable=True),
-        sa.Column("sha256", sa.String(length=64), nullable=False),
-        sa.Column("size", sa.BigInteger(), nullable=False),
-        sa.Column("media_type", sa.String(length=200), nullable=False),
-        sa.Column("submitted_by_id", sa.Integer(), nullable=False),
-        sa.Column("submitted_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("due_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("revision_due_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("reviewed_by_id", sa.Integer(), nullable=True),
-        sa.Column("reviewed_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("comment", sa.Text(), nullable=True),
-        sa.ForeignKeyConstraint(["contract_id"], ["contracts.id"], name=op.f("fk_monthly_reports_contract_id_contracts")),
-        sa.ForeignKeyConstraint(["submitted_by_id"], ["users.id"], name=op.f("fk_monthly_reports_submitted_by_id_users")),
-        sa.ForeignKeyConstraint(["reviewed_by_id"], ["users.id"], name=op.f("fk_monthly_reports_reviewed_by_id_users")),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_monthly_reports")),
-        sa.UniqueConstraint("contract_id", "month", name=op.f("uq_monthly_reports_contract_month")),
-    )
-    with op.batch_alter_table("monthly_reports", schema=None) as batch_op:
-        batch_op.create_index("ix_monthly_reports_status", ["status"], unique=False)
 
 
 def downgrade():
-    with op.batch_alter_table("monthly_reports", schema=None) as batch_op:
-        batch_op.drop_index("ix_monthly_reports_status")
-    op.drop_table("monthly_reports")
     with op.batch_alter_table("service_orders", schema=None) as batch_op:
         batch_op.drop_index("ix_service_orders_department")
         batch_op.drop_index("ix_service_orders_status")
