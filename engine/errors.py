@@ -52,6 +52,18 @@ class GateUnmet(Invalid):
                          missing=missing)
 
 
+class ProcessError(Invalid):
+    """A process model could not advance at run time (its own error, not ours); nothing was saved."""
+
+    code = "process_error"
+
+
+# Exceptions that mean a bug in ItemGate, never a refusal: they are not turned into a 4xx but reach the
+# error handler, which logs them and answers 500 with the request id.
+PROGRAMMING_ERRORS: tuple[type[BaseException], ...] = (
+    TypeError, AttributeError, AssertionError, RecursionError, NotImplementedError, UnboundLocalError)
+
+
 class PayloadTooLarge(DomainError):
     status, code, title = 413, "too_large", "Payload too large"
 

@@ -22,6 +22,7 @@ from engine.policy import ALL, authorize
 from engine.reports import WorkloadFilter
 from storage.artefact_store import ArtefactStore
 from storage.models import ExportJob, User, utcnow
+from storage.unit_of_work import new_unit_of_work, unit_of_work
 
 log = logging.getLogger(__name__)
 
@@ -147,14 +148,13 @@ class _Progress:
             changes["progress_done"] = values.pop("done")
             changes["progress_total"] = values.pop("total")
         changes.update(values)
-        with self._lock, self.session_factory() as session:
+        with self._lock, new_unit_of_work(self.session_factory) as session:
             result = session.execute(update(ExportJob).where(
                 ExportJob.id == self.job_id, ExportJob.attempts == self.attempt, ExportJob.status == "running")
                 .values(**changes))
-            session.commit()
-            if result.rowcount != 1:  # type: ignore[attr-defined]
-                self.superseded = True
-                raise Superseded(f"export job {self.job_id}: attempt {self.attempt} was given up on")
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            self.superseded = True
+            raise Superseded(f"export job {self.job_id}: attempt {self.attempt} was given up on")
 
 
 def _heartbeat(report: _Progress, stop: threading.Event) -> None:
@@ -173,18 +173,17 @@ def _claim(session_factory: Callable[[], Session], job_id: int | None = None) ->
     is none or another runner got there first. The oldest is picked under a row lock that other runners skip
     (SKIP LOCKED on PostgreSQL), and the move itself is a guarded UPDATE, so each attempt has one runner."""
     with session_factory() as session:
-        if job_id is None:
-            job_id = session.execute(select(ExportJob.id).where(ExportJob.status == "queued")
-                                     .order_by(ExportJob.id).limit(1).with_for_update(skip_locked=True)).scalar()
+        with unit_of_work(session):
             if job_id is None:
-                session.rollback()
-                return None
-        now = utcnow()
-        claimed = session.execute(update(ExportJob)
-                                  .where(ExportJob.id == job_id, ExportJob.status == "queued")
-                                  .values(status="running", started_at=now, heartbeat_at=now, runner=RUNNER,
-                                          attempts=ExportJob.attempts + 1))
-        session.commit()
+                job_id = session.execute(select(ExportJob.id).where(ExportJob.status == "queued")
+                                         .order_by(ExportJob.id).limit(1).with_for_update(skip_locked=True)).scalar()
+                if job_id is None:
+                    return None
+            now = utcnow()
+            claimed = session.execute(update(ExportJob)
+                                      .where(ExportJob.id == job_id, ExportJob.status == "queued")
+                                      .values(status="running", started_at=now, heartbeat_at=now, runner=RUNNER,
+                                              attempts=ExportJob.attempts + 1))
         if claimed.rowcount != 1:  # type: ignore[attr-defined]
             return None
         job = session.get(ExportJob, job_id)
@@ -199,7 +198,7 @@ def recover_stale(session_factory: Callable[[], Session], now: datetime | None =
     now = now or utcnow()
     cutoff = now - STALE_AFTER
     recovered: list[int] = []
-    with session_factory() as session:
+    with new_unit_of_work(session_factory) as session:
         stale = session.execute(select(ExportJob.id, ExportJob.attempts, ExportJob.runner, ExportJob.heartbeat_at)
                                 .where(ExportJob.status == "running", ExportJob.heartbeat_at < cutoff)
                                 .order_by(ExportJob.id).with_for_update(skip_locked=True)).all()
@@ -218,7 +217,6 @@ def recover_stale(session_factory: Callable[[], Session], now: datetime | None =
             if done.rowcount == 1:  # type: ignore[attr-defined]
                 log.warning("export job %s: %s", job_id, values["error"])
                 recovered.append(job_id)
-        session.commit()
     return recovered
 
 

@@ -1,7 +1,6 @@
 """REST API v1, the core contract (API.md): auth, users, catalogue, items, tasks, artefacts."""
 from __future__ import annotations
 
-import logging
 import os
 from decimal import Decimal
 from typing import Any
@@ -36,11 +35,12 @@ from engine.access import (
     task_scope,
 )
 from engine.catalog import ARTEFACT_KINDS
-from engine.errors import DomainError, Forbidden, Invalid, NotFound
+from engine.errors import Conflict, DomainError, Forbidden, Invalid, NotFound
 from engine.evidence import submitted_evidence, upload_artefact
 from engine.policy import ROLES, may, needs_department
 from engine.workflow import Ctx, NewItem, claim, complete_task, create_item, hand_over, task_requirements, unclaim
 from storage.models import Artefact, AuditEvent, Contract, Department, HumanTask, User, WorkItem
+from storage.unit_of_work import unit_of_work
 
 blp = Blueprint("core", __name__, url_prefix="/api/v1", description="ItemGate core API")
 
@@ -78,21 +78,21 @@ def token(body: dict[str, Any]) -> dict[str, Any]:
     try:
         check_login_allowed(body["username"])
     except DomainError:
-        audit.record(db.session, audit.Actor(None, body["username"][:64], None, g.get("request_id")),
-                     "auth.token", outcome="rate_limited")
-        db.session.commit()
+        with unit_of_work(db.session):
+            audit.record(db.session, audit.Actor(None, body["username"][:64], None, g.get("request_id")),
+                         "auth.token", outcome="rate_limited")
         raise
     user = authenticate(body["username"], body["password"])
     if user is None:
-        record_login_failure(body["username"])
-        audit.record(db.session, audit.Actor(None, body["username"][:64], None, g.get("request_id")),
-                     "auth.token", outcome="failure")
-        db.session.commit()
+        with unit_of_work(db.session):
+            record_login_failure(body["username"])
+            audit.record(db.session, audit.Actor(None, body["username"][:64], None, g.get("request_id")),
+                         "auth.token", outcome="failure")
         raise Unauthorized("wrong username or password", code="bad_credentials")
-    value, expires = issue_token(user)
-    audit.record(db.session, audit.Actor.of(user, g.get("request_id")), "auth.token", target_type="user",
-                 target_id=user.id)
-    db.session.commit()
+    with unit_of_work(db.session):
+        value, expires = issue_token(user)
+        audit.record(db.session, audit.Actor.of(user, g.get("request_id")), "auth.token", target_type="user",
+                     target_id=user.id)
     username = user.username
 
     @after_this_request
@@ -106,11 +106,11 @@ def token(body: dict[str, Any]) -> dict[str, Any]:
 @blp.response(204)
 def logout() -> None:
     """End the token this request carries; it answers 401 from now on."""
-    user = current_user()
-    revoke_bearer()
-    audit.record(db.session, audit.Actor.of(user, g.get("request_id")), "auth.logout", target_type="user",
-                 target_id=user.id, via="token")
-    db.session.commit()
+    with unit_of_work(db.session):
+        user = current_user()
+        revoke_bearer()
+        audit.record(db.session, audit.Actor.of(user, g.get("request_id")), "auth.logout", target_type="user",
+                     target_id=user.id, via="token")
 
 
 class PasswordChange(Schema):
@@ -131,22 +131,22 @@ def me_password(body: dict[str, Any]) -> None:
     try:
         check_login_allowed(user.username)
     except DomainError:
-        audit.record(db.session, actor, "user.password_changed", target_type="user", target_id=user.id,
-                     outcome="rate_limited")
-        db.session.commit()
+        with unit_of_work(db.session):
+            audit.record(db.session, actor, "user.password_changed", target_type="user", target_id=user.id,
+                         outcome="rate_limited")
         raise
     if not check_password(user, body["current_password"]):
-        record_login_failure(user.username)
-        audit.record(db.session, actor, "user.password_changed", target_type="user", target_id=user.id,
-                     outcome="failure")
-        db.session.commit()
+        with unit_of_work(db.session):
+            record_login_failure(user.username)
+            audit.record(db.session, actor, "user.password_changed", target_type="user", target_id=user.id,
+                         outcome="failure")
         raise Invalid("the current password is wrong", code="wrong_password",
                       errors={"current_password": ["wrong password"]})
-    if body["new_password"] == body["current_password"]:
-        raise Invalid("the new password must differ from the current one", code="invalid_form",
-                      errors={"new_password": ["must differ from the current password"]})
-    accounts.change_own_password(db.session, actor, user, hash_password(body["new_password"]))
-    db.session.commit()
+    with unit_of_work(db.session):
+        if body["new_password"] == body["current_password"]:
+            raise Invalid("the new password must differ from the current one", code="invalid_form",
+                          errors={"new_password": ["must differ from the current password"]})
+        accounts.change_own_password(db.session, actor, user, hash_password(body["new_password"]))
 
 
 class NewUser(Schema):
@@ -174,7 +174,7 @@ def create_user(username: str, password: str, role: str, department: str | None,
         raise Invalid(f"a {role} needs a department", code="invalid_form",
                       errors={"department": [f"required for {role}"]})
     if db.session.execute(select(User.id).where(User.username == username)).scalar() is not None:
-        raise Invalid(f"user {username!r} exists", code="user_exists", status=409)
+        raise Conflict(f"user {username!r} exists", code="user_exists")
     dept = ensure_department(department) if department else None
     user = User(username=username, password_hash=hash_password(password), role=role,
                 department_id=dept.id if dept else None, display_name=display_name)
@@ -193,13 +193,13 @@ def user_json(user: User) -> dict[str, Any]:
 @blp.arguments(NewUser)
 @blp.response(201)
 def users_create(body: dict[str, Any]) -> dict[str, Any]:
-    me = current_user()
-    authorize(me, "user.manage")
-    user = create_user(body["username"], body["password"], body["role"], body["department"],
-                       body.get("display_name"))
-    audit.record(db.session, audit.Actor.of(me, g.get("request_id")), "user.created", target_type="user",
-                 target_id=user.id, username=user.username, role=user.role)
-    db.session.commit()
+    with unit_of_work(db.session):
+        me = current_user()
+        authorize(me, "user.manage")
+        user = create_user(body["username"], body["password"], body["role"], body["department"],
+                           body.get("display_name"))
+        audit.record(db.session, audit.Actor.of(me, g.get("request_id")), "user.created", target_type="user",
+                     target_id=user.id, username=user.username, role=user.role)
     return user_json(user)
 
 
@@ -231,10 +231,10 @@ def change_user_by_name(actor: audit.Actor, username: str, body: dict[str, Any])
 def users_patch(body: dict[str, Any], username: str) -> dict[str, Any]:
     """Change a user's active flag, password, role or department. Deactivating or a new password ends the
     user's tokens and web sessions at once; deactivating returns their claimed tasks to the group queue."""
-    me = current_user()
-    authorize(me, "user.manage")
-    result = change_user_by_name(audit.Actor.of(me, g.get("request_id")), username, body)
-    db.session.commit()
+    with unit_of_work(db.session):
+        me = current_user()
+        authorize(me, "user.manage")
+        result = change_user_by_name(audit.Actor.of(me, g.get("request_id")), username, body)
     return dict(user_json(result.user), tasks_released=result.released)
 
 
@@ -286,10 +286,10 @@ class NewItemSchema(Schema):
 @blp.arguments(NewItemSchema)
 @blp.response(201)
 def items_create(body: dict[str, Any]) -> dict[str, Any]:
-    context = ctx()
-    item = create_item(context, NewItem(**body))
-    events = audit.queued(db.session)
-    db.session.commit()
+    with unit_of_work(db.session):
+        context = ctx()
+        item = create_item(context, NewItem(**body))
+        events = audit.queued(db.session)
     # A new item has no artefacts yet, and its tasks and history are what this request wrote.
     assert context.user is not None
     return item_detail(item, context.user, tasks=context.created_tasks, artefacts=[], events=events)
@@ -444,16 +444,16 @@ def tasks_get(task_id: int) -> dict[str, Any]:
 @blp.route("/tasks/<int:task_id>/claim", methods=["POST"])
 @blp.response(200)
 def tasks_claim(task_id: int) -> dict[str, Any]:
-    task = claim(ctx(), task_id)
-    db.session.commit()
+    with unit_of_work(db.session):
+        task = claim(ctx(), task_id)
     return task_json(task)
 
 
 @blp.route("/tasks/<int:task_id>/unclaim", methods=["POST"])
 @blp.response(200)
 def tasks_unclaim(task_id: int) -> dict[str, Any]:
-    task = unclaim(ctx(), task_id)
-    db.session.commit()
+    with unit_of_work(db.session):
+        task = unclaim(ctx(), task_id)
     return task_json(task)
 
 
@@ -465,8 +465,8 @@ class HandOver(Schema):
 @blp.arguments(HandOver)
 @blp.response(200)
 def tasks_handover(body: dict[str, Any], task_id: int) -> dict[str, Any]:
-    task = hand_over(ctx(), task_id, body["to"])
-    db.session.commit()
+    with unit_of_work(db.session):
+        task = hand_over(ctx(), task_id, body["to"])
     return task_json(task)
 
 
@@ -478,9 +478,9 @@ class CompleteBody(Schema):
 @blp.arguments(CompleteBody)
 @blp.response(200)
 def tasks_complete(body: dict[str, Any], task_id: int) -> dict[str, Any]:
-    context = ctx()
-    task = complete_task(context, task_id, body["data"])
-    db.session.commit()
+    with unit_of_work(db.session):
+        context = ctx()
+        task = complete_task(context, task_id, body["data"])
     result = task_json(task)
     result["item"] = item_summary(task.item)
     open_tasks = (HumanTask.item_id == task.item_id) & (HumanTask.status == "ready")
@@ -530,53 +530,35 @@ def artefacts_upload(item_id: int) -> dict[str, Any]:
     """Upload one artefact: multipart fields `kind`, `file` and `task_id` (the open task of this item the file is
     for; needed when open tasks of several departments take the kind). Refused with 409 `under_review` while a
     review judges the submitted version of that kind."""
-    from api.uploads import unread_multipart_boundary
+    from api.uploads import record_upload, unread_multipart_boundary
 
     context = ctx()
     assert context.user is not None
     item = load_item_for(db.session, context.user, item_id, "artefact.upload")
     # Checked before the body is read: nothing is sent to the store for an item that takes no evidence.
     if item.status != "active":
-        raise Invalid(f"item {item.id} is {item.status}; its evidence is closed", code="item_not_active",
-                      status=409)
+        raise Conflict(f"item {item.id} is {item.status}; its evidence is closed", code="item_not_active")
     store = context.store
     if store is None:
         from engine.errors import ServiceUnavailable
 
         raise ServiceUnavailable("no evidence store is configured")
     boundary = unread_multipart_boundary(request)
-    if boundary is not None:
-        artefact = _upload_streamed(context, item, boundary)
-    else:
+
+    def upload() -> Artefact:
+        assert context.user is not None and store is not None
+        if boundary is not None:
+            return _upload_streamed(context, item, boundary)
         # The form was read already (or is not multipart): werkzeug spooled the file, which is stored now.
         upload = request.files.get("file")
         if upload is None:
             raise Invalid("send the file as multipart field 'file'", code="invalid_form",
                           errors={"file": ["required"]})
-        artefact = upload_artefact(db.session, store, context.actor, context.user, item, request.form.get("kind", ""),
-                                   upload.filename, upload.stream, _file_length(upload.stream),
-                                   current_app.config["ITEMGATE"].max_upload_bytes,
-                                   request.form.get("task_id"))
-    key, version_id = artefact.key, artefact.version_id
-    try:
-        db.session.commit()
-    except Exception as exc:
-        # The object exists but its row does not: remove it now; if the store fails too, `itemgate fsck
-        # --repair` sweeps it once it is older than the grace period.
-        db.session.rollback()
-        try:
-            store.delete(key, version_id)
-        except Exception:  # noqa: BLE001 - the commit failure is what the caller must hear about
-            logging.getLogger("itemgate.evidence").warning("orphan left for fsck: %s %s", key, version_id)
-        from sqlalchemy.exc import DBAPIError
+        return upload_artefact(db.session, store, context.actor, context.user, item, request.form.get("kind", ""),
+                               upload.filename, upload.stream, _file_length(upload.stream),
+                               current_app.config["ITEMGATE"].max_upload_bytes, request.form.get("task_id"))
 
-        if isinstance(exc, DBAPIError):
-            from engine.errors import ServiceUnavailable
-
-            raise ServiceUnavailable("the database could not record the upload; nothing was kept, try again",
-                                     code="database_unavailable") from exc
-        raise
-    return artefact_json(artefact)
+    return artefact_json(record_upload(db.session, store, upload))
 
 
 @blp.route("/items/<int:item_id>/artefacts", methods=["GET"])
