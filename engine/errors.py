@@ -52,10 +52,15 @@ class GateUnmet(Invalid):
                          missing=missing)
 
 
-class ProcessError(Invalid):
-    """A process model could not advance at run time (its own error, not ours); nothing was saved."""
+class ProcessFailed(DomainError):
+    """The process model failed while running (a script, a condition, a timer, its state too large): 422 naming
+    the BPMN element, the instance left as it was."""
 
-    code = "process_error"
+    status, code, title = 422, "process_error", "Process model error"
+
+    def __init__(self, detail: str, element: str | None = None, **extra: Any):
+        super().__init__(detail, element=element, **extra)
+        self.element = element
 
 
 # Exceptions that mean a bug in ItemGate, never a refusal: they are not turned into a 4xx but reach the

@@ -8,7 +8,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from engine import budgets
 from engine.errors import Conflict
+from engine.expressions import deadline
 from engine.workflow import advance_timers
 from storage.concurrency import is_busy
 from storage.models import ProcessInstance
@@ -51,7 +53,9 @@ def fire_due_timers(session: Session, now: datetime | None = None, limit: int = 
                     break
                 instance_id = instance.id
                 seen.add(instance_id)
-                fired += advance_timers(session, instance, now)
+                # One instance's timers and engine steps get one budget (every evaluation inside has its own too).
+                with deadline(budgets.LIMITS.tick_instance_seconds):
+                    fired += advance_timers(session, instance, now)
         except Conflict:
             pass  # another host advanced it first (rolled back)
         except OperationalError as exc:

@@ -17,6 +17,8 @@ NOT_ROLES = {
     ("engine/holidays.py", "admin"): "where a calendar came from: entered by an administrator",
     ("storage/s3server.py", "admin"): "a SeaweedFS component",
     ("api/rest/core.py", "buyer"): "the contract's buyer in the catalogue JSON",
+    ("engine/performance.py", "implementer"): "a grouping of figures by the person who did the task",
+    ("api/rest/money.py", "implementer"): "that grouping's name in the query string",
     ("api/demo.py", "pm"): "a demo username",
     ("api/demo.py", "auditor"): "a demo username",
     ("api/demo.py", "buyer"): "a demo username",
@@ -150,3 +152,11 @@ def test_spiff_private_check_can_fail(tmp_path):
     bad = tmp_path / "x.py"
     bad.write_text("def f(task):\n    task.task_spec._update(task)\n    return task._children\n")
     assert len(spiff_private_uses(bad, "engine/x.py", spiff_private_names())) == 2
+
+
+def test_entry_points_commit_through_the_unit_of_work():
+    """Routes and CLI commands end their transaction with storage.unit_of_work, not a raw commit()."""
+    found = []
+    for path in sorted((ROOT / "api").rglob("*.py")):
+        found += commit_calls(path, str(path.relative_to(ROOT)))
+    assert not found, "commit() in api/ (use `with unit_of_work(db.session):`):\n" + "\n".join(found)

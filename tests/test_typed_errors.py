@@ -9,7 +9,7 @@ from flask import Blueprint
 
 from api.app import create_app
 from api.config import load_settings
-from engine.errors import ProcessError
+from engine.errors import ProcessFailed
 from engine.workflow import run_and_step
 
 
@@ -28,7 +28,7 @@ class _Workflow:
 
 
 def test_a_model_error_is_a_process_error_and_a_bug_is_not():
-    with pytest.raises(ProcessError) as refused:
+    with pytest.raises(ProcessFailed) as refused:
         run_and_step(_Workflow(), _Task(ValueError("bad expression")), {}, "task x")
     assert refused.value.status == 422 and refused.value.code == "process_error"
     for bug in (TypeError("f() takes 1 argument"), AssertionError(), RecursionError(), AttributeError("x")):
