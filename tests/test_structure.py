@@ -138,7 +138,7 @@ def spiff_private_uses(path: Path, rel: str, private: set[str]) -> list[str]:
 
 
 def test_spiffworkflow_internals_stay_behind_the_adapter():
-    """Only engine/spiff.py touches SpiffWorkflow's private attributes (load_workflow, update_task, rename_task …)."""
+    """Only engine/spiff.py touches SpiffWorkflow's private attributes (load_workflow, update_task …)."""
     private = spiff_private_names()
     found = []
     for path in python_files():
