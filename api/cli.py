@@ -55,16 +55,18 @@ def users() -> None:
 @click.option("--display-name", default=None)
 def users_create(name: str, role: str, department: str | None, password_stdin: bool,
                  display_name: str | None) -> None:
+    from api.auth import hash_password
     from api.extensions import db as database
-    from api.rest.core import create_user
     from engine import audit
+    from engine.accounts import create_user
     from engine.errors import DomainError
 
     password = _password_from_stdin(password_stdin)
     with app_context():
         with unit_of_work(database.session):
             try:
-                user = create_user(name, password, role, department, display_name)
+                user = create_user(database.session, name, hash_password(password), role, department,
+                                   display_name)
             except DomainError as exc:
                 raise click.ClickException(exc.detail) from exc
             audit.record(database.session, audit.Actor(None, "cli", CLI_ROLE), "user.created", target_type="user",

@@ -10,9 +10,10 @@ from flask import Flask
 from sqlalchemy import select
 
 import bpmn
+from api.auth import hash_password
 from api.extensions import db
-from api.rest.core import create_user, ensure_department
 from engine import audit
+from engine.accounts import create_user, ensure_department
 from engine.catalog import load_catalog_file
 from engine.evidence import upload_artefact
 from engine.policy import ADMIN, AUDITOR, BUYER, CLI_ROLE, DEPT_REVIEWER, IMPLEMENTER, PM
@@ -109,10 +110,10 @@ def load_demo(app: Flask, store: Any, echo: Callable[[str], None] = print) -> No
     with unit_of_work(db.session):
         contract, _ = load_catalog_file(db.session, bpmn.CATALOG_DIR / "shanghai.toml")
         for code, name in DEPARTMENTS.items():
-            ensure_department(code, name).name = name
+            ensure_department(db.session, code, name).name = name
         for username, role, dept, display in USERS:
             if db.session.execute(select(User.id).where(User.username == username)).scalar() is None:
-                create_user(username, DEMO_PASSWORD, role, dept, display)
+                create_user(db.session, username, hash_password(DEMO_PASSWORD), role, dept, display)
     if db.session.execute(select(WorkItem.id).where(WorkItem.contract_id == contract.id)).first():
         echo("demo data already present; users and catalogue refreshed")
         _print_users(echo)

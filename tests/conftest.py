@@ -172,10 +172,11 @@ class World:
         self.tokens: dict[str, str] = {}
 
     def user(self, username: str, role: str, department: str | None = None) -> None:
+        from api.auth import hash_password
         from api.extensions import db
-        from api.rest.core import create_user
+        from engine.accounts import create_user
 
-        create_user(username, PASSWORD, role, department)
+        create_user(db.session, username, hash_password(PASSWORD), role, department)
         db.session.commit()
 
     def headers(self, username: str) -> dict[str, str]:

@@ -24,22 +24,21 @@ from api.downloads import artefact_response
 from api.extensions import db
 from api.limits import remember_device
 from api.serializers import artefact_json, history_json, iso, item_summary, task_json, task_rows_json
-from engine import accounts, audit
+from engine import accounts, audit, lists
 from engine.access import (
     artefact_scope,
     authorize,
-    item_scope,
+    load_artefact_for,
     load_item_for,
     load_task_for,
     may_see_artefact,
-    task_scope,
 )
 from engine.catalog import ARTEFACT_KINDS
-from engine.errors import Conflict, DomainError, Forbidden, Invalid, NotFound
+from engine.errors import Conflict, DomainError, Invalid, NotFound
 from engine.evidence import submitted_evidence, upload_artefact
-from engine.policy import ROLES, may, needs_department
+from engine.policy import ROLES
 from engine.workflow import Ctx, NewItem, claim, complete_task, create_item, hand_over, task_requirements, unclaim
-from storage.models import Artefact, AuditEvent, Contract, Department, HumanTask, User, WorkItem
+from storage.models import Artefact, AuditEvent, Contract, HumanTask, User, WorkItem
 from storage.unit_of_work import unit_of_work
 
 blp = Blueprint("core", __name__, url_prefix="/api/v1", description="ItemGate core API")
@@ -157,33 +156,6 @@ class NewUser(Schema):
     display_name = fields.String(load_default=None, validate=validate.Length(max=100))
 
 
-def ensure_department(code: str, name: str | None = None) -> Department:
-    dept = db.session.execute(select(Department).where(Department.code == code)).scalar()
-    if dept is None:
-        dept = Department(code=code, name=name or code)
-        db.session.add(dept)
-        db.session.flush()
-    return dept
-
-
-def create_user(username: str, password: str, role: str, department: str | None,
-                display_name: str | None = None) -> User:
-    if role not in ROLES:
-        raise Invalid(f"unknown role {role!r}", code="invalid_form", errors={"role": [f"one of {list(ROLES)}"]})
-    if needs_department(role) and not department:
-        raise Invalid(f"a {role} needs a department", code="invalid_form",
-                      errors={"department": [f"required for {role}"]})
-    if db.session.execute(select(User.id).where(User.username == username)).scalar() is not None:
-        raise Conflict(f"user {username!r} exists", code="user_exists")
-    dept = ensure_department(department) if department else None
-    user = User(username=username, password_hash=hash_password(password), role=role,
-                department_id=dept.id if dept else None, display_name=display_name)
-    user.department = dept
-    db.session.add(user)
-    db.session.flush()
-    return user
-
-
 def user_json(user: User) -> dict[str, Any]:
     return {"id": user.id, "username": user.username, "role": user.role, "department": user.department_code,
             "display_name": user.display_name, "active": user.active}
@@ -196,7 +168,8 @@ def users_create(body: dict[str, Any]) -> dict[str, Any]:
     with unit_of_work(db.session):
         me = current_user()
         authorize(me, "user.manage")
-        user = create_user(body["username"], body["password"], body["role"], body["department"],
+        user = accounts.create_user(db.session, body["username"], hash_password(body["password"]), body["role"],
+                                        body["department"],
                            body.get("display_name"))
         audit.record(db.session, audit.Actor.of(me, g.get("request_id")), "user.created", target_type="user",
                      target_id=user.id, username=user.username, role=user.role)
@@ -221,7 +194,7 @@ def change_user_by_name(actor: audit.Actor, username: str, body: dict[str, Any])
         change.department_given = True
         code = body["department"]
         change.department_code = code
-        change.department_id = ensure_department(code).id if code else None
+        change.department_id = accounts.ensure_department(db.session, code).id if code else None
     return accounts.change_user(db.session, actor, user, change)
 
 
@@ -304,34 +277,12 @@ class ItemQuery(PageArgs):
     q = fields.String(load_default=None, validate=validate.Length(max=100))
 
 
-def filtered_items(user: User, args: dict[str, Any]) -> Any:
-    from storage.models import ServiceLine
-
-    query = select(WorkItem).where(item_scope(user))
-    if args.get("department"):
-        query = query.join(Department, WorkItem.department_id == Department.id).where(
-            Department.code == args["department"])
-    if args.get("service_line"):
-        query = query.join(ServiceLine, WorkItem.service_line_id == ServiceLine.id).where(
-            ServiceLine.code == args["service_line"])
-    if args.get("contract"):
-        query = query.join(Contract, WorkItem.contract_id == Contract.id).where(Contract.code == args["contract"])
-    if args.get("status"):
-        query = query.where(WorkItem.status == args["status"])
-    if args.get("stage"):
-        query = query.where(WorkItem.stage == args["stage"])
-    if args.get("q"):
-        like = f"%{args['q']}%"
-        query = query.where((WorkItem.name.like(like)) | (WorkItem.code.like(like)))
-    return query
-
-
 @blp.route("/items", methods=["GET"])
 @blp.arguments(ItemQuery, location="query")
 @blp.response(200)
 def items_list(args: dict[str, Any]) -> dict[str, Any]:
     user = current_user()
-    query = filtered_items(user, args)
+    query = lists.filtered_items(user, args)
     total = db.session.execute(select(func.count()).select_from(query.subquery())).scalar_one()
     rows = db.session.scalars(query.order_by(WorkItem.id.desc())
                               .offset((args["page"] - 1) * args["per_page"]).limit(args["per_page"]))
@@ -391,27 +342,12 @@ class TaskQuery(PageArgs):
     item_id = fields.Integer(load_default=None, validate=validate.Range(min=1, max=2**31 - 1))
 
 
-def task_query(user: User, scope: str) -> Any:
-    query = select(HumanTask).where(HumanTask.status == "ready")
-    if scope == "mine":
-        return query.where(HumanTask.assignee_id == user.id)
-    if scope == "group":
-        query = query.where(HumanTask.role == user.role,
-                            (HumanTask.assignee_id.is_(None)) | (HumanTask.assignee_id == user.id))
-        if user.department_id is not None:
-            query = query.where(HumanTask.department_id == user.department_id)
-        return query
-    if not may(user, "task.queue_all"):
-        raise Forbidden("scope=all is for the pm, auditor, buyer and admin roles", code="role_required")
-    return query.where(task_scope(user))
-
-
 @blp.route("/tasks", methods=["GET"])
 @blp.arguments(TaskQuery, location="query")
 @blp.response(200)
 def tasks_list(args: dict[str, Any]) -> dict[str, Any]:
     user = current_user()
-    where = task_query(user, args["scope"]).whereclause
+    where = lists.task_query(user, args["scope"]).whereclause
     if args.get("item_id"):
         where = where & (HumanTask.item_id == args["item_id"])
     total = db.session.execute(select(func.count()).select_from(HumanTask).where(where)).scalar_one()
@@ -573,16 +509,6 @@ def artefacts_list(item_id: int) -> dict[str, Any]:
     return {"artefacts": [artefact_json(a) for a in rows]}
 
 
-def load_artefact_for(user: User, artefact_id: int) -> Artefact:
-    artefact = db.session.get(Artefact, artefact_id)
-    if artefact is None:
-        raise NotFound(f"artefact {artefact_id} not found")
-    load_item_for(db.session, user, artefact.item_id, "artefact.read")  # authorise through its item
-    if not may_see_artefact(user, artefact):
-        raise NotFound(f"artefact {artefact_id} not found")  # another department's evidence
-    return artefact
-
-
 @blp.route("/items/<int:item_id>/sheets/<string:kind>.pdf", methods=["GET"])
 def items_sheet(item_id: int, kind: str) -> Response:
     """The item's sign-off sheet of artefact kind `kind` (e.g. `go_live_confirmation`) as a PDF to print and sign:
@@ -600,7 +526,7 @@ def items_sheet(item_id: int, kind: str) -> Response:
 @blp.route("/artefacts/<int:artefact_id>/content", methods=["GET"])
 def artefacts_content(artefact_id: int) -> Response:
     user = current_user()
-    artefact = load_artefact_for(user, artefact_id)
+    artefact = load_artefact_for(db.session, user, artefact_id)
     inline = request.args.get("inline") == "1" and artefact.media_type in ("application/pdf", "image/png",
                                                                           "image/jpeg")
     response = artefact_response(artefact, user, current_app.extensions.get("itemgate_store"), inline)

@@ -28,18 +28,19 @@ from werkzeug.datastructures import MultiDict
 from api.auth import authenticate
 from api.downloads import artefact_response, sheet_response
 from api.extensions import db, login_manager
-from api.rest.core import filtered_items, item_detail, load_artefact_for, task_query
+from api.rest.core import item_detail
 from api.serializers import artefact_json
 from api.uploads import record_upload
 from api.web.auth import SessionUser, end_web_session, me, start_web_session, web_ctx
 from api.web.formfields import data_from, fields_for
 from api.web.i18n import STAGES, _, form_message
 from engine import audit
-from engine.access import authorize, load_item_for, load_task_for, may_act_on
+from engine.access import authorize, load_artefact_for, load_item_for, load_task_for, may_act_on
 from engine.dashboard import build_dashboard
 from engine.diagram import render_svg
 from engine.errors import Conflict, DomainError, FormInvalid, GateUnmet, Invalid, NotFound, ServiceUnavailable
 from engine.evidence import submitted_evidence, upload_artefact
+from engine.lists import filtered_items, task_query
 from engine.policy import DEPARTMENT, may, scope_of
 from engine.sheets import SHEETS
 from engine.workflow import claim, complete_task, hand_over, task_requirements, unclaim
@@ -413,7 +414,7 @@ def item_sheet(item_id: int, kind: str) -> Any:
 @bp.get("/artefacts/<int:artefact_id>")
 def artefact_content(artefact_id: int) -> Any:
     user = me()
-    artefact = load_artefact_for(user, artefact_id)
+    artefact = load_artefact_for(db.session, user, artefact_id)
     media_type = artefact.media_type.split(";")[0]
     inline = request.args.get("inline") == "1" and media_type in PREVIEWABLE
     response = artefact_response(artefact, user, current_app.extensions.get("itemgate_store"), inline)
