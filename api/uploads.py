@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from flask import Request
 from sqlalchemy.exc import DBAPIError
@@ -16,8 +16,15 @@ from werkzeug.sansio.multipart import Data, Epilogue, Event, Field, File, Multip
 
 from engine.errors import ServiceUnavailable
 from storage.artefact_store import ArtefactStore, HashingSpool
-from storage.models import Artefact
 from storage.unit_of_work import unit_of_work
+
+
+class _StoredObjectRow(Protocol):
+    key: str
+    version_id: str | None
+
+
+Stored = TypeVar("Stored", bound=_StoredObjectRow)
 
 if TYPE_CHECKING:
     from engine.evidence import StreamedUpload
@@ -147,11 +154,11 @@ def receive_artefact_form(request: Request, boundary: bytes, upload: StreamedUpl
     return fields
 
 
-def record_upload(session: Session, store: ArtefactStore, upload: Callable[[], Artefact]) -> Artefact:
+def record_upload(session: Session, store: ArtefactStore, upload: Callable[[], Stored]) -> Stored:
     """Run an upload use case (which stores the object, then adds its row) as one unit of work, for REST and web
     alike. When the row cannot be committed the object is removed at once (if the store fails too, `itemgate
     fsck --repair` sweeps it after the grace period), and a database failure answers 503."""
-    artefact: Artefact | None = None
+    artefact: Stored | None = None
     key = version_id = None
     try:
         with unit_of_work(session):

@@ -7,7 +7,6 @@ import shutil
 import socket
 import tempfile
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
@@ -18,6 +17,9 @@ from sqlalchemy.orm import Session
 
 from engine.errors import Invalid, NotFound
 from engine.exports import EXPORTS, ExportRequest, background_kinds
+from engine.job_progress import Progress as _Progress
+from engine.job_progress import Superseded
+from engine.job_progress import heartbeat as _heartbeat
 from engine.policy import ALL, authorize
 from engine.reports import WorkloadFilter
 from storage.artefact_store import ArtefactStore
@@ -31,13 +33,10 @@ FILTER_KEYS = ("contract", "from", "to", "department", "service_line")
 # A running job's runner writes a heartbeat every HEARTBEAT_SECONDS (and with every progress update); a job
 # silent for STALE_AFTER belongs to a process that died (restart, crash, OOM kill, lost host), and the next
 # `itemgate tick` or `serve` on any host takes it up again, at most MAX_ATTEMPTS times in all.
-HEARTBEAT_SECONDS = 20.0
 STALE_AFTER = timedelta(minutes=2)
 MAX_ATTEMPTS = 3
 STALE_NOTE = "the process running this export stopped; the next `itemgate tick` (or `serve`) takes it up again"
 # Write progress at most this often: each write is its own transaction.
-PROGRESS_SECONDS = 1.0
-PROGRESS_ROWS = 500
 MAX_RESULT_BYTES = 1 << 40
 
 
@@ -110,62 +109,6 @@ def job_json(job: ExportJob, now: datetime) -> dict[str, Any]:
 
 
 RUNNER = f"{socket.gethostname()[:150]}:{os.getpid()}"
-
-
-class Superseded(RuntimeError):
-    """This runner's attempt was given up on (its heartbeat went stale) and the job belongs to another now."""
-
-
-class _Progress:
-    """The progress callback and heartbeat of one attempt: each write is its own short transaction, guarded by
-    the attempt, so a runner that was given up on writes nothing and stops at its next report."""
-
-    def __init__(self, session_factory: Callable[[], Session], job_id: int, attempt: int = 0) -> None:
-        self.session_factory = session_factory
-        self.job_id = job_id
-        self.attempt = attempt
-        self.last_done = -1
-        self.last_at = 0.0
-        self.superseded = False
-        self._lock = threading.Lock()
-
-    def __call__(self, done: int, total: int) -> None:
-        if self.superseded:
-            raise Superseded(f"export job {self.job_id}: attempt {self.attempt} was given up on")
-        moment = time.monotonic()
-        total = max(total, done)  # rows tallied after the count was taken still get listed
-        final = done >= total
-        if not final and done - self.last_done < PROGRESS_ROWS and moment - self.last_at < PROGRESS_SECONDS:
-            return
-        if done == self.last_done:
-            return
-        self.write(done=done, total=total)
-        self.last_done, self.last_at = done, moment
-
-    def write(self, **values: Any) -> None:
-        changes: dict[str, Any] = {"heartbeat_at": utcnow()}
-        if "done" in values:
-            changes["progress_done"] = values.pop("done")
-            changes["progress_total"] = values.pop("total")
-        changes.update(values)
-        with self._lock, new_unit_of_work(self.session_factory) as session:
-            result = session.execute(update(ExportJob).where(
-                ExportJob.id == self.job_id, ExportJob.attempts == self.attempt, ExportJob.status == "running")
-                .values(**changes))
-        if result.rowcount != 1:  # type: ignore[attr-defined]
-            self.superseded = True
-            raise Superseded(f"export job {self.job_id}: attempt {self.attempt} was given up on")
-
-
-def _heartbeat(report: _Progress, stop: threading.Event) -> None:
-    """Keep the job's heartbeat fresh through long stretches that report no progress (a big upload)."""
-    while not stop.wait(HEARTBEAT_SECONDS):
-        try:
-            report.write()
-        except Superseded:
-            return
-        except Exception:  # noqa: BLE001 - a missed beat is retried; a long outage lets the job go stale
-            log.warning("export job %s: heartbeat not written", report.job_id, exc_info=True)
 
 
 def _claim(session_factory: Callable[[], Session], job_id: int | None = None) -> ExportJob | None:
@@ -273,6 +216,10 @@ def _run_claimed(session_factory: Callable[[], Session], store: ArtefactStore, j
     """Render the job's export to a temp file with progress, store it under exports/{id}/{uuid} and record
     the object. Every write is its own short transaction, guarded by the attempt; the rendering reads run in
     a session of their own; a heartbeat thread keeps the job fresh meanwhile."""
+    if job.kind == "item_import":  # a bulk intake queued from the web (engine/import_jobs.py)
+        from engine.import_jobs import run_import
+
+        return run_import(session_factory, store, job)
     job_id = job.id
     report = _Progress(session_factory, job_id, job.attempts)
     stop = threading.Event()

@@ -26,10 +26,9 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from engine import audit, performance, schedule
+from engine import audit, performance, policy, schedule
 from engine.calendar import TZ
 from engine.errors import Conflict, Forbidden, Invalid, NotFound
-from engine.policy import may
 from engine.reports import WorkloadFilter, _Book, progress
 from engine.workflow import Ctx, work_calendar
 from storage.models import Contract, ContractTask, Department, HumanTask, ServiceLine, WorkItem, WorkloadEntry
@@ -165,9 +164,8 @@ def draft(session: Session, report: ContractTask, now: datetime) -> dict[str, An
 # ---------------------------------------------------------------- use cases
 
 def _require(ctx: Ctx, action: str) -> None:
-    if ctx.user is None or not may(ctx.user, action):
-        raise Forbidden(f"this step needs {action!r}; your role ({getattr(ctx.user, 'role', None)}) may not",
-                        code="not_your_task")
+    if ctx.user is None or not policy.may(ctx.user, action):
+        raise Forbidden(f"your role may not {policy.RULES[action].summary}", code="not_your_task")
 
 
 def write(ctx: Ctx, report: ContractTask, narrative: str) -> ContractTask:

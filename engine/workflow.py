@@ -32,6 +32,7 @@ from engine.errors import (
 from engine.evidence import evidence_scope, lock_evidence, submitted_evidence, verify_artefact
 from engine.ledger import tally_item
 from engine.policy import ALL, DEFAULT_LANE, scope_of
+from engine.registration import check_attributes
 from storage.artefact_store import ArtefactStore, ObjectMissing, StoreUnavailable
 from storage.concurrency import Lost, compare_and_set
 from storage.models import (
@@ -196,6 +197,8 @@ def _resolve_new_item(session: Session, spec: NewItem
         errors["name"] = ["must not be empty"]
     if not spec.code.strip():
         errors["code"] = ["must not be empty"]
+    if line is not None:
+        errors.update(check_attributes(session, line, spec.department, spec.attributes))
     if errors:
         raise FormInvalid(errors, "The work item is not valid")
     assert contract is not None and line is not None and department is not None
