@@ -354,7 +354,7 @@ def tasks_list(args: dict[str, Any]) -> dict[str, Any]:
     total = db.session.execute(select(func.count()).select_from(HumanTask).where(where)).scalar_one()
     tasks = task_rows_json(db.session, where, (HumanTask.created_at, HumanTask.id),
                            (args["page"] - 1) * args["per_page"], args["per_page"])
-    # Settlement steps are not item tasks; they wait for a role (engine/inbox.py), so they come with the queues.
+    # Settlement steps are not item tasks; they wait for a role (engine/inbox.py) and come with the queues.
     steps = [] if args["scope"] == "mine" else [
         {"settlement_id": s.settlement_id, "label": s.label, "contract": s.contract, "step": s.step,
          "title": s.title, "round": s.round, "waiting_since": iso(s.waiting_since), "due_at": iso(s.due_at)}
