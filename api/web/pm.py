@@ -158,26 +158,26 @@ def item_new() -> Any:
                    mode=values["mode"], difficulty=difficulty, attributes=attributes)
     statement = _statement_file()
     store = context.store
+    created: list[Any] = []
 
-    def register() -> Any:
-        # The item and, when given, its complexity statement: one unit of work; a statement stored whose row
-        # cannot be committed is removed again (record_upload).
-        item = create_item(context, spec)
-        if statement is None:
-            return item
-        if store is None:
-            raise FormInvalid({"statement": ["the evidence store is not configured"]})
-        upload_artefact(db.session, store, context.actor, me(), item, "complexity_statement",
-                        statement.filename or "复杂度说明.pdf", statement.stream, _length(statement.stream),
-                        current_app.config["ITEMGATE"].max_upload_bytes, None)
-        return item
+    def register_with_statement() -> Any:
+        # The item and its complexity statement in one unit of work; a statement stored whose row cannot be
+        # committed is removed again (record_upload).
+        assert statement is not None and store is not None
+        created.append(create_item(context, spec))
+        return upload_artefact(db.session, store, context.actor, me(), created[0], "complexity_statement",
+                               statement.filename or "复杂度说明.pdf", statement.stream, _length(statement.stream),
+                               current_app.config["ITEMGATE"].max_upload_bytes, None)
 
     try:
-        if statement is not None and store is not None:
-            item = record_upload(db.session, store, register)
-        else:
+        if statement is None:
             with unit_of_work(db.session):
-                item = register()
+                item = create_item(context, spec)
+        else:
+            if store is None:
+                raise FormInvalid({"statement": ["the evidence store is not configured"]})
+            record_upload(db.session, store, register_with_statement)
+            item = created[0]
     except FormInvalid as err:
         db.session.rollback()
         found = {k: [field_text(m) for m in v] for k, v in (err.extra.get("errors") or {}).items()}
