@@ -107,6 +107,12 @@ def truncate_all(app: Any) -> None:
         db.session.remove()
         # audit_events is append-only (app guard + PostgreSQL trigger); cleanup uses the prune window.
         audit.allow_prune(db.session)
+        # departments.lead_reviewer_id points back at users (a cycle the sort leaves out): cut it first.
+        from sqlalchemy import update
+
+        from storage.models import Department
+
+        db.session.execute(update(Department).values(lead_reviewer_id=None))
         for table in reversed(Base.metadata.sorted_tables):
             db.session.execute(delete(table))
         db.session.commit()
