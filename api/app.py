@@ -210,6 +210,9 @@ def register_api(app: Flask) -> None:
     from api.rest import jobs
 
     api.register_blueprint(jobs.blp)
+    from api.rest import admin
+
+    api.register_blueprint(admin.blp)
 
 
 def register_health(app: Flask) -> None:

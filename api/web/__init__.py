@@ -61,7 +61,17 @@ def register(app: Flask) -> None:
 
             return evidence_lock_state(app) == "off"
 
-        return {"evidence_lock_off": evidence_lock_off}
+        def unread_notifications() -> int:
+            # The bell on every page: one indexed count of my own unread rows (ix_notifications_user).
+            if not current_user.is_authenticated:
+                return 0
+            from engine.notify import unread_count
+
+            if "unread_notifications" not in g:
+                g.unread_notifications = unread_count(db.session, current_user.row)
+            return int(g.unread_notifications)
+
+        return {"evidence_lock_off": evidence_lock_off, "unread_notifications": unread_notifications}
 
     @app.before_request
     def _web_context() -> Any:
@@ -83,6 +93,12 @@ def register(app: Flask) -> None:
     from api.web.settlements import bp as settlements_bp
 
     app.register_blueprint(settlements_bp)
+    from api.web.notifications import bp as notifications_bp
+
+    app.register_blueprint(notifications_bp)
+    from api.web.admin import bp as admin_bp
+
+    app.register_blueprint(admin_bp)
 
     @app.get("/", endpoint="index")
     def index() -> Any:
