@@ -2,6 +2,7 @@
 Every change goes through the same use cases as the REST API and is audited there."""
 from __future__ import annotations
 
+import base64
 import math
 import re
 from datetime import UTC, date, datetime
@@ -219,7 +220,7 @@ def catalogs() -> Any:
     from storage.models import Contract
 
     contracts = list(db.session.scalars(select(Contract).order_by(Contract.code)))
-    return render_template("web/admin/catalogs.html", contracts=contracts, check=None, text=None)
+    return render_template("web/admin/catalogs.html", contracts=contracts, check=None, text_b64=None)
 
 
 def _catalog_text() -> tuple[str, str]:
@@ -232,7 +233,12 @@ def _catalog_text() -> tuple[str, str]:
             return raw.decode("utf-8"), upload.filename[:200]
         except UnicodeDecodeError as exc:
             raise FormInvalid({"file": [_("文件不是 UTF-8 文本（TOML）")]}) from exc
-    text = request.form.get("text")
+    # The previewed file comes back byte for byte (base64: a textarea would change its line endings).
+    encoded = request.form.get("text_b64") or ""
+    try:
+        text = base64.b64decode(encoded.encode("ascii"), validate=True).decode("utf-8")
+    except (ValueError, UnicodeError) as exc:
+        raise FormInvalid({"file": [_("请选择目录文件")]}) from exc
     if not text:
         raise FormInvalid({"file": [_("请选择目录文件")]})
     return text, (request.form.get("filename") or "catalog.toml")[:200]
@@ -251,8 +257,9 @@ def catalog_check() -> Any:
         flash(_refusal(err), "error")
         return redirect(url_for("admin_web.catalogs"))
     check = admin.check_catalog(db.session, user, text, filename)
-    return render_template("web/admin/catalogs.html", contracts=contracts, check=check, text=text,
-                           status_code=200 if check.ok else 422), 200 if check.ok else 422
+    status = 200 if check.ok else 422
+    return render_template("web/admin/catalogs.html", contracts=contracts, check=check,
+                           text_b64=base64.b64encode(text.encode("utf-8")).decode("ascii")), status
 
 
 @bp.post("/catalogs/apply")
@@ -287,8 +294,8 @@ def _day_lines(text: str, field: str, errors: dict[str, list[str]]) -> list[dict
                 raise ValueError(line)
             out.append({"date": date.fromisoformat(match.group(1)), "note": match.group(2).strip()[:100] or None})
         except ValueError:
-            errors.setdefault(field, []).append(_("第 {n} 行不是“YYYY-MM-DD 备注”：{text}", n=number,
-                                                  text=line.strip()[:40]))
+            errors.setdefault(field, []).append(_("第 {n} 行不是“YYYY-MM-DD 备注”：{line}", n=number,
+                                                  line=line.strip()[:40]))
     return out
 
 
