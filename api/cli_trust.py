@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from api.cli import app_context, main, object_store
+from engine.policy import CLI_ROLE
 
 DOCS_AUTHZ = Path(__file__).resolve().parent.parent / "docs" / "AUTHZ.md"
 
@@ -20,7 +21,7 @@ def authz() -> None:
 @authz.command("table", help="Print the matrix as Markdown, or write it to docs/AUTHZ.md with --write.")
 @click.option("--write", is_flag=True, help="write docs/AUTHZ.md instead of printing")
 def authz_table(write: bool) -> None:
-    from engine.policy import markdown_table
+    from api.authz import markdown_table
 
     text = markdown_table()
     if write:
@@ -106,7 +107,7 @@ def _record_verify(session: Any, result: str, **detail: Any) -> None:
     from engine import audit as audit_log
 
     session.rollback()
-    audit_log.record(session, audit_log.Actor(None, "cli", "admin"), "audit.verified", target_type="audit",
+    audit_log.record(session, audit_log.Actor(None, "cli", CLI_ROLE), "audit.verified", target_type="audit",
                      outcome="success" if result == "ok" else "failure", result=result, **detail)
     session.commit()
 
@@ -120,7 +121,7 @@ def audit_anchor() -> None:
 
     with app_context() as app, object_store(app) as store:
         # Recorded first, so that the anchor covers the request for it too.
-        audit_log.record(database.session, audit_log.Actor(None, "cli", "admin"), "audit.anchor_requested",
+        audit_log.record(database.session, audit_log.Actor(None, "cli", CLI_ROLE), "audit.anchor_requested",
                          target_type="bucket", target_id=store.bucket)
         database.session.commit()
         anchor = anchor_now(database.session, store, "cli")
@@ -144,7 +145,7 @@ def audit_prune() -> None:
     with app_context() as app, object_store(app) as store:
         settings = app.config["ITEMGATE"]
         try:
-            result = prune(database.session, store, audit_log.Actor(None, "cli", "admin"),
+            result = prune(database.session, store, audit_log.Actor(None, "cli", CLI_ROLE),
                            settings.audit_retention_days)
         except DomainError as exc:
             database.session.rollback()
@@ -185,7 +186,7 @@ def fsck(repair: bool, quick: bool) -> None:
                 "kept (younger than the grace period)" if repair else "orphan")
             click.echo(f"{state}: {o.key} version {o.version_id} ({o.size} bytes, {o.last_modified})")
         if repair and report.removed:
-            audit_log.record(database.session, audit_log.Actor(None, "cli", "admin"), "evidence.orphans_removed",
+            audit_log.record(database.session, audit_log.Actor(None, "cli", CLI_ROLE), "evidence.orphans_removed",
                              target_type="bucket", target_id=store.bucket,
                              objects=[[o.key, o.version_id] for o in report.removed])
             database.session.commit()
@@ -193,7 +194,7 @@ def fsck(repair: bool, quick: bool) -> None:
                    f"{len(report.orphans)} orphan(s), {len(report.removed)} removed")
         clean = not (report.problems or report.lock_missing or len(report.orphans) > len(report.removed))
         # Kept in the audit chain: the admin's status page shows the last result.
-        audit_log.record(database.session, audit_log.Actor(None, "cli", "admin"), "evidence.fsck",
+        audit_log.record(database.session, audit_log.Actor(None, "cli", CLI_ROLE), "evidence.fsck",
                          target_type="bucket", target_id=store.bucket, outcome="success" if clean else "failure",
                          checked=report.checked, problems=len(report.problems) + report.lock_missing,
                          orphans=len(report.orphans), removed=len(report.removed), deep=not quick, repair=repair)
@@ -229,7 +230,7 @@ def restore(directory: str) -> None:
 
     with app_context() as app, object_store(app) as store:
         try:
-            result = run_restore(database.session, store, Path(directory), audit_log.Actor(None, "cli", "admin"))
+            result = run_restore(database.session, store, Path(directory), audit_log.Actor(None, "cli", CLI_ROLE))
         except DomainError as exc:
             database.session.rollback()
             raise click.ClickException(exc.detail) from exc

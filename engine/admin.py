@@ -16,6 +16,7 @@ from engine.access import authorize
 from engine.catalog import CatalogError, CatalogErrors, load_catalog, parse_catalog
 from engine.delivery import valid_target
 from engine.errors import Conflict, FormInvalid, NotFound
+from engine.policy import needs_department
 from storage.models import AuditEvent, Contract, Department, NotificationChannel, User, utcnow
 
 # ---------------------------------------------------------------- departments
@@ -32,8 +33,8 @@ def _lead(session: Session, username: str | None, department: Department | None)
     user = session.execute(select(User).where(User.username == username)).scalar()
     if user is None or not user.active:
         raise FormInvalid({"lead_reviewer": [f"no active user {username!r}"]})
-    if user.role != "dept_reviewer" or (department is not None and department.id is not None
-                                        and user.department_id != department.id):
+    if not needs_department(user.role) or (department is not None and department.id is not None
+                                           and user.department_id != department.id):
         raise FormInvalid({"lead_reviewer": ["the lead reviewer must be a reviewer of this department"]})
     return user
 

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from engine import audit
 from engine.errors import Conflict
+from engine.policy import roles_granted
 from storage.models import HumanTask, Notification, ProcessInstance, User
 
 log = logging.getLogger("itemgate.timers")
@@ -86,9 +87,11 @@ def notify_overdue(session: Session, task: HumanTask, now: datetime) -> list[Not
         item_id=task.item_id, task_id=task.id, role=None if holder else task.role,
         department_id=None if holder else task.department_id),
         [holder] if holder is not None else queue_members(session, task), now=now)
-    escalated = notify(session, Event(
-        "escalation", f"任务「{task.title}」（事项 {item.code}）超期未办理，期限 {due}", item_id=task.item_id,
-        task_id=task.id, role="pm"), role_members(session, "pm"), now=now)
+    escalated: list[Notification] = []
+    for role in roles_granted("task.escalation"):
+        escalated += notify(session, Event(
+            "escalation", f"任务「{task.title}」（事项 {item.code}）超期未办理，期限 {due}", item_id=task.item_id,
+            task_id=task.id, role=role), role_members(session, role), now=now)
     for kind, rows in (("reminder", reminded), ("escalation", escalated)):
         audit.record(session, audit.SYSTEM, f"task.{kind}", target_type="task", target_id=task.id,
                      item_id=task.item_id, notifications=[n.id for n in rows],

@@ -2,7 +2,7 @@
 system status and the notification outbox; plus each user's own notification channels."""
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import current_app, g, request
@@ -17,10 +17,9 @@ from api.serializers import iso
 from engine import admin, audit, delivery
 from engine.access import authorize
 from engine.errors import Invalid, NotFound
-from engine.holidays import MAX_YEAR, package_covers
+from engine.holidays import calendar_years
+from engine.policy import ROLES
 from storage.models import (
-    ROLES,
-    CalendarYear,
     Department,
     ExportJob,
     NotificationDelivery,
@@ -28,7 +27,7 @@ from storage.models import (
     User,
 )
 
-blp = Blueprint("admin", __name__, url_prefix="/api/v1", description="Admin console and notification channels")
+blp = Blueprint("console", __name__, url_prefix="/api/v1", description="Admin console and notification channels")
 
 MAX_CATALOG_BYTES = 1024 * 1024
 
@@ -218,25 +217,11 @@ def catalogs_apply() -> dict[str, Any]:
 
 # ---------------------------------------------------------------- calendar years
 
-def calendar_years(today: date | None = None) -> list[dict[str, Any]]:
-    """The years around now: covered by the package, entered by an admin, or not covered (warning)."""
-    today = today or datetime.now(UTC).date()
-    entered = {row.year: row for row in db.session.scalars(select(CalendarYear))}
-    years = sorted(set(range(today.year - 1, min(today.year + 2, MAX_YEAR) + 1)) | set(entered))
-    out = []
-    for year in years:
-        row = entered.get(year)
-        source = "admin" if row is not None else ("package" if package_covers(year) else "none")
-        out.append({"year": year, "source": source, "entered_at": iso(row.entered_at) if row else None,
-                    "warning": None if source != "none" else f"{year} 年节假日未录入，按周一至周五计算"})
-    return out
-
-
 @blp.route("/admin/calendar", methods=["GET"])
 @blp.response(200)
 def calendar_years_list() -> dict[str, Any]:
     authorize(current_user(), "catalog.manage")
-    return {"years": calendar_years()}
+    return {"years": calendar_years(db.session)}
 
 
 # ---------------------------------------------------------------- system status and the outbox

@@ -12,7 +12,7 @@ from flask import Blueprint, flash, redirect, render_template, request, url_for
 from sqlalchemy import func, select
 
 from api.extensions import db
-from api.rest.admin import calendar_years, delivery_json, delivery_query, departments_json, system_status, user_query
+from api.rest.admin import delivery_json, delivery_query, departments_json, system_status, user_query
 from api.rest.core import change_user_by_name, create_user
 from api.web.auth import me, web_ctx
 from api.web.i18n import _
@@ -20,8 +20,9 @@ from api.web.views import refusal
 from engine import admin, audit, delivery
 from engine.access import authorize
 from engine.errors import DomainError, FormInvalid, Invalid
-from engine.holidays import MAX_YEAR, MIN_YEAR, enter_year, year_view
-from storage.models import ROLES, Department, NotificationDelivery, User
+from engine.holidays import MAX_YEAR, MIN_YEAR, calendar_years, enter_year, year_view
+from engine.policy import ROLES, needs_department
+from storage.models import Department, NotificationDelivery, User
 
 bp = Blueprint("admin_web", __name__, url_prefix="/admin")
 
@@ -57,7 +58,7 @@ def status() -> Any:
     failed = list(db.session.scalars(delivery_query("failed").order_by(NotificationDelivery.id.desc())
                                      .limit(20)))
     return render_template("web/admin/status.html", status=system_status(),
-                           failed=[delivery_json(r) for r in failed], years=calendar_years())
+                           failed=[delivery_json(r) for r in failed], years=calendar_years(db.session))
 
 
 @bp.post("/deliveries/<int:delivery_id>/retry")
@@ -170,8 +171,10 @@ def departments() -> Any:
     rows = departments_json()
     ids = {d.code: d.id for d in _departments()}
     robots = {code: admin.channels_of(db.session, "department", ids[code]).get("webhook") for code in ids}
-    reviewers = list(db.session.scalars(select(User).where(User.role == "dept_reviewer", User.active.is_(True))
-                                        .order_by(User.username)))
+    # A lead reviewer is a reviewer of that department: a user of a department-bound role (engine/policy.py).
+    reviewers = [u for u in db.session.scalars(select(User).where(User.active.is_(True),
+                                                                  User.department_id.is_not(None))
+                                               .order_by(User.username)) if needs_department(u.role)]
     by_dept: dict[int | None, list[User]] = {}
     for r in reviewers:
         by_dept.setdefault(r.department_id, []).append(r)
@@ -326,5 +329,5 @@ def calendar() -> Any:
     if request.method == "GET":
         form_text = {"holidays": "\n".join(f"{d['date']} {d['note'] or ''}".strip() for d in view["holidays"]),
                      "workdays": "\n".join(f"{d['date']} {d['note'] or ''}".strip() for d in view["workdays"])}
-    return render_template("web/admin/calendar.html", year=year, view=view, years=calendar_years(),
+    return render_template("web/admin/calendar.html", year=year, view=view, years=calendar_years(db.session),
                            errors=errors, form_text=form_text), 422 if errors else 200
