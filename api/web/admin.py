@@ -202,11 +202,13 @@ def department_change(code: str) -> Any:
         context = web_ctx()
         department = admin.change_department(db.session, context.actor, me(), code, name=form.get("name"),
                                              lead_reviewer=form.get("lead_reviewer") or None, lead_given=True)
+        # The robot's key is never shown again: an empty field keeps it, a new URL replaces it.
         robot = (form.get("robot") or "").strip()
-        if robot != "•••" and (robot or form.get("robot_clear") == "on"):
+        if form.get("robot_clear") == "on":
+            admin.set_channels(db.session, context.actor, "department", department.id, {"webhook": None})
+        elif robot:
             admin.set_channels(db.session, context.actor, "department", department.id,
-                               {"webhook": None if form.get("robot_clear") == "on" else
-                                {"target": robot, "enabled": True}})
+                               {"webhook": {"target": robot, "enabled": True}})
         db.session.commit()
         flash(_("已保存部门 {code}", code=code), "ok")
     except DomainError as err:
