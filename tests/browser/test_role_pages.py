@@ -30,9 +30,20 @@ ROLE_PAGES = {
 
 @pytest.fixture
 def demo(app: Any) -> Any:
-    from api.demo import load_demo
+    """The demo data, plus a settlement claim the PM has submitted: it waits for the auditor."""
+    from datetime import UTC, datetime
+
+    from api.demo import DEMO_PASSWORD, load_demo
 
     load_demo(app, app.extensions["itemgate_store"], echo=lambda _line: None)
+    client = app.test_client()
+    token = client.post("/api/v1/auth/token", json={"username": "pm", "password": DEMO_PASSWORD}).get_json()["token"]
+    auth = {"Authorization": f"Bearer {token}"}
+    r = client.post("/api/v1/settlements", headers=auth, json={
+        "contract": "SH-YWTB-2025", "period_start": "2025-01-01", "period_end": datetime.now(UTC).date().isoformat(),
+        "label": "2026 年第一阶段结算"})
+    assert r.status_code == 201, r.get_json()
+    assert client.post(f"/api/v1/settlements/{r.get_json()['id']}/submit", headers=auth, json={}).status_code == 200
     return app
 
 
