@@ -283,9 +283,11 @@ def test_audit_verify_and_fsck_results_reach_the_status_page(world, app, monkeyp
 
     world.new_item("N-STATUS-1")
     assert run_cli(app, monkeypatch, "audit", "verify").exit_code == 0
-    assert run_cli(app, monkeypatch, "fsck", "--quick").exit_code == 0
+    # The shared test bucket may hold other tests' orphans: fsck's verdict, whichever, is what the page shows.
+    fsck = run_cli(app, monkeypatch, "fsck", "--quick")
     body = world.get("admin", "/api/v1/admin/status").get_json()
     verified = body["audit"]["last_verification"]
     assert verified["outcome"] == "success" and verified["detail"]["result"] == "ok"
     assert verified["detail"]["checked"] > 0
-    assert body["fsck"]["outcome"] == "success" and body["fsck"]["detail"]["deep"] is False
+    assert body["fsck"]["outcome"] == ("success" if fsck.exit_code == 0 else "failure")
+    assert body["fsck"]["detail"]["deep"] is False and body["fsck"]["detail"]["checked"] >= 0

@@ -105,6 +105,9 @@ def register(app: Flask) -> None:
     from api.web.admin import bp as admin_bp
 
     app.register_blueprint(admin_bp)
+    from api.web.admin_processes import bp as admin_processes_bp
+
+    app.register_blueprint(admin_processes_bp)
 
     @app.get("/", endpoint="index")
     def index() -> Any:

@@ -2,13 +2,13 @@
 reviewers; an index for the admin status page
 
 Revision ID: 18b_notifications_admin
-Revises: 13d_sessions_anchors
+Revises: 16b_sign_off_sheets
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = "18b_notifications_admin"
-down_revision = "13d_sessions_anchors"
+down_revision = "16b_sign_off_sheets"
 branch_labels = None
 depends_on = None
 
