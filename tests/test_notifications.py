@@ -87,8 +87,9 @@ def test_review_difficulty_and_handover_notifications(world):
 
 
 def test_a_settlement_step_waiting_for_my_role_notifies_each_member(world, app):
-    from tests.settlement_helpers import completed_items
+    from tests.settlement_helpers import adhoc_contract, completed_items
 
+    adhoc_contract()  # an ad-hoc period, not one of the contract's settlement stages
     world.user("auditor2", "auditor")
     completed_items(2, prefix="N-SET")
     r = world.post("pm", "/api/v1/settlements", json={"contract": "SH-YWTB-2025", "period_start": "2020-01-01",

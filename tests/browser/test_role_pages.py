@@ -36,6 +36,9 @@ def demo(app: Any) -> Any:
     from api.demo import DEMO_PASSWORD, load_demo
 
     load_demo(app, app.extensions["itemgate_store"], echo=lambda _line: None)
+    from tests.settlement_helpers import adhoc_contract
+
+    adhoc_contract()  # a claim for an ad-hoc period (the demo's items were completed today)
     client = app.test_client()
     token = client.post("/api/v1/auth/token", json={"username": "pm", "password": DEMO_PASSWORD}).get_json()["token"]
     auth = {"Authorization": f"Bearer {token}"}

@@ -2,13 +2,13 @@
 reviewers; an index for the admin status page
 
 Revision ID: 18b_notifications_admin
-Revises: 16b_sign_off_sheets
+Revises: 18a_service_orders
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = "18b_notifications_admin"
-down_revision = "16b_sign_off_sheets"
+down_revision = "18a_service_orders"
 branch_labels = None
 depends_on = None
 
