@@ -569,3 +569,15 @@ EN.update({
     "登记事项": "Register an item", "取消事项": "Cancel the item", "退回重做": "Send back",
     "调整建议难度系数": "Change the proposed difficulty", "已退回重做": "Sent back for rework",
 })
+
+# Monthly operations reports in the inbox and on their page (api/web/reports.py).
+EN.update({
+    "编写并提交月度运营报告": "Write and submit the monthly report", "修改月度运营报告": "Revise the monthly report",
+    "审核月度运营报告": "Review the monthly report", "月度运营报告": "Monthly operations reports",
+    "月报": "Monthly reports", "报告正文": "Report text", "意见（退回时必填）": "Comment (required to return)",
+    "已提交 {m} 月度运营报告": "Monthly report {m} submitted", "审核意见已提交": "Review submitted",
+    "暂无报告。": "No reports yet.", "请先填写报告正文。": "Write the report text first.",
+    "该报告当前不能执行此操作。": "This report cannot take that step now.", "月份": "Month",
+    "每月结束后 10 个工作日内提交第三方支撑单位；退回后按期修改。":
+        "Due to the third party within 10 working days after each month; returned reports are revised in time.",
+})

@@ -39,7 +39,7 @@ from engine.dashboard import build_dashboard
 from engine.diagram import render_svg
 from engine.errors import DomainError, FormInvalid, GateUnmet, Invalid, NotFound, ServiceUnavailable
 from engine.evidence import submitted_evidence, upload_artefact
-from engine.inbox import settlement_steps
+from engine.inbox import report_steps, settlement_steps
 from engine.policy import DEPARTMENT, may, scope_of
 from engine.sheets import SHEETS
 from engine.workflow import claim, complete_task, hand_over, task_requirements, unclaim
@@ -235,7 +235,7 @@ def inbox() -> Any:
         department=department, overdue_only=overdue_only, sort=sort, page=page, pages=pages, total=total,
         now=now, departments=departments, department_options=_visible_departments(user), stages=STAGES,
         colleagues=_colleagues(tasks, user), may_act=lambda t: may_act_on(user, t), me=user,
-        settlement_steps=steps, waiting_orders=waiting_orders)
+        settlement_steps=steps, waiting_orders=waiting_orders, report_steps=report_steps(db.session, user, now))
 
 
 def _act(task_id: int, action: Any, done: str) -> Any:
