@@ -231,6 +231,9 @@ def register_api(app: Flask) -> None:
     from api.rest import jobs
 
     api.register_blueprint(jobs.blp)
+    from api.rest import admin
+
+    api.register_blueprint(admin.blp)
     from api.rest import money
 
     api.register_blueprint(money.blp)

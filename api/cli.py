@@ -203,6 +203,9 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
         runner.start()
         threading.Thread(target=_anchor_loop, args=(background, settings.audit_anchor_minutes, stop),
                          daemon=True).start()
+        # Notification e-mail and chat messages, sent apart from the requests that raised them.
+        threading.Thread(target=_delivery_loop, args=(background, settings.delivery_seconds, stop),
+                         daemon=True).start()
         click.echo(f"ItemGate is running on http://{host}:{port}")
 
         def _forward(signum: int, _frame: Any) -> None:
@@ -293,6 +296,19 @@ def _anchor_loop(app: Flask, minutes: int, stop: threading.Event) -> None:
             return
 
 
+def _delivery_loop(app: Flask, every: int, stop: threading.Event) -> None:
+    """Send the notification outbox every `every` seconds (api/background.py does the work)."""
+    from api.background import deliver_notifications
+
+    while True:
+        try:
+            deliver_notifications(app)
+        except Exception as exc:  # keep going; the next round may succeed
+            click.echo(f"notification delivery failed: {exc}", err=True)
+        if stop.wait(every):
+            return
+
+
 def _tick_once() -> int:
     from api.extensions import db as database
     from engine.tick import fire_due_timers
@@ -313,7 +329,8 @@ def _run_jobs(store: Any) -> dict[str, int]:
         database.session.remove()
 
 
-@main.command(help="Fire due timers and run pending export jobs once, including those a dead process left "
+@main.command(help="Fire due timers, send pending notifications and run pending export jobs once, including "
+                   "those a dead process left "
                    "running (safe to run from several hosts at once).")
 def tick() -> None:
     from api.extensions import db as database
@@ -322,6 +339,11 @@ def tick() -> None:
     with app_context() as app:
         fired = _tick_once()
         click.echo(f"fired {fired} timer(s)")
+        from api.background import deliver_notifications
+
+        sent = deliver_notifications(app)
+        if any(sent.values()):
+            click.echo("notifications: " + ", ".join(f"{n} {what}" for what, n in sent.items()))
         if jobs_waiting(database.session):
             database.session.remove()
             with object_store(app) as store:

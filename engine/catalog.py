@@ -60,6 +60,15 @@ class CatalogError(ValueError):
     """A catalogue file is malformed or inconsistent; the message names file, entry and problem."""
 
 
+class CatalogErrors(CatalogError):
+    """Several service lines of one file are wrong: every problem, in file order."""
+
+    def __init__(self, problems: list[CatalogError]):
+        self.problems = problems
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        super().__init__(f"{problems[0]}{more}")
+
+
 @dataclass(frozen=True)
 class Requirement:
     kind: str
@@ -195,6 +204,69 @@ def _model_gates(process_id: str) -> set[str]:
         return set()
 
 
+def _service_line(line: Any, index: int, source: str, seen: set[str],
+                  gate_sets: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One [[service_lines]] entry, validated and normalised; raises CatalogError naming it."""
+    if not isinstance(line, dict):
+        raise CatalogError(f"{source}: service_lines[{index}]: must be a table")
+    code = str(line.get("code", "")).strip()
+    where = f"{source}: service_lines[{index}]" + (f" (code {code!r})" if code else "")
+    if not code:
+        raise CatalogError(f"{where}: needs a 'code'")
+    unknown_keys = set(line) - LINE_KEYS
+    if unknown_keys:
+        raise CatalogError(f"{where}: unknown keys {sorted(unknown_keys)}")
+    if code in seen:
+        raise CatalogError(f"{where}: duplicate service line code")
+    seen.add(code)
+    for key in ("name", "unit", "process"):
+        if not line.get(key):
+            raise CatalogError(f"{where}: needs '{key}'")
+    if line["process"] not in work_kind_ids():
+        raise CatalogError(f"{where}: unknown process {line['process']!r} (known: {list(work_kind_ids())})")
+    channels = line.get("channels") or []
+    if not channels or any(c not in CHANNELS for c in channels):
+        raise CatalogError(f"{where}: channels must be a non-empty subset of {list(CHANNELS)}")
+    prices = line.get("unit_prices") or {}
+    if not isinstance(prices, dict):
+        raise CatalogError(f"{where}: unit_prices must be a table channel = price")
+    for ch in channels:
+        if ch not in prices:
+            raise CatalogError(f"{where}: unit_prices lacks channel {ch!r}")
+    extra = set(prices) - set(channels)
+    if extra:
+        raise CatalogError(f"{where}: unit_prices names channels not offered: {sorted(extra)}")
+    gates: dict[str, Any] = {}
+    if line.get("gate_set"):
+        if line["gate_set"] not in gate_sets:
+            raise CatalogError(f"{where}: unknown gate_set {line['gate_set']!r}")
+        gates.update(gate_sets[line["gate_set"]])
+    for gate, rules in (line.get("gates") or {}).items():
+        gates[gate] = _rules(rules, f"{where}: gates.{gate}")
+    missing = sorted(_model_gates(line["process"]) - set(gates))
+    if missing:
+        raise CatalogError(f"{where}: process {line['process']!r} has gates {missing} with no rules here "
+                           f"(declare each, as an empty list when nothing is required)")
+    volumes_raw = line.get("estimated_volumes") or {}
+    if not isinstance(volumes_raw, dict):
+        raise CatalogError(f"{where}: estimated_volumes must be a table channel = count")
+    volumes = {}
+    for ch, v in volumes_raw.items():
+        if ch not in channels:
+            raise CatalogError(f"{where}: estimated_volumes names channel {ch!r} that is not offered")
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise CatalogError(f"{where}: estimated_volumes.{ch} must be a whole number ≥ 0")
+        volumes[ch] = v
+    return {
+        "code": code, "name": line["name"], "unit": line["unit"], "process_id": line["process"],
+        "channels": list(channels),
+        "unit_prices": {ch: _money(prices[ch], f"{where}: unit_prices.{ch}") for ch in channels},
+        "estimated_volumes": volumes, "gates": gates,
+        "targets": _targets(line.get("targets") or {}, where),
+        "units_per_item": _money(line.get("units_per_item", 1), f"{where}: units_per_item"),
+    }
+
+
 def parse_catalog(text: str, source: str) -> dict[str, Any]:
     """Parse and validate a catalogue (TOML); returns a normalised dict or raises CatalogError."""
     try:
@@ -234,65 +306,15 @@ def parse_catalog(text: str, source: str) -> dict[str, Any]:
         raise CatalogError(f"{source}: needs at least one [[service_lines]] entry")
     seen: set[str] = set()
     lines = []
+    problems: list[CatalogError] = []
     for index, line in enumerate(lines_raw):
-        if not isinstance(line, dict):
-            raise CatalogError(f"{source}: service_lines[{index}]: must be a table")
-        code = str(line.get("code", "")).strip()
-        where = f"{source}: service_lines[{index}]" + (f" (code {code!r})" if code else "")
-        if not code:
-            raise CatalogError(f"{where}: needs a 'code'")
-        unknown_keys = set(line) - LINE_KEYS
-        if unknown_keys:
-            raise CatalogError(f"{where}: unknown keys {sorted(unknown_keys)}")
-        if code in seen:
-            raise CatalogError(f"{where}: duplicate service line code")
-        seen.add(code)
-        for key in ("name", "unit", "process"):
-            if not line.get(key):
-                raise CatalogError(f"{where}: needs '{key}'")
-        if line["process"] not in work_kind_ids():
-            raise CatalogError(f"{where}: unknown process {line['process']!r} (known: {list(work_kind_ids())})")
-        channels = line.get("channels") or []
-        if not channels or any(c not in CHANNELS for c in channels):
-            raise CatalogError(f"{where}: channels must be a non-empty subset of {list(CHANNELS)}")
-        prices = line.get("unit_prices") or {}
-        if not isinstance(prices, dict):
-            raise CatalogError(f"{where}: unit_prices must be a table channel = price")
-        for ch in channels:
-            if ch not in prices:
-                raise CatalogError(f"{where}: unit_prices lacks channel {ch!r}")
-        extra = set(prices) - set(channels)
-        if extra:
-            raise CatalogError(f"{where}: unit_prices names channels not offered: {sorted(extra)}")
-        gates: dict[str, Any] = {}
-        if line.get("gate_set"):
-            if line["gate_set"] not in gate_sets:
-                raise CatalogError(f"{where}: unknown gate_set {line['gate_set']!r}")
-            gates.update(gate_sets[line["gate_set"]])
-        for gate, rules in (line.get("gates") or {}).items():
-            gates[gate] = _rules(rules, f"{where}: gates.{gate}")
-        missing = sorted(_model_gates(line["process"]) - set(gates))
-        if missing:
-            raise CatalogError(f"{where}: process {line['process']!r} has gates {missing} with no rules here "
-                               f"(declare each, as an empty list when nothing is required)")
-        volumes_raw = line.get("estimated_volumes") or {}
-        if not isinstance(volumes_raw, dict):
-            raise CatalogError(f"{where}: estimated_volumes must be a table channel = count")
-        volumes = {}
-        for ch, v in volumes_raw.items():
-            if ch not in channels:
-                raise CatalogError(f"{where}: estimated_volumes names channel {ch!r} that is not offered")
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise CatalogError(f"{where}: estimated_volumes.{ch} must be a whole number ≥ 0")
-            volumes[ch] = v
-        lines.append({
-            "code": code, "name": line["name"], "unit": line["unit"], "process_id": line["process"],
-            "channels": list(channels),
-            "unit_prices": {ch: _money(prices[ch], f"{where}: unit_prices.{ch}") for ch in channels},
-            "estimated_volumes": volumes, "gates": gates,
-            "targets": _targets(line.get("targets") or {}, where),
-            "units_per_item": _money(line.get("units_per_item", 1), f"{where}: units_per_item"),
-        })
+        # Every line is checked, so the admin sees every problem of a file at once, not one per upload.
+        try:
+            lines.append(_service_line(line, index, source, seen, gate_sets))
+        except CatalogError as exc:
+            problems.append(exc)
+    if problems:
+        raise CatalogErrors(problems)
     award = contract.get("award_amount")
     return {
         "contract": {

@@ -341,6 +341,21 @@ def _advance(ctx: Ctx, settlement: Settlement, task_name: str, data: dict[str, A
     if status == "revising":
         values["round"] = settlement.round + 1
     _cas(ctx, settlement, **values)
+    if nxt is not None:
+        _notify_step(ctx, settlement, spiff.task_lane(nxt), spiff.task_title(nxt))
+
+
+def _notify_step(ctx: Ctx, settlement: Settlement, lane: str | None, title: str) -> None:
+    """A settlement step now waits for a role: each of its members is told."""
+    if not lane:
+        return
+    from engine.notify import Event, notify, role_members
+
+    notify(ctx.session, Event("settlement", f"结算申报「{settlement.label}」待您处理：{title}（"
+                                            f"{STATUS_NAMES.get(settlement.status, settlement.status)}）",
+                              settlement_id=settlement.id, role=lane),
+           role_members(ctx.session, lane), actor=ctx.actor, now=ctx.now,
+           exclude=ctx.user.id if ctx.user is not None else None)
 
 
 def _drop_cancelled(ctx: Ctx, settlement: Settlement) -> int:

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from engine import audit, spiff
 from engine.policy import roles_granted
-from storage.models import HumanTask, Notification
+from storage.models import HumanTask, Notification, User
 
 log = logging.getLogger("itemgate.timers")
 
@@ -72,22 +72,26 @@ def attached_user_task(timer: Any) -> Any | None:
 
 
 def notify_overdue(session: Session, task: HumanTask, now: datetime) -> list[Notification]:
-    """A reminder to whoever holds the task (or its group) and an escalation to the project managers."""
+    """A reminder to whoever holds the task (or, unclaimed, each member of its queue) and an escalation to
+    every project manager, each with their own read state (engine/notify.py)."""
+    from engine.notify import Event, notify, queue_members, role_members
+
     due = task.due_at.isoformat() if task.due_at else "?"
     item = task.item
-    reminder = Notification(
-        user_id=task.assignee_id, role=None if task.assignee_id else task.role,
-        department_id=None if task.assignee_id else task.department_id, item_id=task.item_id, task_id=task.id,
-        kind="reminder", created_at=now,
-        message=f"任务「{task.title}」（事项 {item.code}）已超过办理期限 {due}，请尽快处理")
-    escalations = [Notification(
-        role=role, item_id=task.item_id, task_id=task.id, kind="escalation", created_at=now,
-        message=f"任务「{task.title}」（事项 {item.code}）超期未办理，期限 {due}")
-        for role in roles_granted("task.escalation")]
-    session.add_all([reminder, *escalations])
-    session.flush()
-    for note in (reminder, *escalations):
-        audit.record(session, audit.SYSTEM, f"task.{note.kind}", target_type="task", target_id=task.id,
-                     item_id=task.item_id, notification=note.id, to_user=note.user_id, to_role=note.role)
-    return [reminder, *escalations]
+    holder = session.get(User, task.assignee_id) if task.assignee_id else None
+    reminded = notify(session, Event(
+        "reminder", f"任务「{task.title}」（事项 {item.code}）已超过办理期限 {due}，请尽快处理",
+        item_id=task.item_id, task_id=task.id, role=None if holder else task.role,
+        department_id=None if holder else task.department_id),
+        [holder] if holder is not None else queue_members(session, task), now=now)
+    escalated: list[Notification] = []
+    for role in roles_granted("task.escalation"):
+        escalated += notify(session, Event(
+            "escalation", f"任务「{task.title}」（事项 {item.code}）超期未办理，期限 {due}", item_id=task.item_id,
+            task_id=task.id, role=role), role_members(session, role), now=now)
+    for kind, rows in (("reminder", reminded), ("escalation", escalated)):
+        audit.record(session, audit.SYSTEM, f"task.{kind}", target_type="task", target_id=task.id,
+                     item_id=task.item_id, notifications=[n.id for n in rows],
+                     to_users=[n.user_id for n in rows])
+    return reminded + escalated
 

@@ -237,6 +237,7 @@ def create_item(ctx: Ctx, spec: NewItem) -> WorkItem:
     ctx.session.add(instance)
     ctx.session.add_all(created)
     ctx.session.flush()
+    _notify_created(ctx, created, None)
     audit.record(ctx.session, ctx.actor, "item.created", target_type="item", target_id=item.id,
                  code=item.code, service_line=line.code, mode=item.mode, channels=item.channels,
                  difficulty=str(item.difficulty), definition=definition.sha256[:12])
@@ -327,7 +328,19 @@ def sync_projection(ctx: Ctx, instance: ProcessInstance, item: WorkItem, workflo
         save_instance(ctx, instance, workflow, model)
         session.add_all(created)
         session.flush()
+        _notify_created(ctx, created, return_comment)
     return created
+
+
+def _notify_created(ctx: Ctx, created: list[HumanTask], return_comment: str | None) -> None:
+    """New work is told to its queue, a return to whoever's work came back (engine/notify.py). A new item's
+    first tasks are told by create_item once they have ids."""
+    if not created:
+        return
+    from engine.notify import tasks_created
+
+    tasks_created(ctx.session, created, return_comment=return_comment, actor=ctx.actor, now=ctx.now,
+                  exclude=ctx.user.id if ctx.user is not None else None)
 
 
 # ---------------------------------------------------------------- claim
@@ -405,6 +418,13 @@ def hand_over(ctx: Ctx, task_id: int, to_username: str) -> HumanTask:
     _set_task_if(ctx, task, _held_by(task.assignee_id), assignee_id=target.id, claimed_at=ctx.now)
     audit.record(ctx.session, ctx.actor, "task.handed_over", target_type="task", target_id=task.id,
                  item_id=task.item_id, to=target.username)
+    from engine.notify import Event, notify
+
+    item = task.item
+    notify(ctx.session, Event("handover", f"{ctx.user.display_name or ctx.user.username} 将任务「{task.title}」"
+                                          f"（事项 {item.code}「{item.name}」）转交给您",
+                              item_id=task.item_id, task_id=task.id), [target], actor=ctx.actor, now=ctx.now,
+           exclude=ctx.user.id)
     return task
 
 

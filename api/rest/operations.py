@@ -7,19 +7,19 @@ from typing import Any
 from flask import g, request
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, select
 
 from api.auth import current_user
 from api.extensions import db
 from api.rest.core import PageArgs, ctx, item_detail
 from api.serializers import iso
-from engine import audit
+from engine import audit, notify
 from engine.errors import Invalid, NotFound
 from engine.holidays import enter_year, year_view
 from engine.intake import import_items
 from engine.lifecycle import cancel_item, rework_item
 from engine.processes import MAX_MODEL_BYTES, deploy
-from storage.models import Notification, ProcessDefinition, ProcessInstance, User
+from storage.models import Notification, ProcessDefinition, ProcessInstance
 from storage.unit_of_work import unit_of_work
 
 blp = Blueprint("operations", __name__, url_prefix="/api/v1", description="Cancel, rework, intake, deadlines")
@@ -85,33 +85,27 @@ class NotificationQuery(PageArgs):
     unread = fields.Boolean(load_default=False)
 
 
-def _mine(user: User) -> Any:
-    group = Notification.role == user.role
-    if user.department_id is not None:
-        group = group & ((Notification.department_id.is_(None)) | (Notification.department_id == user.department_id))
-    else:
-        group = group & Notification.department_id.is_(None)
-    return or_(Notification.user_id == user.id, Notification.user_id.is_(None) & group)
-
-
 def notification_json(note: Notification) -> dict[str, Any]:
     return {"id": note.id, "kind": note.kind, "item_id": note.item_id, "task_id": note.task_id,
-            "user_id": note.user_id, "role": note.role, "message": note.message,
-            "created_at": iso(note.created_at), "read_at": iso(note.read_at)}
+            "settlement_id": note.settlement_id, "user_id": note.user_id, "role": note.role,
+            "message": note.message, "comment": note.comment, "created_at": iso(note.created_at),
+            "read": note.read_at is not None, "read_at": iso(note.read_at)}
 
 
 @blp.route("/notifications", methods=["GET"])
 @blp.arguments(NotificationQuery, location="query")
 @blp.response(200)
 def notifications_list(args: dict[str, Any]) -> dict[str, Any]:
+    """The caller's own notifications, newest first, each with the caller's own `read` flag."""
     user = current_user()
-    query = select(Notification).where(_mine(user))
+    query = select(Notification).where(notify.mine(user))
     if args["unread"]:
         query = query.where(Notification.read_at.is_(None))
     total = db.session.execute(select(func.count()).select_from(query.subquery())).scalar_one()
     rows = db.session.scalars(query.order_by(Notification.id.desc())
                               .offset((args["page"] - 1) * args["per_page"]).limit(args["per_page"]))
-    return {"notifications": [notification_json(n) for n in rows], "total": total}
+    return {"notifications": [notification_json(n) for n in rows], "total": total,
+            "unread": notify.unread_count(db.session, user)}
 
 
 @blp.route("/notifications/<int:note_id>/read", methods=["POST"])
@@ -119,13 +113,21 @@ def notifications_list(args: dict[str, Any]) -> dict[str, Any]:
 def notifications_read(note_id: int) -> dict[str, Any]:
     with unit_of_work(db.session):
         user = current_user()
-        note = db.session.execute(select(Notification).where(Notification.id == note_id, _mine(user))).scalar()
+        note = db.session.execute(select(Notification).where(Notification.id == note_id, notify.mine(user))).scalar()
         if note is None:
             raise NotFound(f"notification {note_id} not found")
-        db.session.execute(update(Notification).where(Notification.id == note.id, Notification.read_at.is_(None))
-                           .values(read_at=datetime.now(UTC)))
+        notify.mark_read(db.session, user, [note.id], datetime.now(UTC))
     db.session.refresh(note)
     return notification_json(note)
+
+
+@blp.route("/notifications/read-all", methods=["POST"])
+@blp.response(200)
+def notifications_read_all() -> dict[str, Any]:
+    user = current_user()
+    marked = notify.mark_read(db.session, user, None, datetime.now(UTC))
+    db.session.commit()
+    return {"marked": marked, "unread": 0}
 
 
 # ---------------------------------------------------------------- calendar (admin)

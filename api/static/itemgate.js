@@ -167,3 +167,11 @@
     if (taskForm) { setupReview(taskForm); }
   });
 })();
+
+// Forms that change something hard to undo ask first (data-confirm holds the question).
+document.addEventListener("submit", function (event) {
+  var form = event.target;
+  if (form && form.dataset && form.dataset.confirm && !window.confirm(form.dataset.confirm)) {
+    event.preventDefault();
+  }
+}, true);

@@ -60,12 +60,22 @@ def register(app: Flask) -> None:
                 return False
             return evidence_lock_state(app) == "off"
 
+        def unread_notifications() -> int:
+            # The bell on every page: one indexed count of my own unread rows (ix_notifications_user).
+            if not current_user.is_authenticated:
+                return 0
+            from engine.notify import unread_count
+
+            if "unread_notifications" not in g:
+                g.unread_notifications = unread_count(db.session, current_user.row)
+            return int(g.unread_notifications)
+
         def can(action: str, scope: str | None = None) -> bool:
             # Templates ask the matrix what to offer; the routes and use cases enforce the same rules.
             granted = scope_of(getattr(current_user, "role", None), action)
             return granted is not None and (scope is None or granted == scope)
 
-        return {"evidence_lock_off": evidence_lock_off, "can": can}
+        return {"evidence_lock_off": evidence_lock_off, "can": can, "unread_notifications": unread_notifications}
 
     @app.before_request
     def _web_context() -> Any:
@@ -88,6 +98,12 @@ def register(app: Flask) -> None:
     from api.web.settlements import bp as settlements_bp
 
     app.register_blueprint(settlements_bp)
+    from api.web.notifications import bp as notifications_bp
+
+    app.register_blueprint(notifications_bp)
+    from api.web.admin import bp as admin_bp
+
+    app.register_blueprint(admin_bp)
     from api.web.admin_processes import bp as admin_processes_bp
 
     app.register_blueprint(admin_processes_bp)
