@@ -108,9 +108,9 @@ def _record_verify(session: Any, result: str, **detail: Any) -> None:
     from engine import audit as audit_log
 
     session.rollback()
-    audit_log.record(session, audit_log.Actor(None, "cli", CLI_ROLE), "audit.verified", target_type="audit",
-                     outcome="success" if result == "ok" else "failure", result=result, **detail)
-    session.commit()
+    with unit_of_work(session):
+        audit_log.record(session, audit_log.Actor(None, "cli", CLI_ROLE), "audit.verified", target_type="audit",
+                         outcome="success" if result == "ok" else "failure", result=result, **detail)
 
 
 @audit.command("anchor", help="Write the audit chain's head (event id, hash, time) to the object store under object "
@@ -194,11 +194,12 @@ def fsck(repair: bool, quick: bool) -> None:
                    f"{len(report.orphans)} orphan(s), {len(report.removed)} removed")
         clean = not (report.problems or report.lock_missing or len(report.orphans) > len(report.removed))
         # Kept in the audit chain: the admin's status page shows the last result.
-        audit_log.record(database.session, audit_log.Actor(None, "cli", CLI_ROLE), "evidence.fsck",
-                         target_type="bucket", target_id=store.bucket, outcome="success" if clean else "failure",
-                         checked=report.checked, problems=len(report.problems) + report.lock_missing,
-                         orphans=len(report.orphans), removed=len(report.removed), deep=not quick, repair=repair)
-        database.session.commit()
+        with unit_of_work(database.session):
+            audit_log.record(database.session, audit_log.Actor(None, "cli", CLI_ROLE), "evidence.fsck",
+                             target_type="bucket", target_id=store.bucket, outcome="success" if clean else "failure",
+                             checked=report.checked, problems=len(report.problems) + report.lock_missing,
+                             orphans=len(report.orphans), removed=len(report.removed), deep=not quick,
+                             repair=repair)
         if report.problems or report.lock_missing or len(report.orphans) > len(report.removed):
             sys.exit(1)
 

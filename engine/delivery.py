@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -77,6 +78,9 @@ def mask(target: str) -> str:
 
 
 Sender = Callable[[NotificationDelivery], None]
+# One short transaction, opened and ended by the entry point that runs the outbox (e.g. `lambda:
+# unit_of_work(session)`): committed when the block ends, rolled back when it raises. The engine only flushes.
+Transaction = Callable[[], AbstractContextManager[Any]]
 
 
 def apprise_sender(smtp: SmtpSettings) -> Sender:
@@ -118,22 +122,25 @@ def _claim_one(session: Session, now: datetime) -> NotificationDelivery | None:
         NotificationDelivery.id == row.id, _claimable(now)).values(
         status="sending", claimed_at=now, attempts=NotificationDelivery.attempts + 1)
         .execution_options(synchronize_session=False))
-    session.commit()
     if not getattr(result, "rowcount", 0):
         return None
+    session.flush()
     session.refresh(row)
     return row
 
 
-def deliver_pending(session: Session, send: Sender, *, now: Callable[[], datetime] | None = None,
-                    limit: int = 100) -> dict[str, int]:
-    """Send due deliveries one by one, each claimed and then settled in its own short transaction; nothing is
-    held open while a message is on its way. Returns counts of sent, retried and failed."""
+def deliver_pending(session: Session, send: Sender, *, transaction: Transaction,
+                    now: Callable[[], datetime] | None = None, limit: int = 100) -> dict[str, int]:
+    """Send due deliveries one by one, each claimed and then settled in its own short `transaction()` (so one
+    failed send never undoes another's record); nothing is held open while a message is on its way. Returns
+    counts of sent, retried and failed."""
     clock = now or (lambda: datetime.now(UTC))
     counts = {"sent": 0, "retry": 0, "failed": 0}
     runner = f"{socket.gethostname()}:{os.getpid()}"
     for _ in range(limit):
-        row = _claim_one(session, clock())
+        # The claim (row locked FOR UPDATE SKIP LOCKED on PostgreSQL) ends with its transaction.
+        with transaction():
+            row = _claim_one(session, clock())
         if row is None:
             break
         error: str | None = None
@@ -153,11 +160,11 @@ def deliver_pending(session: Session, send: Sender, *, now: Callable[[], datetim
             values = {"status": "pending", "last_error": error, "next_attempt_at": at + backoff(row.attempts)}
             counts["retry"] += 1
         # Only the claim that is still ours is settled (a runner given up on as stale cannot write).
-        session.execute(update(NotificationDelivery).where(
-            NotificationDelivery.id == row.id, NotificationDelivery.status == "sending",
-            NotificationDelivery.claimed_at == row.claimed_at).values(**values)
-            .execution_options(synchronize_session=False))
-        session.commit()
+        with transaction():
+            session.execute(update(NotificationDelivery).where(
+                NotificationDelivery.id == row.id, NotificationDelivery.status == "sending",
+                NotificationDelivery.claimed_at == row.claimed_at).values(**values)
+                .execution_options(synchronize_session=False))
         log.debug("delivery %s by %s: %s", row.id, runner, values["status"])
     return counts
 
