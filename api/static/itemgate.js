@@ -104,6 +104,14 @@
     var box = document.getElementById(button.getAttribute("aria-controls"));
     if (!box) { return; }
     button.hidden = false;
+    if (window.matchMedia && window.matchMedia("(max-width: 760px)").matches) {
+      // On a phone the diagram starts large and scrollable: bring the current step into view.
+      var here = box.querySelector(".ig-current");
+      if (here && here.getBoundingClientRect) {
+        var r = here.getBoundingClientRect(), b = box.getBoundingClientRect();
+        box.scrollLeft = Math.max(0, r.left - b.left - b.width / 3);
+      }
+    }
     button.addEventListener("click", function () {
       var zoomed = box.classList.toggle("zoomed");
       button.setAttribute("aria-pressed", zoomed ? "true" : "false");
@@ -115,7 +123,23 @@
     });
   }
 
+  // On a phone a table reads as a list of cards: each cell is labelled with its column's head (CSS shows it).
+  function labelCells(table) {
+    var heads = table.querySelectorAll("thead th");
+    if (!heads.length) { return; }
+    table.querySelectorAll("tbody tr").forEach(function (row) {
+      var col = 0;
+      Array.prototype.forEach.call(row.children, function (cell) {
+        var head = heads[col];
+        var text = head ? head.textContent.trim() : "";
+        if (text && !cell.hasAttribute("data-label")) { cell.setAttribute("data-label", text); }
+        col += cell.colSpan || 1;
+      });
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
+    document.querySelectorAll("table.grid").forEach(labelCells);
     document.querySelectorAll(".zoom-toggle").forEach(setupZoom);
     document.querySelectorAll("form.upload").forEach(setupUpload);
     var taskForm = document.getElementById("task-form");
