@@ -279,6 +279,17 @@ TASK_TITLES_EN = {
 }
 EN.update(TASK_TITLES_EN)
 
+# Rounds of work and what each step recorded (issue 19).
+EN.update({
+    "办理结果": "What was submitted", "办理记录": "Step records", "只看主要事件": "Main events only",
+    "审核结论": "Decision", "审核轮次": "Review rounds", "已更新": "Updated", "新增": "New", "本轮": "This round",
+    "第 {n} 轮": "Round {n}", "提交人": "Submitted by", "提交时间": "Submitted at", "校验和": "Checksum",
+    "还没有已完成的环节。": "No step has been completed yet.",
+    "显示全部（含认领、下载 {n} 条）": "Show everything (including {n} claims and downloads)",
+    "是": "Yes", "否": "No", "确认会签": "Co-sign", "拒绝会签并退回": "Refuse and send back",
+    "对退回意见的答复": "Reply to the return comment", "会签结论": "Decision",
+})
+
 # marshmallow's English messages → Chinese (shown inline under the field).
 _MESSAGES = {
     "Missing data for required field.": "此项必填。",
@@ -366,6 +377,12 @@ def url_with(**changes: Any) -> str:
     return request.path + (f"?{query}" if query else "")
 
 
+def _shown_data(form_key: str, data: dict[str, Any]) -> Any:
+    from api.web.formfields import shown_data
+
+    return shown_data(form_key, data)
+
+
 def install(app: Flask) -> None:
     env = app.jinja_env
     env.globals.update(
@@ -375,5 +392,6 @@ def install(app: Flask) -> None:
         channel_label=lambda k: label(CHANNELS, k), event_label=lambda k: label(EVENTS, k),
         decision_label=lambda k: label(DECISIONS, k),
         step_help=lambda form: _(STEP_HELP[form]) if form in STEP_HELP else "",
+        shown_data=_shown_data,
     )
     env.filters.update(dt=fmt_datetime, d=fmt_date, filesize=filesize)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,8 +38,9 @@ from engine.dashboard import build_dashboard
 from engine.diagram import render_svg
 from engine.errors import DomainError, FormInvalid, GateUnmet, Invalid, NotFound, ServiceUnavailable
 from engine.evidence import submitted_evidence, upload_artefact
+from engine.rounds import artefact_versions, review_rounds, step_records
 from engine.workflow import claim, complete_task, hand_over, task_requirements, unclaim
-from storage.models import Artefact, Department, HumanTask, ProcessInstance, ServiceLine, User, WorkItem
+from storage.models import Department, HumanTask, ProcessInstance, ServiceLine, User, WorkItem
 
 log = logging.getLogger("itemgate.web")
 
@@ -51,6 +51,7 @@ ALL_SCOPE_ROLES = ("pm", "auditor", "admin", "buyer")
 DASHBOARD_ROLES = ("pm", "auditor", "admin", "buyer")
 ACCEPTED_EXTENSIONS = (".pdf", ".doc", ".docx", ".xls", ".xlsx", ".png", ".jpg", ".jpeg", ".zip", ".ofd", ".txt")
 PREVIEWABLE = ("application/pdf", "image/png", "image/jpeg")
+QUIET_EVENTS = ("task.claimed", "task.unclaimed", "artefact.downloaded")
 # Domain refusals people meet in normal work, said in their language (the engine's detail is English).
 _REFUSALS = {
     "claimed_by_other": "此任务已由他人认领。",
@@ -271,16 +272,7 @@ def _previous_data(task: HumanTask) -> dict[str, Any]:
 
 
 def _versions(item_id: int) -> dict[int, int]:
-    """Each stored artefact's version number: its place among the item's files of its kind, in its evidence
-    scope (a department's own files are counted apart from the whole item's and other departments')."""
-    rows = db.session.execute(select(Artefact.id, Artefact.kind, Artefact.department_id).where(
-        Artefact.item_id == item_id, Artefact.status == "stored").order_by(Artefact.id)).all()
-    seen: dict[tuple[str, int | None], int] = defaultdict(int)
-    versions: dict[int, int] = {}
-    for artefact_id, kind, department_id in rows:
-        seen[(kind, department_id)] += 1
-        versions[artefact_id] = seen[(kind, department_id)]
-    return versions
+    return artefact_versions(db.session, item_id)
 
 
 def render_task(task: HumanTask, *, errors: dict[str, list[str]] | None = None,
@@ -305,8 +297,12 @@ def render_task(task: HumanTask, *, errors: dict[str, list[str]] | None = None,
         values = {f.name: values.getlist(f.name) if f.widget == "checkboxes" else values.get(f.name)
                   for f in fields}
     departments = {d.id: d for d in db.session.scalars(select(Department))}
+    # What this step recorded once done; for a review, every round so far with what changed between them.
+    record = next(iter(step_records(db.session, item.id, [task.id])), None) if task.status == "completed" else None
+    rounds = review_rounds(db.session, task) if task.review_of else []
     return render_template(
-        "web/task.html", task=task, item=item, gate=gate, review=review, unmet=unmet,
+        "web/task.html", task=task, item=item, gate=gate, review=review, unmet=unmet, record=record,
+        rounds=rounds,
         fields=fields, errors={k: [form_message(m) for m in v] for k, v in (errors or {}).items()},
         values=values, may_act=may_act, held_by_other=held_by_other,
         can_complete=task.status == "ready" and may_act and not held_by_other,
@@ -459,10 +455,19 @@ def item(item_id: int) -> Any:
     artefacts = [{**a, "version": versions.get(a["id"], 1)} for a in detail["artefacts"]]
     artefacts.sort(key=lambda a: (a["kind"], a["department"] or "", -a["version"]))
     departments = {d.code: d.name for d in db.session.scalars(select(Department))}
+    # The timeline names people as they are known (张伟), and leaves out claims and downloads unless asked.
+    everything = request.args.get("all") == "1"
+    history = [e for e in reversed(detail["history"]) if everything or e["event"] not in QUIET_EVENTS]
+    usernames = {e["user"] for e in history if e["user"]} | {(e["detail"] or {}).get("to") for e in history} \
+        | {a["uploaded_by"] for a in artefacts}
+    usernames.discard(None)
+    names = {u.username: (u.display_name or u.username) for u in db.session.scalars(
+        select(User).where(User.username.in_(usernames)))} if usernames else {}
     return render_template(
         "web/item.html", item=item, detail=detail, titles=titles, artefacts=artefacts,
         open_tasks=[t for t in detail["tasks"] if t["status"] == "ready"],
-        history=list(reversed(detail["history"])), diagram=_diagram(item, detail["tasks"]),
+        history=history, names=names, everything=everything, quiet=len(detail["history"]) - len(history),
+        records=step_records(db.session, item.id), diagram=_diagram(item, detail["tasks"]),
         departments=departments, previewable=PREVIEWABLE, me=user)
 
 

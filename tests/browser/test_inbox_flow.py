@@ -127,16 +127,15 @@ def test_implement_review_return_resubmit_approve(chromium: Any, live_url: str, 
     rev.locator("#complete-button").click()
     rev.wait_for_url(re.compile(r"/inbox"))
 
-    # The implementer sees the returned step with its comment, fixes the list and resubmits.
-    impl.goto("/inbox?scope=group")
+    # The returned step comes back to the implementer who did it, already claimed, with the comment.
+    impl.goto("/inbox?scope=mine")
     row = impl.locator("table.inbox tbody tr", has_text="SH-BROWSER-1")
     assert row.locator(".badge-returned").inner_text() == "退回"
     row.locator("a.task-link").click()
     impl.wait_for_url(re.compile(r"/tasks/\d+$"))
     assert impl.url != task_url, "a return creates a new rework task"
     assert impl.locator(".return-comment").inner_text() == "梳理清单缺少材料字段"
-    impl.locator("#claim-button").click()
-    impl.wait_for_url(re.compile(r"/tasks/\d+$"))
+    assert impl.locator("#claim-button").count() == 0 and impl.locator("#unclaim-button").count() == 1
     assert impl.get_by_label("梳理事项数").input_value() == "3"  # the earlier answer is offered again
     upload(impl, "sorting_list", "梳理清单-修订.pdf", demo_pdf("sorting v2"))
     assert "版本 2" in impl.locator('.gate-row[data-kind="sorting_list"]').inner_text()
