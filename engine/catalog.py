@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from engine.workkinds import work_kind_ids
 from storage.models import CHANNELS, MODES, Contract, ServiceLine
 
 # Stable artefact kind codes (API.md) with the titles people see.
@@ -52,7 +53,6 @@ ARTEFACT_KINDS: dict[str, str] = {
     "configuration_plan": "配置方案",
 }
 
-KNOWN_PROCESSES = ("service_item", "one_thing", "e_licence", "scenario_guide")
 WHEN_KEYS = {"mode", "channel", "attribute", "not_attribute"}
 
 
@@ -244,8 +244,8 @@ def parse_catalog(text: str, source: str) -> dict[str, Any]:
         for key in ("name", "unit", "process"):
             if not line.get(key):
                 raise CatalogError(f"{where}: needs '{key}'")
-        if line["process"] not in KNOWN_PROCESSES:
-            raise CatalogError(f"{where}: unknown process {line['process']!r} (known: {list(KNOWN_PROCESSES)})")
+        if line["process"] not in work_kind_ids():
+            raise CatalogError(f"{where}: unknown process {line['process']!r} (known: {list(work_kind_ids())})")
         channels = line.get("channels") or []
         if not channels or any(c not in CHANNELS for c in channels):
             raise CatalogError(f"{where}: channels must be a non-empty subset of {list(CHANNELS)}")

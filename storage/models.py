@@ -33,7 +33,6 @@ NAMING = {
     "pk": "pk_%(table_name)s",
 }
 
-ROLES = ("implementer", "dept_reviewer", "pm", "auditor", "buyer", "admin")
 CHANNELS = ("pc", "mobile", "kiosk")
 MODES = ("new", "iteration")
 
