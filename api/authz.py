@@ -95,6 +95,7 @@ ENDPOINTS: dict[str, str | dict[str, str]] = {
     "web.task_unclaim": "task.release",
     "web.task_handover": "task.release",
     "web.task_complete": "task.complete",
+    "web.task_draft": "task.complete",
     "web.items": "item.read",
     "web.item": "item.read",
     "web.artefact_upload": "artefact.upload",

@@ -19,6 +19,7 @@ from engine import audit, caching, spiff, timers
 from engine.access import authorize, load_task_for, require_act
 from engine.calendar import WorkCalendar
 from engine.catalog import required_kinds
+from engine.drafts import discard_drafts
 from engine.errors import Conflict, DomainError, FormInvalid, GateUnmet, Invalid
 from engine.evidence import evidence_scope, lock_evidence, submitted_evidence, verify_artefact
 from engine.ledger import tally_item
@@ -561,6 +562,7 @@ def complete_task(ctx: Ctx, task_id: int, data: Any) -> HumanTask:
     run_and_step(workflow, spiff_task, step_data, "the process")
 
     task.data = clean
+    discard_drafts(session, task.id)  # submitted: nobody's half-typed version of it matters any more
     if statuses:
         # Written as plain rows: nothing in this request reads them back as objects.
         session.connection().execute(insert(_GATE_PASSES), [

@@ -55,10 +55,13 @@
         if (xhr.status === 201) {
           bar.value = 100;
           say(msg.dataset.done + ": " + file.name, false);
-          // The checklist and the Complete button depend on what is now stored: load the task page afresh
-          // (a GET, never a reload, which would repeat a form post that rendered this page).
+          // The checklist and the Complete button depend on what is now stored: read them afresh from the task
+          // page and swap them in, leaving the form (and what was typed into it) as it is.
+          // (From the task's own address: this page may be the answer to a refused form post.)
+          var kind = form.querySelector('input[name="kind"]');
           var next = form.querySelector('input[name="next"]');
-          window.location.assign(next ? next.value.split("#")[0] : window.location.pathname);
+          refreshGate(next ? next.value.split("#")[0] : window.location.pathname, kind ? kind.value : "",
+                      msg.dataset.done + ": " + file.name);
           return;
         }
         var detail = "";
@@ -84,6 +87,63 @@
     zone.addEventListener("drop", function (e) {
       if (e.dataTransfer && e.dataTransfer.files.length) { send(e.dataTransfer.files[0]); }
     });
+  }
+
+  function refreshGate(taskUrl, kind, done) {
+    saveDraftNow();
+    var here = document.getElementById("gate");
+    if (!here || !window.fetch || !window.DOMParser) { window.location.assign(taskUrl); return; }
+    fetch(taskUrl, {credentials: "same-origin", headers: {"Accept": "text/html"}})
+      .then(function (r) { return r.text(); })
+      .then(function (html) {
+        var doc = new DOMParser().parseFromString(html, "text/html");
+        var fresh = doc.getElementById("gate");
+        if (!fresh) { return; }
+        here.replaceWith(fresh);
+        fresh.querySelectorAll("form.upload").forEach(setupUpload);
+        var row = fresh.querySelector('.gate-row[data-kind="' + kind + '"] .upload-msg');
+        if (row) { row.textContent = done; }
+        var button = document.getElementById("complete-button"), newButton = doc.getElementById("complete-button");
+        if (button && newButton) {
+          button.disabled = newButton.disabled;
+          if (newButton.hasAttribute("aria-describedby")) {
+            button.setAttribute("aria-describedby", newButton.getAttribute("aria-describedby"));
+          } else { button.removeAttribute("aria-describedby"); }
+        }
+        var reason = document.getElementById("complete-reason"), newReason = doc.getElementById("complete-reason");
+        if (reason && newReason) { reason.replaceWith(newReason); }
+        else if (reason) { reason.remove(); }
+        else if (newReason && button) { button.parentNode.insertBefore(newReason, button); }
+      })
+      .catch(function () { window.location.assign(taskUrl); });
+  }
+
+  // The task form's draft: sent to the server as people type (and before an upload), restored on reload.
+  var draftTimer = null;
+  var saveDraftNow = function () {};
+
+  function setupDraft(form) {
+    var url = form.dataset.draftUrl;
+    var status = document.getElementById("draft-status");
+    if (!url || !window.fetch) { return; }
+    saveDraftNow = function () {
+      if (draftTimer) { clearTimeout(draftTimer); draftTimer = null; }
+      var data = new FormData(form);
+      data.delete("csrf_token");
+      return fetch(url, {method: "POST", body: data, credentials: "same-origin",
+                         headers: {"Accept": "application/json", "X-CSRFToken": csrfToken()}})
+        .then(function (r) {
+          if (status) { status.textContent = r.ok ? status.dataset.saved : status.dataset.failed; }
+        })
+        .catch(function () { if (status) { status.textContent = status.dataset.failed; } });
+    };
+    function later() {
+      if (draftTimer) { clearTimeout(draftTimer); }
+      draftTimer = setTimeout(saveDraftNow, 600);
+    }
+    form.addEventListener("input", later);
+    form.addEventListener("change", later);
+    window.addEventListener("pagehide", function () { if (draftTimer) { saveDraftNow(); } });
   }
 
   function setupReview(form) {
@@ -143,6 +203,6 @@
     document.querySelectorAll(".zoom-toggle").forEach(setupZoom);
     document.querySelectorAll("form.upload").forEach(setupUpload);
     var taskForm = document.getElementById("task-form");
-    if (taskForm) { setupReview(taskForm); }
+    if (taskForm) { setupReview(taskForm); setupDraft(taskForm); }
   });
 })();

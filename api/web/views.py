@@ -36,6 +36,7 @@ from engine import audit
 from engine.access import authorize, load_item_for, load_task_for, may_act_on
 from engine.dashboard import build_dashboard
 from engine.diagram import render_svg
+from engine.drafts import load_draft, save_draft
 from engine.errors import DomainError, FormInvalid, GateUnmet, Invalid, NotFound, ServiceUnavailable
 from engine.evidence import submitted_evidence, upload_artefact
 from engine.policy import DEPARTMENT, may, scope_of
@@ -289,8 +290,10 @@ def render_task(task: HumanTask, *, errors: dict[str, list[str]] | None = None,
     held_by_other = task.assignee_id is not None and task.assignee_id != user.id
     settings = current_app.config["ITEMGATE"]
     fields = fields_for(task.form)
+    draft = load_draft(db.session, task, user) if task.status == "ready" else None
     if values is None:
-        values = _previous_data(task)
+        # What this person typed last (kept as they type), else what the step recorded the last time it was done.
+        values = draft if draft is not None else _previous_data(task)
     elif isinstance(values, MultiDict):
         # Re-show what was just submitted, shaped like stored task data.
         values = {f.name: values.getlist(f.name) if f.widget == "checkboxes" else values.get(f.name)
@@ -301,6 +304,7 @@ def render_task(task: HumanTask, *, errors: dict[str, list[str]] | None = None,
     rounds = review_rounds(db.session, task) if task.review_of else []
     return render_template(
         "web/task.html", task=task, item=item, gate=gate, review=review, unmet=unmet, record=record,
+        draft_restored=draft is not None and status == 200,
         rounds=rounds,
         fields=fields, errors={k: [form_message(m) for m in v] for k, v in (errors or {}).items()},
         values=values, may_act=may_act, held_by_other=held_by_other,
@@ -315,6 +319,22 @@ def render_task(task: HumanTask, *, errors: dict[str, list[str]] | None = None,
 @bp.get("/tasks/<int:task_id>")
 def task(task_id: int) -> Any:
     return render_task(load_task_for(db.session, me(), task_id))
+
+
+@bp.post("/tasks/<int:task_id>/draft")
+def task_draft(task_id: int) -> Any:
+    """Keep what the person has typed so far (the task page sends it as they type and before an upload)."""
+    user = me()
+    task = load_task_for(db.session, user, task_id)
+    if request.is_json:
+        body = request.get_json(silent=True) or {}
+        data = body.get("data") if isinstance(body, dict) else None
+    else:
+        data = {f.name: request.form.getlist(f.name) if f.widget == "checkboxes" else request.form.get(f.name)
+                for f in fields_for(task.form) if f.name in request.form or f.widget == "checkboxes"}
+    saved = save_draft(db.session, task, user, data, datetime.now(UTC))
+    db.session.commit()
+    return jsonify({"saved": True, "fields": sorted(saved)}), 200
 
 
 @bp.post("/tasks/<int:task_id>/complete")
