@@ -261,6 +261,56 @@ TASK_TITLES_EN = {
 }
 EN.update(TASK_TITLES_EN)
 
+# Irreversible actions and picking settlement lines (issue 19).
+EN.update({
+    "佐证材料": "Evidence", "查看佐证": "View evidence", "保存审核意见": "Save review comment",
+    "冲销不可撤销。": "A reversal cannot be undone.",
+    "冲销不可撤销：请填写冲销原因并勾选确认。":
+        "A reversal cannot be undone: give the reason and tick the confirmation.",
+    "冲销原因（必填）": "Reason for the reversal (required)", "冲销此分录": "Reverse this entry",
+    "冲销此分录…": "Reverse this entry…", "初审结论": "First review decision",
+    "初审通过，送审定": "Approve and send for final approval", "可增加的分录共 {n} 条": "{n} entries can be added",
+    "增加原因（必填）": "Reason for adding (required)", "增加所选分录": "Add the ticked entries",
+    "审定后结算结果将锁定、不可再修改：请核对金额并勾选确认。":
+        "Final approval locks the settlement for good: check the figures and tick the confirmation.",
+    "审定后结算结果锁定，作为付款依据，不能再修改。":
+        "After final approval the settlement is locked as the basis for payment and can no longer change.",
+    "审定并锁定": "Approve and lock", "审定结论": "Final decision", "审定通过并锁定": "Approve and lock",
+    "将写入一条金额为 {amount} 元的冲销分录，抵消分录 #{id}（{code}，{channel}，数量 {units}）。":
+        "A reversing entry of {amount} yuan will be written against entry #{id} ({code}, {channel}, units {units}).",
+    "我已核对以上金额，确认审定并锁定": "I have checked these figures; approve and lock",
+    "我已核对，确认冲销此分录": "I have checked; reverse this entry", "提交初审结论": "Submit first review",
+    "整份申报": "The whole claim", "没有可增加的分录。": "No entries can be added.",
+    "移除原因（必填）": "Reason for removing (required)", "移除所选分录": "Remove the ticked entries",
+    "考核得分（0–100）": "Assessment score (0–100)", "计量月份": "Month tallied",
+    "请勾选要增加或移除的分录。": "Tick the entries to add or remove.", "请核对：": "Please check:",
+    "退回修改（必须填写意见）": "Return for revision (a comment is required)", "选择": "Select",
+    "选择分录": "Select entry",
+    "针对分录": "On entry",
+    "，仅显示前 {m} 条，请用筛选缩小范围": "; the first {m} are shown, filter to narrow them",
+    "筛选": "Filter", "系统": "System",
+    # settlement refusals and the review trail
+    "初审通过前请填写考核得分。": "Enter the assessment score before approving the first review.",
+    "合同的考核扣款设置有误，请联系系统管理员。": "The contract's deduction settings are wrong; ask the administrator.",
+    "请填写意见。": "Please write a comment.",
+    "所选分录已被其他结算申报认领。": "An entry is already claimed by another settlement.",
+    "请选择审核结论。": "Choose a decision.", "结算期间的结束日期早于开始日期。": "The period ends before it starts.",
+    "考核得分必须在 0–100 之间。": "The assessment score must be between 0 and 100.",
+    "冲销分录不能再被冲销。": "A reversing entry cannot itself be reversed.",
+    "所选分录所属事项已取消，不能计入结算。": "Entries of cancelled items are never billable.",
+    "合同未规定该得分对应的扣款比例。": "The contract sets no deduction for this score.",
+    "该分录不在本结算申报中。": "That entry is not a line of this claim.", "请填写原因。": "Please give the reason.",
+    "结算申报当前所处环节不允许此操作，请刷新页面。": "The claim is not at a stage that allows this; reload the page.",
+    "找不到该合同。": "Unknown contract.",
+    "找不到所选分录。": "Unknown entry.",
+    "所选分录属于其他合同。": "The entry belongs to another contract.",
+    "开启结算": "Opened", "提交申报": "Submitted", "逐条意见": "Line comment",
+    "第三方审核通过": "Accepted by the auditor",
+    "第三方退回修改": "Returned by the auditor", "增加分录": "Lines added", "移除分录": "Lines removed",
+    "采购单位初审通过": "First review approved", "采购单位初审退回": "First review returned",
+    "审定通过（锁定）": "Final approval (locked)", "审定退回": "Final approval returned",
+})
+
 # Rounds of work and what each step recorded (issue 19).
 EN.update({
     "办理结果": "What was submitted", "办理记录": "Step records", "只看主要事件": "Main events only",
