@@ -70,6 +70,16 @@ def register_caches(settings: Settings) -> None:
     from engine import caching
 
     caching.set_enabled(settings.model_cache)
+    register_budgets(settings)
+
+
+def register_budgets(settings: Settings) -> None:
+    """What one evaluation of model text, one instance's stored state and one tick of an instance may cost."""
+    from engine import budgets
+
+    budgets.configure(expression_ms=settings.expression_ms, expression_steps=settings.expression_steps,
+                      expression_size=settings.expression_size, state_bytes=settings.instance_state_kb * 1024,
+                      tick_instance_ms=settings.tick_instance_ms)
 
 
 def _database_url(url: str) -> str:

@@ -37,6 +37,7 @@ ENDPOINTS: dict[str, str | dict[str, str]] = {
     "core.artefacts_upload": "artefact.upload",
     "core.artefacts_list": "artefact.read",
     "core.artefacts_content": "artefact.read",
+    "core.items_sheet": "item.read",
     "workload.workload": "workload.read",
     "operations.items_cancel": "item.cancel",
     "operations.items_rework": "item.rework",
@@ -47,6 +48,11 @@ ENDPOINTS: dict[str, str | dict[str, str]] = {
     "operations.calendar_get": "catalog.manage",
     "operations.processes_deploy": "process.manage",
     "operations.processes_list": "process.manage",
+    "operations.processes_migrate": "process.manage",
+    "admin_processes.index": "process.manage",
+    "admin_processes.check": "process.manage",
+    "admin_processes.deploy": "process.manage",
+    "admin_processes.migrate": "process.manage",
     "workload.workload_csv": "workload.read",
     "workload.workload_xlsx": "workload.read",
     # settlements, ledger corrections, evidence bundles, count exports (api/rest/settlements.py)
@@ -100,6 +106,7 @@ ENDPOINTS: dict[str, str | dict[str, str]] = {
     "web.item": "item.read",
     "web.artefact_upload": "artefact.upload",
     "web.artefact_content": "artefact.read",
+    "web.item_sheet": "item.read",
     "web.dashboard": "workload.read",
 }
 
@@ -113,6 +120,7 @@ CLI_COMMANDS: dict[str, str] = {
     "catalog load": "catalog.manage",
     "items import": "item.import",
     "process deploy": "process.manage",
+    "process migrate": "process.manage",
     "demo": "ops.maintain",
     "serve": "ops.maintain",
     "tick": "ops.maintain",

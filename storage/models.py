@@ -317,6 +317,22 @@ class TaskDraft(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class SignOffSheet(Base):
+    """A sign-off sheet ItemGate printed for an item: its verification code, one per item and artefact kind.
+
+    The code is random and stored (not derived from the app secret), so a sheet printed today still verifies after
+    the secret is rotated, and a code read from an upload tells whose sheet it is (another item's, another kind's)."""
+
+    __tablename__ = "sign_off_sheets"
+    __table_args__ = (UniqueConstraint("item_id", "kind"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("work_items.id"))
+    kind: Mapped[str] = mapped_column(String(64))
+    code: Mapped[str] = mapped_column(String(16), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+
+
 class WorkloadEntry(Base):
     __tablename__ = "workload_entries"
     __table_args__ = (Index("ix_workload_contract_time", "contract_id", "tallied_at"),)

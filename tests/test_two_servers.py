@@ -157,6 +157,7 @@ class Alternating:
     def do(self, user: str, item_id: int, name: str, data: dict[str, Any], department: str | None = None) -> None:
         """Upload what the task's gate still needs, then complete it."""
         from api.demo import demo_pdf
+        from engine.sheets import is_sheet_kind
 
         found = [t for t in self.open_tasks(item_id)
                  if t["name"] == name and (department is None or t["department"] == department)]
@@ -165,6 +166,11 @@ class Alternating:
         for req in self.get(user, f"/api/v1/tasks/{task['id']}")["required_artefacts"]:
             if not req["present"]:
                 form = {"kind": req["kind"], "task_id": str(task["id"])}
+                if is_sheet_kind(req["kind"]):
+                    # A sign-off sheet: printed by one server, its code checked by the other on upload.
+                    sheet = self.request("GET", f"/api/v1/items/{item_id}/sheets/{req['kind']}.pdf", user)
+                    assert sheet.status_code == 200, sheet.text
+                    form["verification_code"] = sheet.headers["X-Verification-Code"]
                 r = self.request("POST", f"/api/v1/items/{item_id}/artefacts", user, data=form,
                                  files={"file": (f"{req['kind']}.pdf", demo_pdf(req["kind"]), "application/pdf")})
                 assert r.status_code == 201, r.text

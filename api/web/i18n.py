@@ -183,6 +183,13 @@ EN.update({
     "配置方案": "Configuration plan",
 })
 
+# Sign-off sheets on the task page (docs/SHEETS.md).
+EN.update({
+    "打印确认单": "Print sign-off sheet", "核验码": "Verification code",
+    "上传签字盖章的扫描件时，请填写确认单上印的核验码。":
+        "When uploading the signed and stamped scan, enter the verification code printed on the sheet.",
+})
+
 # Ledger, settlement and export pages (api/web/settlements.py).
 EN.update({
     "佐证材料包": "Evidence bundle", "保存": "Save", "修改明细": "Change lines", "元": "CNY",
