@@ -327,6 +327,7 @@ EN.update({
     "显示全部（含认领、下载 {n} 条）": "Show everything (including {n} claims and downloads)",
     "是": "Yes", "否": "No", "确认会签": "Co-sign", "拒绝会签并退回": "Refuse and send back",
     "对退回意见的答复": "Reply to the return comment", "会签结论": "Decision",
+    "本环节需上传：": "This step needs: ", "、": ", ",
     "草稿已自动保存": "Draft saved", "草稿未能保存，请勿关闭页面": "The draft could not be saved; keep this page open",
     "已恢复您上次填写的草稿。": "Your draft from last time has been restored.",
 })

@@ -39,6 +39,7 @@ from engine.diagram import render_svg
 from engine.drafts import load_draft, save_draft
 from engine.errors import DomainError, FormInvalid, GateUnmet, Invalid, NotFound, ServiceUnavailable
 from engine.evidence import submitted_evidence, upload_artefact
+from engine.guidance import step_guidance
 from engine.policy import DEPARTMENT, may, scope_of
 from engine.rounds import artefact_versions, review_rounds, step_records
 from engine.sheets import SHEETS
@@ -305,6 +306,7 @@ def render_task(task: HumanTask, *, errors: dict[str, list[str]] | None = None,
     rounds = review_rounds(db.session, task) if task.review_of else []
     return render_template(
         "web/task.html", task=task, item=item, gate=gate, review=review, unmet=unmet, record=record,
+        guidance=step_guidance(db.session, task),
         draft_restored=draft is not None and status == 200,
         rounds=rounds,
         fields=fields, errors={k: [form_message(m) for m in v] for k, v in (errors or {}).items()},
