@@ -154,6 +154,7 @@ def test_task_page_gate_upload_and_complete(world, app):
                       data={"kind": "survey_form", "file": (io.BytesIO(b"MZ\x90\x00binary"), "x.exe")},
                       content_type="multipart/form-data")
     assert r.status_code == 415
+    assert r.get_json()["code"] == "unsupported_media_type" and r.get_json()["detail"] == "不支持此文件类型。"
     page = b.get(f"/tasks/{intake['id']}").get_data(as_text=True)
     assert "已上传" in page and not re.search(r'id="complete-button"[^>]*disabled', page)
     r = b.post(f"/tasks/{intake['id']}/complete", {"summary": "新增接入"})
@@ -166,7 +167,7 @@ def test_task_page_gate_upload_and_complete(world, app):
     r = pm.post(f"/tasks/{difficulty['id']}/complete", {"difficulty": "9"})
     body = r.get_data(as_text=True)
     assert r.status_code == 422
-    assert "数值超出允许范围" in body and "此项必填" in body
+    assert "难度系数必须在 0.1–5 之间" in body and "此项必填" in body  # the limits, not "out of range"
     r = pm.post(f"/tasks/{difficulty['id']}/complete", {"difficulty": "1.5", "complexity_note": "跨系统"})
     assert r.status_code == 302
 

@@ -67,7 +67,7 @@
         var detail = "";
         try { detail = JSON.parse(xhr.responseText).detail || ""; } catch (err) { detail = ""; }
         bar.hidden = true;
-        say(msg.dataset.failed + " (" + xhr.status + ")" + (detail ? ": " + detail : ""), true);
+        say(msg.dataset.failed + (detail ? "：" + detail : ""), true);
       });
       xhr.addEventListener("error", function () {
         form.classList.remove("busy");

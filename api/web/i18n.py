@@ -1,6 +1,7 @@
 """Web translations: Chinese is the source language; a dict gives English. Flask-Babel picks the locale."""
 from __future__ import annotations
 
+import re
 from datetime import date, datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -328,6 +329,13 @@ EN.update({
     "是": "Yes", "否": "No", "确认会签": "Co-sign", "拒绝会签并退回": "Refuse and send back",
     "对退回意见的答复": "Reply to the return comment", "会签结论": "Decision",
     "本环节需上传：": "This step needs: ", "、": ", ",
+    "必须在 {0}–{1} 之间。": "must be between {0} and {1}.",
+    "必须大于 {0} 且小于 {1}。": "must be above {0} and below {1}.",
+    "不能小于 {0}。": "must be at least {0}.", "不能大于 {0}。": "must be at most {0}.",
+    "必须大于 {0}。": "must be above {0}.", "必须小于 {0}。": "must be below {0}.",
+    "长度必须在 {0}–{1} 个字之间。": "must be {0}–{1} characters long.",
+    "不能少于 {0} 个字。": "must be at least {0} characters.", "不能超过 {0} 个字。": "must be at most {0} characters.",
+    "长度必须是 {0} 个字。": "must be exactly {0} characters.",
     "草稿已自动保存": "Draft saved", "草稿未能保存，请勿关闭页面": "The draft could not be saved; keep this page open",
     "已恢复您上次填写的草稿。": "Your draft from last time has been restored.",
 })
@@ -360,14 +368,44 @@ def _(text: str, **values: Any) -> str:
     return out.format(**values) if values else out
 
 
-def form_message(message: str) -> str:
-    """A field error in the page's language: known marshmallow texts get a Chinese source first."""
-    if message.startswith("Must be greater than") or message.startswith("Must be less than"):
-        message = "数值超出允许范围。"
-    elif message.startswith("Length must be") or message.startswith("Shorter than") \
-            or message.startswith("Longer than"):
-        message = "内容长度不符合要求。"
-    elif message.startswith("退回时必须填写审核意见"):
+_RANGE = [
+    (re.compile(r"Must be greater than or equal to (\S+) and less than or equal to (\S+?)\.?$"),
+     "必须在 {0}–{1} 之间。"),
+    (re.compile(r"Must be greater than (\S+) and less than (\S+?)\.?$"), "必须大于 {0} 且小于 {1}。"),
+    (re.compile(r"Must be greater than or equal to (\S+?)\.?$"), "不能小于 {0}。"),
+    (re.compile(r"Must be less than or equal to (\S+?)\.?$"), "不能大于 {0}。"),
+    (re.compile(r"Must be greater than (\S+?)\.?$"), "必须大于 {0}。"),
+    (re.compile(r"Must be less than (\S+?)\.?$"), "必须小于 {0}。"),
+    (re.compile(r"Length must be between (\d+) and (\d+)\.?$"), "长度必须在 {0}–{1} 个字之间。"),
+    (re.compile(r"Shorter than minimum length (\d+)\.?$"), "不能少于 {0} 个字。"),
+    (re.compile(r"Longer than maximum length (\d+)\.?$"), "不能超过 {0} 个字。"),
+    (re.compile(r"Length must be (\d+)\.?$"), "长度必须是 {0} 个字。"),
+]
+
+
+def _number(text: str) -> str:
+    """1.0 → 1.0, 5 → 5, 100000 → 100,000: limits as people write them."""
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    if value.is_integer() and "." not in text:
+        return f"{int(value):,}"
+    return text
+
+
+def form_message(message: str, field_title: str | None = None) -> str:
+    """A field error in the page's language, with the limits it broke ("难度系数必须在 0.1–5 之间。"):
+    known marshmallow texts get a Chinese source first."""
+    for pattern, template in _RANGE:
+        match = pattern.match(message)
+        if match:
+            values = [_number(v) for v in match.groups()]
+            text = _(template).format(*values)
+            if field_title:
+                return (f"{field_title} " if lang() == "en" else field_title) + text
+            return text
+    if message.startswith("退回时必须填写审核意见"):
         message = "退回时必须填写审核意见。"
     return _(_MESSAGES.get(message, message))
 

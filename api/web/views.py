@@ -31,7 +31,7 @@ from api.rest.core import filtered_items, item_detail, load_artefact_for, task_q
 from api.serializers import artefact_json
 from api.web.auth import SessionUser, end_web_session, me, start_web_session, web_ctx
 from api.web.formfields import data_from, fields_for
-from api.web.i18n import STAGES, _, form_message
+from api.web.i18n import STAGES, _, form_message, lang
 from engine import audit
 from engine.access import authorize, load_item_for, load_task_for, may_act_on
 from engine.dashboard import build_dashboard
@@ -301,6 +301,7 @@ def render_task(task: HumanTask, *, errors: dict[str, list[str]] | None = None,
         values = {f.name: values.getlist(f.name) if f.widget == "checkboxes" else values.get(f.name)
                   for f in fields}
     departments = {d.id: d for d in db.session.scalars(select(Department))}
+    titles = {f.name: (f.title_en if lang() == "en" else f.title) for f in fields}
     # What this step recorded once done; for a review, every round so far with what changed between them.
     record = next(iter(step_records(db.session, item.id, [task.id])), None) if task.status == "completed" else None
     rounds = review_rounds(db.session, task) if task.review_of else []
@@ -309,7 +310,7 @@ def render_task(task: HumanTask, *, errors: dict[str, list[str]] | None = None,
         guidance=step_guidance(db.session, task),
         draft_restored=draft is not None and status == 200,
         rounds=rounds,
-        fields=fields, errors={k: [form_message(m) for m in v] for k, v in (errors or {}).items()},
+        fields=fields, errors={k: [form_message(m, titles.get(k)) for m in v] for k, v in (errors or {}).items()},
         values=values, may_act=may_act, held_by_other=held_by_other,
         can_complete=task.status == "ready" and may_act and not held_by_other,
         colleagues=_colleagues([task], user).get(task.id, []), versions=_versions(item.id),
@@ -406,9 +407,17 @@ def artefact_upload(item_id: int) -> Any:
             context.store.delete(artefact.key, artefact.version_id)
             raise
     except DomainError as err:
-        if _wants_json() or isinstance(err, NotFound):
+        if isinstance(err, NotFound):
             raise
         db.session.rollback()
+        if _wants_json():
+            # The task page's script shows `detail` to the person: said in their language, with the same code.
+            body = {"type": "about:blank", "title": refusal(err), "status": err.status, "code": err.code,
+                    "detail": refusal(err)}
+            response = jsonify(body)
+            response.status_code = err.status
+            response.mimetype = "application/problem+json"
+            return response
         flash(refusal(err), "error")
         return redirect(back)
     if _wants_json():
