@@ -106,6 +106,7 @@ ENDPOINTS: dict[str, str | dict[str, str]] = {
     "web.item": "item.read",
     "web.artefact_upload": "artefact.upload",
     "web.artefact_content": "artefact.read",
+    "web.artefact_preview": "artefact.read",
     "web.item_sheet": "item.read",
     "web.dashboard": "workload.read",
 }

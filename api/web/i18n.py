@@ -329,6 +329,11 @@ EN.update({
     "是": "Yes", "否": "No", "确认会签": "Co-sign", "拒绝会签并退回": "Refuse and send back",
     "对退回意见的答复": "Reply to the return comment", "会签结论": "Decision",
     "本环节需上传：": "This step needs: ", "、": ", ",
+    "下载原文件": "Download the file", "在浏览器中查看": "Read in the browser",
+    "文件较长，只显示了前面部分；完整内容请下载原文件。":
+        "Long file: only the beginning is shown; download it to read everything.",
+    "文件中没有文字或表格。": "The file has no text or tables.",
+    "此文件不能在浏览器中预览，请下载后查看。": "This file cannot be shown in the browser; download it to read it.",
     "必须在 {0}–{1} 之间。": "must be between {0} and {1}.",
     "必须大于 {0} 且小于 {1}。": "must be above {0} and below {1}.",
     "不能小于 {0}。": "must be at least {0}.", "不能大于 {0}。": "must be at most {0}.",

@@ -41,9 +41,12 @@ from engine.errors import DomainError, FormInvalid, GateUnmet, Invalid, NotFound
 from engine.evidence import submitted_evidence, upload_artefact
 from engine.guidance import step_guidance
 from engine.policy import DEPARTMENT, may, scope_of
+from engine.preview import MAX_BYTES as PREVIEW_MAX_BYTES
+from engine.preview import PREVIEWABLE_DOCUMENTS, NotPreviewable, document_preview
 from engine.rounds import artefact_versions, review_rounds, step_records
 from engine.sheets import SHEETS
 from engine.workflow import claim, complete_task, hand_over, task_requirements, unclaim
+from storage.artefact_store import StoreUnavailable
 from storage.models import Department, HumanTask, ProcessInstance, ServiceLine, User, WorkItem
 
 log = logging.getLogger("itemgate.web")
@@ -315,6 +318,7 @@ def render_task(task: HumanTask, *, errors: dict[str, list[str]] | None = None,
         can_complete=task.status == "ready" and may_act and not held_by_other,
         colleagues=_colleagues([task], user).get(task.id, []), versions=_versions(item.id),
         max_upload_mb=settings.max_upload_mb, accepted=",".join(ACCEPTED_EXTENSIONS), previewable=PREVIEWABLE,
+        previewable_documents=PREVIEWABLE_DOCUMENTS,
         task_department=departments.get(task.department_id or 0), now=datetime.now(UTC), me=user,
         sheet_kinds=set(SHEETS),
         status_code=status,
@@ -448,6 +452,34 @@ def artefact_content(artefact_id: int) -> Any:
     return response
 
 
+@bp.get("/artefacts/<int:artefact_id>/preview")
+def artefact_preview(artefact_id: int) -> Any:
+    """A .docx or .xlsx read in the browser (text and tables), so a reviewer need not download it. Audited as a
+    read of the evidence, like a download."""
+    user = me()
+    artefact = load_artefact_for(user, artefact_id)
+    media_type = artefact.media_type.split(";")[0]
+    preview = None
+    if media_type in PREVIEWABLE_DOCUMENTS and artefact.size <= PREVIEW_MAX_BYTES:
+        store = current_app.extensions.get("itemgate_store")
+        if store is None:
+            raise ServiceUnavailable("no evidence store is configured")
+        try:
+            stream = store.iter_content(artefact.key, artefact.version_id)
+            try:
+                data = b"".join(stream)
+            finally:
+                stream.close()
+            preview = document_preview(data, media_type)
+        except (KeyError, StoreUnavailable, NotPreviewable):  # the page offers the download instead
+            log.info("no preview", extra={"artefact": artefact.id})
+        audit.record(db.session, audit.Actor.of(user, g.get("request_id")), "artefact.downloaded",
+                     target_type="artefact", target_id=artefact.id, item_id=artefact.item_id, preview=True)
+        db.session.commit()
+    return render_template("web/preview.html", artefact=artefact, preview=preview,
+                           item=db.session.get(WorkItem, artefact.item_id))
+
+
 # ---------------------------------------------------------------- items
 
 @bp.get("/items")
@@ -508,7 +540,7 @@ def item(item_id: int) -> Any:
         open_tasks=[t for t in detail["tasks"] if t["status"] == "ready"],
         history=history, names=names, everything=everything, quiet=len(detail["history"]) - len(history),
         records=step_records(db.session, item.id), diagram=_diagram(item, detail["tasks"]),
-        departments=departments, previewable=PREVIEWABLE, me=user)
+        departments=departments, previewable=PREVIEWABLE, previewable_documents=PREVIEWABLE_DOCUMENTS, me=user)
 
 
 # ---------------------------------------------------------------- dashboard
