@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-from datetime import date
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -60,27 +59,6 @@ def shots_dir() -> Path:
     path = Path(os.environ.get("ITEMGATE_SHOTS") or SCREENSHOTS / "phone")
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-@pytest.fixture(scope="module")
-def demo_world(app_for_backend: Any) -> dict[str, str]:
-    """The `itemgate demo` data plus one settlement, so every kind of page has something on it."""
-    from api.demo import DEMO_PASSWORD, USERS, load_demo
-    from api.extensions import db
-    from engine import settlement as st
-    from engine.workflow import Ctx
-    from storage.models import User
-    from tests.conftest import truncate_all
-
-    truncate_all(app_for_backend)
-    with app_for_backend.app_context():
-        store = app_for_backend.extensions.get("itemgate_store")
-        load_demo(app_for_backend, store, echo=lambda _text: None)
-        pm = db.session.query(User).filter_by(username="pm").one()
-        st.open_settlement(Ctx(session=db.session, user=pm, store=store), "SH-YWTB-2025", date(2020, 1, 1),
-                           date(2030, 12, 31), "2025 年上半年")
-        db.session.commit()
-    return {u: DEMO_PASSWORD for u, *_ in USERS}
 
 
 def sign_in(page: Any, username: str, password: str) -> None:
