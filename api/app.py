@@ -191,6 +191,9 @@ def register_authz(app: Flask) -> None:
     from api.authz import register as register_authz_hook
 
     register_authz_hook(app)
+    from api.audit_hooks import register as register_audit_hooks
+
+    register_audit_hooks(app)
 
 
 def register_limits(app: Flask) -> None:
@@ -220,6 +223,9 @@ def register_api(app: Flask) -> None:
     from api.rest import jobs
 
     api.register_blueprint(jobs.blp)
+    from api.rest import money
+
+    api.register_blueprint(money.blp)
 
 
 def register_health(app: Flask) -> None:

@@ -74,6 +74,23 @@ ENDPOINTS: dict[str, str | dict[str, str]] = {
     "settlements.exports_counts_csv": "workload.read",
     "settlements.exports_counts_xlsx": "workload.read",
     "settlements.ledger_reverse": "ledger.correct",
+    # payment plans, the audit trail, the item register, monthly reports (api/rest/money.py)
+    "money.payments_get": "payment.read",
+    "money.payments_post": "payment.record",
+    "money.payments_xlsx": "payment.read",
+    "money.audit_list": "audit.read",
+    "money.audit_export": "audit.read",
+    "money.exports_items_xlsx": "workload.read",
+    "money.performance_get": "workload.read",
+    "money.deadlines_get": "settlement.read",
+    "money.monthly_reports_list": "report.read",
+    "money.monthly_report_get": "report.read",
+    "money.monthly_report_xlsx": "report.read",
+    "money.monthly_report_pdf": "report.read",
+    "money.monthly_report_narrative": "report.prepare",
+    "money.monthly_report_attach": "report.prepare",
+    "money.monthly_report_submit": "report.prepare",
+    "money.monthly_report_review": "report.review",
     # their web pages (api/web/settlements.py)
     "settle_web.ledger_page": "workload.read",
     "settle_web.ledger_reverse": "ledger.correct",
@@ -90,6 +107,9 @@ ENDPOINTS: dict[str, str | dict[str, str]] = {
     "settle_web.export_job_create": "export.job",
     "settle_web.export_job": "export.job",
     "settle_web.export_job_download": "export.job",
+    "settle_web.payments_page": "payment.read",
+    "settle_web.payments_record": "payment.record",
+    "settle_web.payments_xlsx": "payment.read",
     # background export jobs (api/rest/jobs.py)
     "jobs.jobs_get": "export.job",
     # the web inbox (api/web)

@@ -93,7 +93,7 @@ def _party_name(party: str, item: WorkItem) -> str:
         return item.department.name
     if party == "supplier":
         return contract.supplier or ""
-    if party == "buyer":
+    if party == "purchaser":
         return contract.buyer or ""
     return ""
 

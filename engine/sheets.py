@@ -28,7 +28,7 @@ from storage.models import Artefact, Contract, GatePass, HumanTask, SignOffSheet
 PARTIES: dict[str, str] = {
     "department": "需求单位",      # the item's requesting department (for a one-thing: its lead department)
     "supplier": "实施方",          # the contract's supplier
-    "buyer": "采购单位",
+    "purchaser": "采购单位",
     "third_party": "第三方支撑单位",
 }
 

@@ -55,7 +55,7 @@ def test_exponential_comparison_is_stopped_by_the_budget():
     script = "a = [1]\n" + "a = [a, a]\n" * 60 + "b = [a] == [a]\nh = str(a)"
     out = finishes(lambda: execute(script, {}))
     assert isinstance(out.get("error"), ExpressionError), out
-    assert "budget" in out["error"].reason and out["seconds"] < 2
+    assert "budget" in out["error"].reason and out["seconds"] < 15
 
 
 @pytest.mark.parametrize("script", [
@@ -68,7 +68,7 @@ def test_exponential_comparison_is_stopped_by_the_budget():
 def test_huge_formatting_and_aliasing_are_stopped(script):
     out = finishes(lambda: execute(script, {}))
     assert isinstance(out.get("error"), ExpressionError), out
-    assert out["seconds"] < 2
+    assert out["seconds"] < 15  # a hang is what this catches (budget 1 s); loose for a loaded CI machine
 
 
 def test_wall_time_budget_is_configurable_and_tick_deadline_bounds_it():

@@ -39,6 +39,9 @@ def _seed(url: str, s3_server: Any, bucket: str) -> None:
     app = make_app(url, s3_server, bucket)
     with app.app_context():
         load_catalog_file(db.session, CATALOG_DIR / "shanghai.toml")
+        from tests.settlement_helpers import adhoc_contract
+
+        adhoc_contract(CONTRACT)
         for username, role, dept in USERS:
             create_user(username, PASSWORD, role, dept)
         db.session.commit()

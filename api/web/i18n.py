@@ -32,6 +32,23 @@ DECISIONS = {"approve": "确认通过", "return": "退回修改"}
 STEP_HELP = step_help()
 
 EN: dict[str, str] = {
+    # settlement by the contract (issue 17): stages, clocks, payments, grades
+    "中标金额（元）": "Award (CNY)", "从前期结转": "Carry from an earlier stage", "付款日期": "Paid on",
+    "发票号": "Invoice number", "合同时限": "Contract deadlines",
+    "合同未约定支付计划。": "The contract sets no payment plan.",
+    "合同生效后": "On signing", "审定累计金额（元）": "Approved cumulative (CNY)", "审定金额（元）": "Approved (CNY)",
+    "已付（元）": "Paid (CNY)", "已登记付款": "Payment recorded", "已超时": "Overdue", "应付（元）": "Due (CNY)",
+    "截止": "Due", "支付条件": "Condition", "支付计划": "Payment schedule", "时限": "Deadlines",
+    "月报逾期扣款（元）": "Late monthly report deduction (CNY)", "期间": "Period", "未付（元）": "Outstanding (CNY)",
+    "未到期": "Running", "没有进行中的合同时限。": "No contract deadline is running.", "登记付款": "Record payment",
+    "笔次": "No.", "累计上限（元）": "Cumulative cap (CNY)", "累计审定金额（元）": "Settled total (CNY)",
+    "结算阶段": "Settlement stage", "结转": "Carried", "请填写有效的金额和付款日期。": "Enter a valid amount and date.",
+    "超上限暂不支付（元）": "Held back by the cap (CNY)", "超过中标金额 10%": "Beyond award + 10 %",
+    "阶段审定后": "after the stage is approved", "（按期间）": "(by period)",
+    "结算材料提交": "Settlement materials", "修改完善": "Revision", "按时完成": "Done on time", "逾期完成": "Done late",
+    "待结算审定": "Waiting for approval", "应付": "Due", "已付清": "Paid", "无需支付": "Nothing due",
+    "结算修改完善": "Settlement revision", "月度运营报告": "Monthly operations report", "整改": "Rectification",
+    "优秀": "Excellent", "良好": "Good", "一般": "Fair", "合格": "Pass", "不合格": "Fail",
     # layout and navigation
     "ItemGate 事项接入管理": "ItemGate service onboarding",
     "跳到主要内容": "Skip to main content",
@@ -311,6 +328,13 @@ EN.update({
     "结算申报当前所处环节不允许此操作，请刷新页面。": "The claim is not at a stage that allows this; reload the page.",
     "找不到该合同。": "Unknown contract.",
     "找不到所选分录。": "Unknown entry.",
+    "所选分录不属于本结算阶段；前期的分录请勾选“从前期结转”并写明原因。":
+        "An entry is outside this stage; carry earlier entries over explicitly, with the reason.",
+    "所选分录的计量日期在合同服务期之外。": "An entry was tallied outside the contract's service period.",
+    "本合同按阶段结算，请选择结算阶段。": "This contract settles by stage: choose the stage.",
+    "本合同未约定结算阶段，请填写结算期间。": "This contract has no settlement stages: give the period.",
+    "该结算阶段已开启。": "That stage is already open.", "该结算阶段尚未开始。": "That stage has not begun.",
+    "结算总额超过合同金额允许的上限。": "The settled total would exceed what the contract allows.",
     "所选分录属于其他合同。": "The entry belongs to another contract.",
     "开启结算": "Opened", "提交申报": "Submitted", "逐条意见": "Line comment",
     "第三方审核通过": "Accepted by the auditor",

@@ -47,6 +47,7 @@ from storage.models import (
 )
 
 bp = Blueprint("settle_web", __name__)
+CLOCK_NAMES = {"open": "未到期", "overdue": "已超时", "on_time": "按时完成", "late": "逾期完成"}
 LOCKED = "结算已审定（锁定），不能再修改；本次操作已记录。"
 
 
@@ -108,13 +109,19 @@ def settlements() -> Any:
 @bp.post("/settlements")
 def settlements_open() -> Any:
     form = request.form
+    stage = (form.get("stage") or "").strip()[:16] or None
+    start: date | None = None
+    end: date | None = None
     try:
-        start, end = date.fromisoformat(form.get("period_start", "")), date.fromisoformat(form.get("period_end", ""))
+        if form.get("period_start") or form.get("period_end") or stage is None:
+            start = date.fromisoformat(form.get("period_start", ""))
+            end = date.fromisoformat(form.get("period_end", ""))
     except ValueError:
         flash(_("请填写有效的结算期间。"), "error")
         return redirect(url_for("settle_web.settlements"))
     opened = _change(lambda c: st.open_settlement(c, form.get("contract", ""), start, end,
-                                                  (form.get("label") or "").strip() or None), _("已开启结算"))
+                                                  (form.get("label") or "").strip() or None, stage),
+                     _("已开启结算"))
     if opened is None:
         return redirect(url_for("settle_web.settlements"))
     return redirect(url_for("settle_web.settlement", settlement_id=opened.id))
@@ -165,11 +172,13 @@ def settlement(settlement_id: int) -> Any:
     options = _options() if "submit" in actions else {"lines": [], "departments": []}
     users = {u.id: u for u in db.session.scalars(select(User).where(User.id.in_(
         {n.user_id for n in notes if n.user_id})))} if notes else {}
-    return render_template("web/settlement.html", s=s, lines=lines, notes=notes, me=me(), users=users,
-                           fig=st.figures(db.session, s, web_ctx().now), actions=actions,
-                           status_names=st.STATUS_NAMES, note_kinds=NOTE_NAMES, claimable=claimable,
-                           claimable_total=claimable_total, pick=pick, pick_limit=PICK_LIMIT,
-                           lines_options=options["lines"], departments=options["departments"])
+    fig = st.figures(db.session, s, web_ctx().now)
+    return render_template("web/settlement.html", s=s, lines=lines, notes=notes, me=me(), users=users, fig=fig,
+                           actions=actions, status_names=st.STATUS_NAMES, note_kinds=NOTE_NAMES,
+                           claimable=claimable, claimable_total=claimable_total, pick=pick, pick_limit=PICK_LIMIT,
+                           lines_options=options["lines"], departments=options["departments"],
+                           deadlines=st.deadlines(s, fig, web_ctx().now), stages=st.stage_summary(db.session, s),
+                           clock_names=CLOCK_NAMES, rectifications=st.rectifications(db.session, s))
 
 
 def _change(fn: Callable[[Ctx], Any], done: str) -> Any:
@@ -211,6 +220,13 @@ SETTLEMENT_REFUSALS = {
     "unknown_contract": "找不到该合同。",
     "unknown_entry": "找不到所选分录。",
     "wrong_contract": "所选分录属于其他合同。",
+    "entry_outside_stage": "所选分录不属于本结算阶段；前期的分录请勾选“从前期结转”并写明原因。",
+    "outside_service_period": "所选分录的计量日期在合同服务期之外。",
+    "stage_required": "本合同按阶段结算，请选择结算阶段。",
+    "no_schedule": "本合同未约定结算阶段，请填写结算期间。",
+    "stage_already_open": "该结算阶段已开启。",
+    "stage_not_begun": "该结算阶段尚未开始。",
+    "over_award": "结算总额超过合同金额允许的上限。",
 }
 
 
@@ -241,11 +257,18 @@ def settlement_lines(settlement_id: int) -> Any:
     picked = [i for i in (row_id(v) for v in request.form.getlist("entry_id")) if i is not None][:10000]
     ids = picked or _ids(request.form.get("entry_ids", ""))
     reason = (request.form.get("reason") or "").strip()[:4000]
+    carry = request.form.get("carry") == "1"
     if not ids:
         flash(_("请勾选要增加或移除的分录。"), "error")
         return _back(settlement_id)
-    op = st.add_lines if request.form.get("op") == "add" else st.remove_lines
-    _change(lambda c: op(c, st.load_settlement_for(c.session, me(), settlement_id), ids, reason), _("已修改申报明细"))
+
+    def run(c: Ctx) -> Any:
+        s = st.load_settlement_for(c.session, me(), settlement_id)
+        if request.form.get("op") == "add":
+            return st.add_lines(c, s, ids, reason, carry)
+        return st.remove_lines(c, s, ids, reason)
+
+    _change(run, _("已修改申报明细"))
     return _back(settlement_id)
 
 
@@ -372,3 +395,56 @@ def export_job_download(job_id: int) -> Any:
     if job.size is not None:
         response.headers["Content-Length"] = str(job.size)
     return response
+
+
+# ---------------------------------------------------------------- payment schedule (支付计划)
+
+@bp.get("/contracts/<code>/payments")
+def payments_page(code: str) -> Any:
+    from engine import payments as pay
+
+    contract = db.session.execute(select(Contract).where(Contract.code == code)).scalar()
+    if contract is None:
+        raise NotFound(f"contract {code} not found")
+    plan = pay.schedule_for(db.session, contract)
+    from engine.money_reports import STATE_NAMES
+
+    return render_template("web/payments.html", contract=contract, plan=plan, me=me(), state_names=STATE_NAMES,
+                           cumulative=pay.approved_cumulative(db.session, contract))
+
+
+@bp.post("/contracts/<code>/payments")
+def payments_record(code: str) -> Any:
+    from decimal import Decimal, InvalidOperation
+
+    from engine import payments as pay
+
+    contract = db.session.execute(select(Contract).where(Contract.code == code)).scalar()
+    if contract is None:
+        raise NotFound(f"contract {code} not found")
+    form = request.form
+    try:
+        amount = Decimal(form.get("amount", ""))
+        paid_on = date.fromisoformat(form.get("paid_on", ""))
+    except (InvalidOperation, ValueError):
+        flash(_("请填写有效的金额和付款日期。"), "error")
+        return redirect(url_for("settle_web.payments_page", code=code))
+    _change(lambda c: pay.record_payment(c.session, c.actor, me(), contract, amount, paid_on,
+                                         (form.get("invoice_number") or "").strip(), c.now), _("已登记付款"))
+    return redirect(url_for("settle_web.payments_page", code=code))
+
+
+@bp.get("/contracts/<code>/payments.xlsx")
+def payments_xlsx(code: str) -> Any:
+    from flask import g
+
+    from engine import payments as pay
+    from engine.money_reports import payments_xlsx_file
+
+    contract = db.session.execute(select(Contract).where(Contract.code == code)).scalar()
+    if contract is None:
+        raise NotFound(f"contract {code} not found")
+    plan = pay.schedule_for(db.session, contract)
+    g.export_rows = len(plan)
+    return file_response(payments_xlsx_file(contract, plan), XLSX, f"支付计划-{contract.code}.xlsx",
+                         f"payments-{contract.code}.xlsx")

@@ -552,4 +552,9 @@ def dashboard() -> Any:
     now = datetime.now(UTC)
     dash = build_dashboard(db.session, user, now)
     departments = {d.id: d for d in db.session.scalars(select(Department))}
-    return render_template("web/dashboard.html", dash=dash, now=now, departments=departments, stages=STAGES)
+    from engine.clocks import running_clocks
+
+    # Every contract clock (settlement materials and revisions, monthly reports, rectifications), due first.
+    clocks = running_clocks(db.session, now) if user.role in ("pm", "auditor", "buyer", "admin") else []
+    return render_template("web/dashboard.html", dash=dash, now=now, departments=departments, stages=STAGES,
+                           clocks=clocks)

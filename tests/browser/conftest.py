@@ -72,6 +72,9 @@ def demo_world(app_for_backend: Any) -> dict[str, str]:
         store = app_for_backend.extensions.get("itemgate_store")
         load_demo(app_for_backend, store, echo=lambda _text: None)
         pm = db.session.query(User).filter_by(username="pm").one()
+        from tests.settlement_helpers import adhoc_contract
+
+        adhoc_contract("SH-YWTB-2025")  # one claim over the whole demo period, whatever the schedule
         st.open_settlement(Ctx(session=db.session, user=pm, store=store), "SH-YWTB-2025", date(2020, 1, 1),
                            date(2030, 12, 31), "2025 年上半年")
         db.session.commit()

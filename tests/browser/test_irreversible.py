@@ -10,7 +10,7 @@ import pytest
 
 from tests.browser.conftest import VIEWPORT
 from tests.browser.test_inbox_flow import TIMEOUT_MS, sign_in
-from tests.settlement_helpers import completed_items, entry_ids
+from tests.settlement_helpers import adhoc_contract, completed_items, entry_ids
 
 pytestmark = [
     pytest.mark.browser,
@@ -31,6 +31,7 @@ def test_pick_lines_approve_with_confirmation_and_reverse(chromium: Any, live_ur
     from storage.models import WorkloadEntry
 
     world.user("buyer2", "buyer")
+    adhoc_contract()  # a claim for an ad-hoc period: entries before it are claimable without carrying
     completed_items(2, prefix="IN")
     early = datetime(2025, 6, 1, tzinfo=UTC)
     store = world.app.extensions["itemgate_store"]

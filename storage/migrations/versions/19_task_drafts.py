@@ -1,13 +1,13 @@
 """task form drafts kept on the server per task and user
 
 Revision ID: 19_task_drafts
-Revises: 16b_sign_off_sheets
+Revises: 17_settlement_contract
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = "19_task_drafts"
-down_revision = "16b_sign_off_sheets"
+down_revision = "17_settlement_contract"
 branch_labels = None
 depends_on = None
 
