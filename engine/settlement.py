@@ -687,6 +687,39 @@ def gross_of(session: Session, settlement_id: int) -> tuple[Decimal, int]:
     return money(Decimal(gross)), int(count)
 
 
+@dataclass(frozen=True)
+class ListFigures:
+    entries: int
+    gross: Decimal
+    net: Decimal
+
+
+def list_figures(session: Session, settlements: list[Settlement], now: datetime) -> dict[int, ListFigures]:
+    """Lines, gross and net of many settlements for a list: one grouped query for the lines; an approved claim's
+    frozen figures need nothing more, and only claims still moving are computed one by one (a handful at a
+    time, where a list of 200 used to cost ~600 statements)."""
+    ids = [s.id for s in settlements]
+    counts: dict[int, tuple[Decimal, int]] = {}
+    if ids:
+        for sid, gross, count in session.execute(
+                select(SettlementLine.settlement_id, func.coalesce(func.sum(WorkloadEntry.amount), 0),
+                       func.count(WorkloadEntry.id))
+                .join(WorkloadEntry, SettlementLine.entry_id == WorkloadEntry.id)
+                .join(WorkItem, WorkItem.id == WorkloadEntry.item_id)
+                .where(SettlementLine.settlement_id.in_(ids), WorkItem.status != "cancelled")
+                .group_by(SettlementLine.settlement_id)):
+            counts[sid] = (money(Decimal(gross)), int(count))
+    out: dict[int, ListFigures] = {}
+    for s in settlements:
+        gross, count = counts.get(s.id, (Decimal("0.00"), 0))
+        if s.status == "approved" and s.gross_amount is not None:
+            out[s.id] = ListFigures(count, s.gross_amount, s.net_amount or Decimal("0"))
+        else:
+            fig = figures(session, s, now)
+            out[s.id] = ListFigures(fig.entries, fig.gross, fig.net)
+    return out
+
+
 def _award_check(session: Session, settlement: Settlement, fig: Figures) -> Figures:
     award = settlement.contract.award_amount
     if award is None:

@@ -17,6 +17,7 @@ from flask import (
     url_for,
 )
 from sqlalchemy import select
+from sqlalchemy.orm import joinedload
 
 from api.background import start_job
 from api.downloads import attachment, file_response, send_export
@@ -100,8 +101,9 @@ def ledger_reverse(entry_id: int) -> Any:
 
 @bp.get("/settlements")
 def settlements() -> Any:
-    rows = list(db.session.scalars(select(Settlement).order_by(Settlement.id.desc()).limit(200)))
-    figures = {s.id: st.figures(db.session, s, web_ctx().now) for s in rows}
+    rows = list(db.session.scalars(select(Settlement).options(joinedload(Settlement.contract))
+                                   .order_by(Settlement.id.desc()).limit(200)))
+    figures = st.list_figures(db.session, rows, web_ctx().now)
     return render_template("web/settlements.html", rows=rows, figures=figures, me=me(),
                            status_names=st.STATUS_NAMES, **_options())
 
