@@ -226,6 +226,9 @@ def register_api(app: Flask) -> None:
     from api.rest import money
 
     api.register_blueprint(money.blp)
+    from api.rest import service_orders
+
+    api.register_blueprint(service_orders.blp)
 
 
 def register_health(app: Flask) -> None:

@@ -142,6 +142,17 @@ def load_demo(app: Flask, store: Any, echo: Callable[[str], None] = print) -> No
             if not driver.step(item, overrides):
                 break
         echo(f"  {code} {name}: {item.status} / {item.stage}")
+    # A service order (运营服务单) the department has filed and the PM has yet to accept.
+    from engine.service_orders import NewOrder, file_order
+
+    reviewer = db.session.execute(select(User).where(User.username == "rev_ga")).scalar_one()
+    letter = demo_pdf("需求函：机动车驾驶证补领")
+    file_order(Ctx(session=db.session, user=reviewer, store=store), store, NewOrder(
+        contract=contract.code, department="SHGA", title="机动车驾驶证补领接入", service_line="1",
+        channels=["pc", "mobile"], description="请将机动车驾驶证补领接入一网通办 PC 端和移动端。"),
+        "需求函.pdf", io.BytesIO(letter), len(letter), 10 * 1024 * 1024)
+    db.session.commit()
+    echo("  service order 机动车驾驶证补领接入: waiting for the PM")
     audit.record(db.session, audit.Actor(None, "demo", CLI_ROLE), "demo.loaded", target_type="contract",
                  target_id=contract.id)
     db.session.commit()

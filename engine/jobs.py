@@ -275,6 +275,10 @@ def _run_claimed(session_factory: Callable[[], Session], store: ArtefactStore, j
     """Render the job's export to a temp file with progress, store it under exports/{id}/{uuid} and record
     the object. Every write is its own short transaction, guarded by the attempt; the rendering reads run in
     a session of their own; a heartbeat thread keeps the job fresh meanwhile."""
+    if job.kind == "item_import":  # a bulk intake queued from the web (engine/import_jobs.py)
+        from engine.import_jobs import run_import
+
+        return run_import(session_factory, store, job)
     job_id = job.id
     report = _Progress(session_factory, job_id, job.attempts)
     stop = threading.Event()

@@ -120,3 +120,33 @@ def rework_item(ctx: Ctx, item_id: int, to: str, reason: str | None) -> WorkItem
         audit.record(ctx.session, ctx.actor, "task.reopened", target_type="task", target_id=row.id,
                      item_id=item.id, task=row.spec_name, reason=text)
     return item
+
+
+def adjust_difficulty(ctx: Ctx, item_id: int, raw: str | None, note: str | None) -> WorkItem:
+    """Change the proposed difficulty coefficient while it is still a proposal: before the difficulty step
+    (the PM's confirmation against the complexity statement) has been completed."""
+    from decimal import Decimal, InvalidOperation
+
+    assert ctx.user is not None
+    authorize(ctx.user, "item.difficulty")
+    item = load_item_for(ctx.session, ctx.user, item_id, "item.difficulty")
+    _active(item)
+    try:
+        value = Decimal((raw or "").strip())
+        if not value.is_finite() or not Decimal("0.1") <= value <= Decimal("5"):
+            raise InvalidOperation
+    except InvalidOperation:
+        raise Invalid("the difficulty must be a number from 0.1 to 5", code="invalid_form",
+                      errors={"difficulty": ["must be between 0.1 and 5"]}) from None
+    text = _reason(note)
+    confirmed = ctx.session.execute(select(HumanTask.id).where(
+        HumanTask.item_id == item.id, HumanTask.form == "difficulty_confirmation",
+        HumanTask.status == "completed").limit(1)).first()
+    if confirmed is not None:
+        raise Conflict(f"item {item.id}'s difficulty is already confirmed", code="difficulty_confirmed")
+    before = item.difficulty
+    item.difficulty = value.quantize(Decimal("0.01"))
+    ctx.session.flush()
+    audit.record(ctx.session, ctx.actor, "item.difficulty_proposed", target_type="item", target_id=item.id,
+                 before=str(before), after=str(item.difficulty), reason=text)
+    return item

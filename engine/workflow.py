@@ -24,6 +24,7 @@ from engine.errors import Conflict, DomainError, FormInvalid, GateUnmet, Invalid
 from engine.evidence import evidence_scope, lock_evidence, submitted_evidence, verify_artefact
 from engine.ledger import tally_item
 from engine.policy import ALL, DEFAULT_LANE, scope_of
+from engine.registration import check_attributes
 from storage.artefact_store import ArtefactStore, StoreUnavailable
 from storage.models import (
     CHANNELS,
@@ -195,6 +196,8 @@ def _resolve_new_item(session: Session, spec: NewItem
         errors["name"] = ["must not be empty"]
     if not spec.code.strip():
         errors["code"] = ["must not be empty"]
+    if line is not None:
+        errors.update(check_attributes(session, line, spec.department, spec.attributes))
     if errors:
         raise FormInvalid(errors, "The work item is not valid")
     assert contract is not None and line is not None and department is not None

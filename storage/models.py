@@ -608,3 +608,40 @@ class Payment(Base):
     invoice_number: Mapped[str] = mapped_column(String(64))
     recorded_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     recorded_at: Mapped[datetime] = mapped_column(default=utcnow)
+class ServiceOrder(Base):
+    """运营服务单 (seed 001 §七(三)1): a department or the buyer asks for work with a 需求函; the PM accepts it
+    into a work item (the letter becomes the item's requirement/change letter) or declines it with a reason."""
+
+    __tablename__ = "service_orders"
+    __table_args__ = (Index("ix_service_orders_status", "status", "created_at"),
+                      Index("ix_service_orders_department", "department_id", "created_at"))
+    id: Mapped[int] = mapped_column(primary_key=True)
+    contract_id: Mapped[int] = mapped_column(ForeignKey("contracts.id"))
+    department_id: Mapped[int] = mapped_column(ForeignKey("departments.id"))
+    title: Mapped[str] = mapped_column(String(300))
+    description: Mapped[str | None] = mapped_column(Text)
+    # What the requester proposes; the PM decides the item's line, channels and mode on acceptance.
+    service_line: Mapped[str | None] = mapped_column(String(32))
+    mode: Mapped[str] = mapped_column(String(16), default="new")
+    channels: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    wanted_by: Mapped[date | None]
+    # The letter (需求函 / 变更函) as stored: the key is the server's, never the uploader's filename.
+    filename: Mapped[str] = mapped_column(String(255))
+    bucket: Mapped[str] = mapped_column(String(100))
+    key: Mapped[str] = mapped_column(String(400))
+    version_id: Mapped[str | None] = mapped_column(String(200))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    media_type: Mapped[str] = mapped_column(String(200))
+    requested_by_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    status: Mapped[str] = mapped_column(String(16), default="submitted")  # submitted | accepted | declined
+    decided_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    decided_at: Mapped[datetime | None]
+    decline_reason: Mapped[str | None] = mapped_column(Text)
+    item_id: Mapped[int | None] = mapped_column(ForeignKey("work_items.id"))
+
+    contract: Mapped[Contract] = relationship(lazy="joined")
+    department: Mapped[Department] = relationship(lazy="joined")
+    requested_by: Mapped[User] = relationship(foreign_keys=[requested_by_id], lazy="joined")
+    decided_by: Mapped[User | None] = relationship(foreign_keys=[decided_by_id])

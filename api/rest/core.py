@@ -38,6 +38,7 @@ from engine.access import (
 from engine.catalog import ARTEFACT_KINDS
 from engine.errors import DomainError, Forbidden, Invalid, NotFound
 from engine.evidence import submitted_evidence, upload_artefact
+from engine.inbox import settlement_steps
 from engine.policy import ROLES, may, needs_department
 from engine.workflow import Ctx, NewItem, claim, complete_task, create_item, hand_over, task_requirements, unclaim
 from storage.models import Artefact, AuditEvent, Contract, Department, HumanTask, User, WorkItem
@@ -417,7 +418,12 @@ def tasks_list(args: dict[str, Any]) -> dict[str, Any]:
     total = db.session.execute(select(func.count()).select_from(HumanTask).where(where)).scalar_one()
     tasks = task_rows_json(db.session, where, (HumanTask.created_at, HumanTask.id),
                            (args["page"] - 1) * args["per_page"], args["per_page"])
-    return {"tasks": tasks, "total": total}
+    # Settlement steps are not item tasks; they wait for a role (engine/inbox.py), so they come with the queues.
+    steps = [] if args["scope"] == "mine" else [
+        {"settlement_id": s.settlement_id, "label": s.label, "contract": s.contract, "step": s.step,
+         "title": s.title, "round": s.round, "waiting_since": iso(s.waiting_since), "due_at": iso(s.due_at)}
+        for s in settlement_steps(db.session, user)]
+    return {"tasks": tasks, "total": total, "settlement_steps": steps}
 
 
 def task_detail(task: HumanTask) -> dict[str, Any]:
@@ -530,7 +536,8 @@ def artefacts_upload(item_id: int) -> dict[str, Any]:
     """Upload one artefact: multipart fields `kind`, `file` and `task_id` (the open task of this item the file is
     for; needed when open tasks of several departments take the kind). Refused with 409 `under_review` while a
     review judges the submitted version of that kind. A signed sign-off sheet (docs/SHEETS.md) must carry this
-    item's code for its kind: field `verification_code`, or in the PDF's text; another sheet's → 422 `wrong_sheet`."""
+    item's code for its kind: field `verification_code`, the PDF's text or the scan's QR code; another sheet's → 422
+    `wrong_sheet`."""
     from api.uploads import unread_multipart_boundary
 
     context = ctx()

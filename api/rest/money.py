@@ -21,6 +21,7 @@ from engine.calendar import TZ
 from engine.errors import NotFound
 from engine.exports import XLSX
 from engine.money_reports import audit_xlsx_file, payments_xlsx_file
+from engine.performance import GROUPS
 from storage.models import AuditEvent, Contract, WorkItem
 
 # Dates a request may name: far enough either way for any contract, near enough to convert to UTC.
@@ -180,7 +181,7 @@ def exports_items_xlsx(args: dict[str, Any]) -> Response:
 # ---------------------------------------------------------------- on-time rate (按时处理率)
 
 class PerformanceArgs(Schema):
-    by = fields.String(load_default="department", validate=validate.OneOf(["department", "implementer", "stage"]))
+    by = fields.String(load_default="department", validate=validate.OneOf(list(GROUPS)))
     date_from = fields.Date(load_default=None, data_key="from", validate=DAYS)
     date_to = fields.Date(load_default=None, data_key="to", validate=DAYS)
 

@@ -23,10 +23,12 @@ STATUSES = {"active": "进行中", "completed": "已完成", "cancelled": "已�
 MODES = {"new": "新增接入", "iteration": "优化迭代"}
 CHANNELS = {"pc": "PC端", "mobile": "移动端", "kiosk": "自助终端"}
 EVENTS = {
-    "item.created": "登记事项", "item.completed": "事项完成", "item.difficulty_set": "确定难度系数",
+    "item.created": "事项登记", "item.completed": "事项完成", "item.difficulty_set": "确定难度系数",
     "task.claimed": "认领任务", "task.unclaimed": "放回任务", "task.handed_over": "转交任务",
     "task.completed": "完成任务", "artefact.uploaded": "上传交付物", "artefact.downloaded": "下载交付物",
     "timer.fired": "定时触发", "workload.tallied": "计入工作量",
+    "item.cancelled": "事项已取消", "item.reworked": "已退回重做", "item.difficulty_proposed": "建议难度系数已调整",
+    "task.reopened": "重新打开任务", "service_order.accepted": "受理运营服务单",
 }
 DECISIONS = {"approve": "确认通过", "return": "退回修改"}
 STEP_HELP = step_help()
@@ -163,7 +165,9 @@ for _table, _en in (
               "task.unclaimed": "Task released", "task.handed_over": "Task handed over",
               "task.completed": "Task completed", "artefact.uploaded": "Artefact uploaded",
               "artefact.downloaded": "Artefact downloaded", "timer.fired": "Timer fired",
-              "workload.tallied": "Workload tallied"}),
+              "workload.tallied": "Workload tallied", "item.cancelled": "Item cancelled",
+              "item.reworked": "Sent back for rework", "item.difficulty_proposed": "Proposed difficulty changed",
+              "task.reopened": "Task reopened", "service_order.accepted": "Service order accepted"}),
     (DECISIONS, {"approve": "Approved", "return": "Returned for changes"}),
     (STEP_HELP, {
         "intake": "Upload the requirement letter (new) or change letter (iteration) and the complexity "
@@ -204,8 +208,8 @@ EN.update({
 # Sign-off sheets on the task page (docs/SHEETS.md).
 EN.update({
     "打印确认单": "Print sign-off sheet", "核验码": "Verification code",
-    "上传签字盖章的扫描件时，请填写确认单上印的核验码。":
-        "When uploading the signed and stamped scan, enter the verification code printed on the sheet.",
+    "扫描件上的二维码无法识别时，请填写确认单上印的核验码。":
+        "If the QR code on the scan cannot be read, enter the verification code printed on the sheet.",
 })
 
 # Ledger, settlement and export pages (api/web/settlements.py).
@@ -504,3 +508,102 @@ def install(app: Flask) -> None:
         shown_data=_shown_data,
     )
     env.filters.update(dt=fmt_datetime, d=fmt_date, filesize=filesize)
+
+# The PM's pages: registration, import, item actions; settlement steps in the inbox (api/web/pm.py).
+EN.update({
+    "0.1 至 5；由项目经理在难度确认环节按复杂度说明确定。":
+        "0.1 to 5; the PM confirms it at the difficulty step against the complexity statement.",
+    "一件事填写牵头部门。": "For a one-thing, the lead department.",
+    "一件事涉及的全部部门（含牵头部门）；每个部门各做一份关联事项需求分析。":
+        "Every department the one-thing involves (with the lead); each analyses its linked items.",
+    "上传并预览": "Upload and preview", "下载导入模板 (XLSX)": "Download the import template (XLSX)",
+    "不能包含空字符或无效字符。": "Must not contain NUL or invalid characters.",
+    "不超过 {n} MB。": "At most {n} MB.",
+    "不超过 {n} MB，作为交付物“复杂度说明”保存。": "At most {n} MB; kept as the artefact 'complexity statement'.",
+    "与第 {0} 行的编码和接入方式相同。": "Same code and mode as row {0}.",
+    "事项名称": "Item name", "事项编码": "Item code", "需求部门": "Requesting department",
+    "接入渠道": "Channels", "事项已取消": "Item cancelled",
+    "事项已登记，流程已启动": "Item registered; its process has started",
+    "事项清单文件（.xlsx）": "Item list (.xlsx)", "亮证/用证": "Showing / using",
+    "修改结算申报": "Revise the settlement claim",
+    "共 {rows} 行，全部通过检查：将新登记 {n} 项，已登记的 {e} 项不会重复登记。":
+        "{rows} rows, all valid: {n} items will be registered; {e} already registered will not be repeated.",
+    "内容过长。": "Too long.",
+    "制证必做；亮证、用证为可选部分，各有设计、联调、测试和上线。":
+        "Issuing is always done; showing and using are optional parts, each designed, integrated, tested and released.",
+    "参与部门": "Participating departments", "取消": "Cancel", "取消原因": "Reason for cancelling",
+    "取消后所有待办任务结束，事项不再计入工作量，且不能恢复。":
+        "Cancelling ends every open task; the item is never billable and cannot be restored.",
+    "合同与服务类别": "Contract and service line", "合同中没有此服务类别。": "The contract has no such service line.",
+    "复杂度说明文件（可选）": "Complexity statement file (optional)", "导入中": "Importing",
+    "导入失败，未导入任何事项。": "The import failed; no item was imported.",
+    "导入完成：共 {rows} 行，新登记 {n} 项，已登记 {e} 项。各事项的流程已启动。":
+        "Import done: {rows} rows, {n} items registered, {e} already registered. Their processes have started.",
+    "已退回到所选环节重做": "Sent back to the chosen step", "建议难度系数": "Proposed difficulty",
+    "建议难度系数已调整": "Proposed difficulty changed", "当前": "now", "待处理的结算": "Settlements waiting for you",
+    "批量导入": "Bulk import", "批量导入事项": "Import items", "按": "per ",
+    "接入方式应为“新增接入”或“优化迭代”。": "The mode must be 新增接入 (new) or 优化迭代 (iteration).",
+    "操作未执行：": "Not done: ", "改派": "Reassign", "改派任务": "Reassign tasks",
+    "无法读取此文件：请上传 .xlsx（或 .csv）文件，不超过 20 MB。":
+        "Cannot read this file: upload an .xlsx (or .csv) file of at most 20 MB.",
+    "有 {n} 处问题，未导入任何事项。请修改文件后重新上传。":
+        "{n} problem(s); nothing was imported. Correct the file and upload it again.",
+    "有未知的部门。": "Unknown department(s).",
+    "未知的渠道（PC端/移动端/自助终端）。": "Unknown channel (PC/mobile/kiosk).",
+    "未知的需求部门。": "Unknown requesting department.", "查看事项列表": "See the item list",
+    "检查结果": "Check", "模板列": "Template columns", "此列重复。": "This column appears twice.",
+    "此类事项需要业务数据质量检测确认单（测试环节的交付物）。":
+        "Items of this type need a business data quality confirmation (evidence of the test step).",
+    "此项为空。": "Empty.", "渠道无效。": "Invalid channel.", "渠道重复。": "Channel listed twice.",
+    "牵头部门（需求部门）必须是参与部门之一。": "The lead (requesting) department must be a participating department.",
+    "登记并启动流程": "Register and start the process", "第 {n} 行": "Row {n}",
+    "第一步：上传并预览": "Step 1: upload and preview", "第三方审核申报材料": "Third-party review of the claim",
+    "第三步：导入 {n} 项": "Step 3: import {n} items", "第二步：检查预览": "Step 2: check the preview",
+    "等待自": "Waiting since", "结算申报": "Settlement claim", "编制并提交结算申报": "Prepare and submit the claim",
+    "缺少此列。": "Column missing.", "行": "Row", "表头": "Header", "通过": "OK",
+    "该合同下已有相同编码和接入方式的事项。": "The contract already has an item with this code and mode.",
+    "该合同没有此服务类别。": "The contract has no such service line.",
+    "该服务类别不提供所选渠道。": "The service line is not offered on the chosen channel.",
+    "该服务类别不提供此渠道。": "The service line is not offered on this channel.",
+    "请先上传文件并预览。": "Upload and preview a file first.",
+    "请填写原因（至少 2 个字）。": "Give a reason (at least 2 characters).",
+    "请至少选择一个渠道。": "Choose at least one channel.", "请选择参与部门。": "Choose the participating departments.",
+    "请选择合同。": "Choose a contract.", "请选择已完成的环节。": "Choose a completed step.",
+    "请选择接入方式。": "Choose the mode.", "请选择服务类别。": "Choose a service line.",
+    "请选择要导入的文件。": "Choose the file to import.", "请选择需求部门。": "Choose the requesting department.",
+    "调整": "Change", "退回到": "Back to", "退回到已完成环节重做": "Send back to a completed step",
+    "部门重复。": "A department is listed twice.",
+    "难度系数不是 1.0 时，请写明复杂度说明或上传复杂度说明文件。":
+        "When the difficulty is not 1.0, write or upload the complexity statement.",
+    "难度系数已确认，不能再调整建议值。": "The difficulty is confirmed; the proposal can no longer change.",
+    "难度系数应为 0.1 至 5 的数字。": "The difficulty must be a number from 0.1 to 5.",
+    "难度系数须在 0.1 到 5 之间。": "The difficulty must be between 0.1 and 5.",
+    "需要业务数据质量检测": "Needs a business data quality check", "项目经理操作": "PM actions",
+    "预览会检查每一行；任何一行有误，都不会导入。":
+        "The preview checks every row; if any row is wrong, nothing is imported.",
+})
+
+# Service orders (api/web/service_orders.py).
+EN.update({
+    "上传需求函（新增）或变更函（迭代），项目经理受理后登记为事项并启动流程。":
+        "Upload the requirement letter (new) or change letter (iteration); once the PM accepts it, it becomes an "
+        "item and its process starts.",
+    "不予受理": "Decline", "全部": "All", "受理为事项": "Accept as an item", "已不予受理": "Declined",
+    "已受理": "Accepted", "已受理为事项": "Accepted as item",
+    "已受理运营服务单，事项已登记，流程已启动":
+        "Service order accepted; the item is registered and its process started",
+    "已提交运营服务单，等待项目经理受理": "Service order filed; it waits for the PM",
+    "建议服务类别": "Proposed service line", "建议服务类别（可选）": "Proposed service line (optional)",
+    "待受理": "Waiting", "待受理的运营服务单": "Service orders waiting for you",
+    "提交运营服务单": "File a service order",
+    "提出人": "Requested by", "服务单": "Service orders", "期望完成日期": "Wanted by",
+    "期望完成日期（可选）": "Wanted by (optional)", "来源运营服务单": "From service order",
+    "没有运营服务单。": "No service orders.", "由项目经理确定": "Decided by the PM", "编号": "No.",
+    "该运营服务单已处理。": "This service order has already been decided.",
+    "请上传需求函。": "Upload the requirement letter.",
+    "运营服务单": "Service orders", "需求函文件": "Requirement letter file", "需求名称": "Request",
+    "需求说明": "Description",
+    "也可在下方流程图中点击已完成的环节。": "Or click a completed step in the diagram below.",
+    "登记事项": "Register an item", "取消事项": "Cancel the item", "退回重做": "Send back",
+    "调整建议难度系数": "Change the proposed difficulty", "已退回重做": "Sent back for rework",
+})

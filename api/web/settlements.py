@@ -371,6 +371,8 @@ def export_job_create() -> Any:
 @bp.get("/exports/jobs/<int:job_id>")
 def export_job(job_id: int) -> Any:
     job = jobs.load_job_for(db.session, me(), job_id)
+    if job.kind not in EXPORTS:  # an import job shares the queue; it has its own page
+        return redirect(url_for("web.items_import_job", job_id=job_id))
     status, error = jobs.shown(job, utcnow())
     return render_template("web/export_job.html", job=job, status=status, error=error, me=me(),
                            kind=EXPORTS[job.kind], running=status in ("queued", "running"))
@@ -412,7 +414,8 @@ def payments_page(code: str) -> Any:
     from engine.money_reports import STATE_NAMES
 
     return render_template("web/payments.html", contract=contract, plan=plan, me=me(), state_names=STATE_NAMES,
-                           cumulative=pay.approved_cumulative(db.session, contract))
+                           cumulative=pay.approved_cumulative(db.session, contract),
+                           may_record=may(me(), "payment.record"))
 
 
 @bp.post("/contracts/<code>/payments")

@@ -40,6 +40,7 @@ from engine.drafts import load_draft, save_draft
 from engine.errors import DomainError, FormInvalid, GateUnmet, Invalid, NotFound, ServiceUnavailable
 from engine.evidence import submitted_evidence, upload_artefact
 from engine.guidance import step_guidance
+from engine.inbox import settlement_steps
 from engine.policy import DEPARTMENT, may, scope_of
 from engine.preview import MAX_BYTES as PREVIEW_MAX_BYTES
 from engine.preview import PREVIEWABLE_DOCUMENTS, NotPreviewable, document_preview
@@ -80,6 +81,8 @@ _REFUSALS = {
     "not_your_department": "这是其他部门的交付物，您不能上传。",
     "entry_under_review": "该分录所在的结算申报正在审核中，不能冲销；请待申报退回后先将其移出申报。",
     "already_reversed": "该分录已被冲销。",
+    "difficulty_confirmed": "难度系数已确认，不能再调整建议值。",
+    "order_decided": "该运营服务单已处理。",
 }
 
 
@@ -195,7 +198,15 @@ def inbox() -> Any:
     counts = {s: _count(task_query(user, s)) for s in scopes}
     scope = request.args.get("scope")
     if scope not in scopes:
-        scope = "mine" if counts["mine"] else "group"
+        # Open where the work is: my claimed tasks, else my queue, else (for roles who oversee) everything.
+        scope = next((s for s in scopes if counts[s]), "group")
+    steps = settlement_steps(db.session, user)
+    waiting_orders: list[Any] = []
+    if may(user, "service_order.decide"):  # service orders wait for the PM to accept or decline them
+        from storage.models import ServiceOrder
+
+        waiting_orders = list(db.session.scalars(select(ServiceOrder).where(ServiceOrder.status == "submitted")
+                                                 .order_by(ServiceOrder.id).limit(50)))
     query = task_query(user, scope).join(WorkItem, HumanTask.item_id == WorkItem.id)
     q = (request.args.get("q") or "").strip()[:100]
     if q:
@@ -229,7 +240,8 @@ def inbox() -> Any:
         "web/inbox.html", tasks=tasks, scope=scope, scopes=scopes, counts=counts, q=q, stage=stage,
         department=department, overdue_only=overdue_only, sort=sort, page=page, pages=pages, total=total,
         now=now, departments=departments, department_options=_visible_departments(user), stages=STAGES,
-        colleagues=_colleagues(tasks, user), may_act=lambda t: may_act_on(user, t), me=user)
+        colleagues=_colleagues(tasks, user), may_act=lambda t: may_act_on(user, t), me=user,
+        settlement_steps=steps, waiting_orders=waiting_orders)
 
 
 def _act(task_id: int, action: Any, done: str) -> Any:
@@ -527,6 +539,28 @@ def item(item_id: int) -> Any:
     artefacts = [{**a, "version": versions.get(a["id"], 1)} for a in detail["artefacts"]]
     artefacts.sort(key=lambda a: (a["kind"], a["department"] or "", -a["version"]))
     departments = {d.code: d.name for d in db.session.scalars(select(Department))}
+    open_tasks = [t for t in detail["tasks"] if t["status"] == "ready"]
+    pm_actions = None
+    if may(user, "item.cancel") and item.status == "active":
+        # What the PM may do here: rework to a completed step (latest first, once each), reassign open tasks,
+        # adjust the proposed difficulty until the difficulty step is done.
+        done_steps: dict[str, str] = {}
+        for t in reversed(detail["tasks"]):
+            if t["status"] == "completed" and t["name"] not in done_steps:
+                done_steps[t["name"]] = t["title"]
+        rows = list(db.session.scalars(select(HumanTask).where(HumanTask.item_id == item.id,
+                                                              HumanTask.status == "ready").order_by(HumanTask.id)))
+        pm_actions = {
+            "rework_to": done_steps,
+            "colleagues": _colleagues(rows, user) if rows else {},
+            "difficulty_open": not any(t["form_key"] == "difficulty_confirmation" and t["status"] == "completed"
+                                       for t in detail["tasks"]),
+        }
+    from engine.policy import RULES
+    from engine.service_orders import order_of_item
+
+    # The request the item came from (运营服务单): who asked and with which letter; linked for roles that read orders.
+    source_order = order_of_item(db.session, item.id) if (item.attributes or {}).get("service_order") else None
     # The timeline names people as they are known (张伟), and leaves out claims and downloads unless asked.
     everything = request.args.get("all") == "1"
     history = [e for e in reversed(detail["history"]) if everything or e["event"] not in QUIET_EVENTS]
@@ -536,11 +570,12 @@ def item(item_id: int) -> Any:
     names = {u.username: (u.display_name or u.username) for u in db.session.scalars(
         select(User).where(User.username.in_(usernames)))} if usernames else {}
     return render_template(
-        "web/item.html", item=item, detail=detail, titles=titles, artefacts=artefacts,
-        open_tasks=[t for t in detail["tasks"] if t["status"] == "ready"],
+        "web/item.html", item=item, detail=detail, titles=titles, artefacts=artefacts, open_tasks=open_tasks,
+        source_order=source_order, may_read_orders=RULES["service_order.read"].allows(user.role),
         history=history, names=names, everything=everything, quiet=len(detail["history"]) - len(history),
         records=step_records(db.session, item.id), diagram=_diagram(item, detail["tasks"]),
-        departments=departments, previewable=PREVIEWABLE, previewable_documents=PREVIEWABLE_DOCUMENTS, me=user)
+        departments=departments, previewable=PREVIEWABLE, previewable_documents=PREVIEWABLE_DOCUMENTS, me=user,
+        pm_actions=pm_actions)
 
 
 # ---------------------------------------------------------------- dashboard
@@ -555,6 +590,6 @@ def dashboard() -> Any:
     from engine.clocks import running_clocks
 
     # Every contract clock (settlement materials and revisions, monthly reports, rectifications), due first.
-    clocks = running_clocks(db.session, now) if user.role in ("pm", "auditor", "buyer", "admin") else []
+    clocks = running_clocks(db.session, now) if may(user, "settlement.read") else []
     return render_template("web/dashboard.html", dash=dash, now=now, departments=departments, stages=STAGES,
                            clocks=clocks)

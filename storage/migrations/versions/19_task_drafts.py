@@ -1,13 +1,13 @@
 """task form drafts kept on the server per task and user
 
 Revision ID: 19_task_drafts
-Revises: 17_settlement_contract
+Revises: 18a_service_orders
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = "19_task_drafts"
-down_revision = "17_settlement_contract"
+down_revision = "18a_service_orders"
 branch_labels = None
 depends_on = None
 
