@@ -26,7 +26,7 @@ TIMEOUT_MS = 15_000
 START = ["/inbox", "/inbox?scope=group", "/inbox?scope=all", "/items", "/dashboard", "/settlements", "/ledger",
          "/exports"]
 # Links that download, sign out or change something are not pages to look at.
-SKIP = re.compile(r"(/artefacts/|\.xlsx|\.csv|\.zip|/download|/logout|/content|lang=|/api/)")
+SKIP = re.compile(r"(/artefacts/|\.xlsx|\.csv|\.zip|\.pdf|/download|/file$|/logout|/content|lang=|/api/)")
 MAX_PAGES = 40
 
 # Elements wider than the viewport (or sticking out of it), outside any scrolling box; and the page's own width.
@@ -84,7 +84,12 @@ def crawl(page: Any) -> list[str]:
         key = pattern(url)
         if key in seen or SKIP.search(url):
             continue
-        response = page.goto(url)
+        try:
+            response = page.goto(url)
+        except Exception as exc:  # a link that downloads a file is not a page
+            if "Download is starting" in str(exc):
+                continue
+            raise
         if response is None or response.status in (403, 404):
             continue
         seen[key] = url
