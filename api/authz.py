@@ -151,6 +151,9 @@ ENDPOINTS: dict[str, str | dict[str, str]] = {
     "web.service_order_new": "service_order.file",
     "web.service_order_accept": "service_order.decide",
     "web.service_order_decline": "service_order.decide",
+    "web.monthly_reports": "report.read",
+    "web.monthly_report_submit": "report.prepare",
+    "web.monthly_report_review": "report.review",
 }
 
 # `itemgate` sub-commands → action, checked as CLI_ROLE. Every command must appear here.

@@ -67,3 +67,56 @@ def settlement_steps(session: Session, user: User) -> list[SettlementStep]:
                                   STATUS_NAMES.get(s.status, s.status), s.round or 1, since, due, revision))
     out.sort(key=lambda st: (st.due_at is None, st.due_at.timestamp() if st.due_at else 0, st.settlement_id))
     return out
+
+
+@dataclass(frozen=True)
+class ReportStep:
+    """A monthly operations report (engine/monthly_report.py) that waits for someone: to be written and submitted
+    or revised (PM), or reviewed (the third party)."""
+
+    report_id: int | None
+    contract: str
+    month: str
+    step: str  # write | revise | review
+    title: str
+    due_at: datetime | None
+
+
+def report_steps(session: Session, user: User, now: datetime | None = None) -> list[ReportStep]:
+    """Months that have ended without an accepted report, for the role whose move it is; read only (the rows of
+    months nobody has opened yet are computed as `open`, with the deadline ensure_reports would give them)."""
+    from engine import monthly_report as mr
+    from engine import schedule
+    from engine.calendar import TZ
+    from engine.policy import may
+    from storage.models import Contract, ContractTask
+
+    prepare, review = may(user, "report.prepare"), may(user, "report.review")
+    if not (prepare or review):
+        return []
+    today = (now or datetime.now(UTC)).astimezone(TZ).date()
+    calendar = None
+    out: list[ReportStep] = []
+    for contract in session.scalars(select(Contract).order_by(Contract.code)):
+        days = (contract.settings or {}).get("monthly_report_working_days")
+        if days is None:
+            continue
+        rows = {t.key: t for t in session.scalars(select(ContractTask).where(
+            ContractTask.contract_id == contract.id, ContractTask.kind == mr.KIND))}
+        for key, _start, end in mr.months_of(contract):
+            if end >= today:
+                continue  # the month is not over
+            row = rows.get(key)
+            status = row.status if row is not None else "open"
+            if prepare and status in ("open", "returned"):
+                if row is not None:
+                    due = row.revision_due_at if status == "returned" else row.due_at
+                else:
+                    calendar = calendar or work_calendar(session)
+                    due = schedule.working_deadline(calendar, schedule.after_day(end), int(days))[0]
+                out.append(ReportStep(row.id if row else None, contract.code, key,
+                                      "write" if status == "open" else "revise",
+                                      "编写并提交月度运营报告" if status == "open" else "修改月度运营报告", due))
+            if review and status == "submitted" and row is not None:
+                out.append(ReportStep(row.id, contract.code, key, "review", "审核月度运营报告", None))
+    return out

@@ -2,7 +2,7 @@
 the buyer and the PM with due dates, and the PM's inbox opens on the tab where the PM's work is."""
 from __future__ import annotations
 
-from tests.settlement_helpers import completed_items
+from tests.settlement_helpers import adhoc_contract, completed_items
 from tests.test_settlement import CURRENT
 from tests.test_web import Browser
 
@@ -10,6 +10,7 @@ from tests.test_web import Browser
 def test_settlement_steps_reach_the_role_that_must_act(world, app):
     world.user("buyer2", "buyer")
     completed_items(2, prefix="INB")
+    adhoc_contract()  # an ad-hoc period of today's dates (stage claims: test_contract_settlement.py)
     r = world.post("pm", "/api/v1/settlements", json=CURRENT)
     assert r.status_code == 201, r.get_json()
     sid = r.get_json()["id"]

@@ -40,7 +40,7 @@ from engine.drafts import load_draft, save_draft
 from engine.errors import DomainError, FormInvalid, GateUnmet, Invalid, NotFound, ServiceUnavailable
 from engine.evidence import submitted_evidence, upload_artefact
 from engine.guidance import step_guidance
-from engine.inbox import settlement_steps
+from engine.inbox import report_steps, settlement_steps
 from engine.policy import DEPARTMENT, may, scope_of
 from engine.preview import MAX_BYTES as PREVIEW_MAX_BYTES
 from engine.preview import PREVIEWABLE_DOCUMENTS, NotPreviewable, document_preview
@@ -241,7 +241,7 @@ def inbox() -> Any:
         department=department, overdue_only=overdue_only, sort=sort, page=page, pages=pages, total=total,
         now=now, departments=departments, department_options=_visible_departments(user), stages=STAGES,
         colleagues=_colleagues(tasks, user), may_act=lambda t: may_act_on(user, t), me=user,
-        settlement_steps=steps, waiting_orders=waiting_orders)
+        settlement_steps=steps, waiting_orders=waiting_orders, report_steps=report_steps(db.session, user, now))
 
 
 def _act(task_id: int, action: Any, done: str) -> Any:
