@@ -39,7 +39,7 @@ class Settings:
     audit_anchor_minutes: int = 5                      # ITEMGATE_AUDIT_ANCHOR_MINUTES (serve's anchor loop)
     max_json_kb: int = 256                             # ITEMGATE_MAX_JSON_KB (JSON request bodies)
     model_cache: bool = True                           # ITEMGATE_MODEL_CACHE (off: cold mode, nothing kept)
-    cjk_font: str | None = None                        # ITEMGATE_CJK_FONT (sign-off sheets; unset: Noto CJK)
+    cjk_font: str | None = None                        # ITEMGATE_CJK_FONT (Chinese PDFs; unset: Noto CJK)
     expression_ms: int = 1000                          # ITEMGATE_EXPRESSION_MS (wall time per evaluation)
     expression_steps: int = 1_000_000                  # ITEMGATE_EXPRESSION_STEPS (steps per evaluation)
     expression_size: int = 1_000_000                   # ITEMGATE_EXPRESSION_SIZE (elements+chars per value)
