@@ -2,6 +2,7 @@
 and masking — on SQLite and PostgreSQL, with seed 001's figures where the seed gives them."""
 from __future__ import annotations
 
+import dataclasses
 import io
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -413,6 +414,13 @@ def test_monthly_report_drafted_from_data_and_one_working_day_late_costs_three_p
     assert fonts and all("STSong" not in f for f in fonts)
     descendant = next(iter(reader.pages[0]["/Resources"]["/Font"].values()))["/DescendantFonts"][0]
     assert any(k in descendant["/FontDescriptor"] for k in ("/FontFile2", "/FontFile3"))
+    settings = app.config["ITEMGATE"]
+    app.config["ITEMGATE"] = dataclasses.replace(settings, cjk_font="/nonexistent/font.ttc")
+    try:
+        r = w.get("pm", f"/api/v1/monthly-reports/{march['id']}/report.pdf")
+    finally:
+        app.config["ITEMGATE"] = settings
+    assert r.status_code == 503 and r.get_json()["code"] == "cjk_font_missing"
 
     assert w.post("pm", f"/api/v1/monthly-reports/{march['id']}/submit").get_json()["code"] == "narrative_required"
     r = w.post("pm", f"/api/v1/monthly-reports/{march['id']}/narrative", json={"narrative": "三月运营情况良好。"})
