@@ -212,10 +212,8 @@ def request_user() -> Any:
         return user
     if request.path.startswith("/api/"):
         return None
-    try:
-        from flask_login import current_user
-    except ImportError:  # pragma: no cover - Flask-Login is a dependency
-        return None
+    from flask_login import current_user
+
     if getattr(current_user, "is_authenticated", False):
         return getattr(current_user, "_get_current_object", lambda: current_user)()
     return None

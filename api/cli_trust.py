@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
-from api.cli import app_context, main, object_store
+from api.cli_base import app_context, main, object_store
 from engine.policy import CLI_ROLE
+from storage.unit_of_work import unit_of_work
 
 DOCS_AUTHZ = Path(__file__).resolve().parent.parent / "docs" / "AUTHZ.md"
 
@@ -101,9 +102,9 @@ def audit_anchor() -> None:
 
     with app_context() as app, object_store(app) as store:
         # Recorded first, so that the anchor covers the request for it too.
-        audit_log.record(database.session, audit_log.Actor(None, "cli", CLI_ROLE), "audit.anchor_requested",
-                         target_type="bucket", target_id=store.bucket)
-        database.session.commit()
+        with unit_of_work(database.session):
+            audit_log.record(database.session, audit_log.Actor(None, "cli", CLI_ROLE), "audit.anchor_requested",
+                             target_type="bucket", target_id=store.bucket)
         anchor = anchor_now(database.session, store, "cli")
         if anchor is None:
             click.echo("the audit chain is empty: nothing to anchor")
@@ -125,12 +126,11 @@ def audit_prune() -> None:
     with app_context() as app, object_store(app) as store:
         settings = app.config["ITEMGATE"]
         try:
-            result = prune(database.session, store, audit_log.Actor(None, "cli", CLI_ROLE),
-                           settings.audit_retention_days)
+            with unit_of_work(database.session):
+                result = prune(database.session, store, audit_log.Actor(None, "cli", CLI_ROLE),
+                               settings.audit_retention_days)
         except DomainError as exc:
-            database.session.rollback()
             raise click.ClickException(exc.detail) from exc
-        database.session.commit()
         if result.checkpoint is None:
             click.echo(f"nothing older than {settings.audit_retention_days} days to prune")
         else:
@@ -166,10 +166,10 @@ def fsck(repair: bool, quick: bool) -> None:
                 "kept (younger than the grace period)" if repair else "orphan")
             click.echo(f"{state}: {o.key} version {o.version_id} ({o.size} bytes, {o.last_modified})")
         if repair and report.removed:
-            audit_log.record(database.session, audit_log.Actor(None, "cli", CLI_ROLE), "evidence.orphans_removed",
-                             target_type="bucket", target_id=store.bucket,
-                             objects=[[o.key, o.version_id] for o in report.removed])
-            database.session.commit()
+            with unit_of_work(database.session):
+                audit_log.record(database.session, audit_log.Actor(None, "cli", CLI_ROLE), "evidence.orphans_removed",
+                                 target_type="bucket", target_id=store.bucket,
+                                 objects=[[o.key, o.version_id] for o in report.removed])
         click.echo(f"checked {report.checked} artefacts: {len(report.problems) + report.lock_missing} problem(s), "
                    f"{len(report.orphans)} orphan(s), {len(report.removed)} removed")
         if report.problems or report.lock_missing or len(report.orphans) > len(report.removed):
@@ -203,10 +203,10 @@ def restore(directory: str) -> None:
 
     with app_context() as app, object_store(app) as store:
         try:
-            result = run_restore(database.session, store, Path(directory), audit_log.Actor(None, "cli", CLI_ROLE))
+            with unit_of_work(database.session):
+                result = run_restore(database.session, store, Path(directory),
+                                     audit_log.Actor(None, "cli", CLI_ROLE))
         except DomainError as exc:
-            database.session.rollback()
             raise click.ClickException(exc.detail) from exc
-        database.session.commit()
         click.echo(f"restored {sum(result['tables'].values())} rows and {result['objects']} objects; "
                    "run `itemgate fsck` and `itemgate audit verify` to check")

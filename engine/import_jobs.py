@@ -16,10 +16,11 @@ from sqlalchemy.orm import Session
 from engine.access import authorize
 from engine.errors import DomainError, Invalid, NotFound
 from engine.intake import HEADERS, MAX_BYTES, REQUIRED, ImportInvalid, ImportReport, import_items, read_rows
-from engine.jobs import Superseded, _heartbeat, _Progress
+from engine.job_progress import Progress, Superseded, heartbeat
 from engine.workflow import Ctx
 from storage.artefact_store import ArtefactStore
 from storage.models import ExportJob, User, utcnow
+from storage.unit_of_work import new_unit_of_work
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +114,9 @@ def result_of(job: ExportJob) -> dict[str, Any] | None:
 def run_import(session_factory: Callable[[], Session], store: ArtefactStore, job: ExportJob) -> str:
     """Run a claimed import job: one transaction for the whole file, progress written as rows are created."""
     job_id = job.id
-    report = _Progress(session_factory, job_id, job.attempts)
+    report = Progress(session_factory, job_id, job.attempts)
     stop = threading.Event()
-    beat = threading.Thread(target=_heartbeat, args=(report, stop), name=f"import-job-{job_id}-heartbeat",
+    beat = threading.Thread(target=heartbeat, args=(report, stop), name=f"import-job-{job_id}-heartbeat",
                             daemon=True)
     beat.start()
     params = dict(job.params or {})
@@ -140,7 +141,7 @@ def run_import(session_factory: Callable[[], Session], store: ArtefactStore, job
                 if live[0]:
                     report(done[0], total[0])
 
-            with session_factory() as session:
+            with new_unit_of_work(session_factory) as session:
                 # SQLite has one writer: while the import's transaction is open no other connection can write
                 # progress, so there the bar moves when the import commits. PostgreSQL shows it row by row.
                 live[0] = session.get_bind().dialect.name != "sqlite"
@@ -150,7 +151,6 @@ def run_import(session_factory: Callable[[], Session], store: ArtefactStore, job
                 ctx = Ctx(session=session, user=user, store=store)
                 result = import_items(ctx, params.get("contract", ""), io.BytesIO(data), staged.filename,
                                       progress=progress, on_total=on_total)
-                session.commit()
             outcome = result.as_dict()
             report.write(done=len(result.created), total=len(result.created))
         except Superseded:

@@ -165,7 +165,7 @@ def draft(session: Session, report: ContractTask, now: datetime) -> dict[str, An
 
 def _require(ctx: Ctx, action: str) -> None:
     if ctx.user is None or not policy.may(ctx.user, action):
-        raise Forbidden(f"this step needs the right to {policy.rule(action).summary}", code="not_your_task")
+        raise Forbidden(f"your role may not {policy.RULES[action].summary}", code="not_your_task")
 
 
 def write(ctx: Ctx, report: ContractTask, narrative: str) -> ContractTask:

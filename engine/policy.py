@@ -143,8 +143,6 @@ _RULES = [
 ]
 RULES: dict[str, Rule] = {r.action: r for r in _RULES}
 
-def rule(action: str) -> Rule:
-    return RULES[action]
 
 
 def scope_of(role: str | None, action: str) -> str | None:

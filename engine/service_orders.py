@@ -26,7 +26,7 @@ from engine.errors import (
 from engine.evidence import safe_filename
 from engine.policy import DEPARTMENT
 from engine.workflow import Ctx, NewItem, create_item
-from storage.artefact_store import ArtefactStore, StoreUnavailable, TooLarge
+from storage.artefact_store import ArtefactStore, ObjectMissing, StoreUnavailable, TooLarge
 from storage.models import CHANNELS, Artefact, Contract, Department, ServiceOrder, User, WorkItem
 from storage.sniff import UnsupportedType, sniff
 
@@ -209,7 +209,7 @@ def accept_order(ctx: Ctx, store: ArtefactStore | None, order_id: int, spec: Acc
                                   len(data), order.media_type, order.size + 1)
     except StoreUnavailable as exc:
         raise ServiceUnavailable("the object store is unavailable") from exc
-    except KeyError as exc:
+    except ObjectMissing as exc:
         raise ServiceUnavailable("the order's file is missing from the store") from exc
     if stored.sha256 != order.sha256:
         raise ServiceUnavailable("the order's file does not match its recorded checksum")

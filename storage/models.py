@@ -224,7 +224,7 @@ class HumanTask(Base):
         Index("ix_human_tasks_assignee", "assignee_id", "status", "created_at"),
         Index("ix_human_tasks_item", "item_id", "status"),
         # Inbox queues in page order: a first page reads 20 index entries instead of sorting every open task
-        # of a role (bench row 2). Not partial, so generic plans of prepared statements can use them too.
+        # of a role. Not partial, so generic plans of prepared statements can use them too.
         Index("ix_human_tasks_role_queue", "status", "role", "created_at", "id",
               postgresql_include=["assignee_id"]),
         Index("ix_human_tasks_dept_queue", "status", "role", "department_id", "created_at", "id",

@@ -43,7 +43,7 @@ def to_confirm_survey(world: Any, code: str) -> dict[str, Any]:
 
 def tick(app: Any) -> int:
     from api.extensions import db
-    from engine.timers import fire_due_timers
+    from engine.tick import fire_due_timers
 
     with app.app_context():
         try:

@@ -16,6 +16,7 @@ from api.auth import current_user
 from api.downloads import content_disposition
 from api.extensions import db
 from api.rest.core import PageArgs, ctx, item_detail
+from api.uploads import record_upload
 from engine import audit
 from engine.errors import FormInvalid, Invalid, ObjectMissing, ServiceUnavailable
 from engine.service_orders import (
@@ -29,8 +30,10 @@ from engine.service_orders import (
     order_json,
     order_scope,
 )
+from storage.artefact_store import ObjectMissing as MissingInStore
 from storage.artefact_store import StoreUnavailable
 from storage.models import ServiceOrder, User
+from storage.unit_of_work import unit_of_work
 
 blp = Blueprint("service_orders", __name__, url_prefix="/api/v1", description="Service orders (运营服务单)")
 
@@ -80,15 +83,12 @@ def orders_create() -> dict[str, Any]:
     upload = request.files.get("file")
     if upload is None or not upload.filename:
         raise Invalid("send the 需求函 as multipart field 'file'", code="invalid_form", errors={"file": ["required"]})
-    order = file_order(context, context.store, new_order_from(request.form), upload.filename, upload.stream,
-                       _length(upload.stream), current_app.config["ITEMGATE"].max_upload_bytes)
-    try:
-        db.session.commit()
-    except Exception:
-        db.session.rollback()
-        if context.store is not None:
-            context.store.delete(order.key, order.version_id)
-        raise
+    store = context.store
+    if store is None:
+        raise ServiceUnavailable("no evidence store is configured")
+    order = record_upload(db.session, store, lambda: file_order(
+        context, store, new_order_from(request.form), upload.filename, upload.stream, _length(upload.stream),
+        current_app.config["ITEMGATE"].max_upload_bytes))
     return order_json(order)
 
 
@@ -123,7 +123,7 @@ def order_file_response(order: ServiceOrder, user: User, inline: bool = False) -
         raise ServiceUnavailable("no evidence store is configured")
     try:
         stream = store.iter_content(order.key, order.version_id).prefetch()
-    except KeyError as exc:
+    except MissingInStore as exc:
         raise ObjectMissing(f"the file of service order {order.id} is missing from the object store") from exc
     except StoreUnavailable as exc:
         raise ServiceUnavailable("the object store is unavailable") from exc
@@ -132,9 +132,9 @@ def order_file_response(order: ServiceOrder, user: User, inline: bool = False) -
     response.headers["Content-Length"] = str(order.size)
     response.headers["X-Content-Type-Options"] = "nosniff"
     try:
-        audit.record(db.session, audit.Actor.of(user, g.get("request_id")), "service_order.downloaded",
-                     target_type="service_order", target_id=order.id)
-        db.session.commit()
+        with unit_of_work(db.session):
+            audit.record(db.session, audit.Actor.of(user, g.get("request_id")), "service_order.downloaded",
+                         target_type="service_order", target_id=order.id)
     except BaseException:
         response.close()
         raise
@@ -165,9 +165,9 @@ class AcceptBody(Schema):
 def orders_accept(body: dict[str, Any], order_id: int) -> dict[str, Any]:
     """The PM accepts the order into a work item: its process starts with the order's letter as the item's
     需求函 (or 变更函); answers the new item."""
-    context = ctx()
-    item = accept_order(context, context.store, order_id, Acceptance(**body))
-    db.session.commit()
+    with unit_of_work(db.session):
+        context = ctx()
+        item = accept_order(context, context.store, order_id, Acceptance(**body))
     assert context.user is not None
     return item_detail(item, context.user)
 
@@ -180,6 +180,6 @@ class DeclineBody(Schema):
 @blp.arguments(DeclineBody)
 @blp.response(200)
 def orders_decline(body: dict[str, Any], order_id: int) -> dict[str, Any]:
-    order = decline_order(ctx(), order_id, body["reason"])
-    db.session.commit()
+    with unit_of_work(db.session):
+        order = decline_order(ctx(), order_id, body["reason"])
     return order_json(order)

@@ -7,7 +7,7 @@ from typing import Any
 from flask import Flask, g, redirect, render_template, request, session, url_for
 from flask_login import current_user
 
-from api.extensions import babel, csrf, db, login_manager
+from api.extensions import babel, csrf, db, evidence_lock_state, login_manager
 from api.web import i18n
 from api.web.auth import SessionUser, load_session_user, touch_web_session
 from api.web.i18n import _
@@ -58,8 +58,6 @@ def register(app: Flask) -> None:
             # A standing warning for administrators while the bucket has no object lock (ITEMGATE_EVIDENCE_LOCK=off).
             if not current_user.is_authenticated or not may(current_user, "ops.maintain"):
                 return False
-            from api.app import evidence_lock_state
-
             return evidence_lock_state(app) == "off"
 
         def can(action: str, scope: str | None = None) -> bool:
@@ -99,9 +97,6 @@ def register(app: Flask) -> None:
         if current_user.is_authenticated:
             return redirect(url_for("web.inbox"))
         return redirect(url_for("web.login"))
-
-    # api/errors.py looks this name up so that web pages fail as HTML, not problem+json.
-    app.view_functions["html_error"] = html_error
 
 
 def html_error(status: int, detail: str, code: str | None = None) -> Any:

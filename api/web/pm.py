@@ -12,6 +12,7 @@ from sqlalchemy import select
 from werkzeug.datastructures import MultiDict
 
 from api.extensions import db
+from api.uploads import record_upload
 from api.web.auth import me, web_ctx
 from api.web.i18n import _
 from api.web.views import bp, refusal
@@ -21,6 +22,7 @@ from engine.evidence import upload_artefact
 from engine.registration import line_fields
 from engine.workflow import NewItem, create_item
 from storage.models import CHANNELS, Contract, Department, ServiceLine, WorkItem
+from storage.unit_of_work import unit_of_work
 
 MODES = ("new", "iteration")
 
@@ -154,24 +156,28 @@ def item_new() -> Any:
     spec = NewItem(contract=contract_code, service_line=line.code, name=values["name"], code=values["code"],
                    department=values["department"], channels=[c for c in CHANNELS if c in values["channels"]],
                    mode=values["mode"], difficulty=difficulty, attributes=attributes)
+    statement = _statement_file()
+    store = context.store
+    created: list[Any] = []
+
+    def register_with_statement() -> Any:
+        # The item and its complexity statement in one unit of work; a statement stored whose row cannot be
+        # committed is removed again (record_upload).
+        assert statement is not None and store is not None
+        created.append(create_item(context, spec))
+        return upload_artefact(db.session, store, context.actor, me(), created[0], "complexity_statement",
+                               statement.filename or "复杂度说明.pdf", statement.stream, _length(statement.stream),
+                               current_app.config["ITEMGATE"].max_upload_bytes, None)
+
     try:
-        item = create_item(context, spec)
-        statement = _statement_file()
-        if statement is not None:
-            if context.store is None:
-                raise FormInvalid({"statement": ["the evidence store is not configured"]})
-            artefact = upload_artefact(db.session, context.store, context.actor, me(), item,
-                                       "complexity_statement", statement.filename or "复杂度说明.pdf",
-                                       statement.stream, _length(statement.stream),
-                                       current_app.config["ITEMGATE"].max_upload_bytes, None)
-            try:
-                db.session.commit()
-            except Exception:
-                db.session.rollback()
-                context.store.delete(artefact.key, artefact.version_id)
-                raise
+        if statement is None:
+            with unit_of_work(db.session):
+                item = create_item(context, spec)
         else:
-            db.session.commit()
+            if store is None:
+                raise FormInvalid({"statement": ["the evidence store is not configured"]})
+            record_upload(db.session, store, register_with_statement)
+            item = created[0]
     except FormInvalid as err:
         db.session.rollback()
         found = {k: [field_text(m) for m in v] for k, v in (err.extra.get("errors") or {}).items()}
@@ -230,8 +236,8 @@ def item_difficulty(item_id: int) -> Any:
 def _item_action(item_id: int, action: Any, done: str) -> Any:
     load_item_for(db.session, me(), item_id)  # 404 outside the caller's scope, before anything else
     try:
-        action()
-        db.session.commit()
+        with unit_of_work(db.session):
+            action()
         flash(done, "ok")
     except NotFound:
         raise
@@ -348,15 +354,15 @@ def items_import_start() -> Any:
     from api.background import start_job
     from engine import import_jobs
 
-    user = me()
-    authorize(user, "item.import")
-    kept = session.get("item_import")
-    if not kept:
-        flash(_("请先上传文件并预览。"), "error")
-        return redirect(url_for("web.items_import"))
-    staged = import_jobs.StagedFile(kept["key"], kept.get("version_id"), kept["filename"], int(kept["size"]))
-    job = import_jobs.queue_import(db.session, user, kept["contract"], staged)
-    db.session.commit()
+    with unit_of_work(db.session):
+        user = me()
+        authorize(user, "item.import")
+        kept = session.get("item_import")
+        if not kept:
+            flash(_("请先上传文件并预览。"), "error")
+            return redirect(url_for("web.items_import"))
+        staged = import_jobs.StagedFile(kept["key"], kept.get("version_id"), kept["filename"], int(kept["size"]))
+        job = import_jobs.queue_import(db.session, user, kept["contract"], staged)
     session.pop("item_import", None)
     start_job(current_app._get_current_object(), job.id)  # type: ignore[attr-defined]
     return redirect(url_for("web.items_import_job", job_id=job.id))

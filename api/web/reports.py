@@ -17,6 +17,7 @@ from engine.errors import DomainError, NotFound
 from engine.inbox import report_steps
 from engine.policy import may
 from storage.models import Contract
+from storage.unit_of_work import unit_of_work
 
 _TEXT = {"narrative_required": "请先填写报告正文。", "comment_required": "退回时必须填写审核意见。",
          "report_wrong_stage": "该报告当前不能执行此操作。"}
@@ -26,9 +27,9 @@ _TEXT = {"narrative_required": "请先填写报告正文。", "comment_required"
 def monthly_reports() -> Any:
     user = me()
     reports = []
-    for contract in db.session.scalars(select(Contract).order_by(Contract.code)):
-        reports += mr.ensure_reports(db.session, contract)  # one row per month, as the REST list makes them
-    db.session.commit()
+    with unit_of_work(db.session):
+        for contract in db.session.scalars(select(Contract).order_by(Contract.code)):
+            reports += mr.ensure_reports(db.session, contract)  # one row per month, as the REST list makes them
     now = datetime.now(UTC)
     focus = request.args.get("month") or ""
     return render_template("web/monthly_reports.html", reports=reports, statuses=mr.STATUS_NAMES, now=now,
@@ -40,13 +41,12 @@ def monthly_reports() -> Any:
 
 def _act(action: Any, done: str, month: str) -> Any:
     try:
-        action()
-        db.session.commit()
+        with unit_of_work(db.session):
+            action()
         flash(done, "ok")
     except NotFound:
         raise
     except DomainError as err:
-        db.session.rollback()
         flash(_(_TEXT[err.code]) if err.code in _TEXT else refusal(err), "error")
     return redirect(url_for("web.monthly_reports", month=month))
 

@@ -11,12 +11,13 @@ from sqlalchemy import func, select
 
 from api.extensions import db
 from api.rest.service_orders import _length, new_order_from, order_file_response
+from api.uploads import record_upload
 from api.web.auth import me, web_ctx
 from api.web.i18n import _, form_message
 from api.web.pm import field_text
 from api.web.views import PER_PAGE, _page, bp, refusal
 from engine.access import authorize
-from engine.errors import DomainError, FormInvalid, NotFound
+from engine.errors import DomainError, FormInvalid, NotFound, ServiceUnavailable
 from engine.policy import DEPARTMENT, may, scope_of
 from engine.registration import line_fields
 from engine.service_orders import (
@@ -29,6 +30,7 @@ from engine.service_orders import (
     order_scope,
 )
 from storage.models import CHANNELS, Contract, Department, ServiceLine, ServiceOrder
+from storage.unit_of_work import unit_of_work
 
 ORDER_STATUS = {"submitted": "待受理", "accepted": "已受理", "declined": "不予受理"}
 
@@ -94,15 +96,12 @@ def service_order_new() -> Any:
         if errors:
             raise FormInvalid(errors)
         assert upload is not None
-        order = file_order(context, context.store, spec, upload.filename, upload.stream, _length(upload.stream),
-                           current_app.config["ITEMGATE"].max_upload_bytes)
-        try:
-            db.session.commit()
-        except Exception:
-            db.session.rollback()
-            if context.store is not None:
-                context.store.delete(order.key, order.version_id)
-            raise
+        store = context.store
+        if store is None:
+            raise ServiceUnavailable("no evidence store is configured")
+        order = record_upload(db.session, store, lambda: file_order(
+            context, store, spec, upload.filename, upload.stream, _length(upload.stream),
+            current_app.config["ITEMGATE"].max_upload_bytes))
     except FormInvalid as err:
         db.session.rollback()
         found = _messages(err.extra.get("errors") or {})
@@ -193,11 +192,11 @@ def service_order_accept(order_id: int) -> Any:
         return _order_page(order, errors, values, 422)
     context = web_ctx()
     try:
-        item = accept_order(context, context.store, order_id, Acceptance(
-            service_line=values["service_line"], code=values["code"], name=values["name"] or None,
-            channels=[c for c in CHANNELS if c in values["channels"]], mode=values["mode"] or None,
-            difficulty=difficulty, attributes=attributes))
-        db.session.commit()
+        with unit_of_work(db.session):
+            item = accept_order(context, context.store, order_id, Acceptance(
+                service_line=values["service_line"], code=values["code"], name=values["name"] or None,
+                channels=[c for c in CHANNELS if c in values["channels"]], mode=values["mode"] or None,
+                difficulty=difficulty, attributes=attributes))
     except FormInvalid as err:
         db.session.rollback()
         return _order_page(order, _messages(err.extra.get("errors") or {}), values, 422)
@@ -215,8 +214,8 @@ def service_order_accept(order_id: int) -> Any:
 def service_order_decline(order_id: int) -> Any:
     load_order_for(db.session, me(), order_id)
     try:
-        decline_order(web_ctx(), order_id, request.form.get("reason"))
-        db.session.commit()
+        with unit_of_work(db.session):
+            decline_order(web_ctx(), order_id, request.form.get("reason"))
         flash(_("已不予受理"), "ok")
     except NotFound:
         raise
