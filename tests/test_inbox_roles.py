@@ -2,13 +2,14 @@
 the buyer and the PM with due dates, and the PM's inbox opens on the tab where the PM's work is."""
 from __future__ import annotations
 
-from tests.settlement_helpers import completed_items
+from tests.settlement_helpers import adhoc_contract, completed_items
 from tests.test_settlement import CURRENT
 from tests.test_web import Browser
 
 
 def test_settlement_steps_reach_the_role_that_must_act(world, app):
     world.user("buyer2", "buyer")
+    adhoc_contract()  # a claim for an ad-hoc period (today's dates), not one of the contract's stages
     completed_items(2, prefix="INB")
     r = world.post("pm", "/api/v1/settlements", json=CURRENT)
     assert r.status_code == 201, r.get_json()

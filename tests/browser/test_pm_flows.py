@@ -158,9 +158,10 @@ def test_department_files_a_service_order_and_the_pm_accepts(chromium: Any, live
 
 
 def test_auditor_finds_the_claim_in_the_inbox(chromium: Any, live_url: str, world: Any, shots: Path) -> None:
-    from tests.settlement_helpers import completed_items
+    from tests.settlement_helpers import adhoc_contract, completed_items
     from tests.test_settlement import CURRENT
 
+    adhoc_contract()
     completed_items(2, prefix="PWA")
     sid = world.post("pm", "/api/v1/settlements", json=CURRENT).get_json()["id"]
     assert world.post("pm", f"/api/v1/settlements/{sid}/submit", json={}).status_code == 200
