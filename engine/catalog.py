@@ -352,4 +352,8 @@ def load_catalog(session: Session, parsed: dict[str, Any]) -> tuple[Contract, bo
         line.targets = data["targets"]
         line.units_per_item = Decimal(data["units_per_item"])
     session.flush()
+    # One monthly operations report per month of the service period, when the contract asks for them.
+    from engine.monthly_report import ensure_reports
+
+    ensure_reports(session, contract)
     return contract, True

@@ -11,6 +11,7 @@ def test_settlement_steps_reach_the_role_that_must_act(world, app):
     world.user("buyer2", "buyer")
     adhoc_contract()  # a claim for an ad-hoc period (today's dates), not one of the contract's stages
     completed_items(2, prefix="INB")
+    adhoc_contract()  # an ad-hoc period of today's dates (stage claims: test_contract_settlement.py)
     r = world.post("pm", "/api/v1/settlements", json=CURRENT)
     assert r.status_code == 201, r.get_json()
     sid = r.get_json()["id"]

@@ -104,6 +104,11 @@ def settlement_json(s: Settlement, user: User, with_lines: bool = False) -> dict
         out["stages"] = st.stage_summary(db.session, s)
         out["rectifications"] = [{"id": t.id, "title": t.title, "status": t.status, "due_at": iso(t.due_at)}
                                  for t in st.rectifications(db.session, s)]
+        # For the evaluation: the on-time rate (按时处理率) of the claim's period, per department.
+        from engine.performance import on_time_rates
+
+        out["on_time"] = on_time_rates(db.session, s.contract, s.period_start, s.period_end, "department",
+                                       ctx().now)
     return out
 
 

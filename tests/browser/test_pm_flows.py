@@ -163,6 +163,7 @@ def test_auditor_finds_the_claim_in_the_inbox(chromium: Any, live_url: str, worl
 
     adhoc_contract()
     completed_items(2, prefix="PWA")
+    adhoc_contract()  # an ad-hoc period of today's dates (stage claims: test_contract_settlement.py)
     sid = world.post("pm", "/api/v1/settlements", json=CURRENT).get_json()["id"]
     assert world.post("pm", f"/api/v1/settlements/{sid}/submit", json={}).status_code == 200
     auditor = open_page(chromium, live_url)
