@@ -9,7 +9,6 @@ from tests.test_web import Browser
 
 def test_settlement_steps_reach_the_role_that_must_act(world, app):
     world.user("buyer2", "buyer")
-    adhoc_contract()  # a claim for an ad-hoc period (today's dates), not one of the contract's stages
     completed_items(2, prefix="INB")
     adhoc_contract()  # an ad-hoc period of today's dates (stage claims: test_contract_settlement.py)
     r = world.post("pm", "/api/v1/settlements", json=CURRENT)

@@ -161,7 +161,6 @@ def test_auditor_finds_the_claim_in_the_inbox(chromium: Any, live_url: str, worl
     from tests.settlement_helpers import adhoc_contract, completed_items
     from tests.test_settlement import CURRENT
 
-    adhoc_contract()
     completed_items(2, prefix="PWA")
     adhoc_contract()  # an ad-hoc period of today's dates (stage claims: test_contract_settlement.py)
     sid = world.post("pm", "/api/v1/settlements", json=CURRENT).get_json()["id"]
