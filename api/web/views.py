@@ -473,7 +473,7 @@ def artefact_preview(artefact_id: int) -> Any:
     """A .docx or .xlsx read in the browser (text and tables), so a reviewer need not download it. Audited as a
     read of the evidence, like a download."""
     user = me()
-    artefact = load_artefact_for(user, artefact_id)
+    artefact = load_artefact_for(db.session, user, artefact_id)
     media_type = artefact.media_type.split(";")[0]
     preview = None
     if media_type in PREVIEWABLE_DOCUMENTS and artefact.size <= PREVIEW_MAX_BYTES:
