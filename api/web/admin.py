@@ -11,14 +11,16 @@ from typing import Any
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 from sqlalchemy import func, select
 
+from api.auth import hash_password
 from api.extensions import db
 from api.rest.admin import delivery_json, delivery_query, departments_json, system_status, user_query
-from api.rest.core import change_user_by_name, create_user
+from api.rest.core import change_user_by_name
 from api.web.auth import me, web_ctx
 from api.web.i18n import _
 from api.web.views import refusal
 from engine import admin, audit, delivery
 from engine.access import authorize
+from engine.accounts import create_user
 from engine.errors import DomainError, FormInvalid, Invalid, PayloadTooLarge
 from engine.holidays import MAX_YEAR, MIN_YEAR, calendar_years, enter_year, year_view
 from engine.policy import ROLES, needs_department
@@ -115,7 +117,7 @@ def user_create() -> Any:
             if department and db.session.execute(select(Department.id).where(Department.code == department)
                                                  ).scalar() is None:
                 raise FormInvalid({"department": [_("未知部门")]})
-            created = create_user(username, password, role, department,
+            created = create_user(db.session, username, hash_password(password), role, department,
                                   (form.get("display_name") or "").strip()[:100] or None)
             audit.record(db.session, web_ctx().actor, "user.created", target_type="user", target_id=created.id,
                          username=created.username, role=created.role)
