@@ -17,7 +17,8 @@ SPIFF_NS = "http://spiffworkflow.org/bpmn/schema/1.0/core"
 NS = {"bpmn": BPMN_NS, "spiffworkflow": SPIFF_NS}
 # Lanes name the role that acts; only roles that work on items may own a lane.
 LANE_ROLES = lane_roles()
-TASK_PROPERTIES = frozenset({"form", "gate", "stage", "due_days", "review_of", "department_var"})
+TASK_PROPERTIES = frozenset({"form", "gate", "stage", "due_days", "review_of", "department_var",
+                             "decision_var", "help", "help_en"})
 
 
 @dataclass(frozen=True)
