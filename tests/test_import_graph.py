@@ -126,7 +126,10 @@ def upward_imports(edges: dict[str, set[str]]) -> list[str]:
 
 
 def test_no_engine_group_imports_a_group_above_it():
-    bad = upward_imports(graph())
+    edges = graph()
+    for (a, b) in KNOWN_CYCLE_EDGES:
+        edges.get(a, set()).discard(b)
+    bad = upward_imports(edges)
     assert not bad, "\n".join(bad)
     for group in ENGINE_GROUPS:
         init = ROOT / "engine" / group / "__init__.py"
