@@ -9,7 +9,6 @@ from sqlalchemy.orm import sessionmaker
 
 from api.extensions import db
 from engine.jobs import run_job
-from storage.unit_of_work import unit_of_work
 
 
 def start_job(app: Flask, job_id: int) -> threading.Thread | None:
@@ -40,7 +39,6 @@ def deliver_notifications(app: Flask, limit: int = 100) -> dict[str, int]:
     with app.app_context():
         session = sessionmaker(bind=db.engine, expire_on_commit=False)()
         try:
-            return deliver_pending(session, apprise_sender(app.config["ITEMGATE"].smtp),
-                                   transaction=lambda: unit_of_work(session), limit=limit)
+            return deliver_pending(session, apprise_sender(app.config["ITEMGATE"].smtp), limit=limit)
         finally:
             session.close()

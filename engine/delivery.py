@@ -6,7 +6,6 @@ import logging
 import os
 import socket
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,6 +15,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from storage.models import NotificationDelivery
+from storage.unit_of_work import unit_of_work
 
 log = logging.getLogger("itemgate.delivery")
 
@@ -78,9 +78,6 @@ def mask(target: str) -> str:
 
 
 Sender = Callable[[NotificationDelivery], None]
-# One short transaction, opened and ended by the entry point that runs the outbox (e.g. `lambda:
-# unit_of_work(session)`): committed when the block ends, rolled back when it raises. The engine only flushes.
-Transaction = Callable[[], AbstractContextManager[Any]]
 
 
 def apprise_sender(smtp: SmtpSettings) -> Sender:
@@ -111,36 +108,33 @@ def _claimable(now: datetime) -> Any:
 def _claim_one(session: Session, now: datetime) -> NotificationDelivery | None:
     """Take one due delivery: locked and skipped by other hosts on PostgreSQL; the guarded UPDATE decides on
     SQLite (and anywhere a second runner read the same row)."""
-    query = select(NotificationDelivery).where(_claimable(now)).order_by(NotificationDelivery.next_attempt_at,
-                                                                         NotificationDelivery.id).limit(1)
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)
-    row = session.scalars(query).first()
-    if row is None:
-        return None
-    result = session.execute(update(NotificationDelivery).where(
-        NotificationDelivery.id == row.id, _claimable(now)).values(
-        status="sending", claimed_at=now, attempts=NotificationDelivery.attempts + 1)
-        .execution_options(synchronize_session=False))
+    with unit_of_work(session):
+        query = select(NotificationDelivery).where(_claimable(now)).order_by(NotificationDelivery.next_attempt_at,
+                                                                             NotificationDelivery.id).limit(1)
+        if session.get_bind().dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        row = session.scalars(query).first()
+        if row is None:
+            return None
+        result = session.execute(update(NotificationDelivery).where(
+            NotificationDelivery.id == row.id, _claimable(now)).values(
+            status="sending", claimed_at=now, attempts=NotificationDelivery.attempts + 1)
+            .execution_options(synchronize_session=False))
     if not getattr(result, "rowcount", 0):
         return None
-    session.flush()
     session.refresh(row)
     return row
 
 
-def deliver_pending(session: Session, send: Sender, *, transaction: Transaction,
-                    now: Callable[[], datetime] | None = None, limit: int = 100) -> dict[str, int]:
-    """Send due deliveries one by one, each claimed and then settled in its own short `transaction()` (so one
-    failed send never undoes another's record); nothing is held open while a message is on its way. Returns
-    counts of sent, retried and failed."""
+def deliver_pending(session: Session, send: Sender, *, now: Callable[[], datetime] | None = None,
+                    limit: int = 100) -> dict[str, int]:
+    """Send due deliveries one by one, each claimed and then settled in its own short transaction; nothing is
+    held open while a message is on its way. Returns counts of sent, retried and failed."""
     clock = now or (lambda: datetime.now(UTC))
     counts = {"sent": 0, "retry": 0, "failed": 0}
     runner = f"{socket.gethostname()}:{os.getpid()}"
     for _ in range(limit):
-        # The claim (row locked FOR UPDATE SKIP LOCKED on PostgreSQL) ends with its transaction.
-        with transaction():
-            row = _claim_one(session, clock())
+        row = _claim_one(session, clock())
         if row is None:
             break
         error: str | None = None
@@ -160,7 +154,7 @@ def deliver_pending(session: Session, send: Sender, *, transaction: Transaction,
             values = {"status": "pending", "last_error": error, "next_attempt_at": at + backoff(row.attempts)}
             counts["retry"] += 1
         # Only the claim that is still ours is settled (a runner given up on as stale cannot write).
-        with transaction():
+        with unit_of_work(session):
             session.execute(update(NotificationDelivery).where(
                 NotificationDelivery.id == row.id, NotificationDelivery.status == "sending",
                 NotificationDelivery.claimed_at == row.claimed_at).values(**values)

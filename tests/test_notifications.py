@@ -10,7 +10,6 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import sessionmaker
 
-from storage.unit_of_work import unit_of_work
 from tests.notification_sinks import free_port
 
 RETURN = {"decision": "return", "comment": "调研表缺少办理情形，请补充"}
@@ -116,8 +115,7 @@ def _deliver(app: Any, smtp_port: int | None = None, now: datetime | None = None
                         sender="itemgate@example.org", mode="insecure")
     session = sessionmaker(bind=db.engine, expire_on_commit=False)()
     try:
-        return deliver_pending(session, apprise_sender(smtp), transaction=lambda: unit_of_work(session),
-                               now=(lambda: now) if now else None)
+        return deliver_pending(session, apprise_sender(smtp), now=(lambda: now) if now else None)
     finally:
         session.close()
 
@@ -220,7 +218,7 @@ def test_two_runners_send_each_delivery_once(world, app, webhook):
         session = factory()
         try:
             barrier.wait(timeout=30)
-            deliver_pending(session, send, transaction=lambda: unit_of_work(session))
+            deliver_pending(session, send)
         except BaseException as exc:  # surfaced below
             errors.append(exc)
         finally:

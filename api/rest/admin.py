@@ -147,8 +147,8 @@ def me_channels() -> dict[str, Any]:
 @blp.arguments(Channels)
 @blp.response(200)
 def me_channels_set(body: dict[str, Any]) -> dict[str, Any]:
-    user = current_user()
     with unit_of_work(db.session):
+        user = current_user()
         channels = admin.set_channels(db.session, _actor(), "user", user.id, body)
     return {"channels": channels}
 
@@ -173,9 +173,9 @@ def department_channels(code: str) -> dict[str, Any]:
 @blp.arguments(Channels)
 @blp.response(200)
 def department_channels_set(body: dict[str, Any], code: str) -> dict[str, Any]:
-    authorize(current_user(), "user.manage")
-    department = _department(code)
     with unit_of_work(db.session):
+        authorize(current_user(), "user.manage")
+        department = _department(code)
         channels = admin.set_channels(db.session, _actor(), "department", department.id, body)
     return {"channels": _masked(channels, True)}
 
@@ -209,8 +209,8 @@ def catalogs_check() -> dict[str, Any]:
 @blp.response(200)
 def catalogs_apply() -> dict[str, Any]:
     """Load a catalogue; `sha256` (a form field), when sent, must be that of the previewed file."""
-    text_, filename = read_catalog_upload()
     with unit_of_work(db.session):
+        text_, filename = read_catalog_upload()
         check, changed = admin.apply_catalog(db.session, _actor(), current_user(), text_, filename,
                                              request.form.get("sha256") or None)
     return dict(check.as_dict(), loaded=changed)
@@ -260,7 +260,7 @@ def latest_anchor(store: Any, now: datetime, days: int = 7) -> dict[str, Any] | 
 def system_status() -> dict[str, Any]:
     """Readiness, the evidence lock, the audit chain's last verification and anchor, fsck's last result, the
     notification outbox and the background jobs."""
-    from api.app import evidence_lock_state
+    from api.extensions import evidence_lock_state
 
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     checks: dict[str, str] = {}
@@ -328,8 +328,8 @@ def deliveries_list(args: dict[str, Any]) -> dict[str, Any]:
 @blp.route("/admin/deliveries/<int:delivery_id>/retry", methods=["POST"])
 @blp.response(200)
 def deliveries_retry(delivery_id: int) -> dict[str, Any]:
-    authorize(current_user(), "ops.maintain")
     with unit_of_work(db.session):
+        authorize(current_user(), "ops.maintain")
         if not delivery.retry(db.session, delivery_id, datetime.now(UTC)):
             raise NotFound(f"no failed delivery {delivery_id}")
         audit.record(db.session, _actor(), "notification.delivery_retried", target_type="delivery",

@@ -18,8 +18,9 @@ from api.rest.core import change_user_by_name
 from api.web.auth import me, web_ctx
 from api.web.i18n import _
 from api.web.views import refusal
-from engine import accounts, admin, audit, delivery
+from engine import admin, audit, delivery
 from engine.access import authorize
+from engine.accounts import create_user
 from engine.errors import DomainError, FormInvalid, Invalid, PayloadTooLarge
 from engine.holidays import MAX_YEAR, MIN_YEAR, calendar_years, enter_year, year_view
 from engine.policy import ROLES, needs_department
@@ -66,12 +67,10 @@ def status() -> Any:
 @bp.post("/deliveries/<int:delivery_id>/retry")
 def delivery_retry(delivery_id: int) -> Any:
     authorize(me(), "ops.maintain")
-    with unit_of_work(db.session):
-        retried = delivery.retry(db.session, delivery_id, datetime.now(UTC))
-        if retried:
+    if delivery.retry(db.session, delivery_id, datetime.now(UTC)):
+        with unit_of_work(db.session):
             audit.record(db.session, web_ctx().actor, "notification.delivery_retried", target_type="delivery",
                          target_id=delivery_id)
-    if retried:
         flash(_("已重新排队发送"), "ok")
     else:
         flash(_("该发送记录不是失败状态。"), "error")
@@ -118,12 +117,13 @@ def user_create() -> Any:
             if department and db.session.execute(select(Department.id).where(Department.code == department)
                                                  ).scalar() is None:
                 raise FormInvalid({"department": [_("未知部门")]})
-            created = accounts.create_user(db.session, username, hash_password(password), role, department,
-                                           (form.get("display_name") or "").strip()[:100] or None)
+            created = create_user(db.session, username, hash_password(password), role, department,
+                                  (form.get("display_name") or "").strip()[:100] or None)
             audit.record(db.session, web_ctx().actor, "user.created", target_type="user", target_id=created.id,
                          username=created.username, role=created.role)
         flash(_("已创建用户 {name}", name=username), "ok")
     except DomainError as err:
+        db.session.rollback()
         flash(_refusal(err), "error")
     return redirect(url_for("admin_web.users"))
 
@@ -160,6 +160,7 @@ def user_change(username: str) -> Any:
             done += _("；{n} 个已认领任务已退回队列", n=len(result.released))
         flash(done, "ok")
     except DomainError as err:
+        db.session.rollback()
         flash(_refusal(err), "error")
     return redirect(request.form.get("next") if (request.form.get("next") or "").startswith("/admin/")
                     else url_for("admin_web.users"))
@@ -192,6 +193,7 @@ def department_create() -> Any:
                                     request.form.get("name") or "")
         flash(_("已创建部门"), "ok")
     except DomainError as err:
+        db.session.rollback()
         flash(_refusal(err), "error")
     return redirect(url_for("admin_web.departments"))
 
@@ -213,6 +215,7 @@ def department_change(code: str) -> Any:
                                    {"webhook": {"target": robot, "enabled": True}})
         flash(_("已保存部门 {code}", code=code), "ok")
     except DomainError as err:
+        db.session.rollback()
         flash(_refusal(err), "error")
     return redirect(url_for("admin_web.departments"))
 
@@ -278,6 +281,7 @@ def catalog_apply() -> Any:
         flash(_("已载入合同 {code} 的服务目录", code=check.code) if changed
               else _("合同 {code} 的服务目录与已载入的版本相同，未做更改", code=check.code), "ok")
     except DomainError as err:
+        db.session.rollback()
         flash(_refusal(err), "error")
     return redirect(url_for("admin_web.catalogs"))
 
@@ -323,6 +327,7 @@ def calendar() -> Any:
                 flash(_("已保存 {year} 年的工作日历", year=year), "ok")
                 return redirect(url_for("admin_web.calendar", year=year))
             except Invalid as err:
+                db.session.rollback()
                 for key, messages in err.extra.get("errors", {}).items():
                     errors.setdefault(key.split(".")[0], []).extend(messages)
     view = year_view(db.session, year)

@@ -56,8 +56,7 @@ def notification_open(note_id: int) -> Any:
     """Open a notification's task (or item, or settlement), marking it read for me alone."""
     with unit_of_work(db.session):
         user = me()
-        note = db.session.execute(select(Notification).where(Notification.id == note_id,
-                                                             notify.mine(user))).scalar()
+        note = db.session.execute(select(Notification).where(Notification.id == note_id, notify.mine(user))).scalar()
         if note is None:
             raise NotFound(f"notification {note_id} not found")
         notify.mark_read(db.session, user, [note.id], datetime.now(UTC))
@@ -85,6 +84,7 @@ def channels() -> Any:
             flash(_("通知方式已保存"), "ok")
             return redirect(url_for("notify_web.channels"))
         except FormInvalid as err:
+            db.session.rollback()
             errors = err.extra.get("errors", {})
     return render_template("web/channels.html", channels=admin.channels_of(db.session, "user", user.id),
                            errors=errors, form=request.form)
