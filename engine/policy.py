@@ -52,7 +52,8 @@ def _all_roles(scope: str, **overrides: str) -> dict[str, str]:
 
 
 _READ_ITEMS = _all_roles(ALL, dept_reviewer=DEPARTMENT)
-_LANE_ACTORS = {"implementer": LANE, "dept_reviewer": LANE, "pm": LANE}
+# The third party acts in its own lane: it confirms metered records and difficulty coefficients.
+_LANE_ACTORS = {"implementer": LANE, "dept_reviewer": LANE, "pm": LANE, "auditor": LANE}
 _LEDGER_READERS = {"pm": ALL, "auditor": ALL, "buyer": ALL, "admin": ALL}
 
 _RULES = [

@@ -29,12 +29,13 @@ from storage.models import (
 TZ = ZoneInfo("Asia/Shanghai")
 CHANNEL_NAMES = {"pc": "PC端", "mobile": "移动端", "kiosk": "自助终端"}
 CHANNEL_RANK = {"pc": 0, "mobile": 1, "kiosk": 2}  # the catalogue's order, not the alphabet's
-MODE_NAMES = {"new": "新增接入", "iteration": "优化迭代"}
+MODE_NAMES = {"new": "新增接入", "iteration": "优化迭代", "record": "计量记录", "deliverable": "交付成果"}
 DETAIL_HEADER = ["合同编号", "服务类别编号", "服务类别", "事项名称", "事项编码", "需求部门", "渠道", "接入方式",
                  "数量", "难度系数", "单价（元）", "金额（元）", "上线日期", "计量时间", "分录号", "冲销说明"]
 UNITS_COL, AMOUNT_COL, PRICE_COL = 8, 11, 10
 COUNTS_HEADER = ["服务类别编号", "服务类别", "渠道", "需求部门", "月份", "完成事项数", "数量", "金额（元）"]
-PROGRESS_HEADER = ["服务类别编号", "服务类别", "渠道/指标", "已完成", "预估量/目标", "完成率"]
+PROGRESS_HEADER = ["服务类别编号", "服务类别", "渠道/指标", "已完成", "预估量/目标", "完成率", "按期应完成", "是否按期",
+                   "期间起", "期间止"]
 CENT = Decimal("0.01")
 
 
@@ -308,35 +309,76 @@ def _line_sort(lines: dict[int, ServiceLine], code: str) -> tuple[int, str]:
     return positions.get(code, 0), code
 
 
-def progress(session: Session, f: WorkloadFilter) -> list[dict[str, Any]]:
+def progress(session: Session, f: WorkloadFilter, today: date | None = None) -> list[dict[str, Any]]:
     """Completed items per service line and channel against the catalogue's estimated volumes, and per line
-    against its countable targets (e.g. scenario guides 37 of ≥ 50)."""
+    against each countable target (e.g. scenario guides 37 of ≥ 50): done, percent, and whether the pace is on
+    track for the target's period (its own, else the contract's) as of `today` (China time)."""
+    today = today or datetime.now(TZ).date()
     done: dict[tuple[int, str], dict[int, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
-    for line_id, channel, _dept, item_id, _month, units, _amount in _net_rows(session, f):
+    months: dict[tuple[int, int], str] = {}
+    for line_id, channel, _dept, item_id, month, units, _amount in _net_rows(session, f):
         done[(line_id, channel)][item_id] += Decimal(units)
-    query = select(ServiceLine).join(Contract, Contract.id == ServiceLine.contract_id)
+        months[(line_id, item_id)] = min(month, months.get((line_id, item_id), month))
+    query = (select(ServiceLine, Contract).join(Contract, Contract.id == ServiceLine.contract_id))
     if f.contract:
         query = query.where(Contract.code == f.contract)
     if f.service_line:
         query = query.where(ServiceLine.code == f.service_line)
     out: list[dict[str, Any]] = []
-    for line in session.scalars(query.order_by(Contract.id, ServiceLine.position)):
+    for line, contract in session.execute(query.order_by(Contract.id, ServiceLine.position)):
         line_items: set[int] = set()
-        for channel in line.channels:
+        period = (contract.period_start, contract.period_end)
+        for channel in line.channels or ["all"]:
             items = {i for i, u in done.get((line.id, channel), {}).items() if u > 0}
             line_items |= items
             estimate = (line.estimated_volumes or {}).get(channel)
-            out.append(_progress_row(line, channel, CHANNEL_NAMES.get(channel, channel), len(items), estimate))
-        for target, value in sorted((line.targets or {}).items()):
-            if isinstance(value, int | float) and target in ("items", "min_items"):
-                out.append(_progress_row(line, f"target:{target}", "目标事项数", len(line_items), value))
+            out.append(_progress_row(contract, line, channel, CHANNEL_NAMES.get(channel, channel), len(items),
+                                     {"min": estimate} if estimate else None, period, today))
+        for name, bounds in sorted((line.targets or {}).items()):
+            if isinstance(bounds, int | float):  # stored before targets were normalised
+                bounds = {"min": int(bounds)}
+            if not isinstance(bounds, dict):
+                continue
+            # A target with its own period counts the work of that period; otherwise all of the contract's
+            # (work outside the contract's period is flagged on the item), paced over the contract's period.
+            own_start = date.fromisoformat(bounds["start"]) if bounds.get("start") else None
+            own_end = date.fromisoformat(bounds["end"]) if bounds.get("end") else None
+            start, end = own_start or period[0], own_end or period[1]
+            counted = [i for i in line_items
+                       if (own_start is None or months[(line.id, i)] >= own_start.strftime("%Y-%m"))
+                       and (own_end is None or months[(line.id, i)] <= own_end.strftime("%Y-%m"))]
+            out.append(_progress_row(contract, line, f"target:{name}", TARGET_LABELS.get(name, name), len(counted),
+                                     bounds, (start, end), today))
     return out
 
 
-def _progress_row(line: ServiceLine, key: str, label: str, completed: int, target: Any) -> dict[str, Any]:
+TARGET_LABELS = {"items": "目标数", "scenario_guides": "场景导办事项目标", "min_items": "目标数"}
+
+
+def _progress_row(contract: Contract, line: ServiceLine, key: str, label: str, completed: int,
+                  bounds: dict[str, Any] | None, period: tuple[date | None, date | None],
+                  today: date) -> dict[str, Any]:
+    target = None if not bounds else bounds.get("min", bounds.get("max"))
     ratio = None if not target else round(completed / float(target), 4)
-    return {"service_line": line.code, "service_line_name": line.name, "measure": key, "label": label,
-            "completed": completed, "target": target, "ratio": ratio}
+    start, end = period
+    on_track: bool | None = None
+    expected: float | None = None
+    if bounds and "min" in bounds and target:
+        # The share of the period gone by: the pace the target needs by now.
+        if start is not None and end is not None and end >= start:
+            elapsed = min(max((today - start).days + 1, 0), (end - start).days + 1) / ((end - start).days + 1)
+        else:
+            elapsed = 1.0
+        expected = round(float(target) * elapsed, 2)
+        on_track = completed >= int(expected)
+    if bounds and "max" in bounds:
+        on_track = (on_track is not False) and completed <= bounds["max"]
+    return {"contract": contract.code, "service_line": line.code, "service_line_name": line.name, "measure": key,
+            "label": label, "completed": completed, "done": completed, "target": target,
+            "bound": "max" if bounds and "min" not in bounds else "min", "ratio": ratio,
+            "percent": None if ratio is None else round(ratio * 100, 2), "expected_by_now": expected,
+            "on_track": on_track, "period_start": start.isoformat() if start else None,
+            "period_end": end.isoformat() if end else None}
 
 
 # ---------------------------------------------------------------- file formats
@@ -452,6 +494,12 @@ class _Book:
                 sheet.write_number(i, 4, float(p["target"]))
             if p["ratio"] is not None:
                 sheet.write_number(i, 5, p["ratio"], self.pct)
+            if p["expected_by_now"] is not None:
+                sheet.write_number(i, 6, p["expected_by_now"])
+            if p["on_track"] is not None:
+                sheet.write(i, 7, "是" if p["on_track"] else "否")
+            sheet.write(i, 8, p["period_start"] or "")
+            sheet.write(i, 9, p["period_end"] or "")
 
 
 def xlsx_file(session: Session, f: WorkloadFilter,

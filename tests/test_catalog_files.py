@@ -125,7 +125,7 @@ def test_cli_load_reports_the_problem_and_loads_nothing(tmp_path: Path, monkeypa
     engine.dispose()
     good = runner.invoke(["catalog", "load", str(CATALOG_DIR / "kaiping.toml")])
     assert good.exit_code == 0, good.output
-    assert "contract KP-YTH-2026: 2 service lines (loaded)" in good.output
+    assert "contract KP-YTH-2026: 4 service lines (loaded)" in good.output
     again = runner.invoke(["catalog", "load", str(CATALOG_DIR / "kaiping.toml")])
     assert "(unchanged)" in again.output
 
