@@ -310,11 +310,12 @@ def create_item(ctx: Ctx, spec: NewItem) -> WorkItem:
     ctx.session.add(instance)
     ctx.session.add_all(created)
     ctx.session.flush()
+    extra: dict[str, Any] = {"units": str(item.units), "period": item.period} if item.units is not None else {}
+    if outside:
+        extra["out_of_period"] = True
     audit.record(ctx.session, ctx.actor, "item.created", target_type="item", target_id=item.id,
                  code=item.code, service_line=line.code, mode=item.mode, channels=item.channels,
-                 difficulty=str(item.difficulty), definition=definition.sha256[:12],
-                 **({"units": str(item.units), "period": item.period} if item.units is not None else {}),
-                 **({"out_of_period": True} if outside else {}))
+                 difficulty=str(item.difficulty), definition=definition.sha256[:12], **extra)
     return item
 
 

@@ -1,5 +1,5 @@
-"""Write the simple shipped process models (integration, metered_record, deliverable) with their diagrams.
 # ruff: noqa: E501
+"""Write the simple shipped process models (integration, metered_record, deliverable) with their diagrams.
 
 Run `python scripts/make_bpmn.py` after changing a spec below; the .bpmn files are committed as written."""
 from __future__ import annotations

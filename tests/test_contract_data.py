@@ -1,7 +1,6 @@
 """A whole contract as data (issue 16): catalogue kinds, metered records, deliverables, targets, difficulty."""
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
 
 import pytest
