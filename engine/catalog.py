@@ -394,8 +394,12 @@ def parse_catalog(text: str, source: str) -> dict[str, Any]:
     if declared:
         settings["artefact_kinds"] = declared
     kinds: dict[str, Any] = {**ARTEFACT_KINDS, **declared}
-    default_levels = (_difficulty_levels(raw["difficulty_levels"], f"{source}: [difficulty_levels]")
-                      if raw.get("difficulty_levels") is not None else None)
+    default_levels = None
+    if settings.get("difficulty_levels") is not None:
+        default_levels = _difficulty_levels(settings["difficulty_levels"], f"{source}: [contract.settings]")
+        settings["difficulty_levels"] = default_levels
+    if raw.get("difficulty_levels") is not None:
+        default_levels = _difficulty_levels(raw["difficulty_levels"], f"{source}: difficulty_levels")
     gate_sets_raw = raw.get("gate_sets", {})
     gate_sets: dict[str, dict[str, Any]] = {}
     if not isinstance(gate_sets_raw, dict):
@@ -487,7 +491,8 @@ def parse_catalog(text: str, source: str) -> dict[str, Any]:
             "estimated_volumes": volumes, "gates": gates,
             "targets": _targets(line.get("targets") or {}, where),
             "units_per_item": _money(line.get("units_per_item", 1), f"{where}: units_per_item"),
-            "difficulty_levels": levels or [],
+            "difficulty_levels": (levels or []) if not metered and line["process"] not in DELIVERABLE_PROCESSES
+            else [],
         })
     award = contract.get("award_amount")
     return {

@@ -511,9 +511,28 @@ def task_requirements(session: Session, task: HumanTask, artefacts: list[Artefac
     return gate_requirements(session, task.item, task.gate, artefacts, department_id=evidence_scope(task))
 
 
+def optional_present(session: Session, task: HumanTask) -> list[GateStatus]:
+    """The optional working documents of a task's step that were uploaded: they go with the submission (and
+    to its review) like the required ones, but their absence never holds the gate."""
+    item = task.item
+    kinds = required_kinds(item.service_line.gates, task.gate, mode=item.mode, channels=list(item.channels),
+                           attributes=item.attributes or {}, optional=True)
+    if not kinds:
+        return []
+    scope = evidence_scope(task)
+    rows = session.scalars(select(Artefact).where(
+        Artefact.item_id == item.id, Artefact.kind.in_(kinds), Artefact.status == "stored",
+        Artefact.department_id.is_(None) if scope is None else Artefact.department_id == scope)
+        .order_by(Artefact.id).options(lazyload(Artefact.uploaded_by)))
+    latest = {row.kind: row for row in rows}
+    return [GateStatus(kind, latest[kind]) for kind in kinds if kind in latest]
+
+
 def check_gate(ctx: Ctx, task: HumanTask) -> list[GateStatus]:
-    """Every required artefact must exist and match its stored size and hash in the object store."""
+    """Every required artefact must exist and match its stored size and hash in the object store; optional
+    ones uploaded for the step are checked the same way and go with it."""
     statuses = task_requirements(ctx.session, task)
+    statuses += [s for s in optional_present(ctx.session, task) if s.kind not in {r.kind for r in statuses}]
     missing = [s.kind for s in statuses if s.artefact is None]
     if ctx.store is not None:
         store = ctx.store

@@ -190,7 +190,7 @@ class World:
                  difficulty: float = 1.0) -> dict[str, Any]:
         r = self.post("pm", "/api/v1/items", json={
             "contract": "SH-YWTB-2025", "service_line": line, "name": f"事项 {code}", "code": code,
-            "department": department, "channels": channels or ["pc", "mobile"], "mode": mode,
+            "department": department, "channels": ["pc", "mobile"] if channels is None else channels, "mode": mode,
             "difficulty": difficulty, "attributes": attributes or {}})
         assert r.status_code == 201, r.get_json()
         return r.get_json()
@@ -249,6 +249,12 @@ class World:
             for req in detail["required_artefacts"]:
                 if not req["present"]:
                     r = self.upload(username, item_id, req["kind"], task_id=task["id"])
+                    assert r.status_code == 201, r.get_json()
+            # A diligent implementer also gives the step's optional working documents (e.g. the survey form).
+            present = {a["kind"] for a in self.get(username, f"/api/v1/items/{item_id}").get_json()["artefacts"]}
+            for opt in detail.get("optional_artefacts", []):
+                if opt["kind"] not in present:
+                    r = self.upload(username, item_id, opt["kind"], task_id=task["id"])
                     assert r.status_code == 201, r.get_json()
         r = self.complete(username, task["id"], data)
         assert r.status_code == 200, r.get_json()

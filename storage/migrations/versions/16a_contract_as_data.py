@@ -13,7 +13,21 @@ branch_labels = None
 depends_on = None
 
 
+def _sqlite_references_off():
+    """SQLite alters a column's type or adds a reference only by copying the table, and other tables refer to
+    work_items and workload_entries: their references are checked at commit, not during the copy."""
+    if op.get_bind().dialect.name == "sqlite":
+        op.execute("PRAGMA defer_foreign_keys=ON")
+        op.execute("PRAGMA foreign_keys=OFF")
+
+
+def _sqlite_references_on():
+    if op.get_bind().dialect.name == "sqlite":
+        op.execute("PRAGMA foreign_keys=ON")
+
+
 def upgrade():
+    _sqlite_references_off()
     with op.batch_alter_table("service_lines", schema=None) as batch_op:
         batch_op.add_column(sa.Column("unit_code", sa.String(length=32), nullable=True))
         batch_op.add_column(sa.Column("metered", sa.Boolean(), server_default=sa.false(), nullable=False))
@@ -42,9 +56,11 @@ def upgrade():
                                     ["difficulty_proposed_by_id"], ["id"])
         batch_op.create_foreign_key(batch_op.f("fk_workload_entries_difficulty_confirmed_by_id_users"), "users",
                                     ["difficulty_confirmed_by_id"], ["id"])
+    _sqlite_references_on()
 
 
 def downgrade():
+    _sqlite_references_off()
     with op.batch_alter_table("workload_entries", schema=None) as batch_op:
         batch_op.drop_constraint(batch_op.f("fk_workload_entries_difficulty_confirmed_by_id_users"),
                                  type_="foreignkey")
@@ -68,3 +84,4 @@ def downgrade():
         batch_op.drop_column("difficulty_levels")
         batch_op.drop_column("metered")
         batch_op.drop_column("unit_code")
+    _sqlite_references_on()
