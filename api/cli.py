@@ -16,6 +16,7 @@ import click
 from flask import Flask
 
 from api.config import ConfigError, load_settings
+from engine.policy import CLI_ROLE, ROLES
 
 EMBEDDED_S3_PORT = 8333
 
@@ -100,8 +101,7 @@ def users() -> None:
 
 @users.command("create")
 @click.argument("name")
-@click.option("--role", required=True, type=click.Choice(["implementer", "dept_reviewer", "pm", "auditor",
-                                                          "buyer", "admin"]))
+@click.option("--role", required=True, type=click.Choice(ROLES))
 @click.option("--department", default=None, help="department code (created on first use)")
 @click.option("--password-stdin", is_flag=True, help="read the password from one line of standard input")
 @click.option("--display-name", default=None)
@@ -118,7 +118,7 @@ def users_create(name: str, role: str, department: str | None, password_stdin: b
             user = create_user(name, password, role, department, display_name)
         except DomainError as exc:
             raise click.ClickException(exc.detail) from exc
-        audit.record(database.session, audit.Actor(None, "cli", "admin"), "user.created", target_type="user",
+        audit.record(database.session, audit.Actor(None, "cli", CLI_ROLE), "user.created", target_type="user",
                      target_id=user.id, username=user.username, role=role)
         database.session.commit()
         click.echo(f"created user {name} ({role}{', ' + department if department else ''})")
@@ -141,7 +141,7 @@ def _change_user(name: str, body: dict[str, Any]) -> Any:
 
     with app_context():
         try:
-            result = change_user_by_name(audit.Actor(None, "cli", "admin"), name, body)
+            result = change_user_by_name(audit.Actor(None, "cli", CLI_ROLE), name, body)
         except DomainError as exc:
             database.session.rollback()
             errors = exc.extra.get("errors")
@@ -196,7 +196,7 @@ def catalog_load(file: str) -> None:
             database.session.rollback()
             raise click.ClickException(str(exc)) from exc
         if changed:
-            audit.record(database.session, audit.Actor(None, "cli", "admin"), "catalog.loaded",
+            audit.record(database.session, audit.Actor(None, "cli", CLI_ROLE), "catalog.loaded",
                          target_type="contract", target_id=contract.id, code=contract.code, file=file)
         database.session.commit()
         lines = len(contract.service_lines)

@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from api.cli import app_context, main
+from engine.policy import CLI_ROLE
 
 
 @main.group(help="Process models (BPMN) and their versions.")
@@ -28,7 +29,7 @@ def process_deploy(file: str) -> None:
         raise click.ClickException(f"{file}: cannot read it as UTF-8 text: {exc}") from exc
     with app_context():
         try:
-            result = deploy(database.session, audit.Actor(None, "cli", "admin"), None, xml, path.name)
+            result = deploy(database.session, audit.Actor(None, "cli", CLI_ROLE), None, xml, path.name)
         except Invalid as exc:
             database.session.commit()  # keeps the audit record of the refusal
             problems = exc.extra.get("problems") or []

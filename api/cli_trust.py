@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from api.cli import app_context, main, object_store
+from engine.policy import CLI_ROLE
 
 DOCS_AUTHZ = Path(__file__).resolve().parent.parent / "docs" / "AUTHZ.md"
 
@@ -19,7 +20,7 @@ def authz() -> None:
 @authz.command("table", help="Print the matrix as Markdown, or write it to docs/AUTHZ.md with --write.")
 @click.option("--write", is_flag=True, help="write docs/AUTHZ.md instead of printing")
 def authz_table(write: bool) -> None:
-    from engine.policy import markdown_table
+    from api.authz import markdown_table
 
     text = markdown_table()
     if write:
@@ -100,7 +101,7 @@ def audit_anchor() -> None:
 
     with app_context() as app, object_store(app) as store:
         # Recorded first, so that the anchor covers the request for it too.
-        audit_log.record(database.session, audit_log.Actor(None, "cli", "admin"), "audit.anchor_requested",
+        audit_log.record(database.session, audit_log.Actor(None, "cli", CLI_ROLE), "audit.anchor_requested",
                          target_type="bucket", target_id=store.bucket)
         database.session.commit()
         anchor = anchor_now(database.session, store, "cli")
@@ -124,7 +125,7 @@ def audit_prune() -> None:
     with app_context() as app, object_store(app) as store:
         settings = app.config["ITEMGATE"]
         try:
-            result = prune(database.session, store, audit_log.Actor(None, "cli", "admin"),
+            result = prune(database.session, store, audit_log.Actor(None, "cli", CLI_ROLE),
                            settings.audit_retention_days)
         except DomainError as exc:
             database.session.rollback()
@@ -165,7 +166,7 @@ def fsck(repair: bool, quick: bool) -> None:
                 "kept (younger than the grace period)" if repair else "orphan")
             click.echo(f"{state}: {o.key} version {o.version_id} ({o.size} bytes, {o.last_modified})")
         if repair and report.removed:
-            audit_log.record(database.session, audit_log.Actor(None, "cli", "admin"), "evidence.orphans_removed",
+            audit_log.record(database.session, audit_log.Actor(None, "cli", CLI_ROLE), "evidence.orphans_removed",
                              target_type="bucket", target_id=store.bucket,
                              objects=[[o.key, o.version_id] for o in report.removed])
             database.session.commit()
@@ -202,7 +203,7 @@ def restore(directory: str) -> None:
 
     with app_context() as app, object_store(app) as store:
         try:
-            result = run_restore(database.session, store, Path(directory), audit_log.Actor(None, "cli", "admin"))
+            result = run_restore(database.session, store, Path(directory), audit_log.Actor(None, "cli", CLI_ROLE))
         except DomainError as exc:
             database.session.rollback()
             raise click.ClickException(exc.detail) from exc

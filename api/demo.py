@@ -15,20 +15,21 @@ from api.rest.core import create_user, ensure_department
 from engine import audit
 from engine.catalog import load_catalog_file
 from engine.evidence import upload_artefact
+from engine.policy import ADMIN, AUDITOR, BUYER, CLI_ROLE, DEPT_REVIEWER, IMPLEMENTER, PM
 from engine.workflow import Ctx, NewItem, complete_task, create_item, task_requirements
 from storage.models import HumanTask, User, WorkItem
 
 DEMO_PASSWORD = "itemgate-demo"  # demo accounts only; printed by the command  # noqa: S105
 DEPARTMENTS = {"SHGA": "上海市公安局", "SHRS": "上海市人力资源和社会保障局"}
 USERS = [
-    ("impl", "implementer", None, "实施人员 张伟"),
-    ("impl2", "implementer", None, "实施人员 李娜"),
-    ("rev_ga", "dept_reviewer", "SHGA", "公安局审核人 王芳"),
-    ("rev_rs", "dept_reviewer", "SHRS", "人社局审核人 刘洋"),
-    ("pm", "pm", None, "项目经理 陈静"),
-    ("auditor", "auditor", None, "第三方支撑单位 赵磊"),
-    ("buyer", "buyer", None, "采购单位 孙敏"),
-    ("admin", "admin", None, "系统管理员"),
+    ("impl", IMPLEMENTER, None, "实施人员 张伟"),
+    ("impl2", IMPLEMENTER, None, "实施人员 李娜"),
+    ("rev_ga", DEPT_REVIEWER, "SHGA", "公安局审核人 王芳"),
+    ("rev_rs", DEPT_REVIEWER, "SHRS", "人社局审核人 刘洋"),
+    ("pm", PM, None, "项目经理 陈静"),
+    ("auditor", AUDITOR, None, "第三方支撑单位 赵磊"),
+    ("buyer", BUYER, None, "采购单位 孙敏"),
+    ("admin", ADMIN, None, "系统管理员"),
 ]
 
 
@@ -78,7 +79,7 @@ class DemoDriver:
 
     def user_for(self, task: HumanTask) -> User:
         for user in self.users.values():
-            if user.role == task.role and (task.role != "dept_reviewer" or user.department_id == task.department_id):
+            if user.role == task.role and (task.role != DEPT_REVIEWER or user.department_id == task.department_id):
                 return user
         raise LookupError(f"no demo user for {task.role}")
 
@@ -138,7 +139,7 @@ def load_demo(app: Flask, store: Any, echo: Callable[[str], None] = print) -> No
             if not driver.step(item, overrides):
                 break
         echo(f"  {code} {name}: {item.status} / {item.stage}")
-    audit.record(db.session, audit.Actor(None, "demo", "admin"), "demo.loaded", target_type="contract",
+    audit.record(db.session, audit.Actor(None, "demo", CLI_ROLE), "demo.loaded", target_type="contract",
                  target_id=contract.id)
     db.session.commit()
     _print_users(echo)

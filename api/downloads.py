@@ -5,15 +5,16 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
-from flask import Response, g, stream_with_context
+from flask import Response, current_app, g, stream_with_context
 
 from api.extensions import db
 from engine import audit
 from engine.errors import ObjectMissing, ServiceUnavailable
+from engine.exports import ExportKind, ExportRequest
+from engine.policy import authorize
+from engine.reports import WorkloadFilter
 from storage.artefact_store import ArtefactStore, StoreUnavailable
 from storage.models import Artefact, User
-
-XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 
 
 def attachment(name: str, ascii_name: str) -> str:
@@ -40,6 +41,27 @@ def csv_response(rows: Iterator[bytes], name: str, ascii_name: str) -> Response:
     response = Response(stream_with_context(rows), mimetype="text/csv")
     response.headers["Content-Type"] = "text/csv; charset=utf-8"
     response.headers["Content-Disposition"] = attachment(name, ascii_name)
+    return response
+
+
+def send_export(user: User, spec: ExportKind, f: WorkloadFilter, described: str = "全部",
+                facts: list[tuple[str, Any]] | None = None) -> Response:
+    """A registered export of the rows `f` selects, for `user` (authorised against the export's action)."""
+    authorize(user, spec.action)
+    store = current_app.extensions.get("itemgate_store")
+    if spec.needs_store and store is None:
+        raise ServiceUnavailable("the evidence store is not configured")
+    return export_response(spec, ExportRequest(db.session, f, store, described, facts))
+
+
+def export_response(spec: ExportKind, request: ExportRequest) -> Response:
+    """One registered export as a download: a built file is sent in blocks, a chunk stream as it is produced."""
+    out = spec.build(request)
+    if hasattr(out, "read"):
+        return file_response(out, spec.content_type, spec.name, spec.ascii_name)
+    response = Response(stream_with_context(out), mimetype=spec.content_type.split(";")[0])
+    response.headers["Content-Type"] = spec.content_type
+    response.headers["Content-Disposition"] = attachment(spec.name, spec.ascii_name)
     return response
 
 

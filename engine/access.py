@@ -6,11 +6,11 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.interfaces import ORMOption
 
 from engine.errors import Forbidden, NotFound
-from engine.policy import ALL, DEPARTMENT, LANE, authorize, scope_of
+from engine.policy import ALL, DEPARTMENT, LANE, authorize, needs_department, scope_of
 from storage.models import Artefact, HumanTask, User, WorkItem
 
 __all__ = ["artefact_scope", "authorize", "item_scope", "load_item_for", "load_task_for", "may_act_on",
-           "may_see_artefact", "require_act", "require_role", "task_scope"]
+           "may_see_artefact", "require_act", "task_scope"]
 
 
 def item_scope(user: User, action: str = "item.read") -> ColumnElement[bool]:
@@ -78,16 +78,10 @@ def may_act_on(user: User, task: HumanTask, action: str = "task.complete") -> bo
         return False
     if task.department_id is not None and user.department_id is not None:
         return user.department_id == task.department_id
-    # A department reviewer without a department can never act; an implementer without one serves all.
-    return not (user.role == "dept_reviewer" and task.department_id is not None)
+    # A role that needs a department can never act without one; an implementer without one serves all.
+    return not (needs_department(user.role) and task.department_id is not None)
 
 
 def require_act(user: User, task: HumanTask, action: str = "task.complete") -> None:
     if not may_act_on(user, task, action):
         raise Forbidden(f"task {task.id} is for role {task.role}; you are {user.role}", code="not_your_task")
-
-
-def require_role(user: User, *roles: str) -> None:
-    """Legacy role check; prefer authorize(user, action) so the matrix stays the one source."""
-    if user.role not in roles:
-        raise Forbidden(f"this needs one of the roles {', '.join(roles)}", code="role_required")

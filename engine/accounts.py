@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from engine import audit
 from engine.errors import Conflict, FormInvalid
+from engine.policy import needs_department, roles_granted
 from storage.models import ApiToken, HumanTask, User, WebSession
 
 
@@ -81,7 +82,7 @@ class UserChanged:
 
 def _active_admins(session: Session, excluding: int) -> int:
     return int(session.execute(select(func.count(User.id)).where(
-        User.role == "admin", User.active.is_(True), User.id != excluding)).scalar_one())
+        User.role.in_(roles_granted("user.manage")), User.active.is_(True), User.id != excluding)).scalar_one())
 
 
 def change_user(session: Session, actor: audit.Actor, user: User, change: UserChange) -> UserChanged:
@@ -92,10 +93,11 @@ def change_user(session: Session, actor: audit.Actor, user: User, change: UserCh
         raise FormInvalid({"_schema": ["give at least one of active, password, role, department"]})
     role = change.role if change.role is not None else user.role
     department_id = change.department_id if change.department_given else user.department_id
-    if role == "dept_reviewer" and department_id is None:
-        raise FormInvalid({"department": ["required for dept_reviewer"]})
+    if needs_department(role) and department_id is None:
+        raise FormInvalid({"department": [f"required for {role}"]})
     active = user.active if change.active is None else change.active
-    if user.role == "admin" and user.active and (role != "admin" or not active) \
+    managers = roles_granted("user.manage")
+    if user.role in managers and user.active and (role not in managers or not active) \
             and _active_admins(session, user.id) == 0:
         raise Conflict("this is the last active administrator; make another one first", code="last_admin")
     changed: dict[str, Any] = {}

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from engine.workkinds import work_kind_ids
 from storage.models import CHANNELS, MODES, Contract, ServiceLine
 
 # Stable artefact kind codes (API.md) with the titles people see.
@@ -69,8 +70,6 @@ ARTEFACT_KINDS.update({
     "deliverable_document": "交付成果",
 })
 
-KNOWN_PROCESSES = ("service_item", "one_thing", "e_licence", "scenario_guide", "integration", "metered_record",
-                   "deliverable")
 # Processes whose work item is a record of units in a period (calls, SMS, person-months, assessments, audits),
 # and those whose item is a contract-level deliverable (a training, a named output, a monthly report).
 METERED_PROCESSES = ("metered_record",)
@@ -435,8 +434,8 @@ def parse_catalog(text: str, source: str) -> dict[str, Any]:
         for key in ("name", "unit", "process"):
             if not line.get(key):
                 raise CatalogError(f"{where}: needs '{key}'")
-        if line["process"] not in KNOWN_PROCESSES:
-            raise CatalogError(f"{where}: unknown process {line['process']!r} (known: {list(KNOWN_PROCESSES)})")
+        if line["process"] not in work_kind_ids():
+            raise CatalogError(f"{where}: unknown process {line['process']!r} (known: {list(work_kind_ids())})")
         if metered != (line["process"] in METERED_PROCESSES):
             raise CatalogError(f"{where}: a metered line runs the metered_record process, and only a metered "
                                "line does")

@@ -8,6 +8,8 @@ import xml.etree.ElementTree as ET  # noqa: S405 - input is screened for DOCTYPE
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from engine.policy import ROLE_LABELS
+
 __all__ = ["DiagramError", "LANE_LABELS", "render_svg"]
 
 BPMN = "{http://www.omg.org/spec/BPMN/20100524/MODEL}"
@@ -18,14 +20,7 @@ SVG_NS = "http://www.w3.org/2000/svg"
 
 MAX_INPUT_BYTES = 5 * 1024 * 1024
 
-LANE_LABELS = {
-    "implementer": "实施人员",
-    "dept_reviewer": "需求单位审核人",
-    "pm": "项目经理",
-    "auditor": "第三方支撑单位",
-    "buyer": "采购单位",
-    "admin": "系统管理员",
-}
+LANE_LABELS = ROLE_LABELS
 STATE_LABELS = {"current": "当前环节", "done": "已完成", "returned": "已退回"}
 
 TASK_TAGS = {

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, lazyload
 from engine import audit
 from engine.catalog import contract_kinds, required_kinds
 from engine.errors import Conflict, Forbidden, Invalid, PayloadTooLarge, ServiceUnavailable, UnsupportedMedia
+from engine.policy import DEPARTMENT, scope_of
 from storage.artefact_store import ArtefactStore, ObjectStat, StoredObject, StoreUnavailable, StreamedPut, TooLarge
 from storage.models import Artefact, Department, GatePass, HumanTask, ProcessInstance, User, WorkItem
 from storage.sniff import HEAD_BYTES, ZIP, Sniffed, UnsupportedType, sniff, sniff_head
@@ -183,7 +184,7 @@ def upload_target(session: Session, user: User, item: WorkItem, kind: str, task_
         if kind not in task_kinds(named):
             raise Invalid(f"task {named.id} ({named.spec_name}) takes no {kind!r}", code="kind_not_for_task",
                           task_id=named.id, kinds=task_kinds(named))
-        if user.role == "dept_reviewer" and user.department_id != named.department_id:
+        if scope_of(user.role, "artefact.upload") == DEPARTMENT and user.department_id != named.department_id:
             raise Forbidden(f"task {named.id} is another department's; its evidence is theirs to give",
                             code="not_your_department")
     target = UploadTarget(named.id if named is not None else None,

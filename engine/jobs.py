@@ -10,17 +10,16 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import IO, Any, cast
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from engine.bundle import stream_bundle
 from engine.errors import Invalid, NotFound
+from engine.exports import EXPORTS, ExportRequest, background_kinds
 from engine.policy import ALL, authorize
-from engine.reports import WorkloadFilter, csv_stream, xlsx_file
+from engine.reports import WorkloadFilter
 from storage.artefact_store import ArtefactStore
 from storage.models import ExportJob, User, utcnow
 
@@ -39,22 +38,6 @@ STALE_NOTE = "the process running this export stopped; the next `itemgate tick` 
 PROGRESS_SECONDS = 1.0
 PROGRESS_ROWS = 500
 MAX_RESULT_BYTES = 1 << 40
-
-
-@dataclass(frozen=True)
-class Kind:
-    action: str
-    content_type: str
-    name: str
-    ascii_name: str
-
-
-KINDS = {
-    "workload_xlsx": Kind("workload.read", "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
-                          "工作量统计明细表.xlsx", "workload.xlsx"),
-    "workload_csv": Kind("workload.read", "text/csv; charset=utf-8", "工作量统计明细表.csv", "workload.csv"),
-    "evidence_zip": Kind("settlement.read", "application/zip", "佐证材料.zip", "evidence.zip"),
-}
 
 
 def _clean_params(params: dict[str, Any]) -> dict[str, str]:
@@ -77,7 +60,7 @@ def filter_of(params: dict[str, Any]) -> WorkloadFilter:
 
 def create_job(session: Session, user: User, kind: str, params: dict[str, Any]) -> ExportJob:
     """Queue an export for `user`; the caller commits and then starts (or schedules) run_job."""
-    spec = KINDS.get(kind)
+    spec = background_kinds().get(kind)
     if spec is None:
         raise Invalid(f"unknown export kind {kind!r}", code="unknown_kind")
     authorize(user, JOB_ACTION)
@@ -264,19 +247,18 @@ def run_pending(session_factory: Callable[[], Session], store: ArtefactStore, li
 
 
 def _render(session: Session, store: ArtefactStore, job: ExportJob, out: Any, report: _Progress) -> None:
-    f = filter_of(job.params or {})
-    if job.kind == "workload_xlsx":
-        book = xlsx_file(session, f, progress=report)
+    described = ", ".join(f"{k}={v}" for k, v in (job.params or {}).items() if v) or "全部"
+    built = EXPORTS[job.kind].build(ExportRequest(session, filter_of(job.params or {}), store, described,
+                                                  progress=report))
+    # A file is a chunk iterator too (of lines), so tell them apart by `read`.
+    if hasattr(built, "read"):
+        book = cast(IO[bytes], built)
         try:
             shutil.copyfileobj(book, out, 1 << 16)
         finally:
             book.close()
-    elif job.kind == "workload_csv":
-        for chunk in csv_stream(session, f, progress=report):
-            out.write(chunk)
     else:
-        described = ", ".join(f"{k}={v}" for k, v in (job.params or {}).items() if v) or "全部"
-        for chunk in stream_bundle(session, store, f, f"筛选：{described}", progress=report):
+        for chunk in built:
             out.write(chunk)
 
 
@@ -308,7 +290,7 @@ def _run_claimed(session_factory: Callable[[], Session], store: ArtefactStore, j
                 out.seek(0)
                 report.write()  # a heartbeat before the upload, which reports no progress of its own
                 stored = store.put_stream(f"exports/{job_id}/{uuid.uuid4().hex}", out, size,
-                                          KINDS[job.kind].content_type, MAX_RESULT_BYTES)
+                                          EXPORTS[job.kind].content_type, MAX_RESULT_BYTES)
         except Superseded:
             log.warning("export job %s: attempt %s was given up on; another runner has it", job_id, job.attempts)
             return "superseded"

@@ -10,7 +10,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from engine import audit
-from engine.errors import Conflict, Forbidden, Invalid, NotFound
+from engine.errors import Conflict, Invalid, NotFound
+from engine.policy import authorize
 from storage.models import Settlement, SettlementLine, User, WorkItem, WorkloadEntry
 
 CENT = Decimal("0.01")
@@ -126,8 +127,7 @@ def reverse_entry(session: Session, actor: audit.Actor, user: User, entry_id: in
     `settlement_locked`. The entry and its settlement are locked first, so the rule holds against a
     submission, review step or approval racing the reversal, and against a second reversal.
     """
-    if user.role not in ("pm", "admin"):
-        raise Forbidden("only the project manager corrects the ledger", code="role_required")
+    authorize(user, "ledger.correct")
     reason = (reason or "").strip()
     if len(reason) < 2:
         raise Invalid("a reversal needs a reason", code="reason_required")

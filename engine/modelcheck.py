@@ -10,14 +10,14 @@ from lxml import etree
 
 import forms
 from engine.expressions import ExpressionProblem, check_expression, check_script
-from storage.models import ROLES
+from engine.policy import lane_roles
 
 BPMN_NS = "http://www.omg.org/spec/BPMN/20100524/MODEL"
 SPIFF_NS = "http://spiffworkflow.org/bpmn/schema/1.0/core"
 NS = {"bpmn": BPMN_NS, "spiffworkflow": SPIFF_NS}
 # Lanes name the role that acts; only roles that work on items may own a lane (the third-party auditor
 # confirms metered records and difficulty coefficients).
-LANE_ROLES = frozenset(r for r in ROLES if r not in ("buyer", "admin"))
+LANE_ROLES = lane_roles()
 _MODE_CONDITION = re.compile(r'^\s*mode\s*(==|!=)\s*["\']([a-z_]+)["\']\s*$')
 TASK_PROPERTIES = frozenset({"form", "gate", "stage", "due_days", "review_of", "department_var"})
 
@@ -40,7 +40,7 @@ class ModelRejected(ValueError):
         super().__init__(f"{filename}: " + "; ".join(str(p) for p in problems))
 
 
-def _xml_tree(xml: str, filename: str) -> Any:
+def xml_tree(xml: str, filename: str) -> Any:
     if "<!DOCTYPE" in xml or "<!ENTITY" in xml:
         raise ModelRejected(filename, [ModelProblem("(document)", "DOCTYPE/ENTITY declarations are not allowed")])
     try:
@@ -50,9 +50,10 @@ def _xml_tree(xml: str, filename: str) -> Any:
         raise ModelRejected(filename, [ModelProblem("(document)", f"not well-formed XML: {exc}")]) from exc
 
 
-def _properties(task: Any) -> dict[str, str]:
+def properties_of(element: Any) -> dict[str, str]:
+    """The spiffworkflow properties of a process or task element."""
     return {p.get("name"): p.get("value")
-            for p in task.iterfind("bpmn:extensionElements/spiffworkflow:properties/spiffworkflow:property", NS)}
+            for p in element.iterfind("bpmn:extensionElements/spiffworkflow:properties/spiffworkflow:property", NS)}
 
 
 def _process(root: Any, process_id: str) -> Any:
@@ -61,12 +62,12 @@ def _process(root: Any, process_id: str) -> Any:
 
 def model_gate_codes(xml: str, process_id: str | None = None, filename: str = "model.bpmn") -> set[str]:
     """Every gate code a model's user tasks name (the catalogue must say what each requires)."""
-    root = _xml_tree(xml, filename)
+    root = xml_tree(xml, filename)
     scope = _process(root, process_id) if process_id else root
     if scope is None:
         return set()
     return {props["gate"] for task in scope.iter(f"{{{BPMN_NS}}}userTask")
-            if (props := _properties(task)).get("gate")}
+            if (props := properties_of(task)).get("gate")}
 
 
 def mode_guarded_gates(xml: str, process_id: str | None = None, filename: str = "model.bpmn") -> dict[str, set[str]]:
@@ -74,12 +75,12 @@ def mode_guarded_gates(xml: str, process_id: str | None = None, filename: str = 
     `mode != "new"` leads to them): gate → the modes that reach the step."""
     from storage.models import MODES
 
-    root = _xml_tree(xml, filename)
+    root = xml_tree(xml, filename)
     scope = _process(root, process_id) if process_id else root
     if scope is None:
         return {}
     gates = {task.get("id"): props["gate"] for task in scope.iter(f"{{{BPMN_NS}}}userTask")
-             if (props := _properties(task)).get("gate")}
+             if (props := properties_of(task)).get("gate")}
     out: dict[str, set[str]] = {}
     for flow in scope.iter(f"{{{BPMN_NS}}}sequenceFlow"):
         gate = gates.get(flow.get("targetRef"))
@@ -96,7 +97,7 @@ def mode_guarded_gates(xml: str, process_id: str | None = None, filename: str = 
 
 
 def process_ids(xml: str, filename: str = "model.bpmn") -> list[str]:
-    root = _xml_tree(xml, filename)
+    root = xml_tree(xml, filename)
     return [p.get("id") for p in root.iterfind("bpmn:process", NS) if p.get("isExecutable") != "false"]
 
 
@@ -114,7 +115,7 @@ def check_model(xml: str, process_id: str, filename: str,
                 gate_rules: Iterable[tuple[str, Mapping[str, Any]]] = (),
                 artefact_kinds: Iterable[str] = ()) -> list[ModelProblem]:
     """All problems of one model; `gate_rules` are (line label, gates) of every contract line running it."""
-    root = _xml_tree(xml, filename)
+    root = xml_tree(xml, filename)
     process = _process(root, process_id)
     if process is None:
         found = [p.get("id") for p in root.iterfind("bpmn:process", NS)]
@@ -126,9 +127,13 @@ def check_model(xml: str, process_id: str, filename: str,
             problems.append(ModelProblem(lane.get("id") or "?", f"lane name {lane.get('name')!r} is not a role "
                                                                 f"({sorted(LANE_ROLES)})"))
     used_gates: dict[str, str] = {}
+    process_props = properties_of(process)
+    # A work kind names its stages for people: every stage its tasks enter needs a `stage.<key>` label.
+    stage_labels = {k[len("stage."):] for k in process_props if k.startswith("stage.")} \
+        if process_props.get("work_kind") == "true" else None
     for task in process.iter(f"{{{BPMN_NS}}}userTask"):
         tid = task.get("id") or "?"
-        props = _properties(task)
+        props = properties_of(task)
         unknown = set(props) - TASK_PROPERTIES
         if unknown:
             problems.append(ModelProblem(tid, f"unknown properties {sorted(unknown)}"))
@@ -147,6 +152,9 @@ def check_model(xml: str, process_id: str, filename: str,
             problems.append(ModelProblem(tid, f"due_days {due!r} must be a positive whole number"))
         if props.get("gate"):
             used_gates.setdefault(props["gate"], tid)
+        if stage_labels is not None and props.get("stage") and props["stage"] not in stage_labels:
+            problems.append(ModelProblem(tid, f"stage {props['stage']!r} has no label: add the process property "
+                                              f"'stage.{props['stage']}'"))
     kinds = set(artefact_kinds)
     for label, gates in gate_rules:
         for gate, tid in sorted(used_gates.items()):

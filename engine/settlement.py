@@ -12,10 +12,10 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from engine import anchors, audit, spiff
-from engine.access import require_role
 from engine.calendar import TZ, WorkCalendar
 from engine.errors import Conflict, DomainError, Forbidden, Invalid, NotFound, ServiceUnavailable
 from engine.ledger import SettlementLocked
+from engine.policy import authorize, may
 from engine.workflow import Ctx, current_definition, model_of, run_and_step, work_calendar
 from storage.artefact_store import StoreUnavailable
 from storage.models import (
@@ -30,7 +30,6 @@ from storage.models import (
 
 PROCESS_ID = "settlement"
 CENT = Decimal("0.01")
-VIEWERS = ("pm", "auditor", "buyer", "admin")
 # The one task during which the PM may add or remove entries (before the first submission and after a return).
 EDITABLE_TASK = "prepare_claim"
 TASK_STATUS = {"audit_review": "audit", "first_review": "first_review", "final_approval": "final_approval"}
@@ -118,7 +117,7 @@ class Figures:
 
 def load_settlement_for(session: Session, user: User, settlement_id: int) -> Settlement:
     """The settlement, if the user's role may see settlements; otherwise 404."""
-    settlement = session.get(Settlement, settlement_id) if user.role in VIEWERS else None
+    settlement = session.get(Settlement, settlement_id) if may(user, "settlement.read") else None
     if settlement is None:
         raise NotFound(f"settlement {settlement_id} not found")
     return settlement
@@ -200,7 +199,7 @@ def open_settlement(ctx: Ctx, contract_code: str, period_start: date, period_end
                     label: str | None = None) -> Settlement:
     """PM opens a settlement: the process starts and every unsettled entry of the period is gathered."""
     assert ctx.user is not None
-    require_role(ctx.user, "pm")
+    authorize(ctx.user, "settlement.prepare")
     contract = ctx.session.execute(select(Contract).where(Contract.code == contract_code)).scalar()
     if contract is None:
         raise Invalid(f"unknown contract {contract_code!r}", code="unknown_contract")
@@ -307,7 +306,7 @@ def comment(ctx: Ctx, settlement: Settlement, text: str, entry_id: int | None = 
     """Auditor's review comment, on one line (an entry) or on the whole claim."""
     assert ctx.user is not None
     guard_unlocked(settlement, "settlement.comment", entry_id=entry_id)
-    require_role(ctx.user, "auditor")
+    authorize(ctx.user, "settlement.comment")
     if settlement.status != "audit":
         raise Conflict("comments are taken while the auditor reviews the claim", code="settlement_wrong_stage",
                        status_now=settlement.status)
@@ -361,7 +360,7 @@ def _entries_of_contract(ctx: Ctx, settlement: Settlement, entry_ids: list[int])
 
 def _require_editable(ctx: Ctx, settlement: Settlement) -> None:
     assert ctx.user is not None
-    require_role(ctx.user, "pm")
+    authorize(ctx.user, "settlement.prepare")
     if settlement.current_task != EDITABLE_TASK:
         raise Conflict("lines change only while the PM prepares or revises the claim",
                        code="settlement_wrong_stage", status_now=settlement.status)
@@ -570,14 +569,14 @@ def allowed_actions(user: User, settlement: Settlement) -> list[str]:
     """What this user can do next, for UIs; the use cases enforce the same rules."""
     if settlement.status == "approved":
         return []
-    task, role = settlement.current_task, user.role
+    task = settlement.current_task
     actions: list[str] = []
-    if task == EDITABLE_TASK and role == "pm":
+    if task == EDITABLE_TASK and may(user, "settlement.prepare"):
         actions += ["submit", "add_lines", "remove_lines"]
-    if task == "audit_review" and role == "auditor":
+    if task == "audit_review" and may(user, "settlement.comment"):
         actions += ["comment", "accept", "return"]
-    if task == "first_review" and role == "buyer":
+    if task == "first_review" and may(user, "settlement.review"):
         actions += ["first_review"]
-    if task == "final_approval" and role == "buyer" and settlement.first_reviewed_by_id != user.id:
+    if task == "final_approval" and may(user, "settlement.review") and settlement.first_reviewed_by_id != user.id:
         actions += ["final_approval"]
     return actions

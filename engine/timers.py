@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from engine import audit
 from engine.errors import Conflict
+from engine.policy import roles_granted
 from storage.models import HumanTask, Notification, ProcessInstance
 
 log = logging.getLogger("itemgate.timers")
@@ -82,15 +83,16 @@ def notify_overdue(session: Session, task: HumanTask, now: datetime) -> list[Not
         department_id=None if task.assignee_id else task.department_id, item_id=task.item_id, task_id=task.id,
         kind="reminder", created_at=now,
         message=f"任务「{task.title}」（事项 {item.code}）已超过办理期限 {due}，请尽快处理")
-    escalation = Notification(
-        role="pm", item_id=task.item_id, task_id=task.id, kind="escalation", created_at=now,
+    escalations = [Notification(
+        role=role, item_id=task.item_id, task_id=task.id, kind="escalation", created_at=now,
         message=f"任务「{task.title}」（事项 {item.code}）超期未办理，期限 {due}")
-    session.add_all([reminder, escalation])
+        for role in roles_granted("task.escalation")]
+    session.add_all([reminder, *escalations])
     session.flush()
-    for note in (reminder, escalation):
+    for note in (reminder, *escalations):
         audit.record(session, audit.SYSTEM, f"task.{note.kind}", target_type="task", target_id=task.id,
                      item_id=task.item_id, notification=note.id, to_user=note.user_id, to_role=note.role)
-    return [reminder, escalation]
+    return [reminder, *escalations]
 
 
 def _next_due(session: Session, now: datetime, skip: set[int]) -> ProcessInstance | None:

@@ -23,6 +23,7 @@ from engine.catalog import DELIVERABLE_PROCESSES, METERED_PROCESSES, required_ki
 from engine.errors import Conflict, DomainError, FormInvalid, GateUnmet, Invalid
 from engine.evidence import evidence_scope, lock_evidence, submitted_evidence, verify_artefact
 from engine.ledger import tally_item
+from engine.policy import ALL, DEFAULT_LANE, scope_of
 from storage.artefact_store import ArtefactStore, StoreUnavailable
 from storage.models import (
     CHANNELS,
@@ -357,7 +358,7 @@ def _sync_projection(ctx: Ctx, instance: ProcessInstance, item: WorkItem, workfl
         if tid in known:
             continue
         props = spiff.task_properties(task)
-        lane = spiff.task_lane(task) or "implementer"
+        lane = spiff.task_lane(task) or DEFAULT_LANE
         due_at = warning = None
         due_days = due_overrides.get(task.task_spec.name, props.get("due_days"))
         if due_days:
@@ -447,7 +448,7 @@ def unclaim(ctx: Ctx, task_id: int) -> HumanTask:
         return task
     if task.status != "ready":
         raise Conflict(f"task {task_id} is no longer open", code="task_not_ready")
-    if task.assignee_id != ctx.user.id and ctx.user.role not in ("pm", "admin"):
+    if task.assignee_id != ctx.user.id and scope_of(ctx.user.role, "task.release") != ALL:
         raise Conflict(f"task {task_id} is held by someone else", code="claimed_by_other")
     _set_task_if(ctx, task, _held_by(task.assignee_id), assignee_id=None, claimed_at=None)
     audit.record(ctx.session, ctx.actor, "task.unclaimed", target_type="task", target_id=task.id,
@@ -460,7 +461,7 @@ def hand_over(ctx: Ctx, task_id: int, to_username: str) -> HumanTask:
     task = load_task_for(ctx.session, ctx.user, task_id, "task.release")
     if task.status != "ready":
         raise Conflict(f"task {task_id} is no longer open", code="task_not_ready")
-    if task.assignee_id not in (None, ctx.user.id) and ctx.user.role not in ("pm", "admin"):
+    if task.assignee_id not in (None, ctx.user.id) and scope_of(ctx.user.role, "task.release") != ALL:
         raise Conflict(f"task {task_id} is held by someone else", code="claimed_by_other")
     target = ctx.session.execute(select(User).where(User.username == to_username)).scalar()
     if target is None or not target.active:

@@ -18,6 +18,25 @@ def review_loop(submit: str, review: str, decision: str, merge: str) -> list[tup
             (decision, merge, "退回修改", 'decision == "return"')]
 
 
+STAGES = {"intake": "需求受理", "design": "功能设计", "build": "开发联调", "test": "测试", "walkthrough": "体验走查",
+          "go_live": "发布上线", "confirmation": "确认会签", "deliver": "成果交付", "review": "成果审核",
+          "record": "计量记录", "confirm": "第三方确认"}
+HELP = {
+    "review": "审阅交付物，确认通过或退回修改；退回时必须填写意见。",
+    "deliverable": "上传合同要求的交付成果及佐证材料（如培训签到表、讲义、照片），填写交付日期。",
+    "metered_record": "上传本期计量的佐证材料（调用量统计、考勤与排班、测评报告、短信账单等），说明数据来源。",
+    "difficulty_confirmation": "根据复杂度说明提出本事项的难度系数（合同允许的档位），并写明理由。",
+    "difficulty_review": "第三方核对复杂度说明：确认项目经理提出的难度系数，或改定并说明理由。",
+    "intake": "上传需求函（优化迭代为变更函）等受理材料。",
+    "design": "上传需求分析、方案或接口设计材料。",
+    "build_integration": "完成开发与联调，确认已完成。",
+    "tests": "上传测试报告，确认测试已通过。",
+    "walkthrough": "组织体验走查，上传走查确认单。",
+    "go_live": "完成发布上线，上传上线记录并填写上线日期。",
+    "cosign": "确认联调与上线。",
+}
+
+
 def write(pid: str, title: str, lanes: list[str], nodes: list[tuple], flows: list[tuple[str, str, str, str]]) -> None:
     """nodes: (id, type, name, lane, column, properties dict, timer due?)"""
     pos: dict[str, tuple[int, int, int, int]] = {}
@@ -42,6 +61,8 @@ def write(pid: str, title: str, lanes: list[str], nodes: list[tuple], flows: lis
                "and": "parallelGateway"}[kind]
         attrs = f' id="{nid}"' + (f" name={quoteattr(name)}" if name else "")
         inner = []
+        if kind == "task" and props and props.get("form") in HELP:
+            inner.append(f"      <bpmn:documentation>{escape(HELP[props['form']])}</bpmn:documentation>")
         if props:
             inner.append("      <bpmn:extensionElements>\n        <spiffworkflow:properties>")
             for k, v in props.items():
@@ -97,12 +118,21 @@ def write(pid: str, title: str, lanes: list[str], nodes: list[tuple], flows: lis
             points = [a, b]
         wp = "\n".join(f'        <di:waypoint x="{x}" y="{y}"/>' for x, y in points)
         di.append(f'      <bpmndi:BPMNEdge id="{fid}_di" bpmnElement="{fid}">\n{wp}\n      </bpmndi:BPMNEdge>')
+    used = [n[5]["stage"] for n in nodes if n[5] and n[5].get("stage")]
+    stage_props = "\n".join(f'        <spiffworkflow:property name="stage.{k}" value="{STAGES[k]}"/>'
+                            for k in dict.fromkeys(used))
     xml = f"""<?xml version='1.0' encoding='UTF-8'?>
 <bpmn:definitions xmlns:bpmn="http://www.omg.org/spec/BPMN/20100524/MODEL" xmlns:bpmndi="http://www.omg.org/spec/BPMN/20100524/DI" xmlns:dc="http://www.omg.org/spec/DD/20100524/DC" xmlns:di="http://www.omg.org/spec/DD/20100524/DI" xmlns:spiffworkflow="http://spiffworkflow.org/bpmn/schema/1.0/core" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" id="defs_{pid}" targetNamespace="https://itemgate.example/bpmn" exporter="itemgate">
   <bpmn:collaboration id="collab_{pid}">
     <bpmn:participant id="pool_{pid}" name={quoteattr(title)} processRef="{pid}"/>
   </bpmn:collaboration>
   <bpmn:process id="{pid}" name={quoteattr(title)} isExecutable="true">
+    <bpmn:extensionElements>
+      <spiffworkflow:properties>
+        <spiffworkflow:property name="work_kind" value="true"/>
+{stage_props}
+      </spiffworkflow:properties>
+    </bpmn:extensionElements>
     <bpmn:laneSet id="laneset_{pid}">
 {chr(10).join(lanes_xml)}
     </bpmn:laneSet>

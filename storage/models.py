@@ -33,7 +33,6 @@ NAMING = {
     "pk": "pk_%(table_name)s",
 }
 
-ROLES = ("implementer", "dept_reviewer", "pm", "auditor", "buyer", "admin")
 CHANNELS = ("pc", "mobile", "kiosk")
 MODES = ("new", "iteration")
 # The mode of a metered line's record (units in a period) and of a contract-level deliverable.

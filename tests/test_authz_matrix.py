@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from api import authz
 from api.app import create_app
 from api.config import load_settings
 from engine import policy
@@ -91,8 +92,8 @@ def _call(world: World, caller: str, method: str, url: str) -> Any:
 @pytest.mark.parametrize("caller", CALLERS)
 @pytest.mark.parametrize(("endpoint", "method", "rule"), RULES, ids=[f"{m} {r}" for _, m, r in RULES])
 def test_route_answers_as_the_matrix_says(matrix_world, endpoint, method, rule, caller):
-    decided = policy.rule_for_endpoint(endpoint, method)
-    assert decided is not None, f"{endpoint} ({method} {rule}) has no entry in engine/policy.py ENDPOINTS"
+    decided = authz.rule_for_endpoint(endpoint, method)
+    assert decided is not None, f"{endpoint} ({method} {rule}) has no entry in api/authz.py ENDPOINTS"
     url = _url(rule, matrix_world.ids)
     r = _call(matrix_world, caller, method, url)
     status = r.status_code
@@ -117,11 +118,11 @@ def test_route_answers_as_the_matrix_says(matrix_world, endpoint, method, rule, 
 
 
 def test_every_matrix_entry_names_a_real_action():
-    for endpoint, entry in policy.ENDPOINTS.items():
+    for endpoint, entry in authz.ENDPOINTS.items():
         actions = entry.values() if isinstance(entry, dict) else [entry]
         for action in actions:
             assert action in policy.RULES, f"{endpoint} → unknown action {action}"
-    for command, action in policy.CLI_COMMANDS.items():
+    for command, action in authz.CLI_COMMANDS.items():
         assert action in policy.RULES, f"itemgate {command} → unknown action {action}"
     for rule in policy.RULES.values():
         assert set(rule.grants) <= set(policy.ROLES)
@@ -142,8 +143,8 @@ def test_every_cli_command_has_an_entry():
                 out.append(" ".join([*prefix, name]))
         return out
 
-    missing = sorted(set(walk(main, [])) - set(policy.CLI_COMMANDS))
-    assert not missing, f"CLI commands without an entry in engine/policy.py CLI_COMMANDS: {missing}"
+    missing = sorted(set(walk(main, [])) - set(authz.CLI_COMMANDS))
+    assert not missing, f"CLI commands without an entry in api/authz.py CLI_COMMANDS: {missing}"
 
 
 def test_cli_refuses_a_command_without_an_entry(monkeypatch):
@@ -151,7 +152,7 @@ def test_cli_refuses_a_command_without_an_entry(monkeypatch):
 
     from api.cli import main
 
-    monkeypatch.delitem(policy.CLI_COMMANDS, "authz table")
+    monkeypatch.delitem(authz.CLI_COMMANDS, "authz table")
     result = CliRunner().invoke(main, ["authz", "table"])
     assert result.exit_code != 0 and "authorization matrix" in result.output
 
@@ -159,12 +160,12 @@ def test_cli_refuses_a_command_without_an_entry(monkeypatch):
 def test_committed_authz_doc_matches_the_matrix():
     from api.cli_trust import DOCS_AUTHZ
 
-    assert DOCS_AUTHZ.read_text(encoding="utf-8") == policy.markdown_table(), \
+    assert DOCS_AUTHZ.read_text(encoding="utf-8") == authz.markdown_table(), \
         "docs/AUTHZ.md is stale: run `itemgate authz table --write`"
 
 
 def test_unknown_endpoint_is_denied_by_default(world, monkeypatch):
-    monkeypatch.delitem(policy.ENDPOINTS, "core.catalog")
+    monkeypatch.delitem(authz.ENDPOINTS, "core.catalog")
     r = world.get("admin", "/api/v1/catalog")
     assert r.status_code == 403 and r.get_json()["code"] == "no_policy"
 

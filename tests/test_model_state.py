@@ -9,6 +9,8 @@ import pytest
 
 import bpmn
 from engine import caching, spiff
+from engine.settlement import PROCESS_ID
+from engine.workkinds import work_kind_ids
 
 START = {"mode": "new", "channels": ["pc"], "service_line": "5", "department": "DA", "attributes": {},
          "due_at_iso": "9999-12-31T00:00:00+00:00", "departments": ["DA", "DB"]}
@@ -70,7 +72,7 @@ def test_per_department_step_finishes_when_resumed_against_a_fresh_model(cold):
     assert [name for name, _ in _ready(spiff.loads(state, _fresh("one_thing")))] == ["business_technical_plan"]
 
 
-@pytest.mark.parametrize("process_id", ["service_item", "one_thing", "e_licence", "scenario_guide", "settlement"])
+@pytest.mark.parametrize("process_id", [*work_kind_ids(), PROCESS_ID])
 def test_running_an_instance_leaves_its_parsed_model_unchanged(process_id, cold):
     """Nothing a run does may stay behind on the shared spec objects (a later request on the same process would
     behave differently from one on a fresh process): every task spec's completion subscribers are the same

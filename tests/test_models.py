@@ -16,8 +16,10 @@ from SpiffWorkflow.spiff.parser.process import VALIDATOR, SpiffBpmnParser
 from SpiffWorkflow.spiff.serializer.config import SPIFF_CONFIG
 from SpiffWorkflow.util.task import TaskState
 
+from engine.workkinds import work_kind_ids
+
 BPMN_DIR = Path(__file__).resolve().parents[1] / "bpmn"
-MODELS = ["service_item", "one_thing", "e_licence", "scenario_guide"]
+MODELS = list(work_kind_ids())
 ROLES = {"implementer", "dept_reviewer", "pm"}
 FORMS = {
     "intake", "difficulty_confirmation", "survey_sorting", "review", "design", "build_integration", "tests",

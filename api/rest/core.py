@@ -38,6 +38,7 @@ from engine.access import (
 from engine.catalog import ARTEFACT_KINDS, kind_title
 from engine.errors import DomainError, Forbidden, Invalid, NotFound
 from engine.evidence import optional_kinds, submitted_evidence, upload_artefact
+from engine.policy import ROLES, may, needs_department
 from engine.workflow import (
     Ctx,
     NewItem,
@@ -49,7 +50,7 @@ from engine.workflow import (
     task_requirements,
     unclaim,
 )
-from storage.models import ROLES, Artefact, AuditEvent, Contract, Department, HumanTask, User, WorkItem
+from storage.models import Artefact, AuditEvent, Contract, Department, HumanTask, User, WorkItem
 
 blp = Blueprint("core", __name__, url_prefix="/api/v1", description="ItemGate core API")
 
@@ -179,9 +180,9 @@ def create_user(username: str, password: str, role: str, department: str | None,
                 display_name: str | None = None) -> User:
     if role not in ROLES:
         raise Invalid(f"unknown role {role!r}", code="invalid_form", errors={"role": [f"one of {list(ROLES)}"]})
-    if role == "dept_reviewer" and not department:
-        raise Invalid("a department reviewer needs a department", code="invalid_form",
-                      errors={"department": ["required for dept_reviewer"]})
+    if needs_department(role) and not department:
+        raise Invalid(f"a {role} needs a department", code="invalid_form",
+                      errors={"department": [f"required for {role}"]})
     if db.session.execute(select(User.id).where(User.username == username)).scalar() is not None:
         raise Invalid(f"user {username!r} exists", code="user_exists", status=409)
     dept = ensure_department(department) if department else None
@@ -422,7 +423,7 @@ def task_query(user: User, scope: str) -> Any:
         if user.department_id is not None:
             query = query.where(HumanTask.department_id == user.department_id)
         return query
-    if user.role not in ("pm", "auditor", "admin", "buyer"):
+    if not may(user, "task.queue_all"):
         raise Forbidden("scope=all is for the pm, auditor, buyer and admin roles", code="role_required")
     return query.where(task_scope(user))
 

@@ -10,7 +10,7 @@ from marshmallow import Schema, fields, validate
 from sqlalchemy import func, select
 
 from api.auth import current_user
-from api.downloads import XLSX, attachment, csv_response, file_response
+from api.downloads import attachment, file_response, send_export
 from api.extensions import db
 from api.limits import id_field
 from api.serializers import entry_json, iso, money, num
@@ -18,12 +18,11 @@ from engine import ledger
 from engine import settlement as st
 from engine.access import authorize
 from engine.bundle import stream_bundle
-from engine.errors import ServiceUnavailable
+from engine.errors import NotFound, ServiceUnavailable
+from engine.exports import EXPORTS, XLSX, export_named
 from engine.reports import (
     WorkloadFilter,
     claim_xlsx_file,
-    counts_csv_stream,
-    counts_xlsx_file,
     monthly_counts,
     progress,
 )
@@ -308,11 +307,9 @@ def export_filter(args: dict[str, Any]) -> WorkloadFilter:
 @blp.route("/exports/evidence.zip", methods=["GET"])
 @blp.arguments(ExportArgs, location="query")
 def exports_evidence_zip(args: dict[str, Any]) -> Response:
-    authorize(current_user(), "settlement.read")
-    f = export_filter(args)
     described = ", ".join(f"{k}={v}" for k, v in args.items() if v is not None) or "全部"
-    chunks = stream_bundle(db.session, _store(), f, f"筛选：{described}", [("筛选条件", described)])
-    return zip_response(chunks, "佐证材料.zip", "evidence.zip")
+    return send_export(current_user(), EXPORTS["evidence_zip"], export_filter(args), described,
+                       [("筛选条件", described)])
 
 
 @blp.route("/exports/counts", methods=["GET"])
@@ -329,16 +326,24 @@ def exports_counts(args: dict[str, Any]) -> dict[str, Any]:
 @blp.route("/exports/counts.csv", methods=["GET"])
 @blp.arguments(ExportArgs, location="query")
 def exports_counts_csv(args: dict[str, Any]) -> Response:
-    authorize(current_user(), "workload.read")
-    return csv_response(counts_csv_stream(db.session, export_filter(args)), "完成事项统计.csv", "counts.csv")
+    return send_export(current_user(), EXPORTS["counts_csv"], export_filter(args))
 
 
 @blp.route("/exports/counts.xlsx", methods=["GET"])
 @blp.arguments(ExportArgs, location="query")
 def exports_counts_xlsx(args: dict[str, Any]) -> Response:
-    authorize(current_user(), "workload.read")
-    out = counts_xlsx_file(db.session, export_filter(args))
-    return file_response(out, XLSX, "完成事项统计.xlsx", "counts.xlsx")
+    return send_export(current_user(), EXPORTS["counts_xlsx"], export_filter(args))
+
+
+@blp.route("/exports/<string:export_name>", methods=["GET"])
+@blp.arguments(ExportArgs, location="query")
+def exports_file(args: dict[str, Any], export_name: str) -> Response:
+    """Any registered export by its file name (the routes above document the shipped ones)."""
+    spec = export_named(export_name)
+    if spec is None:
+        raise NotFound(f"no export {export_name!r}")
+    described = ", ".join(f"{k}={v}" for k, v in args.items() if v is not None) or "全部"
+    return send_export(current_user(), spec, export_filter(args), described, [("筛选条件", described)])
 
 
 # ---------------------------------------------------------------- ledger corrections

@@ -8,11 +8,12 @@ from flask_smorest import Blueprint
 from marshmallow import Schema, fields
 
 from api.auth import current_user
-from api.downloads import XLSX, csv_response, file_response
+from api.downloads import send_export
 from api.extensions import db
 from api.serializers import entry_json, money, num
 from engine.access import authorize
-from engine.reports import WorkloadFilter, counts, csv_stream, entries_query, totals, xlsx_file
+from engine.exports import EXPORTS
+from engine.reports import WorkloadFilter, counts, entries_query, totals
 
 blp = Blueprint("workload", __name__, url_prefix="/api/v1", description="Workload ledger and exports")
 
@@ -45,12 +46,10 @@ def workload(args: dict[str, Any]) -> dict[str, Any]:
 @blp.route("/exports/workload.csv", methods=["GET"])
 @blp.arguments(WorkloadArgs, location="query")
 def workload_csv(args: dict[str, Any]) -> Response:
-    authorize(current_user(), "workload.read")
-    return csv_response(csv_stream(db.session, _filter(args)), "工作量统计明细表.csv", "workload.csv")
+    return send_export(current_user(), EXPORTS["workload_csv"], _filter(args))
 
 
 @blp.route("/exports/workload.xlsx", methods=["GET"])
 @blp.arguments(WorkloadArgs, location="query")
 def workload_xlsx(args: dict[str, Any]) -> Response:
-    authorize(current_user(), "workload.read")
-    return file_response(xlsx_file(db.session, _filter(args)), XLSX, "工作量统计明细表.xlsx", "workload.xlsx")
+    return send_export(current_user(), EXPORTS["workload_xlsx"], _filter(args))

@@ -11,6 +11,7 @@ from api.extensions import babel, csrf, db, login_manager
 from api.web import i18n
 from api.web.auth import SessionUser, load_session_user, touch_web_session
 from api.web.i18n import _
+from engine.policy import may, scope_of
 
 _SAFE_METHODS = {"GET", "HEAD", "OPTIONS", "TRACE"}
 _ERROR_TEXT = {
@@ -55,13 +56,18 @@ def register(app: Flask) -> None:
     def _evidence_lock_warning() -> dict[str, Any]:
         def evidence_lock_off() -> bool:
             # A standing warning for administrators while the bucket has no object lock (ITEMGATE_EVIDENCE_LOCK=off).
-            if not current_user.is_authenticated or current_user.role != "admin":
+            if not current_user.is_authenticated or not may(current_user, "ops.maintain"):
                 return False
             from api.app import evidence_lock_state
 
             return evidence_lock_state(app) == "off"
 
-        return {"evidence_lock_off": evidence_lock_off}
+        def can(action: str, scope: str | None = None) -> bool:
+            # Templates ask the matrix what to offer; the routes and use cases enforce the same rules.
+            granted = scope_of(getattr(current_user, "role", None), action)
+            return granted is not None and (scope is None or granted == scope)
+
+        return {"evidence_lock_off": evidence_lock_off, "can": can}
 
     @app.before_request
     def _web_context() -> Any:

@@ -9,20 +9,15 @@ from flask import Flask, request, session
 from flask_babel import format_date, format_datetime, get_locale
 
 from engine.catalog import ARTEFACT_KINDS
+from engine.policy import ROLE_DEFS, ROLE_LABELS
+from engine.workkinds import stage_labels, step_help
 
 LANGUAGES = ("zh", "en")
 DEFAULT = "zh"
 
-STAGES = {
-    "intake": "需求受理", "survey": "调研梳理", "analysis": "需求分析", "plan": "实施方案", "design": "功能设计",
-    "build": "开发联调", "test": "测试", "walkthrough": "体验走查", "go_live": "发布上线",
-    "confirmation": "确认会签", "issuing": "制证", "showing": "亮证", "using": "用证", "guide": "场景导办",
-    "done": "已完成",
-}
-ROLES = {
-    "implementer": "实施人员", "dept_reviewer": "需求单位审核人", "pm": "项目经理", "auditor": "第三方支撑单位",
-    "buyer": "采购单位", "admin": "系统管理员", "system": "系统",
-}
+# Stage names and step help come from the BPMN models (engine/workkinds.py); English is below.
+STAGES = stage_labels()
+ROLES = {**ROLE_LABELS, "system": "系统"}
 STATUSES = {"active": "进行中", "completed": "已完成", "cancelled": "已取消", "ready": "待办"}
 MODES = {"new": "新增接入", "iteration": "优化迭代", "record": "计量记录", "deliverable": "交付成果"}
 CHANNELS = {"pc": "PC端", "mobile": "移动端", "kiosk": "自助终端"}
@@ -33,20 +28,7 @@ EVENTS = {
     "timer.fired": "定时触发", "workload.tallied": "计入工作量",
 }
 DECISIONS = {"approve": "确认通过", "return": "退回修改"}
-# What each form key asks of the person doing the step.
-STEP_HELP = {
-    "intake": "提交需求函（新增）或变更函（迭代）及复杂度说明，概述接入需求。",
-    "intake_licence": "提交电子证照接入需求，选择是否包含亮证、用证。",
-    "difficulty_confirmation": "根据复杂度说明确定本事项的难度系数，并写明理由。",
-    "survey_sorting": "完成调研，上传调研表和事项梳理清单，填写梳理事项数。",
-    "review": "审阅交付物，确认通过或退回修改；退回时必须填写意见。",
-    "design": "完成需求分析与功能设计，上传功能设计文档。",
-    "build_integration": "完成前后端开发与联调后勾选确认。",
-    "tests": "上传功能和性能测试报告、安全测试报告，确认测试已通过。",
-    "walkthrough": "完成体验走查并上传走查确认单。",
-    "go_live": "完成纳管发布，上传上线记录或截图并填写上线日期。",
-    "cosign": "核对联调与上线确认单后会签确认。",
-}
+STEP_HELP = step_help()
 
 EN: dict[str, str] = {
     # layout and navigation
@@ -154,8 +136,7 @@ for _table, _en in (
               "build": "Build", "test": "Test", "walkthrough": "Walkthrough", "go_live": "Go-live",
               "confirmation": "Confirmation", "issuing": "Issuing", "showing": "Showing", "using": "Using",
               "guide": "Scenario guide", "done": "Done"}),
-    (ROLES, {"implementer": "Implementer", "dept_reviewer": "Department reviewer", "pm": "Project manager",
-             "auditor": "Third-party auditor", "buyer": "Buyer", "admin": "Administrator", "system": "System"}),
+    (ROLES, {**{r.name: r.label_en for r in ROLE_DEFS}, "system": "System"}),
     (STATUSES, {"active": "Active", "completed": "Completed", "cancelled": "Cancelled", "ready": "Open"}),
     (MODES, {"new": "New", "iteration": "Iteration", "record": "Metered record", "deliverable": "Deliverable"}),
     (CHANNELS, {"pc": "PC", "mobile": "Mobile", "kiosk": "Kiosk"}),
@@ -183,7 +164,8 @@ for _table, _en in (
     }),
 ):
     for _key, _zh in _table.items():
-        EN.setdefault(_zh, _en[_key])
+        if _key in _en:
+            EN.setdefault(_zh, _en[_key])
 EN.update({
     "需求函": "Requirement letter", "变更函": "Change letter", "复杂度说明": "Complexity statement",
     "调研表": "Survey form", "事项梳理清单": "Sorting list", "功能设计文档": "Functional design",

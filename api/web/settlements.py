@@ -19,7 +19,7 @@ from flask import (
 from sqlalchemy import select
 
 from api.background import start_job
-from api.downloads import XLSX, attachment, file_response
+from api.downloads import attachment, file_response, send_export
 from api.extensions import db
 from api.limits import row_id
 from api.web.auth import me, web_ctx
@@ -29,7 +29,9 @@ from engine import jobs, ledger
 from engine import settlement as st
 from engine.bundle import stream_bundle
 from engine.errors import DomainError, NotFound, ServiceUnavailable
-from engine.reports import WorkloadFilter, claim_xlsx_file, csv_stream, entries_query, progress, totals, xlsx_file
+from engine.exports import EXPORTS, XLSX, export_named
+from engine.policy import may
+from engine.reports import WorkloadFilter, claim_xlsx_file, entries_query, progress, totals
 from engine.workflow import Ctx
 from storage.artefact_store import StoreUnavailable
 from storage.models import Contract, Department, ServiceLine, Settlement, SettlementNote, utcnow
@@ -215,33 +217,20 @@ def settlement_evidence(settlement_id: int) -> Any:
 def exports() -> Any:
     f, args = _filter_args()
     query = "&".join(f"{k}={v}" for k, v in args.items() if v)
+    user = me()
+    downloads = [e for e in EXPORTS.values() if e.on_web and may(user, e.action)]
     return render_template("web/exports.html", args=args, query=query, progress=progress(db.session, f),
-                           totals=totals(db.session, f), **_options())
+                           totals=totals(db.session, f), downloads=downloads, **_options())
 
 
-@bp.get("/exports/workload.xlsx")
-def export_workload_xlsx() -> Any:
-    f, _args = _filter_args()
-    return file_response(xlsx_file(db.session, f), XLSX, "工作量统计明细表.xlsx", "workload.xlsx")
-
-
-@bp.get("/exports/workload.csv")
-def export_workload_csv() -> Any:
-    f, _args = _filter_args()
-    response = Response(stream_with_context(csv_stream(db.session, f)), mimetype="text/csv")
-    response.headers["Content-Type"] = "text/csv; charset=utf-8"
-    response.headers["Content-Disposition"] = attachment("工作量统计明细表.csv", "workload.csv")
-    return response
-
-
-@bp.get("/exports/evidence.zip")
-def export_evidence() -> Any:
+@bp.get("/exports/<string:export_name>")
+def export_file(export_name: str) -> Any:
+    spec = export_named(export_name)
+    if spec is None or not spec.on_web:
+        raise NotFound(f"no export {export_name!r}")
     f, args = _filter_args()
     described = ", ".join(f"{k}={v}" for k, v in args.items() if v) or "全部"
-    chunks = stream_bundle(db.session, current_app.extensions["itemgate_store"], f, f"筛选：{described}")
-    response = Response(stream_with_context(chunks), mimetype="application/zip")
-    response.headers["Content-Disposition"] = attachment("佐证材料.zip", "evidence.zip")
-    return response
+    return send_export(me(), spec, f, described)
 
 
 # ---------------------------------------------------------------- background export jobs
@@ -269,7 +258,7 @@ def export_job(job_id: int) -> Any:
     job = jobs.load_job_for(db.session, me(), job_id)
     status, error = jobs.shown(job, utcnow())
     return render_template("web/export_job.html", job=job, status=status, error=error, me=me(),
-                           kind=jobs.KINDS[job.kind], running=status in ("queued", "running"))
+                           kind=EXPORTS[job.kind], running=status in ("queued", "running"))
 
 
 @bp.get("/exports/jobs/<int:job_id>/download")
@@ -286,7 +275,7 @@ def export_job_download(job_id: int) -> Any:
         raise ServiceUnavailable("the object store is unavailable") from exc
     except KeyError as exc:
         raise NotFound(f"the result of export job {job_id} is gone") from exc
-    spec = jobs.KINDS[job.kind]
+    spec = EXPORTS[job.kind]
     response = Response(stream, mimetype=spec.content_type.split(";")[0])
     response.headers["Content-Type"] = spec.content_type
     response.headers["Content-Disposition"] = attachment(spec.name, f"job-{job.id}-{spec.ascii_name}")

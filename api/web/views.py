@@ -39,6 +39,7 @@ from engine.dashboard import build_dashboard
 from engine.diagram import render_svg
 from engine.errors import DomainError, FormInvalid, GateUnmet, Invalid, NotFound, ServiceUnavailable
 from engine.evidence import submitted_evidence, upload_artefact
+from engine.policy import DEPARTMENT, may, scope_of
 from engine.workflow import claim, complete_task, hand_over, task_requirements, unclaim
 from storage.models import Artefact, Department, HumanTask, ProcessInstance, ServiceLine, User, WorkItem
 
@@ -47,8 +48,6 @@ log = logging.getLogger("itemgate.web")
 bp = Blueprint("web", __name__)
 
 PER_PAGE = 20
-ALL_SCOPE_ROLES = ("pm", "auditor", "admin", "buyer")
-DASHBOARD_ROLES = ("pm", "auditor", "admin", "buyer")
 ACCEPTED_EXTENSIONS = (".pdf", ".doc", ".docx", ".xls", ".xlsx", ".png", ".jpg", ".jpeg", ".zip", ".ofd", ".txt")
 PREVIEWABLE = ("application/pdf", "image/png", "image/jpeg")
 # Domain refusals people meet in normal work, said in their language (the engine's detail is English).
@@ -177,7 +176,7 @@ def _colleagues(tasks: list[HumanTask], user: User) -> dict[int, list[User]]:
 
 def _visible_departments(user: User) -> list[Department]:
     query = select(Department).order_by(Department.code)
-    if user.role == "dept_reviewer":
+    if scope_of(user.role, "item.read") == DEPARTMENT:
         query = query.where(Department.id == user.department_id)
     return list(db.session.scalars(query))
 
@@ -185,7 +184,7 @@ def _visible_departments(user: User) -> list[Department]:
 @bp.get("/inbox")
 def inbox() -> Any:
     user = me()
-    scopes = ["mine", "group"] + (["all"] if user.role in ALL_SCOPE_ROLES else [])
+    scopes = ["mine", "group"] + (["all"] if may(user, "task.queue_all") else [])
     counts = {s: _count(task_query(user, s)) for s in scopes}
     scope = request.args.get("scope")
     if scope not in scopes:
