@@ -81,7 +81,7 @@ def write(pid: str, title: str, lanes: list[str], nodes: list[tuple], flows: lis
                         '        <bpmn:timeDate xsi:type="bpmn:tFormalExpression">due_at_iso</bpmn:timeDate>\n'
                         '      </bpmn:timerEventDefinition>\n    </bpmn:boundaryEvent>')
             x, y, w, h = pos[nid]
-            extra_shapes.append((bid, (x + w - 46, y + h - 18, 36, 36)))
+            extra_shapes.append((bid, (x + w - 46, y + h, 36, 36)))
     for (src, tgt, name, cond), fid in zip(flows, flow_ids, strict=True):
         attrs = f'id="{fid}" sourceRef="{src}" targetRef="{tgt}"' + (f" name={quoteattr(name)}" if name else "")
         if cond:
