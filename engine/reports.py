@@ -22,16 +22,18 @@ from storage.models import (
     Settlement,
     SettlementLine,
     SettlementNote,
+    User,
     WorkItem,
     WorkloadEntry,
 )
 
 TZ = ZoneInfo("Asia/Shanghai")
-CHANNEL_NAMES = {"pc": "PC端", "mobile": "移动端", "kiosk": "自助终端"}
+CHANNEL_NAMES = {"pc": "PC端", "mobile": "移动端", "kiosk": "自助终端", "all": "不分渠道"}
 CHANNEL_RANK = {"pc": 0, "mobile": 1, "kiosk": 2}  # the catalogue's order, not the alphabet's
 MODE_NAMES = {"new": "新增接入", "iteration": "优化迭代", "record": "计量记录", "deliverable": "交付成果"}
 DETAIL_HEADER = ["合同编号", "服务类别编号", "服务类别", "事项名称", "事项编码", "需求部门", "渠道", "接入方式",
-                 "数量", "难度系数", "单价（元）", "金额（元）", "上线日期", "计量时间", "分录号", "冲销说明"]
+                 "数量", "难度系数", "单价（元）", "金额（元）", "上线日期", "计量时间", "分录号", "冲销说明",
+                 "完成时间", "计量期间", "难度系数提出人", "难度系数确认人", "超出服务期"]
 UNITS_COL, AMOUNT_COL, PRICE_COL = 8, 11, 10
 COUNTS_HEADER = ["服务类别编号", "服务类别", "渠道", "需求部门", "月份", "完成事项数", "数量", "金额（元）"]
 PROGRESS_HEADER = ["服务类别编号", "服务类别", "渠道/指标", "已完成", "预估量/目标", "完成率", "按期应完成", "是否按期",
@@ -114,7 +116,12 @@ _DETAIL_COLS = (Contract.id.label("contract_id"), Contract.code.label("contract_
                 WorkloadEntry.units, WorkloadEntry.difficulty, WorkloadEntry.unit_price, WorkloadEntry.amount,
                 type_coerce(WorkItem.completed_at, DateTime(timezone=True)).label("completed_at"),
                 type_coerce(WorkloadEntry.tallied_at, DateTime(timezone=True)).label("tallied_at"),
-                WorkloadEntry.id.label("entry_id"), WorkloadEntry.reverses_id, WorkloadEntry.reason)
+                WorkloadEntry.id.label("entry_id"), WorkloadEntry.reverses_id, WorkloadEntry.reason,
+                WorkItem.go_live_date, WorkItem.period, WorkItem.out_of_period,
+                select(User.username).where(User.id == WorkloadEntry.difficulty_proposed_by_id)
+                .scalar_subquery().label("proposed_by"),
+                select(User.username).where(User.id == WorkloadEntry.difficulty_confirmed_by_id)
+                .scalar_subquery().label("confirmed_by"))
 
 
 # Streamed workbooks; text that users typed (item names, notes) is always written as text: never as a formula
@@ -137,12 +144,15 @@ def _local(value: datetime) -> datetime:
 
 
 def _row(r: Any) -> list[Any]:
-    live = _local(r.completed_at).date().isoformat() if r.completed_at else ""
+    # 上线日期 is the date entered on the go-live step; the completion time is a column of its own.
+    live = r.go_live_date.isoformat() if r.go_live_date else ""
+    done = _local(r.completed_at).strftime("%Y-%m-%d %H:%M") if r.completed_at else ""
     note = f"冲销 #{r.reverses_id}：{r.reason or ''}" if r.reverses_id else ""
     return [r.contract_code, r.line_code, r.line_name, r.item_name, r.item_code, r.department_name,
             CHANNEL_NAMES.get(r.channel, r.channel), MODE_NAMES.get(r.mode, r.mode),
             r.units, r.difficulty, r.unit_price, r.amount, live,
-            _local(r.tallied_at).strftime("%Y-%m-%d %H:%M"), r.entry_id, note]
+            _local(r.tallied_at).strftime("%Y-%m-%d %H:%M"), r.entry_id, note,
+            done, r.period or "", r.proposed_by or "", r.confirmed_by or "", "是" if r.out_of_period else ""]
 
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -157,14 +167,25 @@ def _text(value: Any) -> Any:
 def _csv_row(r: Any) -> list[Any]:
     """`_row` with the money columns already formatted as `_fmt` does: the CSV path, in one pass per entry."""
     (_cid, contract_code, _pos, _lid, line_code, line_name, item_name, item_code, department_name, channel, mode,
-     units, difficulty, unit_price, amount, completed_at, tallied_at, entry_id, reverses_id, reason) = r
+     units, difficulty, unit_price, amount, completed_at, tallied_at, entry_id, reverses_id, reason, go_live_date,
+     period, out_of_period, proposed_by, confirmed_by) = r
     return [contract_code, line_code, _text(line_name), _text(item_name), _text(item_code), _text(department_name),
             CHANNEL_NAMES.get(channel, channel), MODE_NAMES.get(mode, mode),
-            f"{units:.2f}", f"{difficulty:.2f}", f"{unit_price:.2f}", f"{amount:.2f}",
-            _local(completed_at).date().isoformat() if completed_at else "",
+            _number(units), f"{difficulty:.2f}", _number(unit_price), f"{amount:.2f}",
+            go_live_date.isoformat() if go_live_date else "",
             # isoformat ("YYYY-MM-DD HH:MM+08:00") cut to the minute: what strftime gives, at a third of the cost
             _local(tallied_at).isoformat(" ", "minutes")[:16], entry_id,
-            f"冲销 #{reverses_id}：{reason or ''}" if reverses_id else ""]
+            f"冲销 #{reverses_id}：{reason or ''}" if reverses_id else "",
+            _local(completed_at).isoformat(" ", "minutes")[:16] if completed_at else "", period or "",
+            proposed_by or "", confirmed_by or "", "是" if out_of_period else ""]
+
+
+def _number(value: Decimal) -> str:
+    """Units and unit prices as the contract writes them: two places, more where they have more (0.004 元)."""
+    value = Decimal(value)
+    text = f"{value:.6f}".rstrip("0")
+    whole, _, frac = text.partition(".")
+    return f"{whole}.{frac.ljust(2, '0')}"
 
 
 # ---------------------------------------------------------------- the detail sheet, grouped with subtotals
