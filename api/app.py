@@ -70,6 +70,16 @@ def register_caches(settings: Settings) -> None:
     from engine import caching
 
     caching.set_enabled(settings.model_cache)
+    register_budgets(settings)
+
+
+def register_budgets(settings: Settings) -> None:
+    """What one evaluation of model text, one instance's stored state and one tick of an instance may cost."""
+    from engine import budgets
+
+    budgets.configure(expression_ms=settings.expression_ms, expression_steps=settings.expression_steps,
+                      expression_size=settings.expression_size, state_bytes=settings.instance_state_kb * 1024,
+                      tick_instance_ms=settings.tick_instance_ms)
 
 
 def _database_url(url: str) -> str:
@@ -181,6 +191,9 @@ def register_authz(app: Flask) -> None:
     from api.authz import register as register_authz_hook
 
     register_authz_hook(app)
+    from api.audit_hooks import register as register_audit_hooks
+
+    register_audit_hooks(app)
 
 
 def register_limits(app: Flask) -> None:
@@ -210,6 +223,9 @@ def register_api(app: Flask) -> None:
     from api.rest import jobs
 
     api.register_blueprint(jobs.blp)
+    from api.rest import money
+
+    api.register_blueprint(money.blp)
 
 
 def register_health(app: Flask) -> None:

@@ -42,6 +42,51 @@ def process_deploy(file: str) -> None:
                    "stay on their version")
 
 
+@process.command("migrate", help="Move running items from one version of a process to another (by definition id); "
+                                  "open tasks map to the same element ids. One transaction per item.")
+@click.option("--from", "source", type=int, required=True, help="definition id the items run on now")
+@click.option("--to", "target", type=int, required=True, help="definition id to move them to")
+@click.option("--items", "items_", default=None, help="comma-separated item ids (default: all running on --from)")
+@click.option("--dry-run", is_flag=True, help="list what maps and what does not; change nothing")
+def process_migrate(source: int, target: int, items_: str | None, dry_run: bool) -> None:
+    from tqdm import tqdm
+
+    from api.extensions import db as database
+    from engine import audit
+    from engine.errors import DomainError
+    from engine.migration import migrate
+
+    try:
+        item_ids = [int(x) for x in items_.split(",") if x.strip()] if items_ else None
+    except ValueError as exc:
+        raise click.ClickException("--items takes comma-separated item ids") from exc
+    with app_context():
+        bar = tqdm(unit="item", desc="dry run" if dry_run else "migrating", file=click.get_text_stream("stderr"))
+        try:
+            report = migrate(database.session, audit.Actor(None, "cli", CLI_ROLE), None, target, item_ids=item_ids,
+                             from_definition=source, dry_run=dry_run, commit=database.session.commit,
+                             rollback=database.session.rollback, progress=lambda _: bar.update(1))
+        except DomainError as exc:
+            database.session.rollback()
+            raise click.ClickException(exc.detail) from exc
+        finally:
+            bar.close()
+        for one in report.items:
+            if one.migrated:
+                state = "migrated"
+            elif one.mappable:
+                state = "maps"
+            else:
+                state = "REFUSED"
+            detail = f" ({one.problem})" if one.problem else ""
+            click.echo(f"item {one.item_id} {one.code}: {state}; open tasks {', '.join(one.mapped) or '-'}{detail}")
+        verb = "would be migrated" if dry_run else "migrated"
+        count = sum(1 for i in report.items if i.mappable) if dry_run else report.migrated
+        click.echo(f"{count} of {len(report.items)} item(s) {verb} to definition {target}; {report.refused} refused")
+        if report.refused:
+            raise SystemExit(1)
+
+
 @main.group(help="Work items.")
 def items() -> None:
     pass

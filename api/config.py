@@ -39,6 +39,12 @@ class Settings:
     audit_anchor_minutes: int = 5                      # ITEMGATE_AUDIT_ANCHOR_MINUTES (serve's anchor loop)
     max_json_kb: int = 256                             # ITEMGATE_MAX_JSON_KB (JSON request bodies)
     model_cache: bool = True                           # ITEMGATE_MODEL_CACHE (off: cold mode, nothing kept)
+    cjk_font: str | None = None                        # ITEMGATE_CJK_FONT (sign-off sheets; unset: Noto CJK)
+    expression_ms: int = 1000                          # ITEMGATE_EXPRESSION_MS (wall time per evaluation)
+    expression_steps: int = 1_000_000                  # ITEMGATE_EXPRESSION_STEPS (steps per evaluation)
+    expression_size: int = 1_000_000                   # ITEMGATE_EXPRESSION_SIZE (elements+chars per value)
+    instance_state_kb: int = 1024                      # ITEMGATE_INSTANCE_STATE_KB (serialized state per item)
+    tick_instance_ms: int = 5000                       # ITEMGATE_TICK_INSTANCE_MS (tick's work per instance)
     testing: bool = False
     extra: dict = field(default_factory=dict)
 
@@ -113,6 +119,12 @@ def load_settings(env: dict[str, str] | None = None, *, testing: bool = False, *
         audit_anchor_minutes=_int(env, "ITEMGATE_AUDIT_ANCHOR_MINUTES", 5),
         max_json_kb=_int(env, "ITEMGATE_MAX_JSON_KB", 256),
         model_cache=_switch(env, "ITEMGATE_MODEL_CACHE", True),
+        cjk_font=env.get("ITEMGATE_CJK_FONT") or None,
+        expression_ms=_int(env, "ITEMGATE_EXPRESSION_MS", 1000),
+        expression_steps=_int(env, "ITEMGATE_EXPRESSION_STEPS", 1_000_000),
+        expression_size=_int(env, "ITEMGATE_EXPRESSION_SIZE", 1_000_000),
+        instance_state_kb=_int(env, "ITEMGATE_INSTANCE_STATE_KB", 1024),
+        tick_instance_ms=_int(env, "ITEMGATE_TICK_INSTANCE_MS", 5000),
         testing=testing,
     )
     values.update(overrides)
@@ -134,6 +146,10 @@ def load_settings(env: dict[str, str] | None = None, *, testing: bool = False, *
         raise ConfigError("ITEMGATE_PROXY_HOPS must be 0 or more")
     if values["audit_anchor_minutes"] < 1:
         raise ConfigError("ITEMGATE_AUDIT_ANCHOR_MINUTES must be at least 1")
+    if min(values["expression_ms"], values["expression_steps"], values["expression_size"],
+           values["instance_state_kb"], values["tick_instance_ms"]) < 1:
+        raise ConfigError("the ITEMGATE_EXPRESSION_*, ITEMGATE_INSTANCE_STATE_KB and ITEMGATE_TICK_INSTANCE_MS "
+                          "budgets must be at least 1")
     if values["max_upload_mb"] <= 0:
         raise ConfigError("ITEMGATE_MAX_UPLOAD_MB must be positive")
     return Settings(**values)

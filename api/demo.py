@@ -16,6 +16,7 @@ from engine import audit
 from engine.catalog import load_catalog_file
 from engine.evidence import upload_artefact
 from engine.policy import ADMIN, AUDITOR, BUYER, CLI_ROLE, DEPT_REVIEWER, IMPLEMENTER, PM
+from engine.sheets import is_sheet_kind, sheet_for
 from engine.workflow import Ctx, NewItem, complete_task, create_item, task_requirements
 from storage.models import HumanTask, User, WorkItem
 
@@ -93,7 +94,9 @@ class DemoDriver:
         ctx = Ctx(session=db.session, user=user, store=self.store)
         for status in task_requirements(db.session, task):
             if status.artefact is None:
-                body = demo_pdf(f"{item.code} {status.kind}")
+                # A signed sheet carries the verification code ItemGate printed on it (read from its text).
+                code = sheet_for(db.session, item, status.kind, user).code if is_sheet_kind(status.kind) else ""
+                body = demo_pdf(f"{item.code} {status.kind} {code}".strip())
                 upload_artefact(db.session, self.store, ctx.actor, user, item, status.kind,
                                 f"{status.kind}.pdf", io.BytesIO(body), len(body), 10 * 1024 * 1024, task.id)
         form = dict((data or {}).get(task.spec_name) or FORM_DATA.get(task.form, {}))

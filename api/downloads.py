@@ -111,3 +111,23 @@ def artefact_response(artefact: Artefact, user: User, store: ArtefactStore | Non
         response.close()  # frees the store's connection; nothing will iterate this response
         raise
     return response
+
+
+def sheet_response(actor: audit.Actor, user: User, item: Any, kind: str) -> Response:
+    """Print an item's sign-off sheet (engine.sheets) and answer with it; one implementation for REST and web.
+    The sheet's code and the audit record of what it lists are committed before the PDF is sent."""
+    from functools import partial
+
+    from flask import current_app
+
+    from engine.sheet_pdf import find_cjk_font, render
+    from engine.sheets import print_sheet
+
+    font = find_cjk_font(current_app.config["ITEMGATE"].cjk_font)  # 503 cjk_font_missing before anything is written
+    printed = print_sheet(db.session, actor, user, item, kind, partial(render, font))
+    db.session.commit()
+    response = Response(printed.pdf, mimetype="application/pdf")
+    response.headers["Content-Disposition"] = content_disposition(printed.filename)
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Verification-Code"] = printed.sheet.code
+    return response

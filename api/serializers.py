@@ -24,12 +24,27 @@ def money(value: Decimal) -> float:
     return float(value.quantize(Decimal("0.01")))
 
 
+def _masked(item: WorkItem) -> dict[str, Any]:
+    """The item's attributes as the caller may see them: personal data masked (脱敏) for roles the contract's
+    settings do not clear (engine/masking.py)."""
+    from flask import has_request_context
+
+    from api.authz import request_user
+    from engine import masking
+
+    attrs = item.attributes or {}
+    if not attrs or not has_request_context():
+        return attrs
+    user = request_user()
+    return masking.for_role(attrs, getattr(user, "role", None), item.contract.settings or {})
+
+
 def item_summary(item: WorkItem) -> dict[str, Any]:
     return {
         "id": item.id, "code": item.code, "name": item.name, "contract": item.contract.code,
         "service_line": item.service_line.code, "department": item.department.code, "channels": item.channels,
         "mode": item.mode, "difficulty": num(item.difficulty), "status": item.status, "stage": item.stage,
-        "attributes": item.attributes, "created_at": iso(item.created_at), "completed_at": iso(item.completed_at),
+        "attributes": _masked(item), "created_at": iso(item.created_at), "completed_at": iso(item.completed_at),
         "units": num(item.units), "period": item.period,
         "go_live_date": item.go_live_date.isoformat() if item.go_live_date else None,
         "out_of_period": bool(item.out_of_period),

@@ -245,6 +245,12 @@ def _settings(raw: Any, source: str) -> dict[str, Any]:
     for task, days in due.items():
         if isinstance(days, bool) or not isinstance(days, int) or days <= 0:
             raise CatalogError(f"{source}: [contract.settings] due_days.{task}: must be a whole number > 0")
+    from engine.schedule import validate_schedule
+
+    try:
+        validate_schedule(raw.get("settlement_schedule"))
+    except Exception as exc:  # engine.errors.Invalid: a catalogue error names the file
+        raise CatalogError(f"{source}: [contract.settings] {exc}") from exc
     return dict(raw)
 
 

@@ -52,6 +52,17 @@ class GateUnmet(Invalid):
                          missing=missing)
 
 
+class ProcessFailed(DomainError):
+    """The process model failed while running (a script, a condition, a timer, its state too large): 422 naming
+    the BPMN element, the instance left as it was."""
+
+    status, code, title = 422, "process_error", "Process model error"
+
+    def __init__(self, detail: str, element: str | None = None, **extra: Any):
+        super().__init__(detail, element=element, **extra)
+        self.element = element
+
+
 class PayloadTooLarge(DomainError):
     status, code, title = 413, "too_large", "Payload too large"
 

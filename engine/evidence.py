@@ -16,6 +16,7 @@ from engine import audit
 from engine.catalog import contract_kinds, required_kinds
 from engine.errors import Conflict, Forbidden, Invalid, PayloadTooLarge, ServiceUnavailable, UnsupportedMedia
 from engine.policy import DEPARTMENT, scope_of
+from engine.sheets import check_signed_sheet, codes_in_upload, is_sheet_kind
 from storage.artefact_store import ArtefactStore, ObjectStat, StoredObject, StoreUnavailable, StreamedPut, TooLarge
 from storage.models import Artefact, Department, GatePass, HumanTask, ProcessInstance, User, WorkItem
 from storage.sniff import HEAD_BYTES, ZIP, Sniffed, UnsupportedType, sniff, sniff_head
@@ -210,9 +211,10 @@ def _store_down() -> ServiceUnavailable:
 
 def upload_artefact(session: Session, store: ArtefactStore, actor: audit.Actor, user: User, item: WorkItem,
                     kind: str, filename: str | None, stream: BinaryIO, length: int, max_bytes: int,
-                    task_id: str | int | None = None) -> Artefact:
+                    task_id: str | int | None = None, verification_code: str | None = None) -> Artefact:
     """Stream a file into the object store, then record it. No row is written unless the object exists.
-    `task_id`: the task the file is for, as the request gave it (see `upload_target`)."""
+    `task_id`: the task the file is for, as the request gave it (see `upload_target`); `verification_code`: for a
+    signed sign-off sheet, the code printed on it (see engine.sheets.check_signed_sheet)."""
     upload_target(session, user, item, kind, task_id)  # refused before anything is stored
     if length > max_bytes:
         raise _too_large(max_bytes)
@@ -220,6 +222,8 @@ def upload_artefact(session: Session, store: ArtefactStore, actor: audit.Actor, 
         sniffed = sniff(stream, filename or "")
     except UnsupportedType as exc:
         raise _refused(exc) from exc
+    sheet = check_signed_sheet(session, item, kind, verification_code, codes_in_upload(stream, sniffed.media_type)
+                               if is_sheet_kind(kind) else [])
     key = ArtefactStore.new_key(item.contract.code, item.id, kind)
     try:
         stored = store.put_stream(key, stream, length, sniffed.media_type, max_bytes)
@@ -228,7 +232,8 @@ def upload_artefact(session: Session, store: ArtefactStore, actor: audit.Actor, 
     except StoreUnavailable as exc:
         raise _store_down() from exc
     try:
-        return _record(session, actor, user, item, kind, filename, stored, sniffed, task_id)
+        return _record(session, actor, user, item, kind, filename, stored, sniffed, task_id,
+                       sheet.code if sheet is not None else None)
     except BaseException:
         _discard(store, stored)
         raise
@@ -242,7 +247,7 @@ def _discard(store: ArtefactStore, stored: StoredObject) -> None:
 
 
 def _record(session: Session, actor: audit.Actor, user: User, item: WorkItem, kind: str, filename: str | None,
-            stored: StoredObject, sniffed: Sniffed, task_ref: str | int | None) -> Artefact:
+            stored: StoredObject, sniffed: Sniffed, task_ref: str | int | None, sheet_code: str | None) -> Artefact:
     # Decided again under the instance lock: a submission may have opened a review while the file was stored.
     target = upload_target(session, user, item, kind, task_ref, lock=True)
     artefact = Artefact(
@@ -256,7 +261,8 @@ def _record(session: Session, actor: audit.Actor, user: User, item: WorkItem, ki
     session.flush()
     audit.record(session, actor, "artefact.uploaded", target_type="artefact", target_id=artefact.id,
                  item_id=item.id, kind=kind, sha256=stored.sha256, size=stored.size, key=stored.key,
-                 version_id=stored.version_id, task_id=target.task_id, department_id=target.department_id)
+                 version_id=stored.version_id, task_id=target.task_id, department_id=target.department_id,
+                 **({"sheet_code": sheet_code} if sheet_code is not None else {}))
     return artefact
 
 
@@ -353,9 +359,9 @@ class StreamedUpload:
             raise _store_down() from exc
 
     def finish(self, session: Session, actor: audit.Actor, user: User, item: WorkItem, kind: str,
-               task_id: str | int | None) -> Artefact:
-        """The body is complete (`kind` is the form's, "" if none came; `task_id` as the form gave it, None if
-        none came): store the object and record it."""
+               task_id: str | int | None, verification_code: str | None = None) -> Artefact:
+        """The body is complete (`kind` is the form's, "" if none came; `task_id` and `verification_code` as the
+        form gave them, None if none came): store the object and record it."""
         if self.kind is None:
             self.set_kind(kind)
         if self._refusal is not None:
@@ -368,6 +374,10 @@ class StreamedUpload:
             sniffed = sniff(put.spool, self.filename or "")
         except UnsupportedType as exc:
             raise _refused(exc) from exc
+        kind = self.kind or kind
+        # A signed sheet that is not this item's sheet of this kind is refused before the object exists.
+        sheet = check_signed_sheet(session, item, kind, verification_code,
+                                   codes_in_upload(put.spool, sniffed.media_type) if is_sheet_kind(kind) else [])
         try:
             stored = put.finish(sniffed.media_type)
         except TooLarge as exc:
@@ -375,7 +385,8 @@ class StreamedUpload:
         except StoreUnavailable as exc:
             raise _store_down() from exc
         try:
-            return _record(session, actor, user, item, self.kind or kind, self.filename, stored, sniffed, task_id)
+            return _record(session, actor, user, item, kind, self.filename, stored, sniffed, task_id,
+                           sheet.code if sheet is not None else None)
         except BaseException:
             _discard(self._store, stored)
             raise

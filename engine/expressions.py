@@ -5,16 +5,26 @@ import ast
 import functools
 import operator
 import textwrap
+import time
 from collections import ChainMap
-from collections.abc import Callable, Mapping, MutableMapping, MutableSequence, Sequence
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, MutableSequence, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from SpiffWorkflow.bpmn.exceptions import WorkflowTaskException
 from SpiffWorkflow.bpmn.script_engine import PythonScriptEngine
 from SpiffWorkflow.bpmn.script_engine.python_environment import BasePythonScriptEngineEnvironment
 
+from engine.timerspec import TimerValueError, check_timer_value, timer_kind
+
 __all__ = [
     "SAFE_FUNCTIONS",
+    "Budget",
+    "configure_budget",
+    "current_budget",
+    "deadline",
     "ExpressionError",
     "ExpressionProblem",
     "RestrictedEnvironment",
@@ -34,6 +44,50 @@ MAX_SEQUENCE_LEN = 100_000
 MAX_INT_BITS = 4_096
 
 _Mode = Literal["eval", "exec"]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What one evaluation (a condition, a script, a timer expression) may cost, enforced while it runs.
+
+    Size checks on results alone are not enough: Python's own comparison, hashing and str() of a structure
+    built from shared references ([a, a] doubled 60 times) cost 2**60 before any result exists. So every value
+    the interpreter builds, and every value handed to a comparison or a function, is weighed as the tree it
+    expands to (elements plus characters; shared parts counted each time they appear, cycles refused), each
+    interpreter step and each weighed element is counted, and the clock is read every few hundred steps."""
+
+    steps: int = 1_000_000        # interpreter steps plus elements weighed
+    size: int = 1_000_000         # expanded size of any one value: elements + characters
+    seconds: float = 1.0          # wall time
+
+
+_budget = Budget()
+# An outer deadline (e.g. `tick` bounds all the work on one instance), honoured by every evaluation inside it.
+_outer_deadline: ContextVar[float | None] = ContextVar("itemgate_expression_deadline", default=None)
+
+
+def configure_budget(budget: Budget) -> None:
+    """Set the per-evaluation budget for this process (the app factory does, from the settings)."""
+    global _budget
+    if budget.steps < 1 or budget.size < 1 or budget.seconds <= 0:
+        raise ValueError("expression budgets must be positive")
+    _budget = budget
+
+
+def current_budget() -> Budget:
+    return _budget
+
+
+@contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Every evaluation inside the block stops when `seconds` have passed (or its own budget runs out)."""
+    at = time.monotonic() + seconds
+    outer = _outer_deadline.get()
+    token = _outer_deadline.set(at if outer is None else min(at, outer))
+    try:
+        yield
+    finally:
+        _outer_deadline.reset(token)
 
 
 class ExpressionProblem(ValueError):
@@ -86,11 +140,19 @@ def _get(mapping: Any, key: Any, default: Any = None) -> Any:
     return mapping.get(key, default)
 
 
+def _sum(values: Any, start: Any = 0) -> Any:
+    # sum() of lists or strings concatenates, quadratically in C; it adds numbers only.
+    values = list(values)
+    if not all(isinstance(v, int | float) for v in [*values, start]):
+        raise TypeError("sum() adds numbers only")
+    return sum(values, start)
+
+
 SAFE_FUNCTIONS: Mapping[str, Callable[..., Any]] = {
     "len": len,
     "min": min,
     "max": max,
-    "sum": sum,
+    "sum": _sum,
     "abs": abs,
     "round": round,
     "int": int,
@@ -396,6 +458,96 @@ class _Failure(Exception):  # internal control flow, converted to ExpressionErro
 
 
 _MISSING = object()
+_CONTAINERS = (list, tuple, dict, set, frozenset)
+# Identity of a live object without id() (which raises an audit event the sandbox tests treat as reaching out):
+# object.__hash__ is derived from the address, so it is unique among objects alive at the same time.
+_ident = object.__hash__
+_CLOCK_EVERY = 512
+
+
+class _Meter:
+    """The running account of one evaluation against its Budget."""
+
+    def __init__(self, budget: Budget):
+        self.budget = budget
+        self.steps = 0
+        self.next_clock = _CLOCK_EVERY
+        own = time.monotonic() + budget.seconds
+        outer = _outer_deadline.get()
+        self.deadline = own if outer is None else min(own, outer)
+
+    def tick(self, n: int = 1) -> None:
+        self.steps += n
+        if self.steps > self.budget.steps:
+            raise _Failure(f"evaluation budget exceeded: more than {self.budget.steps} steps")
+        if self.steps >= self.next_clock:
+            self.next_clock = self.steps + _CLOCK_EVERY
+            if time.monotonic() > self.deadline:
+                raise _Failure(f"evaluation budget exceeded: took longer than {self.budget.seconds:g} s")
+
+    def weigh(self, value: Any) -> int:
+        """Expanded size of `value` (shared parts counted each time), computed in time proportional to its
+        distinct parts; refused as soon as it passes the budget, or when it contains itself."""
+        if not isinstance(value, _CONTAINERS):
+            return _scalar_weight(value)
+        limit = self.budget.size
+        memo: dict[int, int] = {}
+        active: set[int] = set()
+        stack: list[tuple[Any, bool]] = [(value, False)]
+        while stack:
+            obj, done = stack.pop()
+            key = _ident(obj)
+            if done:
+                active.discard(key)
+                total = 1
+                for child in _children(obj):
+                    total += memo[_ident(child)] if isinstance(child, _CONTAINERS) else _scalar_weight(child)
+                if total > limit:
+                    raise _Failure(f"evaluation budget exceeded: a value larger than {limit} elements and "
+                                   "characters")
+                memo[key] = total
+                continue
+            if key in memo:
+                continue
+            if key in active:
+                raise _Failure("circular structure (a value that contains itself)")
+            active.add(key)
+            stack.append((obj, True))
+            for child in _children(obj):
+                self.tick()
+                if isinstance(child, _CONTAINERS):
+                    if _ident(child) in active:
+                        raise _Failure("circular structure (a value that contains itself)")
+                    if _ident(child) not in memo:
+                        stack.append((child, False))
+        return memo[_ident(value)]
+
+
+def _children(obj: Any) -> Iterator[Any]:
+    if isinstance(obj, dict):
+        for key, val in obj.items():
+            yield key
+            yield val
+    else:
+        yield from obj
+
+
+def _scalar_weight(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value) + 1
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value.bit_length() // 64 + 1
+    return 1
+
+
+_meter: ContextVar[_Meter | None] = ContextVar("itemgate_expression_meter", default=None)
+
+
+def _weigh(value: Any) -> Any:
+    meter = _meter.get()
+    if meter is not None:
+        meter.weigh(value)
+    return value
 
 
 def _bounded(value: Any) -> Any:
@@ -403,6 +555,8 @@ def _bounded(value: Any) -> Any:
         raise _Failure(f"integer larger than {MAX_INT_BITS} bits")
     if isinstance(value, str | list | tuple) and len(value) > MAX_SEQUENCE_LEN:
         raise _Failure(f"value longer than {MAX_SEQUENCE_LEN} items")
+    if isinstance(value, _CONTAINERS):
+        _weigh(value)
     return value
 
 
@@ -445,10 +599,13 @@ class _Interpreter:
     def __init__(self, names: Mapping[str, Any], store: MutableMapping[str, Any] | None = None):
         self.names = names
         self.store = store
+        meter = _meter.get()
+        self.meter = meter if meter is not None else _Meter(_budget)
 
     # expressions
 
     def eval(self, node: ast.AST) -> Any:
+        self.meter.tick()
         if isinstance(node, ast.Constant):
             if not isinstance(node.value, _CONSTANT_TYPES):
                 raise _Refusal(f"constant of type {type(node.value).__name__}")
@@ -460,14 +617,14 @@ class _Interpreter:
         if isinstance(node, ast.Tuple):
             return _bounded(tuple(self.eval(element) for element in node.elts))
         if isinstance(node, ast.Set):
-            return {self.eval(element) for element in node.elts}
+            return _bounded({self.eval(element) for element in node.elts})
         if isinstance(node, ast.Dict):
             result = {}
             for key, value in zip(node.keys, node.values, strict=True):
                 if key is None:
                     raise _Refusal("unpacking (**)")
                 result[self.eval(key)] = self.eval(value)
-            return result
+            return _bounded(result)
         if isinstance(node, ast.Compare):
             return self.compare(node)
         if isinstance(node, ast.BoolOp):
@@ -503,6 +660,9 @@ class _Interpreter:
             if compare is None:
                 raise _Refusal(f"comparison {type(op).__name__}")
             right = self.eval(comparator)
+            # Python compares containers element by element in C: weighed first, so the cost is bounded.
+            _weigh(left)
+            _weigh(right)
             # Chained comparisons short-circuit like Python: 1 < x < 3 stops at the first false link.
             if not compare(left, right):
                 return False
@@ -543,13 +703,13 @@ class _Interpreter:
         function = SAFE_FUNCTIONS.get(node.func.id)
         if function is None:
             raise _Refusal(f"call to '{node.func.id}'")
-        args = [self.eval(arg) for arg in node.args]
+        args = [_weigh(self.eval(arg)) for arg in node.args]
         kwargs = {}
         for keyword in node.keywords:
             if keyword.arg is None or keyword.arg in _REFUSED_KEYWORDS:
                 raise _Refusal("keyword argument")
             _check_name(keyword.arg)
-            kwargs[keyword.arg] = self.eval(keyword.value)
+            kwargs[keyword.arg] = _weigh(self.eval(keyword.value))
         return _bounded(function(*args, **kwargs))
 
     def joined(self, node: ast.JoinedStr) -> str:
@@ -558,7 +718,7 @@ class _Interpreter:
             if isinstance(part, ast.FormattedValue):
                 if part.format_spec is not None:
                     raise _Refusal("format spec in f-string")
-                value = self.eval(part.value)
+                value = _weigh(self.eval(part.value))
                 if part.conversion == ord("r"):
                     parts.append(repr(value))
                 elif part.conversion == ord("a"):
@@ -579,7 +739,16 @@ class _Interpreter:
         for statement in statements:
             self.statement(statement)
 
+    def run_script(self, statements: list[ast.stmt]) -> None:
+        self.run(statements)
+        # What a script leaves in task data is saved with the instance: no value may have grown past the
+        # budget through an alias, nor contain itself (it could not be saved at all).
+        if self.store is not None:
+            for value in list(self.store.values()):
+                _weigh(value)
+
     def statement(self, node: ast.stmt) -> None:
+        self.meter.tick()
         if isinstance(node, ast.Assign):
             value = self.eval(node.value)
             for target in node.targets:
@@ -631,6 +800,7 @@ class _Interpreter:
 
 def _run(source: str, action: Callable[[], Any]) -> Any:
     """Turn every failure inside the interpreter into one of our two error types: fail closed."""
+    token = _meter.set(_Meter(_budget))
     try:
         return action()
     except ExpressionProblem:
@@ -641,8 +811,12 @@ def _run(source: str, action: Callable[[], Any]) -> Any:
         raise ExpressionError(source, failure.reason) from None
     except RecursionError:
         raise ExpressionError(source, "nested too deeply") from None
+    except MemoryError:
+        raise ExpressionError(source, "evaluation budget exceeded: out of memory") from None
     except Exception as err:  # any runtime fault of a model expression is reported the same way
         raise ExpressionError(source, f"{type(err).__name__}: {err}") from err
+    finally:
+        _meter.reset(token)
 
 
 def evaluate(source: str, data: Mapping[str, Any]) -> Any:
@@ -657,7 +831,7 @@ def execute(source: str, data: dict[str, Any], external: Mapping[str, Any] | Non
     tree = _checked(source, "exec", None)
     assert isinstance(tree, ast.Module)
     names: Mapping[str, Any] = ChainMap(data, dict(external)) if external else data
-    _run(source, lambda: _Interpreter(names, store=data).run(tree.body))
+    _run(source, lambda: _Interpreter(names, store=data).run_script(tree.body))
 
 
 # --- SpiffWorkflow integration ------------------------------------------------------------------------------
@@ -687,6 +861,19 @@ class RestrictedEnvironment(BasePythonScriptEngineEnvironment):
         raise NotImplementedError("service tasks are not supported by ItemGate's restricted script engine")
 
 
+def _check_timer(task: Any, expression: str, value: Any) -> None:
+    """A timer's expression must yield a sane ISO 8601 value: checked here, before SpiffWorkflow parses it (an
+    absurd duration would loop in the library; garbage would fail on every later engine step)."""
+    spec: Any = getattr(task, "task_spec", None)
+    kind = timer_kind(spec)
+    if kind is None or getattr(spec.event_definition, "expression", None) != expression:
+        return
+    try:
+        check_timer_value(kind, value)
+    except TimerValueError as err:
+        raise ExpressionError(expression, f"timer {kind}: {err}") from None
+
+
 def _element_id(task: Any) -> str | None:
     spec = getattr(task, "task_spec", None)
     element = getattr(spec, "bpmn_id", None) or getattr(spec, "name", None)
@@ -707,7 +894,9 @@ class RestrictedScriptEngine(PythonScriptEngine):
 
     def evaluate(self, task: Any, expression: str, external_context: Mapping[str, Any] | None = None) -> Any:
         try:
-            return self.environment.evaluate(expression, task.data, external_context)
+            value = self.environment.evaluate(expression, task.data, external_context)
+            _check_timer(task, expression, value)
+            return value
         except ExpressionProblem as err:
             located = err.with_element(_element_id(task))
             raise WorkflowTaskException(str(located), task=task, exception=located) from located

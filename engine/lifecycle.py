@@ -10,7 +10,7 @@ from sqlalchemy import select
 from engine import audit, spiff, timers
 from engine.access import authorize, load_item_for
 from engine.errors import Conflict, Invalid
-from engine.workflow import Ctx, _load_instance, _sync_projection, model_of, save_instance
+from engine.workflow import Ctx, _load_instance, _sync_projection, model_of, save_instance, step_engine
 from storage.models import HumanTask, WorkItem
 
 
@@ -108,7 +108,7 @@ def rework_item(ctx: Ctx, item_id: int, to: str, reason: str | None) -> WorkItem
     for key, waiting in list(events.items()):
         if waiting.workflow.tasks.get(waiting.id) is not waiting or waiting.parent is None:
             events.pop(key, None)
-    workflow.do_engine_steps()
+    step_engine(workflow, "the process")
     before = {r.id for r in ctx.session.scalars(select(HumanTask).where(HumanTask.item_id == item.id,
                                                                         HumanTask.status == "ready"))}
     created = _sync_projection(ctx, instance, item, workflow, return_comment=text)

@@ -11,10 +11,19 @@ from engine.access import authorize
 from engine.catalog import ARTEFACT_KINDS
 from engine.errors import Invalid
 from engine.modelcheck import ModelProblem, ModelRejected, check_model, process_ids
+from engine.simulation import simulate
 from engine.workflow import deploy_definition
 from storage.models import Contract, ProcessDefinition, ProcessInstance, ServiceLine, User
 
 MAX_MODEL_BYTES = 2 * 1024 * 1024
+
+# Shipped models that run outside `process deploy` (their lanes, forms and tasks follow other rules).
+BUILT_IN_ONLY = {
+    "settlement": ("this is ItemGate's built-in settlement process (bpmn/settlement.bpmn); it is not deployed with "
+                   "`process deploy` and runs as shipped. Change it with a release of ItemGate, not here",
+                   "这是 ItemGate 内置的审量结算流程（bpmn/settlement.bpmn），不能通过流程部署上传，随系统发布运行；"
+                   "如需修改请随版本发布"),
+}
 
 
 @dataclass
@@ -31,6 +40,9 @@ def validate_model(session: Session, xml: str, filename: str) -> str:
         raise ModelRejected(filename, [ModelProblem("(document)",
                                                     f"expected exactly one executable process, found {ids}")])
     process_id = ids[0]
+    if process_id in BUILT_IN_ONLY:
+        raise ModelRejected(filename, [ModelProblem(process_id, BUILT_IN_ONLY[process_id][0],
+                                                    BUILT_IN_ONLY[process_id][1])])
     lines = session.execute(select(Contract.code, ServiceLine).join(ServiceLine.contract)
                             .where(ServiceLine.process_id == process_id)).all()
     rules = [(f"contract {code} line {line.code}", line.gates) for code, line in lines]
@@ -38,9 +50,14 @@ def validate_model(session: Session, xml: str, filename: str) -> str:
     if problems:
         raise ModelRejected(filename, problems)
     try:
-        spiff.parse_model(xml, process_id, filename)
+        model = spiff.parse_model(xml, process_id, filename)
     except spiff.ModelError as exc:
-        raise ModelRejected(filename, [ModelProblem(process_id, f"SpiffWorkflow cannot parse it: {exc}")]) from exc
+        raise ModelRejected(filename, [ModelProblem(exc.element or process_id,
+                                                    f"SpiffWorkflow cannot parse it: {exc.problem}",
+                                                    f"SpiffWorkflow 无法解析：{exc.problem}")]) from exc
+    problems = simulate(model, xml)
+    if problems:
+        raise ModelRejected(filename, problems)
     return process_id
 
 
@@ -55,8 +72,7 @@ def deploy(session: Session, actor: audit.Actor, user: User | None, xml: str, fi
     except ModelRejected as exc:
         audit.record(session, actor, "process.rejected", target_type="process", target_id=filename[:64],
                      outcome="refused", problems=[str(p) for p in exc.problems][:50])
-        raise Invalid(str(exc), code="model_invalid",
-                      problems=[{"element": p.element_id, "problem": p.problem} for p in exc.problems]) from exc
+        raise Invalid(str(exc), code="model_invalid", problems=[p.as_dict() for p in exc.problems]) from exc
     before = session.execute(select(ProcessDefinition.id).where(ProcessDefinition.sha256 == spiff.content_hash(xml))
                              ).scalar()
     definition = deploy_definition(session, process_id, xml, filename, user)

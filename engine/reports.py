@@ -559,6 +559,9 @@ def claim_xlsx_file(session: Session, settlement: Settlement, figures: Any) -> t
         ("是否逾期", {True: "是", False: "否", None: "—"}[figures.late]),
         ("逾期扣款比例", figures.penalty_rate), ("考核得分", figures.score if figures.score is not None else "—"),
         ("考核扣款比例", figures.deduction_rate if figures.deduction_rate is not None else "—"),
+        ("结算阶段", settlement.stage or "—"), ("考核等级", getattr(figures, "grade", None) or "—"),
+        ("修改稿逾期", "是" if getattr(figures, "revision_late", False) else "否"),
+        ("月报逾期扣款（元）", getattr(figures, "other_deductions", Decimal("0"))),
     ]
     for r, (label, value) in enumerate(rows):
         head.write(r, 0, label, book.bold)

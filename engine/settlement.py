@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from engine import anchors, audit, spiff
+from engine import anchors, audit, schedule, spiff
 from engine.calendar import TZ, WorkCalendar
 from engine.errors import Conflict, DomainError, Forbidden, Invalid, NotFound, ServiceUnavailable
 from engine.ledger import SettlementLocked
@@ -20,6 +20,7 @@ from engine.workflow import Ctx, current_definition, model_of, run_and_step, wor
 from storage.artefact_store import StoreUnavailable
 from storage.models import (
     Contract,
+    ContractTask,
     Settlement,
     SettlementLine,
     SettlementNote,
@@ -108,9 +109,19 @@ class Figures:
     deduction: Decimal
     net: Decimal
     frozen: bool
-    # Seed 001: the settled total may exceed the award by at most 10 %; shown, not enforced (a human decides).
+    # Seed 001: the settled total (the year's approved claims, this one included) may exceed the award by at
+    # most 10 %; final approval beyond it is refused (409 over_award).
     award_limit: Decimal | None = None
     exceeds_award_limit: bool | None = None
+    settled_total: Decimal | None = None
+    # The clocks: the first submission against due_at, a revision against revision_due_at (15 working days).
+    submission_late: bool | None = None
+    revision_due_at: datetime | None = None
+    revision_late: bool = False
+    # Deductions recorded on the claim from elsewhere: late monthly reports of months this stage covers.
+    other_deductions: Decimal = Decimal("0.00")
+    other_detail: list[dict[str, Any]] | None = None
+    grade: str | None = None
 
 
 # ---------------------------------------------------------------- loading and guards
@@ -180,11 +191,13 @@ def unsettled_entries(contract_id: int, start: date | None = None, end: date | N
     return query.order_by(WorkloadEntry.id)
 
 
-def _claim(ctx: Ctx, settlement: Settlement, entry_ids: list[int], reason: str | None) -> None:
+def _claim(ctx: Ctx, settlement: Settlement, entry_ids: list[int], reason: str | None,
+           carried: set[int] | None = None) -> None:
     if not entry_ids:
         return
     rows = [{"settlement_id": settlement.id, "entry_id": eid, "added_at": ctx.now,
-             "added_by_id": ctx.user.id if ctx.user else None, "added_reason": reason} for eid in entry_ids]
+             "added_by_id": ctx.user.id if ctx.user else None, "added_reason": reason,
+             "carried": eid in (carried or set())} for eid in entry_ids]
     try:
         with ctx.session.begin_nested():
             ctx.session.execute(insert(SettlementLine), rows)
@@ -195,47 +208,106 @@ def _claim(ctx: Ctx, settlement: Settlement, entry_ids: list[int], reason: str |
 
 # ---------------------------------------------------------------- use cases
 
-def open_settlement(ctx: Ctx, contract_code: str, period_start: date, period_end: date,
-                    label: str | None = None) -> Settlement:
-    """PM opens a settlement: the process starts and every unsettled entry of the period is gathered."""
+def _stage_for(ctx: Ctx, contract: Contract, stage_code: str | None, period_start: date | None,
+               period_end: date | None) -> tuple[schedule.Stage | None, date, date]:
+    """The stage (and period) a claim is opened for: from the contract's schedule, or an ad-hoc period on a
+    contract that declares none."""
+    settings = contract.settings or {}
+    all_stages = schedule.stages(settings, contract.period_start, contract.period_end)
+    if not all_stages:
+        if stage_code is not None:
+            raise Invalid(f"contract {contract.code} declares no settlement schedule; open it for a period",
+                          code="no_schedule")
+        if period_start is None or period_end is None:
+            raise Invalid("give the period (period_start, period_end)", code="invalid_period")
+        if period_end < period_start:
+            raise Invalid("the period ends before it starts", code="invalid_period")
+        return None, period_start, period_end
+    if stage_code is None:
+        raise Invalid(f"contract {contract.code} settles by stage: give one of {[s.code for s in all_stages]}",
+                      code="stage_required", stages=[s.code for s in all_stages])
+    stage = schedule.stage_named(all_stages, stage_code)
+    if (period_start is not None and period_start != stage.start) or (
+            period_end is not None and period_end != stage.end):
+        raise Invalid(f"stage {stage.code} runs {stage.start}–{stage.end}; its period comes from the schedule",
+                      code="invalid_period", stage_start=stage.start.isoformat(), stage_end=stage.end.isoformat())
+    today = ctx.now.astimezone(TZ).date()
+    if today < stage.start:
+        raise Conflict(f"stage {stage.code} begins on {stage.start}; a claim opens once its stage has begun",
+                       code="stage_not_begun", stage_start=stage.start.isoformat())
+    return stage, stage.start, stage.end
+
+
+def _refuse_second_claim(ctx: Ctx, contract: Contract, stage: schedule.Stage | None) -> None:
+    """One claim per stage of the schedule (the schedule itself never overlaps: checked when it is loaded).
+    Ad-hoc periods (contracts without a schedule) keep the old rule: an entry is claimed at most once."""
+    if stage is None:
+        return
+    clash = ctx.session.execute(select(Settlement.id, Settlement.label).where(
+        Settlement.contract_id == contract.id, Settlement.stage == stage.code).limit(1)).first()
+    if clash is not None:
+        raise Conflict(f"stage {stage.code} already has settlement {clash[0]} ({clash[1]}); stage periods never "
+                       "overlap", code="stage_already_open", settlement_id=clash[0])
+
+
+def open_settlement(ctx: Ctx, contract_code: str, period_start: date | None = None, period_end: date | None = None,
+                    label: str | None = None, stage: str | None = None) -> Settlement:
+    """PM opens a settlement for a stage of the contract's schedule (or an ad-hoc period where it declares
+    none): the process starts and every unsettled entry tallied within the stage's period is gathered."""
     assert ctx.user is not None
     authorize(ctx.user, "settlement.prepare")
     contract = ctx.session.execute(select(Contract).where(Contract.code == contract_code)).scalar()
     if contract is None:
         raise Invalid(f"unknown contract {contract_code!r}", code="unknown_contract")
-    if period_end < period_start:
-        raise Invalid("the period ends before it starts", code="invalid_period")
+    the_stage, period_start, period_end = _stage_for(ctx, contract, stage, period_start, period_end)
+    _refuse_second_claim(ctx, contract, the_stage)
     settings = contract.settings or {}
     due_at = None
     warnings: list[str] = []
-    if settings.get("settlement_due_working_days") is not None:
-        due_at, warnings = settlement_deadline(work_calendar(ctx.session), period_end,
-                                               int(settings["settlement_due_working_days"]))
+    due_days = settings.get("settlement_due_working_days")
+    if due_days is None and the_stage is not None:
+        due_days = schedule.DEFAULT_DUE_DAYS
+    if due_days is not None:
+        due_at, warnings = settlement_deadline(work_calendar(ctx.session), period_end, int(due_days))
     definition = current_definition(ctx.session, PROCESS_ID)
     model = model_of(definition)
+    default_label = the_stage.name if the_stage else f"{period_start.isoformat()}–{period_end.isoformat()}"
     settlement = Settlement(
-        contract_id=contract.id, label=(label or f"{period_start.isoformat()}–{period_end.isoformat()}")[:100],
+        contract_id=contract.id, label=(label or default_label)[:100],
         period_start=period_start, period_end=period_end, status="draft", definition_id=definition.id,
         state="", version=1, round=1, due_at=due_at, created_by_id=ctx.user.id, created_at=ctx.now,
-        updated_at=ctx.now)
+        updated_at=ctx.now, stage=the_stage.code if the_stage else None, revision_late=False)
     settlement.contract = contract
     settlement.definition = definition
     ctx.session.add(settlement)
-    ctx.session.flush()
+    try:
+        with ctx.session.begin_nested():
+            ctx.session.flush()
+    except IntegrityError as exc:  # a second claim for the stage raced this one (unique index on PostgreSQL)
+        raise Conflict("this stage already has a settlement", code="stage_already_open") from exc
     workflow = spiff.new_workflow(model, {"settlement_id": settlement.id, "contract": contract.code})
     task = _ready_task(workflow)
     settlement.state = spiff.dumps(workflow, model)
     settlement.current_task = task.task_spec.name if task else None
     settlement.current_lane = spiff.task_lane(task) if task else None
-    ids = list(ctx.session.scalars(unsettled_entries(contract.id, period_start, period_end)))
+    ids: list[int] = []
+    if the_stage is None or not the_stage.final:
+        ids = list(ctx.session.scalars(unsettled_entries(contract.id, period_start, period_end)))
     _claim(ctx, settlement, ids, None)
     _note(ctx, settlement, "opened", f"gathered {len(ids)} entries" + (f"; {'; '.join(warnings)}" if warnings
                                                                         else ""))
     ctx.session.flush()
     audit.record(ctx.session, ctx.actor, "settlement.opened", target_type="settlement", target_id=settlement.id,
-                 contract=contract.code, period=[period_start.isoformat(), period_end.isoformat()],
-                 entries=len(ids), due_at=due_at)
+                 contract=contract.code, stage=settlement.stage,
+                 period=[period_start.isoformat(), period_end.isoformat()], entries=len(ids), due_at=due_at)
     return settlement
+
+
+def settlement_stage(settlement: Settlement) -> schedule.Stage | None:
+    if settlement.stage is None:
+        return None
+    c = settlement.contract
+    return schedule.stage_named(schedule.stages(c.settings or {}, c.period_start, c.period_end), settlement.stage)
 
 
 def _ready_task(workflow: Any) -> Any:
@@ -291,9 +363,17 @@ def submit(ctx: Ctx, settlement: Settlement, note: str | None = None) -> Settlem
     guard_unlocked(settlement, "settlement.submit")
     _drop_cancelled(ctx, settlement)
     first = settlement.first_submitted_at is None
+    revision_due = settlement.revision_due_at
+    revision_late = not first and revision_due is not None and ctx.now > revision_due
     _advance(ctx, settlement, "prepare_claim", {}, "settlement.submit")
     if first:
         settlement.first_submitted_at = ctx.now
+    if revision_late and revision_due is not None:
+        # Seed 001 §十(三) 3)/4): revisions within 15 working days of the comments, else the same 3 %.
+        settlement.revision_late = True
+        _note(ctx, settlement, "revision_late",
+              f"修改稿逾期提交（应于 {revision_due.astimezone(TZ):%Y-%m-%d %H:%M} 前）")
+    settlement.revision_due_at = None
     _note(ctx, settlement, "submitted", note)
     fig = figures(ctx.session, settlement, ctx.now)
     audit.record(ctx.session, ctx.actor, "settlement.submitted", target_type="settlement",
@@ -338,6 +418,8 @@ def audit_decision(ctx: Ctx, settlement: Settlement, decision: str, text: str | 
             raise Invalid("returning needs a comment (on the claim or on its lines)", code="comment_required")
     round_ = settlement.round
     _advance(ctx, settlement, "audit_review", {"decision": decision}, f"settlement.audit_{decision}")
+    if decision == "return":
+        _start_revision_clock(ctx, settlement)
     ctx.session.add(SettlementNote(settlement_id=settlement.id, round=round_,
                                    kind="accepted" if decision == "accept" else "returned", text=text,
                                    user_id=ctx.user.id if ctx.user else None, at=ctx.now))
@@ -366,8 +448,41 @@ def _require_editable(ctx: Ctx, settlement: Settlement) -> None:
                        code="settlement_wrong_stage", status_now=settlement.status)
 
 
-def add_lines(ctx: Ctx, settlement: Settlement, entry_ids: list[int], reason: str) -> int:
-    """PM adds unsettled entries to the claim, with a reason."""
+def tally_day(entry: WorkloadEntry) -> date:
+    return entry.tallied_at.astimezone(TZ).date()
+
+
+def outside_service_period(contract: Contract, day: date) -> bool:
+    return ((contract.period_start is not None and day < contract.period_start)
+            or (contract.period_end is not None and day > contract.period_end))
+
+
+def _stage_check(settlement: Settlement, entries: list[WorkloadEntry], carry: bool) -> set[int]:
+    """An entry belongs to the stage whose period holds its tally date; an earlier one may be carried into a
+    later stage explicitly (with the reason), a later one never. Returns the carried entry ids."""
+    stage = settlement_stage(settlement)
+    contract = settlement.contract
+    mode = (contract.settings or {}).get("outside_service_period", "refuse")
+    outside = [e.id for e in entries if outside_service_period(contract, tally_day(e))]
+    if outside and stage is not None and mode != "flag":
+        raise Invalid(f"entries {outside} were tallied outside the contract's service period "
+                      f"({contract.period_start}–{contract.period_end})", code="outside_service_period",
+                      entries=outside)
+    if stage is None:
+        return set()
+    later = [e.id for e in entries if tally_day(e) > settlement.period_end and not stage.final]
+    if later:
+        raise Invalid(f"entries {later} were tallied after stage {stage.code} ends ({settlement.period_end}); "
+                      "they belong to a later stage", code="entry_outside_stage", entries=later)
+    earlier = [e.id for e in entries if stage.final or tally_day(e) < settlement.period_start]
+    if earlier and not carry:
+        raise Invalid(f"entries {earlier} belong to an earlier stage; carry them into stage {stage.code} "
+                      "explicitly (carry: true, with the reason)", code="entry_outside_stage", entries=earlier)
+    return set(earlier)
+
+
+def add_lines(ctx: Ctx, settlement: Settlement, entry_ids: list[int], reason: str, carry: bool = False) -> int:
+    """PM adds unsettled entries to the claim, with a reason; an entry of an earlier stage only when carried."""
     guard_unlocked(settlement, "settlement.add_lines", entries=entry_ids)
     _require_editable(ctx, settlement)
     if not (reason or "").strip():
@@ -377,13 +492,15 @@ def add_lines(ctx: Ctx, settlement: Settlement, entry_ids: list[int], reason: st
     if cancelled:
         raise Invalid(f"entries {cancelled} are of cancelled items and never billable", code="item_cancelled",
                       entries=cancelled)
+    carried = _stage_check(settlement, entries, carry)
     _cas(ctx, settlement)
-    _claim(ctx, settlement, [e.id for e in entries], reason.strip())
+    _claim(ctx, settlement, [e.id for e in entries], reason.strip(), carried)
     for e in entries:
-        _note(ctx, settlement, "added", reason.strip(), e.id)
+        _note(ctx, settlement, "carried" if e.id in carried else "added", reason.strip(), e.id)
     ctx.session.flush()
     audit.record(ctx.session, ctx.actor, "settlement.lines_added", target_type="settlement",
-                 target_id=settlement.id, entries=[e.id for e in entries], reason=reason.strip())
+                 target_id=settlement.id, entries=[e.id for e in entries], reason=reason.strip(),
+                 carried=sorted(carried))
     return len(entries)
 
 
@@ -434,8 +551,12 @@ def first_review(ctx: Ctx, settlement: Settlement, decision: str, text: str | No
     round_ = settlement.round
     _advance(ctx, settlement, "first_review", {"decision": decision}, f"settlement.first_review_{decision}")
     settlement.first_reviewed_by_id = ctx.user.id
+    if decision == "return":
+        _start_revision_clock(ctx, settlement)
     if score is not None:
         settlement.assessment_score = score
+        if schedule.grade_for(score) == schedule.FAIL_GRADE:
+            open_rectification(ctx, settlement, score)
     ctx.session.add(SettlementNote(settlement_id=settlement.id, round=round_, kind=f"first_review_{decision}",
                                    text=text, user_id=ctx.user.id, at=ctx.now))
     audit.record(ctx.session, ctx.actor, f"settlement.first_review_{decision}", target_type="settlement",
@@ -463,11 +584,19 @@ def final_approval(ctx: Ctx, settlement: Settlement, decision: str, text: str | 
         _drop_cancelled(ctx, settlement)
     round_ = settlement.round
     fig = figures(ctx.session, settlement, ctx.now)
+    if decision == "approve" and fig.exceeds_award_limit:
+        raise Conflict(f"approving would bring the settled total to {fig.settled_total}, beyond the award + 10 % "
+                       f"({fig.award_limit})", code="over_award", settled_total=str(fig.settled_total),
+                       award=str(money(Decimal(settlement.contract.award_amount or 0))),
+                       award_limit=str(fig.award_limit),
+                       this_claim=str(fig.net))
     anchor = _approval_anchor(ctx, settlement, fig) if decision == "approve" else None
     anchored: dict[str, Any] = {} if anchor is None else {"anchor": anchor}
     _advance(ctx, settlement, "final_approval", {"decision": decision}, f"settlement.final_{decision}")
     if decision == "approve":
         _freeze(ctx, settlement, fig, anchor)
+    else:
+        _start_revision_clock(ctx, settlement)
     ctx.session.add(SettlementNote(settlement_id=settlement.id, round=round_, kind=f"final_{decision}",
                                    text=text, user_id=ctx.user.id, at=ctx.now))
     audit.record(ctx.session, ctx.actor, f"settlement.final_{decision}", target_type="settlement",
@@ -477,6 +606,39 @@ def final_approval(ctx: Ctx, settlement: Settlement, decision: str, text: str | 
         # The approval's own events are written at commit; anchor them as soon as they exist.
         anchors.anchor_after_commit(ctx.session, ctx.store, "settlement_approved", settlement_id=settlement.id)
     return settlement
+
+
+def _start_revision_clock(ctx: Ctx, settlement: Settlement) -> None:
+    """A returned claim must come back within the contract's revision days (seed 001: 15 working days)."""
+    settings = settlement.contract.settings or {}
+    days = settings.get("revision_due_working_days")
+    if days is None and settlement.stage is None and settings.get("settlement_due_working_days") is None:
+        return
+    due, _warnings = schedule.working_deadline(work_calendar(ctx.session), ctx.now,
+                                               int(days if days is not None else schedule.DEFAULT_REVISION_DAYS))
+    settlement.revision_due_at = due
+
+
+def open_rectification(ctx: Ctx, settlement: Settlement, score: Decimal) -> ContractTask:
+    """不合格 (< 60): the supplier rectifies within 20 working days, then the buyer re-evaluates (seed 001)."""
+    key = f"settlement:{settlement.id}"
+    task = ctx.session.execute(select(ContractTask).where(
+        ContractTask.contract_id == settlement.contract_id, ContractTask.kind == "rectification",
+        ContractTask.key == key)).scalar()
+    if task is not None:
+        return task
+    settings = settlement.contract.settings or {}
+    days = int(settings.get("rectification_working_days", schedule.DEFAULT_RECTIFICATION_DAYS))
+    due, _warnings = schedule.working_deadline(work_calendar(ctx.session), ctx.now, days)
+    task = ContractTask(contract_id=settlement.contract_id, kind="rectification", key=key,
+                        title=f"整改：{settlement.label}（考评 {score} 分，不合格）", settlement_id=settlement.id,
+                        period_start=settlement.period_start, period_end=settlement.period_end, status="open",
+                        due_at=due, late=False, data={"score": str(score)}, created_at=ctx.now, updated_at=ctx.now)
+    ctx.session.add(task)
+    ctx.session.flush()
+    audit.record(ctx.session, ctx.actor, "settlement.rectification_opened", target_type="settlement",
+                 target_id=settlement.id, score=str(score), due_at=due)
+    return task
 
 
 def _approval_anchor(ctx: Ctx, settlement: Settlement, fig: Figures) -> dict[str, Any] | None:
@@ -497,7 +659,8 @@ def _freeze(ctx: Ctx, settlement: Settlement, fig: Figures, anchor: dict[str, An
     # The status is already "approved", so the CAS guard would refuse; this write is the approval itself.
     values = dict(approved_at=ctx.now, approved_by_id=ctx.user.id if ctx.user else None, gross_amount=fig.gross,
                   penalty_rate=fig.penalty_rate, penalty_amount=fig.penalty, deduction_rate=fig.deduction_rate,
-                  deduction_amount=fig.deduction, net_amount=fig.net, anchor=anchor)
+                  deduction_amount=fig.deduction, net_amount=fig.net, anchor=anchor,
+                  other_deductions=fig.other_deductions)
     ctx.session.execute(update(Settlement).where(Settlement.id == settlement.id).values(**values)
                         .execution_options(synchronize_session=False))
     for key, value in values.items():
@@ -528,41 +691,86 @@ def _award_check(session: Session, settlement: Settlement, fig: Figures) -> Figu
     award = settlement.contract.award_amount
     if award is None:
         return fig
-    before = session.execute(select(func.coalesce(func.sum(Settlement.gross_amount), 0)).where(
+    before = session.execute(select(func.coalesce(func.sum(Settlement.net_amount), 0)).where(
         Settlement.contract_id == settlement.contract_id, Settlement.status == "approved",
         Settlement.id != settlement.id)).scalar()
     fig.award_limit = money(Decimal(award) * Decimal("1.10"))
-    fig.exceeds_award_limit = Decimal(before or 0) + fig.gross > fig.award_limit
+    fig.settled_total = money(Decimal(before or 0) + fig.net)
+    fig.exceeds_award_limit = fig.settled_total > fig.award_limit
     return fig
 
 
 def figures(session: Session, settlement: Settlement, now: datetime) -> Figures:
     """Live figures while the claim moves; the frozen ones once approved."""
-    return _award_check(session, settlement, _figures(session, settlement, now))
+    fig = _award_check(session, settlement, _figures(session, settlement, now))
+    fig.grade = schedule.grade_for(fig.score)
+    return fig
+
+
+def month_deductions(session: Session, settlement: Settlement) -> list[dict[str, Any]]:
+    """Late monthly operations reports of months this claim covers: 3 % of the month's tallied fee each."""
+    if settlement.stage is None:
+        return []
+    rows = session.scalars(select(ContractTask).where(
+        ContractTask.contract_id == settlement.contract_id, ContractTask.kind == "monthly_report",
+        ContractTask.late.is_(True), ContractTask.period_start >= settlement.period_start,
+        ContractTask.period_end <= settlement.period_end).order_by(ContractTask.period_start))
+    out = []
+    for t in rows:
+        amount = Decimal(str((t.data or {}).get("deduction", "0")))
+        out.append({"month": t.key, "fee": (t.data or {}).get("month_fee"), "rate": (t.data or {}).get("rate"),
+                    "amount": money(amount), "task_id": t.id})
+    return out
+
+
+def penalty_base(session: Session, settlement: Settlement, gross: Decimal) -> Decimal:
+    """What a late claim's 3 % is taken from: the claim's own fee, except for a stage that builds on the staged
+    ones (the annual settlement), where the seed takes it from the year's fee (当年度服务周期年度结算服务费用的3%):
+    the approved staged claims' gross plus this claim's."""
+    stage = settlement_stage(settlement)
+    if stage is None or not stage.builds_on_staged:
+        return gross
+    c = settlement.contract
+    earlier = [s.code for s in schedule.stages(c.settings or {}, c.period_start, c.period_end)
+               if s.position < stage.position and not s.final]
+    if not earlier:
+        return gross
+    staged = session.execute(select(func.coalesce(func.sum(Settlement.gross_amount), 0)).where(
+        Settlement.contract_id == settlement.contract_id, Settlement.status == "approved",
+        Settlement.stage.in_(earlier))).scalar()
+    return gross + Decimal(staged or 0)
 
 
 def _figures(session: Session, settlement: Settlement, now: datetime) -> Figures:
     _, count = gross_of(session, settlement.id)
+    sub_late = is_late(settlement.first_submitted_at or now, settlement.due_at) if settlement.due_at else None
     if settlement.status == "approved" and settlement.gross_amount is not None:
         return Figures(gross=settlement.gross_amount, entries=count, due_at=settlement.due_at,
-                       late=is_late(settlement.first_submitted_at or now, settlement.due_at),
+                       late=bool(sub_late) or settlement.revision_late,
                        penalty_rate=settlement.penalty_rate or Decimal("0"),
                        penalty=settlement.penalty_amount or Decimal("0"), score=settlement.assessment_score,
                        deduction_rate=settlement.deduction_rate, deduction=settlement.deduction_amount or Decimal(0),
-                       net=settlement.net_amount or Decimal("0"), frozen=True)
+                       net=settlement.net_amount or Decimal("0"), frozen=True, submission_late=sub_late,
+                       revision_late=settlement.revision_late,
+                       other_deductions=settlement.other_deductions or Decimal("0.00"),
+                       other_detail=month_deductions(session, settlement))
     gross, count = gross_of(session, settlement.id)
     settings = settlement.contract.settings or {}
-    submitted = settlement.first_submitted_at or now
-    late = is_late(submitted, settlement.due_at) if settlement.due_at is not None else None
+    late = (bool(sub_late) or settlement.revision_late) if (settlement.due_at is not None
+                                                             or settlement.revision_late) else None
     rate = Decimal(str(settings.get("late_penalty_rate", 0))) if late else Decimal("0")
-    penalty = money(gross * rate)
+    penalty = money(penalty_base(session, settlement, gross) * rate)
     bands = bands_for(settings)
     score = settlement.assessment_score
     d_rate = deduction_rate(score, bands) if bands is not None and score is not None else None
     deduction = money(gross * d_rate) if d_rate is not None else Decimal("0.00")
+    detail = month_deductions(session, settlement)
+    other = money(sum((d["amount"] for d in detail), Decimal("0")))
     return Figures(gross=gross, entries=count, due_at=settlement.due_at, late=late, penalty_rate=rate,
                    penalty=penalty, score=score, deduction_rate=d_rate, deduction=deduction,
-                   net=money(gross - penalty - deduction), frozen=False)
+                   net=money(gross - penalty - deduction - other), frozen=False, submission_late=sub_late,
+                   revision_due_at=settlement.revision_due_at, revision_late=settlement.revision_late,
+                   other_deductions=other, other_detail=detail)
 
 
 def allowed_actions(user: User, settlement: Settlement) -> list[str]:
@@ -580,3 +788,64 @@ def allowed_actions(user: User, settlement: Settlement) -> list[str]:
     if task == "final_approval" and may(user, "settlement.review") and settlement.first_reviewed_by_id != user.id:
         actions += ["final_approval"]
     return actions
+
+
+# ---------------------------------------------------------------- stages, cumulative amounts and clocks
+
+def approved_by_stage(session: Session, contract: Contract) -> dict[str, Settlement]:
+    """The contract's approved stage claims, by stage code."""
+    rows = session.scalars(select(Settlement).where(Settlement.contract_id == contract.id,
+                                                    Settlement.status == "approved", Settlement.stage.is_not(None)))
+    return {s.stage: s for s in rows if s.stage}
+
+
+def stage_summary(session: Session, settlement: Settlement) -> list[dict[str, Any]]:
+    """Every stage of the contract's schedule: its period, its claim, the approved amount and the cumulative
+    approved amount through it (what payments use); the claim's own stage is marked."""
+    contract = settlement.contract
+    all_stages = schedule.stages(contract.settings or {}, contract.period_start, contract.period_end)
+    claims = {s.stage: s for s in session.scalars(select(Settlement).where(
+        Settlement.contract_id == contract.id, Settlement.stage.is_not(None)))}
+    out: list[dict[str, Any]] = []
+    cumulative = Decimal("0.00")
+    for stage in all_stages:
+        claim = claims.get(stage.code)
+        approved = claim.net_amount if claim is not None and claim.status == "approved" else None
+        if approved is not None:
+            cumulative += approved
+        out.append({"stage": stage.code, "name": stage.name, "period_start": stage.start.isoformat(),
+                    "period_end": stage.end.isoformat(), "final": stage.final,
+                    "settlement_id": claim.id if claim else None, "status": claim.status if claim else None,
+                    "approved": None if approved is None else float(approved),
+                    "cumulative_approved": float(cumulative), "this": stage.code == settlement.stage})
+    return out
+
+
+def rectifications(session: Session, settlement: Settlement) -> list[ContractTask]:
+    return list(session.scalars(select(ContractTask).where(
+        ContractTask.settlement_id == settlement.id, ContractTask.kind == "rectification")
+        .order_by(ContractTask.id)))
+
+
+def clock_state(due: datetime | None, done_at: datetime | None, now: datetime) -> str | None:
+    """on_time / late (done), open / overdue (not yet done), None without a clock."""
+    if due is None:
+        return None
+    if done_at is not None:
+        return "late" if done_at > due else "on_time"
+    return "overdue" if now > due else "open"
+
+
+def deadlines(settlement: Settlement, fig: Figures, now: datetime) -> list[dict[str, Any]]:
+    """The claim's clocks: the stage materials (20 working days after the stage ends) and, while the claim is
+    back with the PM, the revision (15 working days after the comments)."""
+    out: list[dict[str, Any]] = []
+    if settlement.due_at is not None:
+        out.append({"clock": "materials", "name": "结算材料提交", "due_at": settlement.due_at,
+                    "state": clock_state(settlement.due_at, settlement.first_submitted_at, now)})
+    if settlement.revision_due_at is not None:
+        out.append({"clock": "revision", "name": "修改完善", "due_at": settlement.revision_due_at,
+                    "state": clock_state(settlement.revision_due_at, None, now)})
+    elif settlement.revision_late:
+        out.append({"clock": "revision", "name": "修改完善", "due_at": None, "state": "late"})
+    return out

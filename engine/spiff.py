@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lxml import etree
+from SpiffWorkflow.bpmn.parser.ValidationException import ValidationException
 from SpiffWorkflow.bpmn.serializer.default.workflow import BpmnWorkflowConverter
 from SpiffWorkflow.bpmn.serializer.workflow import BpmnWorkflowSerializer
 from SpiffWorkflow.bpmn.specs.mixins.events.event_types import CatchingEvent  # noqa: F401  (spec types)
@@ -33,7 +34,43 @@ _current_specs = threading.local()
 
 
 class ModelError(ValueError):
-    """A BPMN file that cannot be parsed or does not contain the expected process."""
+    """A BPMN file that cannot be parsed or does not contain the expected process; `element` (id, else name)
+    and `problem` say where and what, when the parser said so."""
+
+    def __init__(self, message: str, element: str | None = None, problem: str | None = None):
+        super().__init__(message)
+        self.element = element
+        self.problem = problem or message
+
+
+# What to change, for the parser refusals people meet most (the library says what, not how to fix it).
+_PARSER_HINTS = {
+    "Non-default exclusive outgoing sequence flow without condition":
+        "give this sequence flow a condition, or make it the gateway's default flow",
+    "Cannot resolve dataInputAssociation":
+        "its dataInputAssociation names a data object or data store this process does not declare; declare it "
+        "or remove the association",
+    "Cannot resolve dataOutputAssociation":
+        "its dataOutputAssociation names a data object or data store this process does not declare; declare it "
+        "or remove the association",
+}
+
+
+def _parser_problem(exc: Exception) -> tuple[str | None, str]:
+    """(element id or name, message) of a library parse error; object reprs (<Element … at 0x…>) dropped."""
+    import re
+
+    element = (getattr(exc, "id", "") or getattr(exc, "name", "") or None) if isinstance(exc, ValidationException) \
+        else None
+    text = re.sub(r"\s*<Element [^>]*>", "", str(exc.args[0] if exc.args else exc)).strip()
+    for prefix, hint in _PARSER_HINTS.items():
+        if text.startswith(prefix):
+            text = f"{prefix}: {hint}"
+            break
+    name = getattr(exc, "name", "") if isinstance(exc, ValidationException) else ""
+    if name and element and name != element:
+        text = f"{text} (element name {name!r})"
+    return (str(element) if element else None), text
 
 
 @dataclass(frozen=True)
@@ -191,8 +228,14 @@ def parse_model(xml: str, process_id: str, filename: str = "model.bpmn") -> Pars
         subprocess_specs = parser.get_subprocess_specs(process_id)
     except ModelError:
         raise
+    except RecursionError as exc:
+        raise ModelError(f"{filename}: nested too deeply for the parser (maximum recursion depth)", "(document)",
+                         "the model is nested too deeply for the parser (maximum recursion depth exceeded); "
+                         "flatten nested subprocesses or elements") from exc
     except Exception as exc:  # the library raises many types (ValidationException, KeyError, XML errors)
-        raise ModelError(f"{filename}: {exc}") from exc
+        element, problem = _parser_problem(exc)
+        where = f"element '{element}': " if element else ""
+        raise ModelError(f"{filename}: {where}{problem}", element, problem) from exc
     for one in (spec, *subprocess_specs.values()):
         wire_loop_tasks(one)
     model = ParsedModel(process_id, digest, spec, subprocess_specs, xml)
@@ -243,6 +286,11 @@ def dumps(workflow: BpmnWorkflow, model: ParsedModel) -> str:
         dct = _SERIALIZER.to_dict(workflow)
     dct["format"] = STATE_FORMAT
     return json.dumps(dct, cls=_SERIALIZER._encoder_cls, separators=(",", ":"))
+
+
+def encode_data(data: Any) -> str:
+    """Task data as the serializer writes it (for measuring it)."""
+    return json.dumps(_SERIALIZER.registry.convert(data), cls=_SERIALIZER._encoder_cls, separators=(",", ":"))
 
 
 def loads(state: str, model: ParsedModel) -> BpmnWorkflow:

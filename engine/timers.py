@@ -11,8 +11,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from engine import audit
+from engine import audit, budgets
 from engine.errors import Conflict
+from engine.expressions import deadline
 from engine.policy import roles_granted
 from storage.models import HumanTask, Notification, ProcessInstance
 
@@ -136,7 +137,9 @@ def fire_due_timers(session: Session, now: datetime | None = None, limit: int = 
         instance_id = instance.id
         seen.add(instance_id)
         try:
-            fired += advance_timers(session, instance, now)
+            # One instance's timers and engine steps get one budget (every evaluation inside also has its own).
+            with deadline(budgets.LIMITS.tick_instance_seconds):
+                fired += advance_timers(session, instance, now)
             session.commit()
         except Conflict:
             session.rollback()  # another host advanced it first

@@ -15,12 +15,12 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 import bpmn
 import forms
-from engine import audit, caching, spiff, timers
+from engine import audit, budgets, caching, spiff, timers
 from engine.access import authorize, load_task_for, require_act
 from engine.calendar import TZ as CHINA
 from engine.calendar import WorkCalendar
 from engine.catalog import DELIVERABLE_PROCESSES, METERED_PROCESSES, required_kinds
-from engine.errors import Conflict, DomainError, FormInvalid, GateUnmet, Invalid
+from engine.errors import Conflict, DomainError, FormInvalid, GateUnmet, Invalid, ProcessFailed
 from engine.evidence import evidence_scope, lock_evidence, submitted_evidence, verify_artefact
 from engine.ledger import tally_item
 from engine.policy import ALL, DEFAULT_LANE, scope_of
@@ -299,7 +299,7 @@ def create_item(ctx: Ctx, spec: NewItem) -> WorkItem:
                                                  channels=list(item.channels), attributes=item.attributes or {})),
     }
     start_data.update({k: v for k, v in item.attributes.items() if k in ("departments", "parts")})
-    workflow = spiff.new_workflow(model, start_data)
+    workflow = start_workflow(model, start_data)
     instance = ProcessInstance(definition_id=definition.id, version=1, status="running")
     instance.definition = definition
     # The projection sets the item's stage and the instance's state (with its deadline timers armed), so the
@@ -366,7 +366,10 @@ def _sync_projection(ctx: Ctx, instance: ProcessInstance, item: WorkItem, workfl
             deadline = calendar.add_working_days(ctx.now, int(due_days))
             due_at = deadline.due_at
             warning = "; ".join(deadline.warnings) or None
-            timers.arm_deadline_timers(task, due_at)
+            try:
+                timers.arm_deadline_timers(task, due_at)
+            except Exception as exc:  # the model's timer expression is re-evaluated here
+                raise _model_failure(exc, "the deadline timer") from exc
         row = HumanTask(
             item=item, spiff_task_id=tid, spec_name=task.task_spec.name,
             title=spiff.task_title(task), lane=lane, role=lane,
@@ -385,7 +388,7 @@ def _sync_projection(ctx: Ctx, instance: ProcessInstance, item: WorkItem, workfl
     elif stages:
         item.stage = next((s for s in stages if s), item.stage)
     if new:
-        instance.state = spiff.dumps(workflow, model)
+        instance.state = serialize_state(workflow, model)
         instance.next_timer_at = next_timer_at(workflow)
         instance.status = "completed" if workflow.is_completed() else "running"
     else:
@@ -554,7 +557,7 @@ def _load_instance(session: Session, item_id: int) -> ProcessInstance:
 
 def save_instance(ctx: Ctx, instance: ProcessInstance, workflow: Any, model: spiff.ParsedModel) -> None:
     """Compare-and-set write of the instance state; the loser of a race gets 409."""
-    state = spiff.dumps(workflow, model)
+    state = serialize_state(workflow, model)
     values_timer = next_timer_at(workflow)
     expected = instance.version
     table = _INSTANCES
@@ -579,6 +582,42 @@ def save_instance(ctx: Ctx, instance: ProcessInstance, workflow: Any, model: spi
     set_committed_value(instance, "status", "completed" if workflow.is_completed() else "running")
 
 
+def _element_of(exc: BaseException, fallback: Any = None) -> str | None:
+    """The BPMN element a library error happened at (WorkflowTaskException carries the task)."""
+    task = getattr(exc, "task", None) or fallback
+    spec = getattr(task, "task_spec", None)
+    element = getattr(spec, "bpmn_id", None) or getattr(spec, "name", None)
+    return str(element) if element else None
+
+
+def _model_failure(exc: Exception, what: str, task: Any = None) -> ProcessFailed:
+    element = _element_of(exc, task)
+    text = str(exc)
+    where = f"element '{element}': " if element and f"'{element}'" not in text else ""
+    return ProcessFailed(f"{what} could not advance: {where}{text}", element=element)
+
+
+def start_workflow(model: spiff.ParsedModel, data: dict[str, Any]) -> Any:
+    """A new instance run up to its first wait; a model error on the way (a script right after the start event)
+    is a 422 naming the element, nothing created."""
+    try:
+        return spiff.new_workflow(model, data)
+    except DomainError:
+        raise
+    except Exception as exc:  # the library raises many types; the item must not be half-created
+        raise _model_failure(exc, "the process") from exc
+
+
+def step_engine(workflow: Any, what: str) -> None:
+    """Run the engine on to the next wait; a model error is a 422 naming the element, nothing saved."""
+    try:
+        workflow.do_engine_steps()
+    except DomainError:
+        raise
+    except Exception as exc:  # the library raises many types
+        raise _model_failure(exc, what) from exc
+
+
 def run_and_step(workflow: Any, task: Any, data: dict[str, Any], what: str) -> None:
     """Complete one READY task with its form data and run the engine on. A model error at run time becomes
     a 422 before anything is saved, so the instance stays as it was."""
@@ -589,7 +628,47 @@ def run_and_step(workflow: Any, task: Any, data: dict[str, Any], what: str) -> N
     except DomainError:
         raise
     except Exception as exc:  # the library raises many types; none may leave a half-moved instance
-        raise DomainError(f"{what} could not advance: {exc}", code="process_error", status=422) from exc
+        raise _model_failure(exc, what, task) from exc
+
+
+def _data_size(data: Any) -> float:
+    try:
+        return len(spiff.encode_data(data))
+    except (ValueError, TypeError, RecursionError):
+        return float("inf")  # circular or not serializable: this is where it went wrong
+
+
+def data_culprit(workflow: Any) -> str | None:
+    """The element whose task data grew the most over what it inherited (where a script built it)."""
+    best: tuple[float, str | None] = (-1.0, None)
+    sizes: dict[Any, float] = {}
+    for task in workflow.get_tasks():
+        size = sizes.setdefault(task.id, _data_size(task.data))
+        parent = task.parent
+        before = 0.0 if parent is None else sizes.setdefault(parent.id, _data_size(parent.data))
+        growth = size - before if size != before else 0.0
+        if size == float("inf") and before != float("inf"):
+            growth = float("inf")
+        if growth > best[0]:
+            best = (growth, _element_of(Exception(), task))
+    return best[1]
+
+
+def serialize_state(workflow: Any, model: spiff.ParsedModel) -> str:
+    """The instance state to store: refused with 422 naming the element when it cannot be saved (task data that
+    contains itself) or is larger than the configured limit (default 1 MiB); nothing is written."""
+    try:
+        state = spiff.dumps(workflow, model)
+    except (ValueError, TypeError, RecursionError) as exc:
+        element = data_culprit(workflow)
+        raise ProcessFailed(f"element '{element}': its task data cannot be saved ({exc})", element=element) from exc
+    limit = budgets.state_limit()
+    if len(state) > limit:
+        element = data_culprit(workflow)
+        raise ProcessFailed(f"element '{element}': the instance state would be {len(state) // 1024} KiB, more than "
+                            f"the limit of {limit // 1024} KiB; keep less in task data", element=element,
+                            state_bytes=len(state), limit_bytes=limit)
+    return state
 
 
 def complete_task(ctx: Ctx, task_id: int, data: Any) -> HumanTask:
@@ -746,8 +825,11 @@ def advance_timers(session: Session, instance: ProcessInstance, now: datetime) -
     workflow = spiff.loads(instance.state, model)
     waiting = timers.waiting_timer_ids(workflow)
     attached = {tid: timers.attached_user_task(t) for tid, t in waiting.items()}
-    workflow.refresh_timers()
-    workflow.do_engine_steps()
+    try:
+        workflow.refresh_timers()
+    except Exception as exc:  # a timer expression that fails at run time
+        raise _model_failure(exc, "the timers") from exc
+    step_engine(workflow, "the timers")
     # A timer fired when it left WAITING by running (not by being cancelled with its completed task).
     fired = sorted(tid for tid, t in waiting.items() if t.state == TaskState.COMPLETED)
     item = session.get(WorkItem, instance.item_id)

@@ -323,6 +323,22 @@ class GatePass(Base):
     passed_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class SignOffSheet(Base):
+    """A sign-off sheet ItemGate printed for an item: its verification code, one per item and artefact kind.
+
+    The code is random and stored (not derived from the app secret), so a sheet printed today still verifies after
+    the secret is rotated, and a code read from an upload tells whose sheet it is (another item's, another kind's)."""
+
+    __tablename__ = "sign_off_sheets"
+    __table_args__ = (UniqueConstraint("item_id", "kind"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("work_items.id"))
+    kind: Mapped[str] = mapped_column(String(64))
+    code: Mapped[str] = mapped_column(String(16), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+
+
 class WorkloadEntry(Base):
     __tablename__ = "workload_entries"
     __table_args__ = (Index("ix_workload_contract_time", "contract_id", "tallied_at"),)
@@ -400,7 +416,9 @@ class Settlement(Base):
     """A staged claim for a contract and period, run by the `settlement` BPMN; locked once approved."""
 
     __tablename__ = "settlements"
-    __table_args__ = (Index("ix_settlements_contract_status", "contract_id", "status"),)
+    __table_args__ = (Index("ix_settlements_contract_status", "contract_id", "status"),
+                      # One claim per stage of a contract (ad-hoc periods have no stage: NULLs never clash).
+                      Index("uq_settlements_contract_stage", "contract_id", "stage", unique=True))
     id: Mapped[int] = mapped_column(primary_key=True)
     contract_id: Mapped[int] = mapped_column(ForeignKey("contracts.id"))
     label: Mapped[str] = mapped_column(String(100))
@@ -432,6 +450,13 @@ class Settlement(Base):
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The contract schedule's stage this claim settles (6m, 9m, annual, final, q1…); None for an ad-hoc period.
+    stage: Mapped[str | None] = mapped_column(String(16))
+    # The revision clock: a claim returned for revision must come back by this moment (15 working days).
+    revision_due_at: Mapped[datetime | None]
+    revision_late: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Deductions recorded on the claim from elsewhere (a late monthly report of a month it covers), frozen too.
+    other_deductions: Mapped[Decimal | None] = mapped_column(Numeric(16, 2))
 
     contract: Mapped[Contract] = relationship(lazy="joined")
     definition: Mapped[ProcessDefinition] = relationship(lazy="joined")
@@ -448,6 +473,8 @@ class SettlementLine(Base):
     added_at: Mapped[datetime] = mapped_column(default=utcnow)
     added_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     added_reason: Mapped[str | None] = mapped_column(Text)
+    # Carried into this stage from an earlier one (its tally date lies before the stage): the reason is shown.
+    carried: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     entry: Mapped[WorkloadEntry] = relationship(lazy="joined")
 
@@ -551,3 +578,42 @@ class ExportJob(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     runner: Mapped[str | None] = mapped_column(String(200))  # host:pid of the process running it
     finished_at: Mapped[datetime | None]
+
+
+class ContractTask(Base):
+    """A contract-level clock the settlement rules run: a monthly operations report (月度运营报告) or a
+    rectification (整改) after a 不合格 evaluation. One row per month / per failed evaluation."""
+
+    __tablename__ = "contract_tasks"
+    __table_args__ = (UniqueConstraint("contract_id", "kind", "key", name="uq_contract_tasks_kind_key"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    contract_id: Mapped[int] = mapped_column(ForeignKey("contracts.id"))
+    kind: Mapped[str] = mapped_column(String(32))          # monthly_report | rectification
+    key: Mapped[str] = mapped_column(String(32))           # 2025-03 | settlement:17
+    title: Mapped[str] = mapped_column(String(200))
+    settlement_id: Mapped[int | None] = mapped_column(ForeignKey("settlements.id"))
+    period_start: Mapped[date | None]
+    period_end: Mapped[date | None]
+    status: Mapped[str] = mapped_column(String(16), default="open")   # open | submitted | returned | accepted
+    due_at: Mapped[datetime | None]
+    submitted_at: Mapped[datetime | None]
+    revision_due_at: Mapped[datetime | None]
+    late: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    narrative: Mapped[str | None] = mapped_column(Text)
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Payment(Base):
+    """A payment the buyer made under the contract's payment plan (number = the plan's instalment)."""
+
+    __tablename__ = "payments"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    contract_id: Mapped[int] = mapped_column(ForeignKey("contracts.id"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    amount: Mapped[Decimal] = mapped_column(Numeric(16, 2))
+    paid_on: Mapped[date]
+    invoice_number: Mapped[str] = mapped_column(String(64))
+    recorded_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    recorded_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -210,12 +210,25 @@ class World:
                filename: str | None = None, task_id: int | str | None = None) -> Any:
         """Upload one file of `kind`; `task_id`, when given, names the task it is for."""
         from api.demo import demo_pdf
+        from engine.sheets import is_sheet_kind
 
         data: dict[str, Any] = {"kind": kind}
         if task_id is not None:
             data["task_id"] = str(task_id)
-        data["file"] = (io.BytesIO(body if body is not None else demo_pdf(kind)), filename or f"{kind}.pdf")
+        if body is None:
+            body = demo_pdf(f"{kind} {self.sheet_code(item_id, kind)}" if is_sheet_kind(kind) else kind)
+        data["file"] = (io.BytesIO(body), filename or f"{kind}.pdf")
         return self.multipart(username, f"/api/v1/items/{item_id}/artefacts", data)
+
+    def sheet_code(self, item_id: int, kind: str) -> str:
+        """The verification code of the item's sign-off sheet of `kind` (made as printing it would)."""
+        from api.extensions import db
+        from engine.sheets import sheet_for
+        from storage.models import WorkItem
+
+        code = sheet_for(db.session, db.session.get(WorkItem, item_id), kind, None).code
+        db.session.commit()
+        return code
 
     def multipart(self, username: str, url: str, data: dict[str, Any]) -> Any:
         """POST a multipart body, closing the encoded stream (werkzeug spills large bodies to a temp file)."""

@@ -101,3 +101,15 @@ def drive_to_approved(world: Any, sid: int, score: float | None = None) -> dict[
     assert r.status_code == 200, r.get_json()
     assert r.get_json()["status"] == "approved"
     return r.get_json()
+
+
+def adhoc_contract(code: str = CONTRACT) -> None:
+    """Drop the contract's settlement schedule: claims open for ad-hoc periods (the pre-schedule behaviour the
+    older lifecycle, bundle and race tests drive with today's dates)."""
+    from storage.models import Contract
+
+    contract = db.session.execute(select(Contract).where(Contract.code == code)).scalar_one()
+    settings = dict(contract.settings or {})
+    settings.pop("settlement_schedule", None)
+    contract.settings = settings
+    db.session.commit()

@@ -159,7 +159,8 @@ def test_cli_import_with_progress(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 
 def test_import_carries_every_condition_the_rules_read(world):
-    header = ["事项名称", "事项编码", "需求部门", "服务类别", "渠道", "接入方式", "需数据质量检测", "协同部门", "亮证用证",
+    header = ["事项名称", "事项编码", "需求部门", "服务类别", "渠道", "接入方式", "需数据质量检测", "协同部门",
+              "亮证用证",
               "计量数量", "计量期间"]
     rows = [["单部门事项", "C-1", "DA", "1", "pc", "新增", "是", "", "", "", ""],
             ["一件事", "C-2", "DA", "5", "pc", "新增", "", "DA、DB", "", "", ""],

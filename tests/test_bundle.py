@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from api.extensions import db
 from engine.bundle import ANCHOR, MANIFEST, SUMMARY, verify_bundle
 from storage.models import Artefact
-from tests.settlement_helpers import KINDS, completed_items
+from tests.settlement_helpers import KINDS, adhoc_contract, completed_items
 
 CURRENT = {"contract": "SH-YWTB-2025", "period_start": "2026-01-01", "period_end": "2099-12-31"}
 
@@ -57,6 +57,7 @@ def _cli_env(monkeypatch, app, store, s3_server):
 def test_settlement_bundle_of_200_items_verifies_and_a_flipped_byte_is_named(world, store, tmp_path, app,
                                                                              monkeypatch, s3_server):
     items = completed_items(200, prefix="EV", channels=("pc",), store=store)
+    adhoc_contract()
     r = world.post("pm", "/api/v1/settlements", json=CURRENT)
     assert r.status_code == 201
     sid = r.get_json()["id"]
@@ -114,6 +115,7 @@ def test_settlement_bundle_of_200_items_verifies_and_a_flipped_byte_is_named(wor
 
 def test_cli_bundle_by_settlement_and_a_missing_object(world, store, tmp_path, app, monkeypatch, s3_server):
     items = completed_items(4, prefix="CB", channels=("pc", "mobile"), store=store)
+    adhoc_contract()
     sid = world.post("pm", "/api/v1/settlements", json=CURRENT).get_json()["id"]
     # One stored object disappears behind the database's back.
     lost = db.session.query(Artefact).filter(Artefact.item_id == items[2]).order_by(Artefact.id).first()

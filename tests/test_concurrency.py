@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 
 from api.extensions import db
 from storage.models import Artefact, AuditEvent, HumanTask, ProcessInstance, Settlement, User, WorkloadEntry
-from tests.settlement_helpers import completed_items, entry_ids
+from tests.settlement_helpers import adhoc_contract, completed_items, entry_ids
 
 ROUNDS = 50
 # One round's answers, as (status, problem code or None), in the order the calls were given.
@@ -314,6 +314,7 @@ def _settlement_with(world: Any, prefix: str) -> tuple[int, int]:
     """A new completed item and a settlement whose claim holds (at least) its one entry."""
     from tests.test_settlement import CURRENT
 
+    adhoc_contract()
     entry = entry_ids(completed_items(1, prefix=prefix))[0]
     r = world.post("pm", "/api/v1/settlements", json=CURRENT)
     assert r.status_code == 201, r.get_json()

@@ -121,9 +121,10 @@ def test_nul_in_an_imported_spreadsheet_is_a_row_error(world):
 def test_ids_beyond_the_integer_range_are_422(world):
     """Ids are INTEGER columns: a larger id in a JSON body or a query names no row and is refused as invalid
     (before, the driver could not bind it: a 500, or a CSV/ZIP download that broke off after its headers)."""
-    from tests.settlement_helpers import completed_items
+    from tests.settlement_helpers import adhoc_contract, completed_items
 
     completed_items(1, prefix="BIG")
+    adhoc_contract()
     r = world.post("pm", "/api/v1/settlements", json={"contract": "SH-YWTB-2025", "period_start": "2026-01-01",
                                                       "period_end": "2026-12-31"})
     sid = r.get_json()["id"]

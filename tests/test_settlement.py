@@ -16,7 +16,7 @@ from engine.calendar import TZ, WorkCalendar
 from engine.errors import Invalid
 from engine.settlement import SEED_000_BANDS, deduction_rate, is_late, settlement_deadline
 from storage.models import AuditEvent, Contract, Settlement, SettlementLine, WorkItem, WorkloadEntry
-from tests.settlement_helpers import completed_items, drive_to_approved, entry_ids, ledger_sum
+from tests.settlement_helpers import adhoc_contract, completed_items, drive_to_approved, entry_ids, ledger_sum
 
 TODAY = datetime.now(TZ).date()
 CURRENT = {"contract": "SH-YWTB-2025", "period_start": "2026-01-01", "period_end": TODAY.isoformat(),
@@ -25,11 +25,13 @@ CURRENT = {"contract": "SH-YWTB-2025", "period_start": "2026-01-01", "period_end
 
 @pytest.fixture
 def sworld(world):
+    adhoc_contract()
     world.user("buyer2", "buyer")
     return world
 
 
 def open_settlement(world, body=None):
+    adhoc_contract()  # these tests open ad-hoc periods (today's dates); stage claims: test_contract_settlement.py
     r = world.post("pm", "/api/v1/settlements", json=body or CURRENT)
     assert r.status_code == 201, r.get_json()
     return r.get_json()
@@ -53,7 +55,7 @@ def test_claim_revised_reviewed_and_approved_with_numbers_adding_up(sworld):
     api_total = w.get("pm", "/api/v1/workload").get_json()["totals"]["amount"]
     assert s["figures"]["gross"] == api_total == float(ledger_sum()) == 3 * (45000 + 72000) - 45000 + 2 * 80000 * 1.5
     assert s["figures"]["late"] is False and s["figures"]["penalty"] == 0
-    assert s["figures"]["award_limit"] == 107_800_000.0 and s["figures"]["exceeds_award_limit"] is False
+    assert s["figures"]["award_limit"] == 201_641_000.0 and s["figures"]["exceeds_award_limit"] is False
 
     # Auditor cannot act before submission; the PM submits.
     r = w.post("auditor", f"/api/v1/settlements/{sid}/accept", json={})

@@ -39,6 +39,9 @@ def _seed(url: str, s3_server: Any, bucket: str) -> None:
     app = make_app(url, s3_server, bucket)
     with app.app_context():
         load_catalog_file(db.session, CATALOG_DIR / "shanghai.toml")
+        from tests.settlement_helpers import adhoc_contract
+
+        adhoc_contract(CONTRACT)
         for username, role, dept in USERS:
             create_user(username, PASSWORD, role, dept)
         db.session.commit()
@@ -157,6 +160,7 @@ class Alternating:
     def do(self, user: str, item_id: int, name: str, data: dict[str, Any], department: str | None = None) -> None:
         """Upload what the task's gate still needs, then complete it."""
         from api.demo import demo_pdf
+        from engine.sheets import is_sheet_kind
 
         found = [t for t in self.open_tasks(item_id)
                  if t["name"] == name and (department is None or t["department"] == department)]
@@ -165,6 +169,11 @@ class Alternating:
         for req in self.get(user, f"/api/v1/tasks/{task['id']}")["required_artefacts"]:
             if not req["present"]:
                 form = {"kind": req["kind"], "task_id": str(task["id"])}
+                if is_sheet_kind(req["kind"]):
+                    # A sign-off sheet: printed by one server, its code checked by the other on upload.
+                    sheet = self.request("GET", f"/api/v1/items/{item_id}/sheets/{req['kind']}.pdf", user)
+                    assert sheet.status_code == 200, sheet.text
+                    form["verification_code"] = sheet.headers["X-Verification-Code"]
                 r = self.request("POST", f"/api/v1/items/{item_id}/artefacts", user, data=form,
                                  files={"file": (f"{req['kind']}.pdf", demo_pdf(req["kind"]), "application/pdf")})
                 assert r.status_code == 201, r.text

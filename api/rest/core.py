@@ -545,7 +545,7 @@ def _upload_streamed(context: Ctx, item: WorkItem, boundary: bytes) -> Artefact:
             raise Invalid("send the file as multipart field 'file'", code="invalid_form",
                           errors={"file": ["required"]})
         return upload.finish(db.session, context.actor, context.user, item, form.get("kind", ""),
-                             form.get("task_id"))
+                             form.get("task_id"), form.get("verification_code"))
     except BaseException:
         upload.abort()
         raise
@@ -556,7 +556,8 @@ def _upload_streamed(context: Ctx, item: WorkItem, boundary: bytes) -> Artefact:
 def artefacts_upload(item_id: int) -> dict[str, Any]:
     """Upload one artefact: multipart fields `kind`, `file` and `task_id` (the open task of this item the file is
     for; needed when open tasks of several departments take the kind). Refused with 409 `under_review` while a
-    review judges the submitted version of that kind."""
+    review judges the submitted version of that kind. A signed sign-off sheet (docs/SHEETS.md) must carry this
+    item's code for its kind: field `verification_code`, or in the PDF's text; another sheet's → 422 `wrong_sheet`."""
     from api.uploads import unread_multipart_boundary
 
     context = ctx()
@@ -583,7 +584,7 @@ def artefacts_upload(item_id: int) -> dict[str, Any]:
         artefact = upload_artefact(db.session, store, context.actor, context.user, item, request.form.get("kind", ""),
                                    upload.filename, upload.stream, _file_length(upload.stream),
                                    current_app.config["ITEMGATE"].max_upload_bytes,
-                                   request.form.get("task_id"))
+                                   request.form.get("task_id"), request.form.get("verification_code"))
     key, version_id = artefact.key, artefact.version_id
     try:
         db.session.commit()
@@ -624,6 +625,20 @@ def load_artefact_for(user: User, artefact_id: int) -> Artefact:
     if not may_see_artefact(user, artefact):
         raise NotFound(f"artefact {artefact_id} not found")  # another department's evidence
     return artefact
+
+
+@blp.route("/items/<int:item_id>/sheets/<string:kind>.pdf", methods=["GET"])
+def items_sheet(item_id: int, kind: str) -> Response:
+    """The item's sign-off sheet of artefact kind `kind` (e.g. `go_live_confirmation`) as a PDF to print and sign:
+    pre-filled with the item, the evidence its gates accepted (file names, SHA-256) and the signature blocks, with a
+    verification code and QR code unique to the item and kind. 404 `no_such_sheet` for a kind the item's gates do
+    not require as a sheet. docs/SHEETS.md."""
+    from api.downloads import sheet_response
+
+    context = ctx()
+    assert context.user is not None
+    item = load_item_for(db.session, context.user, item_id, "item.read")
+    return sheet_response(context.actor, context.user, item, kind)
 
 
 @blp.route("/artefacts/<int:artefact_id>/content", methods=["GET"])

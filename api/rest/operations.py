@@ -18,8 +18,8 @@ from engine.errors import Invalid, NotFound
 from engine.holidays import enter_year, year_view
 from engine.intake import import_items
 from engine.lifecycle import cancel_item, rework_item
-from engine.processes import deploy
-from storage.models import Notification, ProcessDefinition, User
+from engine.processes import MAX_MODEL_BYTES, deploy
+from storage.models import Notification, ProcessDefinition, ProcessInstance, User
 
 blp = Blueprint("operations", __name__, url_prefix="/api/v1", description="Cancel, rework, intake, deadlines")
 
@@ -170,6 +170,22 @@ def definition_json(definition: ProcessDefinition) -> dict[str, Any]:
             "is_current": definition.is_current}
 
 
+def read_model_upload(upload: Any) -> str:
+    """The uploaded BPMN as text: the size is judged on the bytes before decoding (a valid file cut at the limit
+    would otherwise read as "not UTF-8")."""
+    raw = upload.stream.read(MAX_MODEL_BYTES + 1)
+    if len(raw) > MAX_MODEL_BYTES:
+        raise Invalid(f"the BPMN file is too large: larger than {MAX_MODEL_BYTES // 1024} KiB", code="model_invalid",
+                      problems=[{"element": "(document)", "problem": f"too large (over {MAX_MODEL_BYTES // 1024} KiB)",
+                                 "problem_zh": f"文件过大（超过 {MAX_MODEL_BYTES // 1024} KiB）"}])
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Invalid("the BPMN file must be UTF-8 text", code="model_invalid",
+                      problems=[{"element": "(document)", "problem": "not UTF-8 text",
+                                 "problem_zh": "文件不是 UTF-8 文本"}]) from exc
+
+
 @blp.route("/admin/processes", methods=["POST"])
 @blp.response(201)
 def processes_deploy() -> Any:
@@ -178,11 +194,7 @@ def processes_deploy() -> Any:
     if upload is None:
         raise Invalid("send the BPMN file as multipart field 'file'", code="invalid_form",
                       errors={"file": ["required"]})
-    raw = upload.stream.read(4 * 1024 * 1024 + 1)
-    try:
-        xml = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise Invalid("the BPMN file must be UTF-8 text", code="model_invalid") from exc
+    xml = read_model_upload(upload)
     filename = (upload.filename or "model.bpmn")[:200]
     try:
         result = deploy(db.session, audit.Actor.of(user, g.get("request_id")), user, xml, filename)
@@ -203,4 +215,36 @@ def processes_list() -> dict[str, Any]:
     authorize(current_user(), "process.manage")
     rows = db.session.scalars(select(ProcessDefinition).order_by(ProcessDefinition.process_id,
                                                                  ProcessDefinition.id))
-    return {"processes": [definition_json(d) for d in rows]}
+    counts = running_counts()
+    return {"processes": [dict(definition_json(d), running_items=counts.get(d.id, 0)) for d in rows]}
+
+
+def running_counts() -> dict[int, int]:
+    """How many items run on each definition."""
+    rows = db.session.execute(select(ProcessInstance.definition_id, func.count())
+                              .where(ProcessInstance.status == "running").group_by(ProcessInstance.definition_id))
+    return {int(r[0]): int(r[1]) for r in rows}
+
+
+class MigrationBody(Schema):
+    items = fields.List(fields.Integer(strict=True), load_default=None, validate=validate.Length(min=1, max=10000))
+    all_running = fields.Boolean(load_default=False)
+    dry_run = fields.Boolean(load_default=True)
+
+
+@blp.route("/admin/processes/<int:definition_id>/migrations", methods=["POST"])
+@blp.arguments(MigrationBody)
+@blp.response(200)
+def processes_migrate(body: dict[str, Any], definition_id: int) -> dict[str, Any]:
+    """Move running items of older versions to this version (`definition_id` is the target); one transaction per
+    item; `dry_run` (the default) only lists per item what maps and what does not."""
+    from engine.migration import migrate
+
+    user = current_user()
+    if (body["items"] is None) == (not body["all_running"]):
+        raise Invalid("give either 'items' or 'all_running': true", code="invalid_form",
+                      errors={"items": ["give either items or all_running"]})
+    report = migrate(db.session, audit.Actor.of(user, g.get("request_id")), user, definition_id,
+                     item_ids=body["items"], dry_run=body["dry_run"], commit=db.session.commit,
+                     rollback=db.session.rollback)
+    return report.as_dict()

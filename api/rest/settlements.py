@@ -74,7 +74,16 @@ def settlement_json(s: Settlement, user: User, with_lines: bool = False) -> dict
                     "assessment_score": num(fig.score), "deduction_rate": num(fig.deduction_rate),
                     "deduction": money(fig.deduction), "net": money(fig.net), "frozen": fig.frozen,
                     "award_limit": None if fig.award_limit is None else money(fig.award_limit),
-                    "exceeds_award_limit": fig.exceeds_award_limit},
+                    "exceeds_award_limit": fig.exceeds_award_limit,
+                    "settled_total": None if fig.settled_total is None else money(fig.settled_total),
+                    "submission_late": fig.submission_late, "revision_late": fig.revision_late,
+                    "other_deductions": money(fig.other_deductions),
+                    "monthly_report_deductions": [dict(d, amount=money(d["amount"]))
+                                                  for d in fig.other_detail or []],
+                    "grade": fig.grade},
+        "stage": s.stage, "grade": fig.grade,
+        # Every clock of the claim and its state (seed 001 §十(三)): materials, revision.
+        "deadlines": [dict(d, due_at=iso(d["due_at"])) for d in st.deadlines(s, fig, ctx().now)],
         "actions": st.allowed_actions(user, s),
         # The audit anchor the final approval was made under (docs/TRUST.md, Audit anchors).
         "anchor": s.anchor,
@@ -87,9 +96,14 @@ def settlement_json(s: Settlement, user: User, with_lines: bool = False) -> dict
             if n.entry_id is not None and n.kind == "comment":
                 comments.setdefault(n.entry_id, []).append(note_json(n))
         out["lines"] = [dict(entry_json(entry), item_status=item.status, added_reason=line.added_reason,
-                             comments=comments.get(entry.id, []))
+                             carried=line.carried, comments=comments.get(entry.id, []),
+                             outside_service_period=st.outside_service_period(s.contract, st.tally_day(entry)))
                         for line, entry, item in db.session.execute(st.line_entries(s.id)).all()]
         out["notes"] = [note_json(n) for n in notes]
+        out["carried"] = [ln for ln in out["lines"] if ln["carried"]]
+        out["stages"] = st.stage_summary(db.session, s)
+        out["rectifications"] = [{"id": t.id, "title": t.title, "status": t.status, "due_at": iso(t.due_at)}
+                                 for t in st.rectifications(db.session, s)]
     return out
 
 
@@ -106,8 +120,11 @@ def _load(settlement_id: int) -> Settlement:
 
 class OpenSettlement(Schema):
     contract = fields.String(required=True, validate=validate.Length(min=1, max=64))
-    period_start = fields.Date(required=True)
-    period_end = fields.Date(required=True)
+    # A contract with a settlement schedule is settled by stage (6m, 9m, annual, final; q1…q4); the period
+    # comes from the schedule. A contract without one takes an ad-hoc period.
+    stage = fields.String(load_default=None, validate=validate.Length(min=1, max=16))
+    period_start = fields.Date(load_default=None)
+    period_end = fields.Date(load_default=None)
     label = fields.String(load_default=None, validate=validate.Length(min=1, max=100))
 
 
@@ -117,7 +134,7 @@ class OpenSettlement(Schema):
 def settlements_open(body: dict[str, Any]) -> dict[str, Any]:
     authorize(current_user(), "settlement.prepare")
     s = run_change(lambda c: st.open_settlement(c, body["contract"], body["period_start"], body["period_end"],
-                                                body["label"]))
+                                                body["label"], body["stage"]))
     return settlement_json(s, current_user(), with_lines=True)
 
 
@@ -168,6 +185,8 @@ class LinesBody(Schema):
     entry_ids = fields.List(id_field(), required=True,
                             validate=validate.Length(min=1, max=10000))
     reason = fields.String(required=True, validate=validate.Length(min=2, max=4000))
+    # Entries of an earlier stage are carried into this one explicitly; the reason shows to the auditor.
+    carry = fields.Boolean(load_default=False)
 
 
 @blp.route("/settlements/<int:settlement_id>/lines", methods=["POST"])
@@ -176,7 +195,7 @@ class LinesBody(Schema):
 def settlements_add_lines(body: dict[str, Any], settlement_id: int) -> dict[str, Any]:
     def add(c: Ctx) -> Settlement:
         s = _load(settlement_id)
-        st.add_lines(c, s, body["entry_ids"], body["reason"])
+        st.add_lines(c, s, body["entry_ids"], body["reason"], body["carry"])
         return s
 
     return settlement_json(run_change(add), current_user(), with_lines=True)

@@ -89,6 +89,9 @@ def register(app: Flask) -> None:
     from api.web.settlements import bp as settlements_bp
 
     app.register_blueprint(settlements_bp)
+    from api.web.admin_processes import bp as admin_processes_bp
+
+    app.register_blueprint(admin_processes_bp)
 
     @app.get("/", endpoint="index")
     def index() -> Any:

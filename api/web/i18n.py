@@ -31,6 +31,23 @@ DECISIONS = {"approve": "确认通过", "return": "退回修改"}
 STEP_HELP = step_help()
 
 EN: dict[str, str] = {
+    # settlement by the contract (issue 17): stages, clocks, payments, grades
+    "中标金额（元）": "Award (CNY)", "从前期结转": "Carry from an earlier stage", "付款日期": "Paid on",
+    "发票号": "Invoice number", "合同时限": "Contract deadlines",
+    "合同未约定支付计划。": "The contract sets no payment plan.",
+    "合同生效后": "On signing", "审定累计金额（元）": "Approved cumulative (CNY)", "审定金额（元）": "Approved (CNY)",
+    "已付（元）": "Paid (CNY)", "已登记付款": "Payment recorded", "已超时": "Overdue", "应付（元）": "Due (CNY)",
+    "截止": "Due", "支付条件": "Condition", "支付计划": "Payment schedule", "时限": "Deadlines",
+    "月报逾期扣款（元）": "Late monthly report deduction (CNY)", "期间": "Period", "未付（元）": "Outstanding (CNY)",
+    "未到期": "Running", "没有进行中的合同时限。": "No contract deadline is running.", "登记付款": "Record payment",
+    "笔次": "No.", "累计上限（元）": "Cumulative cap (CNY)", "累计审定金额（元）": "Settled total (CNY)",
+    "结算阶段": "Settlement stage", "结转": "Carried", "请填写有效的金额和付款日期。": "Enter a valid amount and date.",
+    "超上限暂不支付（元）": "Held back by the cap (CNY)", "超过中标金额 10%": "Beyond award + 10 %",
+    "阶段审定后": "after the stage is approved", "（按期间）": "(by period)",
+    "结算材料提交": "Settlement materials", "修改完善": "Revision", "按时完成": "Done on time", "逾期完成": "Done late",
+    "待结算审定": "Waiting for approval", "应付": "Due", "已付清": "Paid", "无需支付": "Nothing due",
+    "结算修改完善": "Settlement revision", "月度运营报告": "Monthly operations report", "整改": "Rectification",
+    "优秀": "Excellent", "良好": "Good", "一般": "Fair", "合格": "Pass", "不合格": "Fail",
     # layout and navigation
     "ItemGate 事项接入管理": "ItemGate service onboarding",
     "跳到主要内容": "Skip to main content",
@@ -181,6 +198,13 @@ EN.update({
     "关联事项需求分析": "Linked item analysis", "办理现状调研分析": "Current-state survey",
     "导办事项清单": "Guide item list", "场景导办设计稿": "Scenario guide design", "审核要点及样例": "Review points",
     "配置方案": "Configuration plan",
+})
+
+# Sign-off sheets on the task page (docs/SHEETS.md).
+EN.update({
+    "打印确认单": "Print sign-off sheet", "核验码": "Verification code",
+    "上传签字盖章的扫描件时，请填写确认单上印的核验码。":
+        "When uploading the signed and stamped scan, enter the verification code printed on the sheet.",
 })
 
 # Ledger, settlement and export pages (api/web/settlements.py).

@@ -37,6 +37,7 @@ from storage.artefact_store import StoreUnavailable
 from storage.models import Contract, Department, ServiceLine, Settlement, SettlementNote, utcnow
 
 bp = Blueprint("settle_web", __name__)
+CLOCK_NAMES = {"open": "未到期", "overdue": "已超时", "on_time": "按时完成", "late": "逾期完成"}
 LOCKED = "结算已审定（锁定），不能再修改；本次操作已记录。"
 
 
@@ -95,13 +96,19 @@ def settlements() -> Any:
 @bp.post("/settlements")
 def settlements_open() -> Any:
     form = request.form
+    stage = (form.get("stage") or "").strip()[:16] or None
+    start: date | None = None
+    end: date | None = None
     try:
-        start, end = date.fromisoformat(form.get("period_start", "")), date.fromisoformat(form.get("period_end", ""))
+        if form.get("period_start") or form.get("period_end") or stage is None:
+            start = date.fromisoformat(form.get("period_start", ""))
+            end = date.fromisoformat(form.get("period_end", ""))
     except ValueError:
         flash(_("请填写有效的结算期间。"), "error")
         return redirect(url_for("settle_web.settlements"))
     opened = _change(lambda c: st.open_settlement(c, form.get("contract", ""), start, end,
-                                                  (form.get("label") or "").strip() or None), _("已开启结算"))
+                                                  (form.get("label") or "").strip() or None, stage),
+                     _("已开启结算"))
     if opened is None:
         return redirect(url_for("settle_web.settlements"))
     return redirect(url_for("settle_web.settlement", settlement_id=opened.id))
@@ -113,9 +120,12 @@ def settlement(settlement_id: int) -> Any:
     lines = db.session.execute(st.line_entries(s.id)).all()
     notes = list(db.session.scalars(select(SettlementNote).where(SettlementNote.settlement_id == s.id)
                                     .order_by(SettlementNote.id)))
-    return render_template("web/settlement.html", s=s, lines=lines, notes=notes, me=me(),
-                           fig=st.figures(db.session, s, web_ctx().now), actions=st.allowed_actions(me(), s),
-                           status_names=st.STATUS_NAMES)
+    fig = st.figures(db.session, s, web_ctx().now)
+    return render_template("web/settlement.html", s=s, lines=lines, notes=notes, me=me(), fig=fig,
+                           actions=st.allowed_actions(me(), s), status_names=st.STATUS_NAMES,
+                           deadlines=st.deadlines(s, fig, web_ctx().now), stages=st.stage_summary(db.session, s),
+                           clock_names=CLOCK_NAMES,
+                           rectifications=st.rectifications(db.session, s))
 
 
 def _change(fn: Callable[[Ctx], Any], done: str) -> Any:
@@ -159,8 +169,15 @@ def settlement_submit(settlement_id: int) -> Any:
 @bp.post("/settlements/<int:settlement_id>/lines")
 def settlement_lines(settlement_id: int) -> Any:
     ids, reason = _ids(request.form.get("entry_ids", "")), (request.form.get("reason") or "").strip()[:4000]
-    op = st.add_lines if request.form.get("op") == "add" else st.remove_lines
-    _change(lambda c: op(c, st.load_settlement_for(c.session, me(), settlement_id), ids, reason), _("已修改申报明细"))
+    carry = request.form.get("carry") == "1"
+
+    def run(c: Ctx) -> Any:
+        s = st.load_settlement_for(c.session, me(), settlement_id)
+        if request.form.get("op") == "add":
+            return st.add_lines(c, s, ids, reason, carry)
+        return st.remove_lines(c, s, ids, reason)
+
+    _change(run, _("已修改申报明细"))
     return _back(settlement_id)
 
 
@@ -282,3 +299,56 @@ def export_job_download(job_id: int) -> Any:
     if job.size is not None:
         response.headers["Content-Length"] = str(job.size)
     return response
+
+
+# ---------------------------------------------------------------- payment schedule (支付计划)
+
+@bp.get("/contracts/<code>/payments")
+def payments_page(code: str) -> Any:
+    from engine import payments as pay
+
+    contract = db.session.execute(select(Contract).where(Contract.code == code)).scalar()
+    if contract is None:
+        raise NotFound(f"contract {code} not found")
+    plan = pay.schedule_for(db.session, contract)
+    from engine.money_reports import STATE_NAMES
+
+    return render_template("web/payments.html", contract=contract, plan=plan, me=me(), state_names=STATE_NAMES,
+                           cumulative=pay.approved_cumulative(db.session, contract))
+
+
+@bp.post("/contracts/<code>/payments")
+def payments_record(code: str) -> Any:
+    from decimal import Decimal, InvalidOperation
+
+    from engine import payments as pay
+
+    contract = db.session.execute(select(Contract).where(Contract.code == code)).scalar()
+    if contract is None:
+        raise NotFound(f"contract {code} not found")
+    form = request.form
+    try:
+        amount = Decimal(form.get("amount", ""))
+        paid_on = date.fromisoformat(form.get("paid_on", ""))
+    except (InvalidOperation, ValueError):
+        flash(_("请填写有效的金额和付款日期。"), "error")
+        return redirect(url_for("settle_web.payments_page", code=code))
+    _change(lambda c: pay.record_payment(c.session, c.actor, me(), contract, amount, paid_on,
+                                         (form.get("invoice_number") or "").strip(), c.now), _("已登记付款"))
+    return redirect(url_for("settle_web.payments_page", code=code))
+
+
+@bp.get("/contracts/<code>/payments.xlsx")
+def payments_xlsx(code: str) -> Any:
+    from flask import g
+
+    from engine import payments as pay
+    from engine.money_reports import payments_xlsx_file
+
+    contract = db.session.execute(select(Contract).where(Contract.code == code)).scalar()
+    if contract is None:
+        raise NotFound(f"contract {code} not found")
+    plan = pay.schedule_for(db.session, contract)
+    g.export_rows = len(plan)
+    return file_response(payments_xlsx_file(contract, plan), XLSX, f"支付计划-{contract.code}.xlsx",
+                         f"payments-{contract.code}.xlsx")

@@ -26,7 +26,7 @@ from sqlalchemy import func, select
 from werkzeug.datastructures import MultiDict
 
 from api.auth import authenticate
-from api.downloads import artefact_response
+from api.downloads import artefact_response, sheet_response
 from api.extensions import db, login_manager
 from api.rest.core import filtered_items, item_detail, load_artefact_for, task_query
 from api.serializers import artefact_json
@@ -40,6 +40,7 @@ from engine.diagram import render_svg
 from engine.errors import DomainError, FormInvalid, GateUnmet, Invalid, NotFound, ServiceUnavailable
 from engine.evidence import submitted_evidence, upload_artefact
 from engine.policy import DEPARTMENT, may, scope_of
+from engine.sheets import SHEETS
 from engine.workflow import claim, complete_task, hand_over, task_requirements, unclaim
 from storage.models import Artefact, Department, HumanTask, ProcessInstance, ServiceLine, User, WorkItem
 
@@ -312,6 +313,7 @@ def render_task(task: HumanTask, *, errors: dict[str, list[str]] | None = None,
         colleagues=_colleagues([task], user).get(task.id, []), versions=_versions(item.id),
         max_upload_mb=settings.max_upload_mb, accepted=",".join(ACCEPTED_EXTENSIONS), previewable=PREVIEWABLE,
         task_department=departments.get(task.department_id or 0), now=datetime.now(UTC), me=user,
+        sheet_kinds=set(SHEETS),
         status_code=status,
     ), status
 
@@ -377,7 +379,7 @@ def artefact_upload(item_id: int) -> Any:
         artefact = upload_artefact(db.session, context.store, context.actor, user, item,
                                    request.form.get("kind", ""), upload.filename, upload.stream,
                                    _length(upload.stream), current_app.config["ITEMGATE"].max_upload_bytes,
-                                   request.form.get("task_id"))
+                                   request.form.get("task_id"), request.form.get("verification_code"))
         try:
             db.session.commit()
         except Exception:
@@ -395,6 +397,14 @@ def artefact_upload(item_id: int) -> Any:
         return jsonify(artefact_json(artefact)), 201
     flash(_("上传成功") + f": {artefact.filename}", "ok")
     return redirect(back)
+
+
+@bp.get("/items/<int:item_id>/sheets/<string:kind>.pdf")
+def item_sheet(item_id: int, kind: str) -> Any:
+    """The sign-off sheet the task page's button asks for (the same PDF as the REST API's)."""
+    user = me()
+    item = load_item_for(db.session, user, item_id, "item.read")
+    return sheet_response(web_ctx().actor, user, item, kind)
 
 
 @bp.get("/artefacts/<int:artefact_id>")
@@ -474,4 +484,9 @@ def dashboard() -> Any:
     now = datetime.now(UTC)
     dash = build_dashboard(db.session, user, now)
     departments = {d.id: d for d in db.session.scalars(select(Department))}
-    return render_template("web/dashboard.html", dash=dash, now=now, departments=departments, stages=STAGES)
+    from engine.clocks import running_clocks
+
+    # Every contract clock (settlement materials and revisions, monthly reports, rectifications), due first.
+    clocks = running_clocks(db.session, now) if user.role in ("pm", "auditor", "buyer", "admin") else []
+    return render_template("web/dashboard.html", dash=dash, now=now, departments=departments, stages=STAGES,
+                           clocks=clocks)

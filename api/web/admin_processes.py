@@ -1,0 +1,134 @@
+"""Admin web page for process models: upload and check a BPMN, deploy it, see versions and migrate items."""
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, flash, g, redirect, render_template, request, url_for
+from sqlalchemy import func, select
+
+from api.extensions import db
+from api.rest.operations import read_model_upload
+from api.web.auth import me
+from api.web.i18n import EN, _
+from engine import audit
+from engine.access import authorize
+from engine.errors import DomainError
+from engine.migration import migrate
+from engine.modelcheck import ModelRejected
+from engine.processes import deploy, validate_model
+from storage.models import ProcessDefinition, ProcessInstance
+
+bp = Blueprint("admin_processes", __name__, url_prefix="/admin/processes")
+
+EN.update({
+    "流程模型": "Process models",
+    "上传 BPMN 文件": "Upload a BPMN file",
+    "BPMN 文件": "BPMN file",
+    "检查": "Check",
+    "检查并部署": "Check and deploy",
+    "检查通过，可以部署。": "The model passes every check and can be deployed.",
+    "模型未通过检查，未部署：": "The model did not pass the checks and was not deployed:",
+    "元素": "Element",
+    "问题": "Problem",
+    "已部署为新版本。": "Deployed as a new version.",
+    "该版本已存在，已设为当前版本。": "This version exists already; it is now current.",
+    "流程": "Process",
+    "版本": "Version",
+    "文件": "File",
+    "部署时间": "Deployed at",
+    "当前": "Current",
+    "运行中的事项": "Running items",
+    "迁移到此版本": "Migrate to this version",
+    "试运行（不更改）": "Dry run (no changes)",
+    "迁移全部运行中的事项": "Migrate all running items",
+    "还没有部署任何流程模型。": "No process model has been deployed yet.",
+    "迁移结果": "Migration result",
+    "试运行结果": "Dry-run result",
+    "事项": "Item",
+    "原版本": "From version",
+    "可迁移": "Can migrate",
+    "待办任务": "Open tasks",
+    "无法对应的任务": "Tasks with no counterpart",
+    "说明": "Note",
+    "已迁移": "Migrated",
+    "是": "yes",
+    "否": "no",
+    "没有需要迁移的事项（其他版本上没有运行中的事项）。": "Nothing to migrate (no running items on other versions).",
+    "新事项使用当前版本；运行中的事项保持原版本，除非在此迁移。":
+        "New items use the current version; running items keep theirs unless migrated here.",
+    "请选择一个 BPMN 文件。": "Choose a BPMN file.",
+    "共 {n} 个事项，{m} 个已迁移，{r} 个被拒绝。": "{n} item(s): {m} migrated, {r} refused.",
+    "共 {n} 个事项，{m} 个可以迁移，{r} 个无法迁移。": "{n} item(s): {m} can be migrated, {r} cannot.",
+})
+
+
+def _versions() -> list[dict[str, Any]]:
+    counts = {int(r[0]): int(r[1]) for r in db.session.execute(
+        select(ProcessInstance.definition_id, func.count()).where(ProcessInstance.status == "running")
+        .group_by(ProcessInstance.definition_id))}
+    rows = db.session.scalars(select(ProcessDefinition).order_by(ProcessDefinition.process_id,
+                                                                 ProcessDefinition.id.desc()))
+    return [{"d": d, "running": counts.get(d.id, 0)} for d in rows]
+
+
+def _page(**extra: Any) -> Any:
+    return render_template("admin/processes.html", versions=_versions(), **extra)
+
+
+@bp.get("", endpoint="index")
+def index() -> Any:
+    authorize(me(), "process.manage")
+    return _page()
+
+
+def _uploaded() -> tuple[str | None, str, list[dict[str, str]]]:
+    upload = request.files.get("file")
+    if upload is None or not upload.filename:
+        return None, "", [{"element": "(document)", "problem": "no file", "problem_zh": "请选择一个 BPMN 文件。"}]
+    filename = upload.filename[:200]
+    try:
+        return read_model_upload(upload), filename, []
+    except DomainError as exc:
+        return None, filename, list(exc.extra.get("problems") or [])
+
+
+@bp.post("/check", endpoint="check")
+def check() -> Any:
+    """Every problem of the uploaded model, before anything is deployed."""
+    authorize(me(), "process.manage")
+    xml, filename, problems = _uploaded()
+    if xml is not None:
+        try:
+            validate_model(db.session, xml, filename)
+        except ModelRejected as exc:
+            problems = [p.as_dict() for p in exc.problems]
+    db.session.rollback()
+    return _page(checked=filename, problems=problems), 200 if not problems else 422
+
+
+@bp.post("/deploy", endpoint="deploy")
+def deploy_model() -> Any:
+    user = me()
+    authorize(user, "process.manage")
+    xml, filename, problems = _uploaded()
+    if xml is None:
+        return _page(checked=filename, problems=problems), 422
+    try:
+        result = deploy(db.session, audit.Actor.of(user, g.get("request_id")), user, xml, filename)
+    except DomainError as exc:
+        db.session.commit()  # only the audit record of the refusal
+        return _page(checked=filename, problems=list(exc.extra.get("problems") or [
+            {"element": "(document)", "problem": exc.detail, "problem_zh": exc.detail}])), 422
+    db.session.commit()
+    flash(_("已部署为新版本。") if result.created else _("该版本已存在，已设为当前版本。"), "success")
+    return redirect(url_for("admin_processes.index"))
+
+
+@bp.post("/<int:definition_id>/migrate", endpoint="migrate")
+def migrate_items(definition_id: int) -> Any:
+    user = me()
+    authorize(user, "process.manage")
+    dry_run = request.form.get("dry_run") == "1"
+    report = migrate(db.session, audit.Actor.of(user, g.get("request_id")), user, definition_id, dry_run=dry_run,
+                     commit=db.session.commit, rollback=db.session.rollback)
+    return _page(report=report)
