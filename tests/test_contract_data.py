@@ -301,3 +301,26 @@ def test_difficulty_counts_only_once_the_auditor_confirms_it(world: World):
     assert row[header.index("上线日期")] == "2025-06-30"
     assert row[header.index("完成时间")] and row[header.index("完成时间")][:10] != "2025-06-30"
     assert row[header.index("难度系数提出人")] == "pm" and row[header.index("难度系数确认人")] == "auditor"
+
+
+def test_the_demo_loads_both_contracts_with_periods_covering_today(app, store):
+    from datetime import date, datetime
+
+    from sqlalchemy import select
+
+    from api.demo import cover_today, load_demo
+    from api.extensions import db
+    from engine.calendar import TZ
+    from storage.models import Contract
+
+    load_demo(app, store, echo=lambda _line: None)
+    today = datetime.now(TZ).date()
+    contracts = {c.code: c for c in db.session.scalars(select(Contract))}
+    assert set(contracts) == {"SH-YWTB-2025", "KP-YTH-2026"}
+    for contract in contracts.values():
+        assert contract.period_start <= today <= contract.period_end
+    probe = Contract(code="P", name="p", period_start=date(2025, 1, 1), period_end=date(2025, 12, 31))
+    assert cover_today(probe, date(2027, 3, 1)) and (probe.period_start, probe.period_end) == \
+        (date(2027, 1, 1), date(2027, 12, 31))
+    assert cover_today(probe, date(2024, 2, 29)) and probe.period_start == date(2024, 1, 1)
+    assert not cover_today(probe, date(2024, 6, 1))
