@@ -160,3 +160,10 @@ class Cli:
         proc = subprocess.run([str(exe), *args], env=dict(os.environ), capture_output=True, text=True,  # noqa: S603
                               input=stdin, timeout=300, check=False)
         return SimpleNamespace(exit_code=proc.returncode, output=proc.stdout + proc.stderr)
+
+
+def test_catalog_doc_prints_the_shipped_files_in_full():
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "CATALOG.md").read_text(encoding="utf-8")
+    for name in ("shanghai.toml", "kaiping.toml"):
+        text = (CATALOG_DIR / name).read_text(encoding="utf-8")
+        assert f"### `bpmn/catalogs/{name}`\n\n```toml\n{text}```\n" in doc, f"docs/CATALOG.md: {name} is stale"
