@@ -324,3 +324,14 @@ def test_the_demo_loads_both_contracts_with_periods_covering_today(app, store):
         (date(2027, 1, 1), date(2027, 12, 31))
     assert cover_today(probe, date(2024, 2, 29)) and probe.period_start == date(2024, 1, 1)
     assert not cover_today(probe, date(2024, 6, 1))
+
+
+def test_the_web_shows_declared_kind_titles_and_target_progress(kaiping: World, app):
+    from tests.test_web import Browser
+
+    item = kp_item(kaiping, "training", "KP-TR-WEB")
+    task = kaiping.task_named(item["id"], "prepare")
+    page = Browser(app, "impl").get(f"/tasks/{task['id']}").get_data(as_text=True)
+    assert "培训签到表" in page and "培训现场照片" in page
+    board = Browser(app, "pm").get("/dashboard").get_data(as_text=True)
+    assert 'id="targets"' in board and 'data-measure="target:scenario_guides"' in board and "≥ 50" in board

@@ -488,5 +488,9 @@ def dashboard() -> Any:
 
     # Every contract clock (settlement materials and revisions, monthly reports, rectifications), due first.
     clocks = running_clocks(db.session, now) if user.role in ("pm", "auditor", "buyer", "admin") else []
+    from engine.reports import WorkloadFilter, progress
+
+    # Progress toward every countable target of every contract (done / target / percent / on track).
+    targets = [p for p in progress(db.session, WorkloadFilter()) if p["measure"].startswith("target:")]
     return render_template("web/dashboard.html", dash=dash, now=now, departments=departments, stages=STAGES,
-                           clocks=clocks)
+                           clocks=clocks, targets=targets)
