@@ -66,7 +66,7 @@ def demo_pdf(title: str) -> bytes:
 # What each form needs to pass in the demo's happy path.
 FORM_DATA: dict[str, dict[str, Any]] = {
     "difficulty_confirmation": {"difficulty": "1.2", "complexity_note": "涉及两个业务系统对接，复杂度较高"},
-    "difficulty_review": {"decision": "confirm"},
+    "difficulty_review": {"verdict": "confirm"},
     "review": {"decision": "approve", "comment": "同意"},
     "build_integration": {"integration_done": True},
     "tests": {"tests_passed": True},

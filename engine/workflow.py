@@ -725,11 +725,11 @@ def complete_task(ctx: Ctx, task_id: int, data: Any) -> HumanTask:
                      old=str(old), new=str(item.difficulty), note=clean.get("complexity_note"))
     elif task.form == "difficulty_review":
         proposed = item.difficulty
-        if clean["decision"] == "set":
+        if clean["verdict"] == "set":
             item.difficulty = _allowed_difficulty(item, clean["difficulty"], "difficulty")
         item.difficulty_confirmed_by_id = ctx.user.id
         audit.record(session, ctx.actor, "item.difficulty_confirmed", target_type="item", target_id=item.id,
-                     proposed=str(proposed), confirmed=str(item.difficulty), decision=clean["decision"],
+                     proposed=str(proposed), confirmed=str(item.difficulty), verdict=clean["verdict"],
                      reason=clean.get("reason"))
     if task.form == "go_live" and clean.get("go_live_date") is not None:
         value = clean["go_live_date"]

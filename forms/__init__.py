@@ -106,7 +106,8 @@ class GuideDesignForm(FormSchema):
 class DifficultyReviewForm(FormSchema):
     """The third party's confirmation of the PM's proposed difficulty coefficient, or another one with a reason."""
 
-    decision = fields.String(required=True, validate=validate.OneOf(["confirm", "set"]),
+    # Not `decision`: the model's review gateways read that variable, and this answer stays in the process data.
+    verdict = fields.String(required=True, validate=validate.OneOf(["confirm", "set"]),
                              metadata={"title": "确认结论", "title_en": "Decision",
                                        "labels": {"confirm": "确认所提难度系数", "set": "改定难度系数"}})
     difficulty = fields.Decimal(load_default=None, as_string=True, places=2,
@@ -117,7 +118,7 @@ class DifficultyReviewForm(FormSchema):
 
     @validates_schema
     def _reason_when_setting(self, data: dict[str, Any], **_: Any) -> None:
-        if data.get("decision") == "set":
+        if data.get("verdict") == "set":
             if data.get("difficulty") is None:
                 raise ValidationError("改定时必须给出难度系数 (give the coefficient you set)", "difficulty")
             if len((data.get("reason") or "").strip()) < 2:

@@ -277,7 +277,7 @@ class World:
             review = [t for t in self.open_tasks(item_id) if t["name"] == "review_difficulty"]
             if review:
                 self.user("auditor", "auditor") if "auditor" not in self._known_users() else None
-                done = self.complete("auditor", review[0]["id"], {"decision": "confirm"})
+                done = self.complete("auditor", review[0]["id"], {"verdict": "confirm"})
                 assert done.status_code == 200, done.get_json()
         return r.get_json()
 

@@ -271,10 +271,10 @@ def test_difficulty_counts_only_once_the_auditor_confirms_it(world: World):
     review = w.task_named(item_id, "review_difficulty")
     assert review["lane"] == "auditor"
     assert review["id"] in [t["id"] for t in w.get("auditor", "/api/v1/tasks?scope=group").get_json()["tasks"]]
-    assert w.complete("pm", review["id"], {"decision": "confirm"}).status_code == 403
-    no_reason = w.complete("auditor", review["id"], {"decision": "set", "difficulty": "1.5"})
+    assert w.complete("pm", review["id"], {"verdict": "confirm"}).status_code == 403
+    no_reason = w.complete("auditor", review["id"], {"verdict": "set", "difficulty": "1.5"})
     assert no_reason.status_code == 422 and "reason" in no_reason.get_json()["errors"]
-    assert w.complete("auditor", review["id"], {"decision": "set", "difficulty": "1.5",
+    assert w.complete("auditor", review["id"], {"verdict": "set", "difficulty": "1.5",
                                                  "reason": "涉及跨部门数据协同"}).status_code == 200
     item = w.get("pm", f"/api/v1/items/{item_id}").get_json()
     assert item["difficulty"] == 1.5 and item["difficulty_proposed_by"] == "pm"
