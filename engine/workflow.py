@@ -532,6 +532,15 @@ def optional_present(session: Session, task: HumanTask) -> list[GateStatus]:
     return [GateStatus(kind, latest[kind]) for kind in kinds if kind in latest]
 
 
+def optional_statuses(session: Session, task: HumanTask) -> list[GateStatus]:
+    """Every optional working document of a task's step, with its latest upload or None."""
+    item = task.item
+    kinds = required_kinds(item.service_line.gates, task.gate, mode=item.mode, channels=list(item.channels),
+                           attributes=item.attributes or {}, optional=True)
+    present = {s.kind: s for s in optional_present(session, task)}
+    return [present.get(kind) or GateStatus(kind, None) for kind in kinds]
+
+
 def check_gate(ctx: Ctx, task: HumanTask) -> list[GateStatus]:
     """Every required artefact must exist and match its stored size and hash in the object store; optional
     ones uploaded for the step are checked the same way and go with it."""

@@ -335,3 +335,15 @@ def test_the_web_shows_declared_kind_titles_and_target_progress(kaiping: World, 
     assert "培训签到表" in page and "培训现场照片" in page
     board = Browser(app, "pm").get("/dashboard").get_data(as_text=True)
     assert 'id="targets"' in board and 'data-measure="target:scenario_guides"' in board and "≥ 50" in board
+
+
+def test_the_web_task_page_lists_optional_working_documents_as_optional(world: World, app):
+    from tests.test_web import Browser
+
+    item = world.new_item("SH-OPT-1", mode="new", line="1")
+    world.complete_task_as("impl", item["id"], "intake", {"summary": "新增"})
+    world.complete_task_as("pm", item["id"], "confirm_difficulty", {"difficulty": "1.0", "complexity_note": "常规"})
+    survey = world.task_named(item["id"], "survey_sorting")
+    page = Browser(app, "impl").get(f"/tasks/{survey['id']}").get_data(as_text=True)
+    assert 'class="gate-row optional" data-kind="survey_form"' in page and 'id="file-sorting_list"' in page
+    assert 'class="gate-row missing"' not in page

@@ -119,7 +119,7 @@ EN: dict[str, str] = {
     "编码": "Code", "名称": "Name", "全部状态": "All statuses",
     "全部服务类别": "All service lines", "事项列表": "Work items", "没有事项。": "No items.",
     # dashboard
-    "合同目标进度": "Progress toward contract targets", "目标": "Target",
+    "可选": "Optional", "合同目标进度": "Progress toward contract targets", "目标": "Target",
     "是否按期": "On track", "按期": "On track", "落后": "Behind", "按期应完成": "Expected by now",
     "合同未设定目标。": "No contract sets targets.",
     "项目看板": "Project dashboard", "进行中事项": "Active items", "本月完成": "Completed this month",

@@ -41,7 +41,7 @@ from engine.errors import DomainError, FormInvalid, GateUnmet, Invalid, NotFound
 from engine.evidence import submitted_evidence, upload_artefact
 from engine.policy import DEPARTMENT, may, scope_of
 from engine.sheets import SHEETS
-from engine.workflow import claim, complete_task, hand_over, task_requirements, unclaim
+from engine.workflow import claim, complete_task, hand_over, optional_statuses, task_requirements, unclaim
 from storage.models import Artefact, Department, HumanTask, ProcessInstance, ServiceLine, User, WorkItem
 
 log = logging.getLogger("itemgate.web")
@@ -292,6 +292,9 @@ def render_task(task: HumanTask, *, errors: dict[str, list[str]] | None = None,
     # A review shows exactly what was submitted to it (from the gate pass), in its own department's scope.
     review = submitted_evidence(db.session, task) if task.review_of else []
     unmet = [s.kind for s in gate if s.artefact is None]
+    # The step's optional working documents are listed (and uploadable) after what it requires.
+    optional = optional_statuses(db.session, task) if task.status == "ready" else []
+    gate = gate + [s for s in optional if s.kind not in {g.kind for g in gate}]
     if missing:
         unmet = list(dict.fromkeys(unmet + missing))
     may_act = may_act_on(user, task)
@@ -313,7 +316,7 @@ def render_task(task: HumanTask, *, errors: dict[str, list[str]] | None = None,
         colleagues=_colleagues([task], user).get(task.id, []), versions=_versions(item.id),
         max_upload_mb=settings.max_upload_mb, accepted=",".join(ACCEPTED_EXTENSIONS), previewable=PREVIEWABLE,
         task_department=departments.get(task.department_id or 0), now=datetime.now(UTC), me=user,
-        sheet_kinds=set(SHEETS),
+        sheet_kinds=set(SHEETS), optional_kinds={s.kind for s in optional},
         status_code=status,
     ), status
 
