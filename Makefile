@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export ITEMGATE_DATA_DIR ?= var
 
-.PHONY: run test bench lint fuzz loadtest browser-deps clean
+.PHONY: run test test-unit bench lint fuzz loadtest browser-deps screenshots clean
 
 $(VENV)/bin/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON)"; exit 1; }
@@ -37,6 +37,15 @@ browser-deps:
 
 test: $(STAMP) browser-deps
 	$(VENV)/bin/pytest -n 2
+
+# The fast tests: no database or S3 server, no browser (tests/conftest.py marks them `unit`).
+test-unit: $(STAMP)
+	$(VENV)/bin/pytest -m unit -q -p no:xdist
+
+# One screenshot per role (1366×768, demo data) into tests/screenshots/roles/ (git-ignored); README links them.
+screenshots: $(STAMP) browser-deps
+	$(VENV)/bin/pytest tests/browser/test_role_pages.py tests/browser/test_admin_flow.py -p no:xdist -q
+	@ls tests/screenshots/roles/
 
 bench: $(STAMP)
 	$(PY) -m bench.run

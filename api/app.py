@@ -9,12 +9,13 @@ from typing import Any
 
 from flask import Flask, g, jsonify, request
 from sqlalchemy import event, text
-from sqlalchemy.engine import Engine
 
 from api.config import Settings, load_settings
 from api.errors import problem, register_error_handlers
-from api.extensions import api, db, migrate
+from api.extensions import api, db, evidence_lock_state, migrate
 from api.uploads import ItemGateRequest
+from api.web import html_error as web_error_page
+from engine import audit, spiff
 
 MIGRATIONS_DIR = str(Path(__file__).resolve().parent.parent / "storage" / "migrations")
 PUBLIC_API = {"/api/v1/auth/token", "/api/v1/openapi.json"}
@@ -26,6 +27,7 @@ def create_app(settings: Settings | None = None, *, store: Any = None) -> Flask:
     app.request_class = ItemGateRequest
     register_config(app, settings)
     register_caches(settings)
+    spiff.install()
     register_logging(app, settings)
     register_db(app, settings)
     register_store(app, settings, store)
@@ -35,8 +37,7 @@ def create_app(settings: Settings | None = None, *, store: Any = None) -> Flask:
     register_api(app)
     register_health(app)
     register_web(app)
-    register_error_handlers(app)
-    register_cli(app)
+    register_error_handlers(app, html_page=web_error_page)
     return app
 
 
@@ -98,7 +99,6 @@ def _engine_options(url: str) -> dict[str, Any]:
     return {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 10}
 
 
-@event.listens_for(Engine, "connect")
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     if type(dbapi_connection).__module__.startswith("sqlite3"):
         cursor = dbapi_connection.cursor()
@@ -135,8 +135,16 @@ def register_logging(app: Flask, settings: Settings) -> None:
 
 
 def register_db(app: Flask, settings: Settings) -> None:
+    """The database, its engine set up for this app only: SQLite pragmas on its connections, the audit trail's
+    append-only guard on its statements and the audit writer on the sessions (see engine/audit.py)."""
     db.init_app(app)
     migrate.init_app(app, db, directory=MIGRATIONS_DIR, render_as_batch=True)
+    with app.app_context():
+        engine = db.engine
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    audit.guard_engine(engine)
+    audit.install_session_hooks()
 
 
 def register_store(app: Flask, settings: Settings, store: Any) -> None:
@@ -223,9 +231,15 @@ def register_api(app: Flask) -> None:
     from api.rest import jobs
 
     api.register_blueprint(jobs.blp)
+    from api.rest import admin
+
+    api.register_blueprint(admin.blp)
     from api.rest import money
 
     api.register_blueprint(money.blp)
+    from api.rest import service_orders
+
+    api.register_blueprint(service_orders.blp)
 
 
 def register_health(app: Flask) -> None:
@@ -252,21 +266,8 @@ def register_health(app: Flask) -> None:
             200 if ok else 503
 
 
-def evidence_lock_state(app: Flask) -> str:
-    """"on" when gate evidence in the bucket is protected by object lock, "off" when the bucket has none (only
-    with ITEMGATE_EVIDENCE_LOCK=off is that accepted), "unknown" when the store cannot say right now."""
-    store = app.extensions.get("itemgate_store")
-    lock = None if store is None else store.evidence_lock()
-    return "unknown" if lock is None else "on" if lock else "off"
-
-
 def register_web(app: Flask) -> None:
     from api.web import register as register_web_routes
 
     register_web_routes(app)
 
-
-def register_cli(app: Flask) -> None:
-    from api.cli import register_flask_commands
-
-    register_flask_commands(app)

@@ -10,6 +10,7 @@ from flask import Flask, Response, g, request
 from api.authz import request_user
 from api.extensions import db
 from engine import audit
+from storage.unit_of_work import unit_of_work
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +35,12 @@ def register(app: Flask) -> None:
 
 
 def _record(event: str, response: Response, outcome: str = "success", **extra: Any) -> None:
-    user = request_user()
-    if user is None:
-        return
-    actor = audit.Actor.of(user, g.get("request_id"))
-    filters = {k: v for k, v in request.args.items()}
-    audit.record(db.session, actor, event, target_type="endpoint", target_id=request.endpoint, outcome=outcome,
-                 path=request.path, method=request.method, filter=filters, status=response.status_code,
-                 action=g.get("authz_action"), **extra)
-    db.session.commit()
+    with unit_of_work(db.session):
+        user = request_user()
+        if user is None:
+            return
+        actor = audit.Actor.of(user, g.get("request_id"))
+        filters = {k: v for k, v in request.args.items()}
+        audit.record(db.session, actor, event, target_type="endpoint", target_id=request.endpoint, outcome=outcome,
+                     path=request.path, method=request.method, filter=filters, status=response.status_code,
+                     action=g.get("authz_action"), **extra)

@@ -42,8 +42,30 @@ ENDPOINTS: dict[str, str | dict[str, str]] = {
     "operations.items_cancel": "item.cancel",
     "operations.items_rework": "item.rework",
     "operations.items_import": "item.import",
+    "service_orders.orders_create": "service_order.file",
+    "service_orders.orders_list": "service_order.read",
+    "service_orders.orders_get": "service_order.read",
+    "service_orders.orders_file": "service_order.read",
+    "service_orders.orders_accept": "service_order.decide",
+    "service_orders.orders_decline": "service_order.decide",
     "operations.notifications_list": "notification.read",
     "operations.notifications_read": "notification.read",
+    "operations.notifications_read_all": "notification.read",
+    # the admin console's REST side and one's own channels (api/rest/admin.py)
+    "console.users_list": "user.manage",
+    "console.departments_list": "department.read",
+    "console.departments_create": "user.manage",
+    "console.departments_patch": "user.manage",
+    "console.department_channels": "user.manage",
+    "console.department_channels_set": "user.manage",
+    "console.me_channels": "notification.channels",
+    "console.me_channels_set": "notification.channels",
+    "console.catalogs_check": "catalog.manage",
+    "console.catalogs_apply": "catalog.manage",
+    "console.calendar_years_list": "catalog.manage",
+    "console.admin_status": "ops.maintain",
+    "console.deliveries_list": "ops.maintain",
+    "console.deliveries_retry": "ops.maintain",
     "operations.calendar_enter": "catalog.manage",
     "operations.calendar_get": "catalog.manage",
     "operations.processes_deploy": "process.manage",
@@ -127,6 +149,43 @@ ENDPOINTS: dict[str, str | dict[str, str]] = {
     "web.artefact_content": "artefact.read",
     "web.item_sheet": "item.read",
     "web.dashboard": "workload.read",
+    # notifications and one's own channels (api/web/notifications.py)
+    "notify_web.notifications": "notification.read",
+    "notify_web.notification_open": "notification.read",
+    "notify_web.notifications_read_all": "notification.read",
+    "notify_web.channels": "notification.channels",
+    # the admin console (api/web/admin.py)
+    "admin_web.status": "ops.maintain",
+    "admin_web.delivery_retry": "ops.maintain",
+    "admin_web.users": "user.manage",
+    "admin_web.user_create": "user.manage",
+    "admin_web.user_change": "user.manage",
+    "admin_web.departments": "user.manage",
+    "admin_web.department_create": "user.manage",
+    "admin_web.department_change": "user.manage",
+    "admin_web.catalogs": "catalog.manage",
+    "admin_web.catalog_check": "catalog.manage",
+    "admin_web.catalog_apply": "catalog.manage",
+    "admin_web.calendar": "catalog.manage",
+    # the PM's pages (api/web/pm.py) and service orders (api/web/service_orders.py)
+    "web.item_new": "item.create",
+    "web.item_cancel": "item.cancel",
+    "web.item_rework": "item.rework",
+    "web.item_difficulty": "item.difficulty",
+    "web.items_import": "item.import",
+    "web.items_import_template": "item.import",
+    "web.items_import_preview": "item.import",
+    "web.items_import_start": "item.import",
+    "web.items_import_job": "item.import",
+    "web.service_orders": "service_order.read",
+    "web.service_order": "service_order.read",
+    "web.service_order_file": "service_order.read",
+    "web.service_order_new": "service_order.file",
+    "web.service_order_accept": "service_order.decide",
+    "web.service_order_decline": "service_order.decide",
+    "web.monthly_reports": "report.read",
+    "web.monthly_report_submit": "report.prepare",
+    "web.monthly_report_review": "report.review",
 }
 
 # `itemgate` sub-commands → action, checked as CLI_ROLE. Every command must appear here.
@@ -187,10 +246,8 @@ def request_user() -> Any:
         return user
     if request.path.startswith("/api/"):
         return None
-    try:
-        from flask_login import current_user
-    except ImportError:  # pragma: no cover - Flask-Login is a dependency
-        return None
+    from flask_login import current_user
+
     if getattr(current_user, "is_authenticated", False):
         return getattr(current_user, "_get_current_object", lambda: current_user)()
     return None

@@ -1,4 +1,5 @@
-"""Runs export jobs on a daemon thread with its own app context and database sessions."""
+"""Background work outside requests: export jobs on a daemon thread, and the notification outbox, each with its
+own app context and database sessions."""
 from __future__ import annotations
 
 import threading
@@ -28,3 +29,16 @@ def start_job(app: Flask, job_id: int) -> threading.Thread | None:
     thread = threading.Thread(target=work, name=f"export-job-{job_id}", daemon=True)
     thread.start()
     return thread
+
+
+def deliver_notifications(app: Flask, limit: int = 100) -> dict[str, int]:
+    """Send due notification deliveries (engine/delivery.py) on a session of their own; used by `tick` and by the
+    serve loop, so a request that raised a notification never waits for a mail server or a chat robot."""
+    from engine.delivery import apprise_sender, deliver_pending
+
+    with app.app_context():
+        session = sessionmaker(bind=db.engine, expire_on_commit=False)()
+        try:
+            return deliver_pending(session, apprise_sender(app.config["ITEMGATE"].smtp), limit=limit)
+        finally:
+            session.close()

@@ -1,4 +1,5 @@
-"""The `itemgate` command line: schema, users, catalogues, demo data, the server and the timer tick."""
+"""The `itemgate` command line: schema, users, catalogues, demo data, the server and the timer tick. The
+commands of api/cli_trust.py, api/cli_kinds.py and api/cli_settlement.py join `main` when this module loads."""
 from __future__ import annotations
 
 import os
@@ -7,73 +8,20 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import click
 from flask import Flask
 
+import api.cli_kinds  # noqa: F401 - adds its commands to main
+import api.cli_settlement  # noqa: F401 - adds its commands to main
+import api.cli_trust  # noqa: F401 - adds its commands to main
+from api.cli_base import EMBEDDED_S3_PORT, _app, app_context, embedded_s3, main, object_store
 from api.config import ConfigError, load_settings
 from engine.policy import CLI_ROLE, ROLES
+from storage.unit_of_work import unit_of_work
 
-EMBEDDED_S3_PORT = 8333
-
-
-def _app(require_secret: bool = False, **overrides: Any) -> Flask:
-    from api.app import create_app
-
-    try:
-        settings = load_settings(testing=not require_secret and not os.environ.get("ITEMGATE_SECRET_KEY"),
-                                 **overrides)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
-    # CLI commands log plainly; JSON logs are for the server.
-    return create_app(settings)
-
-
-@contextmanager
-def app_context(**overrides: Any) -> Iterator[Flask]:
-    app = _app(**overrides)
-    with app.app_context():
-        try:
-            yield app
-        finally:
-            # A command is one process-lifetime use: close pooled connections rather than leave them
-            # to the garbage collector (and to a PostgreSQL server waiting for them).
-            from api.extensions import db as database
-
-            database.session.remove()
-            database.engine.dispose()
-            store = app.extensions.get("itemgate_store")
-            if store is not None and hasattr(store, "close"):
-                store.close()
-
-
-class _AuthorizedGroup(click.Group):
-    """Looks every command up in the authorization matrix before running it (deny by default)."""
-
-    group_class = type  # sub-groups check their commands too
-
-    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
-        name, command, rest = super().resolve_command(ctx, args)
-        if command is not None and not isinstance(command, click.Group) and not ctx.resilient_parsing:
-            from api.authz import check_cli
-
-            path = []
-            parent: click.Context | None = ctx
-            while parent is not None and parent.parent is not None:
-                path.append(parent.info_name or "")
-                parent = parent.parent
-            check_cli(" ".join([*reversed(path), command.name or name or ""]))
-        return name, command, rest
-
-
-@click.group(cls=_AuthorizedGroup,
-             help="ItemGate: onboarding government service work, gate by gate, until it is billable.")
-def main() -> None:
-    pass
+__all__ = ["EMBEDDED_S3_PORT", "app_context", "embedded_s3", "main", "object_store"]
 
 
 # ---------------------------------------------------------------- db
@@ -107,20 +55,22 @@ def users() -> None:
 @click.option("--display-name", default=None)
 def users_create(name: str, role: str, department: str | None, password_stdin: bool,
                  display_name: str | None) -> None:
+    from api.auth import hash_password
     from api.extensions import db as database
-    from api.rest.core import create_user
     from engine import audit
+    from engine.accounts import create_user
     from engine.errors import DomainError
 
     password = _password_from_stdin(password_stdin)
     with app_context():
-        try:
-            user = create_user(name, password, role, department, display_name)
-        except DomainError as exc:
-            raise click.ClickException(exc.detail) from exc
-        audit.record(database.session, audit.Actor(None, "cli", CLI_ROLE), "user.created", target_type="user",
-                     target_id=user.id, username=user.username, role=role)
-        database.session.commit()
+        with unit_of_work(database.session):
+            try:
+                user = create_user(database.session, name, hash_password(password), role, department,
+                                   display_name)
+            except DomainError as exc:
+                raise click.ClickException(exc.detail) from exc
+            audit.record(database.session, audit.Actor(None, "cli", CLI_ROLE), "user.created", target_type="user",
+                         target_id=user.id, username=user.username, role=role)
         click.echo(f"created user {name} ({role}{', ' + department if department else ''})")
 
 
@@ -141,12 +91,11 @@ def _change_user(name: str, body: dict[str, Any]) -> Any:
 
     with app_context():
         try:
-            result = change_user_by_name(audit.Actor(None, "cli", CLI_ROLE), name, body)
+            with unit_of_work(database.session):
+                result = change_user_by_name(audit.Actor(None, "cli", CLI_ROLE), name, body)
         except DomainError as exc:
-            database.session.rollback()
             errors = exc.extra.get("errors")
             raise click.ClickException(f"{exc.detail}{f': {errors}' if errors else ''}") from exc
-        database.session.commit()
         ended = result.revoked
         click.echo(f"user {name}: " + ", ".join(
             [f"active={result.user.active}"]
@@ -195,57 +144,15 @@ def catalog_load(file: str) -> None:
         except CatalogError as exc:
             database.session.rollback()
             raise click.ClickException(str(exc)) from exc
-        if changed:
-            audit.record(database.session, audit.Actor(None, "cli", CLI_ROLE), "catalog.loaded",
-                         target_type="contract", target_id=contract.id, code=contract.code, file=file)
-        database.session.commit()
+        with unit_of_work(database.session):
+            if changed:
+                audit.record(database.session, audit.Actor(None, "cli", CLI_ROLE), "catalog.loaded",
+                             target_type="contract", target_id=contract.id, code=contract.code, file=file)
         lines = len(contract.service_lines)
         click.echo(f"contract {contract.code}: {lines} service lines ({'loaded' if changed else 'unchanged'})")
 
 
 # ---------------------------------------------------------------- demo
-
-@contextmanager
-def object_store(app: Flask) -> Iterator[Any]:
-    """The configured store, or the embedded one started for the duration."""
-    settings = app.config["ITEMGATE"]
-    if settings.s3_endpoint:
-        store = app.extensions["itemgate_store"]
-        store.ensure_bucket()
-        yield store
-        return
-    from storage.artefact_store import ArtefactStore
-
-    with embedded_s3(settings) as endpoint:
-        store = ArtefactStore(endpoint, settings.s3_access_key, settings.s3_secret_key, settings.s3_bucket)
-        store.ensure_bucket()
-        app.extensions["itemgate_store"] = store
-        yield store
-
-
-@contextmanager
-def embedded_s3(settings: Any, port: int | None = None) -> Iterator[str]:
-    """The data directory's own embedded S3 server: the one another command of this directory runs, or one
-    started for the duration. Never a server some other process runs on the port: the directory then moves
-    to a free port, recorded in the data directory, and says so."""
-    from storage.s3server import SERVER_RECORD, PortInUse, data_dir_server
-
-    data_dir = Path(settings.data_dir)
-    try:
-        with data_dir_server(data_dir, settings.s3_access_key, settings.s3_secret_key, settings.s3_bucket,
-                             preferred_port=port or EMBEDDED_S3_PORT) as found:
-            where = f"127.0.0.1:{found.port}"
-            if not found.started:
-                click.echo(f"using the embedded S3 server this data directory already runs on {where}")
-            else:
-                if found.displaced_from is not None:
-                    click.echo(f"port {found.displaced_from} is in use by another process; this data directory's "
-                               f"S3 server moves to {where} (recorded in {data_dir / SERVER_RECORD})")
-                click.echo(f"started the embedded S3 server (SeaweedFS) on {where}")
-            yield found.endpoint
-    except PortInUse as exc:
-        raise click.ClickException(f"could not start the embedded S3 server: {exc}") from exc
-
 
 @main.command(help="Load a ready demo: contract, departments, users, items at different stages.")
 def demo() -> None:
@@ -295,6 +202,9 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
         runner = threading.Thread(target=_jobs_loop, args=(background, settings.tick_seconds, stop), daemon=True)
         runner.start()
         threading.Thread(target=_anchor_loop, args=(background, settings.audit_anchor_minutes, stop),
+                         daemon=True).start()
+        # Notification e-mail and chat messages, sent apart from the requests that raised them.
+        threading.Thread(target=_delivery_loop, args=(background, settings.delivery_seconds, stop),
                          daemon=True).start()
         click.echo(f"ItemGate is running on http://{host}:{port}")
 
@@ -386,9 +296,22 @@ def _anchor_loop(app: Flask, minutes: int, stop: threading.Event) -> None:
             return
 
 
+def _delivery_loop(app: Flask, every: int, stop: threading.Event) -> None:
+    """Send the notification outbox every `every` seconds (api/background.py does the work)."""
+    from api.background import deliver_notifications
+
+    while True:
+        try:
+            deliver_notifications(app)
+        except Exception as exc:  # keep going; the next round may succeed
+            click.echo(f"notification delivery failed: {exc}", err=True)
+        if stop.wait(every):
+            return
+
+
 def _tick_once() -> int:
     from api.extensions import db as database
-    from engine.timers import fire_due_timers
+    from engine.tick import fire_due_timers
 
     fired = fire_due_timers(database.session)
     return fired
@@ -406,7 +329,8 @@ def _run_jobs(store: Any) -> dict[str, int]:
         database.session.remove()
 
 
-@main.command(help="Fire due timers and run pending export jobs once, including those a dead process left "
+@main.command(help="Fire due timers, send pending notifications and run pending export jobs once, including "
+                   "those a dead process left "
                    "running (safe to run from several hosts at once).")
 def tick() -> None:
     from api.extensions import db as database
@@ -415,24 +339,17 @@ def tick() -> None:
     with app_context() as app:
         fired = _tick_once()
         click.echo(f"fired {fired} timer(s)")
+        from api.background import deliver_notifications
+
+        sent = deliver_notifications(app)
+        if any(sent.values()):
+            click.echo("notifications: " + ", ".join(f"{n} {what}" for what, n in sent.items()))
         if jobs_waiting(database.session):
             database.session.remove()
             with object_store(app) as store:
                 counts = _run_jobs(store)
             click.echo("export jobs: " + ", ".join(f"{n} {what}" for what, n in counts.items()))
 
-
-def register_flask_commands(app: Flask) -> None:
-    """Nothing extra on `flask`: the `itemgate` script is the command line."""
-
-
-# Trust commands (authz table, audit verify/prune, fsck) live in their own module; importing it here adds
-# them to `main` (the import is at the end because that module imports `main` from this one).
-import api.cli_trust  # noqa: E402, F401, I001
-# Process deploy and bulk intake (issue 3), added to `main` the same way.
-import api.cli_kinds  # noqa: E402, F401, I001
-# Ledger reversal and evidence bundle/verify (issue 5), added to `main` the same way.
-import api.cli_settlement  # noqa: E402, F401, I001
 
 if __name__ == "__main__":  # pragma: no cover
     main()

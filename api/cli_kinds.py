@@ -5,8 +5,9 @@ from pathlib import Path
 
 import click
 
-from api.cli import app_context, main
+from api.cli_base import app_context, main
 from engine.policy import CLI_ROLE
+from storage.unit_of_work import unit_of_work
 
 
 @main.group(help="Process models (BPMN) and their versions.")
@@ -29,13 +30,13 @@ def process_deploy(file: str) -> None:
         raise click.ClickException(f"{file}: cannot read it as UTF-8 text: {exc}") from exc
     with app_context():
         try:
-            result = deploy(database.session, audit.Actor(None, "cli", CLI_ROLE), None, xml, path.name)
+            # A refused model keeps the audit record of the refusal.
+            with unit_of_work(database.session, commit_on=(Invalid,)):
+                result = deploy(database.session, audit.Actor(None, "cli", CLI_ROLE), None, xml, path.name)
         except Invalid as exc:
-            database.session.commit()  # keeps the audit record of the refusal
             problems = exc.extra.get("problems") or []
             lines = [f"  - {p['element']}: {p['problem']}" for p in problems] or [f"  - {exc.detail}"]
             raise click.ClickException(f"{file} was not deployed:\n" + "\n".join(lines)) from exc
-        database.session.commit()
         d = result.definition
         state = "deployed as a new version" if result.created else "already deployed; made current"
         click.echo(f"{d.process_id} {d.sha256[:12]}: {state}; {result.running_on_previous} running item(s) "
@@ -118,12 +119,11 @@ def items_import(file: str, contract: str, username: str, dry_run: bool) -> None
             bar = tqdm(total=total, unit="item", desc="importing", file=click.get_text_stream("stderr"))
 
         try:
-            with open(file, "rb") as stream:
+            with open(file, "rb") as stream, unit_of_work(database.session, dry_run=dry_run):
                 report = import_items(Ctx(session=database.session, user=user, request_id="cli"), contract,
                                       stream, Path(file).name, dry_run=dry_run,
                                       progress=lambda n: bar.update(n) if bar else None, on_total=start)
         except DomainError as exc:
-            database.session.rollback()
             errors = exc.extra.get("errors")
             lines = [exc.detail]
             if isinstance(errors, list):
@@ -135,9 +135,7 @@ def items_import(file: str, contract: str, username: str, dry_run: bool) -> None
             if bar is not None:
                 bar.close()
         if dry_run:
-            database.session.rollback()
             click.echo(f"{file}: {report.rows} rows are valid; {report.to_create} would be created, "
                        f"{report.existing} exist already (dry run, nothing imported)")
             return
-        database.session.commit()
         click.echo(f"{file}: {report.rows} rows; created {len(report.created)}, {report.existing} existed already")

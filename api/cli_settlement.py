@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from api.cli import app_context, main, object_store
+from api.cli_base import app_context, main, object_store
+from storage.unit_of_work import unit_of_work
 
 
 @main.group(help="Evidence bundles (ZIP of the artefacts that made the gates pass, with manifest.csv).")
@@ -131,13 +132,13 @@ def ledger_reverse(entry: int, reason: str, username: str) -> None:
             raise click.ClickException(f"no active user {username!r}")
         actor = audit.Actor(user.id, user.username, user.role, "cli")
         try:
-            reversal = reverse_entry(session, actor, user, entry, reason, datetime.now(UTC))
-            session.commit()
+            with unit_of_work(session):
+                reversal = reverse_entry(session, actor, user, entry, reason, datetime.now(UTC))
             message = f"entry {entry} reversed by entry {reversal.id} ({reversal.amount})"
         except SettlementLocked as exc:
             session.rollback()
-            record_refusal(session, actor, exc)
-            session.commit()
+            with unit_of_work(session):
+                record_refusal(session, actor, exc)
             raise click.ClickException(f"refused ({exc.code}): {exc.detail}") from exc
         except DomainError as exc:
             session.rollback()

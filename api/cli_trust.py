@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
-from api.cli import app_context, main, object_store
+from api.cli_base import app_context, main, object_store
 from engine.policy import CLI_ROLE
+from storage.unit_of_work import unit_of_work
 
 DOCS_AUTHZ = Path(__file__).resolve().parent.parent / "docs" / "AUTHZ.md"
 
@@ -54,6 +56,8 @@ def audit_verify(exports: bool) -> None:
         if not report.ok:
             click.echo(f"BROKEN at audit event {report.first_broken_id}: {report.reason} "
                        f"({report.checked} events checked from {origin})")
+            _record_verify(database.session, "broken", checked=report.checked, first_broken=report.first_broken_id,
+                           reason=report.reason)
             sys.exit(1)
         click.echo(f"audit chain OK: {report.checked} events verified from {origin}")
         with object_store(app) as store:
@@ -61,6 +65,7 @@ def audit_verify(exports: bool) -> None:
                 found = stored_anchors(store)
             except StoreUnavailable as exc:
                 click.echo(f"NOT VERIFIED against anchors: the object store is unavailable ({exc})")
+                _record_verify(database.session, "unverified", checked=report.checked, reason=str(exc))
                 sys.exit(1)
             against = verify_against(database.session, found.anchors)
             for what in found.unreadable:
@@ -70,6 +75,7 @@ def audit_verify(exports: bool) -> None:
                 click.echo(f"CONTRADICTS anchor {anchor.key} (version {anchor.version_id}, written "
                            f"{anchor.anchored_at}, {anchor.reason}): {why}; {len(against.contradicted)} of "
                            f"{against.checked} anchors contradicted")
+                _record_verify(database.session, "contradicted", checked=report.checked, reason=why)
                 sys.exit(1)
             if against.latest is None:
                 click.echo(f"no anchors in the store yet: none of the {against.unanchored} events is anchored "
@@ -80,6 +86,11 @@ def audit_verify(exports: bool) -> None:
                            f"{against.unanchored} newer event(s) not anchored yet"
                            + (f"; {against.before_checkpoint} anchors of pruned events (see --exports)"
                               if against.before_checkpoint else ""))
+            _record_verify(database.session, "unreadable_anchors" if found.unreadable else "ok",
+                           checked=report.checked, anchors=against.checked,
+                           latest_anchor=None if against.latest is None else {
+                               "event_id": against.latest.event_id, "at": str(against.latest.anchored_at),
+                               "key": against.latest.key})
             if found.unreadable:
                 sys.exit(1)
             if exports and checkpoint is not None:
@@ -92,6 +103,16 @@ def audit_verify(exports: bool) -> None:
                 click.echo(f"exports OK: {exported.checked} pruned events verified from the genesis")
 
 
+def _record_verify(session: Any, result: str, **detail: Any) -> None:
+    """The outcome of `audit verify`, kept in the chain itself: the admin's status page shows the latest."""
+    from engine import audit as audit_log
+
+    session.rollback()
+    audit_log.record(session, audit_log.Actor(None, "cli", CLI_ROLE), "audit.verified", target_type="audit",
+                     outcome="success" if result == "ok" else "failure", result=result, **detail)
+    session.commit()
+
+
 @audit.command("anchor", help="Write the audit chain's head (event id, hash, time) to the object store under object "
                               "lock now (`serve` does it every ITEMGATE_AUDIT_ANCHOR_MINUTES).")
 def audit_anchor() -> None:
@@ -101,9 +122,9 @@ def audit_anchor() -> None:
 
     with app_context() as app, object_store(app) as store:
         # Recorded first, so that the anchor covers the request for it too.
-        audit_log.record(database.session, audit_log.Actor(None, "cli", CLI_ROLE), "audit.anchor_requested",
-                         target_type="bucket", target_id=store.bucket)
-        database.session.commit()
+        with unit_of_work(database.session):
+            audit_log.record(database.session, audit_log.Actor(None, "cli", CLI_ROLE), "audit.anchor_requested",
+                             target_type="bucket", target_id=store.bucket)
         anchor = anchor_now(database.session, store, "cli")
         if anchor is None:
             click.echo("the audit chain is empty: nothing to anchor")
@@ -125,12 +146,11 @@ def audit_prune() -> None:
     with app_context() as app, object_store(app) as store:
         settings = app.config["ITEMGATE"]
         try:
-            result = prune(database.session, store, audit_log.Actor(None, "cli", CLI_ROLE),
-                           settings.audit_retention_days)
+            with unit_of_work(database.session):
+                result = prune(database.session, store, audit_log.Actor(None, "cli", CLI_ROLE),
+                               settings.audit_retention_days)
         except DomainError as exc:
-            database.session.rollback()
             raise click.ClickException(exc.detail) from exc
-        database.session.commit()
         if result.checkpoint is None:
             click.echo(f"nothing older than {settings.audit_retention_days} days to prune")
         else:
@@ -166,12 +186,19 @@ def fsck(repair: bool, quick: bool) -> None:
                 "kept (younger than the grace period)" if repair else "orphan")
             click.echo(f"{state}: {o.key} version {o.version_id} ({o.size} bytes, {o.last_modified})")
         if repair and report.removed:
-            audit_log.record(database.session, audit_log.Actor(None, "cli", CLI_ROLE), "evidence.orphans_removed",
-                             target_type="bucket", target_id=store.bucket,
-                             objects=[[o.key, o.version_id] for o in report.removed])
-            database.session.commit()
+            with unit_of_work(database.session):
+                audit_log.record(database.session, audit_log.Actor(None, "cli", CLI_ROLE), "evidence.orphans_removed",
+                                 target_type="bucket", target_id=store.bucket,
+                                 objects=[[o.key, o.version_id] for o in report.removed])
         click.echo(f"checked {report.checked} artefacts: {len(report.problems) + report.lock_missing} problem(s), "
                    f"{len(report.orphans)} orphan(s), {len(report.removed)} removed")
+        clean = not (report.problems or report.lock_missing or len(report.orphans) > len(report.removed))
+        # Kept in the audit chain: the admin's status page shows the last result.
+        audit_log.record(database.session, audit_log.Actor(None, "cli", CLI_ROLE), "evidence.fsck",
+                         target_type="bucket", target_id=store.bucket, outcome="success" if clean else "failure",
+                         checked=report.checked, problems=len(report.problems) + report.lock_missing,
+                         orphans=len(report.orphans), removed=len(report.removed), deep=not quick, repair=repair)
+        database.session.commit()
         if report.problems or report.lock_missing or len(report.orphans) > len(report.removed):
             sys.exit(1)
 
@@ -203,10 +230,10 @@ def restore(directory: str) -> None:
 
     with app_context() as app, object_store(app) as store:
         try:
-            result = run_restore(database.session, store, Path(directory), audit_log.Actor(None, "cli", CLI_ROLE))
+            with unit_of_work(database.session):
+                result = run_restore(database.session, store, Path(directory),
+                                     audit_log.Actor(None, "cli", CLI_ROLE))
         except DomainError as exc:
-            database.session.rollback()
             raise click.ClickException(exc.detail) from exc
-        database.session.commit()
         click.echo(f"restored {sum(result['tables'].values())} rows and {result['objects']} objects; "
                    "run `itemgate fsck` and `itemgate audit verify` to check")

@@ -5,6 +5,8 @@ import os
 import secrets
 from dataclasses import dataclass, field
 
+from engine.delivery import SmtpSettings
+
 DEFAULT_DATABASE_URL = "sqlite:///var/itemgate.db"
 
 
@@ -39,6 +41,13 @@ class Settings:
     audit_anchor_minutes: int = 5                      # ITEMGATE_AUDIT_ANCHOR_MINUTES (serve's anchor loop)
     max_json_kb: int = 256                             # ITEMGATE_MAX_JSON_KB (JSON request bodies)
     model_cache: bool = True                           # ITEMGATE_MODEL_CACHE (off: cold mode, nothing kept)
+    smtp_host: str | None = None                       # ITEMGATE_SMTP_HOST (unset: no e-mail is sent)
+    smtp_port: int = 25                                # ITEMGATE_SMTP_PORT
+    smtp_user: str | None = None                       # ITEMGATE_SMTP_USER
+    smtp_password: str | None = None                   # ITEMGATE_SMTP_PASSWORD
+    smtp_from: str = "itemgate@localhost"              # ITEMGATE_SMTP_FROM
+    smtp_mode: str = "starttls"                        # ITEMGATE_SMTP_MODE: starttls | ssl | insecure
+    delivery_seconds: int = 10                         # ITEMGATE_DELIVERY_SECONDS (serve's notification loop)
     cjk_font: str | None = None                        # ITEMGATE_CJK_FONT (sign-off sheets; unset: Noto CJK)
     expression_ms: int = 1000                          # ITEMGATE_EXPRESSION_MS (wall time per evaluation)
     expression_steps: int = 1_000_000                  # ITEMGATE_EXPRESSION_STEPS (steps per evaluation)
@@ -47,6 +56,11 @@ class Settings:
     tick_instance_ms: int = 5000                       # ITEMGATE_TICK_INSTANCE_MS (tick's work per instance)
     testing: bool = False
     extra: dict = field(default_factory=dict)
+
+    @property
+    def smtp(self) -> SmtpSettings:
+        return SmtpSettings(host=self.smtp_host, port=self.smtp_port, username=self.smtp_user,
+                            password=self.smtp_password, sender=self.smtp_from, mode=self.smtp_mode)
 
     @property
     def max_upload_bytes(self) -> int:
@@ -119,6 +133,13 @@ def load_settings(env: dict[str, str] | None = None, *, testing: bool = False, *
         audit_anchor_minutes=_int(env, "ITEMGATE_AUDIT_ANCHOR_MINUTES", 5),
         max_json_kb=_int(env, "ITEMGATE_MAX_JSON_KB", 256),
         model_cache=_switch(env, "ITEMGATE_MODEL_CACHE", True),
+        smtp_host=env.get("ITEMGATE_SMTP_HOST") or None,
+        smtp_port=_int(env, "ITEMGATE_SMTP_PORT", 25),
+        smtp_user=env.get("ITEMGATE_SMTP_USER") or None,
+        smtp_password=env.get("ITEMGATE_SMTP_PASSWORD") or None,
+        smtp_from=env.get("ITEMGATE_SMTP_FROM") or "itemgate@localhost",
+        smtp_mode=(env.get("ITEMGATE_SMTP_MODE") or "starttls").strip().lower(),
+        delivery_seconds=_int(env, "ITEMGATE_DELIVERY_SECONDS", 10),
         cjk_font=env.get("ITEMGATE_CJK_FONT") or None,
         expression_ms=_int(env, "ITEMGATE_EXPRESSION_MS", 1000),
         expression_steps=_int(env, "ITEMGATE_EXPRESSION_STEPS", 1_000_000),
@@ -146,6 +167,10 @@ def load_settings(env: dict[str, str] | None = None, *, testing: bool = False, *
         raise ConfigError("ITEMGATE_PROXY_HOPS must be 0 or more")
     if values["audit_anchor_minutes"] < 1:
         raise ConfigError("ITEMGATE_AUDIT_ANCHOR_MINUTES must be at least 1")
+    if values["smtp_mode"] not in ("starttls", "ssl", "insecure"):
+        raise ConfigError("ITEMGATE_SMTP_MODE must be starttls, ssl or insecure")
+    if values["delivery_seconds"] < 1:
+        raise ConfigError("ITEMGATE_DELIVERY_SECONDS must be at least 1")
     if min(values["expression_ms"], values["expression_steps"], values["expression_size"],
            values["instance_state_kb"], values["tick_instance_ms"]) < 1:
         raise ConfigError("the ITEMGATE_EXPRESSION_*, ITEMGATE_INSTANCE_STATE_KB and ITEMGATE_TICK_INSTANCE_MS "

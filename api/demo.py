@@ -11,9 +11,10 @@ from flask import Flask
 from sqlalchemy import select
 
 import bpmn
+from api.auth import hash_password
 from api.extensions import db
-from api.rest.core import create_user, ensure_department
 from engine import audit
+from engine.accounts import create_user, ensure_department
 from engine.calendar import TZ
 from engine.catalog import load_catalog_file
 from engine.evidence import upload_artefact
@@ -21,6 +22,7 @@ from engine.policy import ADMIN, AUDITOR, BUYER, CLI_ROLE, DEPT_REVIEWER, IMPLEM
 from engine.sheets import is_sheet_kind, sheet_for
 from engine.workflow import Ctx, NewItem, complete_task, create_item, task_requirements
 from storage.models import Contract, HumanTask, User, WorkItem
+from storage.unit_of_work import unit_of_work
 
 DEMO_PASSWORD = "itemgate-demo"  # demo accounts only; printed by the command  # noqa: S105
 DEPARTMENTS = {"SHGA": "上海市公安局", "SHRS": "上海市人力资源和社会保障局", "KPZSJ": "开平市政务服务数据管理局"}
@@ -89,22 +91,22 @@ class DemoDriver:
         raise LookupError(f"no demo user for {task.role}")
 
     def step(self, item: WorkItem, data: dict[str, dict[str, Any]] | None = None) -> bool:
-        task = db.session.scalars(select(HumanTask).where(HumanTask.item_id == item.id, HumanTask.status == "ready")
-                                  .order_by(HumanTask.id)).first()
-        if task is None:
-            return False
-        user = self.user_for(task)
-        ctx = Ctx(session=db.session, user=user, store=self.store)
-        for status in task_requirements(db.session, task):
-            if status.artefact is None:
-                # A signed sheet carries the verification code ItemGate printed on it (read from its text).
-                code = sheet_for(db.session, item, status.kind, user).code if is_sheet_kind(status.kind) else ""
-                body = demo_pdf(f"{item.code} {status.kind} {code}".strip())
-                upload_artefact(db.session, self.store, ctx.actor, user, item, status.kind,
-                                f"{status.kind}.pdf", io.BytesIO(body), len(body), 10 * 1024 * 1024, task.id)
-        form = dict((data or {}).get(task.spec_name) or FORM_DATA.get(task.form, {}))
-        complete_task(ctx, task.id, form)
-        db.session.commit()
+        with unit_of_work(db.session):
+            task = db.session.scalars(select(HumanTask).where(HumanTask.item_id == item.id, HumanTask.status == "ready")
+                                      .order_by(HumanTask.id)).first()
+            if task is None:
+                return False
+            user = self.user_for(task)
+            ctx = Ctx(session=db.session, user=user, store=self.store)
+            for status in task_requirements(db.session, task):
+                if status.artefact is None:
+                    # A signed sheet carries the verification code ItemGate printed on it (read from its text).
+                    code = sheet_for(db.session, item, status.kind, user).code if is_sheet_kind(status.kind) else ""
+                    body = demo_pdf(f"{item.code} {status.kind} {code}".strip())
+                    upload_artefact(db.session, self.store, ctx.actor, user, item, status.kind,
+                                    f"{status.kind}.pdf", io.BytesIO(body), len(body), 10 * 1024 * 1024, task.id)
+            form = dict((data or {}).get(task.spec_name) or FORM_DATA.get(task.form, {}))
+            complete_task(ctx, task.id, form)
         return True
 
 
@@ -134,20 +136,20 @@ def _add_years(day: date, years: int) -> date:
 
 
 def load_demo(app: Flask, store: Any, echo: Callable[[str], None] = print) -> None:
-    contract, _ = load_catalog_file(db.session, bpmn.CATALOG_DIR / "shanghai.toml")
-    # The demo loads both shipped contracts (Kaiping: fixed price with targets and deliverables), each with its
-    # service period moved to cover today.
-    kaiping, _ = load_catalog_file(db.session, bpmn.CATALOG_DIR / "kaiping.toml")
-    for demo_contract in (contract, kaiping):
-        if cover_today(demo_contract):
-            echo(f"  {demo_contract.code}: service period moved to {demo_contract.period_start} – "
-                 f"{demo_contract.period_end} for the demo")
-    for code, name in DEPARTMENTS.items():
-        ensure_department(code, name).name = name
-    for username, role, dept, display in USERS:
-        if db.session.execute(select(User.id).where(User.username == username)).scalar() is None:
-            create_user(username, DEMO_PASSWORD, role, dept, display)
-    db.session.commit()
+    with unit_of_work(db.session):
+        contract, _ = load_catalog_file(db.session, bpmn.CATALOG_DIR / "shanghai.toml")
+        # The demo loads both shipped contracts (Kaiping: fixed price with targets and deliverables), each with
+        # its service period moved to cover today.
+        kaiping, _ = load_catalog_file(db.session, bpmn.CATALOG_DIR / "kaiping.toml")
+        for demo_contract in (contract, kaiping):
+            if cover_today(demo_contract):
+                echo(f"  {demo_contract.code}: service period moved to {demo_contract.period_start} – "
+                     f"{demo_contract.period_end} for the demo")
+        for code, name in DEPARTMENTS.items():
+            ensure_department(db.session, code, name).name = name
+        for username, role, dept, display in USERS:
+            if db.session.execute(select(User.id).where(User.username == username)).scalar() is None:
+                create_user(db.session, username, hash_password(DEMO_PASSWORD), role, dept, display)
     if db.session.execute(select(WorkItem.id).where(WorkItem.contract_id == contract.id)).first():
         echo("demo data already present; users and catalogue refreshed")
         _print_users(echo)
@@ -165,11 +167,11 @@ def load_demo(app: Flask, store: Any, echo: Callable[[str], None] = print) -> No
     ]
     driver = DemoDriver(store)
     for name, code, line, dept, channels, mode, steps, with_return in plans:
-        item = create_item(ctx, NewItem(contract=contract.code, service_line=line, name=name, code=code,
-                                        department=dept, channels=channels, mode=mode,
-                                        difficulty=Decimal("1.0"),
-                                        attributes={"data_quality": line == "1"}))
-        db.session.commit()
+        with unit_of_work(db.session):
+            item = create_item(ctx, NewItem(contract=contract.code, service_line=line, name=name, code=code,
+                                            department=dept, channels=channels, mode=mode,
+                                            difficulty=Decimal("1.0"),
+                                            attributes={"data_quality": line == "1"}))
         for n in range(steps):
             overrides = None
             if with_return and n == 3:
@@ -178,9 +180,20 @@ def load_demo(app: Flask, store: Any, echo: Callable[[str], None] = print) -> No
             if not driver.step(item, overrides):
                 break
         echo(f"  {code} {name}: {item.status} / {item.stage}")
-    audit.record(db.session, audit.Actor(None, "demo", CLI_ROLE), "demo.loaded", target_type="contract",
-                 target_id=contract.id)
-    db.session.commit()
+    # A service order (运营服务单) the department has filed and the PM has yet to accept.
+    from engine.service_orders import NewOrder, file_order
+
+    with unit_of_work(db.session):
+        reviewer = db.session.execute(select(User).where(User.username == "rev_ga")).scalar_one()
+        letter = demo_pdf("需求函：机动车驾驶证补领")
+        file_order(Ctx(session=db.session, user=reviewer, store=store), store, NewOrder(
+            contract=contract.code, department="SHGA", title="机动车驾驶证补领接入", service_line="1",
+            channels=["pc", "mobile"], description="请将机动车驾驶证补领接入一网通办 PC 端和移动端。"),
+            "需求函.pdf", io.BytesIO(letter), len(letter), 10 * 1024 * 1024)
+    echo("  service order 机动车驾驶证补领接入: waiting for the PM")
+    with unit_of_work(db.session):
+        audit.record(db.session, audit.Actor(None, "demo", CLI_ROLE), "demo.loaded", target_type="contract",
+                     target_id=contract.id)
     _print_users(echo)
 
 

@@ -14,7 +14,9 @@ from engine.exports import ExportKind, ExportRequest
 from engine.policy import authorize
 from engine.reports import WorkloadFilter
 from storage.artefact_store import ArtefactStore, StoreUnavailable
+from storage.artefact_store import ObjectMissing as MissingInStore
 from storage.models import Artefact, User
+from storage.unit_of_work import unit_of_work
 
 
 def attachment(name: str, ascii_name: str) -> str:
@@ -83,7 +85,7 @@ def artefact_response(artefact: Artefact, user: User, store: ArtefactStore | Non
     what = f"the stored file of artefact {artefact.id}"
     try:
         stream = store.iter_content(artefact.key, artefact.version_id).prefetch()
-    except KeyError as exc:
+    except MissingInStore as exc:
         raise ObjectMissing(f"{what} is missing from the object store; an operator should run `itemgate fsck`",
                             artefact_id=artefact.id) from exc
     except StoreUnavailable as exc:
@@ -104,9 +106,9 @@ def artefact_response(artefact: Artefact, user: User, store: ArtefactStore | Non
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["ETag"] = f'"{artefact.sha256}"'
     try:
-        audit.record(db.session, audit.Actor.of(user, g.get("request_id")), "artefact.downloaded",
-                     target_type="artefact", target_id=artefact.id, item_id=artefact.item_id)
-        db.session.commit()
+        with unit_of_work(db.session):
+            audit.record(db.session, audit.Actor.of(user, g.get("request_id")), "artefact.downloaded",
+                         target_type="artefact", target_id=artefact.id, item_id=artefact.item_id)
     except BaseException:
         response.close()  # frees the store's connection; nothing will iterate this response
         raise
@@ -123,9 +125,9 @@ def sheet_response(actor: audit.Actor, user: User, item: Any, kind: str) -> Resp
     from engine.sheet_pdf import find_cjk_font, render
     from engine.sheets import print_sheet
 
-    font = find_cjk_font(current_app.config["ITEMGATE"].cjk_font)  # 503 cjk_font_missing before anything is written
-    printed = print_sheet(db.session, actor, user, item, kind, partial(render, font))
-    db.session.commit()
+    with unit_of_work(db.session):
+        font = find_cjk_font(current_app.config["ITEMGATE"].cjk_font)  # 503 cjk_font_missing before anything is written
+        printed = print_sheet(db.session, actor, user, item, kind, partial(render, font))
     response = Response(printed.pdf, mimetype="application/pdf")
     response.headers["Content-Disposition"] = content_disposition(printed.filename)
     response.headers["Cache-Control"] = "no-store"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from flask import Flask, Response, g, json, make_response, request
@@ -69,15 +70,18 @@ def _rollback() -> None:
         db.session.remove()
 
 
-def register_error_handlers(app: Flask) -> None:
+def register_error_handlers(app: Flask, html_page: Callable[..., Any] | None = None) -> None:
+    """Errors as problem+json; web pages (`html_page` given, the request asking for HTML) as that page."""
+
     def html(status: int, detail: str, code: str | None = None) -> Any:
-        return _retry_later(make_response(app.view_functions["html_error"](status, detail, code)))
+        assert html_page is not None
+        return _retry_later(make_response(html_page(status, detail, code)))
 
     @app.errorhandler(DomainError)
     def _domain(err: DomainError) -> Any:
         _rollback()
         log.info("refused", extra={"code": err.code, "status": err.status})
-        if _wants_html() and "html_error" in app.view_functions:
+        if html_page is not None and _wants_html():
             return html(err.status, err.detail, err.code)
         return problem(err.status, err.code, err.detail, err.title, **err.extra)
 
@@ -97,7 +101,7 @@ def register_error_handlers(app: Flask) -> None:
                     flat.update(part)
             extra["errors"] = flat
             code = "invalid_request"
-        if _wants_html() and "html_error" in app.view_functions:
+        if html_page is not None and _wants_html():
             return html(status, err.description or "")
         return problem(status, code, err.description or err.name, err.name, **extra)
 
@@ -108,7 +112,7 @@ def register_error_handlers(app: Flask) -> None:
             log.warning("database connection lost: %s", type(err.orig if isinstance(err, DBAPIError) else err)
                         .__name__)
             detail = "the database connection was lost; nothing of this request was kept, try again"
-            if _wants_html() and "html_error" in app.view_functions:
+            if html_page is not None and _wants_html():
                 return html(503, detail, "database_unavailable")
             return problem(503, "database_unavailable", detail, "Service unavailable")
         log.exception("unhandled error")

@@ -75,7 +75,7 @@ def task_json(task: HumanTask) -> dict[str, Any]:
 
 
 # `task_json` of many tasks at once (the inbox, a completion's next tasks), read as plain rows: building ORM
-# entities with their joined item, contract, service line and assignee cost several times the query (bench row 2).
+# entities with their joined item, contract, service line and assignee cost several times the query.
 # Each key with the column it comes from; the department is the task's own, as in task_json.
 _TASK_ROW = (
     ("id", HumanTask.id), ("item_id", HumanTask.item_id), ("name", HumanTask.spec_name), ("title", HumanTask.title),

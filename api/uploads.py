@@ -1,17 +1,30 @@
 """Request parsing for uploads: multipart files hashed while werkzeug spools them, or parsed as they arrive."""
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+import logging
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from flask import Request
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 from werkzeug.datastructures import Headers
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 from werkzeug.formparser import FormDataParser, MultiPartParser
 from werkzeug.http import parse_options_header
 from werkzeug.sansio.multipart import Data, Epilogue, Event, Field, File, MultipartDecoder, NeedData
 
-from storage.artefact_store import HashingSpool
+from engine.errors import ServiceUnavailable
+from storage.artefact_store import ArtefactStore, HashingSpool
+from storage.unit_of_work import unit_of_work
+
+
+class _StoredObjectRow(Protocol):
+    key: str
+    version_id: str | None
+
+
+Stored = TypeVar("Stored", bound=_StoredObjectRow)
 
 if TYPE_CHECKING:
     from engine.evidence import StreamedUpload
@@ -139,3 +152,27 @@ def receive_artefact_form(request: Request, boundary: bytes, upload: StreamedUpl
                         upload.set_kind(fields[name])
                     name = None
     return fields
+
+
+def record_upload(session: Session, store: ArtefactStore, upload: Callable[[], Stored]) -> Stored:
+    """Run an upload use case (which stores the object, then adds its row) as one unit of work, for REST and web
+    alike. When the row cannot be committed the object is removed at once (if the store fails too, `itemgate
+    fsck --repair` sweeps it after the grace period), and a database failure answers 503."""
+    artefact: Stored | None = None
+    key = version_id = None
+    try:
+        with unit_of_work(session):
+            artefact = upload()
+            key, version_id = artefact.key, artefact.version_id
+    except Exception as exc:
+        if artefact is None or key is None:
+            raise
+        try:
+            store.delete(key, version_id)
+        except Exception:  # noqa: BLE001 - the commit failure is what the caller must hear about
+            logging.getLogger("itemgate.evidence").warning("orphan left for fsck: %s %s", key, version_id)
+        if isinstance(exc, DBAPIError):
+            raise ServiceUnavailable("the database could not record the upload; nothing was kept, try again",
+                                     code="database_unavailable") from exc
+        raise
+    return artefact

@@ -322,11 +322,9 @@ def fast_forward(session: Session, item_id: int, steps: int,
     already has a row on the item can be projected, so the loop stops at any other task.
     """
     from engine import spiff
-    from engine.workflow import model_of
 
     instance = session.execute(select(ProcessInstance).where(ProcessInstance.item_id == item_id)).scalar_one()
-    model = model_of(instance.definition)
-    workflow = spiff.loads(instance.state, model)
+    workflow, model = spiff.load_workflow(instance)
     rows = list(session.scalars(select(HumanTask).where(HumanTask.item_id == item_id).order_by(HumanTask.id)))
     proto = {r.spec_name: r for r in rows}
     open_rows = {r.spiff_task_id: r for r in rows if r.status == "ready"}
@@ -379,11 +377,9 @@ def reachable_steps(session: Session, item_id: int, limit: int,
     Works on a throw-away copy of the state; returns (steps, error text or None).
     """
     from engine import spiff
-    from engine.workflow import model_of
 
     instance = session.execute(select(ProcessInstance).where(ProcessInstance.item_id == item_id)).scalar_one()
-    model = model_of(instance.definition)
-    workflow = spiff.loads(instance.state, model)
+    workflow, model = spiff.load_workflow(instance)
     names = set(session.scalars(select(HumanTask.spec_name).where(HumanTask.item_id == item_id)))
     for n in range(limit):
         ready = spiff.ready_human_tasks(workflow)

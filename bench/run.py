@@ -189,9 +189,10 @@ class Bench:
             self.clients[username] = Client(self.server.base, login(self.server.base, username, PASSWORD))
 
     def seed_base(self) -> None:
+        from api.auth import hash_password
         from api.extensions import db
-        from api.rest.core import create_user
         from bpmn import CATALOG_DIR
+        from engine.accounts import create_user
         from engine.catalog import load_catalog_file
         from engine.workflow import current_definition
         from storage.models import Contract, User
@@ -201,7 +202,7 @@ class Bench:
         self.departments = datagen.ensure_departments(session, 200)
         for username, role, dept in [("impl", "implementer", None), ("pm", "pm", None),
                                      ("rev1", "dept_reviewer", "BD0001"), ("admin", "admin", None)]:
-            create_user(username, PASSWORD, role, dept)
+            create_user(db.session, username, hash_password(PASSWORD), role, dept)
         session.flush()
         # Further implementers only hold claims in the generated inbox; they share impl's password hash.
         impl_hash = session.execute(select(User.password_hash).where(User.username == "impl")).scalar_one()

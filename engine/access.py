@@ -9,8 +9,8 @@ from engine.errors import Forbidden, NotFound
 from engine.policy import ALL, DEPARTMENT, LANE, authorize, needs_department, scope_of
 from storage.models import Artefact, HumanTask, User, WorkItem
 
-__all__ = ["artefact_scope", "authorize", "item_scope", "load_item_for", "load_task_for", "may_act_on",
-           "may_see_artefact", "require_act", "task_scope"]
+__all__ = ["artefact_scope", "authorize", "item_scope", "load_artefact_for", "load_item_for", "load_task_for",
+           "may_act_on", "may_see_artefact", "require_act", "task_scope"]
 
 
 def item_scope(user: User, action: str = "item.read") -> ColumnElement[bool]:
@@ -41,6 +41,17 @@ def artefact_scope(user: User, action: str = "artefact.read") -> ColumnElement[b
     if scope_of(user.role, action) == DEPARTMENT:
         return or_(Artefact.department_id.is_(None), Artefact.department_id == user.department_id)
     return true()
+
+
+def load_artefact_for(session: Session, user: User, artefact_id: int) -> Artefact:
+    """The artefact, authorised through its item; 404 also for another department's evidence."""
+    artefact = session.get(Artefact, artefact_id)
+    if artefact is None:
+        raise NotFound(f"artefact {artefact_id} not found")
+    load_item_for(session, user, artefact.item_id, "artefact.read")
+    if not may_see_artefact(user, artefact):
+        raise NotFound(f"artefact {artefact_id} not found")
+    return artefact
 
 
 def may_see_artefact(user: User, artefact: Artefact, action: str = "artefact.read") -> bool:

@@ -8,9 +8,9 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from engine import audit
-from engine.errors import Conflict, FormInvalid
-from engine.policy import needs_department, roles_granted
-from storage.models import ApiToken, HumanTask, User, WebSession
+from engine.errors import Conflict, FormInvalid, Invalid
+from engine.policy import ROLES, needs_department, roles_granted
+from storage.models import ApiToken, Department, HumanTask, User, WebSession
 
 
 @dataclass
@@ -125,3 +125,32 @@ def change_user(session: Session, actor: audit.Actor, user: User, change: UserCh
                  changes=changed, tokens_revoked=revoked.tokens if revoked else 0,
                  sessions_revoked=revoked.sessions if revoked else 0, tasks_released=released)
     return UserChanged(user, revoked, released)
+
+
+def ensure_department(session: Session, code: str, name: str | None = None) -> Department:
+    """The department with this code, created (named `name`, else its code) on first use."""
+    dept = session.execute(select(Department).where(Department.code == code)).scalar()
+    if dept is None:
+        dept = Department(code=code, name=name or code)
+        session.add(dept)
+        session.flush()
+    return dept
+
+
+def create_user(session: Session, username: str, password_hash: str, role: str, department: str | None,
+                display_name: str | None = None) -> User:
+    """A new user (the caller authorises, hashes the password and audits); 409 `user_exists` for a taken name."""
+    if role not in ROLES:
+        raise Invalid(f"unknown role {role!r}", code="invalid_form", errors={"role": [f"one of {list(ROLES)}"]})
+    if needs_department(role) and not department:
+        raise Invalid(f"a {role} needs a department", code="invalid_form",
+                      errors={"department": [f"required for {role}"]})
+    if session.execute(select(User.id).where(User.username == username)).scalar() is not None:
+        raise Conflict(f"user {username!r} exists", code="user_exists")
+    dept = ensure_department(session, department) if department else None
+    user = User(username=username, password_hash=password_hash, role=role,
+                department_id=dept.id if dept else None, display_name=display_name)
+    user.department = dept
+    session.add(user)
+    session.flush()
+    return user

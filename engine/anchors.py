@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from engine.audit import latest_checkpoint
-from storage.artefact_store import ArtefactStore, ObjectInfo
+from storage.artefact_store import ArtefactStore, ObjectInfo, ObjectMissing
 from storage.models import AuditCheckpoint, AuditEvent
 
 log = logging.getLogger("itemgate.audit")
@@ -140,7 +140,7 @@ def _from_body(key: str, version_id: str | None, body: dict[str, Any]) -> Anchor
 
 
 def read_anchor(store: ArtefactStore, key: str, version_id: str | None) -> Anchor:
-    """One stored anchor; KeyError when missing, ValueError when it is not an anchor."""
+    """One stored anchor; ObjectMissing when missing, ValueError when it is not an anchor."""
     try:
         body = json.loads(store.read_small(key, version_id))
     except json.JSONDecodeError as exc:
@@ -166,7 +166,7 @@ def stored_anchors(store: ArtefactStore) -> StoredAnchors:
     def load(obj: ObjectInfo) -> Anchor | str:
         try:
             return read_anchor(store, obj.key, obj.version_id)
-        except (KeyError, ValueError) as exc:
+        except (ObjectMissing, ValueError) as exc:
             return f"{obj.key} (version {obj.version_id}): {exc}"
 
     out = StoredAnchors([], [])

@@ -109,12 +109,10 @@ def write_pending(session: Session) -> int:
     return len(events)
 
 
-@sa_event.listens_for(Session, "before_commit")
 def _write_on_commit(session: Session) -> None:
     write_pending(session)
 
 
-@sa_event.listens_for(Session, "after_transaction_end")
 def _drop_on_end(session: Session, transaction: Any) -> None:
     # The outermost transaction ended without commit writing the queue (rollback, close): forget it.
     if transaction.parent is None:
@@ -171,7 +169,6 @@ def allow_prune(session: Session) -> None:
         connection.execute(text("SET LOCAL itemgate.allow_prune = 'on'"))
 
 
-@sa_event.listens_for(Engine, "before_cursor_execute")
 def _refuse_audit_writes(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
     # Every statement the application sends passes here, ORM flushes and raw SQL alike.
     match = _AUDIT_WRITE.match(statement)
@@ -187,11 +184,6 @@ def _close_prune_window(conn: Any) -> None:
     conn.info.pop(_ALLOW_PRUNE, None)
 
 
-sa_event.listen(Engine, "commit", _close_prune_window)
-sa_event.listen(Engine, "rollback", _close_prune_window)
-
-
-@sa_event.listens_for(Session, "before_flush")
 def _refuse_audit_changes(session: Session, _context: Any, _instances: Any) -> None:
     for obj in session.dirty:
         if isinstance(obj, AuditEvent) and session.is_modified(obj):
@@ -224,3 +216,23 @@ def verify_database(session: Session, batch: int = 1000) -> ChainReport:
             last = rows[-1].id
 
     return verify_chain(events(), start)
+
+
+# ---------------------------------------------------------------- installing the hooks (by the app factory)
+
+def guard_engine(engine: Engine) -> None:
+    """Put the append-only guard on one engine (the app's): every statement it sends is checked."""
+    for name, fn in (("before_cursor_execute", _refuse_audit_writes), ("commit", _close_prune_window),
+                     ("rollback", _close_prune_window)):
+        if not sa_event.contains(engine, name, fn):
+            sa_event.listen(engine, name, fn)
+
+
+def install_session_hooks() -> None:
+    """Write queued audit events at commit and refuse changes to audit rows, in every Session. Bound to the
+    Session class, not to one sessionmaker: the job runner's and the CLI's own sessionmakers must write the
+    trail too. Idempotent; the app factory calls it."""
+    for name, fn in (("before_commit", _write_on_commit), ("after_transaction_end", _drop_on_end),
+                     ("before_flush", _refuse_audit_changes)):
+        if not sa_event.contains(Session, name, fn):
+            sa_event.listen(Session, name, fn)

@@ -22,8 +22,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from engine import anchors
-from engine.reports import TZ, XLSX_OPTIONS, WorkloadFilter, _filtered, _joined, totals
-from storage.artefact_store import ArtefactStore, ObjectStream
+from engine.reports import TZ, XLSX_OPTIONS, WorkloadFilter, filtered_entries, joined_entries, totals
+from storage.artefact_store import ArtefactStore, ObjectMissing, ObjectStream
 from storage.models import Artefact, GatePass, ServiceLine, User, WorkItem, WorkloadEntry
 
 MANIFEST = "manifest.csv"
@@ -84,7 +84,7 @@ class _Stats:
 
 
 def _evidence_query(f: WorkloadFilter) -> Any:
-    items = _filtered(_joined(select(WorkloadEntry.item_id).select_from(WorkloadEntry)), f).distinct()
+    items = filtered_entries(joined_entries(select(WorkloadEntry.item_id).select_from(WorkloadEntry)), f).distinct()
     return (select(GatePass.gate, GatePass.kind, Artefact.id.label("artefact_id"), Artefact.filename, Artefact.key,
                    Artefact.version_id, Artefact.sha256, Artefact.size, Artefact.media_type, Artefact.uploaded_at,
                    User.username, WorkItem.id.label("item_id"), WorkItem.code.label("item_code"),
@@ -237,7 +237,7 @@ def _fetch(store: ArtefactStore, key: str, version_id: str | None) -> _Fetched |
     """Open a GET and read the first PREFETCH_BYTES of it; None if the object version is missing."""
     try:
         stream = store.iter_content(key, version_id)
-    except KeyError:
+    except ObjectMissing:
         return None
     try:
         head: list[bytes] = []
@@ -491,7 +491,7 @@ def check_against_anchors(path: str | Path, store: ArtefactStore) -> AnchorCheck
     if isinstance(claimed, dict) and isinstance(claimed.get("key"), str):
         try:
             named = anchors.read_anchor(store, claimed["key"], claimed.get("version_id"))
-        except (KeyError, ValueError):
+        except (ObjectMissing, ValueError):
             named = None
         if named is not None and named.detail.get("manifest_sha256") == digest:
             return AnchorCheck(digest, claimed, named, None)

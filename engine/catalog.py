@@ -83,6 +83,15 @@ class CatalogError(ValueError):
     """A catalogue file is malformed or inconsistent; the message names file, entry and problem."""
 
 
+class CatalogErrors(CatalogError):
+    """Several service lines of one file are wrong: every problem, in file order."""
+
+    def __init__(self, problems: list[CatalogError]):
+        self.problems = problems
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        super().__init__(f"{problems[0]}{more}")
+
+
 @dataclass(frozen=True)
 class Requirement:
     kind: str
@@ -355,6 +364,90 @@ def check_reachable(gates: Mapping[str, Any], model_gates: set[str], skips: Mapp
                                    f"line's process skips that step for {skipped}")
 
 
+def _service_line(line: Any, index: int, source: str, seen: set[str], gate_sets: dict[str, dict[str, Any]],
+                  kinds: dict[str, Any], default_levels: list[dict[str, str]] | None) -> dict[str, Any]:
+    """One [[service_lines]] entry, validated and normalised; raises CatalogError naming it."""
+    if not isinstance(line, dict):
+        raise CatalogError(f"{source}: service_lines[{index}]: must be a table")
+    code = str(line.get("code", "")).strip()
+    where = f"{source}: service_lines[{index}]" + (f" (code {code!r})" if code else "")
+    if not code:
+        raise CatalogError(f"{where}: needs a 'code'")
+    unknown_keys = set(line) - LINE_KEYS
+    if unknown_keys:
+        raise CatalogError(f"{where}: unknown keys {sorted(unknown_keys)}")
+    if code in seen:
+        raise CatalogError(f"{where}: duplicate service line code")
+    seen.add(code)
+    metered = line.get("metered", False)
+    if not isinstance(metered, bool):
+        raise CatalogError(f"{where}: metered must be true or false")
+    if metered and not line.get("process"):
+        line = {**line, "process": "metered_record"}
+    for key in ("name", "unit", "process"):
+        if not line.get(key):
+            raise CatalogError(f"{where}: needs '{key}'")
+    if line["process"] not in work_kind_ids():
+        raise CatalogError(f"{where}: unknown process {line['process']!r} (known: {list(work_kind_ids())})")
+    if metered != (line["process"] in METERED_PROCESSES):
+        raise CatalogError(f"{where}: a metered line runs the metered_record process, and only a metered "
+                           "line does")
+    unit_code, unit_name = _unit(line["unit"], where)
+    channels = line.get("channels")
+    prices = line.get("unit_prices") or {}
+    if not isinstance(prices, dict):
+        raise CatalogError(f"{where}: unit_prices must be a table channel = price")
+    if channels is None and set(prices) == {ALL_CHANNELS}:
+        channels = []  # priced per unit whatever the channel
+    if not isinstance(channels, list) or (channels == [] and set(prices) != {ALL_CHANNELS}) \
+            or any(c not in CHANNELS for c in channels) or len(set(channels)) != len(channels):
+        raise CatalogError(f"{where}: channels must be a non-empty subset of {list(CHANNELS)} (or leave "
+                           "channels out and give unit_prices = { all = PRICE })")
+    priced = channels or [ALL_CHANNELS]
+    for ch in priced:
+        if ch not in prices:
+            raise CatalogError(f"{where}: unit_prices lacks channel {ch!r}")
+    extra = set(prices) - set(priced)
+    if extra:
+        raise CatalogError(f"{where}: unit_prices names channels not offered: {sorted(extra)}")
+    gates: dict[str, Any] = {}
+    if line.get("gate_set"):
+        if line["gate_set"] not in gate_sets:
+            raise CatalogError(f"{where}: unknown gate_set {line['gate_set']!r}")
+        gates.update(gate_sets[line["gate_set"]])
+    for gate, rules in (line.get("gates") or {}).items():
+        gates[gate] = _rules(rules, f"{where}: gates.{gate}", kinds)
+    model_gates = _model_gates(line["process"])
+    missing = sorted(model_gates - set(gates))
+    if missing:
+        raise CatalogError(f"{where}: process {line['process']!r} has gates {missing} with no rules here "
+                           f"(declare each, as an empty list when nothing is required)")
+    if model_gates:
+        check_reachable(gates, model_gates, _model_skips(line["process"]), where)
+    volumes_raw = line.get("estimated_volumes") or {}
+    if not isinstance(volumes_raw, dict):
+        raise CatalogError(f"{where}: estimated_volumes must be a table channel = count")
+    volumes = {}
+    for ch, v in volumes_raw.items():
+        if ch not in priced:
+            raise CatalogError(f"{where}: estimated_volumes names channel {ch!r} that is not offered")
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise CatalogError(f"{where}: estimated_volumes.{ch} must be a whole number ≥ 0")
+        volumes[ch] = v
+    levels = (_difficulty_levels(line["difficulty_levels"], where) if line.get("difficulty_levels") is not None
+              else default_levels)
+    return {
+        "code": code, "name": line["name"], "unit": unit_name, "unit_code": unit_code, "metered": metered,
+        "process_id": line["process"], "channels": list(channels),
+        "unit_prices": {ch: _price(prices[ch], f"{where}: unit_prices.{ch}") for ch in priced},
+        "estimated_volumes": volumes, "gates": gates,
+        "targets": _targets(line.get("targets") or {}, where),
+        "units_per_item": _money(line.get("units_per_item", 1), f"{where}: units_per_item"),
+        "difficulty_levels": (levels or []) if not metered and line["process"] not in DELIVERABLE_PROCESSES
+        else [],
+    }
+
+
 def parse_catalog(text: str, source: str) -> dict[str, Any]:
     """Parse and validate a catalogue (TOML); returns a normalised dict or raises CatalogError."""
     try:
@@ -419,86 +512,15 @@ def parse_catalog(text: str, source: str) -> dict[str, Any]:
         raise CatalogError(f"{source}: needs at least one [[service_lines]] entry")
     seen: set[str] = set()
     lines = []
+    problems: list[CatalogError] = []
     for index, line in enumerate(lines_raw):
-        if not isinstance(line, dict):
-            raise CatalogError(f"{source}: service_lines[{index}]: must be a table")
-        code = str(line.get("code", "")).strip()
-        where = f"{source}: service_lines[{index}]" + (f" (code {code!r})" if code else "")
-        if not code:
-            raise CatalogError(f"{where}: needs a 'code'")
-        unknown_keys = set(line) - LINE_KEYS
-        if unknown_keys:
-            raise CatalogError(f"{where}: unknown keys {sorted(unknown_keys)}")
-        if code in seen:
-            raise CatalogError(f"{where}: duplicate service line code")
-        seen.add(code)
-        metered = line.get("metered", False)
-        if not isinstance(metered, bool):
-            raise CatalogError(f"{where}: metered must be true or false")
-        if metered and not line.get("process"):
-            line = {**line, "process": "metered_record"}
-        for key in ("name", "unit", "process"):
-            if not line.get(key):
-                raise CatalogError(f"{where}: needs '{key}'")
-        if line["process"] not in work_kind_ids():
-            raise CatalogError(f"{where}: unknown process {line['process']!r} (known: {list(work_kind_ids())})")
-        if metered != (line["process"] in METERED_PROCESSES):
-            raise CatalogError(f"{where}: a metered line runs the metered_record process, and only a metered "
-                               "line does")
-        unit_code, unit_name = _unit(line["unit"], where)
-        channels = line.get("channels")
-        prices = line.get("unit_prices") or {}
-        if not isinstance(prices, dict):
-            raise CatalogError(f"{where}: unit_prices must be a table channel = price")
-        if channels is None and set(prices) == {ALL_CHANNELS}:
-            channels = []  # priced per unit whatever the channel
-        if not isinstance(channels, list) or (channels == [] and set(prices) != {ALL_CHANNELS}) \
-                or any(c not in CHANNELS for c in channels) or len(set(channels)) != len(channels):
-            raise CatalogError(f"{where}: channels must be a non-empty subset of {list(CHANNELS)} (or leave "
-                               "channels out and give unit_prices = { all = PRICE })")
-        priced = channels or [ALL_CHANNELS]
-        for ch in priced:
-            if ch not in prices:
-                raise CatalogError(f"{where}: unit_prices lacks channel {ch!r}")
-        extra = set(prices) - set(priced)
-        if extra:
-            raise CatalogError(f"{where}: unit_prices names channels not offered: {sorted(extra)}")
-        gates: dict[str, Any] = {}
-        if line.get("gate_set"):
-            if line["gate_set"] not in gate_sets:
-                raise CatalogError(f"{where}: unknown gate_set {line['gate_set']!r}")
-            gates.update(gate_sets[line["gate_set"]])
-        for gate, rules in (line.get("gates") or {}).items():
-            gates[gate] = _rules(rules, f"{where}: gates.{gate}", kinds)
-        model_gates = _model_gates(line["process"])
-        missing = sorted(model_gates - set(gates))
-        if missing:
-            raise CatalogError(f"{where}: process {line['process']!r} has gates {missing} with no rules here "
-                               f"(declare each, as an empty list when nothing is required)")
-        if model_gates:
-            check_reachable(gates, model_gates, _model_skips(line["process"]), where)
-        volumes_raw = line.get("estimated_volumes") or {}
-        if not isinstance(volumes_raw, dict):
-            raise CatalogError(f"{where}: estimated_volumes must be a table channel = count")
-        volumes = {}
-        for ch, v in volumes_raw.items():
-            if ch not in priced:
-                raise CatalogError(f"{where}: estimated_volumes names channel {ch!r} that is not offered")
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise CatalogError(f"{where}: estimated_volumes.{ch} must be a whole number ≥ 0")
-            volumes[ch] = v
-        levels = (_difficulty_levels(line["difficulty_levels"], where) if line.get("difficulty_levels") is not None
-                  else default_levels)
-        lines.append({
-            "code": code, "name": line["name"], "unit": unit_name, "unit_code": unit_code, "metered": metered,
-            "process_id": line["process"], "channels": list(channels),
-            "unit_prices": {ch: _price(prices[ch], f"{where}: unit_prices.{ch}") for ch in priced},
-            "estimated_volumes": volumes, "gates": gates,
-            "targets": _targets(line.get("targets") or {}, where),
-            "units_per_item": _money(line.get("units_per_item", 1), f"{where}: units_per_item"),
-            "difficulty_levels": (levels or []) if not metered and line["process"] not in DELIVERABLE_PROCESSES
-            else [],
-        })
+        # Every line is checked, so the admin sees every problem of a file at once, not one per upload.
+        try:
+            lines.append(_service_line(line, index, source, seen, gate_sets, kinds, default_levels))
+        except CatalogError as exc:
+            problems.append(exc)
+    if problems:
+        raise CatalogErrors(problems)
     award = contract.get("award_amount")
     return {
         "contract": {
@@ -575,4 +597,8 @@ def load_catalog(session: Session, parsed: dict[str, Any]) -> tuple[Contract, bo
         line.targets = data["targets"]
         line.units_per_item = Decimal(data["units_per_item"])
     session.flush()
+    # One monthly operations report per month of the service period, when the contract asks for them.
+    from engine.monthly_report import ensure_reports
+
+    ensure_reports(session, contract)
     return contract, True

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 import xml.etree.ElementTree as ET  # noqa: S405 - input is screened for DOCTYPE/ENTITY before parsing
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from engine.policy import ROLE_LABELS
@@ -537,7 +537,3 @@ def render_svg(bpmn_xml: str | bytes, process_id: str, states: Mapping[str, str]
 
     return ET.tostring(svg, encoding="unicode")
 
-
-def element_ids(bpmn_xml: str | bytes, process_id: str) -> Iterable[str]:
-    """Ids of the flow nodes drawn for ``process_id`` (handy for building ``states``)."""
-    return [s.id for s in _collect(_parse(bpmn_xml), process_id).nodes]

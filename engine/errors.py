@@ -63,6 +63,12 @@ class ProcessFailed(DomainError):
         self.element = element
 
 
+# Exceptions that mean a bug in ItemGate, never a refusal: they are not turned into a 4xx but reach the
+# error handler, which logs them and answers 500 with the request id.
+PROGRAMMING_ERRORS: tuple[type[BaseException], ...] = (
+    TypeError, AttributeError, AssertionError, RecursionError, NotImplementedError, UnboundLocalError)
+
+
 class PayloadTooLarge(DomainError):
     status, code, title = 413, "too_large", "Payload too large"
 

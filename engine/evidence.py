@@ -17,7 +17,15 @@ from engine.catalog import contract_kinds, required_kinds
 from engine.errors import Conflict, Forbidden, Invalid, PayloadTooLarge, ServiceUnavailable, UnsupportedMedia
 from engine.policy import DEPARTMENT, scope_of
 from engine.sheets import check_signed_sheet, codes_in_upload, is_sheet_kind
-from storage.artefact_store import ArtefactStore, ObjectStat, StoredObject, StoreUnavailable, StreamedPut, TooLarge
+from storage.artefact_store import (
+    ArtefactStore,
+    ObjectMissing,
+    ObjectStat,
+    StoredObject,
+    StoreUnavailable,
+    StreamedPut,
+    TooLarge,
+)
 from storage.models import Artefact, Department, GatePass, HumanTask, ProcessInstance, User, WorkItem
 from storage.sniff import HEAD_BYTES, ZIP, Sniffed, UnsupportedType, sniff, sniff_head
 
@@ -417,7 +425,7 @@ def verify_artefact(store: ArtefactStore, artefact: Artefact) -> bool:
     """Cheap verification: the stored object version exists and matches what was recorded (object_mismatch)."""
     try:
         found = store.stat_object(artefact.key, artefact.version_id)
-    except KeyError:
+    except ObjectMissing:
         return False
     except StoreUnavailable as exc:
         raise ServiceUnavailable("the evidence store is unavailable; cannot verify artefacts") from exc

@@ -84,3 +84,19 @@ def year_view(session: Session, year: int) -> dict[str, Any]:
         "workdays": [{"date": r.day.isoformat(), "note": r.note} for r in rows if r.is_workday],
         "warning": None if source != "none" else f"{year} 年节假日未录入，按周一至周五计算",
     }
+
+
+def calendar_years(session: Session, today: date | None = None) -> list[dict[str, Any]]:
+    """The years around now and every entered one: covered by the package, entered by an admin, or not covered
+    (with the warning the admin sees until it is)."""
+    today = today or datetime.now(UTC).date()
+    entered = {row.year: row for row in session.scalars(select(CalendarYear))}
+    years = sorted(set(range(today.year - 1, min(today.year + 2, MAX_YEAR) + 1)) | set(entered))
+    out = []
+    for year in years:
+        row = entered.get(year)
+        source = "admin" if row is not None else ("package" if package_covers(year) else "none")
+        out.append({"year": year, "source": source,
+                    "entered_at": row.entered_at.isoformat() if row is not None else None,
+                    "warning": None if source != "none" else f"{year} 年节假日未录入，按周一至周五计算"})
+    return out

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from engine.errors import Forbidden
 from engine.evidence import object_mismatch
-from storage.artefact_store import ArtefactStore, ObjectInfo, StoreUnavailable
+from storage.artefact_store import ArtefactStore, ObjectInfo, ObjectMissing, StoreUnavailable
 from storage.models import Artefact, GatePass
 
 # Only evidence lives under this prefix; audit exports and anything else in the bucket are never orphans.
@@ -93,7 +93,7 @@ def fsck(session: Session, store: ArtefactStore, *, repair: bool = False, grace_
                     # From a HEAD: the recorded SHA-256 against the object's metadata, or (streamed uploads,
                     # whose objects carry none) the recorded ETag against the object's.
                     mismatch = object_mismatch(row, store.stat_object(row.key, row.version_id))
-            except KeyError:
+            except ObjectMissing:
                 report.problems.append(Problem(row.id, row.key, row.version_id, "object missing"))
                 continue
             if mismatch is not None:

@@ -7,7 +7,6 @@ import shutil
 import socket
 import tempfile
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
@@ -18,10 +17,14 @@ from sqlalchemy.orm import Session
 
 from engine.errors import Invalid, NotFound
 from engine.exports import EXPORTS, ExportRequest, background_kinds
+from engine.job_progress import Progress as _Progress
+from engine.job_progress import Superseded
+from engine.job_progress import heartbeat as _heartbeat
 from engine.policy import ALL, authorize
 from engine.reports import WorkloadFilter
 from storage.artefact_store import ArtefactStore
 from storage.models import ExportJob, User, utcnow
+from storage.unit_of_work import new_unit_of_work, unit_of_work
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +33,10 @@ FILTER_KEYS = ("contract", "from", "to", "department", "service_line")
 # A running job's runner writes a heartbeat every HEARTBEAT_SECONDS (and with every progress update); a job
 # silent for STALE_AFTER belongs to a process that died (restart, crash, OOM kill, lost host), and the next
 # `itemgate tick` or `serve` on any host takes it up again, at most MAX_ATTEMPTS times in all.
-HEARTBEAT_SECONDS = 20.0
 STALE_AFTER = timedelta(minutes=2)
 MAX_ATTEMPTS = 3
 STALE_NOTE = "the process running this export stopped; the next `itemgate tick` (or `serve`) takes it up again"
 # Write progress at most this often: each write is its own transaction.
-PROGRESS_SECONDS = 1.0
-PROGRESS_ROWS = 500
 MAX_RESULT_BYTES = 1 << 40
 
 
@@ -111,80 +111,22 @@ def job_json(job: ExportJob, now: datetime) -> dict[str, Any]:
 RUNNER = f"{socket.gethostname()[:150]}:{os.getpid()}"
 
 
-class Superseded(RuntimeError):
-    """This runner's attempt was given up on (its heartbeat went stale) and the job belongs to another now."""
-
-
-class _Progress:
-    """The progress callback and heartbeat of one attempt: each write is its own short transaction, guarded by
-    the attempt, so a runner that was given up on writes nothing and stops at its next report."""
-
-    def __init__(self, session_factory: Callable[[], Session], job_id: int, attempt: int = 0) -> None:
-        self.session_factory = session_factory
-        self.job_id = job_id
-        self.attempt = attempt
-        self.last_done = -1
-        self.last_at = 0.0
-        self.superseded = False
-        self._lock = threading.Lock()
-
-    def __call__(self, done: int, total: int) -> None:
-        if self.superseded:
-            raise Superseded(f"export job {self.job_id}: attempt {self.attempt} was given up on")
-        moment = time.monotonic()
-        total = max(total, done)  # rows tallied after the count was taken still get listed
-        final = done >= total
-        if not final and done - self.last_done < PROGRESS_ROWS and moment - self.last_at < PROGRESS_SECONDS:
-            return
-        if done == self.last_done:
-            return
-        self.write(done=done, total=total)
-        self.last_done, self.last_at = done, moment
-
-    def write(self, **values: Any) -> None:
-        changes: dict[str, Any] = {"heartbeat_at": utcnow()}
-        if "done" in values:
-            changes["progress_done"] = values.pop("done")
-            changes["progress_total"] = values.pop("total")
-        changes.update(values)
-        with self._lock, self.session_factory() as session:
-            result = session.execute(update(ExportJob).where(
-                ExportJob.id == self.job_id, ExportJob.attempts == self.attempt, ExportJob.status == "running")
-                .values(**changes))
-            session.commit()
-            if result.rowcount != 1:  # type: ignore[attr-defined]
-                self.superseded = True
-                raise Superseded(f"export job {self.job_id}: attempt {self.attempt} was given up on")
-
-
-def _heartbeat(report: _Progress, stop: threading.Event) -> None:
-    """Keep the job's heartbeat fresh through long stretches that report no progress (a big upload)."""
-    while not stop.wait(HEARTBEAT_SECONDS):
-        try:
-            report.write()
-        except Superseded:
-            return
-        except Exception:  # noqa: BLE001 - a missed beat is retried; a long outage lets the job go stale
-            log.warning("export job %s: heartbeat not written", report.job_id, exc_info=True)
-
-
 def _claim(session_factory: Callable[[], Session], job_id: int | None = None) -> ExportJob | None:
     """Move a queued job (this one, or the oldest) to running as a new attempt of this process; None if there
     is none or another runner got there first. The oldest is picked under a row lock that other runners skip
     (SKIP LOCKED on PostgreSQL), and the move itself is a guarded UPDATE, so each attempt has one runner."""
     with session_factory() as session:
-        if job_id is None:
-            job_id = session.execute(select(ExportJob.id).where(ExportJob.status == "queued")
-                                     .order_by(ExportJob.id).limit(1).with_for_update(skip_locked=True)).scalar()
+        with unit_of_work(session):
             if job_id is None:
-                session.rollback()
-                return None
-        now = utcnow()
-        claimed = session.execute(update(ExportJob)
-                                  .where(ExportJob.id == job_id, ExportJob.status == "queued")
-                                  .values(status="running", started_at=now, heartbeat_at=now, runner=RUNNER,
-                                          attempts=ExportJob.attempts + 1))
-        session.commit()
+                job_id = session.execute(select(ExportJob.id).where(ExportJob.status == "queued")
+                                         .order_by(ExportJob.id).limit(1).with_for_update(skip_locked=True)).scalar()
+                if job_id is None:
+                    return None
+            now = utcnow()
+            claimed = session.execute(update(ExportJob)
+                                      .where(ExportJob.id == job_id, ExportJob.status == "queued")
+                                      .values(status="running", started_at=now, heartbeat_at=now, runner=RUNNER,
+                                              attempts=ExportJob.attempts + 1))
         if claimed.rowcount != 1:  # type: ignore[attr-defined]
             return None
         job = session.get(ExportJob, job_id)
@@ -199,7 +141,7 @@ def recover_stale(session_factory: Callable[[], Session], now: datetime | None =
     now = now or utcnow()
     cutoff = now - STALE_AFTER
     recovered: list[int] = []
-    with session_factory() as session:
+    with new_unit_of_work(session_factory) as session:
         stale = session.execute(select(ExportJob.id, ExportJob.attempts, ExportJob.runner, ExportJob.heartbeat_at)
                                 .where(ExportJob.status == "running", ExportJob.heartbeat_at < cutoff)
                                 .order_by(ExportJob.id).with_for_update(skip_locked=True)).all()
@@ -218,7 +160,6 @@ def recover_stale(session_factory: Callable[[], Session], now: datetime | None =
             if done.rowcount == 1:  # type: ignore[attr-defined]
                 log.warning("export job %s: %s", job_id, values["error"])
                 recovered.append(job_id)
-        session.commit()
     return recovered
 
 
@@ -275,6 +216,10 @@ def _run_claimed(session_factory: Callable[[], Session], store: ArtefactStore, j
     """Render the job's export to a temp file with progress, store it under exports/{id}/{uuid} and record
     the object. Every write is its own short transaction, guarded by the attempt; the rendering reads run in
     a session of their own; a heartbeat thread keeps the job fresh meanwhile."""
+    if job.kind == "item_import":  # a bulk intake queued from the web (engine/import_jobs.py)
+        from engine.import_jobs import run_import
+
+        return run_import(session_factory, store, job)
     job_id = job.id
     report = _Progress(session_factory, job_id, job.attempts)
     stop = threading.Event()

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from engine import audit, spiff, timers
 from engine.access import authorize, load_item_for
 from engine.errors import Conflict, Invalid
-from engine.workflow import Ctx, _load_instance, _sync_projection, model_of, save_instance, step_engine
+from engine.workflow import Ctx, load_instance, save_instance, step_engine, sync_projection
 from storage.models import HumanTask, WorkItem
 
 
@@ -36,9 +36,8 @@ def cancel_item(ctx: Ctx, item_id: int, reason: str | None) -> WorkItem:
     item = load_item_for(ctx.session, ctx.user, item_id, "item.cancel")
     text = _reason(reason)
     _active(item)
-    instance = _load_instance(ctx.session, item.id)
-    model = model_of(instance.definition)
-    workflow = spiff.loads(instance.state, model)
+    instance = load_instance(ctx.session, item.id)
+    workflow, model = spiff.load_workflow(instance)
     workflow.cancel()
     save_instance(ctx, instance, workflow, model)
     # save_instance derives status from completion; a cancelled workflow is neither running nor completed.
@@ -66,20 +65,7 @@ def _completed_user_tasks(workflow: Any, spec_name: str) -> list[Any]:
 
 def _fresh_id(task: Any) -> None:
     """Give a reset task a new id: task ids are never reused (API.md), and the inbox keys on them."""
-    wf = task.workflow
-    old, new = task.id, uuid.uuid4()
-    # SpiffWorkflow links tasks by id (parent._children, child._parent, workflow.tasks): rewrite all three.
-    parent = task.parent
-    for child in task.children:
-        child._parent = new
-    if parent is not None:
-        parent._children = [new if c == old else c for c in parent._children]
-    task.id = new
-    # Keep the task's place in the mapping: the serializer stores data as deltas against the parent and
-    # restores tasks in this order, so a parent must come before its children.
-    entries = [(new if key == old else key, value) for key, value in wf.tasks.items()]
-    wf.tasks.clear()
-    wf.tasks.update(entries)
+    spiff.rename_task(task, uuid.uuid4())
 
 
 def rework_item(ctx: Ctx, item_id: int, to: str, reason: str | None) -> WorkItem:
@@ -89,9 +75,8 @@ def rework_item(ctx: Ctx, item_id: int, to: str, reason: str | None) -> WorkItem
     item = load_item_for(ctx.session, ctx.user, item_id, "item.rework")
     text = _reason(reason)
     _active(item)
-    instance = _load_instance(ctx.session, item.id)
-    model = model_of(instance.definition)
-    workflow = spiff.loads(instance.state, model)
+    instance = load_instance(ctx.session, item.id)
+    workflow, model = spiff.load_workflow(instance)
     candidates = _completed_user_tasks(workflow, to)
     if not candidates:
         done = sorted({t.task_spec.name for t in workflow.get_tasks(state=TaskState.COMPLETED, manual=True)})
@@ -111,7 +96,7 @@ def rework_item(ctx: Ctx, item_id: int, to: str, reason: str | None) -> WorkItem
     step_engine(workflow, "the process")
     before = {r.id for r in ctx.session.scalars(select(HumanTask).where(HumanTask.item_id == item.id,
                                                                         HumanTask.status == "ready"))}
-    created = _sync_projection(ctx, instance, item, workflow, return_comment=text)
+    created = sync_projection(ctx, instance, item, workflow, return_comment=text)
     after = {r.id for r in ctx.session.scalars(select(HumanTask).where(HumanTask.item_id == item.id,
                                                                        HumanTask.status == "ready"))}
     audit.record(ctx.session, ctx.actor, "item.reworked", target_type="item", target_id=item.id, to=to,
@@ -119,4 +104,34 @@ def rework_item(ctx: Ctx, item_id: int, to: str, reason: str | None) -> WorkItem
     for row in created:
         audit.record(ctx.session, ctx.actor, "task.reopened", target_type="task", target_id=row.id,
                      item_id=item.id, task=row.spec_name, reason=text)
+    return item
+
+
+def adjust_difficulty(ctx: Ctx, item_id: int, raw: str | None, note: str | None) -> WorkItem:
+    """Change the proposed difficulty coefficient while it is still a proposal: before the difficulty step
+    (the PM's confirmation against the complexity statement) has been completed."""
+    from decimal import Decimal, InvalidOperation
+
+    assert ctx.user is not None
+    authorize(ctx.user, "item.difficulty")
+    item = load_item_for(ctx.session, ctx.user, item_id, "item.difficulty")
+    _active(item)
+    try:
+        value = Decimal((raw or "").strip())
+        if not value.is_finite() or not Decimal("0.1") <= value <= Decimal("5"):
+            raise InvalidOperation
+    except InvalidOperation:
+        raise Invalid("the difficulty must be a number from 0.1 to 5", code="invalid_form",
+                      errors={"difficulty": ["must be between 0.1 and 5"]}) from None
+    text = _reason(note)
+    confirmed = ctx.session.execute(select(HumanTask.id).where(
+        HumanTask.item_id == item.id, HumanTask.form == "difficulty_confirmation",
+        HumanTask.status == "completed").limit(1)).first()
+    if confirmed is not None:
+        raise Conflict(f"item {item.id}'s difficulty is already confirmed", code="difficulty_confirmed")
+    before = item.difficulty
+    item.difficulty = value.quantize(Decimal("0.01"))
+    ctx.session.flush()
+    audit.record(ctx.session, ctx.actor, "item.difficulty_proposed", target_type="item", target_id=item.id,
+                 before=str(before), after=str(item.difficulty), reason=text)
     return item

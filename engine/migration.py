@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from engine import audit, spiff, timers
 from engine.access import authorize
 from engine.errors import DomainError, Invalid, NotFound, ProcessFailed
-from engine.workflow import Ctx, model_of, next_timer_at, save_instance
+from engine.workflow import Ctx, next_timer_at, save_instance
 from storage.models import HumanTask, ProcessDefinition, ProcessInstance, User, WorkItem
 
 _OPEN = TaskState.READY | TaskState.WAITING
@@ -121,7 +121,7 @@ def _rearm_timers(workflow: Any) -> None:
         task.internal_data.pop("event_value", None)
         task.internal_data.pop("event_fired", None)
         try:
-            task.task_spec._update(task)
+            spiff.update_task(task)
         except Exception as exc:
             element = getattr(task.task_spec, "bpmn_id", None) or task.task_spec.name
             raise ProcessFailed(f"element '{element}': the target version's timer fails for this item: {exc}",
@@ -166,7 +166,7 @@ def migrate(session: Session, actor: audit.Actor, user: User | None, target_id: 
     if user is not None:
         authorize(user, "process.manage")
     target = load_target(session, target_id)
-    target_model = model_of(target)
+    target_model = spiff.model_of(target)
     rows = select_items(session, target, item_ids, from_definition)
     report = MigrationReport(target, dry_run)
     sources: dict[int, spiff.ParsedModel] = {}
@@ -175,7 +175,7 @@ def migrate(session: Session, actor: audit.Actor, user: User | None, target_id: 
         instance = session.get(ProcessInstance, instance_id)
         item = session.get(WorkItem, item_id)
         assert instance is not None and item is not None
-        source = sources.get(instance.definition_id) or model_of(instance.definition)
+        source = sources.get(instance.definition_id) or spiff.model_of(instance.definition)
         sources[instance.definition_id] = source
         plan, workflow = plan_item(instance, item, source, target_model)
         if plan.mappable and not dry_run:

@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from engine import audit, performance, schedule
+from engine import audit, performance, policy, schedule
 from engine.calendar import TZ
 from engine.errors import Conflict, Forbidden, Invalid, NotFound
 from engine.reports import WorkloadFilter, _Book, progress
@@ -163,14 +163,14 @@ def draft(session: Session, report: ContractTask, now: datetime) -> dict[str, An
 
 # ---------------------------------------------------------------- use cases
 
-def _require(ctx: Ctx, role: str) -> None:
-    if ctx.user is None or ctx.user.role != role:
-        raise Forbidden(f"this step is for role {role}", code="not_your_task")
+def _require(ctx: Ctx, action: str) -> None:
+    if ctx.user is None or not policy.may(ctx.user, action):
+        raise Forbidden(f"your role may not {policy.RULES[action].summary}", code="not_your_task")
 
 
 def write(ctx: Ctx, report: ContractTask, narrative: str) -> ContractTask:
     """The PM writes (or rewrites) the narrative while the report is open or returned."""
-    _require(ctx, "pm")
+    _require(ctx, "report.prepare")
     if report.status not in ("open", "returned"):
         raise Conflict("the report is with the auditor or accepted", code="report_wrong_stage",
                        status_now=report.status)
@@ -183,7 +183,7 @@ def write(ctx: Ctx, report: ContractTask, narrative: str) -> ContractTask:
 
 def attach(ctx: Ctx, report: ContractTask, filename: str, body: bytes, media_type: str) -> dict[str, Any]:
     """The PM attaches a file (stored in the evidence store, versioned); listed on the report."""
-    _require(ctx, "pm")
+    _require(ctx, "report.prepare")
     if report.status not in ("open", "returned"):
         raise Conflict("the report is with the auditor or accepted", code="report_wrong_stage",
                        status_now=report.status)
@@ -227,7 +227,7 @@ def _mark_late(ctx: Ctx, report: ContractTask, why: str) -> None:
 
 def submit(ctx: Ctx, report: ContractTask) -> ContractTask:
     """The PM submits (or resubmits) the report to the auditor; lateness is decided against the clocks."""
-    _require(ctx, "pm")
+    _require(ctx, "report.prepare")
     if report.status not in ("open", "returned"):
         raise Conflict("the report is already with the auditor or accepted", code="report_wrong_stage",
                        status_now=report.status)
@@ -253,7 +253,7 @@ def submit(ctx: Ctx, report: ContractTask) -> ContractTask:
 
 def review(ctx: Ctx, report: ContractTask, decision: str, comment: str | None) -> ContractTask:
     """The auditor accepts the report or returns it with comments."""
-    _require(ctx, "auditor")
+    _require(ctx, "report.review")
     if report.status != "submitted":
         raise Conflict("the report is not waiting for review", code="report_wrong_stage", status_now=report.status)
     if decision not in ("accept", "return"):

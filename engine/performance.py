@@ -19,9 +19,10 @@ from sqlalchemy.orm import Session, aliased
 
 from engine import schedule
 from engine.calendar import TZ
+from engine.policy import IMPLEMENTER
 from storage.models import Contract, Department, HumanTask, User, WorkItem
 
-GROUPS = ("department", "implementer", "stage")
+GROUPS = ("department", IMPLEMENTER, "stage")  # per implementer: grouped by the person who did the work
 
 
 @dataclass
@@ -87,7 +88,7 @@ def on_time_rates(session: Session, contract: Contract, start: date, end: date, 
     for task, task_dept, item_dept_code, done_by, held_by in rows:
         if by == "department":
             key = task_dept or item_dept_code
-        elif by == "implementer":
+        elif by == IMPLEMENTER:
             key = done_by or held_by or "—"
         else:
             day = task.created_at.astimezone(TZ).date()

@@ -92,7 +92,8 @@ _RULES = [
     Rule("auth.logout", "end one's own session or token", _all_roles(OWN)),
     Rule("me.read", "read one's own profile", _all_roles(SELF)),
     Rule("me.password", "change one's own password (ends all of one's sessions and tokens)", _all_roles(SELF)),
-    Rule("user.manage", "create, change and deactivate users", {ADMIN: ALL}),
+    Rule("user.manage", "create, change and deactivate users; departments, their lead reviewers and channels",
+         {ADMIN: ALL}),
     Rule("catalog.read", "read contracts and their service catalogues", _all_roles(ALL)),
     Rule("catalog.manage", "load contract catalogues and calendars", {ADMIN: ALL}),
     Rule("process.manage", "deploy, list and import process models; migrate running items between versions",
@@ -102,7 +103,19 @@ _RULES = [
     Rule("item.cancel", "cancel a work item", {PM: ALL, ADMIN: ALL}),
     Rule("item.rework", "send a work item back to an earlier step", {PM: ALL, ADMIN: ALL}),
     Rule("item.import", "import work items from a spreadsheet (all rows or none)", {PM: ALL, ADMIN: ALL}),
-    Rule("notification.read", "read and mark one's own reminders and escalations", _all_roles(OWN)),
+    Rule("item.difficulty", "adjust an item's proposed difficulty coefficient before it is confirmed",
+         {PM: ALL, ADMIN: ALL}),
+    Rule("service_order.file", "file a service order (运营服务单) with its 需求函",
+         {DEPT_REVIEWER: DEPARTMENT, BUYER: ALL}),
+    Rule("service_order.read", "list and read service orders and download their letters",
+         {DEPT_REVIEWER: DEPARTMENT, BUYER: ALL, PM: ALL, AUDITOR: ALL, ADMIN: ALL}),
+    Rule("service_order.decide", "accept a service order into a work item, or decline it with a reason",
+         {PM: ALL, ADMIN: ALL}),
+    Rule("notification.read", "read and mark one's own notifications (returns, new work, hand-overs, reminders, "
+         "escalations, settlement steps)", _all_roles(OWN)),
+    Rule("notification.channels", "choose where one's own notifications are also sent (e-mail, chat webhook)",
+         _all_roles(OWN)),
+    Rule("department.read", "list departments", _all_roles(ALL)),
     Rule("task.read", "list and read tasks", _all_roles(ALL, dept_reviewer=DEPARTMENT)),
     Rule("task.queue_all", "list every open task in the inbox (scope=all), not only one's own and one's lane's",
          _OVERSEERS),
@@ -136,8 +149,6 @@ _RULES = [
 ]
 RULES: dict[str, Rule] = {r.action: r for r in _RULES}
 
-def rule(action: str) -> Rule:
-    return RULES[action]
 
 
 def scope_of(role: str | None, action: str) -> str | None:

@@ -59,7 +59,7 @@ def _bounds(f: WorkloadFilter) -> tuple[datetime | None, datetime | None]:
     return start, end
 
 
-def _filtered(query: Select[Any], f: WorkloadFilter) -> Select[Any]:
+def filtered_entries(query: Select[Any], f: WorkloadFilter) -> Select[Any]:
     if f.contract:
         query = query.where(Contract.code == f.contract)
     if f.department:
@@ -80,7 +80,7 @@ def _filtered(query: Select[Any], f: WorkloadFilter) -> Select[Any]:
     return query
 
 
-def _joined(query: Any) -> Any:
+def joined_entries(query: Any) -> Any:
     return (query.join(WorkItem, WorkloadEntry.item_id == WorkItem.id)
             .join(ServiceLine, WorkloadEntry.service_line_id == ServiceLine.id)
             .join(Department, WorkloadEntry.department_id == Department.id)
@@ -88,18 +88,19 @@ def _joined(query: Any) -> Any:
 
 
 def entries_query(f: WorkloadFilter) -> Select[Any]:
-    query = _joined(select(WorkloadEntry, WorkItem, ServiceLine, Department, Contract).select_from(WorkloadEntry))
-    return _filtered(query, f).order_by(WorkloadEntry.id)
+    query = joined_entries(select(WorkloadEntry, WorkItem, ServiceLine, Department, Contract)
+                           .select_from(WorkloadEntry))
+    return filtered_entries(query, f).order_by(WorkloadEntry.id)
 
 
 def entry_count(session: Session, f: WorkloadFilter) -> int:
     """How many entries the detail sheet lists: the total a progress report counts towards."""
-    query = _filtered(_joined(select(func.count(WorkloadEntry.id)).select_from(WorkloadEntry)), f)
+    query = filtered_entries(joined_entries(select(func.count(WorkloadEntry.id)).select_from(WorkloadEntry)), f)
     return int(session.execute(query).scalar_one())
 
 
 def totals(session: Session, f: WorkloadFilter) -> dict[str, Decimal]:
-    query = _filtered(_joined(select(func.coalesce(func.sum(WorkloadEntry.units), 0),
+    query = filtered_entries(joined_entries(select(func.coalesce(func.sum(WorkloadEntry.units), 0),
                                      func.coalesce(func.sum(WorkloadEntry.amount), 0))
                               .select_from(WorkloadEntry)), f)
     units, amount = session.execute(query).one()
@@ -217,7 +218,7 @@ def _sheet(session: Session, f: WorkloadFilter, batch: int = 2000) -> Iterator[t
     ledger per page.)"""
     rank = case(CHANNEL_RANK, value=WorkloadEntry.channel, else_=len(CHANNEL_RANK))
     key_cols = (Contract.id, ServiceLine.position, ServiceLine.id, rank, WorkloadEntry.id)
-    base = _filtered(_joined(select(*_DETAIL_COLS).select_from(WorkloadEntry)), f).order_by(*key_cols)
+    base = filtered_entries(joined_entries(select(*_DETAIL_COLS).select_from(WorkloadEntry)), f).order_by(*key_cols)
     result = _core_rows(session, base, batch)
 
     line_key: int | None = None
@@ -289,7 +290,7 @@ def _net_rows(session: Session, f: WorkloadFilter) -> Iterator[tuple[Any, ...]]:
     """(line id, channel, department id, item id, month, units, amount) per entry; a reversal is dated by
     the entry it reverses, so a correction lands in the month of the work it corrects."""
     original = aliased(WorkloadEntry)
-    query = _filtered(_joined(
+    query = filtered_entries(joined_entries(
         select(WorkloadEntry.service_line_id, WorkloadEntry.channel, WorkloadEntry.department_id,
                WorkloadEntry.item_id,
                # typed, or SQLite hands the COALESCE back as text; plain DateTime as in `_DETAIL_COLS`

@@ -4,20 +4,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import exists, func, insert, select, update
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy import Table, exists, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from engine import anchors, audit, schedule, spiff
 from engine.calendar import TZ, WorkCalendar
-from engine.errors import Conflict, DomainError, Forbidden, Invalid, NotFound, ServiceUnavailable
+from engine.errors import Conflict, Forbidden, Invalid, NotFound, ServiceUnavailable
 from engine.ledger import SettlementLocked
 from engine.policy import authorize, may
-from engine.workflow import Ctx, current_definition, model_of, run_and_step, work_calendar
+from engine.workflow import Ctx, current_definition, run_and_step, work_calendar
 from storage.artefact_store import StoreUnavailable
+from storage.concurrency import Lost, compare_and_set
 from storage.models import (
     Contract,
     ContractTask,
@@ -30,6 +31,7 @@ from storage.models import (
 )
 
 PROCESS_ID = "settlement"
+_SETTLEMENTS = cast(Table, Settlement.__table__)
 CENT = Decimal("0.01")
 # The one task during which the PM may add or remove entries (before the first submission and after a return).
 EDITABLE_TASK = "prepare_claim"
@@ -151,24 +153,21 @@ def _note(ctx: Ctx, settlement: Settlement, kind: str, text: str | None = None,
 def _cas(ctx: Ctx, settlement: Settlement, **values: Any) -> None:
     """Compare-and-set on the version (and on "not approved"): a concurrent change or approval wins, we get 409."""
     expected = settlement.version
-    values.update(version=expected + 1, updated_at=ctx.now)
+    values.update(updated_at=ctx.now)
     try:
-        result = ctx.session.execute(
-            update(Settlement)
-            .where(Settlement.id == settlement.id, Settlement.version == expected, Settlement.status != "approved")
-            .values(**values).execution_options(synchronize_session=False))
-    except OperationalError as exc:  # SQLite: another writer holds the database
-        if "locked" in str(exc).lower():
+        compare_and_set(ctx.session, _SETTLEMENTS, settlement.id, expected, values,
+                        also=_SETTLEMENTS.c.status != "approved")
+    except Lost as lost:
+        if lost.busy:
             raise Conflict("the settlement changed while you were working; reload and try again",
-                           code="version_conflict") from exc
-        raise
-    if int(getattr(result, "rowcount", 0)) != 1:
+                           code="version_conflict") from lost
         status = ctx.session.execute(select(Settlement.status).where(Settlement.id == settlement.id)).scalar()
         if status == "approved":
             raise SettlementLocked(f"settlement {settlement.id} was approved meanwhile and can no longer change",
-                                   settlement_id=settlement.id, attempted="settlement.change")
+                                   settlement_id=settlement.id, attempted="settlement.change") from lost
         raise Conflict("the settlement changed while you were working; reload and try again",
-                       code="version_conflict")
+                       code="version_conflict") from lost
+    values["version"] = expected + 1
     for key, value in values.items():
         set_committed_value(settlement, key, value)
 
@@ -270,7 +269,7 @@ def open_settlement(ctx: Ctx, contract_code: str, period_start: date | None = No
     if due_days is not None:
         due_at, warnings = settlement_deadline(work_calendar(ctx.session), period_end, int(due_days))
     definition = current_definition(ctx.session, PROCESS_ID)
-    model = model_of(definition)
+    model = spiff.model_of(definition)
     default_label = the_stage.name if the_stage else f"{period_start.isoformat()}–{period_end.isoformat()}"
     settlement = Settlement(
         contract_id=contract.id, label=(label or default_label)[:100],
@@ -319,8 +318,7 @@ def _advance(ctx: Ctx, settlement: Settlement, task_name: str, data: dict[str, A
     """Complete the settlement's ready task `task_name` as the current user, then CAS-save the new state."""
     assert ctx.user is not None
     guard_unlocked(settlement, attempted)
-    model = model_of(settlement.definition)
-    workflow = spiff.loads(settlement.state, model)
+    workflow, model = spiff.load_workflow(settlement)
     task = next((t for t in spiff.ready_human_tasks(workflow) if t.task_spec.name == task_name), None)
     if task is None:
         raise Conflict(f"settlement {settlement.id} is at {settlement.status}, not waiting for this step",
@@ -343,6 +341,21 @@ def _advance(ctx: Ctx, settlement: Settlement, task_name: str, data: dict[str, A
     if status == "revising":
         values["round"] = settlement.round + 1
     _cas(ctx, settlement, **values)
+    if nxt is not None:
+        _notify_step(ctx, settlement, spiff.task_lane(nxt), spiff.task_title(nxt))
+
+
+def _notify_step(ctx: Ctx, settlement: Settlement, lane: str | None, title: str) -> None:
+    """A settlement step now waits for a role: each of its members is told."""
+    if not lane:
+        return
+    from engine.notify import Event, notify, role_members
+
+    notify(ctx.session, Event("settlement", f"结算申报「{settlement.label}」待您处理：{title}（"
+                                            f"{STATUS_NAMES.get(settlement.status, settlement.status)}）",
+                              settlement_id=settlement.id, role=lane),
+           role_members(ctx.session, lane), actor=ctx.actor, now=ctx.now,
+           exclude=ctx.user.id if ctx.user is not None else None)
 
 
 def _drop_cancelled(ctx: Ctx, settlement: Settlement) -> int:
@@ -574,8 +587,8 @@ def final_approval(ctx: Ctx, settlement: Settlement, decision: str, text: str | 
     if decision == "return" and not (text or "").strip():
         raise Invalid("returning needs a comment", code="comment_required")
     if settlement.first_reviewed_by_id == ctx.user.id:
-        raise DomainError("the first reviewer (初审) cannot also give final approval (审定)",
-                          code="separation_of_duties", status=403)
+        raise Forbidden("the first reviewer (初审) cannot also give final approval (审定)",
+                        code="separation_of_duties")
     bands = bands_for(settlement.contract.settings or {})
     if decision == "approve" and bands is not None and settlement.assessment_score is None:
         raise Invalid("this contract deducts by assessment score; record the score at first review first",
@@ -679,12 +692,22 @@ def line_entries(settlement_id: int) -> Any:
 
 
 def gross_of(session: Session, settlement_id: int) -> tuple[Decimal, int]:
-    gross, count = session.execute(
-        select(func.coalesce(func.sum(WorkloadEntry.amount), 0), func.count(WorkloadEntry.id))
-        .join(SettlementLine, SettlementLine.entry_id == WorkloadEntry.id)
+    return grosses_of(session, [settlement_id])[settlement_id]
+
+
+def grosses_of(session: Session, settlement_ids: list[int]) -> dict[int, tuple[Decimal, int]]:
+    """(gross, entries) of each settlement's lines whose items are not cancelled, in one query."""
+    out = {sid: (money(Decimal(0)), 0) for sid in settlement_ids}
+    rows = session.execute(
+        select(SettlementLine.settlement_id, func.coalesce(func.sum(WorkloadEntry.amount), 0),
+               func.count(WorkloadEntry.id))
+        .join(WorkloadEntry, SettlementLine.entry_id == WorkloadEntry.id)
         .join(WorkItem, WorkItem.id == WorkloadEntry.item_id)
-        .where(SettlementLine.settlement_id == settlement_id, WorkItem.status != "cancelled")).one()
-    return money(Decimal(gross)), int(count)
+        .where(SettlementLine.settlement_id.in_(settlement_ids), WorkItem.status != "cancelled")
+        .group_by(SettlementLine.settlement_id))
+    for sid, gross, count in rows:
+        out[sid] = (money(Decimal(gross)), int(count))
+    return out
 
 
 def _award_check(session: Session, settlement: Settlement, fig: Figures) -> Figures:
@@ -705,6 +728,12 @@ def figures(session: Session, settlement: Settlement, now: datetime) -> Figures:
     fig = _award_check(session, settlement, _figures(session, settlement, now))
     fig.grade = schedule.grade_for(fig.score)
     return fig
+
+
+def figures_of(session: Session, settlements: list[Settlement], now: datetime) -> dict[int, Figures]:
+    """`figures` of each settlement of a list or page. Still a few queries per row (the contract schedule's
+    deductions and penalty base are per claim); the gross sums are the part worth batching next."""
+    return {s.id: figures(session, s, now) for s in settlements}
 
 
 def month_deductions(session: Session, settlement: Settlement) -> list[dict[str, Any]]:

@@ -207,7 +207,7 @@ def render(font: CjkFont, item: WorkItem, spec: SheetSpec, signers: tuple[str, .
     set_font("", 8)
     pdf.set_text_color(90, 90, 90)
     note = (f"本确认单由 ItemGate 生成。核验码 {sheet.code} 唯一对应事项 {item.code} 的{spec.title}；"
-            "上传签字盖章后的扫描件时，请在“核验码”一栏填写此码（扫描件中的文字无法读取）。"
+            "上传签字盖章后的扫描件时，系统识别右上角二维码；无法识别时请在“核验码”一栏填写此码。"
             "他事项或他类确认单的核验码将被拒收。")
     pdf.multi_cell(width, 4.5, note, wrapmode=WrapMode.CHAR, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
     return bytes(pdf.output())

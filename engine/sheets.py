@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import re
 import secrets
 import warnings
@@ -234,17 +235,17 @@ def codes_in_pdf(stream: BinaryIO) -> list[str]:
         text = text or ""
     finally:
         stream.seek(start)
-    compact = _compact(text[:MAX_TEXT_CHARS]).upper()
-    return list(dict.fromkeys(f"{CODE_PREFIX}-{a}-{b}" for a, b in CODE_IN_TEXT.findall(compact)))
+    return list(dict.fromkeys(_codes_in(text[:MAX_TEXT_CHARS])))
 
 
 def check_signed_sheet(session: Session, item: WorkItem, kind: str, typed: str | None,
                        read: list[str]) -> SignOffSheet | None:
     """Refuse an upload of a sheet kind unless it is provably this item's sheet of this kind: the code the uploader
-    typed (`typed`, multipart field `verification_code`) and every code the file's text layer carries (`read`) must
-    all be the code ItemGate printed on this item's sheet of `kind`, and there must be at least one.
+    typed (`typed`, multipart field `verification_code`) and every code read from the file (`read`: its text layer
+    or its QR code, codes_in_upload) must all be the code ItemGate printed on this item's sheet of `kind`, and there
+    must be at least one.
 
-    - no code typed and none readable (a scan or photo) → 422 `verification_code_required`;
+    - no code typed and none readable → 422 `verification_code_required`;
     - a typed value that cannot be a code → 422 `invalid_verification_code`;
     - a code of another item, of another kind, or that ItemGate never printed → 422 `wrong_sheet`.
     Other kinds are not checked (None)."""
@@ -261,8 +262,8 @@ def check_signed_sheet(session: Session, item: WorkItem, kind: str, typed: str |
     title = ARTEFACT_KINDS[kind]
     if not codes:
         raise Invalid(f"a signed {title} must show the verification code ItemGate printed on it: give it as "
-                      "verification_code (a scan has no text to read it from)", code="verification_code_required",
-                      kind=kind)
+                      "verification_code (no code could be read from the file or its QR code)",
+                      code="verification_code_required", kind=kind)
     sheets = {s.code: s for s in session.scalars(select(SignOffSheet).where(SignOffSheet.code.in_(codes)))}
     for code in codes:
         sheet = sheets.get(code)
@@ -279,11 +280,74 @@ def check_signed_sheet(session: Session, item: WorkItem, kind: str, typed: str |
     return sheets[codes[0]]
 
 
-def codes_in_upload(stream: BinaryIO, media_type: str) -> list[str]:
-    """Codes readable from an uploaded file: a PDF's text layer; nothing from an image (see docs/SHEETS.md)."""
-    if media_type.split(";")[0] != "application/pdf":
+# A scan is decoded at most this long a side (a 300 dpi A4 page is 2480 × 3508; the sheet's 30 mm QR code keeps
+# about 8 pixels a module at this size), and not at all above this many pixels.
+SCAN_SIDE = 2400
+MAX_SCAN_PIXELS = 40_000_000
+MAX_PAGES_SCANNED = 2
+MAX_IMAGES_SCANNED = 8
+
+
+def _codes_in(text: str) -> list[str]:
+    return [f"{CODE_PREFIX}-{a}-{b}" for a, b in CODE_IN_TEXT.findall(_compact(text).upper())]
+
+
+def _codes_in_qr(image: Any) -> list[str]:
+    """Codes in the QR codes of an image (PIL), decoded at a bounded size."""
+    import zxingcpp
+
+    if image.width * image.height > MAX_SCAN_PIXELS:
         return []
-    return codes_in_pdf(stream)
+    image.draft("L", (SCAN_SIDE, SCAN_SIDE))  # a JPEG is decoded at a reduced scale right away
+    image = image.convert("L")
+    image.thumbnail((SCAN_SIDE, SCAN_SIDE))
+    found: list[str] = []
+    for result in zxingcpp.read_barcodes(image, formats=zxingcpp.barcode_formats_from_str("QRCode")):
+        found += _codes_in(result.text)
+    return found
+
+
+def codes_in_scan(stream: BinaryIO, media_type: str) -> list[str]:
+    """Codes in the QR codes of a scanned sheet: a PNG or JPEG, or the images of a PDF's first pages (a scanner's
+    PDF has no text). [] when there is none or the file cannot be read. The stream's position is kept."""
+    from PIL import Image
+
+    start = stream.tell()
+    found: list[str] = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's DecompressionBombWarning: bounded by MAX_SCAN_PIXELS
+            if media_type == "application/pdf":
+                from pypdf import PdfReader
+
+                scanned = 0
+                for page in PdfReader(stream).pages[:MAX_PAGES_SCANNED]:
+                    xobjects = (page.get("/Resources") or {}).get("/XObject") or {}
+                    for name, ref in xobjects.items():
+                        obj = ref.get_object()
+                        if (obj.get("/Subtype") == "/Image" and scanned < MAX_IMAGES_SCANNED
+                                and int(obj.get("/Width", 0)) * int(obj.get("/Height", 0)) <= MAX_SCAN_PIXELS):
+                            scanned += 1
+                            found += _codes_in_qr(page.images[name].image)
+            else:
+                with Image.open(stream) as image:
+                    found = _codes_in_qr(image)
+    except Exception:  # noqa: BLE001 - a file that cannot be decoded is one without a readable code
+        logging.getLogger("itemgate.sheets").debug("no QR code read from an uploaded scan", exc_info=True)
+    finally:
+        stream.seek(start)
+    return list(dict.fromkeys(found))
+
+
+def codes_in_upload(stream: BinaryIO, media_type: str) -> list[str]:
+    """Codes readable from an uploaded sheet: a PDF's text layer; failing that, the QR code of a scan (an image, or
+    a PDF of images). Other types carry none."""
+    media_type = media_type.split(";")[0]
+    if media_type == "application/pdf":
+        return codes_in_pdf(stream) or codes_in_scan(stream, media_type)
+    if media_type in ("image/png", "image/jpeg"):
+        return codes_in_scan(stream, media_type)
+    return []
 
 
 def pdf_text(data: bytes) -> str:

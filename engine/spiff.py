@@ -4,17 +4,17 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import uuid
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from lxml import etree
 from SpiffWorkflow.bpmn.parser.ValidationException import ValidationException
 from SpiffWorkflow.bpmn.serializer.default.workflow import BpmnWorkflowConverter
 from SpiffWorkflow.bpmn.serializer.workflow import BpmnWorkflowSerializer
-from SpiffWorkflow.bpmn.specs.mixins.events.event_types import CatchingEvent  # noqa: F401  (spec types)
 from SpiffWorkflow.bpmn.specs.mixins.multiinstance_task import LoopTask
 from SpiffWorkflow.bpmn.util.task import BpmnTaskIterator
 from SpiffWorkflow.bpmn.workflow import BpmnWorkflow
@@ -128,8 +128,6 @@ def _is_descendant_of(self: Task, task: Task) -> bool:
     return False
 
 
-Task.is_descendant_of = _is_descendant_of  # type: ignore[method-assign]
-
 # TaskIterator stops descending at depth 1000 by default and says nothing: after ~200 return loops the
 # READY tasks sit deeper than that, get_tasks() no longer sees them, and the item silently freezes.
 _task_iterator_init = TaskIterator.__init__
@@ -143,15 +141,14 @@ def _unbounded_iterator_init(self: TaskIterator, task: Task, end_at_spec: Any = 
 
 
 UNBOUNDED_DEPTH = 10**9
-TaskIterator.__init__ = _unbounded_iterator_init  # type: ignore[method-assign]
 
 
 # The library's iterators keep the tasks still to visit in a list: depth-first they prepend each node's children
 # (`children + task_list`, a copy of the whole list) and pop(0), and after every leaf they walk up the ancestors
 # to recompute the depth. A returned item's tree is a chain that gets one level deeper per return, with a
 # pending sibling at every level, so each walk costs time proportional to the history: quadratic per completion.
-# Same visiting order, same filters; each entry carries its depth, and a deque makes both ends O(1). (Bench row 6:
-# the bare step at 1,000 tasks went from ~480 to ~365 ms; the rest of its growth is the library's own.)
+# Same visiting order, same filters; each entry carries its depth, and a deque makes both ends O(1) (the bare
+# step at 1,000 tasks went from ~480 to ~365 ms; the rest of its growth is the library's own).
 def _visit(self: Any, task: Task, depth: int, children: list[Task]) -> None:
     if self.depth_first:
         self._pending.extendleft((child, depth + 1) for child in reversed(children))
@@ -189,8 +186,26 @@ def _bpmn_task_iterator_next(self: Any) -> Task:
 
 
 LIBRARY_NEXT = (TaskIterator._next, BpmnTaskIterator._next)  # the originals, for the equivalence test
-TaskIterator._next = _task_iterator_next  # type: ignore[method-assign]
-BpmnTaskIterator._next = _bpmn_task_iterator_next  # type: ignore[method-assign]
+_INSTALL_LOCK = threading.Lock()
+_installed = False
+
+
+def install() -> None:
+    """Apply the library patches above (iterative ancestry, unbounded and linear task iteration). Called once by
+    the app factory (and by anything running workflows without an app); idempotent and thread-safe."""
+    global _installed
+    with _INSTALL_LOCK:
+        if _installed:
+            return
+        Task.is_descendant_of = _is_descendant_of  # type: ignore[method-assign]
+        TaskIterator.__init__ = _unbounded_iterator_init  # type: ignore[method-assign]
+        TaskIterator._next = _task_iterator_next  # type: ignore[method-assign]
+        BpmnTaskIterator._next = _bpmn_task_iterator_next  # type: ignore[method-assign]
+        _installed = True
+
+
+def installed() -> bool:
+    return _installed
 
 _SERIALIZER = _make_serializer()
 _SCRIPT_ENGINE = restricted_script_engine()
@@ -318,3 +333,68 @@ def task_lane(task: Task) -> str | None:
 
 def task_title(task: Task) -> str:
     return task.task_spec.bpmn_name or task.task_spec.name
+
+
+# ---------------------------------------------------------------- loading and library internals
+
+class Definition(Protocol):
+    """A deployed process definition row (storage.models.ProcessDefinition)."""
+
+    id: int
+    process_id: str
+    filename: str
+    bpmn_xml: str
+    sha256: str
+
+
+class Running(Protocol):
+    """A row that runs a workflow: its definition and serialized state (a process instance, a settlement)."""
+
+    definition: Any
+    state: str
+
+
+def model_of(definition: Definition) -> ParsedModel:
+    """The parsed model of a deployed definition: from the process's cache by the recorded content hash, so the
+    XML is neither loaded nor hashed per request; parsed (and checked against that hash) on a miss."""
+    cached = cached_model(definition.sha256, definition.process_id)
+    if cached is not None:
+        return cached
+    model = parse_model(definition.bpmn_xml, definition.process_id, definition.filename)
+    if model.sha256 != definition.sha256:
+        raise ModelError(f"process definition {definition.id}: the stored BPMN does not match its recorded "
+                               "SHA-256; it was changed outside `process deploy`")
+    return model
+
+
+def load_workflow(row: Running) -> tuple[BpmnWorkflow, ParsedModel]:
+    """The workflow a row runs, deserialized against its own definition's model (which it returns too)."""
+    model = model_of(row.definition)
+    return loads(row.state, model), model
+
+
+def internal_value(task: Task, key: str) -> Any:
+    """A value SpiffWorkflow keeps in a task's internal data (e.g. a timer's `event_value`)."""
+    return task._get_internal_data(key)
+
+
+def update_task(task: Task) -> None:
+    """Let the task's spec re-evaluate the task (a timer recomputes its due time from the data it inherits)."""
+    task.task_spec._update(task)
+
+
+def rename_task(task: Task, new_id: uuid.UUID) -> None:
+    """Give a task a new id in place. SpiffWorkflow links tasks by id (parent._children, child._parent,
+    workflow.tasks): all three are rewritten, keeping the task's place in the mapping (the serializer stores data
+    as deltas against the parent and restores tasks in this order, so a parent must come before its children)."""
+    wf = task.workflow
+    old = task.id
+    parent = task.parent
+    for child in task.children:
+        child._parent = new_id
+    if parent is not None:
+        parent._children = [new_id if c == old else c for c in parent._children]
+    task.id = new_id
+    entries = [(new_id if key == old else key, value) for key, value in wf.tasks.items()]
+    wf.tasks.clear()
+    wf.tasks.update(entries)

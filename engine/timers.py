@@ -7,15 +7,11 @@ from typing import Any
 
 from SpiffWorkflow.bpmn.specs.event_definitions.timer import TimerEventDefinition
 from SpiffWorkflow.util.task import TaskState
-from sqlalchemy import select
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from engine import audit, budgets
-from engine.errors import Conflict
-from engine.expressions import deadline
+from engine import audit, spiff
 from engine.policy import roles_granted
-from storage.models import HumanTask, Notification, ProcessInstance
+from storage.models import HumanTask, Notification, User
 
 log = logging.getLogger("itemgate.timers")
 
@@ -51,7 +47,7 @@ def arm_deadline_timers(user_task: Any, due_at: datetime) -> int:
     for timer in timers:
         timer.internal_data.pop("event_value", None)
         timer.internal_data.pop("event_fired", None)
-        timer.task_spec._update(timer)
+        spiff.update_task(timer)
     return len(timers)
 
 
@@ -76,79 +72,26 @@ def attached_user_task(timer: Any) -> Any | None:
 
 
 def notify_overdue(session: Session, task: HumanTask, now: datetime) -> list[Notification]:
-    """A reminder to whoever holds the task (or its group) and an escalation to the project managers."""
+    """A reminder to whoever holds the task (or, unclaimed, each member of its queue) and an escalation to
+    every project manager, each with their own read state (engine/notify.py)."""
+    from engine.notify import Event, notify, queue_members, role_members
+
     due = task.due_at.isoformat() if task.due_at else "?"
     item = task.item
-    reminder = Notification(
-        user_id=task.assignee_id, role=None if task.assignee_id else task.role,
-        department_id=None if task.assignee_id else task.department_id, item_id=task.item_id, task_id=task.id,
-        kind="reminder", created_at=now,
-        message=f"任务「{task.title}」（事项 {item.code}）已超过办理期限 {due}，请尽快处理")
-    escalations = [Notification(
-        role=role, item_id=task.item_id, task_id=task.id, kind="escalation", created_at=now,
-        message=f"任务「{task.title}」（事项 {item.code}）超期未办理，期限 {due}")
-        for role in roles_granted("task.escalation")]
-    session.add_all([reminder, *escalations])
-    session.flush()
-    for note in (reminder, *escalations):
-        audit.record(session, audit.SYSTEM, f"task.{note.kind}", target_type="task", target_id=task.id,
-                     item_id=task.item_id, notification=note.id, to_user=note.user_id, to_role=note.role)
-    return [reminder, *escalations]
+    holder = session.get(User, task.assignee_id) if task.assignee_id else None
+    reminded = notify(session, Event(
+        "reminder", f"任务「{task.title}」（事项 {item.code}）已超过办理期限 {due}，请尽快处理",
+        item_id=task.item_id, task_id=task.id, role=None if holder else task.role,
+        department_id=None if holder else task.department_id),
+        [holder] if holder is not None else queue_members(session, task), now=now)
+    escalated: list[Notification] = []
+    for role in roles_granted("task.escalation"):
+        escalated += notify(session, Event(
+            "escalation", f"任务「{task.title}」（事项 {item.code}）超期未办理，期限 {due}", item_id=task.item_id,
+            task_id=task.id, role=role), role_members(session, role), now=now)
+    for kind, rows in (("reminder", reminded), ("escalation", escalated)):
+        audit.record(session, audit.SYSTEM, f"task.{kind}", target_type="task", target_id=task.id,
+                     item_id=task.item_id, notifications=[n.id for n in rows],
+                     to_users=[n.user_id for n in rows])
+    return reminded + escalated
 
-
-def _next_due(session: Session, now: datetime, skip: set[int]) -> ProcessInstance | None:
-    """Lock one due instance; other hosts skip a locked row instead of firing it again."""
-    query = (select(ProcessInstance)
-             .where(ProcessInstance.next_timer_at.is_not(None), ProcessInstance.next_timer_at <= now,
-                    ProcessInstance.status == "running")
-             .order_by(ProcessInstance.next_timer_at, ProcessInstance.id).limit(1))
-    if skip:
-        query = query.where(ProcessInstance.id.not_in(skip))
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True, of=ProcessInstance)
-    return session.scalars(query).first()
-
-
-def due_instances(session: Session, now: datetime, limit: int = 100) -> list[ProcessInstance]:
-    """The instances whose timers are due (read-only view, e.g. for monitoring)."""
-    return list(session.scalars(
-        select(ProcessInstance)
-        .where(ProcessInstance.next_timer_at.is_not(None), ProcessInstance.next_timer_at <= now,
-               ProcessInstance.status == "running")
-        .order_by(ProcessInstance.next_timer_at).limit(limit)))
-
-
-def fire_due_timers(session: Session, now: datetime | None = None, limit: int = 1000) -> int:
-    """Fire every due timer once; returns how many instances advanced. One transaction per instance.
-
-    Each instance is locked alone (PostgreSQL: FOR UPDATE SKIP LOCKED) and its state written by
-    compare-and-set, so a second `tick` on another host either skips it or loses the write and rolls back
-    its notifications with it; SQLite serialises writers and the compare-and-set decides.
-    """
-    from engine.workflow import advance_timers  # late import: engine.workflow imports this module
-
-    now = now or datetime.now(UTC)
-    fired = 0
-    seen: set[int] = set()
-    while len(seen) < limit:
-        instance = _next_due(session, now, seen)
-        if instance is None:
-            break
-        instance_id = instance.id
-        seen.add(instance_id)
-        try:
-            # One instance's timers and engine steps get one budget (every evaluation inside also has its own).
-            with deadline(budgets.LIMITS.tick_instance_seconds):
-                fired += advance_timers(session, instance, now)
-            session.commit()
-        except Conflict:
-            session.rollback()  # another host advanced it first
-        except OperationalError as exc:
-            session.rollback()
-            if "locked" not in str(exc).lower():
-                raise
-        except Exception:  # one broken instance must not stop the others' reminders
-            session.rollback()
-            log.exception("timer tick failed for process instance %s", instance_id)
-    session.commit()
-    return fired

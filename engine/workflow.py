@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -9,7 +10,6 @@ from typing import Any, cast
 
 from SpiffWorkflow.util.task import TaskState
 from sqlalchemy import ColumnElement, Table, insert, or_, select, text, update
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, joinedload, lazyload
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -20,11 +20,22 @@ from engine.access import authorize, load_task_for, require_act
 from engine.calendar import TZ as CHINA
 from engine.calendar import WorkCalendar
 from engine.catalog import DELIVERABLE_PROCESSES, METERED_PROCESSES, required_kinds
-from engine.errors import Conflict, DomainError, FormInvalid, GateUnmet, Invalid, ProcessFailed
+from engine.errors import (
+    PROGRAMMING_ERRORS,
+    Conflict,
+    DomainError,
+    Forbidden,
+    FormInvalid,
+    GateUnmet,
+    Invalid,
+    ProcessFailed,
+)
 from engine.evidence import evidence_scope, lock_evidence, submitted_evidence, verify_artefact
 from engine.ledger import tally_item
 from engine.policy import ALL, DEFAULT_LANE, scope_of
-from storage.artefact_store import ArtefactStore, StoreUnavailable
+from engine.registration import check_attributes
+from storage.artefact_store import ArtefactStore, ObjectMissing, StoreUnavailable
+from storage.concurrency import Lost, compare_and_set
 from storage.models import (
     CHANNELS,
     DELIVERABLE_MODE,
@@ -102,22 +113,12 @@ def deploy_definition(session: Session, process_id: str, xml: str, filename: str
     return definition
 
 
-def model_of(definition: ProcessDefinition) -> spiff.ParsedModel:
-    """The parsed model of a deployed definition: from the process's cache by the recorded content hash, so the
-    XML is neither loaded nor hashed per request; parsed (and checked against that hash) on a miss."""
-    cached = spiff.cached_model(definition.sha256, definition.process_id)
-    if cached is not None:
-        return cached
-    model = spiff.parse_model(definition.bpmn_xml, definition.process_id, definition.filename)
-    if model.sha256 != definition.sha256:
-        raise spiff.ModelError(f"process definition {definition.id}: the stored BPMN does not match its recorded "
-                               "SHA-256; it was changed outside `process deploy`")
-    return model
-
-
 # ---------------------------------------------------------------- calendar
 
+# Per database URL: (fingerprint of the entered years, calendar). Threads of one process share it, so it is
+# read and written under a lock (a calendar is immutable once built; only the mapping needs it).
 _calendar_cache: dict[str, tuple[tuple[Any, ...], WorkCalendar]] = {}
+_calendar_lock = threading.Lock()
 
 
 def work_calendar(session: Session) -> WorkCalendar:
@@ -129,14 +130,16 @@ def work_calendar(session: Session) -> WorkCalendar:
     fingerprint = tuple((year, entered_at) for year, entered_at in session.execute(
         select(CalendarYear.year, CalendarYear.entered_at).order_by(CalendarYear.year)))
     key = str(session.get_bind().engine.url)
-    cached = _calendar_cache.get(key) if caching.enabled() else None
+    with _calendar_lock:
+        cached = _calendar_cache.get(key) if caching.enabled() else None
     if cached is not None and cached[0] == fingerprint:
         return cached[1]
     overrides = {day: is_workday for day, is_workday in session.execute(
         select(CalendarDay.day, CalendarDay.is_workday))}
     calendar = WorkCalendar(overrides=overrides, covered_years={year for year, _ in fingerprint})
     if caching.enabled():
-        _calendar_cache[key] = (fingerprint, calendar)
+        with _calendar_lock:
+            _calendar_cache[key] = (fingerprint, calendar)
     return calendar
 
 
@@ -213,6 +216,8 @@ def _resolve_new_item(session: Session, spec: NewItem
         errors["name"] = ["must not be empty"]
     if not spec.code.strip():
         errors["code"] = ["must not be empty"]
+    if line is not None:
+        errors.update(check_attributes(session, line, spec.department, spec.attributes))
     if errors:
         raise FormInvalid(errors, "The work item is not valid")
     assert contract is not None and line is not None and department is not None
@@ -289,7 +294,7 @@ def create_item(ctx: Ctx, spec: NewItem) -> WorkItem:
     )
     item.contract, item.service_line, item.department = contract, line, department
     definition = definition or current_definition(ctx.session, line.process_id)
-    model = model_of(definition)
+    model = spiff.model_of(definition)
     start_data = {
         "mode": item.mode, "channels": list(item.channels), "service_line": line.code,
         "department": department.code, "attributes": dict(item.attributes),
@@ -304,13 +309,14 @@ def create_item(ctx: Ctx, spec: NewItem) -> WorkItem:
     instance.definition = definition
     # The projection sets the item's stage and the instance's state (with its deadline timers armed), so the
     # item, its instance and its first tasks go in with one flush and no follow-up UPDATE.
-    created = _sync_projection(ctx, instance, item, workflow, return_comment=None, new=True)
+    created = sync_projection(ctx, instance, item, workflow, return_comment=None, new=True)
     ctx.session.add(item)
     ctx.session.flush()
     instance.item_id = item.id
     ctx.session.add(instance)
     ctx.session.add_all(created)
     ctx.session.flush()
+    _notify_created(ctx, created, None)
     extra: dict[str, Any] = {"units": str(item.units), "period": item.period} if item.units is not None else {}
     if outside:
         extra["out_of_period"] = True
@@ -322,24 +328,32 @@ def create_item(ctx: Ctx, spec: NewItem) -> WorkItem:
 
 # ---------------------------------------------------------------- projection
 
-def _department_for(session: Session, item: WorkItem, task: Any, props: dict[str, str]) -> int:
+def _department_codes(session: Session, tasks: list[Any]) -> dict[str, int]:
+    """Department code → id for every department the new tasks name through their `department_var` (one query)."""
+    codes = set()
+    for task in tasks:
+        var = spiff.task_properties(task).get("department_var")
+        if var and task.data.get(var):
+            codes.add(str(task.data[var]))
+    if not codes:
+        return {}
+    return {code: dept_id for code, dept_id in session.execute(
+        select(Department.code, Department.id).where(Department.code.in_(codes)))}
+
+
+def _department_for(item: WorkItem, task: Any, props: dict[str, str], codes: dict[str, int]) -> int:
     var = props.get("department_var")
-    if var:
-        code = task.data.get(var)
-        if code:
-            dept = session.execute(select(Department).where(Department.code == str(code))).scalar()
-            if dept is not None:
-                return dept.id
-    return item.department_id
+    code = task.data.get(var) if var else None
+    return codes.get(str(code), item.department_id) if code else item.department_id
 
 
-def _sync_projection(ctx: Ctx, instance: ProcessInstance, item: WorkItem, workflow: Any,
+def sync_projection(ctx: Ctx, instance: ProcessInstance, item: WorkItem, workflow: Any,
                      return_comment: str | None, *, new: bool = False) -> list[HumanTask]:
     """Make human_task rows mirror the READY manual tasks, arm their deadline timers, and persist the
     instance state once: a compare-and-set UPDATE, or for a `new` instance (not yet inserted, no rows yet)
     its initial state. Returns the rows created."""
     session = ctx.session
-    model = model_of(instance.definition)
+    model = spiff.model_of(instance.definition)
     ready = {str(t.id): t for t in spiff.ready_human_tasks(workflow)}
     # The rows' item is the one given (found in the session by its key); joining it and its catalogue again
     # per completion is what the default eager loading would do.
@@ -354,6 +368,7 @@ def _sync_projection(ctx: Ctx, instance: ProcessInstance, item: WorkItem, workfl
     created: list[HumanTask] = []
     calendar = None
     due_overrides = (item.contract.settings or {}).get("due_days", {})
+    codes = _department_codes(session, [t for tid, t in ready.items() if tid not in known])
     for tid, task in ready.items():
         if tid in known:
             continue
@@ -373,7 +388,7 @@ def _sync_projection(ctx: Ctx, instance: ProcessInstance, item: WorkItem, workfl
         row = HumanTask(
             item=item, spiff_task_id=tid, spec_name=task.task_spec.name,
             title=spiff.task_title(task), lane=lane, role=lane,
-            department_id=_department_for(session, item, task, props),
+            department_id=_department_for(item, task, props, codes),
             per_department=bool(props.get("department_var")), form=props.get("form", "design"),
             gate=props.get("gate"), stage=props.get("stage"), review_of=props.get("review_of"),
             status="ready", due_at=due_at, due_warning=warning, return_comment=return_comment,
@@ -395,7 +410,19 @@ def _sync_projection(ctx: Ctx, instance: ProcessInstance, item: WorkItem, workfl
         save_instance(ctx, instance, workflow, model)
         session.add_all(created)
         session.flush()
+        _notify_created(ctx, created, return_comment)
     return created
+
+
+def _notify_created(ctx: Ctx, created: list[HumanTask], return_comment: str | None) -> None:
+    """New work is told to its queue, a return to whoever's work came back (engine/notify.py). A new item's
+    first tasks are told by create_item once they have ids."""
+    if not created:
+        return
+    from engine.notify import tasks_created
+
+    tasks_created(ctx.session, created, return_comment=return_comment, actor=ctx.actor, now=ctx.now,
+                  exclude=ctx.user.id if ctx.user is not None else None)
 
 
 # ---------------------------------------------------------------- claim
@@ -473,6 +500,13 @@ def hand_over(ctx: Ctx, task_id: int, to_username: str) -> HumanTask:
     _set_task_if(ctx, task, _held_by(task.assignee_id), assignee_id=target.id, claimed_at=ctx.now)
     audit.record(ctx.session, ctx.actor, "task.handed_over", target_type="task", target_id=task.id,
                  item_id=task.item_id, to=target.username)
+    from engine.notify import Event, notify
+
+    item = task.item
+    notify(ctx.session, Event("handover", f"{ctx.user.display_name or ctx.user.username} 将任务「{task.title}」"
+                                          f"（事项 {item.code}「{item.name}」）转交给您",
+                              item_id=task.item_id, task_id=task.id), [target], actor=ctx.actor, now=ctx.now,
+           exclude=ctx.user.id)
     return task
 
 
@@ -559,7 +593,7 @@ def check_gate(ctx: Ctx, task: HumanTask) -> list[GateStatus]:
 
 # ---------------------------------------------------------------- complete
 
-def _load_instance(session: Session, item_id: int) -> ProcessInstance:
+def load_instance(session: Session, item_id: int) -> ProcessInstance:
     instance = session.execute(select(ProcessInstance).where(ProcessInstance.item_id == item_id)).scalar_one()
     return instance
 
@@ -569,26 +603,27 @@ def save_instance(ctx: Ctx, instance: ProcessInstance, workflow: Any, model: spi
     state = serialize_state(workflow, model)
     values_timer = next_timer_at(workflow)
     expected = instance.version
-    table = _INSTANCES
+    status = "completed" if workflow.is_completed() else "running"
     try:
-        # A Core statement on the session's connection: the ORM's bulk-update machinery (and the autoflush it
-        # brings) cost more than the UPDATE itself, and the instance's attributes are set below anyway.
-        result = ctx.session.connection().execute(
-            update(table).where(table.c.id == instance.id, table.c.version == expected)
-            .values(state=state, version=expected + 1, updated_at=ctx.now, next_timer_at=values_timer,
-                    status="completed" if workflow.is_completed() else "running"))
-    except OperationalError as exc:  # SQLite: another writer holds the database
-        if "locked" in str(exc).lower():
-            raise Conflict("the item changed while you were working; reload and try again") from exc
-        raise
-    if _rowcount(result) != 1:
-        raise Conflict("the item changed while you were working; reload and try again", code="version_conflict")
+        # On the session's connection: the ORM's bulk-update machinery (and the autoflush it brings) cost more
+        # than the UPDATE itself, and the instance's attributes are set below anyway.
+        compare_and_set(ctx.session, _INSTANCES, instance.id, expected,
+                        {"state": state, "updated_at": ctx.now, "next_timer_at": values_timer, "status": status},
+                        on_connection=True)
+    except Lost as lost:
+        if lost.busy:
+            raise Conflict("the item changed while you were working; reload and try again") from lost
+        raise Conflict("the item changed while you were working; reload and try again",
+                       code="version_conflict") from lost
     # The row is written; tell the ORM so (set as committed, not as changes) or it writes the state again.
     set_committed_value(instance, "state", state)
     set_committed_value(instance, "version", expected + 1)
     set_committed_value(instance, "updated_at", ctx.now)
     set_committed_value(instance, "next_timer_at", values_timer)
-    set_committed_value(instance, "status", "completed" if workflow.is_completed() else "running")
+    set_committed_value(instance, "status", status)
+
+
+_PASSED_ON: tuple[type[BaseException], ...] = (DomainError, *PROGRAMMING_ERRORS)
 
 
 def _element_of(exc: BaseException, fallback: Any = None) -> str | None:
@@ -611,7 +646,7 @@ def start_workflow(model: spiff.ParsedModel, data: dict[str, Any]) -> Any:
     is a 422 naming the element, nothing created."""
     try:
         return spiff.new_workflow(model, data)
-    except DomainError:
+    except _PASSED_ON:
         raise
     except Exception as exc:  # the library raises many types; the item must not be half-created
         raise _model_failure(exc, "the process") from exc
@@ -634,9 +669,9 @@ def run_and_step(workflow: Any, task: Any, data: dict[str, Any], what: str) -> N
     try:
         task.run()
         workflow.do_engine_steps()
-    except DomainError:
-        raise
-    except Exception as exc:  # the library raises many types; none may leave a half-moved instance
+    except _PASSED_ON:
+        raise  # a refusal stays one; a bug is logged as a 500 (nothing was saved either way)
+    except Exception as exc:  # the library raises many types for a model's own errors
         raise _model_failure(exc, what, task) from exc
 
 
@@ -709,8 +744,7 @@ def complete_task(ctx: Ctx, task_id: int, data: Any) -> HumanTask:
                  status="completed", completed_at=ctx.now, completed_by_id=ctx.user.id, assignee_id=ctx.user.id)
 
     instance = task.instance
-    model = model_of(instance.definition)
-    workflow = spiff.loads(instance.state, model)
+    workflow, model = spiff.load_workflow(instance)
     from uuid import UUID
 
     spiff_task = workflow.get_task_from_id(UUID(task.spiff_task_id))
@@ -747,7 +781,7 @@ def complete_task(ctx: Ctx, task_id: int, data: Any) -> HumanTask:
     audit.record(session, ctx.actor, "task.completed", target_type="task", target_id=task.id, item_id=item.id,
                  task=task.spec_name, decision=clean.get("decision"), comment=clean.get("comment"),
                  artefacts=[s.artefact.id for s in statuses if s.artefact is not None])
-    _sync_projection(ctx, instance, item, workflow, return_comment=clean.get("comment") if returned else None)
+    sync_projection(ctx, instance, item, workflow, return_comment=clean.get("comment") if returned else None)
     if workflow.is_completed():
         item.status = "completed"
         item.completed_at = ctx.now
@@ -778,7 +812,7 @@ def _retain_evidence(ctx: Ctx, artefacts: list[Artefact]) -> None:
     def hold(artefact: Artefact) -> None:
         try:
             store.hold(artefact.key, artefact.version_id)
-        except (KeyError, StoreUnavailable):
+        except (ObjectMissing, StoreUnavailable):
             _log.warning("could not place a legal hold on %s (%s)", artefact.key, artefact.version_id)
 
     store.each(hold, artefacts)
@@ -795,11 +829,10 @@ def _separation_of_duties(ctx: Ctx, task: HumanTask, statuses: list[GateStatus])
                                                     HumanTask.gate == task.review_of,
                                                     HumanTask.status == "completed")))
         if me in submitters:
-            raise DomainError("you submitted this deliverable and cannot review it", code="separation_of_duties",
-                              status=403)
+            raise Forbidden("you submitted this deliverable and cannot review it", code="separation_of_duties")
         if any(a.uploaded_by_id == me for a in submitted_evidence(ctx.session, task)):
-            raise DomainError("you uploaded evidence of this deliverable and cannot review it",
-                              code="separation_of_duties", status=403)
+            raise Forbidden("you uploaded evidence of this deliverable and cannot review it",
+                            code="separation_of_duties")
     if task.form == "cosign":
         # Sibling signatures of this round were projected together, so they share the creation time.
         others = ctx.session.execute(
@@ -808,8 +841,8 @@ def _separation_of_duties(ctx: Ctx, task: HumanTask, statuses: list[GateStatus])
                 HumanTask.status == "completed", HumanTask.created_at >= task.created_at)).all()
         for signer, role in others:
             if signer == me or role == task.role:
-                raise DomainError("the two signatures must come from two different people in two different "
-                                  "roles", code="separation_of_duties", status=403)
+                raise Forbidden("the two signatures must come from two different people in two different "
+                                "roles", code="separation_of_duties")
 
 
 # ---------------------------------------------------------------- timers
@@ -818,7 +851,7 @@ def next_timer_at(workflow: Any) -> datetime | None:
     """The earliest due time among waiting timer events, so `tick` only loads instances that are due."""
     due: list[datetime] = []
     for task in timers.waiting_timer_ids(workflow).values():
-        value = task._get_internal_data("event_value")
+        value = spiff.internal_value(task, "event_value")
         if isinstance(value, str) and value != timers.NO_DEADLINE:
             try:
                 due.append(datetime.fromisoformat(value))
@@ -830,8 +863,7 @@ def next_timer_at(workflow: Any) -> datetime | None:
 
 def advance_timers(session: Session, instance: ProcessInstance, now: datetime) -> int:
     """Refresh waiting timers of one (locked) instance and persist; returns 1 when anything fired."""
-    model = model_of(instance.definition)
-    workflow = spiff.loads(instance.state, model)
+    workflow, model = spiff.load_workflow(instance)
     waiting = timers.waiting_timer_ids(workflow)
     attached = {tid: timers.attached_user_task(t) for tid, t in waiting.items()}
     try:
@@ -844,7 +876,7 @@ def advance_timers(session: Session, instance: ProcessInstance, now: datetime) -
     item = session.get(WorkItem, instance.item_id)
     assert item is not None
     ctx = Ctx(session=session, user=None, now=now)
-    _sync_projection(ctx, instance, item, workflow, return_comment=None)
+    sync_projection(ctx, instance, item, workflow, return_comment=None)
     if fired:
         audit.record(session, audit.SYSTEM, "timer.fired", target_type="item", target_id=item.id,
                      tasks=fired)

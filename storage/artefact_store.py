@@ -62,6 +62,11 @@ class StoreUnavailable(Exception):
     """The object store cannot be reached or is failing; the caller answers 503 and records nothing."""
 
 
+
+class ObjectMissing(KeyError):
+    """The object (or object version) asked for is not in the store. A KeyError for old callers, but catch this:
+    a bare `except KeyError` also swallows programming errors."""
+
 class TooLarge(Exception):
     """The upload is larger than the allowed maximum."""
 
@@ -253,7 +258,7 @@ def _is_unavailable(exc: BaseException) -> bool:
 
 def _raise_mapped(exc: BaseException, what: str) -> NoReturn:
     if isinstance(exc, S3Error) and exc.code in _MISSING_CODES:
-        raise KeyError(what) from exc
+        raise ObjectMissing(what) from exc
     if _is_unavailable(exc):
         raise StoreUnavailable(f"object store unavailable during {what}: {exc}") from exc
     raise exc
@@ -276,7 +281,7 @@ class ObjectStream:
         self.length: int | None = int(length) if length is not None and length.isdigit() else None
 
     def prefetch(self) -> ObjectStream:
-        """Read the first chunk now, so that a store failing right after the headers shows (as KeyError or
+        """Read the first chunk now, so that a store failing right after the headers shows (as ObjectMissing or
         StoreUnavailable) before the caller commits to sending the object; iteration starts with that chunk."""
         if self._first is None and self._response is not None:
             try:
@@ -537,7 +542,7 @@ class ArtefactStore:
         return size, digest.hexdigest()
 
     def iter_content(self, key: str, version_id: str | None, chunk: int = 1 << 20) -> ObjectStream:
-        """Open a streaming GET now (so a missing object raises KeyError here) and iterate its bytes."""
+        """Open a streaming GET now (so a missing object raises ObjectMissing here) and iterate its bytes."""
         try:
             response = self._client.get_object(self.bucket, key, version_id=version_id)
         except Exception as exc:
@@ -571,7 +576,7 @@ class ArtefactStore:
             return True
         except S3Error as exc:
             if exc.code in _MISSING_CODES:
-                raise KeyError(key) from exc
+                raise ObjectMissing(key) from exc
             if _is_unavailable(exc) and exc.code not in ("AccessDenied",):
                 raise StoreUnavailable(f"object store unavailable during hold {key}: {exc}") from exc
             return False
@@ -624,7 +629,7 @@ class ArtefactStore:
         return StoredObject(self.bucket, key, result.version_id, digest, len(data), result.etag or None)
 
     def read_small(self, key: str, version_id: str | None, limit: int = 1 << 20) -> bytes:
-        """The whole of a small object (at most `limit` bytes); KeyError when it is missing."""
+        """The whole of a small object (at most `limit` bytes); ObjectMissing when it is missing."""
         out = bytearray()
         with self.iter_content(key, version_id, chunk=1 << 16) as chunks:
             for chunk in chunks:

@@ -73,6 +73,8 @@ class Department(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     code: Mapped[str] = mapped_column(String(64), unique=True)
     name: Mapped[str] = mapped_column(String(200))
+    # The department's lead reviewer (牵头审核人), chosen by an administrator.
+    lead_reviewer_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", use_alter=True))
 
 
 class User(Base):
@@ -86,7 +88,7 @@ class User(Base):
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
-    department: Mapped[Department | None] = relationship(lazy="joined")
+    department: Mapped[Department | None] = relationship(lazy="joined", foreign_keys=[department_id])
 
     @property
     def department_code(self) -> str | None:
@@ -243,7 +245,7 @@ class HumanTask(Base):
         Index("ix_human_tasks_assignee", "assignee_id", "status", "created_at"),
         Index("ix_human_tasks_item", "item_id", "status"),
         # Inbox queues in page order: a first page reads 20 index entries instead of sorting every open task
-        # of a role (bench row 2). Not partial, so generic plans of prepared statements can use them too.
+        # of a role. Not partial, so generic plans of prepared statements can use them too.
         Index("ix_human_tasks_role_queue", "status", "role", "created_at", "id",
               postgresql_include=["assignee_id"]),
         Index("ix_human_tasks_dept_queue", "status", "role", "department_id", "created_at", "id",
@@ -387,7 +389,9 @@ class AuditEvent(Base):
 
     # An item's history (its own, its tasks' and its artefacts' events) is looked up by target; without this
     # every item page scans the whole chain, which grows by every action for years.
-    __table_args__ = (Index("ix_audit_events_target", "target_type", "target_id"),)
+    __table_args__ = (Index("ix_audit_events_target", "target_type", "target_id"),
+                      # The admin's status page reads the latest event of a kind (last verify, last fsck).
+                      Index("ix_audit_events_type", "event_type", "id"))
 
 
 class CalendarDay(Base):
@@ -497,7 +501,10 @@ class SettlementNote(Base):
 
 
 class Notification(Base):
-    """A reminder (to the task's assignee or group) or an escalation (to the PMs) raised by an overdue timer."""
+    """One notification for one person, with that person's own read state: a task returned to them, new work in
+    their queue, a claim handed to them, a reminder or escalation, a settlement step waiting for their role.
+    Group events are fanned out to a row per member (engine/notify.py), so one member reading it reads it for
+    no one else."""
 
     __tablename__ = "notifications"
     __table_args__ = (
@@ -505,16 +512,58 @@ class Notification(Base):
         Index("ix_notifications_role", "role", "department_id", "read_at"),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
-    # Either one user (the assignee) or a group (role, optionally scoped to a department).
+    # The recipient. (Rows written before 18b may still name a group alone: role, optionally department.)
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    # The group the event was addressed to, when it was (new work in a queue, a reminder to a group).
     role: Mapped[str | None] = mapped_column(String(32))
     department_id: Mapped[int | None] = mapped_column(ForeignKey("departments.id"))
-    item_id: Mapped[int] = mapped_column(ForeignKey("work_items.id"))
+    item_id: Mapped[int | None] = mapped_column(ForeignKey("work_items.id"))
     task_id: Mapped[int | None] = mapped_column(ForeignKey("human_tasks.id"))
-    kind: Mapped[str] = mapped_column(String(16))  # reminder | escalation
+    settlement_id: Mapped[int | None] = mapped_column(ForeignKey("settlements.id"))
+    # reminder | escalation | returned | new_task | difficulty | handover | settlement
+    kind: Mapped[str] = mapped_column(String(16))
     message: Mapped[str] = mapped_column(String(400))
+    # The comment of a return, shown with the notification.
+    comment: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     read_at: Mapped[datetime | None]
+
+
+class NotificationChannel(Base):
+    """Where a person's or a department's notifications are also sent: an e-mail address, or a chat webhook
+    (企业微信/钉钉 group robot, as an Apprise URL or the robot's own webhook URL)."""
+
+    __tablename__ = "notification_channels"
+    __table_args__ = (UniqueConstraint("owner_type", "owner_id", "kind", name="uq_notification_channels_owner"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    owner_type: Mapped[str] = mapped_column(String(16))  # user | department
+    owner_id: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))  # email | webhook
+    target: Mapped[str] = mapped_column(String(500))
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class NotificationDelivery(Base):
+    """The outbox: one message to one channel, written in the transaction that raised the notification and sent
+    afterwards by `tick` or the serve loop (claimed under row locks), retried with backoff, failures kept."""
+
+    __tablename__ = "notification_deliveries"
+    __table_args__ = (Index("ix_notification_deliveries_queue", "status", "next_attempt_at", "id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    notification_id: Mapped[int | None] = mapped_column(ForeignKey("notifications.id"))
+    channel_id: Mapped[int | None] = mapped_column(ForeignKey("notification_channels.id"))
+    kind: Mapped[str] = mapped_column(String(16))  # email | webhook
+    target: Mapped[str] = mapped_column(String(500))
+    title: Mapped[str] = mapped_column(String(200))
+    body: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | sending | sent | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    claimed_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None]
 
 
 # ---------------------------------------------------------------- trust: audit retention, login throttling
@@ -617,3 +666,40 @@ class Payment(Base):
     invoice_number: Mapped[str] = mapped_column(String(64))
     recorded_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     recorded_at: Mapped[datetime] = mapped_column(default=utcnow)
+class ServiceOrder(Base):
+    """运营服务单 (seed 001 §七(三)1): a department or the buyer asks for work with a 需求函; the PM accepts it
+    into a work item (the letter becomes the item's requirement/change letter) or declines it with a reason."""
+
+    __tablename__ = "service_orders"
+    __table_args__ = (Index("ix_service_orders_status", "status", "created_at"),
+                      Index("ix_service_orders_department", "department_id", "created_at"))
+    id: Mapped[int] = mapped_column(primary_key=True)
+    contract_id: Mapped[int] = mapped_column(ForeignKey("contracts.id"))
+    department_id: Mapped[int] = mapped_column(ForeignKey("departments.id"))
+    title: Mapped[str] = mapped_column(String(300))
+    description: Mapped[str | None] = mapped_column(Text)
+    # What the requester proposes; the PM decides the item's line, channels and mode on acceptance.
+    service_line: Mapped[str | None] = mapped_column(String(32))
+    mode: Mapped[str] = mapped_column(String(16), default="new")
+    channels: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    wanted_by: Mapped[date | None]
+    # The letter (需求函 / 变更函) as stored: the key is the server's, never the uploader's filename.
+    filename: Mapped[str] = mapped_column(String(255))
+    bucket: Mapped[str] = mapped_column(String(100))
+    key: Mapped[str] = mapped_column(String(400))
+    version_id: Mapped[str | None] = mapped_column(String(200))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    media_type: Mapped[str] = mapped_column(String(200))
+    requested_by_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    status: Mapped[str] = mapped_column(String(16), default="submitted")  # submitted | accepted | declined
+    decided_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    decided_at: Mapped[datetime | None]
+    decline_reason: Mapped[str | None] = mapped_column(Text)
+    item_id: Mapped[int | None] = mapped_column(ForeignKey("work_items.id"))
+
+    contract: Mapped[Contract] = relationship(lazy="joined")
+    department: Mapped[Department] = relationship(lazy="joined")
+    requested_by: Mapped[User] = relationship(foreign_keys=[requested_by_id], lazy="joined")
+    decided_by: Mapped[User | None] = relationship(foreign_keys=[decided_by_id])

@@ -16,6 +16,12 @@ import psycopg
 import pytest
 from sqlalchemy import delete, select
 
+from engine import audit, spiff
+
+# What the app factory installs, for tests that run the engine without an app.
+spiff.install()
+audit.install_session_hooks()
+
 # The schemathesis pytest plugin imports schemathesis._hypothesis inside every test call, and that module
 # reads the deprecated jsonschema.RefResolutionError. Under `-W error` that import fails in every test;
 # importing it once here, with that warning silenced, lets the plugin find it loaded.
@@ -23,7 +29,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     import schemathesis._hypothesis  # noqa: F401
 
-pytest_plugins = ["tests.s3_fixtures"]
+pytest_plugins = ["tests.s3_fixtures", "tests.notification_sinks"]
 
 PG_ADMIN_DSN = os.environ.get("ITEMGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 BACKENDS = ["sqlite", "postgresql"]
@@ -107,6 +113,12 @@ def truncate_all(app: Any) -> None:
         db.session.remove()
         # audit_events is append-only (app guard + PostgreSQL trigger); cleanup uses the prune window.
         audit.allow_prune(db.session)
+        # departments.lead_reviewer_id points back at users (a cycle the sort leaves out): cut it first.
+        from sqlalchemy import update
+
+        from storage.models import Department
+
+        db.session.execute(update(Department).values(lead_reviewer_id=None))
         for table in reversed(Base.metadata.sorted_tables):
             db.session.execute(delete(table))
         db.session.commit()
@@ -167,10 +179,11 @@ class World:
         self.auto_confirm_difficulty = True
 
     def user(self, username: str, role: str, department: str | None = None) -> None:
+        from api.auth import hash_password
         from api.extensions import db
-        from api.rest.core import create_user
+        from engine.accounts import create_user
 
-        create_user(username, PASSWORD, role, department)
+        create_user(db.session, username, hash_password(PASSWORD), role, department)
         db.session.commit()
 
     def headers(self, username: str) -> dict[str, str]:
@@ -332,3 +345,22 @@ def seeded_sqlite_world(apps: dict[str, Any], tmp_path_factory: pytest.TempPathF
         for username, role, dept in SEED_USERS:
             world.user(username, role, dept)
     return world
+
+
+# Tests that need a server (PostgreSQL, the S3 server, a full app with its database) are `integration`; the
+# browser tests are `browser`; the rest are `unit` and run in seconds: `make test-unit`.
+_SERVER_FIXTURES = {"s3_server", "pg_database", "_apps", "app_for_backend", "app", "client", "store", "world",
+                    "sworld", "matrix_world", "backend"}
+# Modules that start servers or processes of their own (S3 servers, `make run`, gunicorn, the bench).
+_SERVER_MODULES = {"test_s3_store.py", "test_embedded_s3_dir.py", "test_make_run.py", "test_two_servers.py",
+                   "test_fuzz_api.py", "test_bench_smoke.py", "test_spiff_limits.py"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("browser") or "browser" in item.nodeid.split("/"):
+            continue
+        fixtures = set(getattr(item, "fixturenames", ()))
+        # `test_cli_*` run the command line, which builds its own app, database and S3 server.
+        server = fixtures & _SERVER_FIXTURES or item.path.name in _SERVER_MODULES or item.name.startswith("test_cli_")
+        item.add_marker(pytest.mark.integration if server else pytest.mark.unit)

@@ -120,6 +120,7 @@ def test_annual_shows_the_approved_staged_claims_and_the_cumulative_amount(cw):
     assert by["6m"]["approved"] == net6 and by["9m"]["approved"] == net9
     assert by["9m"]["cumulative_approved"] == round(net6 + net9, 2)
     assert by["annual"]["this"] is True and by["annual"]["approved"] is None
+    assert isinstance(annual["on_time"], list)   # the period's on-time rate per department, for the evaluation
     assert annual["figures"]["gross"] == 45000.0   # what is new in the annual stage
     # Late (its 20 working days passed): 3 % of the year's fee — the staged claims' gross and the new.
     assert annual["figures"]["late"] is True and annual["figures"]["penalty"] == 4050.0
@@ -443,7 +444,7 @@ def test_web_payment_schedule_claim_page_and_dashboard_show_the_money_rules(cw, 
     page = pm.get(f"/settlements/{s9['id']}").get_data(as_text=True)
     assert "结转" in page and "上期漏报" in page and 'data-stage="9m"' in page and 'data-clock="materials"' in page
     dash = pm.get("/dashboard").get_data(as_text=True)
-    assert 'id="clocks"' in dash and 'data-kind="settlement_materials"' in dash
+    assert 'id="clocks"' in dash and 'data-kind="settlement_materials"' in dash and 'data-kind="monthly_report"' in dash
     clocks = w.get("pm", f"/api/v1/contracts/{CONTRACT}/deadlines").get_json()["deadlines"]
     assert [(c["kind"], c["settlement_id"], c["state"]) for c in clocks if c["kind"].startswith("settlement")] == [
         ("settlement_materials", s9["id"], "overdue")]
@@ -466,3 +467,19 @@ def test_item_pages_mask_personal_data_for_roles_that_do_not_need_it(cw):
     assert item["attributes"]["id_number"] == "310101199001011234"     # the PM registered it and sees it
     seen = w.get("auditor", f"/api/v1/items/{item['id']}").get_json()
     assert seen["attributes"] == {"id_number": "310101********1234", "phone": "138****5678"}
+
+
+def test_monthly_report_steps_are_for_their_roles(cw):
+    from engine import monthly_report as mr
+    from engine.errors import Forbidden
+    from engine.workflow import Ctx
+
+    w = cw
+    report = w.get("pm", f"/api/v1/contracts/{CONTRACT}/monthly-reports").get_json()["reports"][0]
+    assert w.post("auditor", f"/api/v1/monthly-reports/{report['id']}/narrative",
+                  json={"narrative": "x"}).status_code == 403
+    assert w.post("pm", f"/api/v1/monthly-reports/{report['id']}/review",
+                  json={"decision": "accept"}).status_code == 403
+    auditor = db.session.execute(select(User).where(User.username == "auditor")).scalar_one()
+    with pytest.raises(Forbidden, match="draft, write and submit"):
+        mr.write(Ctx(session=db.session, user=auditor), mr.load(db.session, report["id"]), "x")

@@ -47,7 +47,7 @@ def test_fsck_repair_never_uses_the_server_another_process_runs_on_the_embedded_
     with ArtefactStore(foreign.endpoint, DEFAULT_KEY, DEFAULT_SECRET, DEFAULT_BUCKET) as theirs:
         key = ArtefactStore.new_key("OTHER", 7, "requirement_letter")
         kept = theirs.put_stream(key, io.BytesIO(b"%PDF-1.4 theirs"), 15, "application/pdf", 1 << 20)
-    monkeypatch.setattr(api.cli, "EMBEDDED_S3_PORT", foreign.s3_port)
+    monkeypatch.setattr(api.cli_base, "EMBEDDED_S3_PORT", foreign.s3_port)
     run_fsck = engine.integrity.fsck
     monkeypatch.setattr(engine.integrity, "fsck", lambda *a, **kw: run_fsck(
         *a, **dict(kw, now=datetime.now(UTC) + timedelta(days=3))))

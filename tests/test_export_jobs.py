@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import sessionmaker
 
 from api.extensions import db
-from engine import jobs
+from engine import job_progress, jobs
 from engine.jobs import run_job
 from storage.artefact_store import ArtefactStore
 from storage.models import ExportJob
@@ -241,7 +241,7 @@ def test_a_runner_that_was_given_up_on_writes_nothing(world, inline, store):
 def test_the_heartbeat_keeps_a_long_silent_job_its_own(world, inline, store, monkeypatch):
     """A render that reports no progress for longer than STALE_AFTER is still alive: its heartbeat thread keeps
     it fresh, and recoverers running all the while never take it away."""
-    monkeypatch.setattr(jobs, "HEARTBEAT_SECONDS", 0.1)
+    monkeypatch.setattr(job_progress, "HEARTBEAT_SECONDS", 0.1)
     monkeypatch.setattr(jobs, "STALE_AFTER", timedelta(seconds=1.5))
     real_render = jobs._render
 

@@ -286,3 +286,49 @@ def test_shipped_models_deploy(world):
     for process_id in ("service_item", "one_thing", "e_licence"):  # scenario_guide runs on Kaiping's lines
         r = deploy(world, bpmn.read_model(process_id), f"{process_id}.bpmn")
         assert r.status_code == 201, (process_id, r.get_json())
+
+
+# ---------------------------------------------------------------- tick: one bad instance never stalls the others
+
+SLOW = "x = 1\n" + "if get(attributes, 'slow', False):\n" + "    l = [9, 1, 8, 2] * 25000\n" + \
+    "    s = sorted(l)\n" * 500
+
+
+def _reminder_runs_script(xml: str) -> str:
+    """The first review's reminder goes on to a script task (slow for items whose attributes ask for it)."""
+    body = SLOW.replace("&", "&amp;").replace("<", "&lt;")
+    added = ('<bpmn:scriptTask id="after_reminder" name="提醒后处理"><bpmn:script>' + body + "</bpmn:script>"
+             '</bpmn:scriptTask><bpmn:endEvent id="reminder_done"/>'
+             '<bpmn:sequenceFlow id="flow_reminder" sourceRef="confirm_survey_overdue" targetRef="after_reminder"/>'
+             '<bpmn:sequenceFlow id="flow_reminder_done" sourceRef="after_reminder" targetRef="reminder_done"/>')
+    return xml.replace("</bpmn:process>", added + "</bpmn:process>", 1)
+
+
+def test_tick_bounds_each_instance_and_the_others_get_their_reminders(world):
+    from datetime import UTC, datetime, timedelta
+
+    from api.extensions import db
+    from engine import budgets
+    from engine.timers import fire_due_timers
+    from storage.models import Notification
+    from tests.test_deadlines import frozen
+
+    assert deploy(world, _reminder_runs_script(SERVICE_ITEM)).status_code == 201
+    items = {}
+    with frozen("2026-09-29 02:00:00", world):  # the review is due 2026-10-12, long past by the clock now
+        for code, slow in (("SH-TICK-SLOW", True), ("SH-TICK-OK", False)):
+            item_id = world.new_item(code, attributes={"slow": slow})["id"]
+            intake(world, item_id)
+            world.complete_task_as("impl", item_id, "survey_sorting", {})
+            items[code] = item_id
+    before = budgets.LIMITS.tick_instance_seconds
+    budgets.LIMITS.tick_instance_seconds = 0.2
+    try:
+        started = time.monotonic()
+        fired = fire_due_timers(db.session, datetime.now(UTC) + timedelta(days=1))
+        took = time.monotonic() - started
+    finally:
+        budgets.LIMITS.tick_instance_seconds = before
+    assert took < 15 and fired == 1, (took, fired)  # stopped by the budget (a loaded machine is slower)
+    reminded = {n.item_id for n in db.session.query(Notification).filter(Notification.kind == "reminder")}
+    assert reminded == {items["SH-TICK-OK"]}

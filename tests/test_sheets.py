@@ -142,7 +142,8 @@ def test_wrong_sheet_is_refused_and_nothing_is_stored(world, store):
     # 人社局's sheet (read from its text) on 公安局's item; this item's walkthrough sheet as its go-live sheet.
     refused(upload(world, a, b_pdf, "scan.pdf"), "wrong_sheet", "other_item")
     refused(upload(world, a, a_walk_pdf, "scan.pdf"), "wrong_sheet", "other_kind")
-    # A scan has no text: the code printed on it must be typed; another item's, or one never printed, is refused.
+    # A scan without a readable QR code (here: a blank page) has no code to read: it must be typed; another item's,
+    # or one never printed, is refused.
     refused(upload(world, a, scan_png(), "scan.png"), "verification_code_required")
     refused(upload(world, a, scan_png(), "scan.png", b_code), "wrong_sheet", "other_item")
     refused(upload(world, a, scan_png(), "scan.png", "IGS-0000-0000"), "wrong_sheet", "unknown_code")
@@ -159,6 +160,44 @@ def test_wrong_sheet_is_refused_and_nothing_is_stored(world, store):
     assert upload(world, a, a_pdf, "签字.pdf").status_code == 201
     assert upload(world, a, scan_png(), "需求函.png", kind="requirement_letter").status_code == 201
     assert stored(store, a)[0] == 2
+
+
+def scan_of(pdf: bytes, as_pdf: bool = False) -> bytes:
+    """A stand-in for scanning the signed paper sheet: its QR code, enlarged as a 300 dpi scan shows it, on an A4
+    page of pixels, as a JPEG (or a scanner's image-only PDF)."""
+    qr = PdfReader(io.BytesIO(pdf)).pages[0].images[0].image.convert("L")
+    page = Image.new("L", (2480, 3508), 255)
+    page.paste(qr.resize((354, 354)), (1950, 140))
+    out = io.BytesIO()
+    page.save(out, format="PDF" if as_pdf else "JPEG", quality=80)
+    return out.getvalue()
+
+
+def test_scanned_sheet_is_read_from_its_qr_code(world, store):
+    a = world.new_item("SH-QR-A", department="DA")["id"]
+    b = world.new_item("SH-QR-B", department="DB")["id"]
+    a_pdf, a_code = print_sheet(world, "impl", a)
+    b_pdf, _ = print_sheet(world, "impl", b)
+    walk_pdf, _ = print_sheet(world, "impl", a, "walkthrough_confirmation")
+    before = stored(store, a)
+
+    # 人社局's scanned sheet on 公安局's item; this item's walkthrough sheet as its go-live sheet: refused.
+    for body, name, reason in ((scan_of(b_pdf), "scan.jpg", "other_item"),
+                               (scan_of(walk_pdf, as_pdf=True), "scan.pdf", "other_kind")):
+        r = upload(world, a, body, name)
+        assert r.status_code == 422 and r.get_json()["code"] == "wrong_sheet", r.get_json()
+        assert r.get_json()["reason"] == reason
+        assert stored(store, a) == before
+    # A typed code must agree with the QR code on the scan.
+    r = upload(world, a, scan_of(a_pdf), "scan.jpg", print_sheet(world, "impl", b)[1])
+    assert r.status_code == 422 and r.get_json()["code"] == "wrong_sheet"
+
+    # The right scan needs no typed code: as a JPEG, or as a scanner's PDF of images.
+    assert upload(world, a, scan_of(a_pdf), "签字扫描件.jpg").status_code == 201
+    assert upload(world, a, scan_of(a_pdf, as_pdf=True), "签字扫描件.pdf").status_code == 201
+    codes = [e.detail.get("sheet_code") for e in db.session.scalars(
+        select(AuditEvent).where(AuditEvent.event_type == "artefact.uploaded"))]
+    assert codes == [a_code, a_code]
 
 
 def test_who_may_print_which_sheet(world, app):

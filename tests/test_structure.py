@@ -15,8 +15,11 @@ ROLE_HOME = {"engine/policy.py"}
 NOT_ROLES = {
     ("engine/catalog.py", "buyer"): "the contract's buyer (an organisation)",
     ("engine/holidays.py", "admin"): "where a calendar came from: entered by an administrator",
+    ("engine/admin.py", "buyer"): "the contract's buyer, a field a catalogue upload may change",
     ("storage/s3server.py", "admin"): "a SeaweedFS component",
     ("api/rest/core.py", "buyer"): "the contract's buyer in the catalogue JSON",
+    ("engine/performance.py", "implementer"): "a grouping of figures by the person who did the task",
+    ("api/rest/money.py", "implementer"): "that grouping's name in the query string",
     ("api/demo.py", "pm"): "a demo username",
     ("api/demo.py", "auditor"): "a demo username",
     ("api/demo.py", "buyer"): "a demo username",
@@ -56,3 +59,105 @@ def test_role_literal_check_can_fail(tmp_path):
     bad = tmp_path / "x.py"
     bad.write_text('def f(user):\n    return user.role in ("pm", "admin")\n')
     assert len(role_literals(bad, "engine/x.py")) == 2
+
+
+def commit_calls(path: Path, rel: str) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "commit":
+            found.append(f"{rel}:{node.lineno}")
+    return found
+
+
+def test_the_engine_flushes_and_never_commits():
+    """Transactions end at the entry points (routes, CLI commands, tick, job runner) through
+    storage/unit_of_work.py; use cases only flush."""
+    found = []
+    for path in sorted((ROOT / "engine").rglob("*.py")):
+        found += commit_calls(path, str(path.relative_to(ROOT)))
+    assert not found, "commit() in engine/ (use storage.unit_of_work at the entry point):\n" + "\n".join(found)
+
+
+def test_commit_check_can_fail(tmp_path):
+    bad = tmp_path / "x.py"
+    bad.write_text("def f(session):\n    session.flush()\n    session.commit()\n")
+    assert commit_calls(bad, "engine/x.py") == ["engine/x.py:3"]
+
+
+def status_overrides(path: Path, rel: str) -> list[str]:
+    import engine.errors as errors
+
+    typed = {name for name, obj in vars(errors).items()
+             if isinstance(obj, type) and issubclass(obj, errors.DomainError)}
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in typed \
+                and any(k.arg == "status" for k in node.keywords):
+            found.append(f"{rel}:{node.lineno}: {node.func.id}(..., status=...)")
+    return found
+
+
+def test_refusals_are_typed_not_status_overrides():
+    """A 409 is a Conflict, a 403 a Forbidden: no domain error is raised with a `status=` override."""
+    found = []
+    for path in python_files():
+        found += status_overrides(path, str(path.relative_to(ROOT)))
+    assert not found, "\n".join(found)
+
+
+def test_status_override_check_can_fail(tmp_path):
+    bad = tmp_path / "x.py"
+    bad.write_text('raise Invalid("exists", code="user_exists", status=409)\n')
+    assert status_overrides(bad, "api/x.py")
+
+
+def spiff_private_names() -> set[str]:
+    """Private attributes and methods SpiffWorkflow defines (`self._x = …`, `def _x`)."""
+    import SpiffWorkflow
+
+    names: set[str] = set()
+    for path in Path(SpiffWorkflow.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name.startswith("_") \
+                    and not node.name.startswith("__"):
+                names.add(node.name)
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store) and node.attr.startswith("_") \
+                    and not node.attr.startswith("__"):
+                names.add(node.attr)
+    return names
+
+
+def spiff_private_uses(path: Path, rel: str, private: set[str]) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Attribute) and node.attr in private and ast.unparse(node.value) not in ("self", "cls"):
+            found.append(f"{rel}:{node.lineno}: .{node.attr}")
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("SpiffWorkflow") \
+                and any(a.name.startswith("_") for a in node.names):
+            found.append(f"{rel}:{node.lineno}: imports a private name from {node.module}")
+    return found
+
+
+def test_spiffworkflow_internals_stay_behind_the_adapter():
+    """Only engine/spiff.py touches SpiffWorkflow's private attributes (load_workflow, update_task …)."""
+    private = spiff_private_names()
+    found = []
+    for path in python_files():
+        rel = str(path.relative_to(ROOT))
+        if rel != "engine/spiff.py":
+            found += spiff_private_uses(path, rel, private)
+    assert not found, "SpiffWorkflow internals outside engine/spiff.py:\n" + "\n".join(found)
+
+
+def test_spiff_private_check_can_fail(tmp_path):
+    bad = tmp_path / "x.py"
+    bad.write_text("def f(task):\n    task.task_spec._update(task)\n    return task._children\n")
+    assert len(spiff_private_uses(bad, "engine/x.py", spiff_private_names())) == 2
+
+
+def test_entry_points_commit_through_the_unit_of_work():
+    """Routes and CLI commands end their transaction with storage.unit_of_work, not a raw commit()."""
+    found = []
+    for path in sorted((ROOT / "api").rglob("*.py")):
+        found += commit_calls(path, str(path.relative_to(ROOT)))
+    assert not found, "commit() in api/ (use `with unit_of_work(db.session):`):\n" + "\n".join(found)

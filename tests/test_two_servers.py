@@ -31,9 +31,10 @@ USERS = [("impl", "implementer", None), ("impl2", "implementer", None), ("rev_a"
 
 def _seed(url: str, s3_server: Any, bucket: str) -> None:
     """Schema, catalogue and users, written before either server starts."""
+    from api.auth import hash_password
     from api.extensions import db
-    from api.rest.core import create_user
     from bpmn import CATALOG_DIR
+    from engine.accounts import create_user
     from engine.catalog import load_catalog_file
 
     app = make_app(url, s3_server, bucket)
@@ -43,7 +44,7 @@ def _seed(url: str, s3_server: Any, bucket: str) -> None:
 
         adhoc_contract(CONTRACT)
         for username, role, dept in USERS:
-            create_user(username, PASSWORD, role, dept)
+            create_user(db.session, username, hash_password(PASSWORD), role, dept)
         db.session.commit()
         db.session.remove()
         db.engine.dispose()

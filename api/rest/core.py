@@ -1,7 +1,6 @@
 """REST API v1, the core contract (API.md): auth, users, catalogue, items, tasks, artefacts."""
 from __future__ import annotations
 
-import logging
 import os
 from decimal import Decimal
 from typing import Any
@@ -25,20 +24,20 @@ from api.downloads import artefact_response
 from api.extensions import db
 from api.limits import remember_device
 from api.serializers import artefact_json, history_json, iso, item_summary, task_json, task_rows_json
-from engine import accounts, audit
+from engine import accounts, audit, lists
 from engine.access import (
     artefact_scope,
     authorize,
-    item_scope,
+    load_artefact_for,
     load_item_for,
     load_task_for,
     may_see_artefact,
-    task_scope,
 )
 from engine.catalog import ARTEFACT_KINDS, kind_title
-from engine.errors import DomainError, Forbidden, Invalid, NotFound
+from engine.errors import Conflict, DomainError, Invalid, NotFound
 from engine.evidence import optional_kinds, submitted_evidence, upload_artefact
-from engine.policy import ROLES, may, needs_department
+from engine.inbox import settlement_steps
+from engine.policy import ROLES
 from engine.workflow import (
     Ctx,
     NewItem,
@@ -50,7 +49,8 @@ from engine.workflow import (
     task_requirements,
     unclaim,
 )
-from storage.models import Artefact, AuditEvent, Contract, Department, HumanTask, User, WorkItem
+from storage.models import Artefact, AuditEvent, Contract, HumanTask, User, WorkItem
+from storage.unit_of_work import unit_of_work
 
 blp = Blueprint("core", __name__, url_prefix="/api/v1", description="ItemGate core API")
 
@@ -88,21 +88,21 @@ def token(body: dict[str, Any]) -> dict[str, Any]:
     try:
         check_login_allowed(body["username"])
     except DomainError:
-        audit.record(db.session, audit.Actor(None, body["username"][:64], None, g.get("request_id")),
-                     "auth.token", outcome="rate_limited")
-        db.session.commit()
+        with unit_of_work(db.session):
+            audit.record(db.session, audit.Actor(None, body["username"][:64], None, g.get("request_id")),
+                         "auth.token", outcome="rate_limited")
         raise
     user = authenticate(body["username"], body["password"])
     if user is None:
-        record_login_failure(body["username"])
-        audit.record(db.session, audit.Actor(None, body["username"][:64], None, g.get("request_id")),
-                     "auth.token", outcome="failure")
-        db.session.commit()
+        with unit_of_work(db.session):
+            record_login_failure(body["username"])
+            audit.record(db.session, audit.Actor(None, body["username"][:64], None, g.get("request_id")),
+                         "auth.token", outcome="failure")
         raise Unauthorized("wrong username or password", code="bad_credentials")
-    value, expires = issue_token(user)
-    audit.record(db.session, audit.Actor.of(user, g.get("request_id")), "auth.token", target_type="user",
-                 target_id=user.id)
-    db.session.commit()
+    with unit_of_work(db.session):
+        value, expires = issue_token(user)
+        audit.record(db.session, audit.Actor.of(user, g.get("request_id")), "auth.token", target_type="user",
+                     target_id=user.id)
     username = user.username
 
     @after_this_request
@@ -116,11 +116,11 @@ def token(body: dict[str, Any]) -> dict[str, Any]:
 @blp.response(204)
 def logout() -> None:
     """End the token this request carries; it answers 401 from now on."""
-    user = current_user()
-    revoke_bearer()
-    audit.record(db.session, audit.Actor.of(user, g.get("request_id")), "auth.logout", target_type="user",
-                 target_id=user.id, via="token")
-    db.session.commit()
+    with unit_of_work(db.session):
+        user = current_user()
+        revoke_bearer()
+        audit.record(db.session, audit.Actor.of(user, g.get("request_id")), "auth.logout", target_type="user",
+                     target_id=user.id, via="token")
 
 
 class PasswordChange(Schema):
@@ -141,22 +141,22 @@ def me_password(body: dict[str, Any]) -> None:
     try:
         check_login_allowed(user.username)
     except DomainError:
-        audit.record(db.session, actor, "user.password_changed", target_type="user", target_id=user.id,
-                     outcome="rate_limited")
-        db.session.commit()
+        with unit_of_work(db.session):
+            audit.record(db.session, actor, "user.password_changed", target_type="user", target_id=user.id,
+                         outcome="rate_limited")
         raise
     if not check_password(user, body["current_password"]):
-        record_login_failure(user.username)
-        audit.record(db.session, actor, "user.password_changed", target_type="user", target_id=user.id,
-                     outcome="failure")
-        db.session.commit()
+        with unit_of_work(db.session):
+            record_login_failure(user.username)
+            audit.record(db.session, actor, "user.password_changed", target_type="user", target_id=user.id,
+                         outcome="failure")
         raise Invalid("the current password is wrong", code="wrong_password",
                       errors={"current_password": ["wrong password"]})
-    if body["new_password"] == body["current_password"]:
-        raise Invalid("the new password must differ from the current one", code="invalid_form",
-                      errors={"new_password": ["must differ from the current password"]})
-    accounts.change_own_password(db.session, actor, user, hash_password(body["new_password"]))
-    db.session.commit()
+    with unit_of_work(db.session):
+        if body["new_password"] == body["current_password"]:
+            raise Invalid("the new password must differ from the current one", code="invalid_form",
+                          errors={"new_password": ["must differ from the current password"]})
+        accounts.change_own_password(db.session, actor, user, hash_password(body["new_password"]))
 
 
 class NewUser(Schema):
@@ -165,33 +165,6 @@ class NewUser(Schema):
     role = fields.String(required=True, validate=validate.OneOf(ROLES))
     department = fields.String(load_default=None, validate=validate.Length(min=1, max=64))
     display_name = fields.String(load_default=None, validate=validate.Length(max=100))
-
-
-def ensure_department(code: str, name: str | None = None) -> Department:
-    dept = db.session.execute(select(Department).where(Department.code == code)).scalar()
-    if dept is None:
-        dept = Department(code=code, name=name or code)
-        db.session.add(dept)
-        db.session.flush()
-    return dept
-
-
-def create_user(username: str, password: str, role: str, department: str | None,
-                display_name: str | None = None) -> User:
-    if role not in ROLES:
-        raise Invalid(f"unknown role {role!r}", code="invalid_form", errors={"role": [f"one of {list(ROLES)}"]})
-    if needs_department(role) and not department:
-        raise Invalid(f"a {role} needs a department", code="invalid_form",
-                      errors={"department": [f"required for {role}"]})
-    if db.session.execute(select(User.id).where(User.username == username)).scalar() is not None:
-        raise Invalid(f"user {username!r} exists", code="user_exists", status=409)
-    dept = ensure_department(department) if department else None
-    user = User(username=username, password_hash=hash_password(password), role=role,
-                department_id=dept.id if dept else None, display_name=display_name)
-    user.department = dept
-    db.session.add(user)
-    db.session.flush()
-    return user
 
 
 def user_json(user: User) -> dict[str, Any]:
@@ -203,13 +176,14 @@ def user_json(user: User) -> dict[str, Any]:
 @blp.arguments(NewUser)
 @blp.response(201)
 def users_create(body: dict[str, Any]) -> dict[str, Any]:
-    me = current_user()
-    authorize(me, "user.manage")
-    user = create_user(body["username"], body["password"], body["role"], body["department"],
-                       body.get("display_name"))
-    audit.record(db.session, audit.Actor.of(me, g.get("request_id")), "user.created", target_type="user",
-                 target_id=user.id, username=user.username, role=user.role)
-    db.session.commit()
+    with unit_of_work(db.session):
+        me = current_user()
+        authorize(me, "user.manage")
+        user = accounts.create_user(db.session, body["username"], hash_password(body["password"]), body["role"],
+                                        body["department"],
+                           body.get("display_name"))
+        audit.record(db.session, audit.Actor.of(me, g.get("request_id")), "user.created", target_type="user",
+                     target_id=user.id, username=user.username, role=user.role)
     return user_json(user)
 
 
@@ -231,7 +205,7 @@ def change_user_by_name(actor: audit.Actor, username: str, body: dict[str, Any])
         change.department_given = True
         code = body["department"]
         change.department_code = code
-        change.department_id = ensure_department(code).id if code else None
+        change.department_id = accounts.ensure_department(db.session, code).id if code else None
     return accounts.change_user(db.session, actor, user, change)
 
 
@@ -241,10 +215,10 @@ def change_user_by_name(actor: audit.Actor, username: str, body: dict[str, Any])
 def users_patch(body: dict[str, Any], username: str) -> dict[str, Any]:
     """Change a user's active flag, password, role or department. Deactivating or a new password ends the
     user's tokens and web sessions at once; deactivating returns their claimed tasks to the group queue."""
-    me = current_user()
-    authorize(me, "user.manage")
-    result = change_user_by_name(audit.Actor.of(me, g.get("request_id")), username, body)
-    db.session.commit()
+    with unit_of_work(db.session):
+        me = current_user()
+        authorize(me, "user.manage")
+        result = change_user_by_name(audit.Actor.of(me, g.get("request_id")), username, body)
     return dict(user_json(result.user), tasks_released=result.released)
 
 
@@ -308,10 +282,10 @@ class NewItemSchema(Schema):
 @blp.arguments(NewItemSchema)
 @blp.response(201)
 def items_create(body: dict[str, Any]) -> dict[str, Any]:
-    context = ctx()
-    item = create_item(context, NewItem(**body))
-    events = audit.queued(db.session)
-    db.session.commit()
+    with unit_of_work(db.session):
+        context = ctx()
+        item = create_item(context, NewItem(**body))
+        events = audit.queued(db.session)
     # A new item has no artefacts yet, and its tasks and history are what this request wrote.
     assert context.user is not None
     return item_detail(item, context.user, tasks=context.created_tasks, artefacts=[], events=events)
@@ -326,34 +300,12 @@ class ItemQuery(PageArgs):
     q = fields.String(load_default=None, validate=validate.Length(max=100))
 
 
-def filtered_items(user: User, args: dict[str, Any]) -> Any:
-    from storage.models import ServiceLine
-
-    query = select(WorkItem).where(item_scope(user))
-    if args.get("department"):
-        query = query.join(Department, WorkItem.department_id == Department.id).where(
-            Department.code == args["department"])
-    if args.get("service_line"):
-        query = query.join(ServiceLine, WorkItem.service_line_id == ServiceLine.id).where(
-            ServiceLine.code == args["service_line"])
-    if args.get("contract"):
-        query = query.join(Contract, WorkItem.contract_id == Contract.id).where(Contract.code == args["contract"])
-    if args.get("status"):
-        query = query.where(WorkItem.status == args["status"])
-    if args.get("stage"):
-        query = query.where(WorkItem.stage == args["stage"])
-    if args.get("q"):
-        like = f"%{args['q']}%"
-        query = query.where((WorkItem.name.like(like)) | (WorkItem.code.like(like)))
-    return query
-
-
 @blp.route("/items", methods=["GET"])
 @blp.arguments(ItemQuery, location="query")
 @blp.response(200)
 def items_list(args: dict[str, Any]) -> dict[str, Any]:
     user = current_user()
-    query = filtered_items(user, args)
+    query = lists.filtered_items(user, args)
     total = db.session.execute(select(func.count()).select_from(query.subquery())).scalar_one()
     rows = db.session.scalars(query.order_by(WorkItem.id.desc())
                               .offset((args["page"] - 1) * args["per_page"]).limit(args["per_page"]))
@@ -413,33 +365,23 @@ class TaskQuery(PageArgs):
     item_id = fields.Integer(load_default=None, validate=validate.Range(min=1, max=2**31 - 1))
 
 
-def task_query(user: User, scope: str) -> Any:
-    query = select(HumanTask).where(HumanTask.status == "ready")
-    if scope == "mine":
-        return query.where(HumanTask.assignee_id == user.id)
-    if scope == "group":
-        query = query.where(HumanTask.role == user.role,
-                            (HumanTask.assignee_id.is_(None)) | (HumanTask.assignee_id == user.id))
-        if user.department_id is not None:
-            query = query.where(HumanTask.department_id == user.department_id)
-        return query
-    if not may(user, "task.queue_all"):
-        raise Forbidden("scope=all is for the pm, auditor, buyer and admin roles", code="role_required")
-    return query.where(task_scope(user))
-
-
 @blp.route("/tasks", methods=["GET"])
 @blp.arguments(TaskQuery, location="query")
 @blp.response(200)
 def tasks_list(args: dict[str, Any]) -> dict[str, Any]:
     user = current_user()
-    where = task_query(user, args["scope"]).whereclause
+    where = lists.task_query(user, args["scope"]).whereclause
     if args.get("item_id"):
         where = where & (HumanTask.item_id == args["item_id"])
     total = db.session.execute(select(func.count()).select_from(HumanTask).where(where)).scalar_one()
     tasks = task_rows_json(db.session, where, (HumanTask.created_at, HumanTask.id),
                            (args["page"] - 1) * args["per_page"], args["per_page"])
-    return {"tasks": tasks, "total": total}
+    # Settlement steps are not item tasks; they wait for a role (engine/inbox.py) and come with the queues.
+    steps = [] if args["scope"] == "mine" else [
+        {"settlement_id": s.settlement_id, "label": s.label, "contract": s.contract, "step": s.step,
+         "title": s.title, "round": s.round, "waiting_since": iso(s.waiting_since), "due_at": iso(s.due_at)}
+        for s in settlement_steps(db.session, user)]
+    return {"tasks": tasks, "total": total, "settlement_steps": steps}
 
 
 def task_detail(task: HumanTask) -> dict[str, Any]:
@@ -471,16 +413,16 @@ def tasks_get(task_id: int) -> dict[str, Any]:
 @blp.route("/tasks/<int:task_id>/claim", methods=["POST"])
 @blp.response(200)
 def tasks_claim(task_id: int) -> dict[str, Any]:
-    task = claim(ctx(), task_id)
-    db.session.commit()
+    with unit_of_work(db.session):
+        task = claim(ctx(), task_id)
     return task_json(task)
 
 
 @blp.route("/tasks/<int:task_id>/unclaim", methods=["POST"])
 @blp.response(200)
 def tasks_unclaim(task_id: int) -> dict[str, Any]:
-    task = unclaim(ctx(), task_id)
-    db.session.commit()
+    with unit_of_work(db.session):
+        task = unclaim(ctx(), task_id)
     return task_json(task)
 
 
@@ -492,8 +434,8 @@ class HandOver(Schema):
 @blp.arguments(HandOver)
 @blp.response(200)
 def tasks_handover(body: dict[str, Any], task_id: int) -> dict[str, Any]:
-    task = hand_over(ctx(), task_id, body["to"])
-    db.session.commit()
+    with unit_of_work(db.session):
+        task = hand_over(ctx(), task_id, body["to"])
     return task_json(task)
 
 
@@ -505,9 +447,9 @@ class CompleteBody(Schema):
 @blp.arguments(CompleteBody)
 @blp.response(200)
 def tasks_complete(body: dict[str, Any], task_id: int) -> dict[str, Any]:
-    context = ctx()
-    task = complete_task(context, task_id, body["data"])
-    db.session.commit()
+    with unit_of_work(db.session):
+        context = ctx()
+        task = complete_task(context, task_id, body["data"])
     result = task_json(task)
     result["item"] = item_summary(task.item)
     open_tasks = (HumanTask.item_id == task.item_id) & (HumanTask.status == "ready")
@@ -557,54 +499,38 @@ def artefacts_upload(item_id: int) -> dict[str, Any]:
     """Upload one artefact: multipart fields `kind`, `file` and `task_id` (the open task of this item the file is
     for; needed when open tasks of several departments take the kind). Refused with 409 `under_review` while a
     review judges the submitted version of that kind. A signed sign-off sheet (docs/SHEETS.md) must carry this
-    item's code for its kind: field `verification_code`, or in the PDF's text; another sheet's → 422 `wrong_sheet`."""
-    from api.uploads import unread_multipart_boundary
+    item's code for its kind: field `verification_code`, the PDF's text or the scan's QR code; another sheet's → 422
+    `wrong_sheet`."""
+    from api.uploads import record_upload, unread_multipart_boundary
 
     context = ctx()
     assert context.user is not None
     item = load_item_for(db.session, context.user, item_id, "artefact.upload")
     # Checked before the body is read: nothing is sent to the store for an item that takes no evidence.
     if item.status != "active":
-        raise Invalid(f"item {item.id} is {item.status}; its evidence is closed", code="item_not_active",
-                      status=409)
+        raise Conflict(f"item {item.id} is {item.status}; its evidence is closed", code="item_not_active")
     store = context.store
     if store is None:
         from engine.errors import ServiceUnavailable
 
         raise ServiceUnavailable("no evidence store is configured")
     boundary = unread_multipart_boundary(request)
-    if boundary is not None:
-        artefact = _upload_streamed(context, item, boundary)
-    else:
+
+    def upload() -> Artefact:
+        assert context.user is not None and store is not None
+        if boundary is not None:
+            return _upload_streamed(context, item, boundary)
         # The form was read already (or is not multipart): werkzeug spooled the file, which is stored now.
         upload = request.files.get("file")
         if upload is None:
             raise Invalid("send the file as multipart field 'file'", code="invalid_form",
                           errors={"file": ["required"]})
-        artefact = upload_artefact(db.session, store, context.actor, context.user, item, request.form.get("kind", ""),
-                                   upload.filename, upload.stream, _file_length(upload.stream),
-                                   current_app.config["ITEMGATE"].max_upload_bytes,
-                                   request.form.get("task_id"), request.form.get("verification_code"))
-    key, version_id = artefact.key, artefact.version_id
-    try:
-        db.session.commit()
-    except Exception as exc:
-        # The object exists but its row does not: remove it now; if the store fails too, `itemgate fsck
-        # --repair` sweeps it once it is older than the grace period.
-        db.session.rollback()
-        try:
-            store.delete(key, version_id)
-        except Exception:  # noqa: BLE001 - the commit failure is what the caller must hear about
-            logging.getLogger("itemgate.evidence").warning("orphan left for fsck: %s %s", key, version_id)
-        from sqlalchemy.exc import DBAPIError
+        return upload_artefact(db.session, store, context.actor, context.user, item, request.form.get("kind", ""),
+                               upload.filename, upload.stream, _file_length(upload.stream),
+                               current_app.config["ITEMGATE"].max_upload_bytes, request.form.get("task_id"),
+                               request.form.get("verification_code"))
 
-        if isinstance(exc, DBAPIError):
-            from engine.errors import ServiceUnavailable
-
-            raise ServiceUnavailable("the database could not record the upload; nothing was kept, try again",
-                                     code="database_unavailable") from exc
-        raise
-    return artefact_json(artefact)
+    return artefact_json(record_upload(db.session, store, upload))
 
 
 @blp.route("/items/<int:item_id>/artefacts", methods=["GET"])
@@ -615,16 +541,6 @@ def artefacts_list(item_id: int) -> dict[str, Any]:
     rows = db.session.scalars(select(Artefact).where(Artefact.item_id == item.id, artefact_scope(user))
                               .order_by(Artefact.id))
     return {"artefacts": [artefact_json(a) for a in rows]}
-
-
-def load_artefact_for(user: User, artefact_id: int) -> Artefact:
-    artefact = db.session.get(Artefact, artefact_id)
-    if artefact is None:
-        raise NotFound(f"artefact {artefact_id} not found")
-    load_item_for(db.session, user, artefact.item_id, "artefact.read")  # authorise through its item
-    if not may_see_artefact(user, artefact):
-        raise NotFound(f"artefact {artefact_id} not found")  # another department's evidence
-    return artefact
 
 
 @blp.route("/items/<int:item_id>/sheets/<string:kind>.pdf", methods=["GET"])
@@ -644,7 +560,7 @@ def items_sheet(item_id: int, kind: str) -> Response:
 @blp.route("/artefacts/<int:artefact_id>/content", methods=["GET"])
 def artefacts_content(artefact_id: int) -> Response:
     user = current_user()
-    artefact = load_artefact_for(user, artefact_id)
+    artefact = load_artefact_for(db.session, user, artefact_id)
     inline = request.args.get("inline") == "1" and artefact.media_type in ("application/pdf", "image/png",
                                                                           "image/jpeg")
     response = artefact_response(artefact, user, current_app.extensions.get("itemgate_store"), inline)

@@ -21,7 +21,9 @@ from engine.calendar import TZ
 from engine.errors import NotFound
 from engine.exports import XLSX
 from engine.money_reports import audit_xlsx_file, payments_xlsx_file
+from engine.performance import GROUPS
 from storage.models import AuditEvent, Contract, WorkItem
+from storage.unit_of_work import unit_of_work
 
 # Dates a request may name: far enough either way for any contract, near enough to convert to UTC.
 DAYS = validate.Range(min=date(1990, 1, 1), max=date(2200, 12, 31))
@@ -69,12 +71,12 @@ class PaymentBody(Schema):
 @blp.arguments(PaymentBody)
 @blp.response(201)
 def payments_post(body: dict[str, Any], code: str) -> dict[str, Any]:
-    user = current_user()
-    authorize(user, "payment.record")
-    contract = _contract(code)
-    payments.record_payment(db.session, audit.Actor.of(user, g.get("request_id")), user, contract, body["amount"],
-                            body["paid_on"], body["invoice_number"], datetime.now(TZ), body["number"])
-    db.session.commit()
+    with unit_of_work(db.session):
+        user = current_user()
+        authorize(user, "payment.record")
+        contract = _contract(code)
+        payments.record_payment(db.session, audit.Actor.of(user, g.get("request_id")), user, contract, body["amount"],
+                                body["paid_on"], body["invoice_number"], datetime.now(TZ), body["number"])
     return payments_json(contract)
 
 
@@ -180,7 +182,7 @@ def exports_items_xlsx(args: dict[str, Any]) -> Response:
 # ---------------------------------------------------------------- on-time rate (按时处理率)
 
 class PerformanceArgs(Schema):
-    by = fields.String(load_default="department", validate=validate.OneOf(["department", "implementer", "stage"]))
+    by = fields.String(load_default="department", validate=validate.OneOf(list(GROUPS)))
     date_from = fields.Date(load_default=None, data_key="from", validate=DAYS)
     date_to = fields.Date(load_default=None, data_key="to", validate=DAYS)
 
@@ -234,9 +236,9 @@ def monthly_reports_list(args: dict[str, Any], code: str) -> dict[str, Any]:
     """One report work item per month of the service period, with its clock and any late deduction."""
     from engine import monthly_report as mr
 
-    authorize(current_user(), "report.read")
-    reports = mr.ensure_reports(db.session, _contract(code))
-    db.session.commit()
+    with unit_of_work(db.session):
+        authorize(current_user(), "report.read")
+        reports = mr.ensure_reports(db.session, _contract(code))
     rows = [_report_json(r) for r in reports if args["status"] in (None, r.status)]
     return {"contract": code, "reports": rows}
 
@@ -288,9 +290,9 @@ class NarrativeBody(Schema):
 def monthly_report_narrative(body: dict[str, Any], report_id: int) -> dict[str, Any]:
     from engine import monthly_report as mr
 
-    authorize(current_user(), "report.prepare")
-    report = mr.write(_report_ctx(), mr.load(db.session, report_id), body["narrative"])
-    db.session.commit()
+    with unit_of_work(db.session):
+        authorize(current_user(), "report.prepare")
+        report = mr.write(_report_ctx(), mr.load(db.session, report_id), body["narrative"])
     return _report_json(report)
 
 
@@ -303,16 +305,16 @@ def monthly_report_attach(report_id: int) -> dict[str, Any]:
     from engine import monthly_report as mr
     from engine.errors import Invalid
 
-    authorize(current_user(), "report.prepare")
-    upload = request.files.get("file")
-    if upload is None or not upload.filename:
-        raise Invalid("send the attachment as multipart field 'file'", code="file_required")
-    body = upload.read((64 << 20) + 1)
-    if len(body) > 64 << 20:
-        raise Invalid("the attachment is larger than 64 MiB", code="too_large")
-    report = mr.load(db.session, report_id)
-    entry = mr.attach(_report_ctx(), report, upload.filename, body, upload.mimetype or "application/octet-stream")
-    db.session.commit()
+    with unit_of_work(db.session):
+        authorize(current_user(), "report.prepare")
+        upload = request.files.get("file")
+        if upload is None or not upload.filename:
+            raise Invalid("send the attachment as multipart field 'file'", code="file_required")
+        body = upload.read((64 << 20) + 1)
+        if len(body) > 64 << 20:
+            raise Invalid("the attachment is larger than 64 MiB", code="too_large")
+        report = mr.load(db.session, report_id)
+        entry = mr.attach(_report_ctx(), report, upload.filename, body, upload.mimetype or "application/octet-stream")
     return {k: entry[k] for k in ("filename", "sha256", "size", "at", "by")}
 
 
@@ -321,9 +323,9 @@ def monthly_report_attach(report_id: int) -> dict[str, Any]:
 def monthly_report_submit(report_id: int) -> dict[str, Any]:
     from engine import monthly_report as mr
 
-    authorize(current_user(), "report.prepare")
-    report = mr.submit(_report_ctx(), mr.load(db.session, report_id))
-    db.session.commit()
+    with unit_of_work(db.session):
+        authorize(current_user(), "report.prepare")
+        report = mr.submit(_report_ctx(), mr.load(db.session, report_id))
     return _report_json(report)
 
 
@@ -338,9 +340,9 @@ class ReportReviewBody(Schema):
 def monthly_report_review(body: dict[str, Any], report_id: int) -> dict[str, Any]:
     from engine import monthly_report as mr
 
-    authorize(current_user(), "report.review")
-    report = mr.review(_report_ctx(), mr.load(db.session, report_id), body["decision"], body["comment"])
-    db.session.commit()
+    with unit_of_work(db.session):
+        authorize(current_user(), "report.review")
+        report = mr.review(_report_ctx(), mr.load(db.session, report_id), body["decision"], body["comment"])
     return _report_json(report)
 
 

@@ -7,19 +7,20 @@ from typing import Any
 from flask import g, request
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, select
 
 from api.auth import current_user
 from api.extensions import db
 from api.rest.core import PageArgs, ctx, item_detail
 from api.serializers import iso
-from engine import audit
+from engine import audit, notify
 from engine.errors import Invalid, NotFound
 from engine.holidays import enter_year, year_view
 from engine.intake import import_items
 from engine.lifecycle import cancel_item, rework_item
 from engine.processes import MAX_MODEL_BYTES, deploy
-from storage.models import Notification, ProcessDefinition, ProcessInstance, User
+from storage.models import Notification, ProcessDefinition, ProcessInstance
+from storage.unit_of_work import unit_of_work
 
 blp = Blueprint("operations", __name__, url_prefix="/api/v1", description="Cancel, rework, intake, deadlines")
 
@@ -39,9 +40,9 @@ class ReworkBody(Schema):
 @blp.arguments(CancelBody)
 @blp.response(200)
 def items_cancel(body: dict[str, Any], item_id: int) -> dict[str, Any]:
-    context = ctx()
-    item = cancel_item(context, item_id, body["reason"])
-    db.session.commit()
+    with unit_of_work(db.session):
+        context = ctx()
+        item = cancel_item(context, item_id, body["reason"])
     assert context.user is not None
     return item_detail(item, context.user)
 
@@ -50,9 +51,9 @@ def items_cancel(body: dict[str, Any], item_id: int) -> dict[str, Any]:
 @blp.arguments(ReworkBody)
 @blp.response(200)
 def items_rework(body: dict[str, Any], item_id: int) -> dict[str, Any]:
-    context = ctx()
-    item = rework_item(context, item_id, body["to"], body["reason"])
-    db.session.commit()
+    with unit_of_work(db.session):
+        context = ctx()
+        item = rework_item(context, item_id, body["to"], body["reason"])
     assert context.user is not None
     return item_detail(item, context.user)
 
@@ -72,12 +73,9 @@ def items_import(args: dict[str, Any]) -> dict[str, Any]:
     if upload is None:
         raise Invalid("send the spreadsheet as multipart field 'file'", code="invalid_form",
                       errors={"file": ["required"]})
-    report = import_items(ctx(), args["contract"], upload.stream, upload.filename or "items.csv",
-                          dry_run=args["dry_run"])
-    if args["dry_run"]:
-        db.session.rollback()
-    else:
-        db.session.commit()
+    with unit_of_work(db.session, dry_run=args["dry_run"]):
+        report = import_items(ctx(), args["contract"], upload.stream, upload.filename or "items.csv",
+                              dry_run=args["dry_run"])
     return report.as_dict()
 
 
@@ -87,47 +85,49 @@ class NotificationQuery(PageArgs):
     unread = fields.Boolean(load_default=False)
 
 
-def _mine(user: User) -> Any:
-    group = Notification.role == user.role
-    if user.department_id is not None:
-        group = group & ((Notification.department_id.is_(None)) | (Notification.department_id == user.department_id))
-    else:
-        group = group & Notification.department_id.is_(None)
-    return or_(Notification.user_id == user.id, Notification.user_id.is_(None) & group)
-
-
 def notification_json(note: Notification) -> dict[str, Any]:
     return {"id": note.id, "kind": note.kind, "item_id": note.item_id, "task_id": note.task_id,
-            "user_id": note.user_id, "role": note.role, "message": note.message,
-            "created_at": iso(note.created_at), "read_at": iso(note.read_at)}
+            "settlement_id": note.settlement_id, "user_id": note.user_id, "role": note.role,
+            "message": note.message, "comment": note.comment, "created_at": iso(note.created_at),
+            "read": note.read_at is not None, "read_at": iso(note.read_at)}
 
 
 @blp.route("/notifications", methods=["GET"])
 @blp.arguments(NotificationQuery, location="query")
 @blp.response(200)
 def notifications_list(args: dict[str, Any]) -> dict[str, Any]:
+    """The caller's own notifications, newest first, each with the caller's own `read` flag."""
     user = current_user()
-    query = select(Notification).where(_mine(user))
+    query = select(Notification).where(notify.mine(user))
     if args["unread"]:
         query = query.where(Notification.read_at.is_(None))
     total = db.session.execute(select(func.count()).select_from(query.subquery())).scalar_one()
     rows = db.session.scalars(query.order_by(Notification.id.desc())
                               .offset((args["page"] - 1) * args["per_page"]).limit(args["per_page"]))
-    return {"notifications": [notification_json(n) for n in rows], "total": total}
+    return {"notifications": [notification_json(n) for n in rows], "total": total,
+            "unread": notify.unread_count(db.session, user)}
 
 
 @blp.route("/notifications/<int:note_id>/read", methods=["POST"])
 @blp.response(200)
 def notifications_read(note_id: int) -> dict[str, Any]:
-    user = current_user()
-    note = db.session.execute(select(Notification).where(Notification.id == note_id, _mine(user))).scalar()
-    if note is None:
-        raise NotFound(f"notification {note_id} not found")
-    db.session.execute(update(Notification).where(Notification.id == note.id, Notification.read_at.is_(None))
-                       .values(read_at=datetime.now(UTC)))
-    db.session.commit()
+    with unit_of_work(db.session):
+        user = current_user()
+        note = db.session.execute(select(Notification).where(Notification.id == note_id, notify.mine(user))).scalar()
+        if note is None:
+            raise NotFound(f"notification {note_id} not found")
+        notify.mark_read(db.session, user, [note.id], datetime.now(UTC))
     db.session.refresh(note)
     return notification_json(note)
+
+
+@blp.route("/notifications/read-all", methods=["POST"])
+@blp.response(200)
+def notifications_read_all() -> dict[str, Any]:
+    user = current_user()
+    marked = notify.mark_read(db.session, user, None, datetime.now(UTC))
+    db.session.commit()
+    return {"marked": marked, "unread": 0}
 
 
 # ---------------------------------------------------------------- calendar (admin)
@@ -146,10 +146,10 @@ class CalendarYearBody(Schema):
 @blp.arguments(CalendarYearBody)
 @blp.response(200)
 def calendar_enter(body: dict[str, Any], year: int) -> dict[str, Any]:
-    user = current_user()
-    view = enter_year(db.session, audit.Actor.of(user, g.get("request_id")), user, year, body["holidays"],
-                      body["workdays"])
-    db.session.commit()
+    with unit_of_work(db.session):
+        user = current_user()
+        view = enter_year(db.session, audit.Actor.of(user, g.get("request_id")), user, year, body["holidays"],
+                          body["workdays"])
     return view
 
 
@@ -196,12 +196,9 @@ def processes_deploy() -> Any:
                       errors={"file": ["required"]})
     xml = read_model_upload(upload)
     filename = (upload.filename or "model.bpmn")[:200]
-    try:
+    # A refused model keeps the audit record of the refusal (the only thing written).
+    with unit_of_work(db.session, commit_on=(Invalid,)):
         result = deploy(db.session, audit.Actor.of(user, g.get("request_id")), user, xml, filename)
-    except Invalid:
-        db.session.commit()  # only the audit record of the refusal was written
-        raise
-    db.session.commit()
     body = definition_json(result.definition)
     body.update(created=result.created, running_on_previous_versions=result.running_on_previous)
     return body, 201 if result.created else 200

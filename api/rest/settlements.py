@@ -8,6 +8,7 @@ from flask import Response, current_app, g, stream_with_context
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 from sqlalchemy import func, select
+from sqlalchemy.orm import selectinload
 
 from api.auth import current_user
 from api.downloads import attachment, file_response, send_export
@@ -28,6 +29,7 @@ from engine.reports import (
 )
 from engine.workflow import Ctx
 from storage.models import Contract, Settlement, SettlementNote, User, WorkloadEntry
+from storage.unit_of_work import unit_of_work
 
 blp = Blueprint("settlements", __name__, url_prefix="/api/v1",
                 description="Settlements, ledger corrections, evidence bundles and count exports")
@@ -43,23 +45,30 @@ def run_change(fn: Callable[[Ctx], T]) -> T:
     """One transaction per use case; a refused change to a locked settlement is rolled back and audited."""
     context = ctx()
     try:
-        result = fn(context)
-        db.session.commit()
+        with unit_of_work(db.session):
+            result = fn(context)
         return result
     except ledger.SettlementLocked as exc:
         db.session.rollback()
-        ledger.record_refusal(db.session, context.actor, exc)
-        db.session.commit()
+        with unit_of_work(db.session):
+            ledger.record_refusal(db.session, context.actor, exc)
         raise
 
 
 # ---------------------------------------------------------------- JSON shapes
 
-def settlement_json(s: Settlement, user: User, with_lines: bool = False) -> dict[str, Any]:
-    fig = st.figures(db.session, s, ctx().now)
-    users = {u.id: u.username for u in db.session.scalars(
-        select(User).where(User.id.in_([i for i in (s.approved_by_id, s.first_reviewed_by_id, s.created_by_id)
-                                        if i])))}
+def _usernames(settlements: list[Settlement]) -> dict[int, str]:
+    ids = {i for s in settlements for i in (s.approved_by_id, s.first_reviewed_by_id, s.created_by_id) if i}
+    if not ids:
+        return {}
+    return {uid: name for uid, name in db.session.execute(select(User.id, User.username).where(User.id.in_(ids)))}
+
+
+def settlement_json(s: Settlement, user: User, with_lines: bool = False, *, fig: st.Figures | None = None,
+                    users: dict[int, str] | None = None) -> dict[str, Any]:
+    """One settlement; a list passes `fig` and `users` it loaded for all its rows at once."""
+    fig = fig if fig is not None else st.figures(db.session, s, ctx().now)
+    users = users if users is not None else _usernames([s])
     out: dict[str, Any] = {
         "id": s.id, "contract": s.contract.code, "label": s.label, "period_start": s.period_start.isoformat(),
         "period_end": s.period_end.isoformat(), "status": s.status, "status_name": st.STATUS_NAMES.get(s.status),
@@ -104,6 +113,11 @@ def settlement_json(s: Settlement, user: User, with_lines: bool = False) -> dict
         out["stages"] = st.stage_summary(db.session, s)
         out["rectifications"] = [{"id": t.id, "title": t.title, "status": t.status, "due_at": iso(t.due_at)}
                                  for t in st.rectifications(db.session, s)]
+        # For the evaluation: the on-time rate (按时处理率) of the claim's period, per department.
+        from engine.performance import on_time_rates
+
+        out["on_time"] = on_time_rates(db.session, s.contract, s.period_start, s.period_end, "department",
+                                       ctx().now)
     return out
 
 
@@ -157,9 +171,12 @@ def settlements_list(args: dict[str, Any]) -> dict[str, Any]:
     if args["status"]:
         query = query.where(Settlement.status == args["status"])
     total = db.session.execute(select(func.count()).select_from(query.subquery())).scalar()
-    rows = db.session.scalars(query.order_by(Settlement.id.desc())
-                              .offset((args["page"] - 1) * args["per_page"]).limit(args["per_page"]))
-    return {"settlements": [settlement_json(s, user) for s in rows], "total": total}
+    rows = list(db.session.scalars(query.options(selectinload(Settlement.contract)).order_by(Settlement.id.desc())
+                                   .offset((args["page"] - 1) * args["per_page"]).limit(args["per_page"])))
+    figures = st.figures_of(db.session, rows, ctx().now)
+    users = _usernames(rows)
+    return {"settlements": [settlement_json(s, user, fig=figures[s.id], users=users) for s in rows],
+            "total": total}
 
 
 @blp.route("/settlements/<int:settlement_id>", methods=["GET"])

@@ -115,10 +115,63 @@
     });
   }
 
+  // Registration (登记事项, accepting a service order): show only the fields the chosen line's rules read, and
+  // only the channels it is offered on. Without script every field shows and the server decides.
+  function setupLineForm(form) {
+    var select = form.querySelector("select[name=line], select[name=service_line]");
+    if (!select) { return; }
+    function sync() {
+      var option = select.options[select.selectedIndex];
+      var wanted = option && option.dataset.fields !== undefined ? option.dataset.fields.split(",") : null;
+      var offered = option && option.dataset.channels ? option.dataset.channels.split(",") : null;
+      form.querySelectorAll(".line-field").forEach(function (box) {
+        var show = wanted !== null && wanted.indexOf(box.dataset.field) >= 0;
+        box.hidden = !show;
+        box.querySelectorAll("input").forEach(function (input) { input.disabled = !show; });
+      });
+      form.querySelectorAll("label[data-channel]").forEach(function (label) {
+        var input = label.querySelector("input");
+        var off = offered !== null && offered.indexOf(label.dataset.channel) < 0;
+        input.disabled = off;
+        if (off) { input.checked = false; }
+        label.classList.toggle("muted", off);
+      });
+    }
+    select.addEventListener("change", sync);
+    sync();
+  }
+
+  // Rework: a completed step in the diagram picks it as the step to go back to.
+  function setupReworkPick(select) {
+    var values = Array.prototype.map.call(select.options, function (o) { return o.value; });
+    document.querySelectorAll(".itemgate-diagram .ig-shape.ig-done[data-element-id]").forEach(function (shape) {
+      var id = shape.getAttribute("data-element-id");
+      if (values.indexOf(id) < 0) { return; }
+      shape.classList.add("ig-pickable");
+      shape.addEventListener("click", function () {
+        select.value = id;
+        select.dispatchEvent(new Event("change"));
+        var reason = document.getElementById("rw-reason");
+        if (reason) { reason.focus(); }
+      });
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
+    document.querySelectorAll("#register-form, #accept-form").forEach(setupLineForm);
+    var reworkTo = document.getElementById("rw-to");
+    if (reworkTo) { setupReworkPick(reworkTo); }
     document.querySelectorAll(".zoom-toggle").forEach(setupZoom);
     document.querySelectorAll("form.upload").forEach(setupUpload);
     var taskForm = document.getElementById("task-form");
     if (taskForm) { setupReview(taskForm); }
   });
 })();
+
+// Forms that change something hard to undo ask first (data-confirm holds the question).
+document.addEventListener("submit", function (event) {
+  var form = event.target;
+  if (form && form.dataset && form.dataset.confirm && !window.confirm(form.dataset.confirm)) {
+    event.preventDefault();
+  }
+}, true);

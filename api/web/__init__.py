@@ -7,7 +7,7 @@ from typing import Any
 from flask import Flask, g, redirect, render_template, request, session, url_for
 from flask_login import current_user
 
-from api.extensions import babel, csrf, db, login_manager
+from api.extensions import babel, csrf, db, evidence_lock_state, login_manager
 from api.web import i18n
 from api.web.auth import SessionUser, load_session_user, touch_web_session
 from api.web.i18n import _
@@ -58,16 +58,24 @@ def register(app: Flask) -> None:
             # A standing warning for administrators while the bucket has no object lock (ITEMGATE_EVIDENCE_LOCK=off).
             if not current_user.is_authenticated or not may(current_user, "ops.maintain"):
                 return False
-            from api.app import evidence_lock_state
-
             return evidence_lock_state(app) == "off"
+
+        def unread_notifications() -> int:
+            # The bell on every page: one indexed count of my own unread rows (ix_notifications_user).
+            if not current_user.is_authenticated:
+                return 0
+            from engine.notify import unread_count
+
+            if "unread_notifications" not in g:
+                g.unread_notifications = unread_count(db.session, current_user.row)
+            return int(g.unread_notifications)
 
         def can(action: str, scope: str | None = None) -> bool:
             # Templates ask the matrix what to offer; the routes and use cases enforce the same rules.
             granted = scope_of(getattr(current_user, "role", None), action)
             return granted is not None and (scope is None or granted == scope)
 
-        return {"evidence_lock_off": evidence_lock_off, "can": can}
+        return {"evidence_lock_off": evidence_lock_off, "can": can, "unread_notifications": unread_notifications}
 
     @app.before_request
     def _web_context() -> Any:
@@ -83,12 +91,19 @@ def register(app: Flask) -> None:
             csrf.protect()
         return None
 
+    from api.web import pm, reports, service_orders  # noqa: F401  (their pages join the blueprint before it is registered)
     from api.web.views import bp
 
     app.register_blueprint(bp)
     from api.web.settlements import bp as settlements_bp
 
     app.register_blueprint(settlements_bp)
+    from api.web.notifications import bp as notifications_bp
+
+    app.register_blueprint(notifications_bp)
+    from api.web.admin import bp as admin_bp
+
+    app.register_blueprint(admin_bp)
     from api.web.admin_processes import bp as admin_processes_bp
 
     app.register_blueprint(admin_processes_bp)
@@ -98,9 +113,6 @@ def register(app: Flask) -> None:
         if current_user.is_authenticated:
             return redirect(url_for("web.inbox"))
         return redirect(url_for("web.login"))
-
-    # api/errors.py looks this name up so that web pages fail as HTML, not problem+json.
-    app.view_functions["html_error"] = html_error
 
 
 def html_error(status: int, detail: str, code: str | None = None) -> Any:

@@ -17,6 +17,7 @@ from engine.migration import migrate
 from engine.modelcheck import ModelRejected
 from engine.processes import deploy, validate_model
 from storage.models import ProcessDefinition, ProcessInstance
+from storage.unit_of_work import unit_of_work
 
 bp = Blueprint("admin_processes", __name__, url_prefix="/admin/processes")
 
@@ -114,12 +115,12 @@ def deploy_model() -> Any:
     if xml is None:
         return _page(checked=filename, problems=problems), 422
     try:
-        result = deploy(db.session, audit.Actor.of(user, g.get("request_id")), user, xml, filename)
+        # A refused model keeps the audit record of the refusal (the only thing written).
+        with unit_of_work(db.session, commit_on=(DomainError,)):
+            result = deploy(db.session, audit.Actor.of(user, g.get("request_id")), user, xml, filename)
     except DomainError as exc:
-        db.session.commit()  # only the audit record of the refusal
         return _page(checked=filename, problems=list(exc.extra.get("problems") or [
             {"element": "(document)", "problem": exc.detail, "problem_zh": exc.detail}])), 422
-    db.session.commit()
     flash(_("已部署为新版本。") if result.created else _("该版本已存在，已设为当前版本。"), "success")
     return redirect(url_for("admin_processes.index"))
 

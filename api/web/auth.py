@@ -15,6 +15,7 @@ from sqlalchemy import delete, select, update
 from api.extensions import db
 from engine.workflow import Ctx
 from storage.models import User, WebSession
+from storage.unit_of_work import unit_of_work
 
 log = logging.getLogger("itemgate.web")
 
@@ -105,8 +106,8 @@ def load_session_user(user_id: str) -> SessionUser | None:
 
 
 def touch_web_session(session_id: int) -> None:
-    db.session.execute(update(WebSession).where(WebSession.id == session_id).values(seen_at=datetime.now(UTC)))
-    db.session.commit()
+    with unit_of_work(db.session):
+        db.session.execute(update(WebSession).where(WebSession.id == session_id).values(seen_at=datetime.now(UTC)))
 
 
 def me() -> User:

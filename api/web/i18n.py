@@ -22,10 +22,12 @@ STATUSES = {"active": "进行中", "completed": "已完成", "cancelled": "已�
 MODES = {"new": "新增接入", "iteration": "优化迭代", "record": "计量记录", "deliverable": "交付成果"}
 CHANNELS = {"pc": "PC端", "mobile": "移动端", "kiosk": "自助终端"}
 EVENTS = {
-    "item.created": "登记事项", "item.completed": "事项完成", "item.difficulty_set": "确定难度系数",
+    "item.created": "事项登记", "item.completed": "事项完成", "item.difficulty_set": "确定难度系数",
     "task.claimed": "认领任务", "task.unclaimed": "放回任务", "task.handed_over": "转交任务",
     "task.completed": "完成任务", "artefact.uploaded": "上传交付物", "artefact.downloaded": "下载交付物",
     "timer.fired": "定时触发", "workload.tallied": "计入工作量",
+    "item.cancelled": "事项已取消", "item.reworked": "已退回重做", "item.difficulty_proposed": "建议难度系数已调整",
+    "task.reopened": "重新打开任务", "service_order.accepted": "受理运营服务单",
 }
 DECISIONS = {"approve": "确认通过", "return": "退回修改"}
 STEP_HELP = step_help()
@@ -165,7 +167,9 @@ for _table, _en in (
               "task.unclaimed": "Task released", "task.handed_over": "Task handed over",
               "task.completed": "Task completed", "artefact.uploaded": "Artefact uploaded",
               "artefact.downloaded": "Artefact downloaded", "timer.fired": "Timer fired",
-              "workload.tallied": "Workload tallied"}),
+              "workload.tallied": "Workload tallied", "item.cancelled": "Item cancelled",
+              "item.reworked": "Sent back for rework", "item.difficulty_proposed": "Proposed difficulty changed",
+              "task.reopened": "Task reopened", "service_order.accepted": "Service order accepted"}),
     (DECISIONS, {"approve": "Approved", "return": "Returned for changes"}),
     (STEP_HELP, {
         "intake": "Upload the requirement letter (new) or change letter (iteration) and the complexity "
@@ -206,8 +210,8 @@ EN.update({
 # Sign-off sheets on the task page (docs/SHEETS.md).
 EN.update({
     "打印确认单": "Print sign-off sheet", "核验码": "Verification code",
-    "上传签字盖章的扫描件时，请填写确认单上印的核验码。":
-        "When uploading the signed and stamped scan, enter the verification code printed on the sheet.",
+    "扫描件上的二维码无法识别时，请填写确认单上印的核验码。":
+        "If the QR code on the scan cannot be read, enter the verification code printed on the sheet.",
 })
 
 # Ledger, settlement and export pages (api/web/settlements.py).
@@ -287,6 +291,89 @@ TASK_TITLES_EN = {
     "导办测试": "Guide test", "导办发布上线": "Guide release",
 }
 EN.update(TASK_TITLES_EN)
+
+# The admin console and notifications (api/web/admin.py, api/web/notifications.py).
+EN.update({
+    "系统管理": "Administration", "新建部门": "New department", "部门代码": "Department code",
+    "中文名称": "Chinese name", "创建": "Create", "牵头审核人": "Lead reviewer",
+    "群机器人（通知）": "Group robot (notifications)",
+    "群机器人 Webhook": "Group robot webhook", "移除机器人": "Remove the robot",
+    "企业微信/钉钉 Webhook 地址": "WeCom/DingTalk webhook URL", "工作日历": "Working-day calendar",
+    "覆盖的年份": "Years covered", "年份": "Year", "来源": "Source", "录入时间": "Entered at",
+    "未覆盖：按周一至周五计算": "Not covered: Monday to Friday are counted", "查看/录入": "View / enter",
+    "{year} 年": "{year}",
+    "{year} 年的节假日尚未录入，期限按周一至周五计算。请录入法定节假日和调休上班日。":
+        "The holidays of {year} are not entered yet; deadlines count Monday to Friday. Enter the public holidays and "
+        "make-up workdays.",
+    "日历包已覆盖此年份；在此录入将以管理员录入为准。":
+        "The calendar package covers this year; an entry here takes precedence.",
+    "切换": "Go", "法定节假日（每行一天：YYYY-MM-DD 备注）": "Public holidays (one a line: YYYY-MM-DD note)",
+    "调休上班日（周六或周日，每行一天）": "Make-up workdays (a Saturday or Sunday, one a line)",
+    "保存 {year} 年日历": "Save the {year} calendar", "系统状态": "System status", "就绪状态": "Readiness",
+    "就绪": "Ready", "未就绪": "Not ready", "正常": "OK", "证据锁定": "Evidence lock",
+    "对象锁定已启用": "Object lock is on", "存储桶未启用对象锁定": "The bucket has no object lock",
+    "暂时无法确认": "Cannot tell right now", "审计链": "Audit chain", "最近校验": "Last verification",
+    "通过": "Passed", "未通过": "Failed", "{n} 条事件": "{n} events", "从未校验": "Never verified",
+    "最近锚定": "Last anchor", "最近 7 天没有锚定": "No anchor in the last 7 days",
+    "证据完整性检查 (fsck)": "Evidence check (fsck)", "无问题": "Clean", "发现问题": "Problems found",
+    "检查 {c} 个，问题 {p} 个，孤立对象 {o} 个": "{c} checked, {p} problems, {o} orphans",
+    "从未运行": "Never run", "后台任务": "Background work", "到期未触发的定时器": "Due timers not yet fired",
+    "导出任务": "Export jobs", "无": "none", "通知发送": "Notification delivery", "待发送": "pending",
+    "已发送": "sent", "邮件服务器": "Mail server", "已配置": "configured",
+    "未配置（ITEMGATE_SMTP_HOST），不发送邮件": "not configured (ITEMGATE_SMTP_HOST): no e-mail is sent",
+    "未覆盖": "not covered", "录入": "Enter", "发送失败的通知": "Failed notification deliveries",
+    "方式": "Channel", "目标": "Target", "标题": "Title", "尝试次数": "Attempts", "最后错误": "Last error",
+    "重试": "Retry", "没有发送失败的通知。": "No failed deliveries.", "合同与服务目录": "Contracts and catalogues",
+    "检查结果": "Check result", "发现 {n} 个错误，未载入任何内容。": "{n} problem(s) found; nothing was loaded.",
+    "第 {n} 行": "Line {n}", "新合同": "New contract", "与已载入的版本完全相同": "Identical to the loaded version",
+    "与已载入版本的差异如下": "Differences from the loaded version", "合同信息": "Contract",
+    "字段": "Field", "原值": "Old", "新值": "New", "服务条目": "Service lines", "编号": "Code",
+    "变化": "Change", "明细": "Details",
+    "文件中未列出的已有条目保留不变（已有事项和台账引用它们）：":
+        "Loaded lines the file does not list stay as they are (items and the ledger refer to them): ",
+    "确认载入": "Load it", "已载入的合同": "Loaded contracts", "合同编号": "Contract code",
+    "载入时间": "Loaded at", "还没有合同。": "No contracts yet.", "上传服务目录文件": "Upload a catalogue file",
+    ("上传 TOML 格式的合同服务目录（格式见 docs/CATALOG.md）。"
+     "先检查：列出每个错误及其行号，或与已载入版本的差异；确认后再载入。"):
+        "Upload a contract catalogue in TOML (format: docs/CATALOG.md). It is checked first: every problem with its "
+        "line, or the differences from the loaded version; then you load it.",
+    "目录文件": "Catalogue file", "检查": "Check", "流程模型": "Process models", "用户": "Users",
+    "新建用户": "New user", "姓名": "Name", "角色": "Role", "初始密码": "Initial password", "搜索": "Search",
+    "全部": "All", "有效": "Active", "已停用": "Deactivated", "角色与部门": "Role and department",
+    "重置密码": "Reset password", "停用": "Deactivate", "启用": "Activate", "新密码": "New password",
+    "重置": "Reset",
+    "停用后该用户的所有登录立即结束，已认领的任务退回队列。确定停用？":
+        "Deactivating ends all of this user's sign-ins at once and returns their claimed tasks to the queue. "
+        "Deactivate?",
+    "通知": "Notifications", "未读": "Unread", "全部标为已读": "Mark all read",
+    "通知方式（邮件、群机器人）": "Where else to send them (e-mail, group robot)", "内容": "Message",
+    "已读": "Read", "没有通知。": "No notifications.", "通知方式": "Notification channels",
+    "通知始终显示在页面右上角的铃铛中；也可以同时发送到邮箱或聊天群机器人（企业微信、钉钉）。发送在后台进行，失败会自动重试。":
+        "Notifications always appear under the bell at the top right; they can also go to an e-mail address or a "
+        "chat group robot (WeCom, DingTalk). Sending happens in the background and failures are retried.",
+    "电子邮件": "E-mail", "例如 li@example.org": "e.g. li@example.org", "聊天机器人 Webhook": "Chat robot webhook",
+    "企业微信群机器人的 Webhook 地址，或 wecombot://KEY、dingtalk://TOKEN":
+        "A WeCom group robot's webhook URL, or wecombot://KEY, dingtalk://TOKEN",
+    "{n} 条未读": "{n} unread", "提交的内容有误：": "The form has errors: ",
+    "已重新排队发送": "Queued for sending again", "该发送记录不是失败状态。": "That delivery has not failed.",
+    "2–64 位字母、数字、._-": "2–64 letters, digits, . _ -", "密码至少 8 位": "at least 8 characters",
+    "未知部门": "unknown department", "已创建用户 {name}": "User {name} created", "未知角色": "unknown role",
+    "已停用 {name}": "{name} deactivated", "已启用 {name}": "{name} activated",
+    "已重置 {name} 的密码，其所有登录已结束": "{name}'s password was reset; all of their sign-ins ended",
+    "已保存 {name}": "{name} saved", "；{n} 个已认领任务已退回队列": "; {n} claimed task(s) returned to the queue",
+    "已创建部门": "Department created", "已保存部门 {code}": "Department {code} saved",
+    "文件不是 UTF-8 文本（TOML）": "The file is not UTF-8 text (TOML)", "请选择目录文件": "Choose a catalogue file",
+    "已载入合同 {code} 的服务目录": "The catalogue of contract {code} was loaded",
+    "合同 {code} 的服务目录与已载入的版本相同，未做更改":
+        "The catalogue of contract {code} is the same as the loaded one; nothing changed",
+    "第 {n} 行不是“YYYY-MM-DD 备注”：{line}": "Line {n} is not “YYYY-MM-DD note”: {line}",
+    "已保存 {year} 年的工作日历": "The {year} calendar was saved",
+    "已将 {n} 条通知标为已读": "{n} notification(s) marked read", "通知方式已保存": "Notification channels saved",
+    "数据库": "Database", "对象存储": "Object store", "日历包": "calendar package", "管理员录入": "entered by an admin",
+    "邮件": "E-mail", "新增": "added", "修改": "changed", "不变": "unchanged",
+    "日历包 (chinese-calendar)": "calendar package (chinese-calendar)", "新任务": "New task",
+    "难度确认": "Difficulty", "超期提醒": "Reminder", "超期升级": "Escalation",
+})
 
 # marshmallow's English messages → Chinese (shown inline under the field).
 _MESSAGES = {
@@ -405,3 +492,114 @@ def install(app: Flask) -> None:
         step_help=lambda form: _(STEP_HELP[form]) if form in STEP_HELP else "",
     )
     env.filters.update(dt=fmt_datetime, d=fmt_date, filesize=filesize)
+
+# The PM's pages: registration, import, item actions; settlement steps in the inbox (api/web/pm.py).
+EN.update({
+    "0.1 至 5；由项目经理在难度确认环节按复杂度说明确定。":
+        "0.1 to 5; the PM confirms it at the difficulty step against the complexity statement.",
+    "一件事填写牵头部门。": "For a one-thing, the lead department.",
+    "一件事涉及的全部部门（含牵头部门）；每个部门各做一份关联事项需求分析。":
+        "Every department the one-thing involves (with the lead); each analyses its linked items.",
+    "上传并预览": "Upload and preview", "下载导入模板 (XLSX)": "Download the import template (XLSX)",
+    "不能包含空字符或无效字符。": "Must not contain NUL or invalid characters.",
+    "不超过 {n} MB。": "At most {n} MB.",
+    "不超过 {n} MB，作为交付物“复杂度说明”保存。": "At most {n} MB; kept as the artefact 'complexity statement'.",
+    "与第 {0} 行的编码和接入方式相同。": "Same code and mode as row {0}.",
+    "事项名称": "Item name", "事项编码": "Item code", "需求部门": "Requesting department",
+    "接入渠道": "Channels", "事项已取消": "Item cancelled",
+    "事项已登记，流程已启动": "Item registered; its process has started",
+    "事项清单文件（.xlsx）": "Item list (.xlsx)", "亮证/用证": "Showing / using",
+    "修改结算申报": "Revise the settlement claim",
+    "共 {rows} 行，全部通过检查：将新登记 {n} 项，已登记的 {e} 项不会重复登记。":
+        "{rows} rows, all valid: {n} items will be registered; {e} already registered will not be repeated.",
+    "内容过长。": "Too long.",
+    "制证必做；亮证、用证为可选部分，各有设计、联调、测试和上线。":
+        "Issuing is always done; showing and using are optional parts, each designed, integrated, tested and released.",
+    "参与部门": "Participating departments", "取消": "Cancel", "取消原因": "Reason for cancelling",
+    "取消后所有待办任务结束，事项不再计入工作量，且不能恢复。":
+        "Cancelling ends every open task; the item is never billable and cannot be restored.",
+    "合同与服务类别": "Contract and service line", "合同中没有此服务类别。": "The contract has no such service line.",
+    "复杂度说明文件（可选）": "Complexity statement file (optional)", "导入中": "Importing",
+    "导入失败，未导入任何事项。": "The import failed; no item was imported.",
+    "导入完成：共 {rows} 行，新登记 {n} 项，已登记 {e} 项。各事项的流程已启动。":
+        "Import done: {rows} rows, {n} items registered, {e} already registered. Their processes have started.",
+    "已退回到所选环节重做": "Sent back to the chosen step", "建议难度系数": "Proposed difficulty",
+    "建议难度系数已调整": "Proposed difficulty changed", "当前": "now", "待处理的结算": "Settlements waiting for you",
+    "批量导入": "Bulk import", "批量导入事项": "Import items", "按": "per ",
+    "接入方式应为“新增接入”或“优化迭代”。": "The mode must be 新增接入 (new) or 优化迭代 (iteration).",
+    "操作未执行：": "Not done: ", "改派": "Reassign", "改派任务": "Reassign tasks",
+    "无法读取此文件：请上传 .xlsx（或 .csv）文件，不超过 20 MB。":
+        "Cannot read this file: upload an .xlsx (or .csv) file of at most 20 MB.",
+    "有 {n} 处问题，未导入任何事项。请修改文件后重新上传。":
+        "{n} problem(s); nothing was imported. Correct the file and upload it again.",
+    "有未知的部门。": "Unknown department(s).",
+    "未知的渠道（PC端/移动端/自助终端）。": "Unknown channel (PC/mobile/kiosk).",
+    "未知的需求部门。": "Unknown requesting department.", "查看事项列表": "See the item list",
+    "检查结果": "Check", "模板列": "Template columns", "此列重复。": "This column appears twice.",
+    "此类事项需要业务数据质量检测确认单（测试环节的交付物）。":
+        "Items of this type need a business data quality confirmation (evidence of the test step).",
+    "此项为空。": "Empty.", "渠道无效。": "Invalid channel.", "渠道重复。": "Channel listed twice.",
+    "牵头部门（需求部门）必须是参与部门之一。": "The lead (requesting) department must be a participating department.",
+    "登记并启动流程": "Register and start the process", "第 {n} 行": "Row {n}",
+    "第一步：上传并预览": "Step 1: upload and preview", "第三方审核申报材料": "Third-party review of the claim",
+    "第三步：导入 {n} 项": "Step 3: import {n} items", "第二步：检查预览": "Step 2: check the preview",
+    "等待自": "Waiting since", "结算申报": "Settlement claim", "编制并提交结算申报": "Prepare and submit the claim",
+    "缺少此列。": "Column missing.", "行": "Row", "表头": "Header", "通过": "OK",
+    "该合同下已有相同编码和接入方式的事项。": "The contract already has an item with this code and mode.",
+    "该合同没有此服务类别。": "The contract has no such service line.",
+    "该服务类别不提供所选渠道。": "The service line is not offered on the chosen channel.",
+    "该服务类别不提供此渠道。": "The service line is not offered on this channel.",
+    "请先上传文件并预览。": "Upload and preview a file first.",
+    "请填写原因（至少 2 个字）。": "Give a reason (at least 2 characters).",
+    "请至少选择一个渠道。": "Choose at least one channel.", "请选择参与部门。": "Choose the participating departments.",
+    "请选择合同。": "Choose a contract.", "请选择已完成的环节。": "Choose a completed step.",
+    "请选择接入方式。": "Choose the mode.", "请选择服务类别。": "Choose a service line.",
+    "请选择要导入的文件。": "Choose the file to import.", "请选择需求部门。": "Choose the requesting department.",
+    "调整": "Change", "退回到": "Back to", "退回到已完成环节重做": "Send back to a completed step",
+    "部门重复。": "A department is listed twice.",
+    "难度系数不是 1.0 时，请写明复杂度说明或上传复杂度说明文件。":
+        "When the difficulty is not 1.0, write or upload the complexity statement.",
+    "难度系数已确认，不能再调整建议值。": "The difficulty is confirmed; the proposal can no longer change.",
+    "难度系数应为 0.1 至 5 的数字。": "The difficulty must be a number from 0.1 to 5.",
+    "难度系数须在 0.1 到 5 之间。": "The difficulty must be between 0.1 and 5.",
+    "需要业务数据质量检测": "Needs a business data quality check", "项目经理操作": "PM actions",
+    "预览会检查每一行；任何一行有误，都不会导入。":
+        "The preview checks every row; if any row is wrong, nothing is imported.",
+})
+
+# Service orders (api/web/service_orders.py).
+EN.update({
+    "上传需求函（新增）或变更函（迭代），项目经理受理后登记为事项并启动流程。":
+        "Upload the requirement letter (new) or change letter (iteration); once the PM accepts it, it becomes an "
+        "item and its process starts.",
+    "不予受理": "Decline", "全部": "All", "受理为事项": "Accept as an item", "已不予受理": "Declined",
+    "已受理": "Accepted", "已受理为事项": "Accepted as item",
+    "已受理运营服务单，事项已登记，流程已启动":
+        "Service order accepted; the item is registered and its process started",
+    "已提交运营服务单，等待项目经理受理": "Service order filed; it waits for the PM",
+    "建议服务类别": "Proposed service line", "建议服务类别（可选）": "Proposed service line (optional)",
+    "待受理": "Waiting", "待受理的运营服务单": "Service orders waiting for you",
+    "提交运营服务单": "File a service order",
+    "提出人": "Requested by", "服务单": "Service orders", "期望完成日期": "Wanted by",
+    "期望完成日期（可选）": "Wanted by (optional)", "来源运营服务单": "From service order",
+    "没有运营服务单。": "No service orders.", "由项目经理确定": "Decided by the PM", "编号": "No.",
+    "该运营服务单已处理。": "This service order has already been decided.",
+    "请上传需求函。": "Upload the requirement letter.",
+    "运营服务单": "Service orders", "需求函文件": "Requirement letter file", "需求名称": "Request",
+    "需求说明": "Description",
+    "也可在下方流程图中点击已完成的环节。": "Or click a completed step in the diagram below.",
+    "登记事项": "Register an item", "取消事项": "Cancel the item", "退回重做": "Send back",
+    "调整建议难度系数": "Change the proposed difficulty", "已退回重做": "Sent back for rework",
+})
+
+# Monthly operations reports in the inbox and on their page (api/web/reports.py).
+EN.update({
+    "编写并提交月度运营报告": "Write and submit the monthly report", "修改月度运营报告": "Revise the monthly report",
+    "审核月度运营报告": "Review the monthly report", "月度运营报告": "Monthly operations reports",
+    "月报": "Monthly reports", "报告正文": "Report text", "意见（退回时必填）": "Comment (required to return)",
+    "已提交 {m} 月度运营报告": "Monthly report {m} submitted", "审核意见已提交": "Review submitted",
+    "暂无报告。": "No reports yet.", "请先填写报告正文。": "Write the report text first.",
+    "该报告当前不能执行此操作。": "This report cannot take that step now.", "月份": "Month",
+    "每月结束后 10 个工作日内提交第三方支撑单位；退回后按期修改。":
+        "Due to the third party within 10 working days after each month; returned reports are revised in time.",
+})

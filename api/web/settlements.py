@@ -17,6 +17,7 @@ from flask import (
     url_for,
 )
 from sqlalchemy import select
+from sqlalchemy.orm import selectinload
 
 from api.background import start_job
 from api.downloads import attachment, file_response, send_export
@@ -33,8 +34,9 @@ from engine.exports import EXPORTS, XLSX, export_named
 from engine.policy import may
 from engine.reports import WorkloadFilter, claim_xlsx_file, entries_query, progress, totals
 from engine.workflow import Ctx
-from storage.artefact_store import StoreUnavailable
+from storage.artefact_store import ObjectMissing, StoreUnavailable
 from storage.models import Contract, Department, ServiceLine, Settlement, SettlementNote, utcnow
+from storage.unit_of_work import unit_of_work
 
 bp = Blueprint("settle_web", __name__)
 CLOCK_NAMES = {"open": "未到期", "overdue": "已超时", "on_time": "按时完成", "late": "逾期完成"}
@@ -87,8 +89,9 @@ def ledger_reverse(entry_id: int) -> Any:
 
 @bp.get("/settlements")
 def settlements() -> Any:
-    rows = list(db.session.scalars(select(Settlement).order_by(Settlement.id.desc()).limit(200)))
-    figures = {s.id: st.figures(db.session, s, web_ctx().now) for s in rows}
+    rows = list(db.session.scalars(select(Settlement).options(selectinload(Settlement.contract))
+                                   .order_by(Settlement.id.desc()).limit(200)))
+    figures = st.figures_of(db.session, rows, web_ctx().now)
     return render_template("web/settlements.html", rows=rows, figures=figures, me=me(),
                            status_names=st.STATUS_NAMES, **_options())
 
@@ -132,14 +135,14 @@ def _change(fn: Callable[[Ctx], Any], done: str) -> Any:
     """Run one use case; a refused change to a locked settlement is rolled back, audited and explained."""
     context = web_ctx()
     try:
-        result = fn(context)
-        db.session.commit()
+        with unit_of_work(db.session):
+            result = fn(context)
         flash(done, "ok")
         return result
     except ledger.SettlementLocked as err:
         db.session.rollback()
-        ledger.record_refusal(db.session, context.actor, err)
-        db.session.commit()
+        with unit_of_work(db.session):
+            ledger.record_refusal(db.session, context.actor, err)
         flash(_(LOCKED), "error")
     except NotFound:
         raise
@@ -257,14 +260,13 @@ def export_job_create() -> Any:
     form = request.form
     params = {k: (form.get(k) or "").strip()[:64] for k in jobs.FILTER_KEYS}
     try:
-        job = jobs.create_job(db.session, me(), form.get("kind", ""), params)
+        with unit_of_work(db.session):
+            job = jobs.create_job(db.session, me(), form.get("kind", ""), params)
     except NotFound:
         raise
     except DomainError as err:
-        db.session.rollback()
         flash(refusal(err) if err.code == "role_required" else err.detail, "error")
         return redirect(url_for("settle_web.exports", **{k: v for k, v in params.items() if v}))
-    db.session.commit()
     start_job(current_app._get_current_object(), job.id)  # type: ignore[attr-defined]
     flash(_("已开始后台生成"), "ok")
     return redirect(url_for("settle_web.export_job", job_id=job.id))
@@ -273,6 +275,8 @@ def export_job_create() -> Any:
 @bp.get("/exports/jobs/<int:job_id>")
 def export_job(job_id: int) -> Any:
     job = jobs.load_job_for(db.session, me(), job_id)
+    if job.kind not in EXPORTS:  # an import job shares the queue; it has its own page
+        return redirect(url_for("web.items_import_job", job_id=job_id))
     status, error = jobs.shown(job, utcnow())
     return render_template("web/export_job.html", job=job, status=status, error=error, me=me(),
                            kind=EXPORTS[job.kind], running=status in ("queued", "running"))
@@ -290,7 +294,7 @@ def export_job_download(job_id: int) -> Any:
         stream = store.iter_content(job.key, job.version_id)
     except StoreUnavailable as exc:
         raise ServiceUnavailable("the object store is unavailable") from exc
-    except KeyError as exc:
+    except ObjectMissing as exc:
         raise NotFound(f"the result of export job {job_id} is gone") from exc
     spec = EXPORTS[job.kind]
     response = Response(stream, mimetype=spec.content_type.split(";")[0])
@@ -314,7 +318,8 @@ def payments_page(code: str) -> Any:
     from engine.money_reports import STATE_NAMES
 
     return render_template("web/payments.html", contract=contract, plan=plan, me=me(), state_names=STATE_NAMES,
-                           cumulative=pay.approved_cumulative(db.session, contract))
+                           cumulative=pay.approved_cumulative(db.session, contract),
+                           may_record=may(me(), "payment.record"))
 
 
 @bp.post("/contracts/<code>/payments")

@@ -28,21 +28,25 @@ from werkzeug.datastructures import MultiDict
 from api.auth import authenticate
 from api.downloads import artefact_response, sheet_response
 from api.extensions import db, login_manager
-from api.rest.core import filtered_items, item_detail, load_artefact_for, task_query
+from api.rest.core import item_detail
 from api.serializers import artefact_json
+from api.uploads import record_upload
 from api.web.auth import SessionUser, end_web_session, me, start_web_session, web_ctx
 from api.web.formfields import data_from, fields_for
 from api.web.i18n import STAGES, _, form_message
 from engine import audit
-from engine.access import authorize, load_item_for, load_task_for, may_act_on
+from engine.access import authorize, load_artefact_for, load_item_for, load_task_for, may_act_on
 from engine.dashboard import build_dashboard
 from engine.diagram import render_svg
-from engine.errors import DomainError, FormInvalid, GateUnmet, Invalid, NotFound, ServiceUnavailable
+from engine.errors import Conflict, DomainError, FormInvalid, GateUnmet, Invalid, NotFound, ServiceUnavailable
 from engine.evidence import submitted_evidence, upload_artefact
+from engine.inbox import report_steps, settlement_steps
+from engine.lists import filtered_items, task_query
 from engine.policy import DEPARTMENT, may, scope_of
 from engine.sheets import SHEETS
 from engine.workflow import claim, complete_task, hand_over, optional_statuses, task_requirements, unclaim
 from storage.models import Artefact, Department, HumanTask, ProcessInstance, ServiceLine, User, WorkItem
+from storage.unit_of_work import unit_of_work
 
 log = logging.getLogger("itemgate.web")
 
@@ -74,6 +78,8 @@ _REFUSALS = {
     "not_your_department": "这是其他部门的交付物，您不能上传。",
     "entry_under_review": "该分录所在的结算申报正在审核中，不能冲销；请待申报退回后先将其移出申报。",
     "already_reversed": "该分录已被冲销。",
+    "difficulty_confirmed": "难度系数已确认，不能再调整建议值。",
+    "order_decided": "该运营服务单已处理。",
 }
 
 
@@ -121,39 +127,39 @@ def login() -> Any:
         try:
             check_login_allowed(username)  # the same limits as the API's token endpoint
         except TooManyAttempts:
-            audit.record(db.session, audit.Actor(None, username or None, None, g.get("request_id")),
-                         "auth.login", outcome="rate_limited")
-            db.session.commit()
+            with unit_of_work(db.session):
+                audit.record(db.session, audit.Actor(None, username or None, None, g.get("request_id")),
+                             "auth.login", outcome="rate_limited")
             raise
         user = authenticate(username, password) if username and password else None
         actor = audit.Actor(user.id if user else None, username or None, user.role if user else None,
                             g.get("request_id"))
         if user is None:
-            record_login_failure(username)
-            audit.record(db.session, actor, "auth.login", outcome="failure")
-            db.session.commit()
+            with unit_of_work(db.session):
+                record_login_failure(username)
+                audit.record(db.session, actor, "auth.login", outcome="failure")
             # One message for both halves, so a guesser cannot tell which was wrong.
             error = _("用户名或密码错误")
         else:
-            lang = session.get("lang")
-            session.clear()  # a fresh session at sign-in: nothing carried over from before
-            if lang:
-                session["lang"] = lang
-            session.permanent = True  # expires after ITEMGATE_SESSION_MINUTES of inactivity
-            start_web_session(user)
-            login_user(SessionUser(user))
-            audit.record(db.session, actor, "auth.login", target_type="user", target_id=user.id)
-            db.session.commit()
+            with unit_of_work(db.session):
+                lang = session.get("lang")
+                session.clear()  # a fresh session at sign-in: nothing carried over from before
+                if lang:
+                    session["lang"] = lang
+                session.permanent = True  # expires after ITEMGATE_SESSION_MINUTES of inactivity
+                start_web_session(user)
+                login_user(SessionUser(user))
+                audit.record(db.session, actor, "auth.login", target_type="user", target_id=user.id)
             return remember_device(redirect(_safe_next(url_for("web.inbox"))), user.username)
     return render_template("web/login.html", error=error, username=username), 200 if error is None else 401
 
 
 @bp.post("/logout")
 def logout() -> Any:
-    end_web_session()
-    audit.record(db.session, audit.Actor.of(me(), g.get("request_id")), "auth.logout", target_type="user",
-                 target_id=me().id)
-    db.session.commit()
+    with unit_of_work(db.session):
+        end_web_session()
+        audit.record(db.session, audit.Actor.of(me(), g.get("request_id")), "auth.logout", target_type="user",
+                     target_id=me().id)
     lang = session.get("lang")
     logout_user()
     session.clear()
@@ -175,11 +181,18 @@ def _colleagues(tasks: list[HumanTask], user: User) -> dict[int, list[User]]:
     return {t.id: [p for p in people if may_act_on(p, t)] for t in tasks}
 
 
+def _departments() -> dict[int, Department]:
+    """Every department by id, loaded once per request (pages show them in several places)."""
+    if "departments" not in g:
+        g.departments = {d.id: d for d in db.session.scalars(select(Department).order_by(Department.code))}
+    return g.departments  # type: ignore[no-any-return]
+
+
 def _visible_departments(user: User) -> list[Department]:
-    query = select(Department).order_by(Department.code)
+    departments = list(_departments().values())
     if scope_of(user.role, "item.read") == DEPARTMENT:
-        query = query.where(Department.id == user.department_id)
-    return list(db.session.scalars(query))
+        return [d for d in departments if d.id == user.department_id]
+    return departments
 
 
 @bp.get("/inbox")
@@ -189,7 +202,15 @@ def inbox() -> Any:
     counts = {s: _count(task_query(user, s)) for s in scopes}
     scope = request.args.get("scope")
     if scope not in scopes:
-        scope = "mine" if counts["mine"] else "group"
+        # Open where the work is: my claimed tasks, else my queue, else (for roles who oversee) everything.
+        scope = next((s for s in scopes if counts[s]), "group")
+    steps = settlement_steps(db.session, user)
+    waiting_orders: list[Any] = []
+    if may(user, "service_order.decide"):  # service orders wait for the PM to accept or decline them
+        from storage.models import ServiceOrder
+
+        waiting_orders = list(db.session.scalars(select(ServiceOrder).where(ServiceOrder.status == "submitted")
+                                                 .order_by(ServiceOrder.id).limit(50)))
     query = task_query(user, scope).join(WorkItem, HumanTask.item_id == WorkItem.id)
     q = (request.args.get("q") or "").strip()[:100]
     if q:
@@ -218,18 +239,19 @@ def inbox() -> Any:
     pages = max(1, math.ceil(total / PER_PAGE))
     page = min(_page(), pages)
     tasks = list(db.session.scalars(query.offset((page - 1) * PER_PAGE).limit(PER_PAGE)))
-    departments = {d.id: d for d in db.session.scalars(select(Department))}
+    departments = _departments()
     return render_template(
         "web/inbox.html", tasks=tasks, scope=scope, scopes=scopes, counts=counts, q=q, stage=stage,
         department=department, overdue_only=overdue_only, sort=sort, page=page, pages=pages, total=total,
         now=now, departments=departments, department_options=_visible_departments(user), stages=STAGES,
-        colleagues=_colleagues(tasks, user), may_act=lambda t: may_act_on(user, t), me=user)
+        colleagues=_colleagues(tasks, user), may_act=lambda t: may_act_on(user, t), me=user,
+        settlement_steps=steps, waiting_orders=waiting_orders, report_steps=report_steps(db.session, user, now))
 
 
 def _act(task_id: int, action: Any, done: str) -> Any:
     try:
-        action()
-        db.session.commit()
+        with unit_of_work(db.session):
+            action()
         flash(done, "ok")
     except NotFound:
         raise
@@ -307,7 +329,7 @@ def render_task(task: HumanTask, *, errors: dict[str, list[str]] | None = None,
         # Re-show what was just submitted, shaped like stored task data.
         values = {f.name: values.getlist(f.name) if f.widget == "checkboxes" else values.get(f.name)
                   for f in fields}
-    departments = {d.id: d for d in db.session.scalars(select(Department))}
+    departments = _departments()
     return render_template(
         "web/task.html", task=task, item=item, gate=gate, review=review, unmet=unmet,
         fields=fields, errors={k: [form_message(m) for m in v] for k, v in (errors or {}).items()},
@@ -331,8 +353,8 @@ def task_complete(task_id: int) -> Any:
     task = load_task_for(db.session, me(), task_id)
     data = data_from(task.form, request.form)
     try:
-        complete_task(web_ctx(), task_id, data)
-        db.session.commit()
+        with unit_of_work(db.session):
+            complete_task(web_ctx(), task_id, data)
     except FormInvalid as err:
         db.session.rollback()
         return render_task(task, errors=err.extra.get("errors", {}), values=request.form, status=422)
@@ -376,20 +398,14 @@ def artefact_upload(item_id: int) -> Any:
             raise Invalid("send the file as multipart field 'file'", code="invalid_form",
                           errors={"file": ["required"]})
         if item.status != "active":
-            raise Invalid(f"item {item.id} is {item.status}", code="item_not_active", status=409)
+            raise Conflict(f"item {item.id} is {item.status}", code="item_not_active")
         if context.store is None:
             raise ServiceUnavailable("no evidence store is configured")
-        artefact = upload_artefact(db.session, context.store, context.actor, user, item,
-                                   request.form.get("kind", ""), upload.filename, upload.stream,
-                                   _length(upload.stream), current_app.config["ITEMGATE"].max_upload_bytes,
-                                   request.form.get("task_id"), request.form.get("verification_code"))
-        try:
-            db.session.commit()
-        except Exception:
-            # The object exists but its row does not: remove it now rather than wait for the sweeper.
-            db.session.rollback()
-            context.store.delete(artefact.key, artefact.version_id)
-            raise
+        store = context.store
+        artefact = record_upload(db.session, store, lambda: upload_artefact(
+            db.session, store, context.actor, user, item, request.form.get("kind", ""), upload.filename,
+            upload.stream, _length(upload.stream), current_app.config["ITEMGATE"].max_upload_bytes,
+            request.form.get("task_id"), request.form.get("verification_code")))
     except DomainError as err:
         if _wants_json() or isinstance(err, NotFound):
             raise
@@ -413,7 +429,7 @@ def item_sheet(item_id: int, kind: str) -> Any:
 @bp.get("/artefacts/<int:artefact_id>")
 def artefact_content(artefact_id: int) -> Any:
     user = me()
-    artefact = load_artefact_for(user, artefact_id)
+    artefact = load_artefact_for(db.session, user, artefact_id)
     media_type = artefact.media_type.split(";")[0]
     inline = request.args.get("inline") == "1" and media_type in PREVIEWABLE
     response = artefact_response(artefact, user, current_app.extensions.get("itemgate_store"), inline)
@@ -470,12 +486,34 @@ def item(item_id: int) -> Any:
     versions = _versions(item.id)
     artefacts = [{**a, "version": versions.get(a["id"], 1)} for a in detail["artefacts"]]
     artefacts.sort(key=lambda a: (a["kind"], a["department"] or "", -a["version"]))
-    departments = {d.code: d.name for d in db.session.scalars(select(Department))}
+    departments = {d.code: d.name for d in _departments().values()}
+    open_tasks = [t for t in detail["tasks"] if t["status"] == "ready"]
+    pm_actions = None
+    if may(user, "item.cancel") and item.status == "active":
+        # What the PM may do here: rework to a completed step (latest first, once each), reassign open tasks,
+        # adjust the proposed difficulty until the difficulty step is done.
+        done_steps: dict[str, str] = {}
+        for t in reversed(detail["tasks"]):
+            if t["status"] == "completed" and t["name"] not in done_steps:
+                done_steps[t["name"]] = t["title"]
+        rows = list(db.session.scalars(select(HumanTask).where(HumanTask.item_id == item.id,
+                                                              HumanTask.status == "ready").order_by(HumanTask.id)))
+        pm_actions = {
+            "rework_to": done_steps,
+            "colleagues": _colleagues(rows, user) if rows else {},
+            "difficulty_open": not any(t["form_key"] == "difficulty_confirmation" and t["status"] == "completed"
+                                       for t in detail["tasks"]),
+        }
+    from engine.policy import RULES
+    from engine.service_orders import order_of_item
+
+    # The request the item came from (运营服务单): who asked and with which letter; linked for roles that read orders.
+    source_order = order_of_item(db.session, item.id) if (item.attributes or {}).get("service_order") else None
     return render_template(
-        "web/item.html", item=item, detail=detail, titles=titles, artefacts=artefacts,
-        open_tasks=[t for t in detail["tasks"] if t["status"] == "ready"],
+        "web/item.html", item=item, detail=detail, titles=titles, artefacts=artefacts, open_tasks=open_tasks,
+        source_order=source_order, may_read_orders=RULES["service_order.read"].allows(user.role),
         history=list(reversed(detail["history"])), diagram=_diagram(item, detail["tasks"]),
-        departments=departments, previewable=PREVIEWABLE, me=user)
+        departments=departments, previewable=PREVIEWABLE, me=user, pm_actions=pm_actions)
 
 
 # ---------------------------------------------------------------- dashboard
@@ -486,11 +524,11 @@ def dashboard() -> Any:
     authorize(user, "workload.read")
     now = datetime.now(UTC)
     dash = build_dashboard(db.session, user, now)
-    departments = {d.id: d for d in db.session.scalars(select(Department))}
+    departments = _departments()
     from engine.clocks import running_clocks
 
     # Every contract clock (settlement materials and revisions, monthly reports, rectifications), due first.
-    clocks = running_clocks(db.session, now) if user.role in ("pm", "auditor", "buyer", "admin") else []
+    clocks = running_clocks(db.session, now) if may(user, "settlement.read") else []
     from engine.reports import WorkloadFilter, progress
 
     # Progress toward every countable target of every contract (done / target / percent / on track).
