@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export ITEMGATE_DATA_DIR ?= var
 
-.PHONY: run test test-unit bench lint fuzz loadtest browser-deps screenshots clean
+.PHONY: run test test-unit bench lint fuzz loadtest browser-deps screenshots clean translations
 
 $(VENV)/bin/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON)"; exit 1; }
@@ -15,6 +15,21 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# Web translations: gettext catalogs (Chinese source, English in the .po). The .mo is build output, compiled here;
+# `make translations` extracts new texts into the template and merges them into the .po for translators.
+LOCALES := api/translations
+PO := $(LOCALES)/en/LC_MESSAGES/messages.po
+MO := $(LOCALES)/en/LC_MESSAGES/messages.mo
+
+$(MO): $(PO) | $(STAMP)
+	$(VENV)/bin/pybabel compile -d $(LOCALES) -D messages --statistics
+
+translations: $(STAMP)
+	$(VENV)/bin/pybabel extract -F babel.cfg -k _ --no-location --sort-output -o $(LOCALES)/messages.pot api
+	ITEMGATE_SECRET_KEY=extract $(PY) scripts/translations.py
+	$(VENV)/bin/pybabel update -i $(LOCALES)/messages.pot -d $(LOCALES) -D messages --no-fuzzy-matching
+	$(MAKE) $(MO)
 
 SECRET := $(ITEMGATE_DATA_DIR)/secret.key
 HOST ?= 127.0.0.1
@@ -27,7 +42,7 @@ $(SECRET):
 
 # The server is exec'ed: make's child is `itemgate serve` itself, so a SIGTERM to make (which make passes on to
 # its child) or a Ctrl+C stops gunicorn and the embedded S3 server, and nothing is left running.
-run: $(STAMP) $(SECRET)
+run: $(STAMP) $(SECRET) $(MO)
 	ITEMGATE_SECRET_KEY=$$(cat $(SECRET)) $(VENV)/bin/itemgate db upgrade
 	ITEMGATE_SECRET_KEY=$$(cat $(SECRET)) $(VENV)/bin/itemgate demo
 	exec env ITEMGATE_SECRET_KEY=$$(cat $(SECRET)) $(VENV)/bin/itemgate serve --host $(HOST) --port $(PORT)
@@ -35,7 +50,7 @@ run: $(STAMP) $(SECRET)
 browser-deps:
 	@bash scripts/ensure-chromium.sh
 
-test: $(STAMP) browser-deps
+test: $(STAMP) $(MO) browser-deps
 	$(VENV)/bin/pytest -n 2
 
 # The fast tests: no database or S3 server, no browser (tests/conftest.py marks them `unit`).

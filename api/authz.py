@@ -143,10 +143,12 @@ ENDPOINTS: dict[str, str | dict[str, str]] = {
     "web.task_unclaim": "task.release",
     "web.task_handover": "task.release",
     "web.task_complete": "task.complete",
+    "web.task_draft": "task.complete",
     "web.items": "item.read",
     "web.item": "item.read",
     "web.artefact_upload": "artefact.upload",
     "web.artefact_content": "artefact.read",
+    "web.artefact_preview": "artefact.read",
     "web.item_sheet": "item.read",
     "web.dashboard": "workload.read",
     # notifications and one's own channels (api/web/notifications.py)

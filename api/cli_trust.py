@@ -108,9 +108,9 @@ def _record_verify(session: Any, result: str, **detail: Any) -> None:
     from engine import audit as audit_log
 
     session.rollback()
-    audit_log.record(session, audit_log.Actor(None, "cli", CLI_ROLE), "audit.verified", target_type="audit",
-                     outcome="success" if result == "ok" else "failure", result=result, **detail)
-    session.commit()
+    with unit_of_work(session):
+        audit_log.record(session, audit_log.Actor(None, "cli", CLI_ROLE), "audit.verified", target_type="audit",
+                         outcome="success" if result == "ok" else "failure", result=result, **detail)
 
 
 @audit.command("anchor", help="Write the audit chain's head (event id, hash, time) to the object store under object "
@@ -170,35 +170,36 @@ def fsck(repair: bool, quick: bool) -> None:
     from engine.integrity import fsck as run_fsck
 
     with app_context() as app, object_store(app) as store:
-        settings = app.config["ITEMGATE"]
-        report = run_fsck(database.session, store, repair=repair, grace_hours=settings.orphan_grace_hours,
-                          deep=not quick)
-        if report.lock_missing:
-            click.echo(f"bucket {store.bucket}: no object lock - legal holds protect nothing and gate evidence can "
-                       "be deleted with the application's credentials (see docs/TRUST.md, Evidence lock)")
-        for p in report.problems:
-            click.echo(f"artefact {p.artefact_id}: {p.problem} ({p.key} version {p.version_id})")
-        for p in report.held:
-            click.echo(f"artefact {p.artefact_id}: legal hold placed ({p.key} version {p.version_id})")
-        removed = {(o.key, o.version_id) for o in report.removed}
-        for o in report.orphans:
-            state = "removed" if (o.key, o.version_id) in removed else (
-                "kept (younger than the grace period)" if repair else "orphan")
-            click.echo(f"{state}: {o.key} version {o.version_id} ({o.size} bytes, {o.last_modified})")
-        if repair and report.removed:
-            with unit_of_work(database.session):
-                audit_log.record(database.session, audit_log.Actor(None, "cli", CLI_ROLE), "evidence.orphans_removed",
-                                 target_type="bucket", target_id=store.bucket,
-                                 objects=[[o.key, o.version_id] for o in report.removed])
-        click.echo(f"checked {report.checked} artefacts: {len(report.problems) + report.lock_missing} problem(s), "
-                   f"{len(report.orphans)} orphan(s), {len(report.removed)} removed")
-        clean = not (report.problems or report.lock_missing or len(report.orphans) > len(report.removed))
-        # Kept in the audit chain: the admin's status page shows the last result.
-        audit_log.record(database.session, audit_log.Actor(None, "cli", CLI_ROLE), "evidence.fsck",
-                         target_type="bucket", target_id=store.bucket, outcome="success" if clean else "failure",
-                         checked=report.checked, problems=len(report.problems) + report.lock_missing,
-                         orphans=len(report.orphans), removed=len(report.removed), deep=not quick, repair=repair)
-        database.session.commit()
+        with unit_of_work(database.session):
+            settings = app.config["ITEMGATE"]
+            report = run_fsck(database.session, store, repair=repair, grace_hours=settings.orphan_grace_hours,
+                              deep=not quick)
+            if report.lock_missing:
+                click.echo(f"bucket {store.bucket}: no object lock - legal holds protect nothing and gate evidence can "
+                           "be deleted with the application's credentials (see docs/TRUST.md, Evidence lock)")
+            for p in report.problems:
+                click.echo(f"artefact {p.artefact_id}: {p.problem} ({p.key} version {p.version_id})")
+            for p in report.held:
+                click.echo(f"artefact {p.artefact_id}: legal hold placed ({p.key} version {p.version_id})")
+            removed = {(o.key, o.version_id) for o in report.removed}
+            for o in report.orphans:
+                state = "removed" if (o.key, o.version_id) in removed else (
+                    "kept (younger than the grace period)" if repair else "orphan")
+                click.echo(f"{state}: {o.key} version {o.version_id} ({o.size} bytes, {o.last_modified})")
+            if repair and report.removed:
+                with unit_of_work(database.session):
+                    audit_log.record(database.session, audit_log.Actor(None, "cli", CLI_ROLE),
+                                     "evidence.orphans_removed",
+                                     target_type="bucket", target_id=store.bucket,
+                                     objects=[[o.key, o.version_id] for o in report.removed])
+            click.echo(f"checked {report.checked} artefacts: {len(report.problems) + report.lock_missing} problem(s), "
+                       f"{len(report.orphans)} orphan(s), {len(report.removed)} removed")
+            clean = not (report.problems or report.lock_missing or len(report.orphans) > len(report.removed))
+            # Kept in the audit chain: the admin's status page shows the last result.
+            audit_log.record(database.session, audit_log.Actor(None, "cli", CLI_ROLE), "evidence.fsck",
+                             target_type="bucket", target_id=store.bucket, outcome="success" if clean else "failure",
+                             checked=report.checked, problems=len(report.problems) + report.lock_missing,
+                             orphans=len(report.orphans), removed=len(report.removed), deep=not quick, repair=repair)
         if report.problems or report.lock_missing or len(report.orphans) > len(report.removed):
             sys.exit(1)
 

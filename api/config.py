@@ -48,7 +48,7 @@ class Settings:
     smtp_from: str = "itemgate@localhost"              # ITEMGATE_SMTP_FROM
     smtp_mode: str = "starttls"                        # ITEMGATE_SMTP_MODE: starttls | ssl | insecure
     delivery_seconds: int = 10                         # ITEMGATE_DELIVERY_SECONDS (serve's notification loop)
-    cjk_font: str | None = None                        # ITEMGATE_CJK_FONT (sign-off sheets; unset: Noto CJK)
+    cjk_font: str | None = None                        # ITEMGATE_CJK_FONT (Chinese PDFs; unset: Noto CJK)
     expression_ms: int = 1000                          # ITEMGATE_EXPRESSION_MS (wall time per evaluation)
     expression_steps: int = 1_000_000                  # ITEMGATE_EXPRESSION_STEPS (steps per evaluation)
     expression_size: int = 1_000_000                   # ITEMGATE_EXPRESSION_SIZE (elements+chars per value)

@@ -122,7 +122,8 @@ def sheet_response(actor: audit.Actor, user: User, item: Any, kind: str) -> Resp
 
     from flask import current_app
 
-    from engine.sheet_pdf import find_cjk_font, render
+    from engine.pdf import find_cjk_font
+    from engine.sheet_pdf import render
     from engine.sheets import print_sheet
 
     with unit_of_work(db.session):

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from engine import audit
 from engine.errors import DomainError
 from storage.artefact_store import ArtefactStore
-from storage.models import Artefact, Base, GatePass
+from storage.models import Artefact, Base, GatePass, ServiceOrder
 
 FORMAT = 1
 
@@ -40,6 +40,9 @@ def _decoder(column: Any) -> Any:
     if isinstance(impl, Numeric):
         return lambda v: None if v is None else Decimal(v)
     return lambda v: v
+
+
+FILE_TABLES = (ServiceOrder,)
 
 
 def backup(session: Session, store: ArtefactStore, target: Path, *, with_objects: bool = True) -> dict[str, Any]:
@@ -74,10 +77,36 @@ def backup(session: Session, store: ArtefactStore, target: Path, *, with_objects
                         raise DomainError(f"artefact {a.id} does not match its recorded SHA-256; backup stopped",
                                           code="backup_mismatch")
                     objects += 1
+    # Rows outside the evidence that point at an object of their own (a service order's 需求函): their files
+    # travel with the backup too, in files.jsonl, content-addressed like the artefacts.
+    with open(target / "files.jsonl", "w", encoding="utf-8") as files:
+        for model in FILE_TABLES:
+            for holder in session.scalars(select(model).order_by(model.id)):
+                files.write(json.dumps({"table": model.__tablename__, "id": holder.id, "key": holder.key,
+                                        "version_id": holder.version_id, "sha256": holder.sha256,
+                                        "size": holder.size, "media_type": holder.media_type}) + "\n")
+                if with_objects and _copy_object(store, holder.key, holder.version_id, holder.sha256, target):
+                    objects += 1
     info = {"format": FORMAT, "created_at": datetime.now(UTC).isoformat(), "tables": counts,
             "objects": objects, "with_objects": with_objects}
     (target / "manifest.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
     return info
+
+
+def _copy_object(store: ArtefactStore, key: str, version_id: str | None, sha256: str, target: Path) -> bool:
+    """objects/<sha256> from the store (once per content); False when that content is there already."""
+    path = target / "objects" / sha256
+    if path.exists():
+        return False
+    path.parent.mkdir(exist_ok=True)
+    digest = hashlib.sha256()
+    with store.iter_content(key, version_id) as chunks, open(path, "wb") as out:
+        for chunk in chunks:
+            digest.update(chunk)
+            out.write(chunk)
+    if digest.hexdigest() != sha256:
+        raise DomainError(f"{key} does not match its recorded SHA-256; backup stopped", code="backup_mismatch")
+    return True
 
 
 def _rows(path: Path) -> Iterator[dict[str, Any]]:
@@ -132,6 +161,18 @@ def restore(session: Session, store: ArtefactStore, source: Path, actor: audit.A
         # the row records the one it points at, or gate checks and fsck would see a different object.
         session.execute(update(Artefact).where(Artefact.id == entry["id"])
                         .values(version_id=stored.version_id, bucket=stored.bucket, etag=stored.etag)
+                        .execution_options(synchronize_session=False))
+        restored += 1
+    files = source / "files.jsonl"
+    by_table = {model.__tablename__: model for model in FILE_TABLES}
+    for entry in _rows(files) if files.exists() else iter(()):
+        model = by_table[entry["table"]]
+        with open(source / "objects" / entry["sha256"], "rb") as body:
+            stored = store.put_stream(entry["key"], body, entry["size"], entry["media_type"], max(entry["size"], 1))
+        if stored.sha256 != entry["sha256"]:
+            raise DomainError(f"object of {entry['table']} {entry['id']} changed in the backup", code="backup_mismatch")
+        session.execute(update(model).where(model.id == entry["id"])
+                        .values(version_id=stored.version_id, bucket=stored.bucket)
                         .execution_options(synchronize_session=False))
         restored += 1
     session.flush()

@@ -15,6 +15,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from storage.models import NotificationDelivery
+from storage.unit_of_work import unit_of_work
 
 log = logging.getLogger("itemgate.delivery")
 
@@ -107,18 +108,18 @@ def _claimable(now: datetime) -> Any:
 def _claim_one(session: Session, now: datetime) -> NotificationDelivery | None:
     """Take one due delivery: locked and skipped by other hosts on PostgreSQL; the guarded UPDATE decides on
     SQLite (and anywhere a second runner read the same row)."""
-    query = select(NotificationDelivery).where(_claimable(now)).order_by(NotificationDelivery.next_attempt_at,
-                                                                         NotificationDelivery.id).limit(1)
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)
-    row = session.scalars(query).first()
-    if row is None:
-        return None
-    result = session.execute(update(NotificationDelivery).where(
-        NotificationDelivery.id == row.id, _claimable(now)).values(
-        status="sending", claimed_at=now, attempts=NotificationDelivery.attempts + 1)
-        .execution_options(synchronize_session=False))
-    session.commit()
+    with unit_of_work(session):
+        query = select(NotificationDelivery).where(_claimable(now)).order_by(NotificationDelivery.next_attempt_at,
+                                                                             NotificationDelivery.id).limit(1)
+        if session.get_bind().dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        row = session.scalars(query).first()
+        if row is None:
+            return None
+        result = session.execute(update(NotificationDelivery).where(
+            NotificationDelivery.id == row.id, _claimable(now)).values(
+            status="sending", claimed_at=now, attempts=NotificationDelivery.attempts + 1)
+            .execution_options(synchronize_session=False))
     if not getattr(result, "rowcount", 0):
         return None
     session.refresh(row)
@@ -153,11 +154,11 @@ def deliver_pending(session: Session, send: Sender, *, now: Callable[[], datetim
             values = {"status": "pending", "last_error": error, "next_attempt_at": at + backoff(row.attempts)}
             counts["retry"] += 1
         # Only the claim that is still ours is settled (a runner given up on as stale cannot write).
-        session.execute(update(NotificationDelivery).where(
-            NotificationDelivery.id == row.id, NotificationDelivery.status == "sending",
-            NotificationDelivery.claimed_at == row.claimed_at).values(**values)
-            .execution_options(synchronize_session=False))
-        session.commit()
+        with unit_of_work(session):
+            session.execute(update(NotificationDelivery).where(
+                NotificationDelivery.id == row.id, NotificationDelivery.status == "sending",
+                NotificationDelivery.claimed_at == row.claimed_at).values(**values)
+                .execution_options(synchronize_session=False))
         log.debug("delivery %s by %s: %s", row.id, runner, values["status"])
     return counts
 

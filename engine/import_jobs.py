@@ -169,11 +169,12 @@ def run_import(session_factory: Callable[[], Session], store: ArtefactStore, job
                          error=None if status == "done" else json.dumps(outcome, ensure_ascii=False)[:4000])
         except Superseded:
             return "superseded"
-        if status == "done":
-            try:
-                store.delete(staged.key, staged.version_id)
-            except Exception:  # noqa: BLE001 - the staged copy is only kept for the import
-                log.warning("import job %s: could not remove the staged spreadsheet", job_id, exc_info=True)
+        # The staged copy is only kept for this import: done or failed for good, it goes (a corrected file is
+        # uploaded and previewed afresh).
+        try:
+            store.delete(staged.key, staged.version_id)
+        except Exception:  # noqa: BLE001 - best effort; an unreferenced staged copy harms nothing
+            log.warning("import job %s: could not remove the staged spreadsheet", job_id, exc_info=True)
         return status
     finally:
         stop.set()

@@ -20,7 +20,8 @@ NS = {"bpmn": BPMN_NS, "spiffworkflow": SPIFF_NS}
 # confirms metered records and difficulty coefficients).
 LANE_ROLES = lane_roles()
 _MODE_CONDITION = re.compile(r'^\s*mode\s*(==|!=)\s*["\']([a-z_]+)["\']\s*$')
-TASK_PROPERTIES = frozenset({"form", "gate", "stage", "due_days", "review_of", "department_var"})
+TASK_PROPERTIES = frozenset({"form", "gate", "stage", "due_days", "review_of", "department_var",
+                             "decision_var", "help", "help_en"})
 
 
 @dataclass(frozen=True)

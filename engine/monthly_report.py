@@ -15,7 +15,6 @@ returned → submitted … → accepted), the PM's narrative and attachments, an
 """
 from __future__ import annotations
 
-import html
 import io
 import tempfile
 from collections import defaultdict
@@ -29,6 +28,7 @@ from sqlalchemy.orm import Session
 from engine import audit, performance, policy, schedule
 from engine.calendar import TZ
 from engine.errors import Conflict, Forbidden, Invalid, NotFound
+from engine.pdf import CjkFont
 from engine.reports import WorkloadFilter, _Book, progress
 from engine.workflow import Ctx, work_calendar
 from storage.models import Contract, ContractTask, Department, HumanTask, ServiceLine, WorkItem, WorkloadEntry
@@ -333,37 +333,50 @@ def xlsx_file(report: ContractTask, figures: dict[str, Any]) -> tempfile.Spooled
     return book.close()
 
 
-def pdf_bytes(report: ContractTask, figures: dict[str, Any]) -> bytes:
-    """The report as a PDF (reportlab, the built-in STSong-Light CID font: no font file needed for Chinese)."""
-    from reportlab.lib import colors
-    from reportlab.lib.pagesizes import A4
-    from reportlab.lib.styles import ParagraphStyle
-    from reportlab.pdfbase import pdfmetrics
-    from reportlab.pdfbase.cidfonts import UnicodeCIDFont
-    from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
+def pdf_bytes(report: ContractTask, figures: dict[str, Any], font: CjkFont) -> bytes:
+    """The report as a PDF (engine/pdf.py: fpdf2 with the CJK font embedded): the facts of the XLSX's 概况 sheet,
+    the narrative, and the figures per service line and department, on-time rates and targets' progress."""
+    from fpdf.enums import Align
 
-    if "STSong-Light" not in pdfmetrics.getRegisteredFontNames():
-        pdfmetrics.registerFont(UnicodeCIDFont("STSong-Light"))
-    body = ParagraphStyle("body", fontName="STSong-Light", fontSize=10, leading=15)
-    title = ParagraphStyle("title", parent=body, fontSize=16, leading=22)
-    out = io.BytesIO()
-    doc = SimpleDocTemplate(out, pagesize=A4, title=f"{figures['contract']} {figures['month']} 月度运营报告")
+    from engine.pdf import CjkPdf
+
     t = figures["totals"]
-    facts = [["本月受理事项", t["received"], "本月完成事项", t["completed"]],
-             ["本月推进环节", t["progressed"], "本月超时环节", t["overdue"]],
-             ["本月结算费用（元）", f"{figures['month_fee']:,.2f}", "未处理退回", figures["open_returns"]],
-             ["按时处理率", "—" if figures["on_time_rate"] is None else f"{figures['on_time_rate']:.2%}",
-              "是否逾期", "是" if report.late else "否"]]
-    rows = [["服务类别", "需求部门", "受理", "推进", "完成", "超时", "金额（元）"]] + [
+    rate = figures["on_time_rate"]
+    deduction = (report.data or {}).get("deduction")
+    pdf = CjkPdf(font, f"{figures['contract']} {figures['month']} 月度运营报告")
+    pdf.add_page()
+    pdf.heading(f"{figures['contract']} 月度运营报告（{figures['month']}）", 16, Align.C)
+    pdf.paragraph(f"期间：{figures['period_start']} 至 {figures['period_end']}", 10, align=Align.C)
+    pdf.ln(3)
+    due = report.due_at.astimezone(TZ).strftime("%Y-%m-%d %H:%M") if report.due_at else "—"
+    pdf.grid([["本月受理事项", t["received"], "本月完成事项", t["completed"]],
+              ["本月推进环节", t["progressed"], "本月超时环节", t["overdue"]],
+              ["本月计量分录", t["entries"], "本月结算费用（元）", f"{figures['month_fee']:,.2f}"],
+              ["未处理退回", figures["open_returns"], "按时处理率", "—" if rate is None else f"{rate:.2%}"],
+              ["提交截止", due, "是否逾期", "是" if report.late else "否"],
+              ["状态", STATUS_NAMES.get(report.status, report.status), "逾期扣款（元）",
+               f"{Decimal(str(deduction or 0)):,.2f}"]],
+             (3, 2, 3, 2), header=False, align="LRLR")
+    pdf.ln(5)
+    pdf.heading("运营情况说明")
+    pdf.paragraph(report.narrative or "（待项目经理填写）", 10, height=6)
+    pdf.ln(4)
+    pdf.heading("按服务类别与部门")
+    pdf.grid([["服务类别", "需求部门", "受理", "推进", "完成", "超时", "计量分录", "金额（元）"]] + [
         [r["service_line"], r["department"], r["received"], r["progressed"], r["completed"], r["overdue"],
-         f"{r['amount']:,.2f}"] for r in figures["rows"]]
-    style = TableStyle([("FONTNAME", (0, 0), (-1, -1), "STSong-Light"), ("FONTSIZE", (0, 0), (-1, -1), 9),
-                        ("GRID", (0, 0), (-1, -1), 0.5, colors.grey)])
-    story = [Paragraph(f"{figures['contract']} 月度运营报告（{figures['month']}）", title),
-             Paragraph(f"期间：{figures['period_start']} 至 {figures['period_end']}", body), Spacer(1, 8),
-             Table(facts, style=style), Spacer(1, 12), Paragraph("运营情况说明", body),
-             Paragraph(html.escape(report.narrative or "（待项目经理填写）").replace("\n", "<br/>"), body),
-             Spacer(1, 12),
-             Table(rows, style=style, repeatRows=1)]
-    doc.build(story)
-    return out.getvalue()
+         r["entries"], f"{r['amount']:,.2f}"] for r in figures["rows"]],
+        (2.2, 2.2, 1, 1, 1, 1, 1.3, 2.3), align="LLRRRRRR")
+    if not figures["rows"]:
+        pdf.paragraph("（本月无数据）", 9.5)
+    pdf.ln(4)
+    pdf.heading("按时处理率")
+    pdf.grid([["部门", "环节数", "按时", "超时", "按时处理率"]] + [
+        [r["key"], r["tasks"], r["on_time"], r["overdue"], "—" if r["rate"] is None else f"{r['rate']:.2%}"]
+        for r in figures["on_time_by_department"]], (3, 1.5, 1.5, 1.5, 2), align="LRRRR")
+    pdf.ln(4)
+    pdf.heading("目标进度")
+    pdf.grid([["服务类别", "指标", "累计完成", "预估量/目标", "完成率"]] + [
+        [r["service_line"], r["label"], r["completed"], r["target"] or "—",
+         "—" if r["ratio"] is None else f"{r['ratio']:.2%}"] for r in figures["progress"]],
+        (2, 3, 1.5, 1.8, 1.5), align="LLRRR")
+    return pdf.to_bytes()

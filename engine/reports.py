@@ -542,6 +542,19 @@ def counts_xlsx_file(session: Session, f: WorkloadFilter) -> tempfile.SpooledTem
     return book.close()
 
 
+# A settlement's state as people read it.
+SETTLEMENT_STATUS_NAMES = {"draft": "编制中", "revising": "修改中", "audit": "第三方审核",
+                           "first_review": "采购单位初审", "final_approval": "采购单位审定",
+                           "approved": "已审定（锁定）"}
+
+# The review trail's entries as the buyer reads them (web page and the claim sheet's 审核意见).
+NOTE_NAMES = {
+    "opened": "开启结算", "submitted": "提交申报", "comment": "逐条意见", "accepted": "第三方审核通过",
+    "returned": "第三方退回修改", "added": "增加分录", "removed": "移除分录",
+    "first_review_approve": "采购单位初审通过", "first_review_return": "采购单位初审退回",
+    "final_approve": "审定通过（锁定）", "final_return": "审定退回",
+}
+
 CLAIM_SUMMARY = [("gross", "申报金额（元）"), ("penalty", "逾期提交扣款（元）"), ("deduction", "考核扣款（元）"),
                  ("net", "应付金额（元）")]
 
@@ -555,7 +568,7 @@ def claim_xlsx_file(session: Session, settlement: Settlement, figures: Any) -> t
     rows: list[tuple[str, Any]] = [
         ("合同", f"{contract.code} {contract.name}"), ("结算期", settlement.label),
         ("期间", f"{settlement.period_start.isoformat()} 至 {settlement.period_end.isoformat()}"),
-        ("状态", settlement.status), ("分录数", figures.entries),
+        ("状态", SETTLEMENT_STATUS_NAMES.get(settlement.status, settlement.status)), ("分录数", figures.entries),
         ("提交截止", figures.due_at.astimezone(TZ).strftime("%Y-%m-%d %H:%M") if figures.due_at else "未设置"),
         ("是否逾期", {True: "是", False: "否", None: "—"}[figures.late]),
         ("逾期扣款比例", figures.penalty_rate), ("考核得分", figures.score if figures.score is not None else "—"),
@@ -582,7 +595,8 @@ def claim_xlsx_file(session: Session, settlement: Settlement, figures: Any) -> t
     notes.write_row(0, 0, ["轮次", "类型", "分录号", "意见/说明", "用户", "时间"], book.bold)
     query = select(SettlementNote).where(SettlementNote.settlement_id == settlement.id).order_by(SettlementNote.id)
     for i, note in enumerate(session.scalars(query), start=1):
-        notes.write_row(i, 0, [note.round, note.kind, note.entry_id or "", note.text or "",
-                               note.user.username if note.user else "",
+        notes.write_row(i, 0, [note.round, NOTE_NAMES.get(note.kind, note.kind), note.entry_id or "",
+                               note.text or "",
+                               (note.user.display_name or note.user.username) if note.user else "",
                                note.at.astimezone(TZ).strftime("%Y-%m-%d %H:%M")])
     return book.close()

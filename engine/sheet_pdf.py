@@ -1,76 +1,20 @@
 """The printed form of a sign-off sheet: an A4 PDF in Chinese with the CJK font embedded, and its QR code."""
 from __future__ import annotations
 
-import glob
-import os
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from engine.catalog import ARTEFACT_KINDS
-from engine.errors import ServiceUnavailable
+from engine.pdf import CjkFont, CjkPdf, FontMissing, find_cjk_font
 from engine.sheets import PARTIES, SheetSpec
 from storage.models import Artefact, SignOffSheet, WorkItem
 
-# Debian's fonts-noto-cjk (installed by scripts/ensure-chromium.sh); others as fallbacks.
-FONT_CANDIDATES = (
-    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
-    "/usr/share/fonts/opentype/noto/NotoSerifCJK-Regular.ttc",
-    "/usr/share/fonts/opentype/noto/NotoSansCJKsc-Regular.otf",
-    "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
-    "/usr/share/fonts/truetype/arphic/uming.ttc",
-)
-FONT_GLOBS = ("/usr/share/fonts/**/Noto*CJK*Regular*.tt[cf]", "/usr/share/fonts/**/Noto*CJK*Regular*.otf")
+__all__ = ["CjkFont", "FontMissing", "find_cjk_font", "render"]
+
 CHANNEL_NAMES = {"pc": "PC端", "mobile": "移动端", "kiosk": "自助终端"}
 MODE_NAMES = {"new": "新增接入", "iteration": "优化迭代"}
 BEIJING = ZoneInfo("Asia/Shanghai")
-
-
-@dataclass(frozen=True)
-class CjkFont:
-    """A font file with Chinese glyphs and, for a collection (.ttc), which of its fonts to use."""
-
-    path: str
-    index: int
-
-
-class FontMissing(ServiceUnavailable):
-    code = "cjk_font_missing"
-
-
-def _collection_index(path: str) -> int:
-    """In a collection, the Simplified Chinese face (Noto's order is JP, KR, SC, TC, HK); 0 for a single font."""
-    if not path.lower().endswith(".ttc"):
-        return 0
-    from fontTools.ttLib import TTCollection
-
-    with TTCollection(path, lazy=True) as collection:
-        for index, font in enumerate(collection.fonts):
-            name = font["name"].getDebugName(1) or ""
-            if name.endswith((" SC", "SC")) or "zenhei" in name.lower() or "uming" in name.lower():
-                return index
-    return 0
-
-
-@lru_cache(maxsize=4)
-def find_cjk_font(configured: str | None = None) -> CjkFont:
-    """The font sheets are printed in: `configured` (ITEMGATE_CJK_FONT) or the first installed candidate. Cached
-    for speed only: which file it is depends on the machine, not on any state."""
-    if configured:
-        if not os.path.isfile(configured):
-            raise FontMissing(f"ITEMGATE_CJK_FONT={configured} is not a file; sign-off sheets cannot be printed")
-        paths = [configured]
-    else:
-        paths = [p for p in FONT_CANDIDATES if os.path.isfile(p)]
-        for pattern in FONT_GLOBS:
-            paths += sorted(glob.glob(pattern, recursive=True))
-    if not paths:
-        raise FontMissing("no Chinese font is installed, so sign-off sheets cannot be printed: install Debian's "
-                          "fonts-noto-cjk (bash scripts/ensure-chromium.sh does) or set ITEMGATE_CJK_FONT to a "
-                          ".ttc/.otf/.ttf file with Chinese glyphs")
-    return CjkFont(paths[0], _collection_index(paths[0]))
 
 
 def _qr_image(payload: str) -> Any:
@@ -102,29 +46,14 @@ def render(font: CjkFont, item: WorkItem, spec: SheetSpec, signers: tuple[str, .
            evidence: list[Artefact], payload: str, now: datetime | None = None) -> bytes:
     """The sheet as PDF bytes: header with QR code and verification code, the item's facts, the accepted evidence
     with full SHA-256, the statement and one signature block per signing party."""
-    from fpdf import FPDF
-    from fpdf.enums import Align, MethodReturnValue, TextMode, WrapMode, XPos, YPos
+    from fpdf.enums import Align, MethodReturnValue, WrapMode, XPos, YPos
 
     now = now or datetime.now(UTC)
-    pdf = FPDF(orientation="P", unit="mm", format="A4")
-    pdf.set_margins(18, 16, 18)
-    pdf.set_auto_page_break(True, margin=18)
-    pdf.set_title(f"{spec.title} {item.code}")
-    pdf.set_creator("ItemGate")
-    # One face only: loading a CJK font costs most of the time a sheet takes, so bold is drawn as fill + stroke.
-    pdf.add_font("cjk", "", font.path, collection_font_number=font.index)
+    pdf = CjkPdf(font, f"{spec.title} {item.code}")
     pdf.add_page()
-    pdf.set_line_width(0.15)
     width = pdf.epw
-
-    def set_font(style: str, size: float) -> None:
-        pdf.set_font("cjk", "", size)
-        pdf.text_mode = TextMode.FILL_STROKE if style == "B" else TextMode.FILL
-
-    def line(text: str, size: float = 10, style: str = "", height: float = 6, align: Align = Align.L) -> None:
-        set_font(style, size)
-        pdf.multi_cell(width, height, text, align=align, wrapmode=WrapMode.CHAR,
-                       new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    set_font = pdf.use_style
+    line = pdf.paragraph
 
     # Header: title, contract, and the QR code with the verification code at the top right.
     qr_size = 30
@@ -210,4 +139,4 @@ def render(font: CjkFont, item: WorkItem, spec: SheetSpec, signers: tuple[str, .
             "上传签字盖章后的扫描件时，系统识别右上角二维码；无法识别时请在“核验码”一栏填写此码。"
             "他事项或他类确认单的核验码将被拒收。")
     pdf.multi_cell(width, 4.5, note, wrapmode=WrapMode.CHAR, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
-    return bytes(pdf.output())
+    return pdf.to_bytes()

@@ -327,6 +327,16 @@ def task_properties(task: Task) -> dict[str, str]:
     return dict((getattr(task.task_spec, "extensions", None) or {}).get("properties", {}))
 
 
+def decision_vars(workflow: Any) -> set[str]:
+    """The variables the model's parallel deciders record their decisions under (their `decision_var`)."""
+    names = set()
+    for spec in workflow.spec.task_specs.values():
+        name = ((getattr(spec, "extensions", None) or {}).get("properties", {}) or {}).get("decision_var")
+        if name:
+            names.add(str(name))
+    return names
+
+
 def task_lane(task: Task) -> str | None:
     return getattr(task.task_spec, "lane", None)
 

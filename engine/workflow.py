@@ -20,6 +20,7 @@ from engine.access import authorize, load_task_for, require_act
 from engine.calendar import TZ as CHINA
 from engine.calendar import WorkCalendar
 from engine.catalog import DELIVERABLE_PROCESSES, METERED_PROCESSES, required_kinds
+from engine.drafts import discard_drafts
 from engine.errors import (
     PROGRAMMING_ERRORS,
     Conflict,
@@ -395,6 +396,8 @@ def sync_projection(ctx: Ctx, instance: ProcessInstance, item: WorkItem, workflo
             created_at=ctx.now,
         )
         row.instance = instance
+        if not new:
+            _back_to_previous_doer(ctx, row)
         created.append(row)
     ctx.created_tasks.extend(created)
     stages = [spiff.task_properties(t).get("stage") for t in ready.values()]
@@ -423,6 +426,25 @@ def _notify_created(ctx: Ctx, created: list[HumanTask], return_comment: str | No
 
     tasks_created(ctx.session, created, return_comment=return_comment, actor=ctx.actor, now=ctx.now,
                   exclude=ctx.user.id if ctx.user is not None else None)
+
+
+def _back_to_previous_doer(ctx: Ctx, row: HumanTask) -> None:
+    """A step opened again (returned, or looped back) goes to the person who did it last, already claimed, with
+    the reason it came back; to the group queue when that person is gone or may no longer act on it."""
+    from engine.access import may_act_on
+    from engine.rounds import latest_return_since, previous_doer
+
+    row.item_id = row.item.id
+    with ctx.session.no_autoflush:  # the new row is flushed after the instance's compare-and-set, not here
+        before = previous_doer(ctx.session, row)
+        if before is None:
+            return
+        done, person = before
+        if row.return_comment is None:
+            row.return_comment = latest_return_since(ctx.session, row.item_id, done.id)
+    if person.active and may_act_on(person, row):
+        row.assignee_id = person.id
+        row.claimed_at = ctx.now
 
 
 # ---------------------------------------------------------------- claim
@@ -750,9 +772,20 @@ def complete_task(ctx: Ctx, task_id: int, data: Any) -> HumanTask:
     spiff_task = workflow.get_task_from_id(UUID(task.spiff_task_id))
     if spiff_task is None or spiff_task.state != TaskState.READY:
         raise Conflict(f"task {task_id} is no longer ready", code="task_not_ready")
-    run_and_step(workflow, spiff_task, clean, "the process")
+    step_data = clean
+    decision_var = spiff.task_properties(spiff_task).get("decision_var")
+    if decision_var:
+        # Parallel branches share one data bag: a step that decides in parallel (co-sign) records its decision
+        # under its own name, so one side's refusal is not overwritten by the other's confirmation.
+        # Its branch carries the other side's decision from an earlier round, which the join would merge over
+        # the fresh one: only its own decision leaves this branch.
+        step_data = {**clean, decision_var: clean.get("decision") or "approve"}
+        for other in spiff.decision_vars(workflow) - {decision_var}:
+            spiff_task.data.pop(other, None)
+    run_and_step(workflow, spiff_task, step_data, "the process")
 
     task.data = clean
+    discard_drafts(session, task.id)  # submitted: nobody's half-typed version of it matters any more
     if statuses:
         # Written as plain rows: nothing in this request reads them back as objects.
         session.connection().execute(insert(_GATE_PASSES), [

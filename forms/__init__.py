@@ -19,6 +19,15 @@ class FormSchema(Schema):
     class Meta:
         unknown = RAISE
 
+    # Answering a return: what was changed, shown to the reviewer of the next round (UIs offer it on rework).
+    reply = fields.String(load_default=None, validate=validate.Length(max=4000),
+                          metadata={"title": "对退回意见的答复", "title_en": "Reply to the return comment"})
+
+
+class DecisionForm(FormSchema):
+    class Meta(FormSchema.Meta):
+        exclude = ("reply",)
+
 
 class NotesForm(FormSchema):
     notes = _notes()
@@ -43,7 +52,7 @@ class SurveyForm(FormSchema):
     notes = _notes()
 
 
-class ReviewForm(FormSchema):
+class ReviewForm(DecisionForm):
     decision = fields.String(required=True, validate=validate.OneOf(["approve", "return"]),
                              metadata={"title": "审核结论", "title_en": "Decision",
                                        "labels": {"approve": "确认通过", "return": "退回修改"}})
@@ -76,11 +85,24 @@ class GoLiveForm(FormSchema):
     notes = _notes()
 
 
-class CosignForm(FormSchema):
-    confirm = fields.Boolean(required=True, validate=validate.Equal(True),
+class CosignForm(DecisionForm):
+    """Co-signing the go-live confirmation: confirm it, or refuse it (return, with the reason)."""
+
+    decision = fields.String(load_default="approve", validate=validate.OneOf(["approve", "return"]),
+                             metadata={"title": "会签结论", "title_en": "Decision",
+                                       "labels": {"approve": "确认会签", "return": "拒绝会签并退回"}})
+    confirm = fields.Boolean(load_default=False,
                              metadata={"title": "确认联调与上线", "title_en": "I confirm integration and go-live"})
     comment = fields.String(load_default=None, validate=validate.Length(max=4000),
                             metadata={"title": "意见", "title_en": "Comment"})
+
+    @validates_schema
+    def _confirmed_or_reasoned(self, data: dict[str, Any], **_: Any) -> None:
+        if data.get("decision") == "return":
+            if not (data.get("comment") or "").strip():
+                raise ValidationError("退回时必须填写审核意见 (a comment is required when returning)", "comment")
+        elif data.get("confirm") is not True:
+            raise ValidationError("Must be equal to True.", "confirm")
 
 
 class LicenceIntakeForm(FormSchema):

@@ -325,6 +325,19 @@ class GatePass(Base):
     passed_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class TaskDraft(Base):
+    """What someone has typed into a task's form but not submitted yet: kept on the server per task and person,
+    so an upload, a reload or another device never loses it. Deleted when the task is completed."""
+
+    __tablename__ = "task_drafts"
+    __table_args__ = (UniqueConstraint("task_id", "user_id", name="uq_task_drafts_task_user"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("human_tasks.id"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class SignOffSheet(Base):
     """A sign-off sheet ItemGate printed for an item: its verification code, one per item and artefact kind.
 

@@ -12,7 +12,7 @@ from sqlalchemy import create_engine, func, select
 
 from api.extensions import db
 from storage.artefact_store import PART_SIZE, ArtefactStore
-from storage.models import Artefact, AuditEvent, Base, GatePass
+from storage.models import Artefact, AuditEvent, Base, GatePass, ServiceOrder
 from tests.conftest import PG_ADMIN_DSN, _pg_url
 from tests.test_lifecycle_api import drive_to_survey_review
 from tests.test_trust_audit import cli_env
@@ -33,6 +33,12 @@ def test_backup_and_restore_into_empty_database_and_bucket(world, app, store, s3
     # row an ETag, which the restore must replace with the new object's.
     streamed = b"%PDF-1.4\n" + os.urandom(PART_SIZE + 1024).replace(b"P", b"p")
     assert world.upload("impl", item_id, "test_report", streamed, "streamed.pdf").status_code == 201
+    # A service order's 需求函 is no artefact, but its file must travel with the backup too.
+    from tests.test_service_orders import LETTER, file_order
+
+    order = file_order(world, "rev_a", body=LETTER + b"% backup\n")
+    assert order.status_code == 201
+    order_sha = order.get_json()["file"]["sha256"]
     counts = {t.name: db.session.execute(select(func.count()).select_from(t)).scalar()
               for t in Base.metadata.sorted_tables}
     artefacts = {a.id: (a.key, a.sha256, a.size) for a in db.session.scalars(select(Artefact))}
@@ -43,7 +49,8 @@ def test_backup_and_restore_into_empty_database_and_bucket(world, app, store, s3
     result = _cli("backup", str(tmp_path / "bk"))
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "bk" / "manifest.json").read_text())
-    assert manifest["tables"] == counts and manifest["objects"] == len({s for _, s, _ in artefacts.values()})
+    assert manifest["tables"] == counts
+    assert manifest["objects"] == len({s for _, s, _ in artefacts.values()} | {order_sha})
 
     # An empty database and an empty bucket.
     bucket = f"restore-{secrets.token_hex(4)}"
@@ -80,6 +87,8 @@ def test_backup_and_restore_into_empty_database_and_bucket(world, app, store, s3
                 rows = conn.execute(select(Artefact.id, Artefact.key, Artefact.version_id, Artefact.sha256,
                                            Artefact.size, Artefact.etag)).all()
                 held = set(conn.execute(select(GatePass.artefact_id)).scalars())
+                letter = conn.execute(select(ServiceOrder.key, ServiceOrder.version_id, ServiceOrder.size,
+                                             ServiceOrder.sha256)).one()
                 last = conn.execute(select(AuditEvent.event_type).order_by(AuditEvent.id.desc()).limit(1)).scalar()
         finally:
             engine.dispose()
@@ -93,6 +102,8 @@ def test_backup_and_restore_into_empty_database_and_bucket(world, app, store, s3
                 assert etag and new.stat_object(key, version_id).etag == etag
                 if artefact_id in held:
                     assert new.is_held(key, version_id)
+            assert letter.sha256 == order_sha
+            assert new.hash_object(letter.key, letter.version_id) == (letter.size, letter.sha256)
     finally:
         if dbname:
             with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:

@@ -2,11 +2,13 @@
 and masking — on SQLite and PostgreSQL, with seed 001's figures where the seed gives them."""
 from __future__ import annotations
 
+import dataclasses
 import io
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import openpyxl
+import pypdf
 import pytest
 from sqlalchemy import select, update
 
@@ -380,6 +382,7 @@ def test_on_time_rate_against_a_response_tier(cw):
 
 def test_monthly_report_drafted_from_data_and_one_working_day_late_costs_three_percent_of_the_month(cw, app):
     from engine import monthly_report as mr
+    from engine.sheets import pdf_text
     from engine.workflow import Ctx
 
     w = cw
@@ -400,6 +403,24 @@ def test_monthly_report_drafted_from_data_and_one_working_day_late_costs_three_p
     assert facts["本月结算费用（元）"] == 90000 and facts["本月计量分录"] == 2
     pdf = w.get("pm", f"/api/v1/monthly-reports/{march['id']}/report.pdf")
     assert pdf.status_code == 200 and pdf.data.startswith(b"%PDF")
+    # The PDF says what the XLSX says, in Chinese, with the font embedded (engine/pdf.py).
+    reader = pypdf.PdfReader(io.BytesIO(pdf.data))
+    text = pdf_text(pdf.data)
+    for heading in ("月度运营报告（2025-03）", "本月结算费用（元）", "本月计量分录", "运营情况说明", "按服务类别与部门",
+                    "按时处理率", "目标进度", "服务类别", "需求部门", "金额（元）"):
+        assert heading in text, heading
+    assert "90,000.00" in text and f"{facts['本月受理事项']}" in text
+    fonts = {str(f["/BaseFont"]) for page in reader.pages for f in page["/Resources"]["/Font"].values()}
+    assert fonts and all("STSong" not in f for f in fonts)
+    descendant = next(iter(reader.pages[0]["/Resources"]["/Font"].values()))["/DescendantFonts"][0]
+    assert any(k in descendant["/FontDescriptor"] for k in ("/FontFile2", "/FontFile3"))
+    settings = app.config["ITEMGATE"]
+    app.config["ITEMGATE"] = dataclasses.replace(settings, cjk_font="/nonexistent/font.ttc")
+    try:
+        r = w.get("pm", f"/api/v1/monthly-reports/{march['id']}/report.pdf")
+    finally:
+        app.config["ITEMGATE"] = settings
+    assert r.status_code == 503 and r.get_json()["code"] == "cjk_font_missing"
 
     assert w.post("pm", f"/api/v1/monthly-reports/{march['id']}/submit").get_json()["code"] == "narrative_required"
     r = w.post("pm", f"/api/v1/monthly-reports/{march['id']}/narrative", json={"narrative": "三月运营情况良好。"})

@@ -329,7 +329,7 @@ def test_progress_is_written_at_most_every_500_rows_or_second(monkeypatch):
     writes: list[int] = []
     monkeypatch.setattr(jobs._Progress, "write", lambda self, **v: writes.append(v["done"]))
     clock = [1000.0]
-    monkeypatch.setattr(jobs.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(job_progress.time, "monotonic", lambda: clock[0])
     report = jobs._Progress(lambda: None, 1)  # type: ignore[arg-type, return-value]
     for done in range(1, 2001):
         report(done, 2000)

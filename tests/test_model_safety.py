@@ -309,7 +309,7 @@ def test_tick_bounds_each_instance_and_the_others_get_their_reminders(world):
 
     from api.extensions import db
     from engine import budgets
-    from engine.timers import fire_due_timers
+    from engine.tick import fire_due_timers
     from storage.models import Notification
     from tests.test_deadlines import frozen
 

@@ -323,7 +323,14 @@ def test_web_pages_and_the_lock_through_the_web(sworld, app):
     buyer = Browser(app, "buyer")
     assert buyer.post(f"/settlements/{sid}/review", {"stage": "first", "decision": "approve"}).status_code == 302
     buyer2 = Browser(app, "buyer2")
-    assert buyer2.post(f"/settlements/{sid}/review", {"stage": "final", "decision": "approve"}).status_code == 302
+    # Final approval locks the figures: without the tick that they were checked, nothing happens.
+    page = buyer2.get(f"/settlements/{sid}").get_data(as_text=True)
+    assert "审定并锁定" in page and "90,000.00" in page[page.index('id="final-confirm"'):]
+    buyer2.post(f"/settlements/{sid}/review", {"stage": "final", "decision": "approve"})
+    assert w.get("pm", f"/api/v1/settlements/{sid}").get_json()["status"] == "final_approval"
+    assert "请核对金额并勾选确认" in buyer2.get(f"/settlements/{sid}").get_data(as_text=True)
+    assert buyer2.post(f"/settlements/{sid}/review", {"stage": "final", "decision": "approve",
+                                                      "confirm": "1"}).status_code == 302
     assert w.get("pm", f"/api/v1/settlements/{sid}").get_json()["status"] == "approved"
 
     # After approval every web change is refused with a message, and audited.
@@ -386,6 +393,9 @@ def test_entries_of_a_claim_under_review_cannot_be_reversed(sworld, app, monkeyp
     browser = Browser(app, "pm")
     browser.get("/ledger")
     r = browser.post(f"/ledger/{entries[2]}/reverse", {"reason": "数量登记错误"}, follow_redirects=True)
+    assert "请填写冲销原因并勾选确认" in r.get_data(as_text=True)  # irreversible: confirmed first
+    r = browser.post(f"/ledger/{entries[2]}/reverse", {"reason": "数量登记错误", "confirm": "1"},
+                     follow_redirects=True)
     assert "该分录所在的结算申报正在审核中" in r.get_data(as_text=True)
     from api.cli import main
 

@@ -154,6 +154,7 @@ def test_task_page_gate_upload_and_complete(world, app):
                       data={"kind": "survey_form", "file": (io.BytesIO(b"MZ\x90\x00binary"), "x.exe")},
                       content_type="multipart/form-data")
     assert r.status_code == 415
+    assert r.get_json()["code"] == "unsupported_media_type" and r.get_json()["detail"] == "不支持此文件类型。"
     page = b.get(f"/tasks/{intake['id']}").get_data(as_text=True)
     assert "已上传" in page and not re.search(r'id="complete-button"[^>]*disabled', page)
     r = b.post(f"/tasks/{intake['id']}/complete", {"summary": "新增接入"})
@@ -166,7 +167,7 @@ def test_task_page_gate_upload_and_complete(world, app):
     r = pm.post(f"/tasks/{difficulty['id']}/complete", {"difficulty": "9"})
     body = r.get_data(as_text=True)
     assert r.status_code == 422
-    assert "数值超出允许范围" in body and "此项必填" in body
+    assert "难度系数必须在 0.1–5 之间" in body and "此项必填" in body  # the limits, not "out of range"
     r = pm.post(f"/tasks/{difficulty['id']}/complete", {"difficulty": "1.5", "complexity_note": "跨系统"})
     assert r.status_code == 302
 
@@ -239,14 +240,30 @@ def _literals() -> set[str]:
 
 
 def test_every_web_text_has_an_english_translation():
+    """Every Chinese text the web layer gives _() has an English msgstr in the gettext catalog (the .po)."""
     from api.web import _CODE_TEXT, _ERROR_TEXT
-    from api.web.i18n import EN
+    from api.web.i18n import EN, translate
     from api.web.views import _REFUSALS
 
     texts = _literals() | set(_ERROR_TEXT.values()) | set(_REFUSALS.values()) | set(_CODE_TEXT.values())
     assert len(texts) > 50
-    missing = sorted(t for t in texts if t not in EN and re.search(r"[\u4e00-\u9fff]", t))
+    missing = sorted(t for t in texts if translate(t) == t and t not in EN and re.search(r"[\u4e00-\u9fff]", t))
     assert not missing, missing
+
+
+def test_english_comes_from_the_gettext_catalog(tmp_path):
+    """The .po is the translators' file: what it says is what English readers see (compiled or not)."""
+    from babel.messages.pofile import read_po
+
+    from api.web import i18n
+
+    po = ROOT / "api" / "translations" / "en" / "LC_MESSAGES" / "messages.po"
+    with po.open("rb") as f:
+        catalog = read_po(f)
+    assert catalog.get("收件箱").string == "Inbox"
+    assert i18n.translate("收件箱") == "Inbox" and i18n.translate("没有这句") == "没有这句"
+    assert not i18n.EN, "English texts belong in the .po (scripts/en_dict_to_po.py folds old ones in)"
+    assert all(m.string for m in catalog if m.id), [m.id for m in catalog if m.id and not m.string][:5]
 
 
 def test_dashboard_counts_a_completed_item_this_week(world, app):

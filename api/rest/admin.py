@@ -16,7 +16,7 @@ from api.rest.core import PageArgs, user_json
 from api.serializers import iso
 from engine import admin, audit, delivery
 from engine.access import authorize
-from engine.errors import Invalid, NotFound
+from engine.errors import Invalid, NotFound, PayloadTooLarge
 from engine.holidays import calendar_years
 from engine.policy import ROLES
 from storage.models import (
@@ -26,6 +26,7 @@ from storage.models import (
     ProcessInstance,
     User,
 )
+from storage.unit_of_work import unit_of_work
 
 blp = Blueprint("console", __name__, url_prefix="/api/v1", description="Admin console and notification channels")
 
@@ -101,8 +102,8 @@ def departments_list() -> dict[str, Any]:
 @blp.arguments(NewDepartment)
 @blp.response(201)
 def departments_create(body: dict[str, Any]) -> dict[str, Any]:
-    department = admin.create_department(db.session, _actor(), current_user(), body["code"], body["name"])
-    db.session.commit()
+    with unit_of_work(db.session):
+        department = admin.create_department(db.session, _actor(), current_user(), body["code"], body["name"])
     return admin.department_json(department)
 
 
@@ -110,10 +111,10 @@ def departments_create(body: dict[str, Any]) -> dict[str, Any]:
 @blp.arguments(DepartmentPatch)
 @blp.response(200)
 def departments_patch(body: dict[str, Any], code: str) -> dict[str, Any]:
-    department = admin.change_department(db.session, _actor(), current_user(), code, name=body.get("name"),
-                                         lead_reviewer=body.get("lead_reviewer"),
-                                         lead_given="lead_reviewer" in body)
-    db.session.commit()
+    with unit_of_work(db.session):
+        department = admin.change_department(db.session, _actor(), current_user(), code, name=body.get("name"),
+                                             lead_reviewer=body.get("lead_reviewer"),
+                                             lead_given="lead_reviewer" in body)
     lead = db.session.get(User, department.lead_reviewer_id) if department.lead_reviewer_id else None
     return admin.department_json(department, lead)
 
@@ -146,9 +147,9 @@ def me_channels() -> dict[str, Any]:
 @blp.arguments(Channels)
 @blp.response(200)
 def me_channels_set(body: dict[str, Any]) -> dict[str, Any]:
-    user = current_user()
-    channels = admin.set_channels(db.session, _actor(), "user", user.id, body)
-    db.session.commit()
+    with unit_of_work(db.session):
+        user = current_user()
+        channels = admin.set_channels(db.session, _actor(), "user", user.id, body)
     return {"channels": channels}
 
 
@@ -172,10 +173,10 @@ def department_channels(code: str) -> dict[str, Any]:
 @blp.arguments(Channels)
 @blp.response(200)
 def department_channels_set(body: dict[str, Any], code: str) -> dict[str, Any]:
-    authorize(current_user(), "user.manage")
-    department = _department(code)
-    channels = admin.set_channels(db.session, _actor(), "department", department.id, body)
-    db.session.commit()
+    with unit_of_work(db.session):
+        authorize(current_user(), "user.manage")
+        department = _department(code)
+        channels = admin.set_channels(db.session, _actor(), "department", department.id, body)
     return {"channels": _masked(channels, True)}
 
 
@@ -188,7 +189,7 @@ def read_catalog_upload() -> tuple[str, str]:
                       errors={"file": ["required"]})
     raw = upload.stream.read(MAX_CATALOG_BYTES + 1)
     if len(raw) > MAX_CATALOG_BYTES:
-        raise Invalid("a catalogue file is at most 1 MiB", code="too_large", status=413)
+        raise PayloadTooLarge("a catalogue file is at most 1 MiB")
     try:
         return raw.decode("utf-8"), (upload.filename or "catalog.toml")[:200]
     except UnicodeDecodeError as exc:
@@ -208,10 +209,10 @@ def catalogs_check() -> dict[str, Any]:
 @blp.response(200)
 def catalogs_apply() -> dict[str, Any]:
     """Load a catalogue; `sha256` (a form field), when sent, must be that of the previewed file."""
-    text_, filename = read_catalog_upload()
-    check, changed = admin.apply_catalog(db.session, _actor(), current_user(), text_, filename,
-                                         request.form.get("sha256") or None)
-    db.session.commit()
+    with unit_of_work(db.session):
+        text_, filename = read_catalog_upload()
+        check, changed = admin.apply_catalog(db.session, _actor(), current_user(), text_, filename,
+                                             request.form.get("sha256") or None)
     return dict(check.as_dict(), loaded=changed)
 
 
@@ -259,7 +260,7 @@ def latest_anchor(store: Any, now: datetime, days: int = 7) -> dict[str, Any] | 
 def system_status() -> dict[str, Any]:
     """Readiness, the evidence lock, the audit chain's last verification and anchor, fsck's last result, the
     notification outbox and the background jobs."""
-    from api.app import evidence_lock_state
+    from api.extensions import evidence_lock_state
 
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     checks: dict[str, str] = {}
@@ -327,12 +328,12 @@ def deliveries_list(args: dict[str, Any]) -> dict[str, Any]:
 @blp.route("/admin/deliveries/<int:delivery_id>/retry", methods=["POST"])
 @blp.response(200)
 def deliveries_retry(delivery_id: int) -> dict[str, Any]:
-    authorize(current_user(), "ops.maintain")
-    if not delivery.retry(db.session, delivery_id, datetime.now(UTC)):
-        raise NotFound(f"no failed delivery {delivery_id}")
-    audit.record(db.session, _actor(), "notification.delivery_retried", target_type="delivery",
-                 target_id=delivery_id)
-    db.session.commit()
+    with unit_of_work(db.session):
+        authorize(current_user(), "ops.maintain")
+        if not delivery.retry(db.session, delivery_id, datetime.now(UTC)):
+            raise NotFound(f"no failed delivery {delivery_id}")
+        audit.record(db.session, _actor(), "notification.delivery_retried", target_type="delivery",
+                     target_id=delivery_id)
     row = db.session.get(NotificationDelivery, delivery_id)
     assert row is not None
     return delivery_json(row)

@@ -267,14 +267,18 @@ def monthly_report_xlsx(report_id: int) -> Response:
 
 @blp.route("/monthly-reports/<int:report_id>/report.pdf", methods=["GET"])
 def monthly_report_pdf(report_id: int) -> Response:
+    from flask import current_app
+
     from api.downloads import attachment
     from engine import monthly_report as mr
+    from engine.pdf import find_cjk_font
 
     authorize(current_user(), "report.read")
     report = mr.load(db.session, report_id)
+    font = find_cjk_font(current_app.config["ITEMGATE"].cjk_font)  # 503 cjk_font_missing without a Chinese font
     figures = mr.draft(db.session, report, datetime.now(TZ))
     g.export_rows = len(figures["rows"])
-    response = Response(mr.pdf_bytes(report, figures), mimetype="application/pdf")
+    response = Response(mr.pdf_bytes(report, figures, font), mimetype="application/pdf")
     response.headers["Content-Disposition"] = attachment(f"月度运营报告-{report.key}.pdf",
                                                          f"monthly-report-{report.key}.pdf")
     return response

@@ -124,9 +124,9 @@ def notifications_read(note_id: int) -> dict[str, Any]:
 @blp.route("/notifications/read-all", methods=["POST"])
 @blp.response(200)
 def notifications_read_all() -> dict[str, Any]:
-    user = current_user()
-    marked = notify.mark_read(db.session, user, None, datetime.now(UTC))
-    db.session.commit()
+    with unit_of_work(db.session):
+        user = current_user()
+        marked = notify.mark_read(db.session, user, None, datetime.now(UTC))
     return {"marked": marked, "unread": 0}
 
 

@@ -55,16 +55,19 @@
         if (xhr.status === 201) {
           bar.value = 100;
           say(msg.dataset.done + ": " + file.name, false);
-          // The checklist and the Complete button depend on what is now stored: load the task page afresh
-          // (a GET, never a reload, which would repeat a form post that rendered this page).
+          // The checklist and the Complete button depend on what is now stored: read them afresh from the task
+          // page and swap them in, leaving the form (and what was typed into it) as it is.
+          // (From the task's own address: this page may be the answer to a refused form post.)
+          var kind = form.querySelector('input[name="kind"]');
           var next = form.querySelector('input[name="next"]');
-          window.location.assign(next ? next.value.split("#")[0] : window.location.pathname);
+          refreshGate(next ? next.value.split("#")[0] : window.location.pathname, kind ? kind.value : "",
+                      msg.dataset.done + ": " + file.name);
           return;
         }
         var detail = "";
         try { detail = JSON.parse(xhr.responseText).detail || ""; } catch (err) { detail = ""; }
         bar.hidden = true;
-        say(msg.dataset.failed + " (" + xhr.status + ")" + (detail ? ": " + detail : ""), true);
+        say(msg.dataset.failed + (detail ? "：" + detail : ""), true);
       });
       xhr.addEventListener("error", function () {
         form.classList.remove("busy");
@@ -86,6 +89,63 @@
     });
   }
 
+  function refreshGate(taskUrl, kind, done) {
+    saveDraftNow();
+    var here = document.getElementById("gate");
+    if (!here || !window.fetch || !window.DOMParser) { window.location.assign(taskUrl); return; }
+    fetch(taskUrl, {credentials: "same-origin", headers: {"Accept": "text/html"}})
+      .then(function (r) { return r.text(); })
+      .then(function (html) {
+        var doc = new DOMParser().parseFromString(html, "text/html");
+        var fresh = doc.getElementById("gate");
+        if (!fresh) { return; }
+        here.replaceWith(fresh);
+        fresh.querySelectorAll("form.upload").forEach(setupUpload);
+        var row = fresh.querySelector('.gate-row[data-kind="' + kind + '"] .upload-msg');
+        if (row) { row.textContent = done; }
+        var button = document.getElementById("complete-button"), newButton = doc.getElementById("complete-button");
+        if (button && newButton) {
+          button.disabled = newButton.disabled;
+          if (newButton.hasAttribute("aria-describedby")) {
+            button.setAttribute("aria-describedby", newButton.getAttribute("aria-describedby"));
+          } else { button.removeAttribute("aria-describedby"); }
+        }
+        var reason = document.getElementById("complete-reason"), newReason = doc.getElementById("complete-reason");
+        if (reason && newReason) { reason.replaceWith(newReason); }
+        else if (reason) { reason.remove(); }
+        else if (newReason && button) { button.parentNode.insertBefore(newReason, button); }
+      })
+      .catch(function () { window.location.assign(taskUrl); });
+  }
+
+  // The task form's draft: sent to the server as people type (and before an upload), restored on reload.
+  var draftTimer = null;
+  var saveDraftNow = function () {};
+
+  function setupDraft(form) {
+    var url = form.dataset.draftUrl;
+    var status = document.getElementById("draft-status");
+    if (!url || !window.fetch) { return; }
+    saveDraftNow = function () {
+      if (draftTimer) { clearTimeout(draftTimer); draftTimer = null; }
+      var data = new FormData(form);
+      data.delete("csrf_token");
+      return fetch(url, {method: "POST", body: data, credentials: "same-origin",
+                         headers: {"Accept": "application/json", "X-CSRFToken": csrfToken()}})
+        .then(function (r) {
+          if (status) { status.textContent = r.ok ? status.dataset.saved : status.dataset.failed; }
+        })
+        .catch(function () { if (status) { status.textContent = status.dataset.failed; } });
+    };
+    function later() {
+      if (draftTimer) { clearTimeout(draftTimer); }
+      draftTimer = setTimeout(saveDraftNow, 600);
+    }
+    form.addEventListener("input", later);
+    form.addEventListener("change", later);
+    window.addEventListener("pagehide", function () { if (draftTimer) { saveDraftNow(); } });
+  }
+
   function setupReview(form) {
     var comment = form.querySelector('[name="comment"]');
     var choices = form.querySelectorAll('input[name="decision"]');
@@ -104,6 +164,14 @@
     var box = document.getElementById(button.getAttribute("aria-controls"));
     if (!box) { return; }
     button.hidden = false;
+    if (window.matchMedia && window.matchMedia("(max-width: 760px)").matches) {
+      // On a phone the diagram starts large and scrollable: bring the current step into view.
+      var here = box.querySelector(".ig-current");
+      if (here && here.getBoundingClientRect) {
+        var r = here.getBoundingClientRect(), b = box.getBoundingClientRect();
+        box.scrollLeft = Math.max(0, r.left - b.left - b.width / 3);
+      }
+    }
     button.addEventListener("click", function () {
       var zoomed = box.classList.toggle("zoomed");
       button.setAttribute("aria-pressed", zoomed ? "true" : "false");
@@ -112,6 +180,21 @@
       if (zoomed && current && current.scrollIntoView) {
         current.scrollIntoView({block: "center", inline: "center"});
       }
+    });
+  }
+
+  // On a phone a table reads as a list of cards: each cell is labelled with its column's head (CSS shows it).
+  function labelCells(table) {
+    var heads = table.querySelectorAll("thead th");
+    if (!heads.length) { return; }
+    table.querySelectorAll("tbody tr").forEach(function (row) {
+      var col = 0;
+      Array.prototype.forEach.call(row.children, function (cell) {
+        var head = heads[col];
+        var text = head ? head.textContent.trim() : "";
+        if (text && !cell.hasAttribute("data-label")) { cell.setAttribute("data-label", text); }
+        col += cell.colSpan || 1;
+      });
     });
   }
 
@@ -158,13 +241,14 @@
   }
 
   document.addEventListener("DOMContentLoaded", function () {
+    document.querySelectorAll("table.grid").forEach(labelCells);
     document.querySelectorAll("#register-form, #accept-form").forEach(setupLineForm);
     var reworkTo = document.getElementById("rw-to");
     if (reworkTo) { setupReworkPick(reworkTo); }
     document.querySelectorAll(".zoom-toggle").forEach(setupZoom);
     document.querySelectorAll("form.upload").forEach(setupUpload);
     var taskForm = document.getElementById("task-form");
-    if (taskForm) { setupReview(taskForm); }
+    if (taskForm) { setupReview(taskForm); setupDraft(taskForm); }
   });
 })();
 

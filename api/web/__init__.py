@@ -48,8 +48,9 @@ def register(app: Flask) -> None:
     login_manager.session_protection = "strong"
     login_manager.user_loader(load_session_user)
     csrf.init_app(app)
+    # The catalogs Flask-Babel's own gettext reads too (i18n._ reads the same files, with {name} formatting).
     babel.init_app(app, default_locale="zh", default_timezone="Asia/Shanghai",
-                   locale_selector=i18n.select_locale)
+                   locale_selector=i18n.select_locale, default_translation_directories=str(i18n.TRANSLATIONS))
     i18n.install(app)
 
     @app.context_processor

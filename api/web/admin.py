@@ -21,10 +21,11 @@ from api.web.views import refusal
 from engine import admin, audit, delivery
 from engine.access import authorize
 from engine.accounts import create_user
-from engine.errors import DomainError, FormInvalid, Invalid
+from engine.errors import DomainError, FormInvalid, Invalid, PayloadTooLarge
 from engine.holidays import MAX_YEAR, MIN_YEAR, calendar_years, enter_year, year_view
 from engine.policy import ROLES, needs_department
 from storage.models import Department, NotificationDelivery, User
+from storage.unit_of_work import unit_of_work
 
 bp = Blueprint("admin_web", __name__, url_prefix="/admin")
 
@@ -67,9 +68,9 @@ def status() -> Any:
 def delivery_retry(delivery_id: int) -> Any:
     authorize(me(), "ops.maintain")
     if delivery.retry(db.session, delivery_id, datetime.now(UTC)):
-        audit.record(db.session, web_ctx().actor, "notification.delivery_retried", target_type="delivery",
-                     target_id=delivery_id)
-        db.session.commit()
+        with unit_of_work(db.session):
+            audit.record(db.session, web_ctx().actor, "notification.delivery_retried", target_type="delivery",
+                         target_id=delivery_id)
         flash(_("已重新排队发送"), "ok")
     else:
         flash(_("该发送记录不是失败状态。"), "error")
@@ -105,21 +106,21 @@ def user_create() -> Any:
     role = form.get("role") or ""
     department = (form.get("department") or "").strip() or None
     try:
-        errors: dict[str, list[str]] = {}
-        if not USERNAME.match(username):
-            errors["username"] = [_("2–64 位字母、数字、._-")]
-        if not 8 <= len(password) <= 256:
-            errors["password"] = [_("密码至少 8 位")]
-        if errors:
-            raise FormInvalid(errors)
-        if department and db.session.execute(select(Department.id).where(Department.code == department)
-                                             ).scalar() is None:
-            raise FormInvalid({"department": [_("未知部门")]})
-        created = create_user(db.session, username, hash_password(password), role, department,
-                              (form.get("display_name") or "").strip()[:100] or None)
-        audit.record(db.session, web_ctx().actor, "user.created", target_type="user", target_id=created.id,
-                     username=created.username, role=created.role)
-        db.session.commit()
+        with unit_of_work(db.session):
+            errors: dict[str, list[str]] = {}
+            if not USERNAME.match(username):
+                errors["username"] = [_("2–64 位字母、数字、._-")]
+            if not 8 <= len(password) <= 256:
+                errors["password"] = [_("密码至少 8 位")]
+            if errors:
+                raise FormInvalid(errors)
+            if department and db.session.execute(select(Department.id).where(Department.code == department)
+                                                 ).scalar() is None:
+                raise FormInvalid({"department": [_("未知部门")]})
+            created = create_user(db.session, username, hash_password(password), role, department,
+                                  (form.get("display_name") or "").strip()[:100] or None)
+            audit.record(db.session, web_ctx().actor, "user.created", target_type="user", target_id=created.id,
+                         username=created.username, role=created.role)
         flash(_("已创建用户 {name}", name=username), "ok")
     except DomainError as err:
         db.session.rollback()
@@ -146,12 +147,12 @@ def user_change(username: str) -> Any:
         if "department" in form:
             body["department"] = (form.get("department") or "").strip() or None
     try:
-        if "password" in body and not 8 <= len(body["password"]) <= 256:
-            raise FormInvalid({"password": [_("密码至少 8 位")]})
-        if body.get("role") is not None and body["role"] not in ROLES:
-            raise FormInvalid({"role": [_("未知角色")]})
-        result = change_user_by_name(web_ctx().actor, username, body)
-        db.session.commit()
+        with unit_of_work(db.session):
+            if "password" in body and not 8 <= len(body["password"]) <= 256:
+                raise FormInvalid({"password": [_("密码至少 8 位")]})
+            if body.get("role") is not None and body["role"] not in ROLES:
+                raise FormInvalid({"role": [_("未知角色")]})
+            result = change_user_by_name(web_ctx().actor, username, body)
         done = {"deactivate": _("已停用 {name}", name=username), "activate": _("已启用 {name}", name=username),
                 "password": _("已重置 {name} 的密码，其所有登录已结束", name=username)}.get(
             action or "", _("已保存 {name}", name=username))
@@ -187,9 +188,9 @@ def departments() -> Any:
 @bp.post("/departments")
 def department_create() -> Any:
     try:
-        admin.create_department(db.session, web_ctx().actor, me(), request.form.get("code") or "",
-                                request.form.get("name") or "")
-        db.session.commit()
+        with unit_of_work(db.session):
+            admin.create_department(db.session, web_ctx().actor, me(), request.form.get("code") or "",
+                                    request.form.get("name") or "")
         flash(_("已创建部门"), "ok")
     except DomainError as err:
         db.session.rollback()
@@ -201,17 +202,17 @@ def department_create() -> Any:
 def department_change(code: str) -> Any:
     form = request.form
     try:
-        context = web_ctx()
-        department = admin.change_department(db.session, context.actor, me(), code, name=form.get("name"),
-                                             lead_reviewer=form.get("lead_reviewer") or None, lead_given=True)
-        # The robot's key is never shown again: an empty field keeps it, a new URL replaces it.
-        robot = (form.get("robot") or "").strip()
-        if form.get("robot_clear") == "on":
-            admin.set_channels(db.session, context.actor, "department", department.id, {"webhook": None})
-        elif robot:
-            admin.set_channels(db.session, context.actor, "department", department.id,
-                               {"webhook": {"target": robot, "enabled": True}})
-        db.session.commit()
+        with unit_of_work(db.session):
+            context = web_ctx()
+            department = admin.change_department(db.session, context.actor, me(), code, name=form.get("name"),
+                                                 lead_reviewer=form.get("lead_reviewer") or None, lead_given=True)
+            # The robot's key is never shown again: an empty field keeps it, a new URL replaces it.
+            robot = (form.get("robot") or "").strip()
+            if form.get("robot_clear") == "on":
+                admin.set_channels(db.session, context.actor, "department", department.id, {"webhook": None})
+            elif robot:
+                admin.set_channels(db.session, context.actor, "department", department.id,
+                                   {"webhook": {"target": robot, "enabled": True}})
         flash(_("已保存部门 {code}", code=code), "ok")
     except DomainError as err:
         db.session.rollback()
@@ -235,7 +236,7 @@ def _catalog_text() -> tuple[str, str]:
     if upload is not None and upload.filename:
         raw = upload.stream.read(1024 * 1024 + 1)
         if len(raw) > 1024 * 1024:
-            raise Invalid("a catalogue file is at most 1 MiB", code="too_large", status=413)
+            raise PayloadTooLarge("a catalogue file is at most 1 MiB")
         try:
             return raw.decode("utf-8"), upload.filename[:200]
         except UnicodeDecodeError as exc:
@@ -273,10 +274,10 @@ def catalog_check() -> Any:
 def catalog_apply() -> Any:
     user = me()
     try:
-        text, filename = _catalog_text()
-        check, changed = admin.apply_catalog(db.session, web_ctx().actor, user, text, filename,
-                                             request.form.get("sha256") or None)
-        db.session.commit()
+        with unit_of_work(db.session):
+            text, filename = _catalog_text()
+            check, changed = admin.apply_catalog(db.session, web_ctx().actor, user, text, filename,
+                                                 request.form.get("sha256") or None)
         flash(_("已载入合同 {code} 的服务目录", code=check.code) if changed
               else _("合同 {code} 的服务目录与已载入的版本相同，未做更改", code=check.code), "ok")
     except DomainError as err:
@@ -321,8 +322,8 @@ def calendar() -> Any:
         workdays = _day_lines(form_text["workdays"], "workdays", errors)
         if not errors:
             try:
-                enter_year(db.session, web_ctx().actor, user, year, holidays, workdays)
-                db.session.commit()
+                with unit_of_work(db.session):
+                    enter_year(db.session, web_ctx().actor, user, year, holidays, workdays)
                 flash(_("已保存 {year} 年的工作日历", year=year), "ok")
                 return redirect(url_for("admin_web.calendar", year=year))
             except Invalid as err:

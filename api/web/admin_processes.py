@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from api.extensions import db
 from api.rest.operations import read_model_upload
 from api.web.auth import me
-from api.web.i18n import EN, _
+from api.web.i18n import _
 from engine import audit
 from engine.access import authorize
 from engine.errors import DomainError
@@ -21,46 +21,7 @@ from storage.unit_of_work import unit_of_work
 
 bp = Blueprint("admin_processes", __name__, url_prefix="/admin/processes")
 
-EN.update({
-    "流程模型": "Process models",
-    "上传 BPMN 文件": "Upload a BPMN file",
-    "BPMN 文件": "BPMN file",
-    "检查": "Check",
-    "检查并部署": "Check and deploy",
-    "检查通过，可以部署。": "The model passes every check and can be deployed.",
-    "模型未通过检查，未部署：": "The model did not pass the checks and was not deployed:",
-    "元素": "Element",
-    "问题": "Problem",
-    "已部署为新版本。": "Deployed as a new version.",
-    "该版本已存在，已设为当前版本。": "This version exists already; it is now current.",
-    "流程": "Process",
-    "版本": "Version",
-    "文件": "File",
-    "部署时间": "Deployed at",
-    "当前": "Current",
-    "运行中的事项": "Running items",
-    "迁移到此版本": "Migrate to this version",
-    "试运行（不更改）": "Dry run (no changes)",
-    "迁移全部运行中的事项": "Migrate all running items",
-    "还没有部署任何流程模型。": "No process model has been deployed yet.",
-    "迁移结果": "Migration result",
-    "试运行结果": "Dry-run result",
-    "事项": "Item",
-    "原版本": "From version",
-    "可迁移": "Can migrate",
-    "待办任务": "Open tasks",
-    "无法对应的任务": "Tasks with no counterpart",
-    "说明": "Note",
-    "已迁移": "Migrated",
-    "是": "yes",
-    "否": "no",
-    "没有需要迁移的事项（其他版本上没有运行中的事项）。": "Nothing to migrate (no running items on other versions).",
-    "新事项使用当前版本；运行中的事项保持原版本，除非在此迁移。":
-        "New items use the current version; running items keep theirs unless migrated here.",
-    "请选择一个 BPMN 文件。": "Choose a BPMN file.",
-    "共 {n} 个事项，{m} 个已迁移，{r} 个被拒绝。": "{n} item(s): {m} migrated, {r} refused.",
-    "共 {n} 个事项，{m} 个可以迁移，{r} 个无法迁移。": "{n} item(s): {m} can be migrated, {r} cannot.",
-})
+# (Its English is in the gettext catalog, api/translations/en/LC_MESSAGES/messages.po.)
 
 
 def _versions() -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ from werkzeug.datastructures import MultiDict
 import forms
 
 # Free-text fields long enough to deserve a text area.
-_LONG_TEXT = {"notes", "comment", "summary", "complexity_note"}
+_LONG_TEXT = {"notes", "comment", "summary", "complexity_note", "reply"}
 
 
 @dataclass
@@ -82,3 +82,26 @@ def data_from(form_key: str, submitted: MultiDict[str, str]) -> dict[str, Any]:
             if value:
                 data[f.name] = value
     return data
+
+
+def shown_data(form_key: str, data: dict[str, Any]) -> list[tuple[Field, str]]:
+    """What a completed step recorded, field by field in the form's order, as text for people (Chinese source;
+    templates translate). Empty fields are left out."""
+    try:
+        fields = fields_for(form_key)
+    except forms.UnknownForm:
+        return []
+    out: list[tuple[Field, str]] = []
+    for f in fields:
+        value = data.get(f.name)
+        if value is None or value == "" or value == []:
+            continue
+        labels = dict(f.choices)
+        if isinstance(value, bool):
+            text = "是" if value else "否"
+        elif isinstance(value, list):
+            text = "、".join(labels.get(str(v), str(v)) for v in value)
+        else:
+            text = labels.get(str(value), str(value))
+        out.append((f, text))
+    return out

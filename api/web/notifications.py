@@ -15,6 +15,7 @@ from api.web.i18n import _
 from engine import admin, notify
 from engine.errors import FormInvalid, NotFound
 from storage.models import Notification
+from storage.unit_of_work import unit_of_work
 
 bp = Blueprint("notify_web", __name__)
 
@@ -53,19 +54,19 @@ def notifications() -> Any:
 @bp.get("/notifications/<int:note_id>/open")
 def notification_open(note_id: int) -> Any:
     """Open a notification's task (or item, or settlement), marking it read for me alone."""
-    user = me()
-    note = db.session.execute(select(Notification).where(Notification.id == note_id, notify.mine(user))).scalar()
-    if note is None:
-        raise NotFound(f"notification {note_id} not found")
-    notify.mark_read(db.session, user, [note.id], datetime.now(UTC))
-    db.session.commit()
+    with unit_of_work(db.session):
+        user = me()
+        note = db.session.execute(select(Notification).where(Notification.id == note_id, notify.mine(user))).scalar()
+        if note is None:
+            raise NotFound(f"notification {note_id} not found")
+        notify.mark_read(db.session, user, [note.id], datetime.now(UTC))
     return redirect(target_url(note))
 
 
 @bp.post("/notifications/read-all")
 def notifications_read_all() -> Any:
-    marked = notify.mark_read(db.session, me(), None, datetime.now(UTC))
-    db.session.commit()
+    with unit_of_work(db.session):
+        marked = notify.mark_read(db.session, me(), None, datetime.now(UTC))
     flash(_("已将 {n} 条通知标为已读", n=marked), "ok")
     return redirect(url_for("notify_web.notifications"))
 
@@ -78,8 +79,8 @@ def channels() -> Any:
         wanted = {kind: {"target": (request.form.get(f"{kind}_target") or "").strip()[:500],
                          "enabled": request.form.get(f"{kind}_enabled") == "on"} for kind in ("email", "webhook")}
         try:
-            admin.set_channels(db.session, web_ctx().actor, "user", user.id, wanted)
-            db.session.commit()
+            with unit_of_work(db.session):
+                admin.set_channels(db.session, web_ctx().actor, "user", user.id, wanted)
             flash(_("通知方式已保存"), "ok")
             return redirect(url_for("notify_web.channels"))
         except FormInvalid as err:

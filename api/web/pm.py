@@ -3,6 +3,7 @@ adjust the proposed difficulty). Each calls the same engine use case as the REST
 from __future__ import annotations
 
 import io
+import logging
 import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -24,6 +25,7 @@ from engine.workflow import NewItem, create_item
 from storage.models import CHANNELS, Contract, Department, ServiceLine, WorkItem
 from storage.unit_of_work import unit_of_work
 
+log = logging.getLogger("itemgate.web")
 MODES = ("new", "iteration")
 
 # The engine's field messages (English, for API clients) said in the page's language.
@@ -342,6 +344,12 @@ def items_import_preview() -> Any:
             errors["file"] = [refusal(err)]
         return _import_page(422, contract=contract, errors=errors)
     db.session.rollback()  # the dry run wrote nothing; make sure of it
+    earlier = session.get("item_import")
+    if earlier and earlier.get("key", "").startswith(import_jobs.PREFIX) and context.store is not None:
+        try:  # a preview nobody imported: its staged copy goes when the next one replaces it
+            context.store.delete(earlier["key"], earlier.get("version_id"))
+        except Exception:  # noqa: BLE001 - best effort; an unreferenced staged copy harms nothing
+            log.warning("could not remove an earlier staged spreadsheet", exc_info=True)
     session["item_import"] = {"key": staged.key, "version_id": staged.version_id, "filename": staged.filename,
                               "size": staged.size, "contract": contract}
     return _import_page(200 if result.ok else 422, contract=contract, preview=result, filename=staged.filename)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import date
+from datetime import UTC, date, datetime, time
 from typing import Any
 
 from flask import (
@@ -32,10 +32,20 @@ from engine.bundle import stream_bundle
 from engine.errors import DomainError, NotFound, ServiceUnavailable
 from engine.exports import EXPORTS, XLSX, export_named
 from engine.policy import may
-from engine.reports import WorkloadFilter, claim_xlsx_file, entries_query, progress, totals
+from engine.reports import NOTE_NAMES, WorkloadFilter, claim_xlsx_file, entries_query, progress, totals
 from engine.workflow import Ctx
 from storage.artefact_store import ObjectMissing, StoreUnavailable
-from storage.models import Contract, Department, ServiceLine, Settlement, SettlementNote, utcnow
+from storage.models import (
+    Contract,
+    Department,
+    ServiceLine,
+    Settlement,
+    SettlementNote,
+    User,
+    WorkItem,
+    WorkloadEntry,
+    utcnow,
+)
 from storage.unit_of_work import unit_of_work
 
 bp = Blueprint("settle_web", __name__)
@@ -81,6 +91,9 @@ def ledger_page() -> Any:
 @bp.post("/ledger/<int:entry_id>/reverse")
 def ledger_reverse(entry_id: int) -> Any:
     reason = (request.form.get("reason") or "").strip()[:4000]
+    if request.form.get("confirm") != "1" or len(reason) < 2:
+        flash(_("冲销不可撤销：请填写冲销原因并勾选确认。"), "error")
+        return redirect(url_for("settle_web.ledger_page"))
     _change(lambda c: ledger.reverse_entry(c.session, c.actor, me(), entry_id, reason, c.now), _("已冲销该分录"))
     return redirect(url_for("settle_web.ledger_page"))
 
@@ -91,7 +104,7 @@ def ledger_reverse(entry_id: int) -> Any:
 def settlements() -> Any:
     rows = list(db.session.scalars(select(Settlement).options(selectinload(Settlement.contract))
                                    .order_by(Settlement.id.desc()).limit(200)))
-    figures = st.figures_of(db.session, rows, web_ctx().now)
+    figures = st.list_figures(db.session, rows, web_ctx().now)
     return render_template("web/settlements.html", rows=rows, figures=figures, me=me(),
                            status_names=st.STATUS_NAMES, **_options())
 
@@ -117,18 +130,58 @@ def settlements_open() -> Any:
     return redirect(url_for("settle_web.settlement", settlement_id=opened.id))
 
 
+PICK_LIMIT = 200
+
+
+def _claimable(s: Settlement) -> tuple[list[Any], int, dict[str, str]]:
+    """Entries the PM may add to this claim (unsettled, live items, same contract), filtered by line,
+    department, month and item; at most PICK_LIMIT shown, with how many match."""
+    args = {k: (request.args.get(k) or "").strip()[:64] for k in ("pick_line", "pick_dept", "pick_month", "pick_q")}
+    ids = st.unsettled_entries(s.contract_id).subquery()
+    query = (select(WorkloadEntry, WorkItem, ServiceLine, Department)
+             .join(WorkItem, WorkItem.id == WorkloadEntry.item_id)
+             .join(ServiceLine, ServiceLine.id == WorkloadEntry.service_line_id)
+             .join(Department, Department.id == WorkloadEntry.department_id)
+             .where(WorkloadEntry.id.in_(select(ids.c.id))))
+    if args["pick_line"]:
+        query = query.where(ServiceLine.code == args["pick_line"])
+    if args["pick_dept"]:
+        query = query.where(Department.code == args["pick_dept"])
+    if args["pick_month"]:
+        try:
+            first = date.fromisoformat(args["pick_month"] + "-01")
+        except ValueError:
+            args["pick_month"] = ""
+        else:
+            after = date(first.year + (first.month == 12), first.month % 12 + 1, 1)
+            query = query.where(WorkloadEntry.tallied_at >= datetime.combine(first, time(), UTC),
+                                WorkloadEntry.tallied_at < datetime.combine(after, time(), UTC))
+    if args["pick_q"]:
+        like = f"%{args['pick_q']}%"
+        query = query.where(WorkItem.code.like(like) | WorkItem.name.like(like))
+    total = _count(query)
+    rows = db.session.execute(query.order_by(WorkloadEntry.id).limit(PICK_LIMIT)).all()
+    return rows, total, args
+
+
 @bp.get("/settlements/<int:settlement_id>")
 def settlement(settlement_id: int) -> Any:
     s = st.load_settlement_for(db.session, me(), settlement_id)
     lines = db.session.execute(st.line_entries(s.id)).all()
     notes = list(db.session.scalars(select(SettlementNote).where(SettlementNote.settlement_id == s.id)
                                     .order_by(SettlementNote.id)))
+    actions = st.allowed_actions(me(), s)
+    claimable, claimable_total, pick = _claimable(s) if "submit" in actions else ([], 0, {})
+    options = _options() if "submit" in actions else {"lines": [], "departments": []}
+    users = {u.id: u for u in db.session.scalars(select(User).where(User.id.in_(
+        {n.user_id for n in notes if n.user_id})))} if notes else {}
     fig = st.figures(db.session, s, web_ctx().now)
-    return render_template("web/settlement.html", s=s, lines=lines, notes=notes, me=me(), fig=fig,
-                           actions=st.allowed_actions(me(), s), status_names=st.STATUS_NAMES,
+    return render_template("web/settlement.html", s=s, lines=lines, notes=notes, me=me(), users=users, fig=fig,
+                           actions=actions, status_names=st.STATUS_NAMES, note_kinds=NOTE_NAMES,
+                           claimable=claimable, claimable_total=claimable_total, pick=pick, pick_limit=PICK_LIMIT,
+                           lines_options=options["lines"], departments=options["departments"],
                            deadlines=st.deadlines(s, fig, web_ctx().now), stages=st.stage_summary(db.session, s),
-                           clock_names=CLOCK_NAMES,
-                           rectifications=st.rectifications(db.session, s))
+                           clock_names=CLOCK_NAMES, rectifications=st.rectifications(db.session, s))
 
 
 def _change(fn: Callable[[Ctx], Any], done: str) -> Any:
@@ -148,10 +201,42 @@ def _change(fn: Callable[[Ctx], Any], done: str) -> Any:
         raise
     except DomainError as err:
         db.session.rollback()
-        flash(err.detail if err.code not in ("role_required", "not_your_task", "version_conflict",
-                                             "separation_of_duties", "entry_under_review", "already_reversed")
-              else refusal(err), "error")
+        flash(settlement_refusal(err), "error")
     return None
+
+
+# Settlement refusals in people's language (the engine's detail is English, for logs and API clients).
+SETTLEMENT_REFUSALS = {
+    "assessment_score_required": "初审通过前请填写考核得分。",
+    "bad_contract_settings": "合同的考核扣款设置有误，请联系系统管理员。",
+    "comment_required": "请填写意见。",
+    "entry_already_claimed": "所选分录已被其他结算申报认领。",
+    "invalid_decision": "请选择审核结论。",
+    "invalid_period": "结算期间的结束日期早于开始日期。",
+    "invalid_score": "考核得分必须在 0–100 之间。",
+    "is_reversal": "冲销分录不能再被冲销。",
+    "item_cancelled": "所选分录所属事项已取消，不能计入结算。",
+    "no_deduction_band": "合同未规定该得分对应的扣款比例。",
+    "not_a_line": "该分录不在本结算申报中。",
+    "reason_required": "请填写原因。",
+    "settlement_wrong_stage": "结算申报当前所处环节不允许此操作，请刷新页面。",
+    "unknown_contract": "找不到该合同。",
+    "unknown_entry": "找不到所选分录。",
+    "wrong_contract": "所选分录属于其他合同。",
+    "entry_outside_stage": "所选分录不属于本结算阶段；前期的分录请勾选“从前期结转”并写明原因。",
+    "outside_service_period": "所选分录的计量日期在合同服务期之外。",
+    "stage_required": "本合同按阶段结算，请选择结算阶段。",
+    "no_schedule": "本合同未约定结算阶段，请填写结算期间。",
+    "stage_already_open": "该结算阶段已开启。",
+    "stage_not_begun": "该结算阶段尚未开始。",
+    "over_award": "结算总额超过合同金额允许的上限。",
+}
+
+
+def settlement_refusal(err: DomainError) -> str:
+    if err.code in SETTLEMENT_REFUSALS:
+        return _(SETTLEMENT_REFUSALS[err.code])
+    return refusal(err)
 
 
 def _back(settlement_id: int) -> Any:
@@ -171,8 +256,14 @@ def settlement_submit(settlement_id: int) -> Any:
 
 @bp.post("/settlements/<int:settlement_id>/lines")
 def settlement_lines(settlement_id: int) -> Any:
-    ids, reason = _ids(request.form.get("entry_ids", "")), (request.form.get("reason") or "").strip()[:4000]
+    # Lines are ticked in lists (entry_id, repeated); a typed list (entry_ids) is still understood.
+    picked = [i for i in (row_id(v) for v in request.form.getlist("entry_id")) if i is not None][:10000]
+    ids = picked or _ids(request.form.get("entry_ids", ""))
+    reason = (request.form.get("reason") or "").strip()[:4000]
     carry = request.form.get("carry") == "1"
+    if not ids:
+        flash(_("请勾选要增加或移除的分录。"), "error")
+        return _back(settlement_id)
 
     def run(c: Ctx) -> Any:
         s = st.load_settlement_for(c.session, me(), settlement_id)
@@ -203,6 +294,11 @@ def settlement_audit(settlement_id: int) -> Any:
 def settlement_review(settlement_id: int) -> Any:
     form = request.form
     decision, text = form.get("decision", ""), (form.get("comment") or "").strip()[:4000] or None
+
+    if form.get("stage") == "final" and decision == "approve" and form.get("confirm") != "1":
+        # Approval locks the figures for good: the approver ticks that they checked them.
+        flash(_("审定后结算结果将锁定、不可再修改：请核对金额并勾选确认。"), "error")
+        return _back(settlement_id)
 
     def run(c: Ctx) -> Any:
         s = st.load_settlement_for(c.session, me(), settlement_id)

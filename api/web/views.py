@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,19 +32,25 @@ from api.serializers import artefact_json
 from api.uploads import record_upload
 from api.web.auth import SessionUser, end_web_session, me, start_web_session, web_ctx
 from api.web.formfields import data_from, fields_for
-from api.web.i18n import STAGES, _, form_message
+from api.web.i18n import STAGES, _, form_message, lang
 from engine import audit
 from engine.access import authorize, load_artefact_for, load_item_for, load_task_for, may_act_on
 from engine.dashboard import build_dashboard
 from engine.diagram import render_svg
+from engine.drafts import load_draft, save_draft
 from engine.errors import Conflict, DomainError, FormInvalid, GateUnmet, Invalid, NotFound, ServiceUnavailable
 from engine.evidence import submitted_evidence, upload_artefact
+from engine.guidance import step_guidance
 from engine.inbox import report_steps, settlement_steps
 from engine.lists import filtered_items, task_query
 from engine.policy import DEPARTMENT, may, scope_of
+from engine.preview import MAX_BYTES as PREVIEW_MAX_BYTES
+from engine.preview import PREVIEWABLE_DOCUMENTS, NotPreviewable, document_preview
+from engine.rounds import artefact_versions, review_rounds, step_records
 from engine.sheets import SHEETS
 from engine.workflow import claim, complete_task, hand_over, optional_statuses, task_requirements, unclaim
-from storage.models import Artefact, Department, HumanTask, ProcessInstance, ServiceLine, User, WorkItem
+from storage.artefact_store import ObjectMissing, StoreUnavailable
+from storage.models import Department, HumanTask, ProcessInstance, ServiceLine, User, WorkItem
 from storage.unit_of_work import unit_of_work
 
 log = logging.getLogger("itemgate.web")
@@ -55,6 +60,7 @@ bp = Blueprint("web", __name__)
 PER_PAGE = 20
 ACCEPTED_EXTENSIONS = (".pdf", ".doc", ".docx", ".xls", ".xlsx", ".png", ".jpg", ".jpeg", ".zip", ".ofd", ".txt")
 PREVIEWABLE = ("application/pdf", "image/png", "image/jpeg")
+QUIET_EVENTS = ("task.claimed", "task.unclaimed", "artefact.downloaded")
 # Domain refusals people meet in normal work, said in their language (the engine's detail is English).
 _REFUSALS = {
     "claimed_by_other": "此任务已由他人认领。",
@@ -293,16 +299,7 @@ def _previous_data(task: HumanTask) -> dict[str, Any]:
 
 
 def _versions(item_id: int) -> dict[int, int]:
-    """Each stored artefact's version number: its place among the item's files of its kind, in its evidence
-    scope (a department's own files are counted apart from the whole item's and other departments')."""
-    rows = db.session.execute(select(Artefact.id, Artefact.kind, Artefact.department_id).where(
-        Artefact.item_id == item_id, Artefact.status == "stored").order_by(Artefact.id)).all()
-    seen: dict[tuple[str, int | None], int] = defaultdict(int)
-    versions: dict[int, int] = {}
-    for artefact_id, kind, department_id in rows:
-        seen[(kind, department_id)] += 1
-        versions[artefact_id] = seen[(kind, department_id)]
-    return versions
+    return artefact_versions(db.session, item_id)
 
 
 def render_task(task: HumanTask, *, errors: dict[str, list[str]] | None = None,
@@ -323,20 +320,30 @@ def render_task(task: HumanTask, *, errors: dict[str, list[str]] | None = None,
     held_by_other = task.assignee_id is not None and task.assignee_id != user.id
     settings = current_app.config["ITEMGATE"]
     fields = fields_for(task.form)
+    draft = load_draft(db.session, task, user) if task.status == "ready" else None
     if values is None:
-        values = _previous_data(task)
+        # What this person typed last (kept as they type), else what the step recorded the last time it was done.
+        values = draft if draft is not None else _previous_data(task)
     elif isinstance(values, MultiDict):
         # Re-show what was just submitted, shaped like stored task data.
         values = {f.name: values.getlist(f.name) if f.widget == "checkboxes" else values.get(f.name)
                   for f in fields}
     departments = _departments()
+    titles = {f.name: (f.title_en if lang() == "en" else f.title) for f in fields}
+    # What this step recorded once done; for a review, every round so far with what changed between them.
+    record = next(iter(step_records(db.session, item.id, [task.id])), None) if task.status == "completed" else None
+    rounds = review_rounds(db.session, task) if task.review_of else []
     return render_template(
-        "web/task.html", task=task, item=item, gate=gate, review=review, unmet=unmet,
-        fields=fields, errors={k: [form_message(m) for m in v] for k, v in (errors or {}).items()},
+        "web/task.html", task=task, item=item, gate=gate, review=review, unmet=unmet, record=record,
+        guidance=step_guidance(db.session, task),
+        draft_restored=draft is not None and status == 200,
+        rounds=rounds,
+        fields=fields, errors={k: [form_message(m, titles.get(k)) for m in v] for k, v in (errors or {}).items()},
         values=values, may_act=may_act, held_by_other=held_by_other,
         can_complete=task.status == "ready" and may_act and not held_by_other,
         colleagues=_colleagues([task], user).get(task.id, []), versions=_versions(item.id),
         max_upload_mb=settings.max_upload_mb, accepted=",".join(ACCEPTED_EXTENSIONS), previewable=PREVIEWABLE,
+        previewable_documents=PREVIEWABLE_DOCUMENTS,
         task_department=departments.get(task.department_id or 0), now=datetime.now(UTC), me=user,
         sheet_kinds=set(SHEETS), optional_kinds={s.kind for s in optional},
         status_code=status,
@@ -346,6 +353,22 @@ def render_task(task: HumanTask, *, errors: dict[str, list[str]] | None = None,
 @bp.get("/tasks/<int:task_id>")
 def task(task_id: int) -> Any:
     return render_task(load_task_for(db.session, me(), task_id))
+
+
+@bp.post("/tasks/<int:task_id>/draft")
+def task_draft(task_id: int) -> Any:
+    """Keep what the person has typed so far (the task page sends it as they type and before an upload)."""
+    user = me()
+    task = load_task_for(db.session, user, task_id)
+    if request.is_json:
+        body = request.get_json(silent=True) or {}
+        data = body.get("data") if isinstance(body, dict) else None
+    else:
+        data = {f.name: request.form.getlist(f.name) if f.widget == "checkboxes" else request.form.get(f.name)
+                for f in fields_for(task.form) if f.name in request.form or f.widget == "checkboxes"}
+    with unit_of_work(db.session):
+        saved = save_draft(db.session, task, user, data, datetime.now(UTC))
+    return jsonify({"saved": True, "fields": sorted(saved)}), 200
 
 
 @bp.post("/tasks/<int:task_id>/complete")
@@ -407,9 +430,17 @@ def artefact_upload(item_id: int) -> Any:
             upload.stream, _length(upload.stream), current_app.config["ITEMGATE"].max_upload_bytes,
             request.form.get("task_id"), request.form.get("verification_code")))
     except DomainError as err:
-        if _wants_json() or isinstance(err, NotFound):
+        if isinstance(err, NotFound):
             raise
         db.session.rollback()
+        if _wants_json():
+            # The task page's script shows `detail` to the person: said in their language, with the same code.
+            body = {"type": "about:blank", "title": refusal(err), "status": err.status, "code": err.code,
+                    "detail": refusal(err)}
+            response = jsonify(body)
+            response.status_code = err.status
+            response.mimetype = "application/problem+json"
+            return response
         flash(refusal(err), "error")
         return redirect(back)
     if _wants_json():
@@ -438,6 +469,34 @@ def artefact_content(artefact_id: int) -> Any:
     if media_type != "application/pdf":
         response.headers["Content-Security-Policy"] = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'"
     return response
+
+
+@bp.get("/artefacts/<int:artefact_id>/preview")
+def artefact_preview(artefact_id: int) -> Any:
+    """A .docx or .xlsx read in the browser (text and tables), so a reviewer need not download it. Audited as a
+    read of the evidence, like a download."""
+    user = me()
+    artefact = load_artefact_for(user, artefact_id)
+    media_type = artefact.media_type.split(";")[0]
+    preview = None
+    if media_type in PREVIEWABLE_DOCUMENTS and artefact.size <= PREVIEW_MAX_BYTES:
+        store = current_app.extensions.get("itemgate_store")
+        if store is None:
+            raise ServiceUnavailable("no evidence store is configured")
+        try:
+            stream = store.iter_content(artefact.key, artefact.version_id)
+            try:
+                data = b"".join(stream)
+            finally:
+                stream.close()
+            preview = document_preview(data, media_type)
+        except (ObjectMissing, StoreUnavailable, NotPreviewable):  # the page offers the download instead
+            log.info("no preview", extra={"artefact": artefact.id})
+        with unit_of_work(db.session):
+            audit.record(db.session, audit.Actor.of(user, g.get("request_id")), "artefact.downloaded",
+                         target_type="artefact", target_id=artefact.id, item_id=artefact.item_id, preview=True)
+    return render_template("web/preview.html", artefact=artefact, preview=preview,
+                           item=db.session.get(WorkItem, artefact.item_id))
 
 
 # ---------------------------------------------------------------- items
@@ -509,11 +568,21 @@ def item(item_id: int) -> Any:
 
     # The request the item came from (运营服务单): who asked and with which letter; linked for roles that read orders.
     source_order = order_of_item(db.session, item.id) if (item.attributes or {}).get("service_order") else None
+    # The timeline names people as they are known (张伟), and leaves out claims and downloads unless asked.
+    everything = request.args.get("all") == "1"
+    history = [e for e in reversed(detail["history"]) if everything or e["event"] not in QUIET_EVENTS]
+    usernames = {e["user"] for e in history if e["user"]} | {(e["detail"] or {}).get("to") for e in history} \
+        | {a["uploaded_by"] for a in artefacts}
+    usernames.discard(None)
+    names = {u.username: (u.display_name or u.username) for u in db.session.scalars(
+        select(User).where(User.username.in_(usernames)))} if usernames else {}
     return render_template(
         "web/item.html", item=item, detail=detail, titles=titles, artefacts=artefacts, open_tasks=open_tasks,
         source_order=source_order, may_read_orders=RULES["service_order.read"].allows(user.role),
-        history=list(reversed(detail["history"])), diagram=_diagram(item, detail["tasks"]),
-        departments=departments, previewable=PREVIEWABLE, me=user, pm_actions=pm_actions)
+        history=history, names=names, everything=everything, quiet=len(detail["history"]) - len(history),
+        records=step_records(db.session, item.id), diagram=_diagram(item, detail["tasks"]),
+        departments=departments, previewable=PREVIEWABLE, previewable_documents=PREVIEWABLE_DOCUMENTS, me=user,
+        pm_actions=pm_actions)
 
 
 # ---------------------------------------------------------------- dashboard

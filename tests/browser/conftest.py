@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -54,3 +55,27 @@ def live_url(app_for_backend: Any) -> Iterator[str]:
 def screenshot_dir() -> Path:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     return SCREENSHOTS
+
+
+@pytest.fixture(scope="module")
+def demo_world(app_for_backend: Any) -> dict[str, str]:
+    """The `itemgate demo` data plus one settlement, so every kind of page has something on it."""
+    from api.demo import DEMO_PASSWORD, USERS, load_demo
+    from api.extensions import db
+    from engine import settlement as st
+    from engine.workflow import Ctx
+    from storage.models import User
+    from tests.conftest import truncate_all
+
+    truncate_all(app_for_backend)
+    with app_for_backend.app_context():
+        store = app_for_backend.extensions.get("itemgate_store")
+        load_demo(app_for_backend, store, echo=lambda _text: None)
+        pm = db.session.query(User).filter_by(username="pm").one()
+        from tests.settlement_helpers import adhoc_contract
+
+        adhoc_contract("SH-YWTB-2025")  # one claim over the whole demo period, whatever the schedule
+        st.open_settlement(Ctx(session=db.session, user=pm, store=store), "SH-YWTB-2025", date(2020, 1, 1),
+                           date(2030, 12, 31), "2025 年上半年")
+        db.session.commit()
+    return {u: DEMO_PASSWORD for u, *_ in USERS}

@@ -35,10 +35,10 @@ def sign_in(page: Any, username: str) -> None:
 
 
 def upload(page: Any, kind: str, name: str, body: bytes, mime: str = "application/pdf") -> None:
-    """Choose a file in the gate checklist row; the page's script sends it and reloads with the result."""
-    with page.expect_navigation():
-        page.set_input_files(f"#file-{kind}", files=[{"name": name, "mimeType": mime, "buffer": body}])
-    page.locator(f'.gate-row.present[data-kind="{kind}"]').wait_for()
+    """Choose a file in the gate checklist row; the page's script sends it and swaps in the new checklist
+    without leaving the page."""
+    page.set_input_files(f"#file-{kind}", files=[{"name": name, "mimeType": mime, "buffer": body}])
+    page.locator(f'.gate-row.present[data-kind="{kind}"] .gate-file', has_text=name).wait_for()
 
 
 def stage_count(page: Any, stage: str) -> int:
@@ -136,16 +136,15 @@ def test_implement_review_return_resubmit_approve(chromium: Any, live_url: str, 
     rev.locator("#complete-button").click()
     rev.wait_for_url(re.compile(r"/inbox"))
 
-    # The implementer sees the returned step with its comment, fixes the list and resubmits.
-    impl.goto("/inbox?scope=group")
+    # The returned step comes back to the implementer who did it, already claimed, with the comment.
+    impl.goto("/inbox?scope=mine")
     row = impl.locator("table.inbox tbody tr", has_text="SH-BROWSER-1")
     assert row.locator(".badge-returned").inner_text() == "退回"
     row.locator("a.task-link").click()
     impl.wait_for_url(re.compile(r"/tasks/\d+$"))
     assert impl.url != task_url, "a return creates a new rework task"
     assert impl.locator(".return-comment").inner_text() == "梳理清单缺少材料字段"
-    impl.locator("#claim-button").click()
-    impl.wait_for_url(re.compile(r"/tasks/\d+$"))
+    assert impl.locator("#claim-button").count() == 0 and impl.locator("#unclaim-button").count() == 1
     assert impl.get_by_label("梳理事项数").input_value() == "3"  # the earlier answer is offered again
     upload(impl, "sorting_list", "梳理清单-修订.pdf", demo_pdf("sorting v2"))
     assert "版本 2" in impl.locator('.gate-row[data-kind="sorting_list"]').inner_text()
@@ -218,3 +217,40 @@ def test_reviewer_of_another_department_gets_404(chromium: Any, live_url: str, s
     page.goto("/items")
     assert "SH-BROWSER-1" not in page.locator("main").inner_text()
     page.context.close()
+
+
+def test_typed_input_survives_an_upload_and_a_reload(chromium: Any, live_url: str, survey_ready: int) -> None:
+    """People type first and attach last: uploading keeps the page (and the form), and a reload restores the
+    server-side draft."""
+    impl = open_page(chromium, live_url)
+    sign_in(impl, "impl")
+    impl.goto("/inbox?scope=group")
+    impl.locator("table.inbox tbody tr", has_text="SH-BROWSER-1").get_by_role("button", name=re.compile("认领")).click()
+    impl.wait_for_url(re.compile(r"/tasks/\d+$"))
+    task_url = impl.url
+    impl.get_by_label("梳理事项数").fill("12")
+    impl.get_by_label("备注").fill("已与部门核对十二项")
+    impl.evaluate("window.__stayed = true")  # gone if the page were loaded again
+    upload(impl, "survey_form", "调研表.pdf", demo_pdf("survey"))
+    assert impl.evaluate("window.__stayed === true")
+    assert impl.get_by_label("梳理事项数").input_value() == "12"
+    assert impl.get_by_label("备注").input_value() == "已与部门核对十二项"
+    assert impl.locator("#complete-button").is_disabled()  # one file still missing
+    impl.locator("#draft-status", has_text="草稿已自动保存").wait_for()
+    # A reload (or the same link on another device) brings the draft back.
+    impl.goto(task_url)
+    assert impl.get_by_label("梳理事项数").input_value() == "12"
+    assert impl.get_by_label("备注").input_value() == "已与部门核对十二项"
+    assert "已恢复" in impl.locator("#draft-status").inner_text()
+    upload(impl, "sorting_list", "梳理清单.pdf", demo_pdf("sorting"))
+    assert impl.locator("#complete-button").is_enabled()  # the button follows the checklist without a reload
+    impl.locator("#complete-button").click()
+    impl.wait_for_url(re.compile(r"/inbox"))
+    # Submitted: the draft is gone, and the finished step shows what was entered.
+    from api.extensions import db
+    from storage.models import TaskDraft
+
+    db.session.expire_all()
+    assert db.session.query(TaskDraft).count() == 0
+    impl.goto(task_url)
+    assert "已与部门核对十二项" in impl.locator("#submitted").inner_text()

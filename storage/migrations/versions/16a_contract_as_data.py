@@ -2,13 +2,13 @@
 out-of-period flag and who proposed/confirmed difficulty; ledger amounts at full precision
 
 Revision ID: 16a_contract_as_data
-Revises: 18b_notifications_admin
+Revises: 19_task_drafts
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = "16a_contract_as_data"
-down_revision = "18b_notifications_admin"
+down_revision = "19_task_drafts"
 branch_labels = None
 depends_on = None
 
