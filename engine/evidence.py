@@ -4,15 +4,16 @@ from __future__ import annotations
 import os
 import re
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, lazyload
 
 from engine import audit
-from engine.catalog import ARTEFACT_KINDS, required_kinds
+from engine.catalog import contract_kinds, required_kinds
 from engine.errors import Conflict, Forbidden, Invalid, PayloadTooLarge, ServiceUnavailable, UnsupportedMedia
 from engine.policy import DEPARTMENT, scope_of
 from engine.sheets import check_signed_sheet, codes_in_upload, is_sheet_kind
@@ -46,9 +47,11 @@ def safe_filename(name: str | None, fallback_ext: str = "") -> str:
     return cleaned
 
 
-def _check_kind(kind: str) -> None:
-    if kind not in ARTEFACT_KINDS:
-        raise Invalid(f"unknown artefact kind {kind!r}", code="unknown_kind", known=sorted(ARTEFACT_KINDS))
+def _check_kind(kind: str, settings: Mapping[str, Any] | None = None) -> None:
+    """A kind is built in, or declared by the item's contract (its catalogue's [artefact_kinds])."""
+    known = contract_kinds(settings)
+    if kind not in known:
+        raise Invalid(f"unknown artefact kind {kind!r}", code="unknown_kind", known=sorted(known))
 
 
 # ---------------------------------------------------------------- whose evidence
@@ -59,15 +62,21 @@ def evidence_scope(task: HumanTask) -> int | None:
     return task.department_id if task.per_department else None
 
 
-def _gate_kinds(task: HumanTask, gate: str | None) -> list[str]:
+def _gate_kinds(task: HumanTask, gate: str | None, *, optional: bool = False) -> list[str]:
     item = task.item
     return required_kinds(item.service_line.gates, gate, mode=item.mode, channels=list(item.channels),
-                          attributes=item.attributes or {})
+                          attributes=item.attributes or {}, optional=optional)
 
 
 def task_kinds(task: HumanTask) -> list[str]:
     """The artefact kinds a task is about: what its gate needs, then what the gate it reviews needs."""
-    return list(dict.fromkeys(_gate_kinds(task, task.gate) + _gate_kinds(task, task.review_of)))
+    return list(dict.fromkeys(_gate_kinds(task, task.gate) + _gate_kinds(task, task.review_of)
+                              + _gate_kinds(task, task.gate, optional=True)))
+
+
+def optional_kinds(task: HumanTask) -> list[str]:
+    """Working documents a task's step may take without its gate requiring them (rules marked optional)."""
+    return [k for k in _gate_kinds(task, task.gate, optional=True) if k not in _gate_kinds(task, task.gate)]
 
 
 def submission_of(session: Session, review: HumanTask) -> HumanTask | None:
@@ -152,7 +161,7 @@ def upload_target(session: Session, user: User, item: WorkItem, kind: str, task_
 
     `lock`: decide under `lock_evidence`, so a submission that opens a review and this upload are serialised:
     either the upload lands before the submission reads its gate (and is what is reviewed), or it is refused."""
-    _check_kind(kind)
+    _check_kind(kind, item.contract.settings)
     if lock:
         lock_evidence(session, item.id)
     named: HumanTask | None = None
@@ -281,6 +290,7 @@ class StreamedUpload:
         self._store = store
         self._item_id = item.id
         self._contract = item.contract.code  # now, not lazily halfway through the body
+        self._settings = dict(item.contract.settings or {})
         self._max_bytes = max_bytes
         self.kind: str | None = None
         self.filename: str | None = None
@@ -297,7 +307,7 @@ class StreamedUpload:
         return self._put is not None or self._refusal is not None
 
     def set_kind(self, kind: str) -> None:
-        _check_kind(kind)
+        _check_kind(kind, self._settings)
         self.kind = kind
         if self._refusal is not None:
             raise self._refusal

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from engine import audit, text
 from engine.access import authorize
 from engine.errors import Invalid
-from engine.workflow import Ctx, NewItem, create_item
+from engine.workflow import Ctx, NewItem, create_item, line_kind, period_bounds
 from storage.models import CHANNELS, Contract, Department, WorkItem
 
 MAX_ROWS = 20_000
@@ -29,8 +29,19 @@ HEADERS: dict[str, str] = {
     "channels": "channels", "渠道": "channels", "接入渠道": "channels",
     "mode": "mode", "接入方式": "mode",
     "difficulty": "difficulty", "难度系数": "difficulty",
+    # Conditions a line's rules read, and a metered record's figures.
+    "data_quality": "data_quality", "需数据质量检测": "data_quality", "数据质量检测": "data_quality",
+    "departments": "departments", "协同部门": "departments", "关联部门": "departments",
+    "parts": "parts", "亮证用证": "parts", "接入内容": "parts",
+    "units": "units", "计量数量": "units",
+    "period": "period", "计量期间": "period", "期间": "period",
 }
-REQUIRED = ("name", "code", "department", "service_line", "channels", "mode")
+REQUIRED = ("name", "code", "department", "service_line")
+# Required for countable work; a metered record needs units and period instead, a deliverable neither.
+COUNTABLE_REQUIRED = ("channels", "mode")
+YES_WORDS = {"1", "y", "yes", "true", "是", "需要", "√"}
+NO_WORDS = {"", "0", "n", "no", "false", "否", "不需要"}
+PART_WORDS = {"showing": "showing", "亮证": "showing", "using": "using", "用证": "using"}
 CHANNEL_WORDS = {
     "pc": "pc", "pc端": "pc", "电脑端": "pc", "网页端": "pc",
     "mobile": "mobile", "移动端": "mobile", "手机端": "mobile", "移动": "mobile",
@@ -198,7 +209,8 @@ def _row(number: int, cells: list[str], columns: dict[str, int], contract: str, 
         return cells[index] if index is not None and index < len(cells) else ""
 
     before = len(errors)
-    values = {k: get(k) for k in (*REQUIRED, "difficulty")}
+    values = {k: get(k) for k in (*REQUIRED, *COUNTABLE_REQUIRED, "difficulty", "data_quality", "departments",
+                                  "parts", "units", "period")}
     unstorable = [RowProblem(number, key, text.WHY) for key, value in values.items() if text.unstorable(value)]
     if unstorable:
         errors.extend(unstorable)
@@ -216,6 +228,45 @@ def _row(number: int, cells: list[str], columns: dict[str, int], contract: str, 
     if values["service_line"] and line is None:
         errors.append(RowProblem(number, "service_line", f"contract {contract} has no service line "
                                                          f"{values['service_line']!r}"))
+    kind = line_kind(line) if line is not None else "countable"
+    if kind == "countable":
+        for key in COUNTABLE_REQUIRED:
+            if not values[key] and not (key == "channels" and line is not None and not line.channels):
+                errors.append(RowProblem(number, key, "empty"))
+    attributes: dict[str, Any] = {}
+    flag = values["data_quality"].strip().lower()
+    if flag in YES_WORDS:
+        attributes["data_quality"] = True
+    elif flag not in NO_WORDS:
+        errors.append(RowProblem(number, "data_quality", f"{values['data_quality']!r} is not 是/否"))
+    if values["departments"]:
+        linked = [d for d in _SPLIT.split(values["departments"]) if d]
+        unknown = [d for d in linked if d not in departments]
+        if unknown:
+            errors.append(RowProblem(number, "departments", f"unknown departments {unknown}"))
+        attributes["departments"] = list(dict.fromkeys(linked))
+    if values["parts"]:
+        parts = [PART_WORDS.get(p.lower()) for p in _SPLIT.split(values["parts"]) if p]
+        if None in parts:
+            errors.append(RowProblem(number, "parts", f"{values['parts']!r}: parts are 亮证/showing, 用证/using"))
+        attributes["parts"] = [p for p in dict.fromkeys(parts) if p]
+    units: Decimal | None = None
+    if values["units"]:
+        try:
+            units = Decimal(values["units"].replace(",", ""))
+            if not units.is_finite() or units <= 0:
+                raise InvalidOperation
+        except InvalidOperation:
+            errors.append(RowProblem(number, "units", f"{values['units']!r} is not a number > 0"))
+    if kind == "metered":
+        if not values["units"]:
+            errors.append(RowProblem(number, "units", "a metered line's record needs its units"))
+        if not values["period"]:
+            errors.append(RowProblem(number, "period", "a metered line's record needs its period (2026-11)"))
+    elif values["units"]:
+        errors.append(RowProblem(number, "units", f"service line {values['service_line']} is not metered"))
+    if values["period"] and period_bounds(values["period"]) is None:
+        errors.append(RowProblem(number, "period", f"{values['period']!r} is not a month like 2026-11"))
     mode = MODE_WORDS.get(values["mode"].lower()) if values["mode"] else None
     if values["mode"] and mode is None:
         errors.append(RowProblem(number, "mode", f"{values['mode']!r} is not new/新增 or iteration/优化迭代"))
@@ -230,7 +281,9 @@ def _row(number: int, cells: list[str], columns: dict[str, int], contract: str, 
             errors.append(RowProblem(number, "channels", f"channel {channel} listed twice"))
         else:
             channels.append(channel)
-    if line is not None and channels:
+    if line is not None and channels and not line.channels:
+        errors.append(RowProblem(number, "channels", f"service line {line.code} is priced without channels"))
+    elif line is not None and channels:
         off = [c for c in channels if c not in line.channels]
         if off:
             errors.append(RowProblem(number, "channels", f"service line {line.code} is not offered on {off}"))
@@ -244,8 +297,8 @@ def _row(number: int, cells: list[str], columns: dict[str, int], contract: str, 
             errors.append(RowProblem(number, "difficulty", f"{values['difficulty']!r} is not a number 0.1–5"))
     if len(errors) > before:
         return None
-    assert mode is not None
     return NewItem(contract=contract, service_line=values["service_line"], name=values["name"],
                    code=values["code"], department=values["department"], channels=[c for c in CHANNELS
                                                                                     if c in channels],
-                   mode=mode, difficulty=difficulty)
+                   mode=mode or "new", difficulty=difficulty, attributes=attributes, units=units,
+                   period=values["period"] or None)

@@ -15,10 +15,20 @@ from engine.policy import authorize
 from storage.models import Settlement, SettlementLine, User, WorkItem, WorkloadEntry
 
 CENT = Decimal("0.01")
+# An entry keeps its amount at full precision (0.004 元 × 1,440,000,000 calls = 5,760,000 exactly); sums are
+# rounded to the fen only at the totals. Six places hold any product of a 4-place unit count, a 2-place
+# coefficient and a price the catalogue allows (at most 6 places) that matters to a fen.
+EXACT = Decimal("0.000001")
+ALL_CHANNELS = "all"
 
 
 def amount_of(units: Decimal, difficulty: Decimal, unit_price: Decimal) -> Decimal:
-    return (units * difficulty * unit_price).quantize(CENT, rounding=ROUND_HALF_UP)
+    return (Decimal(units) * Decimal(difficulty) * Decimal(unit_price)).quantize(EXACT, rounding=ROUND_HALF_UP)
+
+
+def total_of(amounts: Any) -> Decimal:
+    """A total rounded to the fen, once, from full-precision amounts."""
+    return sum((Decimal(a) for a in amounts), Decimal(0)).quantize(CENT, rounding=ROUND_HALF_UP)
 
 
 def tally_key(item_id: int, channel: str) -> str:
@@ -30,19 +40,22 @@ def tally_item(session: Session, actor: audit.Actor, item: WorkItem, at: datetim
     if item.status == "cancelled":
         return []
     line = item.service_line
-    keys = [tally_key(item.id, ch) for ch in item.channels]
+    # A line priced without channels (a metered record, a per-licence or per-interface line) counts once.
+    channels = list(item.channels) or [ALL_CHANNELS]
+    keys = [tally_key(item.id, ch) for ch in channels]
     existing = set(session.scalars(select(WorkloadEntry.tally_key).where(WorkloadEntry.tally_key.in_(keys))))
     created = []
-    for channel, key in zip(item.channels, keys, strict=True):
+    units = Decimal(item.units) if item.units is not None else Decimal(line.units_per_item)
+    for channel, key in zip(channels, keys, strict=True):
         if key in existing:
             continue
         price = Decimal(str(line.unit_prices[channel]))
-        units = Decimal(line.units_per_item)
         entry = WorkloadEntry(
             item_id=item.id, contract_id=item.contract_id, service_line_id=item.service_line_id,
             department_id=item.department_id, channel=channel, mode=item.mode, units=units,
             difficulty=item.difficulty, unit_price=price, amount=amount_of(units, item.difficulty, price),
-            tallied_at=at, tally_key=key,
+            tallied_at=at, tally_key=key, difficulty_proposed_by_id=item.difficulty_proposed_by_id,
+            difficulty_confirmed_by_id=item.difficulty_confirmed_by_id,
         )
         session.add(entry)
         created.append(entry)

@@ -1,6 +1,7 @@
 """Checks on a BPMN model before it may run: forms, lanes, gates, expressions — errors name the element id."""
 from __future__ import annotations
 
+import re
 import textwrap
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -15,8 +16,10 @@ from engine.policy import lane_roles
 BPMN_NS = "http://www.omg.org/spec/BPMN/20100524/MODEL"
 SPIFF_NS = "http://spiffworkflow.org/bpmn/schema/1.0/core"
 NS = {"bpmn": BPMN_NS, "spiffworkflow": SPIFF_NS}
-# Lanes name the role that acts; only roles that work on items may own a lane.
+# Lanes name the role that acts; only roles that work on items may own a lane (the third-party auditor
+# confirms metered records and difficulty coefficients).
 LANE_ROLES = lane_roles()
+_MODE_CONDITION = re.compile(r'^\s*mode\s*(==|!=)\s*["\']([a-z_]+)["\']\s*$')
 TASK_PROPERTIES = frozenset({"form", "gate", "stage", "due_days", "review_of", "department_var",
                              "decision_var", "help", "help_en"})
 
@@ -79,6 +82,32 @@ def model_gate_codes(xml: str, process_id: str | None = None, filename: str = "m
     if scope is None:
         return set()
     return {props["gate"] for task in _human_tasks(scope) if (props := properties_of(task)).get("gate")}
+
+
+def mode_guarded_gates(xml: str, process_id: str | None = None, filename: str = "model.bpmn") -> dict[str, set[str]]:
+    """Gated steps the model takes only for some modes (a flow conditioned on `mode == "new"` or
+    `mode != "new"` leads to them): gate → the modes that reach the step."""
+    from storage.models import MODES
+
+    root = xml_tree(xml, filename)
+    scope = _process(root, process_id) if process_id else root
+    if scope is None:
+        return {}
+    gates = {task.get("id"): props["gate"] for task in scope.iter(f"{{{BPMN_NS}}}userTask")
+             if (props := properties_of(task)).get("gate")}
+    out: dict[str, set[str]] = {}
+    for flow in scope.iter(f"{{{BPMN_NS}}}sequenceFlow"):
+        gate = gates.get(flow.get("targetRef"))
+        cond = flow.find("bpmn:conditionExpression", NS)
+        if gate is None or cond is None or not cond.text:
+            continue
+        match = _MODE_CONDITION.match(cond.text)
+        if match is None:
+            continue
+        op, mode = match.groups()
+        reached = {mode} if op == "==" else set(MODES) - {mode}
+        out[gate] = out.get(gate, set()) | reached
+    return out
 
 
 def process_ids(xml: str, filename: str = "model.bpmn") -> list[str]:

@@ -81,7 +81,8 @@ def _all_roles(scope: str, **overrides: str) -> dict[str, str]:
 
 
 _READ_ITEMS = _all_roles(ALL, dept_reviewer=DEPARTMENT)
-_LANE_ACTORS = {IMPLEMENTER: LANE, DEPT_REVIEWER: LANE, PM: LANE}
+# The third party acts in its own lane: it confirms metered records and difficulty coefficients.
+_LANE_ACTORS = {IMPLEMENTER: LANE, DEPT_REVIEWER: LANE, PM: LANE, AUDITOR: LANE}
 _OVERSEERS = {PM: ALL, AUDITOR: ALL, BUYER: ALL, ADMIN: ALL}
 
 _RULES = [

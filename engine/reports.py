@@ -22,19 +22,22 @@ from storage.models import (
     Settlement,
     SettlementLine,
     SettlementNote,
+    User,
     WorkItem,
     WorkloadEntry,
 )
 
 TZ = ZoneInfo("Asia/Shanghai")
-CHANNEL_NAMES = {"pc": "PC端", "mobile": "移动端", "kiosk": "自助终端"}
+CHANNEL_NAMES = {"pc": "PC端", "mobile": "移动端", "kiosk": "自助终端", "all": "不分渠道"}
 CHANNEL_RANK = {"pc": 0, "mobile": 1, "kiosk": 2}  # the catalogue's order, not the alphabet's
-MODE_NAMES = {"new": "新增接入", "iteration": "优化迭代"}
+MODE_NAMES = {"new": "新增接入", "iteration": "优化迭代", "record": "计量记录", "deliverable": "交付成果"}
 DETAIL_HEADER = ["合同编号", "服务类别编号", "服务类别", "事项名称", "事项编码", "需求部门", "渠道", "接入方式",
-                 "数量", "难度系数", "单价（元）", "金额（元）", "上线日期", "计量时间", "分录号", "冲销说明"]
+                 "数量", "难度系数", "单价（元）", "金额（元）", "上线日期", "计量时间", "分录号", "冲销说明",
+                 "完成时间", "计量期间", "难度系数提出人", "难度系数确认人", "超出服务期"]
 UNITS_COL, AMOUNT_COL, PRICE_COL = 8, 11, 10
 COUNTS_HEADER = ["服务类别编号", "服务类别", "渠道", "需求部门", "月份", "完成事项数", "数量", "金额（元）"]
-PROGRESS_HEADER = ["服务类别编号", "服务类别", "渠道/指标", "已完成", "预估量/目标", "完成率"]
+PROGRESS_HEADER = ["服务类别编号", "服务类别", "渠道/指标", "已完成", "预估量/目标", "完成率", "按期应完成", "是否按期",
+                   "期间起", "期间止"]
 CENT = Decimal("0.01")
 
 
@@ -114,7 +117,12 @@ _DETAIL_COLS = (Contract.id.label("contract_id"), Contract.code.label("contract_
                 WorkloadEntry.units, WorkloadEntry.difficulty, WorkloadEntry.unit_price, WorkloadEntry.amount,
                 type_coerce(WorkItem.completed_at, DateTime(timezone=True)).label("completed_at"),
                 type_coerce(WorkloadEntry.tallied_at, DateTime(timezone=True)).label("tallied_at"),
-                WorkloadEntry.id.label("entry_id"), WorkloadEntry.reverses_id, WorkloadEntry.reason)
+                WorkloadEntry.id.label("entry_id"), WorkloadEntry.reverses_id, WorkloadEntry.reason,
+                WorkItem.go_live_date, WorkItem.period, WorkItem.out_of_period,
+                select(User.username).where(User.id == WorkloadEntry.difficulty_proposed_by_id)
+                .scalar_subquery().label("proposed_by"),
+                select(User.username).where(User.id == WorkloadEntry.difficulty_confirmed_by_id)
+                .scalar_subquery().label("confirmed_by"))
 
 
 # Streamed workbooks; text that users typed (item names, notes) is always written as text: never as a formula
@@ -137,12 +145,15 @@ def _local(value: datetime) -> datetime:
 
 
 def _row(r: Any) -> list[Any]:
-    live = _local(r.completed_at).date().isoformat() if r.completed_at else ""
+    # 上线日期 is the date entered on the go-live step; the completion time is a column of its own.
+    live = r.go_live_date.isoformat() if r.go_live_date else ""
+    done = _local(r.completed_at).strftime("%Y-%m-%d %H:%M") if r.completed_at else ""
     note = f"冲销 #{r.reverses_id}：{r.reason or ''}" if r.reverses_id else ""
     return [r.contract_code, r.line_code, r.line_name, r.item_name, r.item_code, r.department_name,
             CHANNEL_NAMES.get(r.channel, r.channel), MODE_NAMES.get(r.mode, r.mode),
             r.units, r.difficulty, r.unit_price, r.amount, live,
-            _local(r.tallied_at).strftime("%Y-%m-%d %H:%M"), r.entry_id, note]
+            _local(r.tallied_at).strftime("%Y-%m-%d %H:%M"), r.entry_id, note,
+            done, r.period or "", r.proposed_by or "", r.confirmed_by or "", "是" if r.out_of_period else ""]
 
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -157,14 +168,25 @@ def _text(value: Any) -> Any:
 def _csv_row(r: Any) -> list[Any]:
     """`_row` with the money columns already formatted as `_fmt` does: the CSV path, in one pass per entry."""
     (_cid, contract_code, _pos, _lid, line_code, line_name, item_name, item_code, department_name, channel, mode,
-     units, difficulty, unit_price, amount, completed_at, tallied_at, entry_id, reverses_id, reason) = r
+     units, difficulty, unit_price, amount, completed_at, tallied_at, entry_id, reverses_id, reason, go_live_date,
+     period, out_of_period, proposed_by, confirmed_by) = r
     return [contract_code, line_code, _text(line_name), _text(item_name), _text(item_code), _text(department_name),
             CHANNEL_NAMES.get(channel, channel), MODE_NAMES.get(mode, mode),
-            f"{units:.2f}", f"{difficulty:.2f}", f"{unit_price:.2f}", f"{amount:.2f}",
-            _local(completed_at).date().isoformat() if completed_at else "",
+            _number(units), f"{difficulty:.2f}", _number(unit_price), f"{amount:.2f}",
+            go_live_date.isoformat() if go_live_date else "",
             # isoformat ("YYYY-MM-DD HH:MM+08:00") cut to the minute: what strftime gives, at a third of the cost
             _local(tallied_at).isoformat(" ", "minutes")[:16], entry_id,
-            f"冲销 #{reverses_id}：{reason or ''}" if reverses_id else ""]
+            f"冲销 #{reverses_id}：{reason or ''}" if reverses_id else "",
+            _local(completed_at).isoformat(" ", "minutes")[:16] if completed_at else "", period or "",
+            proposed_by or "", confirmed_by or "", "是" if out_of_period else ""]
+
+
+def _number(value: Decimal) -> str:
+    """Units and unit prices as the contract writes them: two places, more where they have more (0.004 元)."""
+    value = Decimal(value)
+    text = f"{value:.6f}".rstrip("0")
+    whole, _, frac = text.partition(".")
+    return f"{whole}.{frac.ljust(2, '0')}"
 
 
 # ---------------------------------------------------------------- the detail sheet, grouped with subtotals
@@ -309,35 +331,76 @@ def _line_sort(lines: dict[int, ServiceLine], code: str) -> tuple[int, str]:
     return positions.get(code, 0), code
 
 
-def progress(session: Session, f: WorkloadFilter) -> list[dict[str, Any]]:
+def progress(session: Session, f: WorkloadFilter, today: date | None = None) -> list[dict[str, Any]]:
     """Completed items per service line and channel against the catalogue's estimated volumes, and per line
-    against its countable targets (e.g. scenario guides 37 of ≥ 50)."""
+    against each countable target (e.g. scenario guides 37 of ≥ 50): done, percent, and whether the pace is on
+    track for the target's period (its own, else the contract's) as of `today` (China time)."""
+    today = today or datetime.now(TZ).date()
     done: dict[tuple[int, str], dict[int, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
-    for line_id, channel, _dept, item_id, _month, units, _amount in _net_rows(session, f):
+    months: dict[tuple[int, int], str] = {}
+    for line_id, channel, _dept, item_id, month, units, _amount in _net_rows(session, f):
         done[(line_id, channel)][item_id] += Decimal(units)
-    query = select(ServiceLine).join(Contract, Contract.id == ServiceLine.contract_id)
+        months[(line_id, item_id)] = min(month, months.get((line_id, item_id), month))
+    query = (select(ServiceLine, Contract).join(Contract, Contract.id == ServiceLine.contract_id))
     if f.contract:
         query = query.where(Contract.code == f.contract)
     if f.service_line:
         query = query.where(ServiceLine.code == f.service_line)
     out: list[dict[str, Any]] = []
-    for line in session.scalars(query.order_by(Contract.id, ServiceLine.position)):
+    for line, contract in session.execute(query.order_by(Contract.id, ServiceLine.position)):
         line_items: set[int] = set()
-        for channel in line.channels:
+        period = (contract.period_start, contract.period_end)
+        for channel in line.channels or ["all"]:
             items = {i for i, u in done.get((line.id, channel), {}).items() if u > 0}
             line_items |= items
             estimate = (line.estimated_volumes or {}).get(channel)
-            out.append(_progress_row(line, channel, CHANNEL_NAMES.get(channel, channel), len(items), estimate))
-        for target, value in sorted((line.targets or {}).items()):
-            if isinstance(value, int | float) and target in ("items", "min_items"):
-                out.append(_progress_row(line, f"target:{target}", "目标事项数", len(line_items), value))
+            out.append(_progress_row(contract, line, channel, CHANNEL_NAMES.get(channel, channel), len(items),
+                                     {"min": estimate} if estimate else None, period, today))
+        for name, bounds in sorted((line.targets or {}).items()):
+            if isinstance(bounds, int | float):  # stored before targets were normalised
+                bounds = {"min": int(bounds)}
+            if not isinstance(bounds, dict):
+                continue
+            # A target with its own period counts the work of that period; otherwise all of the contract's
+            # (work outside the contract's period is flagged on the item), paced over the contract's period.
+            own_start = date.fromisoformat(bounds["start"]) if bounds.get("start") else None
+            own_end = date.fromisoformat(bounds["end"]) if bounds.get("end") else None
+            start, end = own_start or period[0], own_end or period[1]
+            counted = [i for i in line_items
+                       if (own_start is None or months[(line.id, i)] >= own_start.strftime("%Y-%m"))
+                       and (own_end is None or months[(line.id, i)] <= own_end.strftime("%Y-%m"))]
+            out.append(_progress_row(contract, line, f"target:{name}", TARGET_LABELS.get(name, name), len(counted),
+                                     bounds, (start, end), today))
     return out
 
 
-def _progress_row(line: ServiceLine, key: str, label: str, completed: int, target: Any) -> dict[str, Any]:
+TARGET_LABELS = {"items": "目标数", "scenario_guides": "场景导办事项目标", "min_items": "目标数"}
+
+
+def _progress_row(contract: Contract, line: ServiceLine, key: str, label: str, completed: int,
+                  bounds: dict[str, Any] | None, period: tuple[date | None, date | None],
+                  today: date) -> dict[str, Any]:
+    target = None if not bounds else bounds.get("min", bounds.get("max"))
     ratio = None if not target else round(completed / float(target), 4)
-    return {"service_line": line.code, "service_line_name": line.name, "measure": key, "label": label,
-            "completed": completed, "target": target, "ratio": ratio}
+    start, end = period
+    on_track: bool | None = None
+    expected: float | None = None
+    if bounds and "min" in bounds and target:
+        # The share of the period gone by: the pace the target needs by now.
+        if start is not None and end is not None and end >= start:
+            elapsed = min(max((today - start).days + 1, 0), (end - start).days + 1) / ((end - start).days + 1)
+        else:
+            elapsed = 1.0
+        expected = round(float(target) * elapsed, 2)
+        on_track = completed >= int(expected)
+    if bounds and "max" in bounds:
+        on_track = (on_track is not False) and completed <= bounds["max"]
+    return {"contract": contract.code, "service_line": line.code, "service_line_name": line.name, "measure": key,
+            "label": label, "completed": completed, "done": completed, "target": target,
+            "bound": "max" if bounds and "min" not in bounds else "min", "ratio": ratio,
+            "percent": None if ratio is None else round(ratio * 100, 2), "expected_by_now": expected,
+            "on_track": on_track, "period_start": start.isoformat() if start else None,
+            "period_end": end.isoformat() if end else None}
 
 
 # ---------------------------------------------------------------- file formats
@@ -453,6 +516,12 @@ class _Book:
                 sheet.write_number(i, 4, float(p["target"]))
             if p["ratio"] is not None:
                 sheet.write_number(i, 5, p["ratio"], self.pct)
+            if p["expected_by_now"] is not None:
+                sheet.write_number(i, 6, p["expected_by_now"])
+            if p["on_track"] is not None:
+                sheet.write(i, 7, "是" if p["on_track"] else "否")
+            sheet.write(i, 8, p["period_start"] or "")
+            sheet.write(i, 9, p["period_end"] or "")
 
 
 def xlsx_file(session: Session, f: WorkloadFilter,

@@ -111,7 +111,9 @@ def simulate(model: spiff.ParsedModel, xml: str) -> list[ModelProblem]:
     with deadline(MAX_SECONDS):
         for mode, departments in variants:
             start = {"mode": mode, "channels": ["pc"], "service_line": "SIM", "department": "SIM1",
-                     "attributes": {}, "departments": departments, timers.DUE_VARIABLE: timers.NO_DEADLINE}
+                     "attributes": {}, "departments": departments, timers.DUE_VARIABLE: timers.NO_DEADLINE,
+                     # set by the engine from the line's walkthrough rules; both branches are tried across modes
+                     "needs_walkthrough": mode == "new"}
             label = f"mode={mode}" + (f", {len(departments)} department(s)" if multi else "")
             try:
                 workflow = spiff.new_workflow(model, start)

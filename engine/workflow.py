@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, cast
 
@@ -17,8 +17,9 @@ import bpmn
 import forms
 from engine import audit, budgets, caching, spiff, timers
 from engine.access import authorize, load_task_for, require_act
+from engine.calendar import TZ as CHINA
 from engine.calendar import WorkCalendar
-from engine.catalog import required_kinds
+from engine.catalog import DELIVERABLE_PROCESSES, METERED_PROCESSES, required_kinds
 from engine.drafts import discard_drafts
 from engine.errors import (
     PROGRAMMING_ERRORS,
@@ -38,7 +39,9 @@ from storage.artefact_store import ArtefactStore, ObjectMissing, StoreUnavailabl
 from storage.concurrency import Lost, compare_and_set
 from storage.models import (
     CHANNELS,
+    DELIVERABLE_MODE,
     MODES,
+    RECORD_MODE,
     Artefact,
     CalendarDay,
     CalendarYear,
@@ -154,6 +157,9 @@ class NewItem:
     mode: str
     difficulty: Decimal = Decimal("1.00")
     attributes: dict[str, Any] = field(default_factory=dict)
+    # A metered line's record: how many units (calls, SMS, person-months…) in which period ("2026-11").
+    units: Decimal | None = None
+    period: str | None = None
 
 
 def _resolve_new_item(session: Session, spec: NewItem
@@ -184,14 +190,27 @@ def _resolve_new_item(session: Session, spec: NewItem
         department = session.execute(select(Department).where(Department.code == spec.department)).scalar()
         if department is None:
             errors["department"] = [f"unknown department {spec.department!r}"]
-    if spec.mode not in MODES:
+    kind = line_kind(line) if line is not None else "countable"
+    if kind == "countable" and spec.mode not in MODES:
         errors["mode"] = [f"must be one of {list(MODES)}"]
-    if not spec.channels or len(set(spec.channels)) != len(spec.channels):
+    if line is not None and not line.channels:
+        if spec.channels:
+            errors["channels"] = [f"service line {line.code} is priced without channels; give none"]
+    elif not spec.channels or len(set(spec.channels)) != len(spec.channels):
         errors["channels"] = ["give one or more distinct channels"]
     elif any(c not in CHANNELS for c in spec.channels):
         errors["channels"] = [f"channels must be among {list(CHANNELS)}"]
     elif line is not None and any(c not in line.channels for c in spec.channels):
         errors["channels"] = [f"service line {line.code} is offered on {line.channels} only"]
+    if kind == "metered":
+        if spec.units is None or not spec.units.is_finite() or spec.units <= 0 or spec.units >= Decimal("1e14"):
+            errors["units"] = ["a metered record needs its units (a number > 0)"]
+        if spec.period is None:
+            errors["period"] = ["a metered record needs its period, e.g. 2026-11"]
+    elif spec.units is not None:
+        errors["units"] = ["only a metered line's record carries units"]
+    if spec.period is not None and period_bounds(spec.period) is None:
+        errors["period"] = ["a period is a month like 2026-11"]
     if not (Decimal("0.1") <= spec.difficulty <= Decimal("5")):
         errors["difficulty"] = ["must be between 0.1 and 5"]
     if not spec.name.strip():
@@ -206,16 +225,73 @@ def _resolve_new_item(session: Session, spec: NewItem
     return contract, line, department, definition
 
 
+def line_kind(line: ServiceLine) -> str:
+    """What a work item of this line is: a metered record, a contract-level deliverable, or countable work."""
+    if line.metered or line.process_id in METERED_PROCESSES:
+        return "metered"
+    if line.process_id in DELIVERABLE_PROCESSES:
+        return "deliverable"
+    return "countable"
+
+
+def period_bounds(period: str) -> tuple[date, date] | None:
+    """The first and last day of a period written as a month (2026-11), or None if it is not one."""
+    if not isinstance(period, str) or len(period) != 7 or period[4] != "-":
+        return None
+    try:
+        first = date(int(period[:4]), int(period[5:]), 1)
+    except ValueError:
+        return None
+    if not 2000 <= first.year <= 2100:
+        return None
+    nxt = date(first.year + (first.month == 12), first.month % 12 + 1, 1)
+    return first, nxt - timedelta(days=1)
+
+
+def _out_of_period(contract: Contract, spec: NewItem, now: datetime) -> bool:
+    """Whether the item falls outside the contract's service period: a record by its period, other work by the
+    day it is registered (China time)."""
+    start, end = contract.period_start, contract.period_end
+    if start is None and end is None:
+        return False
+    bounds = period_bounds(spec.period) if spec.period else None
+    first, last = bounds if bounds else (local_day(now), local_day(now))
+    return bool((start is not None and last < start) or (end is not None and first > end))
+
+
+def tally_time(item: WorkItem, now: datetime) -> datetime:
+    """When an item's work counts: now, or for a record of a period, a moment inside that period (its month
+    in the counts is the period's, whenever the third party confirmed it)."""
+    bounds = period_bounds(item.period) if item.period else None
+    if bounds is None:
+        return now
+    first = datetime.combine(bounds[0], datetime.min.time(), CHINA)
+    last = datetime.combine(bounds[1], datetime.max.time(), CHINA)
+    return min(max(now, first), last).astimezone(UTC)
+
+
+def local_day(at: datetime) -> date:
+    return at.astimezone(CHINA).date()
+
+
 def create_item(ctx: Ctx, spec: NewItem) -> WorkItem:
     """Register a work item and start its process at once (PM)."""
     assert ctx.user is not None
     authorize(ctx.user, "item.create")
     contract, line, department, definition = _resolve_new_item(ctx.session, spec)
+    kind = line_kind(line)
+    mode = {"metered": RECORD_MODE, "deliverable": DELIVERABLE_MODE}.get(kind, spec.mode)
+    outside = _out_of_period(contract, spec, ctx.now)
+    if outside and (contract.settings or {}).get("out_of_period") == "refuse":
+        what = f"period {spec.period}" if spec.period else f"today ({local_day(ctx.now).isoformat()})"
+        raise Invalid(f"{what} is outside contract {contract.code}'s service period "
+                      f"({contract.period_start} – {contract.period_end})", code="out_of_period")
     item = WorkItem(
         contract_id=contract.id, service_line_id=line.id, department_id=department.id, code=spec.code.strip(),
-        name=spec.name.strip(), channels=list(spec.channels), mode=spec.mode,
-        difficulty=spec.difficulty.quantize(Decimal("0.01")), attributes=dict(spec.attributes),
-        status="active", created_by_id=ctx.user.id, created_at=ctx.now,
+        name=spec.name.strip(), channels=list(spec.channels), mode=mode,
+        difficulty=spec.difficulty.quantize(Decimal("0.01")) if kind == "countable" else Decimal("1.00"),
+        attributes=dict(spec.attributes), status="active", created_by_id=ctx.user.id, created_at=ctx.now,
+        units=spec.units, period=spec.period, out_of_period=outside,
     )
     item.contract, item.service_line, item.department = contract, line, department
     definition = definition or current_definition(ctx.session, line.process_id)
@@ -224,6 +300,9 @@ def create_item(ctx: Ctx, spec: NewItem) -> WorkItem:
         "mode": item.mode, "channels": list(item.channels), "service_line": line.code,
         "department": department.code, "attributes": dict(item.attributes),
         timers.DUE_VARIABLE: timers.NO_DEADLINE,
+        # The walkthrough step is taken exactly when the line's rules require evidence of it for this item.
+        "needs_walkthrough": bool(required_kinds(line.gates, "walkthrough", mode=item.mode,
+                                                 channels=list(item.channels), attributes=item.attributes or {})),
     }
     start_data.update({k: v for k, v in item.attributes.items() if k in ("departments", "parts")})
     workflow = start_workflow(model, start_data)
@@ -239,9 +318,12 @@ def create_item(ctx: Ctx, spec: NewItem) -> WorkItem:
     ctx.session.add_all(created)
     ctx.session.flush()
     _notify_created(ctx, created, None)
+    extra: dict[str, Any] = {"units": str(item.units), "period": item.period} if item.units is not None else {}
+    if outside:
+        extra["out_of_period"] = True
     audit.record(ctx.session, ctx.actor, "item.created", target_type="item", target_id=item.id,
                  code=item.code, service_line=line.code, mode=item.mode, channels=item.channels,
-                 difficulty=str(item.difficulty), definition=definition.sha256[:12])
+                 difficulty=str(item.difficulty), definition=definition.sha256[:12], **extra)
     return item
 
 
@@ -489,9 +571,37 @@ def task_requirements(session: Session, task: HumanTask, artefacts: list[Artefac
     return gate_requirements(session, task.item, task.gate, artefacts, department_id=evidence_scope(task))
 
 
+def optional_present(session: Session, task: HumanTask) -> list[GateStatus]:
+    """The optional working documents of a task's step that were uploaded: they go with the submission (and
+    to its review) like the required ones, but their absence never holds the gate."""
+    item = task.item
+    kinds = required_kinds(item.service_line.gates, task.gate, mode=item.mode, channels=list(item.channels),
+                           attributes=item.attributes or {}, optional=True)
+    if not kinds:
+        return []
+    scope = evidence_scope(task)
+    rows = session.scalars(select(Artefact).where(
+        Artefact.item_id == item.id, Artefact.kind.in_(kinds), Artefact.status == "stored",
+        Artefact.department_id.is_(None) if scope is None else Artefact.department_id == scope)
+        .order_by(Artefact.id).options(lazyload(Artefact.uploaded_by)))
+    latest = {row.kind: row for row in rows}
+    return [GateStatus(kind, latest[kind]) for kind in kinds if kind in latest]
+
+
+def optional_statuses(session: Session, task: HumanTask) -> list[GateStatus]:
+    """Every optional working document of a task's step, with its latest upload or None."""
+    item = task.item
+    kinds = required_kinds(item.service_line.gates, task.gate, mode=item.mode, channels=list(item.channels),
+                           attributes=item.attributes or {}, optional=True)
+    present = {s.kind: s for s in optional_present(session, task)}
+    return [present.get(kind) or GateStatus(kind, None) for kind in kinds]
+
+
 def check_gate(ctx: Ctx, task: HumanTask) -> list[GateStatus]:
-    """Every required artefact must exist and match its stored size and hash in the object store."""
+    """Every required artefact must exist and match its stored size and hash in the object store; optional
+    ones uploaded for the step are checked the same way and go with it."""
     statuses = task_requirements(ctx.session, task)
+    statuses += [s for s in optional_present(ctx.session, task) if s.kind not in {r.kind for r in statuses}]
     missing = [s.kind for s in statuses if s.artefact is None]
     if ctx.store is not None:
         store = ctx.store
@@ -684,9 +794,22 @@ def complete_task(ctx: Ctx, task_id: int, data: Any) -> HumanTask:
     _retain_evidence(ctx, [s.artefact for s in statuses if s.artefact is not None])
     if task.form == "difficulty_confirmation":
         old = item.difficulty
-        item.difficulty = Decimal(clean["difficulty"]).quantize(Decimal("0.01"))
-        audit.record(session, ctx.actor, "item.difficulty_set", target_type="item", target_id=item.id,
+        item.difficulty = _allowed_difficulty(item, clean["difficulty"], "difficulty")
+        item.difficulty_proposed_by_id = ctx.user.id
+        item.difficulty_confirmed_by_id = None
+        audit.record(session, ctx.actor, "item.difficulty_proposed", target_type="item", target_id=item.id,
                      old=str(old), new=str(item.difficulty), note=clean.get("complexity_note"))
+    elif task.form == "difficulty_review":
+        proposed = item.difficulty
+        if clean["verdict"] == "set":
+            item.difficulty = _allowed_difficulty(item, clean["difficulty"], "difficulty")
+        item.difficulty_confirmed_by_id = ctx.user.id
+        audit.record(session, ctx.actor, "item.difficulty_confirmed", target_type="item", target_id=item.id,
+                     proposed=str(proposed), confirmed=str(item.difficulty), verdict=clean["verdict"],
+                     reason=clean.get("reason"))
+    if task.form == "go_live" and clean.get("go_live_date") is not None:
+        value = clean["go_live_date"]
+        item.go_live_date = value if isinstance(value, date) else date.fromisoformat(str(value))
     returned = clean.get("decision") == "return"
     audit.record(session, ctx.actor, "task.completed", target_type="task", target_id=task.id, item_id=item.id,
                  task=task.spec_name, decision=clean.get("decision"), comment=clean.get("comment"),
@@ -696,9 +819,19 @@ def complete_task(ctx: Ctx, task_id: int, data: Any) -> HumanTask:
         item.status = "completed"
         item.completed_at = ctx.now
         audit.record(session, ctx.actor, "item.completed", target_type="item", target_id=item.id)
-        tally_item(session, ctx.actor, item, ctx.now)
+        tally_item(session, ctx.actor, item, tally_time(item, ctx.now))
     session.flush()
     return task
+
+
+def _allowed_difficulty(item: WorkItem, value: Any, field_name: str) -> Decimal:
+    """A coefficient the contract allows on the item's line (any 0.1–5 when the line declares no levels)."""
+    difficulty = Decimal(value).quantize(Decimal("0.01"))
+    levels = [Decimal(str(level["value"])) for level in (item.service_line.difficulty_levels or [])]
+    if levels and difficulty not in levels:
+        raise FormInvalid({field_name: [f"the contract allows {', '.join(str(v) for v in levels)} on line "
+                                        f"{item.service_line.code}"]})
+    return difficulty
 
 
 def _retain_evidence(ctx: Ctx, artefacts: list[Artefact]) -> None:

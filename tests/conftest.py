@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 
 from engine import audit, spiff
 
@@ -176,6 +176,7 @@ class World:
         self.app = app
         self.client = client
         self.tokens: dict[str, str] = {}
+        self.auto_confirm_difficulty = True
 
     def user(self, username: str, role: str, department: str | None = None) -> None:
         from api.auth import hash_password
@@ -203,7 +204,7 @@ class World:
                  difficulty: float = 1.0) -> dict[str, Any]:
         r = self.post("pm", "/api/v1/items", json={
             "contract": "SH-YWTB-2025", "service_line": line, "name": f"事项 {code}", "code": code,
-            "department": department, "channels": channels or ["pc", "mobile"], "mode": mode,
+            "department": department, "channels": ["pc", "mobile"] if channels is None else channels, "mode": mode,
             "difficulty": difficulty, "attributes": attributes or {}})
         assert r.status_code == 201, r.get_json()
         return r.get_json()
@@ -276,9 +277,28 @@ class World:
                 if not req["present"]:
                     r = self.upload(username, item_id, req["kind"], task_id=task["id"])
                     assert r.status_code == 201, r.get_json()
+            # A diligent implementer also gives the step's optional working documents (e.g. the survey form).
+            present = {a["kind"] for a in self.get(username, f"/api/v1/items/{item_id}").get_json()["artefacts"]}
+            for opt in detail.get("optional_artefacts", []):
+                if opt["kind"] not in present:
+                    r = self.upload(username, item_id, opt["kind"], task_id=task["id"])
+                    assert r.status_code == 201, r.get_json()
         r = self.complete(username, task["id"], data)
         assert r.status_code == 200, r.get_json()
+        if name == "confirm_difficulty" and self.auto_confirm_difficulty:
+            # The third party confirms the PM's proposal (tests of that step turn this off).
+            review = [t for t in self.open_tasks(item_id) if t["name"] == "review_difficulty"]
+            if review:
+                self.user("auditor", "auditor") if "auditor" not in self._known_users() else None
+                done = self.complete("auditor", review[0]["id"], {"verdict": "confirm"})
+                assert done.status_code == 200, done.get_json()
         return r.get_json()
+
+    def _known_users(self) -> set[str]:
+        from api.extensions import db
+        from storage.models import User
+
+        return set(db.session.scalars(select(User.username)))
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from engine.settlement import PROCESS_ID
 from engine.workkinds import work_kind_ids
 
 START = {"mode": "new", "channels": ["pc"], "service_line": "5", "department": "DA", "attributes": {},
+         "needs_walkthrough": True,
          "due_at_iso": "9999-12-31T00:00:00+00:00", "departments": ["DA", "DB"]}
 APPROVE = {"decision": "approve", "comment": "ok"}
 RETURN = {"decision": "return", "comment": "again"}

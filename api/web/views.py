@@ -48,7 +48,7 @@ from engine.preview import MAX_BYTES as PREVIEW_MAX_BYTES
 from engine.preview import PREVIEWABLE_DOCUMENTS, NotPreviewable, document_preview
 from engine.rounds import artefact_versions, review_rounds, step_records
 from engine.sheets import SHEETS
-from engine.workflow import claim, complete_task, hand_over, task_requirements, unclaim
+from engine.workflow import claim, complete_task, hand_over, optional_statuses, task_requirements, unclaim
 from storage.artefact_store import ObjectMissing, StoreUnavailable
 from storage.models import Department, HumanTask, ProcessInstance, ServiceLine, User, WorkItem
 from storage.unit_of_work import unit_of_work
@@ -311,6 +311,9 @@ def render_task(task: HumanTask, *, errors: dict[str, list[str]] | None = None,
     # A review shows exactly what was submitted to it (from the gate pass), in its own department's scope.
     review = submitted_evidence(db.session, task) if task.review_of else []
     unmet = [s.kind for s in gate if s.artefact is None]
+    # The step's optional working documents are listed (and uploadable) after what it requires.
+    optional = optional_statuses(db.session, task) if task.status == "ready" else []
+    gate = gate + [s for s in optional if s.kind not in {g.kind for g in gate}]
     if missing:
         unmet = list(dict.fromkeys(unmet + missing))
     may_act = may_act_on(user, task)
@@ -342,7 +345,7 @@ def render_task(task: HumanTask, *, errors: dict[str, list[str]] | None = None,
         max_upload_mb=settings.max_upload_mb, accepted=",".join(ACCEPTED_EXTENSIONS), previewable=PREVIEWABLE,
         previewable_documents=PREVIEWABLE_DOCUMENTS,
         task_department=departments.get(task.department_id or 0), now=datetime.now(UTC), me=user,
-        sheet_kinds=set(SHEETS),
+        sheet_kinds=set(SHEETS), optional_kinds={s.kind for s in optional},
         status_code=status,
     ), status
 
@@ -595,5 +598,9 @@ def dashboard() -> Any:
 
     # Every contract clock (settlement materials and revisions, monthly reports, rectifications), due first.
     clocks = running_clocks(db.session, now) if may(user, "settlement.read") else []
+    from engine.reports import WorkloadFilter, progress
+
+    # Progress toward every countable target of every contract (done / target / percent / on track).
+    targets = [p for p in progress(db.session, WorkloadFilter()) if p["measure"].startswith("target:")]
     return render_template("web/dashboard.html", dash=dash, now=now, departments=departments, stages=STAGES,
-                           clocks=clocks)
+                           clocks=clocks, targets=targets)
