@@ -13,14 +13,14 @@ from sqlalchemy import select
 import bpmn
 from api.auth import hash_password
 from api.extensions import db
-from engine import audit
-from engine.accounts import create_user, ensure_department
-from engine.calendar import TZ
-from engine.catalog import load_catalog_file
-from engine.evidence import upload_artefact
-from engine.policy import ADMIN, AUDITOR, BUYER, CLI_ROLE, DEPT_REVIEWER, IMPLEMENTER, PM
-from engine.sheets import is_sheet_kind, sheet_for
-from engine.workflow import Ctx, NewItem, complete_task, create_item, task_requirements
+from engine.contract.calendar import TZ
+from engine.contract.catalog import load_catalog_file
+from engine.evidence.artefacts import upload_artefact
+from engine.evidence.sheets import is_sheet_kind, sheet_for
+from engine.trust import audit
+from engine.trust.accounts import create_user, ensure_department
+from engine.trust.policy import ADMIN, AUDITOR, BUYER, CLI_ROLE, DEPT_REVIEWER, IMPLEMENTER, PM
+from engine.usecases.tasks import Ctx, NewItem, complete_task, create_item, task_requirements
 from storage.models import Contract, HumanTask, User, WorkItem
 from storage.unit_of_work import unit_of_work
 
@@ -181,7 +181,7 @@ def load_demo(app: Flask, store: Any, echo: Callable[[str], None] = print) -> No
                 break
         echo(f"  {code} {name}: {item.status} / {item.stage}")
     # A service order (运营服务单) the department has filed and the PM has yet to accept.
-    from engine.service_orders import NewOrder, file_order
+    from engine.usecases.service_orders import NewOrder, file_order
 
     with unit_of_work(db.session):
         reviewer = db.session.execute(select(User).where(User.username == "rev_ga")).scalar_one()

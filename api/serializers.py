@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from engine.catalog import ARTEFACT_KINDS, kind_title
+from engine.contract.catalog import ARTEFACT_KINDS, kind_title
 from storage.models import Artefact, AuditEvent, Department, HumanTask, User, WorkItem, WorkloadEntry
 
 
@@ -26,11 +26,11 @@ def money(value: Decimal) -> float:
 
 def _masked(item: WorkItem) -> dict[str, Any]:
     """The item's attributes as the caller may see them: personal data masked (脱敏) for roles the contract's
-    settings do not clear (engine/masking.py)."""
+    settings do not clear (engine/trust/masking.py)."""
     from flask import has_request_context
 
     from api.authz import request_user
-    from engine import masking
+    from engine.trust import masking
 
     attrs = item.attributes or {}
     if not attrs or not has_request_context():

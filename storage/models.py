@@ -516,7 +516,7 @@ class SettlementNote(Base):
 class Notification(Base):
     """One notification for one person, with that person's own read state: a task returned to them, new work in
     their queue, a claim handed to them, a reminder or escalation, a settlement step waiting for their role.
-    Group events are fanned out to a row per member (engine/notify.py), so one member reading it reads it for
+    Group events are fanned out to a row per member (engine/trust/notify.py), so one member reading it reads it for
     no one else."""
 
     __tablename__ = "notifications"

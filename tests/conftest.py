@@ -16,7 +16,8 @@ import psycopg
 import pytest
 from sqlalchemy import delete, select
 
-from engine import audit, spiff
+from engine.runtime import spiff
+from engine.trust import audit
 
 # What the app factory installs, for tests that run the engine without an app.
 spiff.install()
@@ -106,7 +107,7 @@ def app_for_backend(backend: str, _apps: dict[str, Any], tmp_path_factory: pytes
 
 def truncate_all(app: Any) -> None:
     from api.extensions import db
-    from engine import audit
+    from engine.trust import audit
     from storage.models import Base
 
     with app.app_context():
@@ -181,7 +182,7 @@ class World:
     def user(self, username: str, role: str, department: str | None = None) -> None:
         from api.auth import hash_password
         from api.extensions import db
-        from engine.accounts import create_user
+        from engine.trust.accounts import create_user
 
         create_user(db.session, username, hash_password(PASSWORD), role, department)
         db.session.commit()
@@ -223,7 +224,7 @@ class World:
                filename: str | None = None, task_id: int | str | None = None) -> Any:
         """Upload one file of `kind`; `task_id`, when given, names the task it is for."""
         from api.demo import demo_pdf
-        from engine.sheets import is_sheet_kind
+        from engine.evidence.sheets import is_sheet_kind
 
         data: dict[str, Any] = {"kind": kind}
         if task_id is not None:
@@ -236,7 +237,7 @@ class World:
     def sheet_code(self, item_id: int, kind: str) -> str:
         """The verification code of the item's sign-off sheet of `kind` (made as printing it would)."""
         from api.extensions import db
-        from engine.sheets import sheet_for
+        from engine.evidence.sheets import sheet_for
         from storage.models import WorkItem
 
         code = sheet_for(db.session, db.session.get(WorkItem, item_id), kind, None).code
@@ -305,7 +306,7 @@ class World:
 def world(app: Any, client: Any) -> World:
     from api.extensions import db
     from bpmn import CATALOG_DIR
-    from engine.catalog import load_catalog_file
+    from engine.contract.catalog import load_catalog_file
 
     load_catalog_file(db.session, CATALOG_DIR / "shanghai.toml")
     db.session.commit()
@@ -331,7 +332,7 @@ def seeded_sqlite_world(apps: dict[str, Any], tmp_path_factory: pytest.TempPathF
     For module-scoped fixtures (the authz matrix, the fuzzer); call inside the app context it needs."""
     from api.extensions import db
     from bpmn import CATALOG_DIR
-    from engine.catalog import load_catalog_file
+    from engine.contract.catalog import load_catalog_file
 
     if "sqlite" not in apps:
         apps["sqlite"] = make_app(f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'itemgate.db'}", s3_server,

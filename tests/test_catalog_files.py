@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from bpmn import CATALOG_DIR
-from engine.catalog import CatalogError, parse_catalog, required_kinds
+from engine.contract.catalog import CatalogError, parse_catalog, required_kinds
 
 SHANGHAI = (CATALOG_DIR / "shanghai.toml").read_text(encoding="utf-8")
 KAIPING = (CATALOG_DIR / "kaiping.toml").read_text(encoding="utf-8")

@@ -13,7 +13,7 @@ from tests.conftest import World
 def kaiping(world: World) -> World:
     from api.extensions import db
     from bpmn import CATALOG_DIR
-    from engine.catalog import load_catalog_file
+    from engine.contract.catalog import load_catalog_file
 
     load_catalog_file(db.session, CATALOG_DIR / "kaiping.toml")
     db.session.commit()
@@ -232,7 +232,7 @@ go_live = []
 
 
 def test_a_catalogue_whose_gate_can_never_be_met_is_refused_naming_the_line():
-    from engine.catalog import CatalogError, parse_catalog
+    from engine.contract.catalog import CatalogError, parse_catalog
 
     parsed = parse_catalog(CATALOG, "t.toml")
     assert parsed["contract"]["settings"]["artefact_kinds"]["site_photos"]["title"] == "现场照片"
@@ -244,7 +244,7 @@ def test_a_catalogue_whose_gate_can_never_be_met_is_refused_naming_the_line():
     with pytest.raises(CatalogError, match=r"code 'g'\): gates.guide_design\[1\]: unknown artefact kind 'site_fotos'"):
         parse_catalog(unknown, "t.toml")
     # A step the model takes only for new items, while the rules require its evidence of iterations too.
-    from engine.catalog import check_reachable
+    from engine.contract.catalog import check_reachable
 
     with pytest.raises(CatalogError, match="skips that step for \\['iteration'\\]"):
         check_reachable({"walkthrough": [{"kind": "walkthrough_confirmation", "when": {}}]}, {"walkthrough"},
@@ -310,7 +310,7 @@ def test_the_demo_loads_both_contracts_with_periods_covering_today(app, store):
 
     from api.demo import cover_today, load_demo
     from api.extensions import db
-    from engine.calendar import TZ
+    from engine.contract.calendar import TZ
     from storage.models import Contract
 
     load_demo(app, store, echo=lambda _line: None)

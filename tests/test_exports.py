@@ -163,7 +163,7 @@ def test_csv_and_xlsx_detail_sheets_carry_the_same_lines(world, local_zone_far_f
 
 
 def test_the_detail_sheet_sees_changes_not_yet_flushed(world):
-    from engine.reports import WorkloadFilter, csv_stream
+    from engine.money.reports import WorkloadFilter, csv_stream
 
     (item,) = completed_items(1, prefix="XF", at=JUNE)
     entry = db.session.get(WorkloadEntry, entry_ids([item])[0])

@@ -16,8 +16,8 @@ from SpiffWorkflow.spiff.parser.process import VALIDATOR, SpiffBpmnParser
 from SpiffWorkflow.spiff.serializer.config import SPIFF_CONFIG
 from SpiffWorkflow.util.task import TaskState
 
-from engine.modelcheck import TASK_PROPERTIES
-from engine.workkinds import work_kind_ids
+from engine.runtime.modelcheck import TASK_PROPERTIES
+from engine.runtime.workkinds import work_kind_ids
 
 BPMN_DIR = Path(__file__).resolve().parents[1] / "bpmn"
 MODELS = list(work_kind_ids())
@@ -49,9 +49,9 @@ SNAKE = re.compile(r"^[a-z][a-z0-9_]*$")
 
 BASE_DATA = {"mode": "new", "channels": ["pc", "mobile"], "service_line": "single_department",
              "department": "d_lead", "attributes": {"data_quality": True},
-             # the engine sets it from the line's walkthrough rules (engine/workflow.py create_item)
+             # the engine sets it from the line's walkthrough rules (engine/usecases/tasks.py create_item)
              "needs_walkthrough": True,
-             # the engine starts every instance with this (engine/timers.py): deadline timers read it
+             # the engine starts every instance with this (engine/runtime/timers.py): deadline timers read it
              "due_at_iso": "9999-12-31T00:00:00+00:00"}
 
 

@@ -24,8 +24,11 @@ from api.downloads import artefact_response
 from api.extensions import db
 from api.limits import remember_device
 from api.serializers import artefact_json, history_json, iso, item_summary, task_json, task_rows_json
-from engine import accounts, audit, lists
-from engine.access import (
+from engine.contract.catalog import ARTEFACT_KINDS, kind_title
+from engine.errors import Conflict, DomainError, Invalid, NotFound
+from engine.evidence.artefacts import optional_kinds, submitted_evidence, upload_artefact
+from engine.trust import accounts, audit
+from engine.trust.access import (
     artefact_scope,
     authorize,
     load_artefact_for,
@@ -33,12 +36,10 @@ from engine.access import (
     load_task_for,
     may_see_artefact,
 )
-from engine.catalog import ARTEFACT_KINDS, kind_title
-from engine.errors import Conflict, DomainError, Invalid, NotFound
-from engine.evidence import optional_kinds, submitted_evidence, upload_artefact
-from engine.inbox import settlement_steps
-from engine.policy import ROLES
-from engine.workflow import (
+from engine.trust.policy import ROLES
+from engine.usecases import lists
+from engine.usecases.inbox import settlement_steps
+from engine.usecases.tasks import (
     Ctx,
     NewItem,
     claim,
@@ -376,7 +377,7 @@ def tasks_list(args: dict[str, Any]) -> dict[str, Any]:
     total = db.session.execute(select(func.count()).select_from(HumanTask).where(where)).scalar_one()
     tasks = task_rows_json(db.session, where, (HumanTask.created_at, HumanTask.id),
                            (args["page"] - 1) * args["per_page"], args["per_page"])
-    # Settlement steps are not item tasks; they wait for a role (engine/inbox.py) and come with the queues.
+    # Settlement steps are not item tasks; they wait for a role (engine/usecases/inbox.py) and come with the queues.
     steps = [] if args["scope"] == "mine" else [
         {"settlement_id": s.settlement_id, "label": s.label, "contract": s.contract, "step": s.step,
          "title": s.title, "round": s.round, "waiting_since": iso(s.waiting_since), "due_at": iso(s.due_at)}
@@ -469,11 +470,11 @@ def _file_length(stream: Any) -> int:
 
 def _upload_streamed(context: Ctx, item: WorkItem, boundary: bytes) -> Artefact:
     """An upload whose multipart body nothing has read yet: parsed as it arrives, its file stored as it arrives
-    (engine.evidence.StreamedUpload), so receiving and storing overlap. Anything but success leaves no object,
+    (engine.evidence.artefacts.StreamedUpload), so receiving and storing overlap. Anything but success leaves no object,
     no stray parts and no row: an unknown kind (422), a refused type (415), too large (413), the store failing
     (503), the client going away (400) or the body being malformed (422, as an unparsable form is today)."""
     from api.uploads import receive_artefact_form
-    from engine.evidence import StreamedUpload
+    from engine.evidence.artefacts import StreamedUpload
 
     assert context.user is not None and context.store is not None
     upload = StreamedUpload(context.store, item, current_app.config["ITEMGATE"].max_upload_bytes)

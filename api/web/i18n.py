@@ -14,14 +14,14 @@ from babel.messages.pofile import read_po
 from flask import Flask, request, session
 from flask_babel import format_date, format_datetime, get_locale
 
-from engine.catalog import ARTEFACT_KINDS
-from engine.policy import ROLE_LABELS
-from engine.workkinds import stage_labels, step_help
+from engine.contract.catalog import ARTEFACT_KINDS
+from engine.runtime.workkinds import stage_labels, step_help
+from engine.trust.policy import ROLE_LABELS
 
 LANGUAGES = ("zh", "en")
 DEFAULT = "zh"
 
-# Stage names and step help come from the BPMN models (engine/workkinds.py); English is below.
+# Stage names and step help come from the BPMN models (engine/runtime/workkinds.py); English is below.
 STAGES = stage_labels()
 ROLES = {**ROLE_LABELS, "system": "系统"}
 STATUSES = {"active": "进行中", "completed": "已完成", "cancelled": "已取消", "ready": "待办"}
