@@ -337,6 +337,19 @@ def decision_vars(workflow: Any) -> set[str]:
     return names
 
 
+def step_data(workflow: Any, task: Task, clean: dict[str, Any]) -> dict[str, Any]:
+    """The data a human step hands the process. Parallel branches share one data bag: a step that decides in
+    parallel (co-sign, its `decision_var`) records its decision under its own name, so one side's refusal is not
+    overwritten by the other's confirmation; its branch carries the other side's decision from an earlier round,
+    which the join would merge over the fresh one, so only its own decision leaves this branch."""
+    decision_var = task_properties(task).get("decision_var")
+    if not decision_var:
+        return clean
+    for other in decision_vars(workflow) - {decision_var}:
+        task.data.pop(other, None)
+    return {**clean, decision_var: clean.get("decision") or "approve"}
+
+
 def task_lane(task: Task) -> str | None:
     return getattr(task.task_spec, "lane", None)
 

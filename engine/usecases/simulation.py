@@ -170,7 +170,7 @@ def simulate(model: spiff.ParsedModel, xml: str) -> list[ModelProblem]:
                     step = f"{name}[{choice_label}]" if choice_label else name
                     steps = [*path.steps, step]
                     try:
-                        target.data.update(data)
+                        target.data.update(spiff.step_data(branch, target, data))
                         target.run()
                         branch.do_engine_steps()
                         state = serialize_state(branch, model)

@@ -774,16 +774,7 @@ def complete_task(ctx: Ctx, task_id: int, data: Any) -> HumanTask:
     spiff_task = workflow.get_task_from_id(UUID(task.spiff_task_id))
     if spiff_task is None or spiff_task.state != TaskState.READY:
         raise Conflict(f"task {task_id} is no longer ready", code="task_not_ready")
-    step_data = clean
-    decision_var = spiff.task_properties(spiff_task).get("decision_var")
-    if decision_var:
-        # Parallel branches share one data bag: a step that decides in parallel (co-sign) records its decision
-        # under its own name, so one side's refusal is not overwritten by the other's confirmation.
-        # Its branch carries the other side's decision from an earlier round, which the join would merge over
-        # the fresh one: only its own decision leaves this branch.
-        step_data = {**clean, decision_var: clean.get("decision") or "approve"}
-        for other in spiff.decision_vars(workflow) - {decision_var}:
-            spiff_task.data.pop(other, None)
+    step_data = spiff.step_data(workflow, spiff_task, clean)
     run_and_step(workflow, spiff_task, step_data, "the process")
 
     task.data = clean
