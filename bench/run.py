@@ -47,6 +47,7 @@ from bench.harness import (
     run_concurrently,
     sequence_marks,
     set_sequences,
+    statement_times,
     timed,
 )
 
@@ -1111,14 +1112,20 @@ class Bench:
             f"all written with COPY in {self.timings.get('generate pages data', 0):.1f} s (VACUUM ANALYZE "
             "included).")
         slow = [r for r in results if r[2].p95 > target]
-        for label, path, api, _bare, count, statements in slow[:3]:
-            shapes: dict[str, int] = {}
-            for st in statements:
-                key = re.sub(r"\s+", " ", st.sql)[:140]
-                shapes[key] = shapes.get(key, 0) + 1
-            top = sorted(shapes.items(), key=lambda kv: -kv[1])[:5]
-            row.details.append(f"Statements of {label} ({count}), most repeated first:\n\n```\n"
-                               + "\n".join(f"{c:4d} × {s}" for s, c in top) + "\n```")
+        if slow:
+            with psycopg.connect(self.db.dsn) as conn:
+                for label, _path, api, bare, count, statements in slow:
+                    each = statement_times(conn, statements)
+                    shapes: dict[str, list[float]] = {}
+                    for st, t in zip(statements, each, strict=True):
+                        key = re.sub(r"\s+", " ", st.sql)
+                        shapes.setdefault(key, []).append(t)
+                    top = sorted(shapes.items(), key=lambda kv: -sum(kv[1]))[:4]
+                    row.details.append(
+                        f"{label}: p95 {api.p95 * 1000:.1f} ms, its {count} statements p95 {bare.p95 * 1000:.1f} ms "
+                        "together; the slowest (median of 5 replays; × how often a request sends it):\n\n```\n"
+                        + "\n".join(f"{sum(ts) * 1000:7.1f} ms  {len(ts)} × {sql[:300]}" for sql, ts in top)
+                        + "\n```")
         self.add(row)
 
     # ------------------------------------------------------------ row 4: exports
