@@ -1111,6 +1111,14 @@ class Bench:
             f"and item {facts['long_item']} given {facts['history']:,} more completed tasks with 2 audit events each, "
             f"all written with COPY in {self.timings.get('generate pages data', 0):.1f} s (VACUUM ANALYZE "
             "included).")
+        earlier = previous_rows(RESULTS, set())
+        if "8" in earlier.rows:
+            section = earlier.rows["8"][1]
+            start = next((i for i, x in enumerate(section) if x.startswith("| page |")), None)
+            if start is not None:
+                end = next((i for i in range(start, len(section)) if not section[i].startswith("|")), len(section))
+                row.details.append(f"The previous run of this row, for comparison ({earlier.date}; commit "
+                                   f"{earlier.commit}; load {earlier.load}):\n\n" + "\n".join(section[start:end]))
         slow = [r for r in results if r[2].p95 > target]
         if slow:
             with psycopg.connect(self.db.dsn) as conn:
