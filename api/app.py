@@ -15,7 +15,8 @@ from api.errors import problem, register_error_handlers
 from api.extensions import api, db, evidence_lock_state, migrate
 from api.uploads import ItemGateRequest
 from api.web import html_error as web_error_page
-from engine import audit, spiff
+from engine.runtime import spiff
+from engine.trust import audit
 
 MIGRATIONS_DIR = str(Path(__file__).resolve().parent.parent / "storage" / "migrations")
 PUBLIC_API = {"/api/v1/auth/token", "/api/v1/openapi.json"}
@@ -76,7 +77,7 @@ def register_caches(settings: Settings) -> None:
 
 def register_budgets(settings: Settings) -> None:
     """What one evaluation of model text, one instance's stored state and one tick of an instance may cost."""
-    from engine import budgets
+    from engine.runtime import budgets
 
     budgets.configure(expression_ms=settings.expression_ms, expression_steps=settings.expression_steps,
                       expression_size=settings.expression_size, state_bytes=settings.instance_state_kb * 1024,
@@ -136,7 +137,7 @@ def register_logging(app: Flask, settings: Settings) -> None:
 
 def register_db(app: Flask, settings: Settings) -> None:
     """The database, its engine set up for this app only: SQLite pragmas on its connections, the audit trail's
-    append-only guard on its statements and the audit writer on the sessions (see engine/audit.py)."""
+    append-only guard on its statements and the audit writer on the sessions (see engine/trust/audit.py)."""
     db.init_app(app)
     migrate.init_app(app, db, directory=MIGRATIONS_DIR, render_as_batch=True)
     with app.app_context():
@@ -195,7 +196,7 @@ def register_request_context(app: Flask) -> None:
 
 
 def register_authz(app: Flask) -> None:
-    """Deny by default: every endpoint is looked up in the matrix (engine/policy.py) before its view runs."""
+    """Deny by default: every endpoint is looked up in the matrix (engine/trust/policy.py) before its view runs."""
     from api.authz import register as register_authz_hook
 
     register_authz_hook(app)

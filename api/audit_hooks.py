@@ -9,7 +9,7 @@ from flask import Flask, Response, g, request
 
 from api.authz import request_user
 from api.extensions import db
-from engine import audit
+from engine.trust import audit
 from storage.unit_of_work import unit_of_work
 
 log = logging.getLogger(__name__)

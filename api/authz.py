@@ -1,5 +1,5 @@
 """The HTTP and CLI surface of the authorization matrix: every endpoint and command maps to an action of
-engine/policy.py, and is refused when it has none (deny by default)."""
+engine/trust/policy.py, and is refused when it has none (deny by default)."""
 from __future__ import annotations
 
 from typing import Any
@@ -7,8 +7,8 @@ from typing import Any
 from flask import Flask, abort, g, request
 
 from api.errors import problem
-from engine.exports import EXPORTS, export_named
-from engine.policy import CLI_ROLE, ROLES, RULES, SCOPE_TEXT, Rule
+from engine.money.exports import EXPORTS, export_named
+from engine.trust.policy import CLI_ROLE, ROLES, RULES, SCOPE_TEXT, Rule
 
 # Flask endpoint → action (or method → action when one endpoint serves several). Every rule of the URL
 # map must appear here; an endpoint that does not is refused (tests/test_authz_matrix.py fails on it).
@@ -217,7 +217,7 @@ CLI_COMMANDS: dict[str, str] = {
 }
 
 
-# Endpoints serving any registered export by its file name (engine/exports.py): the export's own action
+# Endpoints serving any registered export by its file name (engine/money/exports.py): the export's own action
 # governs them; an unknown name falls back to EXPORT_FALLBACK and the view answers 404.
 EXPORT_ENDPOINTS = ("settlements.exports_file", "settle_web.export_file")
 EXPORT_FALLBACK = "workload.read"
@@ -263,7 +263,7 @@ def register(app: Flask) -> None:
         rule = rule_for_endpoint(request.endpoint, request.method, request.view_args)
         if rule is None:
             return problem(403, "no_policy", f"endpoint {request.endpoint} has no entry in the authorization "
-                           "matrix (engine/policy.py); denied by default")
+                           "matrix (engine/trust/policy.py); denied by default")
         if rule.public:
             return None
         user = request_user()
@@ -299,7 +299,7 @@ def markdown_table() -> str:
     lines = [
         "# Authorization matrix",
         "",
-        "Generated from `engine/policy.py` (rules) and `api/authz.py` (endpoints, commands) by",
+        "Generated from `engine/trust/policy.py` (rules) and `api/authz.py` (endpoints, commands) by",
         "`itemgate authz table`; do not edit by hand.",
         "Deny by default: a role not listed for an action is refused (403), an endpoint or command without",
         "an entry is refused for everyone. Scoped rows outside a user's reach answer 404.",
@@ -321,7 +321,7 @@ def markdown_table() -> str:
             lines.append(f"| `{endpoint}` | {method} | `{action}` |")
     for endpoint in EXPORT_ENDPOINTS:
         lines.append(f"| `{endpoint}` | GET | the export's own action (below) |")
-    lines += ["", "## Exports (engine/exports.py)", "", "| export | file | action | background job |",
+    lines += ["", "## Exports (engine/money/exports.py)", "", "| export | file | action | background job |",
               "|---|---|---|---|"]
     for spec in EXPORTS.values():
         background = "yes" if spec.background else "no"

@@ -8,12 +8,12 @@ from flask import Flask
 from sqlalchemy.orm import sessionmaker
 
 from api.extensions import db
-from engine.jobs import run_job
+from engine.usecases.jobs import run_job
 
 
 def start_job(app: Flask, job_id: int) -> threading.Thread | None:
     """Start rendering a committed, queued job in the background. With EXPORT_JOBS_THREAD set false (tests),
-    nothing starts and the caller runs engine.jobs.run_job itself."""
+    nothing starts and the caller runs engine.usecases.jobs.run_job itself."""
     if not app.config.get("EXPORT_JOBS_THREAD", True):
         return None
 
@@ -32,9 +32,9 @@ def start_job(app: Flask, job_id: int) -> threading.Thread | None:
 
 
 def deliver_notifications(app: Flask, limit: int = 100) -> dict[str, int]:
-    """Send due notification deliveries (engine/delivery.py) on a session of their own; used by `tick` and by the
+    """Send due notification deliveries (engine/trust/delivery.py) on a session of their own; used by `tick` and by the
     serve loop, so a request that raised a notification never waits for a mail server or a chat robot."""
-    from engine.delivery import apprise_sender, deliver_pending
+    from engine.trust.delivery import apprise_sender, deliver_pending
 
     with app.app_context():
         session = sessionmaker(bind=db.engine, expire_on_commit=False)()

@@ -18,7 +18,7 @@ import api.cli_settlement  # noqa: F401 - adds its commands to main
 import api.cli_trust  # noqa: F401 - adds its commands to main
 from api.cli_base import EMBEDDED_S3_PORT, _app, app_context, embedded_s3, main, object_store
 from api.config import ConfigError, load_settings
-from engine.policy import CLI_ROLE, ROLES
+from engine.trust.policy import CLI_ROLE, ROLES
 from storage.unit_of_work import unit_of_work
 
 __all__ = ["EMBEDDED_S3_PORT", "app_context", "embedded_s3", "main", "object_store"]
@@ -57,9 +57,9 @@ def users_create(name: str, role: str, department: str | None, password_stdin: b
                  display_name: str | None) -> None:
     from api.auth import hash_password
     from api.extensions import db as database
-    from engine import audit
-    from engine.accounts import create_user
     from engine.errors import DomainError
+    from engine.trust import audit
+    from engine.trust.accounts import create_user
 
     password = _password_from_stdin(password_stdin)
     with app_context():
@@ -86,8 +86,8 @@ def _password_from_stdin(password_stdin: bool) -> str:
 def _change_user(name: str, body: dict[str, Any]) -> Any:
     from api.extensions import db as database
     from api.rest.core import change_user_by_name
-    from engine import audit
     from engine.errors import DomainError
+    from engine.trust import audit
 
     with app_context():
         try:
@@ -135,8 +135,8 @@ def catalog() -> None:
 @click.argument("file", type=click.Path(dir_okay=False))
 def catalog_load(file: str) -> None:
     from api.extensions import db as database
-    from engine import audit
-    from engine.catalog import CatalogError, load_catalog_file
+    from engine.contract.catalog import CatalogError, load_catalog_file
+    from engine.trust import audit
 
     with app_context():
         try:
@@ -283,7 +283,7 @@ def _anchor_loop(app: Flask, minutes: int, stop: threading.Event) -> None:
         try:
             with app.app_context():
                 from api.extensions import db as database
-                from engine.anchors import anchor_if_moved
+                from engine.trust.anchors import anchor_if_moved
 
                 store = app.extensions.get("itemgate_store")
                 if store is not None:
@@ -311,7 +311,7 @@ def _delivery_loop(app: Flask, every: int, stop: threading.Event) -> None:
 
 def _tick_once() -> int:
     from api.extensions import db as database
-    from engine.tick import fire_due_timers
+    from engine.usecases.tick import fire_due_timers
 
     fired = fire_due_timers(database.session)
     return fired
@@ -321,7 +321,7 @@ def _run_jobs(store: Any) -> dict[str, int]:
     from sqlalchemy.orm import sessionmaker
 
     from api.extensions import db as database
-    from engine.jobs import run_pending
+    from engine.usecases.jobs import run_pending
 
     try:
         return run_pending(sessionmaker(bind=database.engine, expire_on_commit=False), store)
@@ -334,7 +334,7 @@ def _run_jobs(store: Any) -> dict[str, int]:
                    "running (safe to run from several hosts at once).")
 def tick() -> None:
     from api.extensions import db as database
-    from engine.jobs import jobs_waiting
+    from engine.usecases.jobs import jobs_waiting
 
     with app_context() as app:
         fired = _tick_once()

@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from api.cli_base import app_context, main
-from engine.policy import CLI_ROLE
+from engine.trust.policy import CLI_ROLE
 from storage.unit_of_work import unit_of_work
 
 
@@ -19,9 +19,9 @@ def process() -> None:
 @click.argument("file", type=click.Path(dir_okay=False, exists=True))
 def process_deploy(file: str) -> None:
     from api.extensions import db as database
-    from engine import audit
     from engine.errors import Invalid
-    from engine.processes import deploy
+    from engine.trust import audit
+    from engine.usecases.processes import deploy
 
     path = Path(file)
     try:
@@ -53,9 +53,9 @@ def process_migrate(source: int, target: int, items_: str | None, dry_run: bool)
     from tqdm import tqdm
 
     from api.extensions import db as database
-    from engine import audit
     from engine.errors import DomainError
-    from engine.migration import migrate
+    from engine.trust import audit
+    from engine.usecases.migration import migrate
 
     try:
         item_ids = [int(x) for x in items_.split(",") if x.strip()] if items_ else None
@@ -104,8 +104,8 @@ def items_import(file: str, contract: str, username: str, dry_run: bool) -> None
 
     from api.extensions import db as database
     from engine.errors import DomainError
-    from engine.intake import import_items
-    from engine.workflow import Ctx
+    from engine.usecases.intake import import_items
+    from engine.usecases.tasks import Ctx
     from storage.models import User
 
     with app_context():

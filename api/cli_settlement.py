@@ -24,7 +24,7 @@ def evidence() -> None:
 def evidence_verify(bundle: str, quiet: bool, against_anchors: bool) -> None:
     from tqdm import tqdm
 
-    from engine.bundle import BundleError, verify_bundle
+    from engine.money.bundle import BundleError, verify_bundle
 
     bar = tqdm(unit="B", unit_scale=True, desc="verifying", disable=quiet, file=sys.stderr)
 
@@ -49,7 +49,7 @@ def evidence_verify(bundle: str, quiet: bool, against_anchors: bool) -> None:
 
 
 def _verify_against_anchors(bundle: str) -> None:
-    from engine.bundle import BundleError, check_against_anchors
+    from engine.money.bundle import BundleError, check_against_anchors
     from storage.artefact_store import StoreUnavailable
 
     with app_context() as app, object_store(app) as store:
@@ -74,8 +74,8 @@ def _verify_against_anchors(bundle: str) -> None:
 def evidence_bundle(settlement_id: int | None, contract: str | None, service_line: str | None,
                     department: str | None, output: str) -> None:
     from api.extensions import db as database
-    from engine.bundle import stream_bundle
-    from engine.reports import WorkloadFilter
+    from engine.money.bundle import stream_bundle
+    from engine.money.reports import WorkloadFilter
     from storage.models import Settlement
 
     with app_context() as app, object_store(app) as store:
@@ -120,9 +120,9 @@ def ledger_reverse(entry: int, reason: str, username: str) -> None:
     from sqlalchemy import select
 
     from api.extensions import db as database
-    from engine import audit
     from engine.errors import DomainError
-    from engine.ledger import SettlementLocked, record_refusal, reverse_entry
+    from engine.money.ledger import SettlementLocked, record_refusal, reverse_entry
+    from engine.trust import audit
     from storage.models import User
 
     with app_context():

@@ -8,13 +8,13 @@ from typing import Any
 import click
 
 from api.cli_base import app_context, main, object_store
-from engine.policy import CLI_ROLE
+from engine.trust.policy import CLI_ROLE
 from storage.unit_of_work import unit_of_work
 
 DOCS_AUTHZ = Path(__file__).resolve().parent.parent / "docs" / "AUTHZ.md"
 
 
-@main.group(help="The authorization matrix (engine/policy.py).")
+@main.group(help="The authorization matrix (engine/trust/policy.py).")
 def authz() -> None:
     pass
 
@@ -44,8 +44,8 @@ def audit() -> None:
 @click.option("--exports", is_flag=True, help="also re-read the pruned exports from the object store")
 def audit_verify(exports: bool) -> None:
     from api.extensions import db as database
-    from engine.anchors import stored_anchors, verify_against
-    from engine.audit import latest_checkpoint, verify_database
+    from engine.trust.anchors import stored_anchors, verify_against
+    from engine.trust.audit import latest_checkpoint, verify_database
     from storage.artefact_store import StoreUnavailable
 
     with app_context() as app:
@@ -94,7 +94,7 @@ def audit_verify(exports: bool) -> None:
             if found.unreadable:
                 sys.exit(1)
             if exports and checkpoint is not None:
-                from engine.retention import verify_exports
+                from engine.trust.retention import verify_exports
 
                 exported = verify_exports(database.session, store)
                 if not exported.ok:
@@ -105,7 +105,7 @@ def audit_verify(exports: bool) -> None:
 
 def _record_verify(session: Any, result: str, **detail: Any) -> None:
     """The outcome of `audit verify`, kept in the chain itself: the admin's status page shows the latest."""
-    from engine import audit as audit_log
+    from engine.trust import audit as audit_log
 
     session.rollback()
     with unit_of_work(session):
@@ -117,8 +117,8 @@ def _record_verify(session: Any, result: str, **detail: Any) -> None:
                               "lock now (`serve` does it every ITEMGATE_AUDIT_ANCHOR_MINUTES).")
 def audit_anchor() -> None:
     from api.extensions import db as database
-    from engine import audit as audit_log
-    from engine.anchors import anchor_now
+    from engine.trust import audit as audit_log
+    from engine.trust.anchors import anchor_now
 
     with app_context() as app, object_store(app) as store:
         # Recorded first, so that the anchor covers the request for it too.
@@ -139,9 +139,9 @@ def audit_anchor() -> None:
                              "store as JSONL, record a checkpoint, then delete them.")
 def audit_prune() -> None:
     from api.extensions import db as database
-    from engine import audit as audit_log
     from engine.errors import DomainError
-    from engine.retention import prune
+    from engine.trust import audit as audit_log
+    from engine.trust.retention import prune
 
     with app_context() as app, object_store(app) as store:
         settings = app.config["ITEMGATE"]
@@ -166,8 +166,8 @@ def audit_prune() -> None:
 @click.option("--quick", is_flag=True, help="compare sizes and recorded checksums only (no streaming)")
 def fsck(repair: bool, quick: bool) -> None:
     from api.extensions import db as database
-    from engine import audit as audit_log
-    from engine.integrity import fsck as run_fsck
+    from engine.evidence.integrity import fsck as run_fsck
+    from engine.trust import audit as audit_log
 
     with app_context() as app, object_store(app) as store:
         with unit_of_work(database.session):
@@ -209,8 +209,8 @@ def fsck(repair: bool, quick: bool) -> None:
 @click.option("--no-objects", is_flag=True, help="write the artefact manifest only, not the object bytes")
 def backup(directory: str, no_objects: bool) -> None:
     from api.extensions import db as database
-    from engine.backup import backup as run_backup
     from engine.errors import DomainError
+    from engine.trust.backup import backup as run_backup
 
     with app_context() as app, object_store(app) as store:
         try:
@@ -225,9 +225,9 @@ def backup(directory: str, no_objects: bool) -> None:
 @click.argument("directory", type=click.Path(file_okay=False, exists=True))
 def restore(directory: str) -> None:
     from api.extensions import db as database
-    from engine import audit as audit_log
-    from engine.backup import restore as run_restore
     from engine.errors import DomainError
+    from engine.trust import audit as audit_log
+    from engine.trust.backup import restore as run_restore
 
     with app_context() as app, object_store(app) as store:
         try:

@@ -5,7 +5,7 @@ import os
 import secrets
 from dataclasses import dataclass, field
 
-from engine.delivery import SmtpSettings
+from engine.trust.delivery import SmtpSettings
 
 DEFAULT_DATABASE_URL = "sqlite:///var/itemgate.db"
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -12,23 +13,25 @@ from sqlalchemy import select
 import bpmn
 from api.auth import hash_password
 from api.extensions import db
-from engine import audit
-from engine.accounts import create_user, ensure_department
-from engine.catalog import load_catalog_file
-from engine.evidence import upload_artefact
-from engine.policy import ADMIN, AUDITOR, BUYER, CLI_ROLE, DEPT_REVIEWER, IMPLEMENTER, PM
-from engine.sheets import is_sheet_kind, sheet_for
-from engine.workflow import Ctx, NewItem, complete_task, create_item, task_requirements
-from storage.models import HumanTask, User, WorkItem
+from engine.contract.calendar import TZ
+from engine.contract.catalog import load_catalog_file
+from engine.evidence.artefacts import upload_artefact
+from engine.evidence.sheets import is_sheet_kind, sheet_for
+from engine.trust import audit
+from engine.trust.accounts import create_user, ensure_department
+from engine.trust.policy import ADMIN, AUDITOR, BUYER, CLI_ROLE, DEPT_REVIEWER, IMPLEMENTER, PM
+from engine.usecases.tasks import Ctx, NewItem, complete_task, create_item, task_requirements
+from storage.models import Contract, HumanTask, User, WorkItem
 from storage.unit_of_work import unit_of_work
 
 DEMO_PASSWORD = "itemgate-demo"  # demo accounts only; printed by the command  # noqa: S105
-DEPARTMENTS = {"SHGA": "上海市公安局", "SHRS": "上海市人力资源和社会保障局"}
+DEPARTMENTS = {"SHGA": "上海市公安局", "SHRS": "上海市人力资源和社会保障局", "KPZSJ": "开平市政务服务数据管理局"}
 USERS = [
     ("impl", IMPLEMENTER, None, "实施人员 张伟"),
     ("impl2", IMPLEMENTER, None, "实施人员 李娜"),
     ("rev_ga", DEPT_REVIEWER, "SHGA", "公安局审核人 王芳"),
     ("rev_rs", DEPT_REVIEWER, "SHRS", "人社局审核人 刘洋"),
+    ("rev_kp", DEPT_REVIEWER, "KPZSJ", "开平市政数局审核人 何敏"),
     ("pm", PM, None, "项目经理 陈静"),
     ("auditor", AUDITOR, None, "第三方支撑单位 赵磊"),
     ("buyer", BUYER, None, "采购单位 孙敏"),
@@ -65,6 +68,7 @@ def demo_pdf(title: str) -> bytes:
 # What each form needs to pass in the demo's happy path.
 FORM_DATA: dict[str, dict[str, Any]] = {
     "difficulty_confirmation": {"difficulty": "1.2", "complexity_note": "涉及两个业务系统对接，复杂度较高"},
+    "difficulty_review": {"verdict": "confirm"},
     "review": {"decision": "approve", "comment": "同意"},
     "build_integration": {"integration_done": True},
     "tests": {"tests_passed": True},
@@ -106,9 +110,41 @@ class DemoDriver:
         return True
 
 
+def cover_today(contract: Contract, today: date | None = None) -> bool:
+    """Shift a demo contract's service period by whole years so it covers today (a demo works on any date)."""
+    today = today or datetime.now(TZ).date()
+    start, end = contract.period_start, contract.period_end
+    if start is None or end is None or start <= today <= end:
+        return False
+    years = today.year - (start.year if today < start else end.year)
+    if today > end:
+        years = max(years, 1)
+    new_start, new_end = _add_years(start, years), _add_years(end, years)
+    while new_end < today:
+        new_start, new_end = _add_years(new_start, 1), _add_years(new_end, 1)
+    while new_start > today:
+        new_start, new_end = _add_years(new_start, -1), _add_years(new_end, -1)
+    contract.period_start, contract.period_end = new_start, new_end
+    return True
+
+
+def _add_years(day: date, years: int) -> date:
+    try:
+        return day.replace(year=day.year + years)
+    except ValueError:  # 29 February
+        return day.replace(year=day.year + years, day=28)
+
+
 def load_demo(app: Flask, store: Any, echo: Callable[[str], None] = print) -> None:
     with unit_of_work(db.session):
         contract, _ = load_catalog_file(db.session, bpmn.CATALOG_DIR / "shanghai.toml")
+        # The demo loads both shipped contracts (Kaiping: fixed price with targets and deliverables), each with
+        # its service period moved to cover today.
+        kaiping, _ = load_catalog_file(db.session, bpmn.CATALOG_DIR / "kaiping.toml")
+        for demo_contract in (contract, kaiping):
+            if cover_today(demo_contract):
+                echo(f"  {demo_contract.code}: service period moved to {demo_contract.period_start} – "
+                     f"{demo_contract.period_end} for the demo")
         for code, name in DEPARTMENTS.items():
             ensure_department(db.session, code, name).name = name
         for username, role, dept, display in USERS:
@@ -145,7 +181,7 @@ def load_demo(app: Flask, store: Any, echo: Callable[[str], None] = print) -> No
                 break
         echo(f"  {code} {name}: {item.status} / {item.stage}")
     # A service order (运营服务单) the department has filed and the PM has yet to accept.
-    from engine.service_orders import NewOrder, file_order
+    from engine.usecases.service_orders import NewOrder, file_order
 
     with unit_of_work(db.session):
         reviewer = db.session.execute(select(User).where(User.username == "rev_ga")).scalar_one()

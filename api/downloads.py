@@ -8,11 +8,11 @@ from urllib.parse import quote
 from flask import Response, current_app, g, stream_with_context
 
 from api.extensions import db
-from engine import audit
 from engine.errors import ObjectMissing, ServiceUnavailable
-from engine.exports import ExportKind, ExportRequest
-from engine.policy import authorize
-from engine.reports import WorkloadFilter
+from engine.money.exports import ExportKind, ExportRequest
+from engine.money.reports import WorkloadFilter
+from engine.trust import audit
+from engine.trust.policy import authorize
 from storage.artefact_store import ArtefactStore, StoreUnavailable
 from storage.artefact_store import ObjectMissing as MissingInStore
 from storage.models import Artefact, User
@@ -116,15 +116,15 @@ def artefact_response(artefact: Artefact, user: User, store: ArtefactStore | Non
 
 
 def sheet_response(actor: audit.Actor, user: User, item: Any, kind: str) -> Response:
-    """Print an item's sign-off sheet (engine.sheets) and answer with it; one implementation for REST and web.
+    """Print an item's sign-off sheet (engine.evidence.sheets) and answer with it; one implementation for REST and web.
     The sheet's code and the audit record of what it lists are committed before the PDF is sent."""
     from functools import partial
 
     from flask import current_app
 
-    from engine.pdf import find_cjk_font
-    from engine.sheet_pdf import render
-    from engine.sheets import print_sheet
+    from engine.evidence.pdf import find_cjk_font
+    from engine.evidence.sheet_pdf import render
+    from engine.evidence.sheets import print_sheet
 
     with unit_of_work(db.session):
         font = find_cjk_font(current_app.config["ITEMGATE"].cjk_font)  # 503 cjk_font_missing before anything is written

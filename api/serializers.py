@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from engine.catalog import ARTEFACT_KINDS
+from engine.contract.catalog import ARTEFACT_KINDS, kind_title
 from storage.models import Artefact, AuditEvent, Department, HumanTask, User, WorkItem, WorkloadEntry
 
 
@@ -26,11 +26,11 @@ def money(value: Decimal) -> float:
 
 def _masked(item: WorkItem) -> dict[str, Any]:
     """The item's attributes as the caller may see them: personal data masked (脱敏) for roles the contract's
-    settings do not clear (engine/masking.py)."""
+    settings do not clear (engine/trust/masking.py)."""
     from flask import has_request_context
 
     from api.authz import request_user
-    from engine import masking
+    from engine.trust import masking
 
     attrs = item.attributes or {}
     if not attrs or not has_request_context():
@@ -45,7 +45,21 @@ def item_summary(item: WorkItem) -> dict[str, Any]:
         "service_line": item.service_line.code, "department": item.department.code, "channels": item.channels,
         "mode": item.mode, "difficulty": num(item.difficulty), "status": item.status, "stage": item.stage,
         "attributes": _masked(item), "created_at": iso(item.created_at), "completed_at": iso(item.completed_at),
+        "units": num(item.units), "period": item.period,
+        "go_live_date": item.go_live_date.isoformat() if item.go_live_date else None,
+        "out_of_period": bool(item.out_of_period),
+        "difficulty_proposed_by": _username(item.difficulty_proposed_by_id),
+        "difficulty_confirmed_by": _username(item.difficulty_confirmed_by_id),
     }
+
+
+def _username(user_id: int | None) -> str | None:
+    if user_id is None:
+        return None
+    from api.extensions import db
+
+    user = db.session.get(User, user_id)
+    return user.username if user else None
 
 
 def task_json(task: HumanTask) -> dict[str, Any]:
@@ -99,7 +113,7 @@ def _dept_code(task: HumanTask) -> str | None:
 def artefact_json(artefact: Artefact) -> dict[str, Any]:
     return {
         "id": artefact.id, "item_id": artefact.item_id, "kind": artefact.kind,
-        "title": ARTEFACT_KINDS.get(artefact.kind, artefact.kind), "filename": artefact.filename,
+        "title": artefact_title(artefact), "filename": artefact.filename,
         "size": artefact.size, "sha256": artefact.sha256, "media_type": artefact.media_type,
         "version_id": artefact.version_id, "uploaded_by": artefact.uploaded_by.username,
         "uploaded_at": iso(artefact.uploaded_at), "task_id": artefact.task_id,
@@ -107,6 +121,18 @@ def artefact_json(artefact: Artefact) -> dict[str, Any]:
         "department": artefact.department.code if artefact.department_id is not None and artefact.department
         else None,
     }
+
+
+def artefact_title(artefact: Artefact) -> str:
+    """A built-in kind's title, or the one the item's contract declares for its own kind."""
+    if artefact.kind in ARTEFACT_KINDS:
+        return ARTEFACT_KINDS[artefact.kind]
+    from api.extensions import db
+    from storage.models import Contract
+
+    settings = db.session.execute(select(Contract.settings).join(WorkItem, WorkItem.contract_id == Contract.id)
+                                  .where(WorkItem.id == artefact.item_id)).scalar()
+    return kind_title(artefact.kind, settings)
 
 
 def history_json(event: AuditEvent) -> dict[str, Any]:
@@ -118,7 +144,8 @@ def entry_json(entry: WorkloadEntry) -> dict[str, Any]:
     return {
         "id": entry.id, "item_id": entry.item_id, "item_code": entry.item.code, "item_name": entry.item.name,
         "service_line": entry.service_line.code, "channel": entry.channel, "mode": entry.mode,
-        "units": num(entry.units), "difficulty": num(entry.difficulty), "unit_price": money(entry.unit_price),
+        "units": num(entry.units), "difficulty": num(entry.difficulty), "unit_price": num(entry.unit_price),
         "amount": money(entry.amount), "tallied_at": iso(entry.tallied_at), "reverses": entry.reverses_id,
-        "reason": entry.reason,
+        "reason": entry.reason, "difficulty_proposed_by": _username(entry.difficulty_proposed_by_id),
+        "difficulty_confirmed_by": _username(entry.difficulty_confirmed_by_id),
     }

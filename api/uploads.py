@@ -27,7 +27,7 @@ class _StoredObjectRow(Protocol):
 Stored = TypeVar("Stored", bound=_StoredObjectRow)
 
 if TYPE_CHECKING:
-    from engine.evidence import StreamedUpload
+    from engine.evidence.artefacts import StreamedUpload
 
 # How much of the body is read at a time when it is parsed as it arrives: werkzeug's 64 KiB pieces made parsing
 # 200 MB take about twice as long (see HashingFormParser).

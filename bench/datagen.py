@@ -5,7 +5,7 @@ session, so the caller decides when to commit. Rows carry explicit ids (so child
 without a round-trip per row) and the PostgreSQL sequences are moved past them afterwards.
 
 These rows are for load, not for stepping through a process: `bulk_items` stores a placeholder instance
-state that `engine.spiff.loads` refuses. Use `clone_items` for items that must stay completable.
+state that `engine.runtime.spiff.loads` refuses. Use `clone_items` for items that must stay completable.
 """
 from __future__ import annotations
 
@@ -321,7 +321,7 @@ def fast_forward(session: Session, item_id: int, steps: int,
     No API, gates or audit: this builds long histories (returns looping) fast. Only tasks whose spec
     already has a row on the item can be projected, so the loop stops at any other task.
     """
-    from engine import spiff
+    from engine.runtime import spiff
 
     instance = session.execute(select(ProcessInstance).where(ProcessInstance.item_id == item_id)).scalar_one()
     workflow, model = spiff.load_workflow(instance)
@@ -376,7 +376,7 @@ def reachable_steps(session: Session, item_id: int, limit: int,
 
     Works on a throw-away copy of the state; returns (steps, error text or None).
     """
-    from engine import spiff
+    from engine.runtime import spiff
 
     instance = session.execute(select(ProcessInstance).where(ProcessInstance.item_id == item_id)).scalar_one()
     workflow, model = spiff.load_workflow(instance)

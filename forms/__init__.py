@@ -125,7 +125,47 @@ class GuideDesignForm(FormSchema):
     notes = _notes()
 
 
+class DifficultyReviewForm(FormSchema):
+    """The third party's confirmation of the PM's proposed difficulty coefficient, or another one with a reason."""
+
+    # Not `decision`: the model's review gateways read that variable, and this answer stays in the process data.
+    verdict = fields.String(required=True, validate=validate.OneOf(["confirm", "set"]),
+                             metadata={"title": "确认结论", "title_en": "Decision",
+                                       "labels": {"confirm": "确认所提难度系数", "set": "改定难度系数"}})
+    difficulty = fields.Decimal(load_default=None, as_string=True, places=2,
+                                validate=validate.Range(min=0.1, max=5),
+                                metadata={"title": "改定的难度系数", "title_en": "Difficulty set instead"})
+    reason = fields.String(load_default=None, validate=validate.Length(max=4000),
+                           metadata={"title": "理由", "title_en": "Reason"})
+
+    @validates_schema
+    def _reason_when_setting(self, data: dict[str, Any], **_: Any) -> None:
+        if data.get("verdict") == "set":
+            if data.get("difficulty") is None:
+                raise ValidationError("改定时必须给出难度系数 (give the coefficient you set)", "difficulty")
+            if len((data.get("reason") or "").strip()) < 2:
+                raise ValidationError("改定时必须说明理由 (a reason is required)", "reason")
+
+
+class MeteredRecordForm(FormSchema):
+    """The record's figures as the evidence states them (the units themselves were registered with the item)."""
+
+    source = fields.String(load_default=None, validate=validate.Length(max=400),
+                           metadata={"title": "数据来源（统计系统/账单）", "title_en": "Source of the figures"})
+    notes = _notes()
+
+
+class DeliverableForm(FormSchema):
+    delivered_on = fields.Date(required=True, metadata={"title": "交付/举办日期", "title_en": "Delivered on"})
+    participants = fields.Integer(load_default=None, validate=validate.Range(min=0, max=1_000_000),
+                                  metadata={"title": "参加人数（培训）", "title_en": "Participants (trainings)"})
+    notes = _notes()
+
+
 FORMS: dict[str, type[FormSchema]] = {
+    "difficulty_review": DifficultyReviewForm,
+    "metered_record": MeteredRecordForm,
+    "deliverable": DeliverableForm,
     "intake": IntakeForm,
     "difficulty_confirmation": DifficultyForm,
     "survey_sorting": SurveyForm,

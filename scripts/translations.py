@@ -19,8 +19,8 @@ def data_texts() -> set[str]:
     import api.web.settlements as web_settlements
     import api.web.views as web_views
     from api.web import i18n
-    from engine.catalog import ARTEFACT_KINDS
-    from engine.reports import NOTE_NAMES, SETTLEMENT_STATUS_NAMES
+    from engine.contract.catalog import ARTEFACT_KINDS
+    from engine.money.reports import NOTE_NAMES, SETTLEMENT_STATUS_NAMES
 
     texts: set[str] = set()
     for table in (i18n.STAGES, i18n.ROLES, i18n.STATUSES, i18n.MODES, i18n.CHANNELS, i18n.EVENTS, i18n.DECISIONS,

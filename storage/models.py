@@ -35,6 +35,9 @@ NAMING = {
 
 CHANNELS = ("pc", "mobile", "kiosk")
 MODES = ("new", "iteration")
+# The mode of a metered line's record (units in a period) and of a contract-level deliverable.
+RECORD_MODE = "record"
+DELIVERABLE_MODE = "deliverable"
 
 
 def utcnow() -> datetime:
@@ -153,6 +156,12 @@ class ServiceLine(Base):
     gates: Mapped[dict[str, Any]] = mapped_column(default=dict)
     targets: Mapped[dict[str, Any]] = mapped_column(default=dict)
     units_per_item: Mapped[Decimal] = mapped_column(Numeric(10, 2), default=Decimal("1"))
+    # The unit's stable code (e.g. "call"); `unit` is its name (次接口调用量). NULL on lines loaded before.
+    unit_code: Mapped[str | None] = mapped_column(String(32))
+    # A metered line's work item is a record of units in a period (calls, SMS, person-months, assessments).
+    metered: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The difficulty coefficients the contract allows on this line: [{"value": "1.20", "meaning": ...}].
+    difficulty_levels: Mapped[list[Any] | None] = mapped_column(JSON)
 
     contract: Mapped[Contract] = relationship(back_populates="service_lines")
 
@@ -194,6 +203,16 @@ class WorkItem(Base):
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     completed_at: Mapped[datetime | None]
     cancelled_reason: Mapped[str | None] = mapped_column(Text)
+    # A metered record's units and period ("2026-11"); NULL for countable work.
+    units: Mapped[Decimal | None] = mapped_column(Numeric(18, 4))
+    period: Mapped[str | None] = mapped_column(String(7))
+    # The go-live date entered on the go-live step (上线日期), not the completion time.
+    go_live_date: Mapped[date | None] = mapped_column(Date)
+    # Registered for a day (or period) outside the contract's service period; flagged, not refused by default.
+    out_of_period: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Difficulty: proposed by the PM with the complexity statement, confirmed (or set) by the auditor.
+    difficulty_proposed_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    difficulty_confirmed_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
 
     contract: Mapped[Contract] = relationship(lazy="joined")
     service_line: Mapped[ServiceLine] = relationship(lazy="joined")
@@ -351,10 +370,13 @@ class WorkloadEntry(Base):
     department_id: Mapped[int] = mapped_column(ForeignKey("departments.id"))
     channel: Mapped[str] = mapped_column(String(16))
     mode: Mapped[str] = mapped_column(String(16))
-    units: Mapped[Decimal] = mapped_column(Numeric(10, 2))
+    # Full precision (0.004 元 × 1,440,000,000 calls); sums are rounded to the fen only at the totals.
+    units: Mapped[Decimal] = mapped_column(Numeric(18, 4))
     difficulty: Mapped[Decimal] = mapped_column(Numeric(6, 2))
-    unit_price: Mapped[Decimal] = mapped_column(Numeric(14, 2))
-    amount: Mapped[Decimal] = mapped_column(Numeric(16, 2))
+    unit_price: Mapped[Decimal] = mapped_column(Numeric(18, 6))
+    amount: Mapped[Decimal] = mapped_column(Numeric(22, 6))
+    difficulty_proposed_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    difficulty_confirmed_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     tallied_at: Mapped[datetime] = mapped_column(default=utcnow)
     # "item:{id}:channel:{ch}" for a tally; NULL for reversals. Unique → a retried end can't count twice.
     tally_key: Mapped[str | None] = mapped_column(String(120), unique=True)
@@ -500,7 +522,7 @@ class SettlementNote(Base):
 class Notification(Base):
     """One notification for one person, with that person's own read state: a task returned to them, new work in
     their queue, a claim handed to them, a reminder or escalation, a settlement step waiting for their role.
-    Group events are fanned out to a row per member (engine/notify.py), so one member reading it reads it for
+    Group events are fanned out to a row per member (engine/trust/notify.py), so one member reading it reads it for
     no one else."""
 
     __tablename__ = "notifications"

@@ -14,9 +14,10 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 
-from engine import audit, spiff
+from engine.runtime import spiff
+from engine.trust import audit
 
 # What the app factory installs, for tests that run the engine without an app.
 spiff.install()
@@ -106,7 +107,7 @@ def app_for_backend(backend: str, _apps: dict[str, Any], tmp_path_factory: pytes
 
 def truncate_all(app: Any) -> None:
     from api.extensions import db
-    from engine import audit
+    from engine.trust import audit
     from storage.models import Base
 
     with app.app_context():
@@ -176,11 +177,12 @@ class World:
         self.app = app
         self.client = client
         self.tokens: dict[str, str] = {}
+        self.auto_confirm_difficulty = True
 
     def user(self, username: str, role: str, department: str | None = None) -> None:
         from api.auth import hash_password
         from api.extensions import db
-        from engine.accounts import create_user
+        from engine.trust.accounts import create_user
 
         create_user(db.session, username, hash_password(PASSWORD), role, department)
         db.session.commit()
@@ -203,7 +205,7 @@ class World:
                  difficulty: float = 1.0) -> dict[str, Any]:
         r = self.post("pm", "/api/v1/items", json={
             "contract": "SH-YWTB-2025", "service_line": line, "name": f"事项 {code}", "code": code,
-            "department": department, "channels": channels or ["pc", "mobile"], "mode": mode,
+            "department": department, "channels": ["pc", "mobile"] if channels is None else channels, "mode": mode,
             "difficulty": difficulty, "attributes": attributes or {}})
         assert r.status_code == 201, r.get_json()
         return r.get_json()
@@ -222,7 +224,7 @@ class World:
                filename: str | None = None, task_id: int | str | None = None) -> Any:
         """Upload one file of `kind`; `task_id`, when given, names the task it is for."""
         from api.demo import demo_pdf
-        from engine.sheets import is_sheet_kind
+        from engine.evidence.sheets import is_sheet_kind
 
         data: dict[str, Any] = {"kind": kind}
         if task_id is not None:
@@ -235,7 +237,7 @@ class World:
     def sheet_code(self, item_id: int, kind: str) -> str:
         """The verification code of the item's sign-off sheet of `kind` (made as printing it would)."""
         from api.extensions import db
-        from engine.sheets import sheet_for
+        from engine.evidence.sheets import sheet_for
         from storage.models import WorkItem
 
         code = sheet_for(db.session, db.session.get(WorkItem, item_id), kind, None).code
@@ -276,16 +278,35 @@ class World:
                 if not req["present"]:
                     r = self.upload(username, item_id, req["kind"], task_id=task["id"])
                     assert r.status_code == 201, r.get_json()
+            # A diligent implementer also gives the step's optional working documents (e.g. the survey form).
+            present = {a["kind"] for a in self.get(username, f"/api/v1/items/{item_id}").get_json()["artefacts"]}
+            for opt in detail.get("optional_artefacts", []):
+                if opt["kind"] not in present:
+                    r = self.upload(username, item_id, opt["kind"], task_id=task["id"])
+                    assert r.status_code == 201, r.get_json()
         r = self.complete(username, task["id"], data)
         assert r.status_code == 200, r.get_json()
+        if name == "confirm_difficulty" and self.auto_confirm_difficulty:
+            # The third party confirms the PM's proposal (tests of that step turn this off).
+            review = [t for t in self.open_tasks(item_id) if t["name"] == "review_difficulty"]
+            if review:
+                self.user("auditor", "auditor") if "auditor" not in self._known_users() else None
+                done = self.complete("auditor", review[0]["id"], {"verdict": "confirm"})
+                assert done.status_code == 200, done.get_json()
         return r.get_json()
+
+    def _known_users(self) -> set[str]:
+        from api.extensions import db
+        from storage.models import User
+
+        return set(db.session.scalars(select(User.username)))
 
 
 @pytest.fixture
 def world(app: Any, client: Any) -> World:
     from api.extensions import db
     from bpmn import CATALOG_DIR
-    from engine.catalog import load_catalog_file
+    from engine.contract.catalog import load_catalog_file
 
     load_catalog_file(db.session, CATALOG_DIR / "shanghai.toml")
     db.session.commit()
@@ -311,7 +332,7 @@ def seeded_sqlite_world(apps: dict[str, Any], tmp_path_factory: pytest.TempPathF
     For module-scoped fixtures (the authz matrix, the fuzzer); call inside the app context it needs."""
     from api.extensions import db
     from bpmn import CATALOG_DIR
-    from engine.catalog import load_catalog_file
+    from engine.contract.catalog import load_catalog_file
 
     if "sqlite" not in apps:
         apps["sqlite"] = make_app(f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'itemgate.db'}", s3_server,

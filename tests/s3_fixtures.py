@@ -48,7 +48,7 @@ def remove_anchors(store: ArtefactStore) -> None:
     anchors of an earlier one would contradict it."""
     from minio.deleteobjects import DeleteObject
 
-    from engine.anchors import PREFIX
+    from engine.trust.anchors import PREFIX
 
     client = store._client
     versions = [o for o in store.iter_objects(PREFIX)]

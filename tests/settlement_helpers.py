@@ -11,9 +11,9 @@ from sqlalchemy import select
 
 from api.demo import demo_pdf
 from api.extensions import db
-from engine import audit
-from engine.ledger import tally_item
-from engine.workflow import Ctx, NewItem, create_item
+from engine.money.ledger import tally_item
+from engine.trust import audit
+from engine.usecases.tasks import Ctx, NewItem, create_item
 from storage.artefact_store import ArtefactStore
 from storage.models import Artefact, GatePass, HumanTask, User, WorkItem, WorkloadEntry
 

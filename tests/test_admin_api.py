@@ -130,7 +130,7 @@ def test_calendar_years_show_their_source_and_a_warning_until_covered(world):
 
 def test_system_status_reports_readiness_lock_audit_fsck_outbox_and_jobs(world, app):
     from api.extensions import db
-    from engine import audit
+    from engine.trust import audit
 
     body = world.get("admin", "/api/v1/admin/status").get_json()
     assert body["ready"] is True and body["checks"] == {"database": "ok", "object_store": "ok"}

@@ -7,7 +7,8 @@ from sqlalchemy import create_engine, event, text
 from api.app import create_app
 from api.config import load_settings
 from api.extensions import db
-from engine import audit, spiff
+from engine.runtime import spiff
+from engine.trust import audit
 
 
 def test_the_factory_binds_engine_hooks_to_its_own_engine(tmp_path):

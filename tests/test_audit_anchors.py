@@ -18,8 +18,8 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from api.extensions import db
-from engine import anchors, audit
-from engine.bundle import ANCHOR, MANIFEST
+from engine.money.bundle import ANCHOR, MANIFEST
+from engine.trust import anchors, audit
 from storage.artefact_store import ArtefactStore, StoreUnavailable
 from storage.models import AuditEvent, Settlement
 from tests.settlement_helpers import completed_items, drive_to_approved
@@ -237,7 +237,7 @@ def test_anchors_of_pruned_events_are_set_apart(world, app, store):
     an anchor of the checkpoint's own last event is compared with the checkpoint's hash."""
     from datetime import UTC, datetime, timedelta
 
-    from engine.retention import prune
+    from engine.trust.retention import prune
 
     _make_events(world, 2)
     assert anchors.anchor_now(db.session, store, "test") is not None

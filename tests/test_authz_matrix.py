@@ -1,4 +1,4 @@
-"""Every rule of the URL map × every role answers as the matrix in engine/policy.py says (SQLite only:
+"""Every rule of the URL map × every role answers as the matrix in engine/trust/policy.py says (SQLite only:
 authorisation does not depend on the database). A route without a matrix entry fails here."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from api import authz
 from api.app import create_app
 from api.config import load_settings
-from engine import policy
+from engine.trust import policy
 from tests.conftest import World, seeded_sqlite_world, truncate_all
 from tests.test_web import HTML, Browser
 

@@ -10,8 +10,8 @@ from sqlalchemy import func, select
 from api.extensions import db
 from bench import datagen
 from bench.harness import capture_statements, id_sequences, inserted_tables, replay_statements, sequence_marks
-from engine import audit
-from engine.workflow import Ctx, NewItem, create_item, current_definition
+from engine.trust import audit
+from engine.usecases.tasks import Ctx, NewItem, create_item, current_definition
 from storage.models import Contract, HumanTask, ProcessInstance, User, WorkItem, WorkloadEntry
 
 

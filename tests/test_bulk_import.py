@@ -116,7 +116,9 @@ def test_xlsx_with_english_headers_and_header_problems(world):
     r = upload(world, as_csv(rows, ["name", "code", "department", "service_line", "channels", "difficulty"]),
                "x.csv")
     assert r.status_code == 422
-    assert r.get_json()["errors"] == [{"row": 1, "column": "mode", "problem": "missing column"}]
+    # Mode is needed by countable work only (a metered record has none): each such row says it lacks one.
+    assert {"row": 2, "column": "mode", "problem": "empty"} in r.get_json()["errors"]
+    assert {"row": 3, "column": "mode", "problem": "empty"} in r.get_json()["errors"]
     # Duplicate rows within a file, channel not offered by the line, unknown line: each reported.
     rows = [["a", "D-1", "DA", "1", "pc", "new", ""], ["b", "D-1", "DA", "1", "pc", "新增", ""],
             ["c", "D-2", "DA", "3", "kiosk", "new", ""], ["d", "D-3", "DA", "99", "pc", "new", ""]]
@@ -154,3 +156,26 @@ def test_cli_import_with_progress(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert "created 30" in result.output and "30/30" in result.output  # the tqdm bar on stderr
     again = cli.invoke(args)
     assert "created 0, 30 existed already" in again.output
+
+
+def test_import_carries_every_condition_the_rules_read(world):
+    header = ["事项名称", "事项编码", "需求部门", "服务类别", "渠道", "接入方式", "需数据质量检测", "协同部门",
+              "亮证用证",
+              "计量数量", "计量期间"]
+    rows = [["单部门事项", "C-1", "DA", "1", "pc", "新增", "是", "", "", "", ""],
+            ["一件事", "C-2", "DA", "5", "pc", "新增", "", "DA、DB", "", "", ""],
+            ["营业执照", "C-3", "DA", "12", "", "新增", "", "", "亮证,用证", "", ""],
+            ["身份认证调用量", "C-4", "DA", "9", "", "", "", "", "", "1,440,000,000", "2025-11"]]
+    r = upload(world, as_csv(rows, header), "conditions.csv")
+    assert r.status_code == 200, r.get_json()
+    items = {i["code"]: i for i in world.get("pm", "/api/v1/items").get_json()["items"]}
+    assert items["C-1"]["attributes"] == {"data_quality": True}
+    assert items["C-2"]["attributes"] == {"departments": ["DA", "DB"]}
+    assert items["C-3"]["attributes"] == {"parts": ["showing", "using"]} and items["C-3"]["channels"] == []
+    assert items["C-4"]["units"] == 1440000000 and items["C-4"]["period"] == "2025-11"
+    assert items["C-4"]["mode"] == "record"
+    bad = [["x", "B-1", "DA", "9", "", "", "", "", "", "", ""],
+           ["y", "B-2", "DA", "1", "pc", "新增", "也许", "", "", "5", ""]]
+    problems = upload(world, as_csv(bad, header), "bad.csv").get_json()["errors"]
+    assert [(p["row"], p["column"]) for p in problems] == [(2, "units"), (2, "period"), (3, "data_quality"),
+                                                           (3, "units")]

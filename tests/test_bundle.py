@@ -13,7 +13,7 @@ import openpyxl
 from click.testing import CliRunner
 
 from api.extensions import db
-from engine.bundle import ANCHOR, MANIFEST, SUMMARY, verify_bundle
+from engine.money.bundle import ANCHOR, MANIFEST, SUMMARY, verify_bundle
 from storage.models import Artefact
 from tests.settlement_helpers import KINDS, adhoc_contract, completed_items
 
@@ -172,8 +172,8 @@ def _fetch_threads() -> list:
 
 def test_prefetched_bundle_streams_large_objects_in_order_and_closes_everything(world, store, tmp_path,
                                                                                monkeypatch):
-    from engine import bundle as bundle_module
-    from engine.reports import WorkloadFilter
+    from engine.money import bundle as bundle_module
+    from engine.money.reports import WorkloadFilter
 
     completed_items(6, prefix="PF", store=store)
     # Objects larger than what a fetching thread may hold: the rest streams through the writer.

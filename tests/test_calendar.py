@@ -9,7 +9,7 @@ from freezegun import freeze_time
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.calendar import TZ, Deadline, WorkCalendar, fallback_warning
+from engine.contract.calendar import TZ, Deadline, WorkCalendar, fallback_warning
 
 # 2026 around National Day, as printed from chinese_calendar 1.11 (constants.holidays / constants.workdays):
 #   holidays  2026-09-25 Fri, 09-26 Sat, 09-27 Sun      Mid-autumn Festival

@@ -106,7 +106,7 @@ def test_rework_of_a_one_thing_redoes_the_per_department_analyses(world):
 
 
 def test_rework_inside_the_e_licence_issuing_subprocess(world):
-    item_id = world.new_item("SH-RW-ZZ", line="12", channels=["pc"])["id"]
+    item_id = world.new_item("SH-RW-ZZ", line="12", channels=[])["id"]
     intake(world, item_id, {"parts": ["using"]})
     do(world, "impl", item_id, "collect_info", {})
     do(world, "rev_a", item_id, "confirm_info", APPROVE)

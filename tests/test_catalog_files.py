@@ -12,26 +12,39 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from bpmn import CATALOG_DIR
-from engine.catalog import CatalogError, parse_catalog, required_kinds
+from engine.contract.catalog import CatalogError, parse_catalog, required_kinds
 
 SHANGHAI = (CATALOG_DIR / "shanghai.toml").read_text(encoding="utf-8")
 KAIPING = (CATALOG_DIR / "kaiping.toml").read_text(encoding="utf-8")
 
 
-def test_shanghai_has_lines_1_2_3_5_6_12_with_prices_and_volumes():
+def test_shanghai_has_all_29_lines_with_units_prices_and_volumes():
     parsed = parse_catalog(SHANGHAI, "shanghai.toml")
     lines = {sl["code"]: sl for sl in parsed["service_lines"]}
-    assert set(lines) == {"1", "2", "3", "5", "6", "12"}
+    assert list(lines) == [str(n) for n in range(1, 30)]
     assert lines["5"]["process_id"] == "one_thing"
     assert lines["5"]["unit_prices"] == {"pc": "500000.00", "mobile": "700000.00"}
     assert lines["5"]["estimated_volumes"] == {"pc": 19, "mobile": 8}
     assert lines["12"]["process_id"] == "e_licence"
-    assert lines["12"]["unit_prices"] == {"pc": "60000.00"}
-    # gate conditions: walkthrough only for new items; line 3 needs a third-party report, plain confirmation
+    assert lines["12"]["unit_prices"] == {"all": "60000.00"} and lines["12"]["channels"] == []
+    # API calls priced to the tenth of a fen keep their precision; person-months; SMS.
+    assert [lines[c]["unit_prices"]["all"] for c in ("8", "9", "10", "11")] == ["0.07", "0.004", "0.04", "0.20"]
+    assert lines["9"]["estimated_volumes"] == {"all": 1440000000}
+    assert {lines[str(c)]["unit_code"] for c in range(18, 27)} == {"person_month"}
+    assert {lines[str(c)]["unit_prices"]["all"] for c in range(18, 27)} == {"20000.00"}
+    metered = {c for c, sl in lines.items() if sl["metered"]}
+    assert metered == {"8", "9", "10", "11", *(str(c) for c in range(18, 30))}
+    assert {lines[c]["process_id"] for c in ("4", "7", "13", "14", "15", "16", "17")} == {"integration"}
+    assert lines["29"]["unit_code"] == "sms" and lines["29"]["unit_prices"] == {"all": "0.05"}
+    # gate conditions: walkthrough only for new items on lines 1–3; line 3 needs a third-party report, plain
+    # confirmation; lines 5 and 6 demand the walkthrough of every item.
     walk = lines["1"]["gates"]["walkthrough"]
     assert required_kinds({"w": walk}, "w", mode="new", channels=["pc"], attributes={}) == \
         ["walkthrough_confirmation"]
     assert required_kinds({"w": walk}, "w", mode="iteration", channels=["pc"], attributes={}) == []
+    for code in ("5", "6"):
+        assert required_kinds(lines[code]["gates"], "walkthrough", mode="iteration", channels=["pc"],
+                              attributes={}) == ["walkthrough_confirmation"]
     assert [r["kind"] for r in lines["3"]["gates"]["tests"]] == ["third_party_test_report", "security_test_report"]
     assert [r["kind"] for r in lines["3"]["gates"]["cosign"]] == ["plain_go_live_confirmation"]
     tests = lines["1"]["gates"]["tests"]
@@ -39,6 +52,12 @@ def test_shanghai_has_lines_1_2_3_5_6_12_with_prices_and_volumes():
                                                          attributes={"data_quality": True})
     assert "data_quality_confirmation" not in required_kinds({"t": tests}, "t", mode="new", channels=["pc"],
                                                              attributes={})
+    # The survey form and sorting list are working documents in Shanghai, not acceptance evidence.
+    for code in ("1", "2", "3"):
+        survey = lines[code]["gates"]["survey"]
+        assert required_kinds({"s": survey}, "s", mode="new", channels=["pc"], attributes={}) == []
+        assert required_kinds({"s": survey}, "s", mode="new", channels=["pc"], attributes={}, optional=True) == \
+            ["survey_form", "sorting_list"]
     assert parsed["contract"]["settings"]["pricing"] == "unit_price"
 
 
@@ -125,7 +144,7 @@ def test_cli_load_reports_the_problem_and_loads_nothing(tmp_path: Path, monkeypa
     engine.dispose()
     good = runner.invoke(["catalog", "load", str(CATALOG_DIR / "kaiping.toml")])
     assert good.exit_code == 0, good.output
-    assert "contract KP-YTH-2026: 2 service lines (loaded)" in good.output
+    assert "contract KP-YTH-2026: 4 service lines (loaded)" in good.output
     again = runner.invoke(["catalog", "load", str(CATALOG_DIR / "kaiping.toml")])
     assert "(unchanged)" in again.output
 
@@ -141,3 +160,10 @@ class Cli:
         proc = subprocess.run([str(exe), *args], env=dict(os.environ), capture_output=True, text=True,  # noqa: S603
                               input=stdin, timeout=300, check=False)
         return SimpleNamespace(exit_code=proc.returncode, output=proc.stdout + proc.stderr)
+
+
+def test_catalog_doc_prints_the_shipped_files_in_full():
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "CATALOG.md").read_text(encoding="utf-8")
+    for name in ("shanghai.toml", "kaiping.toml"):
+        text = (CATALOG_DIR / name).read_text(encoding="utf-8")
+        assert f"### `bpmn/catalogs/{name}`\n\n```toml\n{text}```\n" in doc, f"docs/CATALOG.md: {name} is stale"

@@ -265,7 +265,7 @@ def test_two_ticks_at_once_fire_each_timer_once(world, app):
 def test_uploads_at_once(world, app, store):
     """Two implementers upload the same kind to one item at the same instant: both are stored, each row names
     its own intact object version, one audit event each, and the gate takes the later row."""
-    from engine.evidence import verify_artefact
+    from engine.evidence.artefacts import verify_artefact
 
     headers = [world.headers("impl"), world.headers("impl2")]
     item_id = world.new_item("UPLOADS", channels=["pc"])["id"]

@@ -15,11 +15,11 @@ from sqlalchemy import select, update
 from api.extensions import db
 from api.serializers import iso
 from bpmn import CATALOG_DIR
-from engine import schedule
-from engine.calendar import TZ
-from engine.catalog import CatalogError, parse_catalog
-from engine.payments import compute
-from engine.workflow import work_calendar
+from engine.contract import schedule
+from engine.contract.calendar import TZ
+from engine.contract.catalog import CatalogError, parse_catalog
+from engine.money.payments import compute
+from engine.usecases.tasks import work_calendar
 from storage.models import AuditEvent, Contract, ContractTask, HumanTask, Settlement, User
 from tests.settlement_helpers import CONTRACT, adhoc_contract, completed_items, drive_to_approved, entry_ids
 
@@ -381,9 +381,9 @@ def test_on_time_rate_against_a_response_tier(cw):
 # ---------------------------------------------------------------- monthly operations report
 
 def test_monthly_report_drafted_from_data_and_one_working_day_late_costs_three_percent_of_the_month(cw, app):
-    from engine import monthly_report as mr
-    from engine.sheets import pdf_text
-    from engine.workflow import Ctx
+    from engine.evidence.sheets import pdf_text
+    from engine.usecases import monthly_report as mr
+    from engine.usecases.tasks import Ctx
 
     w = cw
     completed_items(2, prefix="MR3", at=at(2025, 3, 12))          # March's fee: 2 × 45,000
@@ -403,7 +403,7 @@ def test_monthly_report_drafted_from_data_and_one_working_day_late_costs_three_p
     assert facts["本月结算费用（元）"] == 90000 and facts["本月计量分录"] == 2
     pdf = w.get("pm", f"/api/v1/monthly-reports/{march['id']}/report.pdf")
     assert pdf.status_code == 200 and pdf.data.startswith(b"%PDF")
-    # The PDF says what the XLSX says, in Chinese, with the font embedded (engine/pdf.py).
+    # The PDF says what the XLSX says, in Chinese, with the font embedded (engine/evidence/pdf.py).
     reader = pypdf.PdfReader(io.BytesIO(pdf.data))
     text = pdf_text(pdf.data)
     for heading in ("月度运营报告（2025-03）", "本月结算费用（元）", "本月计量分录", "运营情况说明", "按服务类别与部门",
@@ -491,9 +491,9 @@ def test_item_pages_mask_personal_data_for_roles_that_do_not_need_it(cw):
 
 
 def test_monthly_report_steps_are_for_their_roles(cw):
-    from engine import monthly_report as mr
     from engine.errors import Forbidden
-    from engine.workflow import Ctx
+    from engine.usecases import monthly_report as mr
+    from engine.usecases.tasks import Ctx
 
     w = cw
     report = w.get("pm", f"/api/v1/contracts/{CONTRACT}/monthly-reports").get_json()["reports"][0]

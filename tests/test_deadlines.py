@@ -43,7 +43,7 @@ def to_confirm_survey(world: Any, code: str) -> dict[str, Any]:
 
 def tick(app: Any) -> int:
     from api.extensions import db
-    from engine.tick import fire_due_timers
+    from engine.usecases.tick import fire_due_timers
 
     with app.app_context():
         try:
@@ -236,7 +236,7 @@ def test_the_cached_calendar_follows_a_year_entered_on_a_host_whose_clock_is_beh
     from datetime import UTC, date
 
     from api.extensions import db
-    from engine.workflow import work_calendar
+    from engine.usecases.tasks import work_calendar
     from storage.models import CalendarDay, CalendarYear
 
     db.session.add_all([CalendarYear(year=2027, entered_at=datetime(2026, 12, 1, tzinfo=UTC)),

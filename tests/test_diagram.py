@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.diagram import DiagramError, render_svg
+from engine.runtime.diagram import DiagramError, render_svg
 
 BPMN_DIR = Path(__file__).resolve().parents[1] / "bpmn"
 SVG = "{http://www.w3.org/2000/svg}"

@@ -9,8 +9,8 @@ import pytest
 
 def test_a_draft_is_per_person_cleaned_and_discarded_on_completion(world: Any) -> None:
     from api.extensions import db
-    from engine.drafts import load_draft, save_draft
     from engine.errors import Invalid
+    from engine.usecases.drafts import load_draft, save_draft
     from storage.models import HumanTask, TaskDraft, User
 
     item_id = world.new_item("SH-DRAFT-1")["id"]

@@ -41,15 +41,15 @@ def foreign(tmp_path: Path) -> Any:
 def test_fsck_repair_never_uses_the_server_another_process_runs_on_the_embedded_port(tmp_path, foreign,
                                                                                     monkeypatch):
     import api.cli
-    import engine.integrity
+    import engine.evidence.integrity
 
     # The other instance's evidence: an object no row of ours refers to, old enough for --repair to sweep.
     with ArtefactStore(foreign.endpoint, DEFAULT_KEY, DEFAULT_SECRET, DEFAULT_BUCKET) as theirs:
         key = ArtefactStore.new_key("OTHER", 7, "requirement_letter")
         kept = theirs.put_stream(key, io.BytesIO(b"%PDF-1.4 theirs"), 15, "application/pdf", 1 << 20)
     monkeypatch.setattr(api.cli_base, "EMBEDDED_S3_PORT", foreign.s3_port)
-    run_fsck = engine.integrity.fsck
-    monkeypatch.setattr(engine.integrity, "fsck", lambda *a, **kw: run_fsck(
+    run_fsck = engine.evidence.integrity.fsck
+    monkeypatch.setattr(engine.evidence.integrity, "fsck", lambda *a, **kw: run_fsck(
         *a, **dict(kw, now=datetime.now(UTC) + timedelta(days=3))))
     data_dir = tmp_path / "ours"
     data_dir.mkdir()

@@ -20,7 +20,7 @@ from minio import Minio
 from minio.versioningconfig import ENABLED, VersioningConfig
 
 from api.extensions import db
-from engine.integrity import fsck
+from engine.evidence.integrity import fsck
 from storage.artefact_store import ArtefactStore, StoreUnavailable
 from storage.s3server import free_port
 from tests.conftest import make_app

@@ -15,8 +15,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import sessionmaker
 
 from api.extensions import db
-from engine import job_progress, jobs
-from engine.jobs import run_job
+from engine.usecases import job_progress, jobs
+from engine.usecases.jobs import run_job
 from storage.artefact_store import ArtefactStore
 from storage.models import ExportJob
 from tests.settlement_helpers import completed_items

@@ -123,20 +123,24 @@ def test_csv_detail_rows_exactly_in_shanghai_time(world, local_zone_far_from_utc
     r = world.get("pm", "/api/v1/exports/workload.csv")
     assert r.status_code == 200 and r.data.startswith(b"\xef\xbb\xbf")
     rows = list(csv.reader(io.StringIO(r.data.decode("utf-8-sig"))))
+    # Columns 17–21 (completion time, period, difficulty proposed/confirmed by, out of period): entries only.
+    tails = [row[16:] for row in rows[1:]]
+    assert tails[0] == ["2026-07-01 00:30", "", "", "", "是"] and tails[1] == ["", "", "", "", ""]
+    rows = [row[:16] for row in rows]
     line1 = ["SH-YWTB-2025", "1", "单部门事项接入"]
     line2 = ["SH-YWTB-2025", "2", "跨省通办事项接入"]
     assert rows[1:] == [
         line1 + ["事项 XA-0", "XA-0000", "DA", "PC端", "新增接入", "1.00", "1.00", "45000.00", "45000.00",
-                 "2026-07-01", "2026-07-01 00:30", str(pc), ""],
+                 "", "2026-07-01 00:30", str(pc), ""],
         ["小计", "1", "单部门事项接入", "", "", "", "PC端", "", "1.00", "", "", "45000.00", "", "", "", ""],
         line1 + ["事项 XA-0", "XA-0000", "DA", "移动端", "新增接入", "1.00", "1.00", "72000.00", "72000.00",
-                 "2026-07-01", "2026-07-01 00:30", str(mobile), ""],
+                 "", "2026-07-01 00:30", str(mobile), ""],
         line1 + ["事项 XA-0", "XA-0000", "DA", "移动端", "新增接入", "-1.00", "1.00", "72000.00", "-72000.00",
-                 "2026-07-01", "2026-08-15 23:59", str(reversal), f"冲销 #{mobile}：重复计量, \"二次\""],
+                 "", "2026-08-15 23:59", str(reversal), f"冲销 #{mobile}：重复计量, \"二次\""],
         ["小计", "1", "单部门事项接入", "", "", "", "移动端", "", "0.00", "", "", "0.00", "", "", "", ""],
         ["服务类别合计", "1", "单部门事项接入", "", "", "", "", "", "1.00", "", "", "45000.00", "", "", "", ""],
         line2 + ["事项 XB-0", "XB-0000", "DB", "自助终端", "新增接入", "1.00", "1.25", "80000.00", "100000.00",
-                 "2026-07-02", "2026-07-02 11:00", str(kiosk), ""],
+                 "", "2026-07-02 11:00", str(kiosk), ""],
         ["小计", "2", "跨省通办事项接入", "", "", "", "自助终端", "", "1.00", "", "", "100000.00", "", "", "", ""],
         ["服务类别合计", "2", "跨省通办事项接入", "", "", "", "", "", "1.00", "", "", "100000.00", "", "", "", ""],
         ["合计", "", "", "", "", "", "", "", "2.00", "", "", "145000.00", "", "", "", ""],
@@ -159,7 +163,7 @@ def test_csv_and_xlsx_detail_sheets_carry_the_same_lines(world, local_zone_far_f
 
 
 def test_the_detail_sheet_sees_changes_not_yet_flushed(world):
-    from engine.reports import WorkloadFilter, csv_stream
+    from engine.money.reports import WorkloadFilter, csv_stream
 
     (item,) = completed_items(1, prefix="XF", at=JUNE)
     entry = db.session.get(WorkloadEntry, entry_ids([item])[0])

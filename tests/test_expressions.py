@@ -11,7 +11,7 @@ from SpiffWorkflow.bpmn.exceptions import WorkflowTaskException
 from SpiffWorkflow.bpmn.workflow import BpmnWorkflow
 from SpiffWorkflow.spiff.parser import SpiffBpmnParser
 
-from engine.expressions import (
+from engine.runtime.expressions import (
     MAX_SEQUENCE_LEN,
     ExpressionError,
     RestrictedEnvironment,
@@ -245,7 +245,7 @@ def test_callables_in_task_data_are_never_called() -> None:
 
 
 def test_parsed_trees_are_cached() -> None:
-    from engine import expressions
+    from engine.runtime import expressions
 
     source = 'decision == "approve" and count > 2'
     evaluate(source, DATA)

@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
 from api.extensions import db
-from engine.integrity import fsck
+from engine.evidence.integrity import fsck
 from storage.artefact_store import ArtefactStore
 from storage.models import Artefact, AuditEvent, ProcessInstance
 
@@ -168,8 +168,8 @@ import io, os, signal, sys
 from api.app import create_app
 from api.config import load_settings
 from api.extensions import db
-from engine import audit
-from engine.evidence import upload_artefact
+from engine.trust import audit
+from engine.evidence.artefacts import upload_artefact
 from storage.models import User, WorkItem
 
 app = create_app(load_settings(testing=True, log_json=False))

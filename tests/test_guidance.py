@@ -6,9 +6,9 @@ from typing import Any
 import pytest
 from lxml import etree
 
-from engine.catalog import ARTEFACT_KINDS
-from engine.modelcheck import BPMN_NS, NS, properties_of
-from engine.workkinds import work_kind_ids
+from engine.contract.catalog import ARTEFACT_KINDS
+from engine.runtime.modelcheck import BPMN_NS, NS, properties_of
+from engine.runtime.workkinds import work_kind_ids
 from tests.test_kinds_api import APPROVE, do, intake
 
 BPMN_DIR = __import__("pathlib").Path(__file__).resolve().parents[1] / "bpmn"

@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("engine", "api", "storage", "forms", "bpmn")
 # engine/'s groups from the bottom up: a group may import the groups before it (and the modules left at
 # engine/ itself), never one after it. Empty until engine/ is regrouped (/work/notes/regroup.sh fills it in).
-ENGINE_GROUPS: tuple[str, ...] = ()
+ENGINE_GROUPS: tuple[str, ...] = ("trust", "runtime", "contract", "evidence", "money", "usecases")
 
 
 def module_name(path: Path) -> str:
@@ -88,9 +88,9 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 
 # Known edges that close a cycle, each with the way out; remove the entry when the edge is gone.
 KNOWN_CYCLE_EDGES = {
-    ("engine.catalog", "engine.monthly_report"): "load_catalog creates the contract's monthly reports; the catalogue "
-                                                 "use case (engine/admin.py, load_catalog_file) should call "
-                                                 "ensure_reports after it instead",
+    ("engine.contract.catalog", "engine.usecases.monthly_report"):
+        "load_catalog creates the contract's monthly reports; the catalogue use case "
+        "(engine/usecases/admin.py, load_catalog_file) should call ensure_reports after it instead",
 }
 
 

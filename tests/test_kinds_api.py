@@ -141,7 +141,7 @@ def test_one_thing_with_two_departments_reaches_the_plan_after_both_confirmation
 
 
 def run_licence(world: Any, code: str, parts: list[str]) -> dict[str, Any]:
-    item_id = world.new_item(code, line="12", channels=["pc"])["id"]
+    item_id = world.new_item(code, line="12", channels=[])["id"]
     intake(world, item_id, {"parts": parts, "summary": "营业执照"})
     do(world, "impl", item_id, "collect_info", {})
     do(world, "rev_a", item_id, "confirm_info", APPROVE)
@@ -185,13 +185,13 @@ def test_e_licence_with_issuing_only(world):
     kinds = {a["kind"] for a in done["artefacts"]}
     assert not kinds & {"showing_test_report", "using_test_report"}
     entries = world.get("pm", "/api/v1/workload").get_json()["entries"]
-    assert [(e["channel"], e["amount"]) for e in entries if e["item_id"] == done["id"]] == [("pc", 72000.0)]
+    assert [(e["channel"], e["amount"]) for e in entries if e["item_id"] == done["id"]] == [("all", 72000.0)]
 
 
 @pytest.mark.usefixtures("cache_mode")
 def test_scenario_guide_returned_twice(world, app):
     from api.extensions import db
-    from engine.catalog import load_catalog_file
+    from engine.contract.catalog import load_catalog_file
 
     load_catalog_file(db.session, CATALOG_DIR / "kaiping.toml")
     db.session.commit()

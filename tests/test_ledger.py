@@ -7,8 +7,8 @@ from click.testing import CliRunner
 from sqlalchemy import func, select
 
 from api.extensions import db
-from engine import audit
-from engine.ledger import tally_item
+from engine.money.ledger import tally_item
+from engine.trust import audit
 from storage.models import AuditEvent, WorkItem, WorkloadEntry
 from tests.settlement_helpers import completed_items, entry_ids, ledger_sum
 

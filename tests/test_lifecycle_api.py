@@ -120,8 +120,8 @@ def test_iteration_item_skips_walkthrough_and_needs_change_letter(world):
 
 
 def test_tally_is_idempotent(world, app):
-    from engine import audit
-    from engine.ledger import tally_item
+    from engine.money.ledger import tally_item
+    from engine.trust import audit
     from storage.models import WorkItem
 
     item_id = world.new_item("SH-IDEM", channels=["pc"])["id"]

@@ -17,9 +17,9 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invar
 from sqlalchemy import func, select
 
 from api.extensions import db
-from engine import audit
-from engine.catalog import required_kinds
-from engine.evidence import verify_artefact
+from engine.contract.catalog import required_kinds
+from engine.evidence.artefacts import verify_artefact
+from engine.trust import audit
 from storage.models import Artefact, AuditEvent, GatePass, HumanTask, WorkItem, WorkloadEntry
 
 LANE_USER = {"implementer": "impl", "dept_reviewer": "rev_a", "pm": "pm"}

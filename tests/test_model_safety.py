@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 import bpmn
-from engine.expressions import Budget, ExpressionError, configure_budget, current_budget, deadline, execute
-from engine.processes import MAX_MODEL_BYTES
+from engine.runtime.expressions import Budget, ExpressionError, configure_budget, current_budget, deadline, execute
+from engine.usecases.processes import MAX_MODEL_BYTES
 from tests.model_edits import SERVICE_ITEM, renamed, with_script, with_timer
 from tests.test_kinds_api import intake
 
@@ -108,7 +108,7 @@ def test_timer_naming_a_form_field_or_quoted_constant_deploys(world):
 def _raw_deploy(xml: str) -> None:
     """Install a model the way an older ItemGate would have (without today's checks)."""
     from api.extensions import db
-    from engine.workflow import deploy_definition
+    from engine.usecases.tasks import deploy_definition
 
     deploy_definition(db.session, "service_item", xml, "old.bpmn", None)
     db.session.commit()
@@ -201,7 +201,7 @@ def test_data_association_error_has_no_object_repr(world):
 
 
 def test_model_too_deep_for_the_parser_says_so(world):
-    from engine import spiff
+    from engine.runtime import spiff
 
     def too_deep(*_: Any, **__: Any) -> Any:
         raise RecursionError("maximum recursion depth exceeded")
@@ -308,8 +308,8 @@ def test_tick_bounds_each_instance_and_the_others_get_their_reminders(world):
     from datetime import UTC, datetime, timedelta
 
     from api.extensions import db
-    from engine import budgets
-    from engine.tick import fire_due_timers
+    from engine.runtime import budgets
+    from engine.usecases.tick import fire_due_timers
     from storage.models import Notification
     from tests.test_deadlines import frozen
 

@@ -8,11 +8,13 @@ from typing import Any
 import pytest
 
 import bpmn
-from engine import caching, spiff
-from engine.settlement import PROCESS_ID
-from engine.workkinds import work_kind_ids
+from engine import caching
+from engine.runtime import spiff
+from engine.runtime.workkinds import work_kind_ids
+from engine.usecases.settlement import PROCESS_ID
 
 START = {"mode": "new", "channels": ["pc"], "service_line": "5", "department": "DA", "attributes": {},
+         "needs_walkthrough": True,
          "due_at_iso": "9999-12-31T00:00:00+00:00", "departments": ["DA", "DB"]}
 APPROVE = {"decision": "approve", "comment": "ok"}
 RETURN = {"decision": "return", "comment": "again"}

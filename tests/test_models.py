@@ -16,21 +16,22 @@ from SpiffWorkflow.spiff.parser.process import VALIDATOR, SpiffBpmnParser
 from SpiffWorkflow.spiff.serializer.config import SPIFF_CONFIG
 from SpiffWorkflow.util.task import TaskState
 
-from engine.modelcheck import TASK_PROPERTIES
-from engine.workkinds import work_kind_ids
+from engine.runtime.modelcheck import TASK_PROPERTIES
+from engine.runtime.workkinds import work_kind_ids
 
 BPMN_DIR = Path(__file__).resolve().parents[1] / "bpmn"
 MODELS = list(work_kind_ids())
-ROLES = {"implementer", "dept_reviewer", "pm"}
+ROLES = {"implementer", "dept_reviewer", "pm", "auditor"}
 FORMS = {
     "intake", "difficulty_confirmation", "survey_sorting", "review", "design", "build_integration", "tests",
     "walkthrough", "go_live", "cosign", "analysis", "plan", "licence_step", "guide_design", "entry",
     "publish", "intake_licence", "guide_list",
     "quality_check",  # added for the one-thing 办件质量校验 step
+    "difficulty_review", "metered_record", "deliverable",  # issue 16: third-party steps, records, deliverables
 }
 STAGES = {
     "intake", "survey", "design", "build", "test", "walkthrough", "go_live", "confirmation", "analysis",
-    "plan", "issuing", "showing", "using", "guide",
+    "plan", "issuing", "showing", "using", "guide", "deliver", "review", "record", "confirm",
 }
 NS = {
     "bpmn": "http://www.omg.org/spec/BPMN/20100524/MODEL",
@@ -48,7 +49,9 @@ SNAKE = re.compile(r"^[a-z][a-z0-9_]*$")
 
 BASE_DATA = {"mode": "new", "channels": ["pc", "mobile"], "service_line": "single_department",
              "department": "d_lead", "attributes": {"data_quality": True},
-             # the engine starts every instance with this (engine/timers.py): deadline timers read it
+             # the engine sets it from the line's walkthrough rules (engine/usecases/tasks.py create_item)
+             "needs_walkthrough": True,
+             # the engine starts every instance with this (engine/runtime/timers.py): deadline timers read it
              "due_at_iso": "9999-12-31T00:00:00+00:00"}
 
 
@@ -141,7 +144,8 @@ def test_model_parses_and_user_tasks_carry_lane_form_stage(pid):
         if "review_of" in props:
             assert props["form"] == "review" and SNAKE.match(props["review_of"]), ts.name
         if props.get("form") == "review":
-            assert ts.lane == "dept_reviewer", ts.name
+            # the department reviews deliverables; the third party confirms a metered record
+            assert ts.lane == ("auditor" if pid == "metered_record" else "dept_reviewer"), ts.name
         if "due_days" in props:
             assert int(props["due_days"]) > 0, ts.name
         assert set(props) <= TASK_PROPERTIES, ts.name
@@ -305,7 +309,7 @@ def test_service_item_new_with_a_return_visits_walkthrough():
 
 
 def test_service_item_iteration_skips_walkthrough_and_design_can_return():
-    run = Run("service_item", mode="iteration")
+    run = Run("service_item", mode="iteration", needs_walkthrough=False)
     for name in ["intake", "confirm_difficulty", "survey_sorting"]:
         run.complete(name)
     run.approve("confirm_survey")

@@ -1,4 +1,5 @@
-"""Monthly operations reports (月度运营报告, engine/monthly_report.py) reach the inbox of the role whose move it is,
+"""Monthly operations reports (月度运营报告, engine/usecases/monthly_report.py) reach the inbox of the role
+whose move it is,
 with due dates: the PM for ended months without a submitted report and for returned ones, the third party for
 submitted ones; the web page lets each act. Both databases."""
 from __future__ import annotations

@@ -109,7 +109,7 @@ def test_a_settlement_step_waiting_for_my_role_notifies_each_member(world, app):
 
 def _deliver(app: Any, smtp_port: int | None = None, now: datetime | None = None) -> dict[str, int]:
     from api.extensions import db
-    from engine.delivery import SmtpSettings, apprise_sender, deliver_pending
+    from engine.trust.delivery import SmtpSettings, apprise_sender, deliver_pending
 
     smtp = SmtpSettings(host="127.0.0.1" if smtp_port else None, port=smtp_port or 25,
                         sender="itemgate@example.org", mode="insecure")
@@ -157,7 +157,7 @@ def test_email_and_chat_deliveries_go_out_after_the_request(world, app, smtp_sin
 
 
 def test_failed_deliveries_are_retried_with_backoff_then_shown_to_the_admin(world, app, webhook):
-    from engine.delivery import MAX_ATTEMPTS, backoff
+    from engine.trust.delivery import MAX_ATTEMPTS, backoff
 
     world.client.put("/api/v1/me/channels", headers=world.headers("impl"),
                      json={"webhook": {"target": f"json://127.0.0.1:{free_port()}/closed"}})
@@ -193,7 +193,7 @@ def test_failed_deliveries_are_retried_with_backoff_then_shown_to_the_admin(worl
 
 def test_two_runners_send_each_delivery_once(world, app, webhook):
     from api.extensions import db
-    from engine.delivery import deliver_pending
+    from engine.trust.delivery import deliver_pending
     from storage.models import NotificationDelivery
 
     for username in ("impl", "impl2"):

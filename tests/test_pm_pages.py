@@ -108,7 +108,7 @@ def test_import_previews_every_row_then_imports_in_the_background(world, app, mo
     from sqlalchemy.orm import sessionmaker
 
     from api.extensions import db
-    from engine.jobs import run_job
+    from engine.usecases.jobs import run_job
 
     monkeypatch.setitem(app.config, "EXPORT_JOBS_THREAD", False)
     pm = Browser(app, "pm")
@@ -155,7 +155,7 @@ def test_import_job_that_fails_writes_nothing(world, app, monkeypatch):
     from sqlalchemy.orm import sessionmaker
 
     from api.extensions import db
-    from engine.jobs import run_job
+    from engine.usecases.jobs import run_job
     from storage.models import Department
 
     monkeypatch.setitem(app.config, "EXPORT_JOBS_THREAD", False)

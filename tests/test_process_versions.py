@@ -33,7 +33,7 @@ BROKEN = {
     "unknown_gate": (lambda x: x.replace('<spiffworkflow:property name="gate" value="go_live"/>',
                                          '<spiffworkflow:property name="gate" value="accessibility"/>'),
                      "go_live", "gate 'accessibility' has no rules in contract SH-YWTB-2025 line 1"),
-    "unsafe_condition": (lambda x: x.replace('>mode == "new"<', ">__import__('os').system('id')<"),
+    "unsafe_condition": (lambda x: x.replace('>needs_walkthrough<', ">__import__('os').system('id')<"),
                          "flow_gw_walkthrough_to_walkthrough", "not allowed"),
     "unsafe_timer": (lambda x: x.replace(">due_at_iso</bpmn:timeDate>", ">().__class__.__bases__</bpmn:timeDate>", 1),
                      "confirm_survey_overdue", "timer timeDate"),

@@ -73,7 +73,7 @@ def test_cosign_can_be_refused_with_a_comment(world: Any) -> None:
 
 def test_round_two_sees_round_one_the_reply_and_the_changed_file(world: Any) -> None:
     from api.extensions import db
-    from engine.rounds import review_rounds
+    from engine.usecases.rounds import review_rounds
     from storage.models import HumanTask
 
     item_id = at_confirm_design(world, "SH-RND-4")

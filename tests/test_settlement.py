@@ -12,9 +12,9 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from api.extensions import db
-from engine.calendar import TZ, WorkCalendar
+from engine.contract.calendar import TZ, WorkCalendar
 from engine.errors import Invalid
-from engine.settlement import SEED_000_BANDS, deduction_rate, is_late, settlement_deadline
+from engine.usecases.settlement import SEED_000_BANDS, deduction_rate, is_late, settlement_deadline
 from storage.models import AuditEvent, Contract, Settlement, SettlementLine, WorkItem, WorkloadEntry
 from tests.settlement_helpers import adhoc_contract, completed_items, drive_to_approved, entry_ids, ledger_sum
 

@@ -11,7 +11,7 @@ from pypdf import PdfReader
 from sqlalchemy import func, select
 
 from api.extensions import db
-from engine.sheets import normalise_code, pdf_text
+from engine.evidence.sheets import normalise_code, pdf_text
 from storage.models import Artefact, AuditEvent, SignOffSheet
 from tests.test_web import Browser
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import bpmn
-from engine import spiff
+from engine.runtime import spiff
 
 START = {"mode": "new", "channels": ["pc"], "service_line": "1", "department": "DA", "attributes": {},
          "due_at_iso": "2099-01-01T00:00:00+00:00"}

@@ -1,6 +1,6 @@
 """List endpoints and pages run a fixed number of SQL statements, however many rows they show (no N+1): counted
 with before_cursor_execute on the test app's engine, for a short list and for a longer one. (The settlement
-list is not here yet: its figures still cost a few queries per claim, see engine/settlement.py figures_of.)"""
+list is not here yet: its figures still cost a few queries per claim, see engine/usecases/settlement.py figures_of.)"""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator

@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import func, select, update
 
 from api.extensions import db
-from engine.evidence import verify_artefact
-from engine.integrity import fsck
+from engine.evidence.artefacts import verify_artefact
+from engine.evidence.integrity import fsck
 from storage.artefact_store import PART_SIZE, ArtefactStore
 from storage.models import Artefact, AuditEvent
 

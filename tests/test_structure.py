@@ -5,20 +5,20 @@ import ast
 import re
 from pathlib import Path
 
-from engine.policy import ROLES
+from engine.trust.policy import ROLES
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("engine", "api", "storage", "forms", "bpmn")
 # The role definitions themselves.
-ROLE_HOME = {"engine/policy.py"}
+ROLE_HOME = {"engine/trust/policy.py"}
 # Strings that spell a role name but are something else.
 NOT_ROLES = {
-    ("engine/catalog.py", "buyer"): "the contract's buyer (an organisation)",
-    ("engine/holidays.py", "admin"): "where a calendar came from: entered by an administrator",
-    ("engine/admin.py", "buyer"): "the contract's buyer, a field a catalogue upload may change",
+    ("engine/contract/catalog.py", "buyer"): "the contract's buyer (an organisation)",
+    ("engine/contract/holidays.py", "admin"): "where a calendar came from: entered by an administrator",
+    ("engine/usecases/admin.py", "buyer"): "the contract's buyer, a field a catalogue upload may change",
     ("storage/s3server.py", "admin"): "a SeaweedFS component",
     ("api/rest/core.py", "buyer"): "the contract's buyer in the catalogue JSON",
-    ("engine/performance.py", "implementer"): "a grouping of figures by the person who did the task",
+    ("engine/money/performance.py", "implementer"): "a grouping of figures by the person who did the task",
     ("api/rest/money.py", "implementer"): "that grouping's name in the query string",
     ("api/demo.py", "pm"): "a demo username",
     ("api/demo.py", "auditor"): "a demo username",
@@ -42,7 +42,7 @@ def role_literals(path: Path, rel: str) -> list[str]:
 
 
 def test_no_role_literal_outside_the_policy():
-    """Who may do what is decided in engine/policy.py: code asks authorize()/scope_of()/may(), never a role."""
+    """Who may do what is decided in engine/trust/policy.py: code asks authorize()/scope_of()/may(), never a role."""
     found = []
     for path in python_files():
         rel = str(path.relative_to(ROOT))
@@ -52,7 +52,7 @@ def test_no_role_literal_outside_the_policy():
         for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             if TEMPLATE_ROLE.search(line):
                 found.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()[:80]}")
-    assert not found, "role literals outside engine/policy.py (ask the policy instead):\n" + "\n".join(found)
+    assert not found, "role literals outside engine/trust/policy.py (ask the policy instead):\n" + "\n".join(found)
 
 
 def test_role_literal_check_can_fail(tmp_path):
@@ -139,14 +139,14 @@ def spiff_private_uses(path: Path, rel: str, private: set[str]) -> list[str]:
 
 
 def test_spiffworkflow_internals_stay_behind_the_adapter():
-    """Only engine/spiff.py touches SpiffWorkflow's private attributes (load_workflow, update_task …)."""
+    """Only engine/runtime/spiff.py touches SpiffWorkflow's private attributes (load_workflow, update_task …)."""
     private = spiff_private_names()
     found = []
     for path in python_files():
         rel = str(path.relative_to(ROOT))
-        if rel != "engine/spiff.py":
+        if rel != "engine/runtime/spiff.py":
             found += spiff_private_uses(path, rel, private)
-    assert not found, "SpiffWorkflow internals outside engine/spiff.py:\n" + "\n".join(found)
+    assert not found, "SpiffWorkflow internals outside engine/runtime/spiff.py:\n" + "\n".join(found)
 
 
 def test_spiff_private_check_can_fail(tmp_path):

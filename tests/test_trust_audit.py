@@ -11,8 +11,8 @@ from click.testing import CliRunner
 from sqlalchemy import func, select, text
 
 from api.extensions import db
-from engine import audit
-from engine.retention import prune, verify_exports
+from engine.trust import audit
+from engine.trust.retention import prune, verify_exports
 from storage.models import AuditCheckpoint, AuditEvent
 
 

@@ -9,7 +9,7 @@ from sqlalchemy import func, select, update
 
 from api.extensions import db
 from engine.errors import Forbidden
-from engine.integrity import discard_object, fsck
+from engine.evidence.integrity import discard_object, fsck
 from storage.artefact_store import ArtefactStore, StoreUnavailable
 from storage.models import Artefact, GatePass, User
 from tests.test_lifecycle_api import drive_to_survey_review

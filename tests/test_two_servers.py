@@ -34,8 +34,8 @@ def _seed(url: str, s3_server: Any, bucket: str) -> None:
     from api.auth import hash_password
     from api.extensions import db
     from bpmn import CATALOG_DIR
-    from engine.accounts import create_user
-    from engine.catalog import load_catalog_file
+    from engine.contract.catalog import load_catalog_file
+    from engine.trust.accounts import create_user
 
     app = make_app(url, s3_server, bucket)
     with app.app_context():
@@ -161,7 +161,7 @@ class Alternating:
     def do(self, user: str, item_id: int, name: str, data: dict[str, Any], department: str | None = None) -> None:
         """Upload what the task's gate still needs, then complete it."""
         from api.demo import demo_pdf
-        from engine.sheets import is_sheet_kind
+        from engine.evidence.sheets import is_sheet_kind
 
         found = [t for t in self.open_tasks(item_id)
                  if t["name"] == name and (department is None or t["department"] == department)]
@@ -183,7 +183,7 @@ class Alternating:
 
 @pytest.mark.timeout(240)
 def test_one_thing_and_settlement_with_requests_alternating_between_two_servers(servers):
-    from engine.calendar import TZ
+    from engine.contract.calendar import TZ
 
     c = Alternating(servers)
     try:

@@ -10,7 +10,7 @@ from flask import Blueprint
 from api.app import create_app
 from api.config import load_settings
 from engine.errors import ProcessFailed
-from engine.workflow import run_and_step
+from engine.usecases.tasks import run_and_step
 
 
 class _Task:

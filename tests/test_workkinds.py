@@ -5,8 +5,8 @@ import re
 
 import bpmn
 import forms
-from engine.modelcheck import check_model
-from engine.workkinds import describe, stage_labels, step_help, work_kind_ids, work_kinds
+from engine.runtime.modelcheck import check_model
+from engine.runtime.workkinds import describe, stage_labels, step_help, work_kind_ids, work_kinds
 
 
 def test_every_shipped_work_process_is_a_work_kind_and_settlement_is_not():

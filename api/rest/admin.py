@@ -14,11 +14,12 @@ from api.auth import current_user
 from api.extensions import db
 from api.rest.core import PageArgs, user_json
 from api.serializers import iso
-from engine import admin, audit, delivery
-from engine.access import authorize
+from engine.contract.holidays import calendar_years
 from engine.errors import Invalid, NotFound, PayloadTooLarge
-from engine.holidays import calendar_years
-from engine.policy import ROLES
+from engine.trust import audit, delivery
+from engine.trust.access import authorize
+from engine.trust.policy import ROLES
+from engine.usecases import admin
 from storage.models import (
     Department,
     ExportJob,
@@ -238,7 +239,7 @@ def latest_anchor(store: Any, now: datetime, days: int = 7) -> dict[str, Any] | 
     folders are listed (serve anchors every few minutes while the chain moves)."""
     from datetime import timedelta
 
-    from engine.anchors import PREFIX, read_anchor
+    from engine.trust.anchors import PREFIX, read_anchor
     from storage.artefact_store import StoreUnavailable
 
     if store is None:

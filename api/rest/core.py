@@ -24,8 +24,11 @@ from api.downloads import artefact_response
 from api.extensions import db
 from api.limits import remember_device
 from api.serializers import artefact_json, history_json, iso, item_summary, task_json, task_rows_json
-from engine import accounts, audit, lists
-from engine.access import (
+from engine.contract.catalog import ARTEFACT_KINDS, kind_title
+from engine.errors import Conflict, DomainError, Invalid, NotFound
+from engine.evidence.artefacts import optional_kinds, submitted_evidence, upload_artefact
+from engine.trust import accounts, audit
+from engine.trust.access import (
     artefact_scope,
     authorize,
     load_artefact_for,
@@ -33,12 +36,20 @@ from engine.access import (
     load_task_for,
     may_see_artefact,
 )
-from engine.catalog import ARTEFACT_KINDS
-from engine.errors import Conflict, DomainError, Invalid, NotFound
-from engine.evidence import submitted_evidence, upload_artefact
-from engine.inbox import settlement_steps
-from engine.policy import ROLES
-from engine.workflow import Ctx, NewItem, claim, complete_task, create_item, hand_over, task_requirements, unclaim
+from engine.trust.policy import ROLES
+from engine.usecases import lists
+from engine.usecases.inbox import settlement_steps
+from engine.usecases.tasks import (
+    Ctx,
+    NewItem,
+    claim,
+    complete_task,
+    create_item,
+    hand_over,
+    line_kind,
+    task_requirements,
+    unclaim,
+)
 from storage.models import Artefact, AuditEvent, Contract, HumanTask, User, WorkItem
 from storage.unit_of_work import unit_of_work
 
@@ -230,11 +241,18 @@ def catalog() -> dict[str, Any]:
         "period_start": c.period_start.isoformat() if c.period_start else None,
         "period_end": c.period_end.isoformat() if c.period_end else None,
         "award_amount": float(c.award_amount) if c.award_amount is not None else None,
+        "settings": {k: v for k, v in (c.settings or {}).items() if k in ("pricing", "out_of_period",
+                                                                            "price_basis")},
+        "artefact_kinds": {code: dict(spec) for code, spec in ((c.settings or {}).get("artefact_kinds") or {}).items()},
         "service_lines": [{
-            "code": sl.code, "name": sl.name, "unit": sl.unit, "channels": sl.channels, "process": sl.process_id,
+            "code": sl.code, "name": sl.name, "unit": {"code": sl.unit_code or sl.unit, "name": sl.unit},
+            "metered": bool(sl.metered), "kind": line_kind(sl), "channels": sl.channels, "process": sl.process_id,
             "unit_prices": {ch: float(Decimal(p)) for ch, p in sl.unit_prices.items()},
             "estimated_volumes": sl.estimated_volumes, "targets": sl.targets,
-            "gates": {gate: [{"kind": r["kind"], "title": ARTEFACT_KINDS[r["kind"]], "when": r.get("when", {})}
+            "difficulty_levels": [{"value": float(Decimal(lv["value"])), "meaning": lv.get("meaning", "")}
+                                  for lv in (sl.difficulty_levels or [])],
+            "gates": {gate: [{"kind": r["kind"], "title": kind_title(r["kind"], c.settings), "when": r.get("when", {}),
+                              **({"optional": True} if r.get("optional") else {})}
                              for r in rules] for gate, rules in sl.gates.items()},
         } for sl in c.service_lines],
     } for c in contracts], "artefact_kinds": ARTEFACT_KINDS}
@@ -248,12 +266,17 @@ class NewItemSchema(Schema):
     name = fields.String(required=True, validate=validate.Length(min=1, max=300))
     code = fields.String(required=True, validate=validate.Length(min=1, max=100))
     department = fields.String(required=True, validate=validate.Length(min=1, max=64))
-    channels = fields.List(fields.String(validate=validate.OneOf(["pc", "mobile", "kiosk"])), required=True,
-                           validate=validate.Length(min=1, max=3))
-    mode = fields.String(required=True, validate=validate.OneOf(["new", "iteration"]))
+    # Required for lines priced per channel; left out for a line priced without channels and a metered record.
+    channels = fields.List(fields.String(validate=validate.OneOf(["pc", "mobile", "kiosk"])), load_default=list,
+                           validate=validate.Length(max=3))
+    # Required for countable work; a metered record and a deliverable have their own.
+    mode = fields.String(load_default=None, validate=validate.OneOf(["new", "iteration"]))
     difficulty = fields.Decimal(load_default=Decimal("1.0"), validate=validate.Range(min=0.1, max=5),
                                 places=2, allow_nan=False)
     attributes = fields.Dict(keys=fields.String(validate=validate.Length(max=64)), load_default=dict)
+    # A metered line's record: units (calls, SMS, person-months…) in a period (a month, "2026-11").
+    units = fields.Decimal(load_default=None, allow_nan=False, validate=validate.Range(min=0, min_inclusive=False))
+    period = fields.String(load_default=None, validate=validate.Regexp(r"^[0-9]{4}-[0-9]{2}$"))
 
 
 @blp.route("/items", methods=["POST"])
@@ -311,7 +334,7 @@ def item_detail(item: WorkItem, viewer: User, *, tasks: list[HumanTask] | None =
             # Each step's checklist from its own evidence scope; another department's files stay unnamed.
             statuses = task_requirements(db.session, t, artefacts)
             gates.append({"gate": t.gate, "task_id": t.id, "required": [
-                {"kind": s.kind, "title": ARTEFACT_KINDS[s.kind], "present": s.artefact is not None}
+                {"kind": s.kind, "title": kind_title(s.kind, item.contract.settings), "present": s.artefact is not None}
                 for s in statuses]})
     data["gates"] = gates
     if events is not None:
@@ -354,7 +377,7 @@ def tasks_list(args: dict[str, Any]) -> dict[str, Any]:
     total = db.session.execute(select(func.count()).select_from(HumanTask).where(where)).scalar_one()
     tasks = task_rows_json(db.session, where, (HumanTask.created_at, HumanTask.id),
                            (args["page"] - 1) * args["per_page"], args["per_page"])
-    # Settlement steps are not item tasks; they wait for a role (engine/inbox.py) and come with the queues.
+    # Settlement steps are not item tasks; they wait for a role (engine/usecases/inbox.py) and come with the queues.
     steps = [] if args["scope"] == "mine" else [
         {"settlement_id": s.settlement_id, "label": s.label, "contract": s.contract, "step": s.step,
          "title": s.title, "round": s.round, "waiting_since": iso(s.waiting_since), "due_at": iso(s.due_at)}
@@ -366,9 +389,14 @@ def task_detail(task: HumanTask) -> dict[str, Any]:
     data = task_json(task)
     data["form"] = forms.json_schema(task.form)
     data["required_artefacts"] = [
-        {"kind": s.kind, "title": ARTEFACT_KINDS[s.kind], "present": s.artefact is not None,
+        {"kind": s.kind, "title": kind_title(s.kind, task.item.contract.settings), "present": s.artefact is not None,
          "artefact_id": s.artefact.id if s.artefact else None}
         for s in task_requirements(db.session, task)]
+    optional = optional_kinds(task)
+    if optional:
+        # Working documents the step may take (e.g. the survey form in Shanghai) without requiring them.
+        data["optional_artefacts"] = [{"kind": k, "title": kind_title(k, task.item.contract.settings)}
+                                      for k in optional]
     if task.review_of:
         # The versions the submission passed its gate with, not whatever was uploaded since.
         data["artefacts_to_review"] = [artefact_json(a) for a in submitted_evidence(db.session, task)]
@@ -442,11 +470,11 @@ def _file_length(stream: Any) -> int:
 
 def _upload_streamed(context: Ctx, item: WorkItem, boundary: bytes) -> Artefact:
     """An upload whose multipart body nothing has read yet: parsed as it arrives, its file stored as it arrives
-    (engine.evidence.StreamedUpload), so receiving and storing overlap. Anything but success leaves no object,
+    (engine.evidence.artefacts.StreamedUpload), so receiving and storing overlap. Anything but success leaves no object,
     no stray parts and no row: an unknown kind (422), a refused type (415), too large (413), the store failing
     (503), the client going away (400) or the body being malformed (422, as an unparsable form is today)."""
     from api.uploads import receive_artefact_form
-    from engine.evidence import StreamedUpload
+    from engine.evidence.artefacts import StreamedUpload
 
     assert context.user is not None and context.store is not None
     upload = StreamedUpload(context.store, item, current_app.config["ITEMGATE"].max_upload_bytes)

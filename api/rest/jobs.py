@@ -7,7 +7,7 @@ from flask_smorest import Blueprint
 
 from api.auth import current_user
 from api.extensions import db
-from engine.jobs import job_json, load_job_for
+from engine.usecases.jobs import job_json, load_job_for
 from storage.models import utcnow
 
 blp = Blueprint("jobs", __name__, url_prefix="/api/v1", description="Background export jobs")

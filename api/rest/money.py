@@ -15,13 +15,14 @@ from sqlalchemy import func, select
 from api.auth import current_user
 from api.downloads import file_response
 from api.extensions import db
-from engine import audit, masking, payments
-from engine.access import authorize
-from engine.calendar import TZ
+from engine.contract.calendar import TZ
 from engine.errors import NotFound
-from engine.exports import XLSX
-from engine.money_reports import audit_xlsx_file, payments_xlsx_file
-from engine.performance import GROUPS
+from engine.money import payments
+from engine.money.exports import XLSX
+from engine.money.money_reports import audit_xlsx_file, payments_xlsx_file
+from engine.money.performance import GROUPS
+from engine.trust import audit, masking
+from engine.trust.access import authorize
 from storage.models import AuditEvent, Contract, WorkItem
 from storage.unit_of_work import unit_of_work
 
@@ -173,7 +174,7 @@ def exports_items_xlsx(args: dict[str, Any]) -> Response:
     items = list(db.session.scalars(select(WorkItem).where(WorkItem.contract_id == contract.id)
                                     .order_by(WorkItem.id)))
     g.export_rows = len(items)
-    from engine.money_reports import items_xlsx_file
+    from engine.money.money_reports import items_xlsx_file
 
     rows = [(item, masking.for_role(item.attributes or {}, user.role, contract.settings or {})) for item in items]
     return file_response(items_xlsx_file(rows), XLSX, f"事项清单-{contract.code}.xlsx", f"items-{contract.code}.xlsx")
@@ -197,7 +198,7 @@ def performance_get(args: dict[str, Any], code: str) -> dict[str, Any]:
     contract = _contract(code)
     start = args["date_from"] or contract.period_start or datetime(2000, 1, 1).date()
     end = args["date_to"] or datetime.now(TZ).date()
-    from engine.performance import on_time_rates
+    from engine.money.performance import on_time_rates
 
     rows = on_time_rates(db.session, contract, start, end, args["by"], datetime.now(TZ))
     return {"contract": contract.code, "from": start.isoformat(), "to": end.isoformat(), "by": args["by"],
@@ -209,7 +210,7 @@ def performance_get(args: dict[str, Any], code: str) -> dict[str, Any]:
 def _report_ctx() -> Any:
     from flask import current_app
 
-    from engine.workflow import Ctx
+    from engine.usecases.tasks import Ctx
 
     return Ctx(session=db.session, user=current_user(), request_id=g.get("request_id"),
                store=current_app.extensions.get("itemgate_store"))
@@ -217,7 +218,7 @@ def _report_ctx() -> Any:
 
 def _report_json(report: Any) -> dict[str, Any]:
     from api.serializers import iso
-    from engine import monthly_report as mr
+    from engine.usecases import monthly_report as mr
 
     out = mr.report_json(report, datetime.now(TZ))
     for k in ("due_at", "submitted_at", "revision_due_at"):
@@ -234,7 +235,7 @@ class ReportListArgs(Schema):
 @blp.response(200)
 def monthly_reports_list(args: dict[str, Any], code: str) -> dict[str, Any]:
     """One report work item per month of the service period, with its clock and any late deduction."""
-    from engine import monthly_report as mr
+    from engine.usecases import monthly_report as mr
 
     with unit_of_work(db.session):
         authorize(current_user(), "report.read")
@@ -246,7 +247,7 @@ def monthly_reports_list(args: dict[str, Any], code: str) -> dict[str, Any]:
 @blp.route("/monthly-reports/<int:report_id>", methods=["GET"])
 @blp.response(200)
 def monthly_report_get(report_id: int) -> dict[str, Any]:
-    from engine import monthly_report as mr
+    from engine.usecases import monthly_report as mr
 
     authorize(current_user(), "report.read")
     report = mr.load(db.session, report_id)
@@ -255,7 +256,7 @@ def monthly_report_get(report_id: int) -> dict[str, Any]:
 
 @blp.route("/monthly-reports/<int:report_id>/report.xlsx", methods=["GET"])
 def monthly_report_xlsx(report_id: int) -> Response:
-    from engine import monthly_report as mr
+    from engine.usecases import monthly_report as mr
 
     authorize(current_user(), "report.read")
     report = mr.load(db.session, report_id)
@@ -270,8 +271,8 @@ def monthly_report_pdf(report_id: int) -> Response:
     from flask import current_app
 
     from api.downloads import attachment
-    from engine import monthly_report as mr
-    from engine.pdf import find_cjk_font
+    from engine.evidence.pdf import find_cjk_font
+    from engine.usecases import monthly_report as mr
 
     authorize(current_user(), "report.read")
     report = mr.load(db.session, report_id)
@@ -292,7 +293,7 @@ class NarrativeBody(Schema):
 @blp.arguments(NarrativeBody)
 @blp.response(200)
 def monthly_report_narrative(body: dict[str, Any], report_id: int) -> dict[str, Any]:
-    from engine import monthly_report as mr
+    from engine.usecases import monthly_report as mr
 
     with unit_of_work(db.session):
         authorize(current_user(), "report.prepare")
@@ -306,8 +307,8 @@ def monthly_report_attach(report_id: int) -> dict[str, Any]:
     """multipart/form-data with `file` (≤ 64 MiB)."""
     from flask import request
 
-    from engine import monthly_report as mr
     from engine.errors import Invalid
+    from engine.usecases import monthly_report as mr
 
     with unit_of_work(db.session):
         authorize(current_user(), "report.prepare")
@@ -325,7 +326,7 @@ def monthly_report_attach(report_id: int) -> dict[str, Any]:
 @blp.route("/monthly-reports/<int:report_id>/submit", methods=["POST"])
 @blp.response(200)
 def monthly_report_submit(report_id: int) -> dict[str, Any]:
-    from engine import monthly_report as mr
+    from engine.usecases import monthly_report as mr
 
     with unit_of_work(db.session):
         authorize(current_user(), "report.prepare")
@@ -342,7 +343,7 @@ class ReportReviewBody(Schema):
 @blp.arguments(ReportReviewBody)
 @blp.response(200)
 def monthly_report_review(body: dict[str, Any], report_id: int) -> dict[str, Any]:
-    from engine import monthly_report as mr
+    from engine.usecases import monthly_report as mr
 
     with unit_of_work(db.session):
         authorize(current_user(), "report.review")
@@ -356,7 +357,7 @@ def deadlines_get(code: str) -> dict[str, Any]:
     """Every running contract clock (settlement materials and revisions, monthly reports, rectifications), due
     first, with its state — what the PM dashboard shows."""
     from api.serializers import iso
-    from engine.clocks import running_clocks
+    from engine.usecases.clocks import running_clocks
 
     authorize(current_user(), "settlement.read")
     contract = _contract(code)

@@ -13,12 +13,12 @@ from api.auth import current_user
 from api.extensions import db
 from api.rest.core import PageArgs, ctx, item_detail
 from api.serializers import iso
-from engine import audit, notify
+from engine.contract.holidays import enter_year, year_view
 from engine.errors import Invalid, NotFound
-from engine.holidays import enter_year, year_view
-from engine.intake import import_items
-from engine.lifecycle import cancel_item, rework_item
-from engine.processes import MAX_MODEL_BYTES, deploy
+from engine.trust import audit, notify
+from engine.usecases.intake import import_items
+from engine.usecases.lifecycle import cancel_item, rework_item
+from engine.usecases.processes import MAX_MODEL_BYTES, deploy
 from storage.models import Notification, ProcessDefinition, ProcessInstance
 from storage.unit_of_work import unit_of_work
 
@@ -156,7 +156,7 @@ def calendar_enter(body: dict[str, Any], year: int) -> dict[str, Any]:
 @blp.route("/admin/calendar/<int:year>", methods=["GET"])
 @blp.response(200)
 def calendar_get(year: int) -> dict[str, Any]:
-    from engine.access import authorize
+    from engine.trust.access import authorize
 
     authorize(current_user(), "catalog.manage")
     return year_view(db.session, year)
@@ -207,7 +207,7 @@ def processes_deploy() -> Any:
 @blp.route("/admin/processes", methods=["GET"])
 @blp.response(200)
 def processes_list() -> dict[str, Any]:
-    from engine.access import authorize
+    from engine.trust.access import authorize
 
     authorize(current_user(), "process.manage")
     rows = db.session.scalars(select(ProcessDefinition).order_by(ProcessDefinition.process_id,
@@ -235,7 +235,7 @@ class MigrationBody(Schema):
 def processes_migrate(body: dict[str, Any], definition_id: int) -> dict[str, Any]:
     """Move running items of older versions to this version (`definition_id` is the target); one transaction per
     item; `dry_run` (the default) only lists per item what maps and what does not."""
-    from engine.migration import migrate
+    from engine.usecases.migration import migrate
 
     user = current_user()
     if (body["items"] is None) == (not body["all_running"]):

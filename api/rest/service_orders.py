@@ -17,9 +17,9 @@ from api.downloads import content_disposition
 from api.extensions import db
 from api.rest.core import PageArgs, ctx, item_detail
 from api.uploads import record_upload
-from engine import audit
 from engine.errors import FormInvalid, Invalid, ObjectMissing, ServiceUnavailable
-from engine.service_orders import (
+from engine.trust import audit
+from engine.usecases.service_orders import (
     STATUSES,
     Acceptance,
     NewOrder,

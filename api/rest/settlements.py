@@ -15,19 +15,19 @@ from api.downloads import attachment, file_response, send_export
 from api.extensions import db
 from api.limits import id_field
 from api.serializers import entry_json, iso, money, num
-from engine import ledger
-from engine import settlement as st
-from engine.access import authorize
-from engine.bundle import stream_bundle
 from engine.errors import NotFound, ServiceUnavailable
-from engine.exports import EXPORTS, XLSX, export_named
-from engine.reports import (
+from engine.money import ledger
+from engine.money.bundle import stream_bundle
+from engine.money.exports import EXPORTS, XLSX, export_named
+from engine.money.reports import (
     WorkloadFilter,
     claim_xlsx_file,
     monthly_counts,
     progress,
 )
-from engine.workflow import Ctx
+from engine.trust.access import authorize
+from engine.usecases import settlement as st
+from engine.usecases.tasks import Ctx
 from storage.models import Contract, Settlement, SettlementNote, User, WorkloadEntry
 from storage.unit_of_work import unit_of_work
 
@@ -114,7 +114,7 @@ def settlement_json(s: Settlement, user: User, with_lines: bool = False, *, fig:
         out["rectifications"] = [{"id": t.id, "title": t.title, "status": t.status, "due_at": iso(t.due_at)}
                                  for t in st.rectifications(db.session, s)]
         # For the evaluation: the on-time rate (按时处理率) of the claim's period, per department.
-        from engine.performance import on_time_rates
+        from engine.money.performance import on_time_rates
 
         out["on_time"] = on_time_rates(db.session, s.contract, s.period_start, s.period_end, "department",
                                        ctx().now)

@@ -11,9 +11,9 @@ from api.auth import current_user
 from api.downloads import send_export
 from api.extensions import db
 from api.serializers import entry_json, money, num
-from engine.access import authorize
-from engine.exports import EXPORTS
-from engine.reports import WorkloadFilter, counts, entries_query, totals
+from engine.money.exports import EXPORTS
+from engine.money.reports import WorkloadFilter, counts, entries_query, totals
+from engine.trust.access import authorize
 
 blp = Blueprint("workload", __name__, url_prefix="/api/v1", description="Workload ledger and exports")
 

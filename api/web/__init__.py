@@ -11,7 +11,7 @@ from api.extensions import babel, csrf, db, evidence_lock_state, login_manager
 from api.web import i18n
 from api.web.auth import SessionUser, load_session_user, touch_web_session
 from api.web.i18n import _
-from engine.policy import may, scope_of
+from engine.trust.policy import may, scope_of
 
 _SAFE_METHODS = {"GET", "HEAD", "OPTIONS", "TRACE"}
 _ERROR_TEXT = {
@@ -65,7 +65,7 @@ def register(app: Flask) -> None:
             # The bell on every page: one indexed count of my own unread rows (ix_notifications_user).
             if not current_user.is_authenticated:
                 return 0
-            from engine.notify import unread_count
+            from engine.trust.notify import unread_count
 
             if "unread_notifications" not in g:
                 g.unread_notifications = unread_count(db.session, current_user.row)

@@ -18,12 +18,13 @@ from api.rest.core import change_user_by_name
 from api.web.auth import me, web_ctx
 from api.web.i18n import _
 from api.web.views import refusal
-from engine import admin, audit, delivery
-from engine.access import authorize
-from engine.accounts import create_user
+from engine.contract.holidays import MAX_YEAR, MIN_YEAR, calendar_years, enter_year, year_view
 from engine.errors import DomainError, FormInvalid, Invalid, PayloadTooLarge
-from engine.holidays import MAX_YEAR, MIN_YEAR, calendar_years, enter_year, year_view
-from engine.policy import ROLES, needs_department
+from engine.trust import audit, delivery
+from engine.trust.access import authorize
+from engine.trust.accounts import create_user
+from engine.trust.policy import ROLES, needs_department
+from engine.usecases import admin
 from storage.models import Department, NotificationDelivery, User
 from storage.unit_of_work import unit_of_work
 
@@ -174,7 +175,7 @@ def departments() -> Any:
     rows = departments_json()
     ids = {d.code: d.id for d in _departments()}
     robots = {code: admin.channels_of(db.session, "department", ids[code]).get("webhook") for code in ids}
-    # A lead reviewer is a reviewer of that department: a user of a department-bound role (engine/policy.py).
+    # A lead reviewer is a reviewer of that department: a user of a department-bound role (engine/trust/policy.py).
     reviewers = [u for u in db.session.scalars(select(User).where(User.active.is_(True),
                                                                   User.department_id.is_not(None))
                                                .order_by(User.username)) if needs_department(u.role)]

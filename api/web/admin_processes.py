@@ -10,12 +10,12 @@ from api.extensions import db
 from api.rest.operations import read_model_upload
 from api.web.auth import me
 from api.web.i18n import _
-from engine import audit
-from engine.access import authorize
 from engine.errors import DomainError
-from engine.migration import migrate
-from engine.modelcheck import ModelRejected
-from engine.processes import deploy, validate_model
+from engine.runtime.modelcheck import ModelRejected
+from engine.trust import audit
+from engine.trust.access import authorize
+from engine.usecases.migration import migrate
+from engine.usecases.processes import deploy, validate_model
 from storage.models import ProcessDefinition, ProcessInstance
 from storage.unit_of_work import unit_of_work
 

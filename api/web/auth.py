@@ -13,7 +13,7 @@ from flask_login import UserMixin, current_user
 from sqlalchemy import delete, select, update
 
 from api.extensions import db
-from engine.workflow import Ctx
+from engine.usecases.tasks import Ctx
 from storage.models import User, WebSession
 from storage.unit_of_work import unit_of_work
 

@@ -14,18 +14,18 @@ from babel.messages.pofile import read_po
 from flask import Flask, request, session
 from flask_babel import format_date, format_datetime, get_locale
 
-from engine.catalog import ARTEFACT_KINDS
-from engine.policy import ROLE_LABELS
-from engine.workkinds import stage_labels, step_help
+from engine.contract.catalog import ARTEFACT_KINDS
+from engine.runtime.workkinds import stage_labels, step_help
+from engine.trust.policy import ROLE_LABELS
 
 LANGUAGES = ("zh", "en")
 DEFAULT = "zh"
 
-# Stage names and step help come from the BPMN models (engine/workkinds.py); English is below.
+# Stage names and step help come from the BPMN models (engine/runtime/workkinds.py); English is below.
 STAGES = stage_labels()
 ROLES = {**ROLE_LABELS, "system": "系统"}
 STATUSES = {"active": "进行中", "completed": "已完成", "cancelled": "已取消", "ready": "待办"}
-MODES = {"new": "新增接入", "iteration": "优化迭代"}
+MODES = {"new": "新增接入", "iteration": "优化迭代", "record": "计量记录", "deliverable": "交付成果"}
 CHANNELS = {"pc": "PC端", "mobile": "移动端", "kiosk": "自助终端"}
 EVENTS = {
     "item.created": "事项登记", "item.completed": "事项完成", "item.difficulty_set": "确定难度系数",
@@ -151,7 +151,26 @@ def label(table: dict[str, str], key: str | None) -> str:
 
 
 def kind_title(kind: str) -> str:
-    return _(ARTEFACT_KINDS.get(kind, kind))
+    if kind in ARTEFACT_KINDS:
+        return _(ARTEFACT_KINDS[kind])
+    # A kind a contract's catalogue declares ([artefact_kinds]): its own title, read once per request.
+    from flask import g
+
+    declared = g.get("declared_kinds")
+    if declared is None:
+        from sqlalchemy import select
+
+        from api.extensions import db
+        from storage.models import Contract
+
+        declared = {}
+        for settings in db.session.scalars(select(Contract.settings)):
+            declared.update((settings or {}).get("artefact_kinds") or {})
+        g.declared_kinds = declared
+    spec = declared.get(kind)
+    if spec is None:
+        return kind
+    return str(spec.get("title_en") or spec["title"]) if lang() == "en" else str(spec["title"])
 
 
 def fmt_datetime(value: datetime | str | None) -> str:

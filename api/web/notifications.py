@@ -12,8 +12,9 @@ from sqlalchemy import func, select
 from api.extensions import db
 from api.web.auth import me, web_ctx
 from api.web.i18n import _
-from engine import admin, notify
 from engine.errors import FormInvalid, NotFound
+from engine.trust import notify
+from engine.usecases import admin
 from storage.models import Notification
 from storage.unit_of_work import unit_of_work
 

@@ -17,11 +17,11 @@ from api.uploads import record_upload
 from api.web.auth import me, web_ctx
 from api.web.i18n import _
 from api.web.views import bp, refusal
-from engine.access import authorize, load_item_for
+from engine.contract.registration import line_fields
 from engine.errors import DomainError, FormInvalid, NotFound
-from engine.evidence import upload_artefact
-from engine.registration import line_fields
-from engine.workflow import NewItem, create_item
+from engine.evidence.artefacts import upload_artefact
+from engine.trust.access import authorize, load_item_for
+from engine.usecases.tasks import NewItem, create_item
 from storage.models import CHANNELS, Contract, Department, ServiceLine, WorkItem
 from storage.unit_of_work import unit_of_work
 
@@ -210,7 +210,7 @@ def _length(stream: Any) -> int:
 
 @bp.post("/items/<int:item_id>/cancel")
 def item_cancel(item_id: int) -> Any:
-    from engine.lifecycle import cancel_item
+    from engine.usecases.lifecycle import cancel_item
 
     reason = (request.form.get("reason") or "").strip()
     return _item_action(item_id, lambda: cancel_item(web_ctx(), item_id, reason), _("事项已取消"))
@@ -218,7 +218,7 @@ def item_cancel(item_id: int) -> Any:
 
 @bp.post("/items/<int:item_id>/rework")
 def item_rework(item_id: int) -> Any:
-    from engine.lifecycle import rework_item
+    from engine.usecases.lifecycle import rework_item
 
     to = (request.form.get("to") or "").strip()[:100]
     reason = (request.form.get("reason") or "").strip()
@@ -227,7 +227,7 @@ def item_rework(item_id: int) -> Any:
 
 @bp.post("/items/<int:item_id>/difficulty")
 def item_difficulty(item_id: int) -> Any:
-    from engine.lifecycle import adjust_difficulty
+    from engine.usecases.lifecycle import adjust_difficulty
 
     raw = (request.form.get("difficulty") or "").strip()[:20]
     note = (request.form.get("note") or "").strip()
@@ -283,7 +283,7 @@ def _contracts() -> list[Contract]:
 
 
 def _import_page(status: int = 200, **extra: Any) -> Any:
-    from engine.import_jobs import TEMPLATE_COLUMNS
+    from engine.usecases.import_jobs import TEMPLATE_COLUMNS
 
     return render_template("web/items_import.html", contracts=_contracts(), columns=TEMPLATE_COLUMNS,
                            column_names=_COLUMN_NAMES, problem_text=import_problem,
@@ -298,7 +298,7 @@ def items_import() -> Any:
 
 @bp.get("/items/import/template.xlsx")
 def items_import_template() -> Any:
-    from engine.import_jobs import XLSX, template_xlsx
+    from engine.usecases.import_jobs import XLSX, template_xlsx
 
     authorize(me(), "item.import")
     return send_file(io.BytesIO(template_xlsx()), mimetype=XLSX, as_attachment=True,
@@ -310,7 +310,7 @@ def items_import_preview() -> Any:
     """Keep the file, dry-run it and show every row with its problems; nothing is written to the items."""
     from flask import session
 
-    from engine import import_jobs
+    from engine.usecases import import_jobs
 
     user = me()
     authorize(user, "item.import")
@@ -360,7 +360,7 @@ def items_import_start() -> Any:
     from flask import session
 
     from api.background import start_job
-    from engine import import_jobs
+    from engine.usecases import import_jobs
 
     with unit_of_work(db.session):
         user = me()
@@ -378,7 +378,7 @@ def items_import_start() -> Any:
 
 @bp.get("/items/import/jobs/<int:job_id>")
 def items_import_job(job_id: int) -> Any:
-    from engine import import_jobs, jobs
+    from engine.usecases import import_jobs, jobs
     from storage.models import utcnow
 
     job = jobs.load_job_for(db.session, me(), job_id)

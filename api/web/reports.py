@@ -1,4 +1,5 @@
-"""Web page for monthly operations reports (月度运营报告, engine/monthly_report.py): the PM writes and submits or
+"""Web page for monthly operations reports (月度运营报告, engine/usecases/monthly_report.py): the PM writes
+and submits or
 revises a month's report; the third party accepts it or returns it with comments. The inbox links here."""
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ from api.extensions import db
 from api.web.auth import me, web_ctx
 from api.web.i18n import _
 from api.web.views import bp, refusal
-from engine import monthly_report as mr
 from engine.errors import DomainError, NotFound
-from engine.inbox import report_steps
-from engine.policy import may
+from engine.trust.policy import may
+from engine.usecases import monthly_report as mr
+from engine.usecases.inbox import report_steps
 from storage.models import Contract
 from storage.unit_of_work import unit_of_work
 

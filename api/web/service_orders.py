@@ -16,11 +16,11 @@ from api.web.auth import me, web_ctx
 from api.web.i18n import _, form_message
 from api.web.pm import field_text
 from api.web.views import PER_PAGE, _page, bp, refusal
-from engine.access import authorize
+from engine.contract.registration import line_fields
 from engine.errors import DomainError, FormInvalid, NotFound, ServiceUnavailable
-from engine.policy import DEPARTMENT, may, scope_of
-from engine.registration import line_fields
-from engine.service_orders import (
+from engine.trust.access import authorize
+from engine.trust.policy import DEPARTMENT, may, scope_of
+from engine.usecases.service_orders import (
     STATUSES,
     Acceptance,
     accept_order,

@@ -26,13 +26,11 @@ from api.limits import row_id
 from api.web.auth import me, web_ctx
 from api.web.i18n import _
 from api.web.views import PER_PAGE, _count, _page, refusal
-from engine import jobs, ledger
-from engine import settlement as st
-from engine.bundle import stream_bundle
 from engine.errors import DomainError, NotFound, ServiceUnavailable
-from engine.exports import EXPORTS, XLSX, export_named
-from engine.policy import may
-from engine.reports import (
+from engine.money import ledger
+from engine.money.bundle import stream_bundle
+from engine.money.exports import EXPORTS, XLSX, export_named
+from engine.money.reports import (
     NOTE_NAMES,
     WorkloadFilter,
     claim_xlsx_file,
@@ -41,7 +39,10 @@ from engine.reports import (
     progress,
     totals,
 )
-from engine.workflow import Ctx
+from engine.trust.policy import may
+from engine.usecases import jobs
+from engine.usecases import settlement as st
+from engine.usecases.tasks import Ctx
 from storage.artefact_store import ObjectMissing, StoreUnavailable
 from storage.models import (
     Contract,
@@ -413,13 +414,13 @@ def export_job_download(job_id: int) -> Any:
 
 @bp.get("/contracts/<code>/payments")
 def payments_page(code: str) -> Any:
-    from engine import payments as pay
+    from engine.money import payments as pay
 
     contract = db.session.execute(select(Contract).where(Contract.code == code)).scalar()
     if contract is None:
         raise NotFound(f"contract {code} not found")
     plan = pay.schedule_for(db.session, contract)
-    from engine.money_reports import STATE_NAMES
+    from engine.money.money_reports import STATE_NAMES
 
     return render_template("web/payments.html", contract=contract, plan=plan, me=me(), state_names=STATE_NAMES,
                            cumulative=pay.approved_cumulative(db.session, contract),
@@ -430,7 +431,7 @@ def payments_page(code: str) -> Any:
 def payments_record(code: str) -> Any:
     from decimal import Decimal, InvalidOperation
 
-    from engine import payments as pay
+    from engine.money import payments as pay
 
     contract = db.session.execute(select(Contract).where(Contract.code == code)).scalar()
     if contract is None:
@@ -451,8 +452,8 @@ def payments_record(code: str) -> Any:
 def payments_xlsx(code: str) -> Any:
     from flask import g
 
-    from engine import payments as pay
-    from engine.money_reports import payments_xlsx_file
+    from engine.money import payments as pay
+    from engine.money.money_reports import payments_xlsx_file
 
     contract = db.session.execute(select(Contract).where(Contract.code == code)).scalar()
     if contract is None:

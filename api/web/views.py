@@ -33,22 +33,22 @@ from api.uploads import record_upload
 from api.web.auth import SessionUser, end_web_session, me, start_web_session, web_ctx
 from api.web.formfields import data_from, fields_for
 from api.web.i18n import STAGES, _, form_message, lang
-from engine import audit
-from engine.access import authorize, load_artefact_for, load_item_for, load_task_for, may_act_on
-from engine.dashboard import build_dashboard
-from engine.diagram import render_svg
-from engine.drafts import load_draft, save_draft
 from engine.errors import Conflict, DomainError, FormInvalid, GateUnmet, Invalid, NotFound, ServiceUnavailable
-from engine.evidence import submitted_evidence, upload_artefact
-from engine.guidance import step_guidance
-from engine.inbox import report_steps, settlement_steps
-from engine.lists import filtered_items, task_query
-from engine.policy import DEPARTMENT, may, scope_of
-from engine.preview import MAX_BYTES as PREVIEW_MAX_BYTES
-from engine.preview import PREVIEWABLE_DOCUMENTS, NotPreviewable, document_preview
-from engine.rounds import artefact_versions, review_rounds, step_records
-from engine.sheets import SHEETS
-from engine.workflow import claim, complete_task, hand_over, task_requirements, unclaim
+from engine.evidence.artefacts import submitted_evidence, upload_artefact
+from engine.evidence.preview import MAX_BYTES as PREVIEW_MAX_BYTES
+from engine.evidence.preview import PREVIEWABLE_DOCUMENTS, NotPreviewable, document_preview
+from engine.evidence.sheets import SHEETS
+from engine.money.dashboard import build_dashboard
+from engine.runtime.diagram import render_svg
+from engine.runtime.guidance import step_guidance
+from engine.trust import audit
+from engine.trust.access import authorize, load_artefact_for, load_item_for, load_task_for, may_act_on
+from engine.trust.policy import DEPARTMENT, may, scope_of
+from engine.usecases.drafts import load_draft, save_draft
+from engine.usecases.inbox import report_steps, settlement_steps
+from engine.usecases.lists import filtered_items, task_query
+from engine.usecases.rounds import artefact_versions, review_rounds, step_records
+from engine.usecases.tasks import claim, complete_task, hand_over, optional_statuses, task_requirements, unclaim
 from storage.artefact_store import ObjectMissing, StoreUnavailable
 from storage.models import Department, HumanTask, ProcessInstance, ServiceLine, User, WorkItem
 from storage.unit_of_work import unit_of_work
@@ -314,6 +314,9 @@ def render_task(task: HumanTask, *, errors: dict[str, list[str]] | None = None,
     # A review shows exactly what was submitted to it (from the gate pass), in its own department's scope.
     review = submitted_evidence(db.session, task) if task.review_of else []
     unmet = [s.kind for s in gate if s.artefact is None]
+    # The step's optional working documents are listed (and uploadable) after what it requires.
+    optional = optional_statuses(db.session, task) if task.status == "ready" else []
+    gate = gate + [s for s in optional if s.kind not in {g.kind for g in gate}]
     if missing:
         unmet = list(dict.fromkeys(unmet + missing))
     may_act = may_act_on(user, task)
@@ -345,7 +348,7 @@ def render_task(task: HumanTask, *, errors: dict[str, list[str]] | None = None,
         max_upload_mb=settings.max_upload_mb, accepted=",".join(ACCEPTED_EXTENSIONS), previewable=PREVIEWABLE,
         previewable_documents=PREVIEWABLE_DOCUMENTS,
         task_department=departments.get(task.department_id or 0), now=datetime.now(UTC), me=user,
-        sheet_kinds=set(SHEETS),
+        sheet_kinds=set(SHEETS), optional_kinds={s.kind for s in optional},
         status_code=status,
     ), status
 
@@ -476,7 +479,7 @@ def artefact_preview(artefact_id: int) -> Any:
     """A .docx or .xlsx read in the browser (text and tables), so a reviewer need not download it. Audited as a
     read of the evidence, like a download."""
     user = me()
-    artefact = load_artefact_for(user, artefact_id)
+    artefact = load_artefact_for(db.session, user, artefact_id)
     media_type = artefact.media_type.split(";")[0]
     preview = None
     if media_type in PREVIEWABLE_DOCUMENTS and artefact.size <= PREVIEW_MAX_BYTES:
@@ -563,8 +566,8 @@ def item(item_id: int) -> Any:
             "difficulty_open": not any(t["form_key"] == "difficulty_confirmation" and t["status"] == "completed"
                                        for t in detail["tasks"]),
         }
-    from engine.policy import RULES
-    from engine.service_orders import order_of_item
+    from engine.trust.policy import RULES
+    from engine.usecases.service_orders import order_of_item
 
     # The request the item came from (运营服务单): who asked and with which letter; linked for roles that read orders.
     source_order = order_of_item(db.session, item.id) if (item.attributes or {}).get("service_order") else None
@@ -594,9 +597,13 @@ def dashboard() -> Any:
     now = datetime.now(UTC)
     dash = build_dashboard(db.session, user, now)
     departments = _departments()
-    from engine.clocks import running_clocks
+    from engine.usecases.clocks import running_clocks
 
     # Every contract clock (settlement materials and revisions, monthly reports, rectifications), due first.
     clocks = running_clocks(db.session, now) if may(user, "settlement.read") else []
+    from engine.money.reports import WorkloadFilter, progress
+
+    # Progress toward every countable target of every contract (done / target / percent / on track).
+    targets = [p for p in progress(db.session, WorkloadFilter()) if p["measure"].startswith("target:")]
     return render_template("web/dashboard.html", dash=dash, now=now, departments=departments, stages=STAGES,
-                           clocks=clocks)
+                           clocks=clocks, targets=targets)

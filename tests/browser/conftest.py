@@ -62,8 +62,8 @@ def demo_world(app_for_backend: Any) -> dict[str, str]:
     """The `itemgate demo` data plus one settlement, so every kind of page has something on it."""
     from api.demo import DEMO_PASSWORD, USERS, load_demo
     from api.extensions import db
-    from engine import settlement as st
-    from engine.workflow import Ctx
+    from engine.usecases import settlement as st
+    from engine.usecases.tasks import Ctx
     from storage.models import User
     from tests.conftest import truncate_all
 

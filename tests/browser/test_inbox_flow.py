@@ -48,7 +48,16 @@ def stage_count(page: Any, stage: str) -> int:
 
 @pytest.fixture
 def survey_ready(world: Any) -> int:
-    """An item of department DA whose survey step waits for the implementers."""
+    """An item of department DA whose survey step waits for the implementers. Its line requires the survey form
+    and sorting list, as Kaiping's survey steps do (in Shanghai they are optional working documents)."""
+    from sqlalchemy import select
+
+    from api.extensions import db
+    from storage.models import ServiceLine
+
+    line = db.session.execute(select(ServiceLine).where(ServiceLine.code == "1")).scalar_one()
+    line.gates = {**line.gates, "survey": [{"kind": "survey_form", "when": {}}, {"kind": "sorting_list", "when": {}}]}
+    db.session.commit()
     item_id = world.new_item("SH-BROWSER-1", department="DA", channels=["pc", "mobile"])["id"]
     world.complete_task_as("impl", item_id, "intake", {"summary": "新增接入"})
     world.complete_task_as("pm", item_id, "confirm_difficulty", {"difficulty": "1.2", "complexity_note": "两系统对接"})

@@ -1,12 +1,12 @@
 """web inbox queue indexes in its default order (due date first), issue 19 point 6 (bench row 8)
 
 Revision ID: bench_inbox_due_indexes
-Revises: 19_task_drafts
+Revises: 16a_contract_as_data
 """
 from alembic import op
 
 revision = "bench_inbox_due_indexes"
-down_revision = "19_task_drafts"
+down_revision = "16a_contract_as_data"
 branch_labels = None
 depends_on = None
 

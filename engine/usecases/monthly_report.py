@@ -1,0 +1,385 @@
+"""月度运营报告 (monthly operations report), seed 001 §十(三) 2): one per month of the service period.
+
+Built as its own contract-level work kind on `contract_tasks` (kind "monthly_report", key "YYYY-MM") so that a
+deliverable framework can adopt it: each row has a period, a due moment, a status (open → submitted →
+returned → submitted … → accepted), the PM's narrative and attachments, and the auditor's review.
+
+- Due: the end of the 10th working day after the month (`monthly_report_working_days`).
+- Drafted from ItemGate's own data (`draft`): items received, progressed, completed and overdue per service
+  line and department; the month's workload (the fee tallied for work of that month); targets' progress;
+  open returns; the on-time rate. As XLSX and PDF.
+- Revision: the seed asks for the revised report "自提交之日起的10个工作日内" — within 10 working days of the
+  submission; a resubmission after that is late too.
+- Late: 3 % (`monthly_report_late_rate`) of that month's fee, recorded on the report and taken as a deduction
+  by the stage claim whose period covers the month (engine/usecases/settlement.py, month_deductions). Recorded once.
+"""
+from __future__ import annotations
+
+import io
+import tempfile
+from collections import defaultdict
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from engine.contract import schedule
+from engine.contract.calendar import TZ
+from engine.errors import Conflict, Forbidden, Invalid, NotFound
+from engine.evidence.pdf import CjkFont
+from engine.money import performance
+from engine.money.reports import WorkloadFilter, _Book, progress
+from engine.trust import audit, policy
+from engine.usecases.tasks import Ctx, work_calendar
+from storage.models import Contract, ContractTask, Department, HumanTask, ServiceLine, WorkItem, WorkloadEntry
+
+KIND = "monthly_report"
+STATUS_NAMES = {"open": "待提交", "submitted": "第三方审核中", "returned": "退回修改", "accepted": "已通过"}
+CENT = Decimal("0.01")
+
+
+def months_of(contract: Contract) -> list[tuple[str, date, date]]:
+    """(key, first day, last day) of each month of the service period."""
+    if contract.period_start is None or contract.period_end is None:
+        return []
+    out = []
+    start = contract.period_start
+    i = 0
+    while True:
+        m_start = schedule.add_months(start, i)
+        if m_start > contract.period_end:
+            break
+        m_end = min(schedule.add_months(start, i + 1) - timedelta(days=1), contract.period_end)
+        out.append((f"{m_start:%Y-%m}", m_start, m_end))
+        i += 1
+    return out
+
+
+def ensure_reports(session: Session, contract: Contract) -> list[ContractTask]:
+    """One report work item per month of the service period (created once; idempotent)."""
+    settings = contract.settings or {}
+    if settings.get("monthly_report_working_days") is None:
+        return []
+    days = int(settings["monthly_report_working_days"])
+    existing = {t.key: t for t in session.scalars(select(ContractTask).where(
+        ContractTask.contract_id == contract.id, ContractTask.kind == KIND))}
+    calendar = work_calendar(session)
+    created = False
+    for key, m_start, m_end in months_of(contract):
+        if key in existing:
+            continue
+        due, _ = schedule.working_deadline(calendar, schedule.after_day(m_end), days)
+        now = datetime.now(TZ)
+        session.add(ContractTask(contract_id=contract.id, kind=KIND, key=key, title=f"{key} 月度运营报告",
+                                 period_start=m_start, period_end=m_end, status="open", due_at=due, late=False,
+                                 data={}, created_at=now, updated_at=now))
+        created = True
+    if created:
+        session.flush()
+    return list(session.scalars(select(ContractTask).where(
+        ContractTask.contract_id == contract.id, ContractTask.kind == KIND).order_by(ContractTask.period_start)))
+
+
+def load(session: Session, report_id: int) -> ContractTask:
+    report = session.get(ContractTask, report_id)
+    if report is None or report.kind != KIND:
+        raise NotFound(f"monthly report {report_id} not found")
+    return report
+
+
+def _bounds(start: date, end: date) -> tuple[datetime, datetime]:
+    return datetime.combine(start, time(0), TZ), datetime.combine(end + timedelta(days=1), time(0), TZ)
+
+
+def month_fee(session: Session, contract_id: int, start: date, end: date) -> Decimal:
+    """The fee tallied for work of the month: the amounts of live items' entries tallied within it."""
+    lo, hi = _bounds(start, end)
+    total = session.execute(select(func.coalesce(func.sum(WorkloadEntry.amount), 0))
+                            .join(WorkItem, WorkItem.id == WorkloadEntry.item_id)
+                            .where(WorkloadEntry.contract_id == contract_id, WorkItem.status != "cancelled",
+                                   WorkloadEntry.tallied_at >= lo, WorkloadEntry.tallied_at < hi)).scalar()
+    return Decimal(total or 0).quantize(CENT)
+
+
+def draft(session: Session, report: ContractTask, now: datetime) -> dict[str, Any]:
+    """The report's figures from ItemGate's data for its month."""
+    contract = session.get(Contract, report.contract_id)
+    assert contract is not None and report.period_start is not None and report.period_end is not None
+    start, end = report.period_start, report.period_end
+    lo, hi = _bounds(start, end)
+    lines = {sl.id: sl for sl in session.scalars(select(ServiceLine).where(ServiceLine.contract_id == contract.id))}
+    depts = dict(session.execute(select(Department.id, Department.code)).all())
+    rows: dict[tuple[str, str], dict[str, Any]] = defaultdict(lambda: {
+        "received": 0, "progressed": 0, "completed": 0, "overdue": 0, "entries": 0, "amount": Decimal("0.00")})
+
+    def key(line_id: int, dept_id: int) -> tuple[str, str]:
+        return lines[line_id].code if line_id in lines else "?", depts.get(dept_id, "?")
+
+    for line_id, dept_id, created, completed in session.execute(
+            select(WorkItem.service_line_id, WorkItem.department_id, WorkItem.created_at, WorkItem.completed_at)
+            .where(WorkItem.contract_id == contract.id, WorkItem.status != "cancelled")):
+        if lo <= created < hi:
+            rows[key(line_id, dept_id)]["received"] += 1
+        if completed is not None and lo <= completed < hi:
+            rows[key(line_id, dept_id)]["completed"] += 1
+    month_end = min(hi, now)
+    for line_id, dept_id, t_completed, due, status in session.execute(
+            select(WorkItem.service_line_id, WorkItem.department_id, HumanTask.completed_at, HumanTask.due_at,
+                   HumanTask.status)
+            .join(WorkItem, WorkItem.id == HumanTask.item_id).where(WorkItem.contract_id == contract.id)):
+        if t_completed is not None and lo <= t_completed < hi:
+            rows[key(line_id, dept_id)]["progressed"] += 1
+        late_done = t_completed is not None and lo <= t_completed < hi and due is not None and t_completed > due
+        open_late = (t_completed is None and status == "ready" and due is not None and lo <= due < month_end)
+        if late_done or open_late:
+            rows[key(line_id, dept_id)]["overdue"] += 1
+    for line_id, dept_id, amount in session.execute(
+            select(WorkloadEntry.service_line_id, WorkloadEntry.department_id, WorkloadEntry.amount)
+            .join(WorkItem, WorkItem.id == WorkloadEntry.item_id)
+            .where(WorkloadEntry.contract_id == contract.id, WorkItem.status != "cancelled",
+                   WorkloadEntry.tallied_at >= lo, WorkloadEntry.tallied_at < hi)):
+        r = rows[key(line_id, dept_id)]
+        r["entries"] += 1
+        r["amount"] += Decimal(amount)
+    open_returns = session.execute(select(func.count(HumanTask.id)).join(WorkItem, WorkItem.id == HumanTask.item_id)
+                                   .where(WorkItem.contract_id == contract.id, HumanTask.status == "ready",
+                                          HumanTask.return_comment.is_not(None))).scalar()
+    fee = month_fee(session, contract.id, start, end)
+    total = {k: sum(r[k] for r in rows.values()) for k in ("received", "progressed", "completed", "overdue",
+                                                          "entries")}
+    rates = performance.on_time_rates(session, contract, start, end, "department", now)
+    counted = sum(r["on_time"] + r["overdue"] for r in rates)
+    on_time = sum(r["on_time"] for r in rates)
+    return {
+        "month": report.key, "period_start": start.isoformat(), "period_end": end.isoformat(),
+        "contract": contract.code, "month_fee": float(fee), "totals": total, "open_returns": int(open_returns or 0),
+        "on_time_rate": None if counted == 0 else round(on_time / counted, 4), "on_time_by_department": rates,
+        "rows": [{"service_line": k[0], "department": k[1], **{n: (float(v) if isinstance(v, Decimal) else v)
+                                                               for n, v in r.items()}}
+                 for k, r in sorted(rows.items())],
+        "progress": progress(session, WorkloadFilter(contract=contract.code, date_to=end)),
+    }
+
+
+# ---------------------------------------------------------------- use cases
+
+def _require(ctx: Ctx, action: str) -> None:
+    if ctx.user is None or not policy.may(ctx.user, action):
+        raise Forbidden(f"your role may not {policy.RULES[action].summary}", code="not_your_task")
+
+
+def write(ctx: Ctx, report: ContractTask, narrative: str) -> ContractTask:
+    """The PM writes (or rewrites) the narrative while the report is open or returned."""
+    _require(ctx, "report.prepare")
+    if report.status not in ("open", "returned"):
+        raise Conflict("the report is with the auditor or accepted", code="report_wrong_stage",
+                       status_now=report.status)
+    report.narrative = narrative
+    report.updated_at = ctx.now
+    audit.record(ctx.session, ctx.actor, "monthly_report.written", target_type="monthly_report",
+                 target_id=report.id, month=report.key, chars=len(narrative))
+    return report
+
+
+def attach(ctx: Ctx, report: ContractTask, filename: str, body: bytes, media_type: str) -> dict[str, Any]:
+    """The PM attaches a file (stored in the evidence store, versioned); listed on the report."""
+    _require(ctx, "report.prepare")
+    if report.status not in ("open", "returned"):
+        raise Conflict("the report is with the auditor or accepted", code="report_wrong_stage",
+                       status_now=report.status)
+    if ctx.store is None:
+        from engine.errors import ServiceUnavailable
+
+        raise ServiceUnavailable("the evidence store is not configured")
+    import hashlib
+    import uuid
+
+    contract = ctx.session.get(Contract, report.contract_id)
+    assert contract is not None
+    key = f"{contract.code}/monthly-reports/{report.key}/{uuid.uuid4().hex}"
+    stored = ctx.store.put_stream(key, io.BytesIO(body), len(body), media_type, 64 << 20)
+    entry = {"filename": filename[:200], "key": stored.key, "version_id": stored.version_id,
+             "sha256": hashlib.sha256(body).hexdigest(), "size": len(body), "at": ctx.now.isoformat(),
+             "by": ctx.user.username if ctx.user else None}
+    data = dict(report.data or {})
+    data["attachments"] = [*data.get("attachments", []), entry]
+    report.data = data
+    report.updated_at = ctx.now
+    audit.record(ctx.session, ctx.actor, "monthly_report.attached", target_type="monthly_report",
+                 target_id=report.id, month=report.key, filename=entry["filename"], sha256=entry["sha256"])
+    return entry
+
+
+def _mark_late(ctx: Ctx, report: ContractTask, why: str) -> None:
+    if report.late:
+        return
+    contract = ctx.session.get(Contract, report.contract_id)
+    assert contract is not None and report.period_start is not None and report.period_end is not None
+    settings = contract.settings or {}
+    rate = Decimal(str(settings.get("monthly_report_late_rate", "0.03")))
+    fee = month_fee(ctx.session, contract.id, report.period_start, report.period_end)
+    deduction = (fee * rate).quantize(CENT)
+    report.late = True
+    report.data = dict(report.data or {}, month_fee=str(fee), rate=str(rate), deduction=str(deduction), late_why=why)
+    audit.record(ctx.session, ctx.actor, "monthly_report.late", target_type="monthly_report", target_id=report.id,
+                 month=report.key, month_fee=str(fee), rate=str(rate), deduction=str(deduction), why=why)
+
+
+def submit(ctx: Ctx, report: ContractTask) -> ContractTask:
+    """The PM submits (or resubmits) the report to the auditor; lateness is decided against the clocks."""
+    _require(ctx, "report.prepare")
+    if report.status not in ("open", "returned"):
+        raise Conflict("the report is already with the auditor or accepted", code="report_wrong_stage",
+                       status_now=report.status)
+    if not (report.narrative or "").strip():
+        raise Invalid("write the report's narrative first", code="narrative_required")
+    first = report.submitted_at is None
+    if first and report.due_at is not None and ctx.now > report.due_at:
+        _mark_late(ctx, report, "submitted after the due date")
+    if not first and report.revision_due_at is not None and ctx.now > report.revision_due_at:
+        _mark_late(ctx, report, "revised after the revision due date")
+    if first:
+        report.submitted_at = ctx.now
+        contract = ctx.session.get(Contract, report.contract_id)
+        days = int((contract.settings or {}).get("monthly_report_working_days", 10)) if contract else 10
+        # Seed 001: revisions within 10 working days of the submission (自提交之日起的10个工作日内).
+        report.revision_due_at, _ = schedule.working_deadline(work_calendar(ctx.session), ctx.now, days)
+    report.status = "submitted"
+    report.updated_at = ctx.now
+    audit.record(ctx.session, ctx.actor, "monthly_report.submitted", target_type="monthly_report",
+                 target_id=report.id, month=report.key, late=report.late)
+    return report
+
+
+def review(ctx: Ctx, report: ContractTask, decision: str, comment: str | None) -> ContractTask:
+    """The auditor accepts the report or returns it with comments."""
+    _require(ctx, "report.review")
+    if report.status != "submitted":
+        raise Conflict("the report is not waiting for review", code="report_wrong_stage", status_now=report.status)
+    if decision not in ("accept", "return"):
+        raise Invalid("decision must be accept or return", code="invalid_decision")
+    if decision == "return" and not (comment or "").strip():
+        raise Invalid("returning needs a comment", code="comment_required")
+    report.status = "accepted" if decision == "accept" else "returned"
+    data = dict(report.data or {})
+    data["reviews"] = [*data.get("reviews", []), {"decision": decision, "comment": comment,
+                                                  "by": ctx.user.username if ctx.user else None,
+                                                  "at": ctx.now.isoformat()}]
+    report.data = data
+    report.updated_at = ctx.now
+    audit.record(ctx.session, ctx.actor, f"monthly_report.{decision}", target_type="monthly_report",
+                 target_id=report.id, month=report.key, comment=comment)
+    return report
+
+
+def report_json(report: ContractTask, now: datetime) -> dict[str, Any]:
+    from engine.usecases.settlement import clock_state
+
+    data = report.data or {}
+    return {"id": report.id, "month": report.key, "title": report.title, "status": report.status,
+            "status_name": STATUS_NAMES.get(report.status), "period_start": report.period_start.isoformat()
+            if report.period_start else None, "period_end": report.period_end.isoformat()
+            if report.period_end else None, "due_at": report.due_at, "submitted_at": report.submitted_at,
+            "revision_due_at": report.revision_due_at, "late": report.late,
+            "clock": clock_state(report.due_at, report.submitted_at, now),
+            "month_fee": data.get("month_fee"), "deduction_rate": data.get("rate"),
+            "deduction": data.get("deduction"), "narrative": report.narrative,
+            "attachments": [{k: a[k] for k in ("filename", "sha256", "size", "at", "by")}
+                            for a in data.get("attachments", [])],
+            "reviews": data.get("reviews", [])}
+
+
+# ---------------------------------------------------------------- files
+
+def xlsx_file(report: ContractTask, figures: dict[str, Any]) -> tempfile.SpooledTemporaryFile[bytes]:
+    book = _Book()
+    head = book.book.add_worksheet("概况")
+    facts: list[tuple[str, Any]] = [
+        ("合同", figures["contract"]), ("月份", figures["month"]),
+        ("期间", f"{figures['period_start']} 至 {figures['period_end']}"),
+        ("本月受理事项", figures["totals"]["received"]), ("本月推进环节", figures["totals"]["progressed"]),
+        ("本月完成事项", figures["totals"]["completed"]), ("本月超时环节", figures["totals"]["overdue"]),
+        ("本月计量分录", figures["totals"]["entries"]), ("本月结算费用（元）", figures["month_fee"]),
+        ("未处理退回", figures["open_returns"]),
+        ("按时处理率", "—" if figures["on_time_rate"] is None else figures["on_time_rate"]),
+        ("提交截止", report.due_at.astimezone(TZ).strftime("%Y-%m-%d %H:%M") if report.due_at else "—"),
+        ("是否逾期", "是" if report.late else "否"),
+        ("逾期扣款（元）", (report.data or {}).get("deduction") or 0),
+    ]
+    for r, (label, value) in enumerate(facts):
+        head.write(r, 0, label, book.bold)
+        head.write(r, 1, value)
+    head.write(len(facts) + 1, 0, "运营情况说明", book.bold)
+    head.write(len(facts) + 1, 1, report.narrative or "")
+    head.set_column(0, 0, 18)
+    head.set_column(1, 1, 60)
+    detail = book.book.add_worksheet("按服务类别与部门")
+    cols = ["服务类别", "需求部门", "受理", "推进", "完成", "超时", "计量分录", "金额（元）"]
+    detail.write_row(0, 0, cols, book.bold)
+    for r, row in enumerate(figures["rows"], start=1):
+        detail.write_row(r, 0, [row["service_line"], row["department"], row["received"], row["progressed"],
+                                row["completed"], row["overdue"], row["entries"]])
+        detail.write_number(r, 7, row["amount"], book.money)
+    rates = book.book.add_worksheet("按时处理率")
+    rates.write_row(0, 0, ["部门", "环节数", "按时", "超时", "按时处理率"], book.bold)
+    for r, row in enumerate(figures["on_time_by_department"], start=1):
+        rates.write_row(r, 0, [row["key"], row["tasks"], row["on_time"], row["overdue"],
+                               "—" if row["rate"] is None else row["rate"]])
+    prog = book.book.add_worksheet("目标进度")
+    prog.write_row(0, 0, ["服务类别", "指标", "累计完成", "预估量/目标", "完成率"], book.bold)
+    for r, row in enumerate(figures["progress"], start=1):
+        prog.write_row(r, 0, [row["service_line"], row["label"], row["completed"], row["target"] or "—",
+                              "—" if row["ratio"] is None else row["ratio"]])
+    return book.close()
+
+
+def pdf_bytes(report: ContractTask, figures: dict[str, Any], font: CjkFont) -> bytes:
+    """The report as a PDF (engine/evidence/pdf.py: fpdf2 with the CJK font embedded): the facts of the
+    XLSX's 概况 sheet,
+    the narrative, and the figures per service line and department, on-time rates and targets' progress."""
+    from fpdf.enums import Align
+
+    from engine.evidence.pdf import CjkPdf
+
+    t = figures["totals"]
+    rate = figures["on_time_rate"]
+    deduction = (report.data or {}).get("deduction")
+    pdf = CjkPdf(font, f"{figures['contract']} {figures['month']} 月度运营报告")
+    pdf.add_page()
+    pdf.heading(f"{figures['contract']} 月度运营报告（{figures['month']}）", 16, Align.C)
+    pdf.paragraph(f"期间：{figures['period_start']} 至 {figures['period_end']}", 10, align=Align.C)
+    pdf.ln(3)
+    due = report.due_at.astimezone(TZ).strftime("%Y-%m-%d %H:%M") if report.due_at else "—"
+    pdf.grid([["本月受理事项", t["received"], "本月完成事项", t["completed"]],
+              ["本月推进环节", t["progressed"], "本月超时环节", t["overdue"]],
+              ["本月计量分录", t["entries"], "本月结算费用（元）", f"{figures['month_fee']:,.2f}"],
+              ["未处理退回", figures["open_returns"], "按时处理率", "—" if rate is None else f"{rate:.2%}"],
+              ["提交截止", due, "是否逾期", "是" if report.late else "否"],
+              ["状态", STATUS_NAMES.get(report.status, report.status), "逾期扣款（元）",
+               f"{Decimal(str(deduction or 0)):,.2f}"]],
+             (3, 2, 3, 2), header=False, align="LRLR")
+    pdf.ln(5)
+    pdf.heading("运营情况说明")
+    pdf.paragraph(report.narrative or "（待项目经理填写）", 10, height=6)
+    pdf.ln(4)
+    pdf.heading("按服务类别与部门")
+    pdf.grid([["服务类别", "需求部门", "受理", "推进", "完成", "超时", "计量分录", "金额（元）"]] + [
+        [r["service_line"], r["department"], r["received"], r["progressed"], r["completed"], r["overdue"],
+         r["entries"], f"{r['amount']:,.2f}"] for r in figures["rows"]],
+        (2.2, 2.2, 1, 1, 1, 1, 1.3, 2.3), align="LLRRRRRR")
+    if not figures["rows"]:
+        pdf.paragraph("（本月无数据）", 9.5)
+    pdf.ln(4)
+    pdf.heading("按时处理率")
+    pdf.grid([["部门", "环节数", "按时", "超时", "按时处理率"]] + [
+        [r["key"], r["tasks"], r["on_time"], r["overdue"], "—" if r["rate"] is None else f"{r['rate']:.2%}"]
+        for r in figures["on_time_by_department"]], (3, 1.5, 1.5, 1.5, 2), align="LRRRR")
+    pdf.ln(4)
+    pdf.heading("目标进度")
+    pdf.grid([["服务类别", "指标", "累计完成", "预估量/目标", "完成率"]] + [
+        [r["service_line"], r["label"], r["completed"], r["target"] or "—",
+         "—" if r["ratio"] is None else f"{r['ratio']:.2%}"] for r in figures["progress"]],
+        (2, 3, 1.5, 1.8, 1.5), align="LLRRR")
+    return pdf.to_bytes()
