@@ -206,7 +206,8 @@ def replay_statements(conn: psycopg.Connection[Any], statements: list[Statement]
         start = time.perf_counter()
         with conn.cursor() as cur:
             for st in statements:
-                if st.many:
+                # SQLAlchemy flags a batched INSERT (insertmanyvalues) as "many" while sending one parameter set.
+                if st.many and isinstance(st.params, list):
                     cur.executemany(st.sql, st.params)
                 else:
                     cur.execute(st.sql, st.params, prepare=True)
@@ -225,7 +226,8 @@ def statement_times(conn: psycopg.Connection[Any], statements: list[Statement], 
         with conn.cursor() as cur:
             for i, st in enumerate(statements):
                 start = time.perf_counter()
-                if st.many:
+                # SQLAlchemy flags a batched INSERT (insertmanyvalues) as "many" while sending one parameter set.
+                if st.many and isinstance(st.params, list):
                     cur.executemany(st.sql, st.params)
                 else:
                     cur.execute(st.sql, st.params, prepare=True)
