@@ -574,6 +574,11 @@ def item(item_id: int) -> Any:
     # The timeline names people as they are known (张伟), and leaves out claims and downloads unless asked.
     everything = request.args.get("all") == "1"
     history = [e for e in reversed(detail["history"]) if everything or e["event"] not in QUIET_EVENTS]
+    # A notification's record names its task by id; the timeline names steps (detail.task) by their step name.
+    step_names = {t["id"]: t["name"] for t in detail["tasks"]}
+    history = [{**e, "detail": {**e["detail"], "task": step_names.get(e["detail"]["task"])}}
+               if e["event"].startswith("notification.") and isinstance((e["detail"] or {}).get("task"), int) else e
+               for e in history]
     usernames = {e["user"] for e in history if e["user"]} | {(e["detail"] or {}).get("to") for e in history} \
         | {a["uploaded_by"] for a in artefacts}
     usernames.discard(None)
