@@ -68,6 +68,7 @@ def send(request: pytest.FixtureRequest, world: Any, app: Any) -> Send:
                 return world.upload(user, item_id, kind, body, filename, task_id=task_id)
         return world.upload(user, item_id, kind, body, filename, task_id=task_id)
 
+    _send.path = request.param  # type: ignore[attr-defined]
     return _send
 
 
@@ -282,7 +283,10 @@ def test_an_upload_task_id_that_is_not_a_number_is_422(world, store, send, bad):
     send("impl", item_id, "complexity_statement")
     before = evidence_state(store, item_id)
     body = refused(send("impl", item_id, "requirement_letter", task_id=bad), 422, "invalid_task_id")
-    assert "task_id" in body["detail"]
+    if send.path == "web":  # the task page's script shows `detail` to the person, in plain Chinese (issue 19)
+        assert body["detail"] == "所指的任务无效。"
+    else:
+        assert "task_id" in body["detail"]
     assert evidence_state(store, item_id) == before
 
 

@@ -334,8 +334,8 @@ def render_task(task: HumanTask, *, errors: dict[str, list[str]] | None = None,
     departments = _departments()
     titles = {f.name: (f.title_en if lang() == "en" else f.title) for f in fields}
     # What this step recorded once done; for a review, every round so far with what changed between them.
-    record = next(iter(step_records(db.session, item.id, [task.id])), None) if task.status == "completed" else None
-    rounds = review_rounds(db.session, task) if task.review_of else []
+    record = next(iter(step_records(db.session, user, item.id, [task.id])), None) if task.status == "completed" else None
+    rounds = review_rounds(db.session, user, task) if task.review_of else []
     return render_template(
         "web/task.html", task=task, item=item, gate=gate, review=review, unmet=unmet, record=record,
         guidance=step_guidance(db.session, task),
@@ -438,8 +438,10 @@ def artefact_upload(item_id: int) -> Any:
         db.session.rollback()
         if _wants_json():
             # The task page's script shows `detail` to the person: said in their language, with the same code.
-            body = {"type": "about:blank", "title": refusal(err), "status": err.status, "code": err.code,
-                    "detail": refusal(err)}
+            # What the refusal names (the kind under review, the tasks to choose from) comes back as the REST
+            # API gives it.
+            body = {**err.extra, "type": "about:blank", "title": refusal(err), "status": err.status,
+                    "code": err.code, "detail": refusal(err)}
             response = jsonify(body)
             response.status_code = err.status
             response.mimetype = "application/problem+json"
@@ -588,7 +590,7 @@ def item(item_id: int) -> Any:
         "web/item.html", item=item, detail=detail, titles=titles, artefacts=artefacts, open_tasks=open_tasks,
         source_order=source_order, may_read_orders=RULES["service_order.read"].allows(user.role),
         history=history, names=names, everything=everything, quiet=len(detail["history"]) - len(history),
-        records=step_records(db.session, item.id), diagram=_diagram(item, detail["tasks"]),
+        records=step_records(db.session, user, item.id), diagram=_diagram(item, detail["tasks"]),
         departments=departments, previewable=PREVIEWABLE, previewable_documents=PREVIEWABLE_DOCUMENTS, me=user,
         pm_actions=pm_actions)
 

@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, lazyload
 
 from engine.evidence.artefacts import submission_of
+from engine.trust.access import may_see_artefact
 from storage.models import Artefact, GatePass, HumanTask, User
 
 
@@ -57,8 +58,10 @@ def _evidence_by_task(session: Session, task_ids: list[int]) -> dict[int, list[A
     return out
 
 
-def step_records(session: Session, item_id: int, task_ids: list[int] | None = None) -> list[StepRecord]:
-    """Completed steps of an item (or just `task_ids`), oldest first."""
+def step_records(session: Session, viewer: User, item_id: int, task_ids: list[int] | None = None
+                 ) -> list[StepRecord]:
+    """Completed steps of an item (or just `task_ids`), oldest first, with only the evidence `viewer` may see
+    (a department's reviewer never sees another department's files: engine/trust/access.py's evidence scope)."""
     query = select(HumanTask).where(HumanTask.item_id == item_id, HumanTask.status == "completed").options(
         lazyload(HumanTask.item), lazyload(HumanTask.assignee))
     if task_ids is not None:
@@ -69,7 +72,8 @@ def step_records(session: Session, item_id: int, task_ids: list[int] | None = No
     versions = artefact_versions(session, item_id)
     evidence = _evidence_by_task(session, [t.id for t in tasks])
     return [StepRecord(task=t, by=users.get(t.completed_by_id or 0), at=t.completed_at, data=dict(t.data or {}),
-                       evidence=[Evidence(a, versions.get(a.id, 1)) for a in evidence.get(t.id, [])])
+                       evidence=[Evidence(a, versions.get(a.id, 1)) for a in evidence.get(t.id, [])
+                                 if may_see_artefact(viewer, a)])
             for t in tasks]
 
 
@@ -82,9 +86,10 @@ class ReviewRound:
     review: StepRecord | None
 
 
-def review_rounds(session: Session, review: HumanTask) -> list[ReviewRound]:
+def review_rounds(session: Session, viewer: User, review: HumanTask) -> list[ReviewRound]:
     """Every round of this review step up to `review` (its own round last), each with the submission it judged;
-    files that differ from the previous round's are marked with the version they replaced."""
+    files that differ from the previous round's are marked with the version they replaced. Only the evidence
+    `viewer` may see is listed."""
     query = select(HumanTask).where(HumanTask.item_id == review.item_id, HumanTask.spec_name == review.spec_name,
                                     HumanTask.status.in_(("completed", "ready")), HumanTask.id <= review.id)
     if review.per_department:
@@ -93,7 +98,7 @@ def review_rounds(session: Session, review: HumanTask) -> list[ReviewRound]:
                                                                        lazyload(HumanTask.assignee))))
     submissions = {r.id: submission_of(session, r) for r in reviews}
     wanted = [t.id for t in reviews if t.status == "completed"] + [s.id for s in submissions.values() if s]
-    records = {rec.task.id: rec for rec in step_records(session, review.item_id, wanted)}
+    records = {rec.task.id: rec for rec in step_records(session, viewer, review.item_id, wanted)}
     rounds: list[ReviewRound] = []
     previous: dict[str, Evidence] = {}
     for number, r in enumerate(reviews, start=1):
