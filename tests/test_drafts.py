@@ -9,7 +9,7 @@ import pytest
 
 def test_a_draft_is_per_person_cleaned_and_discarded_on_completion(world: Any) -> None:
     from api.extensions import db
-    from engine.errors import Invalid
+    from engine.errors import Conflict, Invalid
     from engine.usecases.drafts import load_draft, save_draft
     from storage.models import HumanTask, TaskDraft, User
 
@@ -35,5 +35,6 @@ def test_a_draft_is_per_person_cleaned_and_discarded_on_completion(world: Any) -
     db.session.expire_all()
     assert db.session.query(TaskDraft).count() == 0
     # A finished task takes no draft.
-    with pytest.raises(Invalid):
+    with pytest.raises(Conflict) as refused:
         save_draft(db.session, db.session.get(HumanTask, task_id), impl, {"summary": "晚了"}, now)
+    assert refused.value.code == "task_not_ready" and refused.value.status == 409

@@ -334,7 +334,8 @@ def render_task(task: HumanTask, *, errors: dict[str, list[str]] | None = None,
     departments = _departments()
     titles = {f.name: (f.title_en if lang() == "en" else f.title) for f in fields}
     # What this step recorded once done; for a review, every round so far with what changed between them.
-    record = next(iter(step_records(db.session, user, item.id, [task.id])), None) if task.status == "completed" else None
+    record = next(iter(step_records(db.session, user, item.id, [task.id])), None) \
+        if task.status == "completed" else None
     rounds = review_rounds(db.session, user, task) if task.review_of else []
     return render_template(
         "web/task.html", task=task, item=item, gate=gate, review=review, unmet=unmet, record=record,
