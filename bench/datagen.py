@@ -393,3 +393,139 @@ def reachable_steps(session: Session, item_id: int, limit: int,
         except RecursionError as exc:
             return n, f"RecursionError: {exc}"
     return limit, None
+
+
+# ---------------------------------------------------------------- row 8: pages at scale
+
+def bulk_settlements(session: Session, *, contract_id: int, definition_id: int, entry_ids: Sequence[int],
+                     count: int, lines_each: int, created_by_id: int | None = None, seed: int = 13) -> int:
+    """`count` ad-hoc settlements of the contract, each claiming `lines_each` of `entry_ids` (in order, never one
+    entry twice) with a few notes: three in four approved with frozen figures, the rest still moving (draft,
+    submitted, first review), as a contract's claim list looks after some years. Returns the lines written."""
+    from storage.models import Settlement, SettlementLine, SettlementNote
+
+    rng = random.Random(seed)
+    s_t, l_t, n_t = Settlement.__table__, SettlementLine.__table__, SettlementNote.__table__
+    first_s, first_l, first_n = _next_id(session, s_t), _next_id(session, l_t), _next_id(session, n_t)
+    amounts = dict(session.execute(select(WorkloadEntry.id, WorkloadEntry.amount)
+                                   .where(WorkloadEntry.id.in_(list(entry_ids[:count * lines_each])))).all())
+    moving = ["draft", "submitted", "first_review"]
+    plan = []
+    for n in range(count):
+        start = (EPOCH + timedelta(days=30 * n)).date()
+        claimed = entry_ids[n * lines_each:(n + 1) * lines_each]
+        gross = sum((amounts.get(e, Decimal("0")) for e in claimed), Decimal("0.00"))
+        status = "approved" if n % 4 else moving[(n // 4) % 3]
+        plan.append((n, start, claimed, gross, status))
+
+    def settlement_rows() -> Iterable[tuple[Any, ...]]:
+        for n, start, _claimed, gross, status in plan:
+            at = EPOCH + timedelta(days=30 * n + 35)
+            approved = status == "approved"
+            yield (first_s + n, contract_id, f"压测结算 {n + 1:03d}", start, start + timedelta(days=29), status,
+                   definition_id, PLACEHOLDER_STATE, 1, None if approved else "pm_prepare",
+                   None if approved else "pm", 1, gross if approved else None,
+                   Decimal("0.0000") if approved else None, Decimal("0.00") if approved else None,
+                   Decimal("0.0000") if approved else None, Decimal("0.00") if approved else None,
+                   gross if approved else None, at if approved else None, created_by_id, at, at, False)
+
+    bulk_insert(session, s_t, ["id", "contract_id", "label", "period_start", "period_end", "status",
+                               "definition_id", "state", "version", "current_task", "current_lane", "round",
+                               "gross_amount", "penalty_rate", "penalty_amount", "deduction_rate",
+                               "deduction_amount", "net_amount", "approved_at", "created_by_id", "created_at",
+                               "updated_at", "revision_late"], settlement_rows())
+
+    def line_rows() -> Iterable[tuple[Any, ...]]:
+        k = 0
+        for n, _start, claimed, _gross, _status in plan:
+            for entry in claimed:
+                yield (first_l + k, first_s + n, entry, EPOCH + timedelta(days=30 * n + 31), created_by_id, False)
+                k += 1
+
+    lines = bulk_insert(session, l_t, ["id", "settlement_id", "entry_id", "added_at", "added_by_id", "carried"],
+                        line_rows())
+
+    def note_rows() -> Iterable[tuple[Any, ...]]:
+        k = 0
+        for n, _start, claimed, _gross, _status in plan:
+            for kind in ("submitted", "comment", "first_review_approve"):
+                entry = claimed[rng.randrange(len(claimed))] if kind == "comment" and claimed else None
+                yield (first_n + k, first_s + n, 1, kind, entry, f"压测备注 {kind}", created_by_id,
+                       EPOCH + timedelta(days=30 * n + 32))
+                k += 1
+
+    bulk_insert(session, n_t, ["id", "settlement_id", "round", "kind", "entry_id", "text", "user_id", "at"],
+                note_rows())
+    for table in (s_t, l_t, n_t):
+        _fix_sequence(session, table)
+    session.flush()
+    return lines
+
+
+def bulk_notifications(session: Session, user_ids: Sequence[int], item_ids: Sequence[int], count: int,
+                       seed: int = 17) -> int:
+    """`count` notifications spread over `user_ids` (the first user gets a tenth of them), about half read."""
+    from storage.models import Notification
+
+    rng = random.Random(seed)
+    table = Notification.__table__
+    first = _next_id(session, table)
+    kinds = ["new_task", "returned", "reminder", "escalation", "handover", "difficulty"]
+
+    def rows() -> Iterable[tuple[Any, ...]]:
+        for n in range(count):
+            user = user_ids[0] if n % 10 == 0 else user_ids[n % len(user_ids)]
+            item = item_ids[rng.randrange(len(item_ids))]
+            kind = kinds[n % len(kinds)]
+            at = EPOCH + timedelta(minutes=5 * n)
+            yield (first + n, user, item, kind, f"压测通知 {n}：事项 {item} 有新的待办", 
+                   "请补充材料" if kind == "returned" else None, at,
+                   at + timedelta(hours=2) if rng.random() < 0.5 else None)
+
+    written = bulk_insert(session, table, ["id", "user_id", "item_id", "kind", "message", "comment",
+                                           "created_at", "read_at"], rows())
+    _fix_sequence(session, table)
+    session.flush()
+    return written
+
+
+def long_history(session: Session, item_id: int, tasks: int, events_per_task: int = 2) -> None:
+    """Give one generated item a long history: `tasks` more completed task rows (returns looping through the
+    model) and `events_per_task` audit events on each (claimed, completed), as years of rework leave."""
+    from storage.models import AuditEvent
+
+    tasks_t, audit_t = HumanTask.__table__, AuditEvent.__table__
+    inst_id, dept = session.execute(select(ProcessInstance.id, WorkItem.department_id)
+                                    .join(WorkItem, WorkItem.id == ProcessInstance.item_id)
+                                    .where(ProcessInstance.item_id == item_id)).one()
+    first_task, first_event = _next_id(session, tasks_t), _next_id(session, audit_t)
+    base = EPOCH - timedelta(days=400)
+
+    def task_rows() -> Iterable[tuple[Any, ...]]:
+        for k in range(tasks):
+            name, role, form, gate, stage = SERVICE_ITEM_TASKS[k % len(SERVICE_ITEM_TASKS)]
+            created = base + timedelta(hours=k)
+            yield (first_task + k, inst_id, item_id, f"00000000-0000-4000-9000-{k:012x}", name, name, role, role,
+                   dept if role == "dept_reviewer" else None, form, gate, stage, "completed", None, created,
+                   created + timedelta(minutes=30))
+
+    bulk_insert(session, tasks_t, ["id", "instance_id", "item_id", "spiff_task_id", "spec_name", "title", "lane",
+                                   "role", "department_id", "form", "gate", "stage", "status", "assignee_id",
+                                   "created_at", "completed_at"], task_rows())
+
+    def event_rows() -> Iterable[tuple[Any, ...]]:
+        n = 0
+        for k in range(tasks):
+            for e in range(events_per_task):
+                kind = "task.claimed" if e == 0 else "task.completed"
+                at = base + timedelta(hours=k, minutes=10 * (e + 1))
+                digest = f"{item_id:016x}{first_event + n:016x}".rjust(64, "0")
+                yield (first_event + n, at, None, "impl", "implementer", kind, "task", str(first_task + k),
+                       "success", {"bench": True}, "0" * 64, digest)
+                n += 1
+
+    bulk_insert(session, audit_t, ["id", "at", "user_id", "username", "role", "event_type", "target_type",
+                                   "target_id", "outcome", "detail", "prev_hash", "hash"], event_rows())
+    for table in (tasks_t, audit_t):
+        _fix_sequence(session, table)
+    session.flush()

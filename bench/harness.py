@@ -206,7 +206,8 @@ def replay_statements(conn: psycopg.Connection[Any], statements: list[Statement]
         start = time.perf_counter()
         with conn.cursor() as cur:
             for st in statements:
-                if st.many:
+                # SQLAlchemy flags a batched INSERT (insertmanyvalues) as "many" while sending one parameter set.
+                if st.many and isinstance(st.params, list):
                     cur.executemany(st.sql, st.params)
                 else:
                     cur.execute(st.sql, st.params, prepare=True)
@@ -215,6 +216,26 @@ def replay_statements(conn: psycopg.Connection[Any], statements: list[Statement]
         conn.rollback()
         samples.append(time.perf_counter() - start)
     return Stat(samples)
+
+
+def statement_times(conn: psycopg.Connection[Any], statements: list[Statement], repeat: int = 5) -> list[float]:
+    """Median wall time of each statement, sent as `replay_statements` sends them (all in order, one transaction
+    per repetition, rolled back), so a page's slowest statements can be named."""
+    times: list[list[float]] = [[] for _ in statements]
+    for _ in range(repeat):
+        with conn.cursor() as cur:
+            for i, st in enumerate(statements):
+                start = time.perf_counter()
+                # SQLAlchemy flags a batched INSERT (insertmanyvalues) as "many" while sending one parameter set.
+                if st.many and isinstance(st.params, list):
+                    cur.executemany(st.sql, st.params)
+                else:
+                    cur.execute(st.sql, st.params, prepare=True)
+                    if cur.description is not None:
+                        cur.fetchall()
+                times[i].append(time.perf_counter() - start)
+        conn.rollback()
+    return [statistics.median(t) for t in times]
 
 
 # ---------------------------------------------------------------- gunicorn

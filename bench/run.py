@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -46,11 +47,12 @@ from bench.harness import (
     run_concurrently,
     sequence_marks,
     set_sequences,
+    statement_times,
     timed,
 )
 
 SCALE = float(os.environ.get("BENCH_SCALE", "1"))
-ROWS = {r.strip() for r in os.environ.get("BENCH_ROWS", "1,2,3,4,5,6,7").split(",") if r.strip()}
+ROWS = {r.strip() for r in os.environ.get("BENCH_ROWS", "1,2,3,4,5,6,7,8").split(",") if r.strip()}
 PG_ADMIN = os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 THREADS = int(os.environ.get("BENCH_THREADS", "4"))
 PASSWORD = "bench-password-" + secrets.token_hex(4)
@@ -948,6 +950,193 @@ class Bench:
             c.session.close()
         return out
 
+    # ------------------------------------------------------------ row 8: pages at scale
+
+    def web_login(self, username: str) -> Client:
+        """A `requests` session signed in through the web form (CSRF token from the login page)."""
+        assert self.server is not None
+        c = Client(self.server.base, "")
+        del c.session.headers["Authorization"]
+        page = c.get("/login").text
+        token = re.search(r'name="csrf_token" value="([^"]+)"', page)
+        assert token is not None, "no CSRF token on the login page"
+        r = c.post("/login", data={"username": username, "password": PASSWORD, "csrf_token": token.group(1)},
+                   allow_redirects=False)
+        assert r.status_code == 302, (r.status_code, r.text[:300])
+        return c
+
+    WEB_TC = {"base_url": "https://localhost", "headers": {"Referer": "https://localhost/login"}}
+
+    def web_test_client(self, username: str) -> Any:
+        """A Flask test client signed in through the web form (over https: the session cookie is secure)."""
+        client = self.app.test_client()
+        first = client.get("/login", **self.WEB_TC)
+        page = first.get_data(as_text=True)
+        token = re.search(r'name="csrf_token" value="([^"]+)"', page)
+        assert token is not None
+        r = client.post("/login", data={"username": username, "password": PASSWORD, "csrf_token": token.group(1)},
+                        **self.WEB_TC)
+        assert r.status_code == 302, (r.status_code, r.get_data(as_text=True)[:300])
+        return client
+
+    def generate_pages_data(self) -> dict[str, Any]:
+        from engine.usecases.tasks import current_definition
+        from storage.models import User, WorkloadEntry
+
+        session = self.session()
+        assert self.big is not None
+        start = time.perf_counter()
+        entry_ids = list(session.scalars(select(WorkloadEntry.id).order_by(WorkloadEntry.id)))
+        n_settlements = scaled(200, 20)
+        lines_each = max(1, min(100, len(entry_ids) // (2 * n_settlements)))
+        pm_id = session.execute(select(User.id).where(User.username == "pm")).scalar_one()
+        lines = datagen.bulk_settlements(session, contract_id=self.contract_id,
+                                         definition_id=current_definition(session, "settlement").id,
+                                         entry_ids=entry_ids, count=n_settlements, lines_each=lines_each,
+                                         created_by_id=pm_id)
+        users = list(session.scalars(select(User.id).where(User.username == "impl")))
+        users += [u for u in session.scalars(select(User.id).order_by(User.id)) if u not in users]
+        notes = datagen.bulk_notifications(session, users, list(self.big.item_ids), scaled(20_000, 200))
+        # The item with a long history: one generated item in BD0001 (the reviewer's department too), given
+        # 1,000 more task rows and 2,000 audit events.
+        long_item = self.big.first_item_id
+        history = scaled(1000, 100)
+        datagen.long_history(session, long_item, history)
+        session.commit()
+        with psycopg.connect(self.db.dsn, autocommit=True) as conn:
+            conn.execute("VACUUM ANALYZE")
+        self.timings["generate pages data"] = time.perf_counter() - start
+        facts = {"settlements": n_settlements, "lines": lines, "notifications": notes, "long_item": long_item,
+                 "history": history, "entries": len(entry_ids)}
+        log(f"row 8 data: {facts} in {self.timings['generate pages data']:.1f}s")
+        return facts
+
+    def row8(self) -> None:
+        from api.extensions import db
+        from storage.models import Notification, User
+
+        facts = self.generate_pages_data()
+        session = self.session()
+        impl_notes = session.execute(select(func.count()).select_from(Notification).join(
+            User, User.id == Notification.user_id).where(User.username == "impl")).scalar_one()
+        total_items = session.execute(text("SELECT count(*) FROM work_items")).scalar_one()
+        total_tasks = session.execute(text("SELECT count(*) FROM human_tasks")).scalar_one()
+        session.commit()
+        item = facts["long_item"]
+        pages: list[tuple[str, str, str, str]] = [
+            # (label, web|api, user, path)
+            ("web inbox (`/inbox`)", "web", "impl", "/inbox"),
+            ("items list (`/items`)", "web", "pm", "/items"),
+            ("items list, filtered", "web", "pm", "/items?status=active&stage=survey&department=BD0007&q=BENCH"),
+            (f"item page, {facts['history']:,} extra tasks of history", "web", "pm", f"/items/{item}"),
+            ("dashboard", "web", "pm", "/dashboard"),
+            ("ledger", "web", "pm", "/ledger"),
+            ("settlements list (web)", "web", "pm", "/settlements"),
+            ("`GET /api/v1/settlements`", "api", "pm", "/api/v1/settlements"),
+            ("exports page", "web", "pm", "/exports"),
+            (f"notifications (web, {impl_notes:,} of impl's)", "web", "impl", "/notifications"),
+            ("`GET /api/v1/notifications`", "api", "impl", "/api/v1/notifications"),
+        ]
+        web_clients = {u: self.web_login(u) for u in ("impl", "pm")}
+        # Statements of one request, in process (same app, same database), counted and kept. Outside the
+        # bench's own app context: a request inside it would share its `g` and the web session would not start.
+        engine = db.engine
+        captured: dict[str, list[Any]] = {}
+        self.ctx.pop()
+        try:
+            web_tc = {u: self.web_test_client(u) for u in ("impl", "pm")}
+            for _label, kind, username, path in pages:
+                kw: dict[str, Any]
+                if kind == "web":
+                    tc, kw = web_tc[username], dict(self.WEB_TC)
+                else:
+                    tc = self.app.test_client()
+                    kw = {"headers": {"Authorization": f"Bearer {self.clients[username].token}"}}
+                for _ in range(3):  # warm caches (calendar, definitions) as a running worker has them
+                    r = tc.get(path, **kw)
+                    assert r.status_code == 200, (path, r.status_code, r.get_data(as_text=True)[:300])
+                captured[path] = capture_statements(engine, lambda t=tc, p=path, k=kw: t.get(p, **k))
+        finally:
+            self.ctx.push()
+        n = scaled(100, 40)
+        results: list[tuple[str, str, Stat, Stat, int, list[Any]]] = []
+        with psycopg.connect(self.db.dsn) as conn:
+            for label, kind, username, path in pages:
+                http = web_clients[username] if kind == "web" else self.clients[username]
+
+                def call(c: Client = http, p: str = path) -> None:
+                    r = c.get(p, allow_redirects=False)
+                    assert r.status_code == 200, (p, r.status_code, r.text[:300])
+
+                statements = captured[path]
+                for _ in range(10):
+                    call()
+                for _ in range(5):
+                    replay_statements(conn, statements, 1)
+                api = timed_within(call, n, PAGE_SECONDS)
+                bare = replay_statements(conn, statements, api.n)
+                results.append((label, path, api, bare, len(statements), statements))
+                log(f"row 8: {label}: p95 {api.p95 * 1000:.1f} ms, {len(statements)} statements, "
+                    f"bare p95 {bare.p95 * 1000:.1f} ms")
+        target = 0.150
+        lines = ["| page | path | p95 (median) | SQL statements | bare SQL p95 (median) | p95 − bare p95 | "
+                 "≤ 150 ms |", "|---|---|---|---|---|---|---|"]
+        missed = []
+        for label, path, api, bare, count, _st in results:
+            ok = api.p95 <= target
+            if not ok:
+                missed.append(label)
+            lines.append(f"| {label} | `{path}` | {api.p95 * 1000:.1f} ms ({api.median * 1000:.1f}) | {count} | "
+                         f"{bare.p95 * 1000:.1f} ms ({bare.median * 1000:.1f}) | "
+                         f"{(api.p95 - bare.p95) * 1000:.1f} ms | {'yes' if ok else 'no'} (n={api.n}) |")
+        worst = max(results, key=lambda r: r[2].p95)
+        most = max(results, key=lambda r: r[4])
+        row = Row("8", f"pages and lists at scale: {total_items:,} items / {total_tasks:,} task rows, "
+                  f"{facts['entries']:,} ledger entries, {facts['settlements']} settlements, "
+                  f"{facts['notifications']:,} notifications",
+                  f"worst p95 {worst[2].p95 * 1000:.1f} ms ({worst[0]}); most statements {most[4]} ({most[0]})",
+                  f"bare SQL of the same page p95 {worst[3].p95 * 1000:.1f} ms",
+                  f"{worst[2].p95 / max(worst[3].p95, 1e-9):.1f}× (worst page)", "every page p95 ≤ 150 ms",
+                  "met" if not missed else f"not met ({len(missed)} of {len(results)} pages)")
+        row.details.append("\n".join(lines))
+        row.details.append(
+            f"Up to {n} sequential requests per page (fewer when a page took over {PAGE_SECONDS:.0f} s; n in the "
+            "p95 column's source) through gunicorn after 10 warm-up requests (web pages signed in "
+            "through the login form, API calls with a bearer token). SQL statements: those one request sends, "
+            "counted in process (SQLAlchemy `before_cursor_execute`, Flask test client, same database; the "
+            "sign-in check and the session touch included). Bare SQL: exactly those statements with their "
+            "parameters sent again through psycopg alone (prepared, one transaction per repetition, rolled back), "
+            f"{n} times, taking the same server in the same run. Data: row 2's items, task rows and ledger entries, "
+            f"plus {facts['settlements']} settlements claiming {facts['lines']:,} entries (three in four approved "
+            f"with frozen figures) with 3 notes each, {facts['notifications']:,} notifications (a tenth for impl), "
+            f"and item {facts['long_item']} given {facts['history']:,} more completed tasks with 2 audit events each, "
+            f"all written with COPY in {self.timings.get('generate pages data', 0):.1f} s (VACUUM ANALYZE "
+            "included).")
+        earlier = previous_rows(RESULTS, set())
+        if "8" in earlier.rows:
+            section = earlier.rows["8"][1]
+            start = next((i for i, x in enumerate(section) if x.startswith("| page |")), None)
+            if start is not None:
+                end = next((i for i in range(start, len(section)) if not section[i].startswith("|")), len(section))
+                row.details.append(f"The previous run of this row, for comparison ({earlier.date}; commit "
+                                   f"{earlier.commit}; load {earlier.run_load}):\n\n" + "\n".join(section[start:end]))
+        slow = [r for r in results if r[2].p95 > target]
+        if slow:
+            with psycopg.connect(self.db.dsn) as conn:
+                for label, _path, api, bare, count, statements in slow:
+                    each = statement_times(conn, statements)
+                    shapes: dict[str, list[float]] = {}
+                    for st, t in zip(statements, each, strict=True):
+                        key = re.sub(r"\s+", " ", st.sql)
+                        shapes.setdefault(key, []).append(t)
+                    top = sorted(shapes.items(), key=lambda kv: -sum(kv[1]))[:4]
+                    row.details.append(
+                        f"{label}: p95 {api.p95 * 1000:.1f} ms, its {count} statements p95 {bare.p95 * 1000:.1f} ms "
+                        "together; the slowest (median of 5 replays; × how often a request sends it):\n\n```\n"
+                        + "\n".join(f"{sum(ts) * 1000:7.1f} ms  {len(ts)} × {sql[:300]}" for sql, ts in top)
+                        + "\n```")
+        self.add(row)
+
     # ------------------------------------------------------------ row 4: exports
 
     DIRECT_EXPORT_SQL = (
@@ -1325,8 +1514,9 @@ class Bench:
         facts = machine()
         pg = self.db.version()
         workers, threads = (self.server.workers_n, self.server.threads) if self.server else (0, 0)
-        order = {str(n): n for n in range(1, 8)}
+        order = {str(n): n for n in range(1, 9)}
         rows = sorted(self.rows, key=lambda r: order.get(r.num, 99))
+        kept = previous_rows(RESULTS, {r.num for r in rows})
         out = ["# ItemGate benchmark results", "",
                "Written by `make bench` (`python -m bench.run`); do not edit by hand. Each row compares an ItemGate "
                "path with the limit beneath it, measured in the same run on the same machine.", "",
@@ -1346,14 +1536,21 @@ class Bench:
                + ". The machine has 2 cores; a load well above 2 means other processes competed with the "
                "measurement and absolute figures are inflated (ratios less so, as both sides share the machine).",
                ""]
+        if kept.rows:
+            out[-1:] = [f"- Rows {', '.join(sorted(kept.rows, key=int))} were not run this time: their lines and "
+                        f"sections are kept from the earlier run ({kept.date}; commit {kept.commit}), whose load was: "
+                        f"{kept.load}", ""]
+        table: dict[str, str] = {num: line for num, (line, _section) in kept.rows.items()}
+        sections: dict[str, list[str]] = {num: section for num, (_line, section) in kept.rows.items()}
+        for r in rows:
+            table[r.num] = f"| {r.num} | {r.path} | {r.measured} | {r.limit} | {r.ratio} | {r.target} | {r.met} |"
+            sections[r.num] = [f"## Row {r.num}: {r.path}", ""] + [x for d in r.details for x in (d, "")]
+        nums = sorted(table, key=lambda k: order.get(k, 99))
         out += ["| # | path | measured | limit (same run) | ratio | target | met |", "|---|---|---|---|---|---|---|"]
-        for r in rows:
-            out.append(f"| {r.num} | {r.path} | {r.measured} | {r.limit} | {r.ratio} | {r.target} | {r.met} |")
+        out += [table[k] for k in nums]
         out.append("")
-        for r in rows:
-            out += [f"## Row {r.num}: {r.path}", ""]
-            for d in r.details:
-                out += [d, ""]
+        for k in nums:
+            out += sections[k]
         out += FINDINGS.splitlines() + [""]
         if self.notes:
             out += ["## Notes", ""] + [f"- {n}" for n in self.notes] + [""]
@@ -1361,6 +1558,60 @@ class Bench:
             out += ["## Errors in this run", ""] + [f"```\n{e}\n```" for e in errors] + [""]
         RESULTS.write_text("\n".join(out), encoding="utf-8")
         log(f"wrote {RESULTS}")
+
+
+@dataclass
+class KeptRows:
+    """Rows of an earlier RESULTS.md that this run did not measure: num → (table line, section lines)."""
+
+    rows: dict[str, tuple[str, list[str]]]
+    date: str = ""
+    commit: str = ""
+    load: str = ""  # the load of the run the kept rows come from
+    run_load: str = ""  # the load of the run that wrote the file (its own rows)
+
+
+def previous_rows(path: Path, ran: set[str]) -> KeptRows:
+    """The earlier report's rows this run did not run, so a run of some rows (BENCH_ROWS) merges its rows into
+    the file instead of dropping the others' figures."""
+    try:
+        old = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return KeptRows({})
+    kept = KeptRows({})
+    lines: dict[str, str] = {}
+    sections: dict[str, list[str]] = {}
+    current: str | None = None
+    for line in old:
+        if line.startswith("- Date: "):
+            kept.date = line[len("- Date: "):]
+        elif line.startswith("- Commit: "):
+            kept.commit = line[len("- Commit: "):]
+        elif line.startswith("- Machine load ") and not kept.run_load:
+            kept.run_load = line[len("- Machine load "):].split(". The machine has")[0] + "."
+            kept.load = kept.load or kept.run_load
+        elif line.startswith("- Rows ") and "were not run this time" in line:
+            # A report already merged: keep the first run's facts for the rows it carried over.
+            kept.load = line.split("whose load was: ", 1)[-1]
+        match = re.match(r"\| (\d+) \|", line)
+        if match and current is None:
+            lines[match.group(1)] = line
+        heading = re.match(r"## Row (\d+):", line)
+        if heading:
+            current = heading.group(1)
+            sections[current] = [line]
+        elif line.startswith("## "):
+            current = "_done"
+        elif current is not None and current != "_done":
+            sections[current].append(line)
+    for num, line in lines.items():
+        if num not in ran and num in sections:
+            section = sections[num]
+            if not any("kept from the earlier run" in x for x in section[:3]):
+                section = section[:1] + ["", f"_Kept from the earlier run ({kept.date}); not run this time._"] \
+                    + section[1:]
+            kept.rows[num] = (line, section)
+    return kept
 
 
 FINDINGS = """## Causes found and what was changed
@@ -1512,6 +1763,40 @@ third round gave for "a raw-SQL rewrite" with a measurement. Also in this round:
   copies in gunicorn's reader and werkzeug's decoder, about a third of it, per `py-spy --gil`), the evidence
   SHA-256 and the SDK's signing SHA-256 of each part (about 0.22 s each per 200 MB at this CPU's 920 MB/s), and
   the spool. In production MinIO runs on its own hosts and its CPU does not compete with the app's.
+
+**Pages at scale (row 8, issue 19 point 6).** Measured at the issue's sizes on a machine whose 1-minute load
+stayed between 4 and 9 (other sessions' test runs) on its 2 cores, so absolute times are inflated; the bare-SQL
+column is measured in the same minutes. Found with the row's statement counts and each slow page's slowest
+statements, and fixed on this branch (the row's "previous run" table is the same pages before these fixes):
+
+- **Web inbox:** its default order (`due_at IS NULL, due_at, created_at, id`) matched no index, so every page
+  sorted the role's whole queue (53,000 open implementer tasks: ~700 ms of SQL). The order is now
+  `due_at NULLS LAST, created_at, id` (the same order) with two queue indexes in it
+  (`ix_human_tasks_role_due_queue`, `ix_human_tasks_dept_due_queue`, migration `bench_inbox_due_indexes`), and an
+  unfiltered page takes its total from the scope count it already has (9 → 8 statements). 815 → 44 ms p95.
+- **Settlements list (web and API):** claims still moving computed their figures one by one (2–3 statements
+  each, `gross_of` twice); `figures_of` now takes the gross sums in one grouped query and the award check's
+  approved total once per list. Web 158 → 9 statements (589 → 248 ms p95), API 117 → 7 (277 → 60 ms).
+- **Dashboard:** items were joined to their department and line before grouping; counting per foreign key first
+  and naming afterwards is 4× faster over 100,000 items (652 → 294 ms p95).
+- **Ledger:** the entry count and the totals were two passes over the 100,000 entries; now one (8 → 7
+  statements; 961 → 357 ms p95).
+- **Exports page:** progress read every entry into Python to count items with positive net units; counted in
+  the database instead it went from 1,733 to 646 ms p95 (this run). At the merge with main that change was
+  dropped: main's new progress (targets with their own periods, paced against them) needs each item's first
+  month too, so the merged code reads every entry again and the page is back near the previous run's figure
+  until progress is redone in SQL with the first month (not done in this round).
+
+Not met, and why (the slowest statements are listed under the row):
+- **Ledger, exports page, dashboard, settlements list:** what remains is aggregation over every row in scope
+  (count and sums over 100,000 entries: ~90 ms of SQL alone; progress: ~150 ms; the settlements' gross sums over
+  20,000 claimed lines: ~40 ms; the dashboard's group counts: ~20 ms each) plus rendering. Under 150 ms on this
+  loaded host needs those figures kept as running totals (updated by tallies and reversals) or cached per
+  filter — a design change, not done in this round.
+- **Item page with 1,000 extra tasks of history:** 17 statements, but the page lists every completed step with
+  its submitted data (1,100 rows, ~120 ms for that query alone) and the full timeline (2,000 events), all
+  rendered at once; the Python/Jinja rendering is most of the remaining time. Paging the step records and the
+  timeline (latest first, "show all" on demand) is the fix; not done in this round.
 """
 
 
@@ -1537,6 +1822,21 @@ def _cpu_split(cpu: dict[str, dict[str, float]], reps: int, direct_wall: float |
                   f"{min(1.0, direct_wall / least):.0%} of the direct put ({direct_wall:.2f} s), however well "
                   "receiving and storing overlap."]
     return "\n".join(lines)
+
+
+PAGE_SECONDS = float(os.environ.get("BENCH_PAGE_SECONDS", "40"))
+
+
+def timed_within(fn: Callable[[], Any], repeat: int, seconds: float, least: int = 30) -> Stat:
+    """`timed`, but stopping after `seconds` once `least` samples are in (a page taking seconds would hold
+    the run for many minutes)."""
+    samples: list[float] = []
+    began = time.perf_counter()
+    while len(samples) < repeat and (len(samples) < least or time.perf_counter() - began < seconds):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return Stat(samples)
 
 
 def _met(*parts: bool) -> str:
@@ -1565,7 +1865,8 @@ def main() -> int:
         bench.setup()
         bench.generate_big()
         for num, fn in [("7", bench.row7), ("1", bench.row1), ("6", bench.row6), ("2", bench.row2),
-                        ("4", bench.row4), ("3", bench.row3), ("5", bench.row5)]:
+                        ("4", bench.row4), ("3", bench.row3), ("5", bench.row5),
+                        ("8", bench.row8)]:
             if num not in ROWS:
                 continue
             log(f"row {num} …")

@@ -250,6 +250,12 @@ class HumanTask(Base):
               postgresql_include=["assignee_id"]),
         Index("ix_human_tasks_dept_queue", "status", "role", "department_id", "created_at", "id",
               postgresql_include=["assignee_id"]),
+        # The web inbox's default order (due first, undated last): its first page reads PER_PAGE index entries
+        # instead of sorting a role's every open task (~50,000 for the implementers at the benchmark's scale).
+        Index("ix_human_tasks_role_due_queue", "status", "role", "due_at", "created_at", "id",
+              postgresql_include=["assignee_id"]),
+        Index("ix_human_tasks_dept_due_queue", "status", "role", "department_id", "due_at", "created_at", "id",
+              postgresql_include=["assignee_id"]),
     )
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     instance_id: Mapped[int] = mapped_column(ForeignKey("process_instances.id"))

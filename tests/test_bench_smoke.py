@@ -91,7 +91,8 @@ def test_captured_statements_replay_alone_and_leave_nothing(world):
         create_item(Ctx(session, pm), NewItem(**body))
         audit.write_pending(session)
 
-    tables = ["work_items", "process_instances", "human_tasks", "audit_events"]
+    # A new item's first task is told to its queue (engine/trust/notify.py): one notification row per member.
+    tables = ["work_items", "process_instances", "human_tasks", "notifications", "audit_events"]
     items_before = session.scalar(select(func.count()).select_from(WorkItem))
     session.rollback()
     dsn = db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)

@@ -34,6 +34,11 @@ EVENTS = {
     "timer.fired": "定时触发", "workload.tallied": "计入工作量",
     "item.cancelled": "事项已取消", "item.reworked": "已退回重做", "item.difficulty_proposed": "建议难度系数已调整",
     "task.reopened": "重新打开任务", "service_order.accepted": "受理运营服务单",
+    # Notifications sent about the item (engine/trust/notify.py records each as notification.<kind>).
+    "notification.returned": "发出通知：退回", "notification.new_task": "发出通知：新任务",
+    "notification.difficulty": "发出通知：难度确认", "notification.handover": "发出通知：转交",
+    "notification.reminder": "发出通知：超期提醒", "notification.escalation": "发出通知：超期升级",
+    "notification.settlement": "发出通知：结算",
 }
 DECISIONS = {"approve": "确认通过", "return": "退回修改"}
 STEP_HELP = step_help()

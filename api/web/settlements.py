@@ -30,7 +30,15 @@ from engine.errors import DomainError, NotFound, ServiceUnavailable
 from engine.money import ledger
 from engine.money.bundle import stream_bundle
 from engine.money.exports import EXPORTS, XLSX, export_named
-from engine.money.reports import NOTE_NAMES, WorkloadFilter, claim_xlsx_file, entries_query, progress, totals
+from engine.money.reports import (
+    NOTE_NAMES,
+    WorkloadFilter,
+    claim_xlsx_file,
+    count_and_totals,
+    entries_query,
+    progress,
+    totals,
+)
 from engine.trust.policy import may
 from engine.usecases import jobs
 from engine.usecases import settlement as st
@@ -81,11 +89,11 @@ def _options() -> dict[str, Any]:
 def ledger_page() -> Any:
     f, args = _filter_args()
     query = entries_query(f)
-    total = _count(query)
+    total, sums = count_and_totals(db.session, f)
     page = _page()
     rows = db.session.execute(query.offset((page - 1) * PER_PAGE).limit(PER_PAGE)).all()
     return render_template("web/ledger.html", rows=rows, args=args, page=page, total=total,
-                           pages=max(1, -(-total // PER_PAGE)), totals=totals(db.session, f), me=me(),
+                           pages=max(1, -(-total // PER_PAGE)), totals=sums, me=me(),
                            **_options())
 
 

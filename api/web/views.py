@@ -240,8 +240,11 @@ def inbox() -> Any:
         query = query.order_by(WorkItem.code, HumanTask.id)
     else:
         sort = "due"
-        query = query.order_by(HumanTask.due_at.is_(None), HumanTask.due_at, HumanTask.created_at, HumanTask.id)
-    total = _count(query)
+        # Undated last, as an index in this order gives them (ix_human_tasks_*_due_queue): no sort of the queue.
+        query = query.order_by(HumanTask.due_at.asc().nulls_last(), HumanTask.created_at, HumanTask.id)
+    # Without a filter the page's total is its scope's count, already taken.
+    filtered = bool(q or stage or department or overdue_only)
+    total = _count(query) if filtered else counts[scope]
     pages = max(1, math.ceil(total / PER_PAGE))
     page = min(_page(), pages)
     tasks = list(db.session.scalars(query.offset((page - 1) * PER_PAGE).limit(PER_PAGE)))
@@ -571,6 +574,11 @@ def item(item_id: int) -> Any:
     # The timeline names people as they are known (张伟), and leaves out claims and downloads unless asked.
     everything = request.args.get("all") == "1"
     history = [e for e in reversed(detail["history"]) if everything or e["event"] not in QUIET_EVENTS]
+    # A notification's record names its task by id; the timeline names steps (detail.task) by their step name.
+    step_names = {t["id"]: t["name"] for t in detail["tasks"]}
+    history = [{**e, "detail": {**e["detail"], "task": step_names.get(e["detail"]["task"])}}
+               if e["event"].startswith("notification.") and isinstance((e["detail"] or {}).get("task"), int) else e
+               for e in history]
     usernames = {e["user"] for e in history if e["user"]} | {(e["detail"] or {}).get("to") for e in history} \
         | {a["uploaded_by"] for a in artefacts}
     usernames.discard(None)

@@ -46,11 +46,14 @@ class Dashboard:
     weeks: list[WeekCount] = field(default_factory=list)
 
 
-def _counts(session: Session, user: User, key_col: Any, label_col: Any, join: tuple[Any, ...]) -> list[Count]:
+def _counts(session: Session, user: User, key_col: Any, label_col: Any, fk: Any) -> list[Count]:
+    # Counted per foreign key first (an index-only scan of work_items' narrow columns), named afterwards: joining
+    # every item to its department or line before grouping took 4× as long over 100,000 items (bench row 8).
+    counted = (select(fk.label("ref"), WorkItem.status.label("status"), func.count().label("n"))
+               .where(item_scope(user), WorkItem.status != "cancelled").group_by(fk, WorkItem.status).subquery())
     rows = session.execute(
-        select(key_col, label_col, WorkItem.status, func.count(WorkItem.id))
-        .select_from(WorkItem).join(*join).where(item_scope(user), WorkItem.status != "cancelled")
-        .group_by(key_col, label_col, WorkItem.status)
+        select(key_col, label_col, counted.c.status, counted.c.n)
+        .join(counted, counted.c.ref == key_col.class_.id)
     ).all()
     counts: dict[str, Count] = {}
     for key, label, status, n in rows:
@@ -70,10 +73,8 @@ def build_dashboard(session: Session, user: User, now: datetime, weeks: int = 12
                     overdue_limit: int = 10) -> Dashboard:
     """Everything the dashboard shows, counted over the items this user may see."""
     dash = Dashboard()
-    dash.by_service_line = _counts(session, user, ServiceLine.code, ServiceLine.name,
-                                   (ServiceLine, WorkItem.service_line_id == ServiceLine.id))
-    dash.by_department = _counts(session, user, Department.code, Department.name,
-                                 (Department, WorkItem.department_id == Department.id))
+    dash.by_service_line = _counts(session, user, ServiceLine.code, ServiceLine.name, WorkItem.service_line_id)
+    dash.by_department = _counts(session, user, Department.code, Department.name, WorkItem.department_id)
     stage_rows = session.execute(
         select(WorkItem.stage, func.count(WorkItem.id)).where(item_scope(user), WorkItem.status == "active")
         .group_by(WorkItem.stage)).all()

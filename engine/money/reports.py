@@ -100,11 +100,18 @@ def entry_count(session: Session, f: WorkloadFilter) -> int:
 
 
 def totals(session: Session, f: WorkloadFilter) -> dict[str, Decimal]:
-    query = filtered_entries(joined_entries(select(func.coalesce(func.sum(WorkloadEntry.units), 0),
-                                     func.coalesce(func.sum(WorkloadEntry.amount), 0))
-                              .select_from(WorkloadEntry)), f)
-    units, amount = session.execute(query).one()
-    return {"units": Decimal(units), "amount": Decimal(amount).quantize(CENT)}
+    return count_and_totals(session, f)[1]
+
+
+def count_and_totals(session: Session, f: WorkloadFilter) -> tuple[int, dict[str, Decimal]]:
+    """How many entries match and their units and amount, in one pass over them (a ledger page needs both:
+    over 100,000 entries each pass is most of the page's time)."""
+    query = filtered_entries(joined_entries(select(func.count(WorkloadEntry.id),
+                                                   func.coalesce(func.sum(WorkloadEntry.units), 0),
+                                                   func.coalesce(func.sum(WorkloadEntry.amount), 0))
+                                            .select_from(WorkloadEntry)), f)
+    count, units, amount = session.execute(query).one()
+    return int(count), {"units": Decimal(units), "amount": Decimal(amount).quantize(CENT)}
 
 
 # Timestamps are read through plain DateTime, not the UTCDateTime decorator (a Python call per value on top of the

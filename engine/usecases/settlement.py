@@ -735,40 +735,68 @@ def list_figures(session: Session, settlements: list[Settlement], now: datetime)
                 .group_by(SettlementLine.settlement_id)):
             counts[sid] = (money(Decimal(gross)), int(count))
     out: dict[int, ListFigures] = {}
+    moving = [s for s in settlements if not (s.status == "approved" and s.gross_amount is not None)]
+    live = figures_of(session, moving, now,
+                      grosses={s.id: counts.get(s.id, (money(Decimal(0)), 0)) for s in moving})
     for s in settlements:
         gross, count = counts.get(s.id, (Decimal("0.00"), 0))
-        if s.status == "approved" and s.gross_amount is not None:
-            out[s.id] = ListFigures(count, s.gross_amount, s.net_amount or Decimal("0"))
-        else:
-            fig = figures(session, s, now)
+        if s.id in live:
+            fig = live[s.id]
             out[s.id] = ListFigures(fig.entries, fig.gross, fig.net)
+        else:
+            out[s.id] = ListFigures(count, s.gross_amount or Decimal("0"), s.net_amount or Decimal("0"))
     return out
 
 
-def _award_check(session: Session, settlement: Settlement, fig: Figures) -> Figures:
+def _award_check(session: Session, settlement: Settlement, fig: Figures, before: Decimal | None = None) -> Figures:
+    """`before`: the contract's other approved claims' net total, when the caller summed it for a whole list."""
     award = settlement.contract.award_amount
     if award is None:
         return fig
-    before = session.execute(select(func.coalesce(func.sum(Settlement.net_amount), 0)).where(
-        Settlement.contract_id == settlement.contract_id, Settlement.status == "approved",
-        Settlement.id != settlement.id)).scalar()
+    if before is None:
+        before = session.execute(select(func.coalesce(func.sum(Settlement.net_amount), 0)).where(
+            Settlement.contract_id == settlement.contract_id, Settlement.status == "approved",
+            Settlement.id != settlement.id)).scalar()
     fig.award_limit = money(Decimal(award) * Decimal("1.10"))
     fig.settled_total = money(Decimal(before or 0) + fig.net)
     fig.exceeds_award_limit = fig.settled_total > fig.award_limit
     return fig
 
 
-def figures(session: Session, settlement: Settlement, now: datetime) -> Figures:
-    """Live figures while the claim moves; the frozen ones once approved."""
-    fig = _award_check(session, settlement, _figures(session, settlement, now))
+def figures(session: Session, settlement: Settlement, now: datetime, *,
+            gross_count: tuple[Decimal, int] | None = None, award_before: Decimal | None = None) -> Figures:
+    """Live figures while the claim moves; the frozen ones once approved. A list passes the claim's
+    (gross, entries) and its contract's other approved net total, summed for all its rows at once."""
+    fig = _award_check(session, settlement, _figures(session, settlement, now, gross_count), award_before)
     fig.grade = schedule.grade_for(fig.score)
     return fig
 
 
-def figures_of(session: Session, settlements: list[Settlement], now: datetime) -> dict[int, Figures]:
-    """`figures` of each settlement of a list or page. Still a few queries per row (the contract schedule's
-    deductions and penalty base are per claim); the gross sums are the part worth batching next."""
-    return {s.id: figures(session, s, now) for s in settlements}
+def figures_of(session: Session, settlements: list[Settlement], now: datetime, *,
+               grosses: dict[int, tuple[Decimal, int]] | None = None) -> dict[int, Figures]:
+    """`figures` of each settlement of a list or page: the gross sums in one grouped query and the award check's
+    approved totals in one per list, so a claim costs no statement of its own unless it settles a contract
+    stage (its monthly-report deductions and penalty base are looked up per claim)."""
+    if not settlements:
+        return {}
+    if grosses is None:
+        grosses = grosses_of(session, [s.id for s in settlements])
+    contracts = {s.contract_id for s in settlements if s.contract.award_amount is not None}
+    approved: dict[int, Decimal] = {}
+    if contracts:
+        approved = {cid: Decimal(total or 0) for cid, total in session.execute(
+            select(Settlement.contract_id, func.coalesce(func.sum(Settlement.net_amount), 0))
+            .where(Settlement.contract_id.in_(contracts), Settlement.status == "approved")
+            .group_by(Settlement.contract_id))}
+    out = {}
+    for s in settlements:
+        before = None
+        if s.contract_id in contracts:
+            own = (s.net_amount or Decimal(0)) if s.status == "approved" else Decimal(0)
+            before = approved.get(s.contract_id, Decimal(0)) - own
+        out[s.id] = figures(session, s, now, gross_count=grosses.get(s.id, (money(Decimal(0)), 0)),
+                            award_before=before)
+    return out
 
 
 def month_deductions(session: Session, settlement: Settlement) -> list[dict[str, Any]]:
@@ -805,8 +833,9 @@ def penalty_base(session: Session, settlement: Settlement, gross: Decimal) -> De
     return gross + Decimal(staged or 0)
 
 
-def _figures(session: Session, settlement: Settlement, now: datetime) -> Figures:
-    _, count = gross_of(session, settlement.id)
+def _figures(session: Session, settlement: Settlement, now: datetime,
+             gross_count: tuple[Decimal, int] | None = None) -> Figures:
+    gross, count = gross_count if gross_count is not None else gross_of(session, settlement.id)
     sub_late = is_late(settlement.first_submitted_at or now, settlement.due_at) if settlement.due_at else None
     if settlement.status == "approved" and settlement.gross_amount is not None:
         return Figures(gross=settlement.gross_amount, entries=count, due_at=settlement.due_at,
@@ -818,7 +847,6 @@ def _figures(session: Session, settlement: Settlement, now: datetime) -> Figures
                        revision_late=settlement.revision_late,
                        other_deductions=settlement.other_deductions or Decimal("0.00"),
                        other_detail=month_deductions(session, settlement))
-    gross, count = gross_of(session, settlement.id)
     settings = settlement.contract.settings or {}
     late = (bool(sub_late) or settlement.revision_late) if (settlement.due_at is not None
                                                              or settlement.revision_late) else None
