@@ -185,7 +185,9 @@ def test_quote_in_process_id_is_refused_cleanly(world):
 
 def test_spiffworkflow_parse_errors_name_the_element(world):
     xml = SERVICE_ITEM.replace(
-        '<bpmn:conditionExpression xsi:type="bpmn:tFormalExpression">mode != "new"</bpmn:conditionExpression>', "")
+        '<bpmn:conditionExpression xsi:type="bpmn:tFormalExpression">not needs_walkthrough</bpmn:conditionExpression>',
+        "")
+    assert xml != SERVICE_ITEM  # the condition the edit removes is in the shipped model
     body = refused(world, xml, "flow_gw_walkthrough_to_gw_walkthrough_merge", "without condition")
     problem = next(p["problem"] for p in body["problems"])
     assert "default flow" in problem and "0x" not in problem

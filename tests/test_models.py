@@ -16,6 +16,7 @@ from SpiffWorkflow.spiff.parser.process import VALIDATOR, SpiffBpmnParser
 from SpiffWorkflow.spiff.serializer.config import SPIFF_CONFIG
 from SpiffWorkflow.util.task import TaskState
 
+from engine.runtime import spiff
 from engine.runtime.modelcheck import TASK_PROPERTIES
 from engine.runtime.workkinds import work_kind_ids
 
@@ -99,10 +100,8 @@ class Run:
         task = matches[0]
         assert task.id not in self.ids, "a task id was reused"
         self.ids.add(task.id)
-        decision_var = (getattr(task.task_spec, "extensions", None) or {}).get("properties", {}).get("decision_var")
-        if decision_var:  # as the engine does: a parallel decider's decision under its own name
-            data = {**data, decision_var: data.get("decision") or "approve"}
-        task.data.update(data)
+        # As the engine does (one adapter): a parallel decider's decision under its own name.
+        task.data.update(spiff.step_data(self.wf, task, data))
         task.run()
         self.wf.do_engine_steps()
         self.visited.append(name)

@@ -127,8 +127,12 @@ def _lanes_of(process: Any) -> dict[str, str]:
 
 def check_model(xml: str, process_id: str, filename: str,
                 gate_rules: Iterable[tuple[str, Mapping[str, Any]]] | None = None,
-                artefact_kinds: Iterable[str] = ()) -> list[ModelProblem]:
-    """All problems of one model; `gate_rules` are (line label, gates) of every contract line running it."""
+                artefact_kinds: Iterable[str] = (),
+                kinds_by_label: Mapping[str, Iterable[str]] | None = None) -> list[ModelProblem]:
+    """All problems of one model; `gate_rules` are (line label, gates) of every contract line running it.
+
+    A gate rule's kind must be one `artefact_kinds` names, or (16a) one `kinds_by_label[label]` names: the kinds
+    the line's contract may carry (built-in plus its catalogue's declared [artefact_kinds])."""
     root = xml_tree(xml, filename)
     process = _process(root, process_id)
     if process is None:
@@ -200,8 +204,9 @@ def check_model(xml: str, process_id: str, filename: str,
                                                   f"(declare it, empty if nothing is required)",
                                              f"关口 {gate!r} 在 {label} 中没有规则（请声明，不需要材料时声明为空）"))
                 continue
+            line_kinds = kinds | set((kinds_by_label or {}).get(label, ()))
             for rule in gates[gate]:
-                if kinds and rule.get("kind") not in kinds:
+                if line_kinds and rule.get("kind") not in line_kinds:
                     problems.append(ModelProblem(tid, f"gate {gate!r} in {label} names unknown artefact kind "
                                                       f"{rule.get('kind')!r}",
                                                  f"关口 {gate!r} 在 {label} 中引用了未知材料类型 {rule.get('kind')!r}"))

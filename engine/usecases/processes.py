@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from engine.contract.catalog import ARTEFACT_KINDS
+from engine.contract.catalog import ARTEFACT_KINDS, contract_kinds
 from engine.errors import Invalid
 from engine.runtime import spiff
 from engine.runtime.modelcheck import ModelProblem, ModelRejected, check_model, process_ids
@@ -44,10 +44,12 @@ def validate_model(session: Session, xml: str, filename: str) -> str:
     if process_id in BUILT_IN_ONLY:
         raise ModelRejected(filename, [ModelProblem(process_id, BUILT_IN_ONLY[process_id][0],
                                                     BUILT_IN_ONLY[process_id][1])])
-    lines = session.execute(select(Contract.code, ServiceLine).join(ServiceLine.contract)
+    lines = session.execute(select(Contract.code, Contract.settings, ServiceLine).join(ServiceLine.contract)
                             .where(ServiceLine.process_id == process_id)).all()
-    rules = [(f"contract {code} line {line.code}", line.gates) for code, line in lines]
-    problems = check_model(xml, process_id, filename, rules, ARTEFACT_KINDS)
+    rules = [(f"contract {code} line {line.code}", line.gates) for code, _, line in lines]
+    # Each line's gates may name its own contract's declared kinds (16a), not another contract's.
+    kinds = {f"contract {code} line {line.code}": contract_kinds(settings) for code, settings, line in lines}
+    problems = check_model(xml, process_id, filename, rules, ARTEFACT_KINDS, kinds)
     if problems:
         raise ModelRejected(filename, problems)
     try:
