@@ -31,7 +31,7 @@ def test_every_step_of_every_work_kind_says_what_it_asks_in_both_languages(pid: 
 def test_e_licence_issuing_test_names_the_kinds_its_gate_requires(world: Any, client: Any) -> None:
     from tests.test_web import Browser
 
-    item_id = world.new_item("SH-GUIDE-1", line="12", channels=["pc"])["id"]
+    item_id = world.new_item("SH-GUIDE-1", line="12", channels=[])["id"]
     intake(world, item_id, {"parts": [], "summary": "营业执照"})
     do(world, "impl", item_id, "collect_info", {})
     do(world, "rev_a", item_id, "confirm_info", APPROVE)
