@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -176,3 +177,12 @@ def record_upload(session: Session, store: ArtefactStore, upload: Callable[[], S
                                      code="database_unavailable") from exc
         raise
     return artefact
+
+
+def stream_length(stream: Any) -> int:
+    """Bytes in an uploaded file's (spooled, seekable) stream, leaving its position where it was."""
+    position = stream.tell()
+    stream.seek(0, os.SEEK_END)
+    size = stream.tell()
+    stream.seek(position)
+    return int(size)

@@ -1,7 +1,6 @@
 """REST API v1, the core contract (API.md): auth, users, catalogue, items, tasks, artefacts."""
 from __future__ import annotations
 
-import os
 from decimal import Decimal
 from typing import Any
 
@@ -460,13 +459,6 @@ def tasks_complete(body: dict[str, Any], task_id: int) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- artefacts
 
-def _file_length(stream: Any) -> int:
-    position = stream.tell()
-    stream.seek(0, os.SEEK_END)
-    size = stream.tell()
-    stream.seek(position)
-    return size
-
 
 def _upload_streamed(context: Ctx, item: WorkItem, boundary: bytes) -> Artefact:
     """An upload whose multipart body nothing has read yet: parsed as it arrives, its file stored as it arrives
@@ -502,7 +494,7 @@ def artefacts_upload(item_id: int) -> dict[str, Any]:
     review judges the submitted version of that kind. A signed sign-off sheet (docs/SHEETS.md) must carry this
     item's code for its kind: field `verification_code`, the PDF's text or the scan's QR code; another sheet's → 422
     `wrong_sheet`."""
-    from api.uploads import record_upload, unread_multipart_boundary
+    from api.uploads import record_upload, stream_length, unread_multipart_boundary
 
     context = ctx()
     assert context.user is not None
@@ -527,7 +519,7 @@ def artefacts_upload(item_id: int) -> dict[str, Any]:
             raise Invalid("send the file as multipart field 'file'", code="invalid_form",
                           errors={"file": ["required"]})
         return upload_artefact(db.session, store, context.actor, context.user, item, request.form.get("kind", ""),
-                               upload.filename, upload.stream, _file_length(upload.stream),
+                               upload.filename, upload.stream, stream_length(upload.stream),
                                current_app.config["ITEMGATE"].max_upload_bytes, request.form.get("task_id"),
                                request.form.get("verification_code"))
 

@@ -2,7 +2,6 @@
 letter, and the PM's acceptance into a work item or decline with a reason (docs/SERVICE_ORDERS.md)."""
 from __future__ import annotations
 
-import os
 from datetime import date
 from decimal import Decimal
 from typing import Any
@@ -16,7 +15,7 @@ from api.auth import current_user
 from api.downloads import content_disposition
 from api.extensions import db
 from api.rest.core import PageArgs, ctx, item_detail
-from api.uploads import record_upload
+from api.uploads import record_upload, stream_length
 from engine.errors import FormInvalid, Invalid, ObjectMissing, ServiceUnavailable
 from engine.trust import audit
 from engine.usecases.service_orders import (
@@ -37,13 +36,6 @@ from storage.unit_of_work import unit_of_work
 
 blp = Blueprint("service_orders", __name__, url_prefix="/api/v1", description="Service orders (运营服务单)")
 
-
-def _length(stream: Any) -> int:
-    position = stream.tell()
-    stream.seek(0, os.SEEK_END)
-    size = stream.tell()
-    stream.seek(position)
-    return int(size)
 
 
 def new_order_from(form: Any) -> NewOrder:
@@ -87,7 +79,7 @@ def orders_create() -> dict[str, Any]:
     if store is None:
         raise ServiceUnavailable("no evidence store is configured")
     order = record_upload(db.session, store, lambda: file_order(
-        context, store, new_order_from(request.form), upload.filename, upload.stream, _length(upload.stream),
+        context, store, new_order_from(request.form), upload.filename, upload.stream, stream_length(upload.stream),
         current_app.config["ITEMGATE"].max_upload_bytes))
     return order_json(order)
 

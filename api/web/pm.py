@@ -13,7 +13,7 @@ from sqlalchemy import select
 from werkzeug.datastructures import MultiDict
 
 from api.extensions import db
-from api.uploads import record_upload
+from api.uploads import record_upload, stream_length
 from api.web.auth import me, web_ctx
 from api.web.i18n import _
 from api.web.views import bp, refusal
@@ -168,8 +168,8 @@ def item_new() -> Any:
         assert statement is not None and store is not None
         created.append(create_item(context, spec))
         return upload_artefact(db.session, store, context.actor, me(), created[0], "complexity_statement",
-                               statement.filename or "复杂度说明.pdf", statement.stream, _length(statement.stream),
-                               current_app.config["ITEMGATE"].max_upload_bytes, None)
+                               statement.filename or "复杂度说明.pdf", statement.stream,
+                               stream_length(statement.stream), current_app.config["ITEMGATE"].max_upload_bytes, None)
 
     try:
         if statement is None:
@@ -197,13 +197,6 @@ def _statement_file() -> Any:
     upload = request.files.get("statement")
     return upload if upload is not None and upload.filename else None
 
-
-def _length(stream: Any) -> int:
-    position = stream.tell()
-    stream.seek(0, io.SEEK_END)
-    size = stream.tell()
-    stream.seek(position)
-    return int(size)
 
 
 # ---------------------------------------------------------------- item actions
@@ -328,7 +321,7 @@ def items_import_preview() -> Any:
     try:
         if context.store is None:
             raise FormInvalid({"file": ["the evidence store is not configured"]})
-        staged = import_jobs.stage(context.store, upload.stream, _length(upload.stream), upload.filename or "")
+        staged = import_jobs.stage(context.store, upload.stream, stream_length(upload.stream), upload.filename or "")
         data = import_jobs.load_staged(context.store, staged)
         result = import_jobs.preview(context, contract, data, staged.filename)
     except NotFound:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,7 +28,7 @@ from api.downloads import artefact_response, sheet_response
 from api.extensions import db, login_manager
 from api.rest.core import item_detail
 from api.serializers import artefact_json
-from api.uploads import record_upload
+from api.uploads import record_upload, stream_length
 from api.web.auth import SessionUser, end_web_session, me, start_web_session, web_ctx
 from api.web.formfields import data_from, fields_for
 from api.web.i18n import STAGES, _, form_message, lang
@@ -404,13 +403,6 @@ def _wants_json() -> bool:
     return request.accept_mimetypes.best == "application/json"
 
 
-def _length(stream: Any) -> int:
-    position = stream.tell()
-    stream.seek(0, os.SEEK_END)
-    size = stream.tell()
-    stream.seek(position)
-    return int(size)
-
 
 @bp.post("/items/<int:item_id>/artefacts")
 def artefact_upload(item_id: int) -> Any:
@@ -431,7 +423,7 @@ def artefact_upload(item_id: int) -> Any:
         store = context.store
         artefact = record_upload(db.session, store, lambda: upload_artefact(
             db.session, store, context.actor, user, item, request.form.get("kind", ""), upload.filename,
-            upload.stream, _length(upload.stream), current_app.config["ITEMGATE"].max_upload_bytes,
+            upload.stream, stream_length(upload.stream), current_app.config["ITEMGATE"].max_upload_bytes,
             request.form.get("task_id"), request.form.get("verification_code")))
     except DomainError as err:
         if isinstance(err, NotFound):
