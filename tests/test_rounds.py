@@ -85,7 +85,12 @@ def test_round_two_sees_round_one_the_reply_and_the_changed_file(world: Any) -> 
     do(world, "impl", item_id, "design", {"reply": "已补充接口设计"})
     review = open_named(world, item_id, "confirm_design")[0]
     db.session.expire_all()
-    rounds = review_rounds(db.session, db.session.get(HumanTask, review["id"]))
+    from sqlalchemy import select
+
+    from storage.models import User
+
+    reviewer = db.session.execute(select(User).where(User.username == "rev_a")).scalar_one()
+    rounds = review_rounds(db.session, reviewer, db.session.get(HumanTask, review["id"]))
     assert [r.number for r in rounds] == [1, 2]
     assert rounds[0].review is not None and rounds[0].review.data["comment"] == RETURN["comment"]
     assert rounds[1].review is None and rounds[1].submission is not None
