@@ -84,15 +84,17 @@ def _password_from_stdin(password_stdin: bool) -> str:
 
 
 def _change_user(name: str, body: dict[str, Any]) -> Any:
+    from api.auth import hash_password
     from api.extensions import db as database
-    from api.rest.core import change_user_by_name
     from engine.errors import DomainError
     from engine.trust import audit
+    from engine.usecases.admin import change_user_by_name
 
     with app_context():
         try:
             with unit_of_work(database.session):
-                result = change_user_by_name(audit.Actor(None, "cli", CLI_ROLE), name, body)
+                result = change_user_by_name(database.session, audit.Actor(None, "cli", CLI_ROLE), name, body,
+                                             hash_password(body["password"]) if "password" in body else None)
         except DomainError as exc:
             errors = exc.extra.get("errors")
             raise click.ClickException(f"{exc.detail}{f': {errors}' if errors else ''}") from exc
@@ -135,8 +137,9 @@ def catalog() -> None:
 @click.argument("file", type=click.Path(dir_okay=False))
 def catalog_load(file: str) -> None:
     from api.extensions import db as database
-    from engine.contract.catalog import CatalogError, load_catalog_file
+    from engine.contract.catalog import CatalogError
     from engine.trust import audit
+    from engine.usecases.admin import load_catalog_file
 
     with app_context():
         try:

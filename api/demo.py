@@ -14,12 +14,12 @@ import bpmn
 from api.auth import hash_password
 from api.extensions import db
 from engine.contract.calendar import TZ
-from engine.contract.catalog import load_catalog_file
 from engine.evidence.artefacts import upload_artefact
 from engine.evidence.sheets import is_sheet_kind, sheet_for
 from engine.trust import audit
 from engine.trust.accounts import create_user, ensure_department
 from engine.trust.policy import ADMIN, AUDITOR, BUYER, CLI_ROLE, DEPT_REVIEWER, IMPLEMENTER, PM
+from engine.usecases.admin import load_catalog_file
 from engine.usecases.tasks import Ctx, NewItem, complete_task, create_item, task_requirements
 from storage.models import Contract, HumanTask, User, WorkItem
 from storage.unit_of_work import unit_of_work

@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from engine.contract.catalog import ARTEFACT_KINDS, kind_title
+from engine.usecases.items import ItemDetail
 from storage.models import Artefact, AuditEvent, Department, HumanTask, User, WorkItem, WorkloadEntry
 
 
@@ -138,6 +139,20 @@ def artefact_title(artefact: Artefact) -> str:
 def history_json(event: AuditEvent) -> dict[str, Any]:
     return {"at": iso(event.at), "user": event.username, "role": event.role, "event": event.event_type,
             "target": f"{event.target_type}:{event.target_id}", "outcome": event.outcome, "detail": event.detail}
+
+
+def item_detail_json(detail: ItemDetail) -> dict[str, Any]:
+    """An item with its tasks, visible artefacts, open gates and history (engine/usecases/items.py)."""
+    settings = detail.item.contract.settings
+    return {
+        **item_summary(detail.item),
+        "tasks": [task_json(t) for t in detail.tasks],
+        "artefacts": [artefact_json(a) for a in detail.artefacts],
+        "gates": [{"gate": g.gate, "task_id": g.task.id, "required": [
+            {"kind": s.kind, "title": kind_title(s.kind, settings), "present": s.artefact is not None}
+            for s in g.required]} for g in detail.gates],
+        "history": [history_json(e) for e in detail.history],
+    }
 
 
 def entry_json(entry: WorkloadEntry) -> dict[str, Any]:

@@ -194,8 +194,8 @@ class Bench:
         from api.auth import hash_password
         from api.extensions import db
         from bpmn import CATALOG_DIR
-        from engine.contract.catalog import load_catalog_file
         from engine.trust.accounts import create_user
+        from engine.usecases.admin import load_catalog_file
         from engine.usecases.tasks import current_definition
         from storage.models import Contract, User
 

@@ -306,7 +306,7 @@ class World:
 def world(app: Any, client: Any) -> World:
     from api.extensions import db
     from bpmn import CATALOG_DIR
-    from engine.contract.catalog import load_catalog_file
+    from engine.usecases.admin import load_catalog_file
 
     load_catalog_file(db.session, CATALOG_DIR / "shanghai.toml")
     db.session.commit()
@@ -332,7 +332,7 @@ def seeded_sqlite_world(apps: dict[str, Any], tmp_path_factory: pytest.TempPathF
     For module-scoped fixtures (the authz matrix, the fuzzer); call inside the app context it needs."""
     from api.extensions import db
     from bpmn import CATALOG_DIR
-    from engine.contract.catalog import load_catalog_file
+    from engine.usecases.admin import load_catalog_file
 
     if "sqlite" not in apps:
         apps["sqlite"] = make_app(f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'itemgate.db'}", s3_server,

@@ -13,7 +13,7 @@ from tests.conftest import World
 def kaiping(world: World) -> World:
     from api.extensions import db
     from bpmn import CATALOG_DIR
-    from engine.contract.catalog import load_catalog_file
+    from engine.usecases.admin import load_catalog_file
 
     load_catalog_file(db.session, CATALOG_DIR / "kaiping.toml")
     db.session.commit()

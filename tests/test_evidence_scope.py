@@ -423,7 +423,7 @@ def test_the_migration_scopes_existing_per_department_evidence(fresh_app):
     from flask_migrate import downgrade, upgrade
 
     from bpmn import CATALOG_DIR
-    from engine.contract.catalog import load_catalog_file
+    from engine.usecases.admin import load_catalog_file
     from storage.models import HumanTask
     from tests.conftest import World
 

@@ -191,7 +191,7 @@ def test_e_licence_with_issuing_only(world):
 @pytest.mark.usefixtures("cache_mode")
 def test_scenario_guide_returned_twice(world, app):
     from api.extensions import db
-    from engine.contract.catalog import load_catalog_file
+    from engine.usecases.admin import load_catalog_file
 
     load_catalog_file(db.session, CATALOG_DIR / "kaiping.toml")
     db.session.commit()

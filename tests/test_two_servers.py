@@ -34,8 +34,8 @@ def _seed(url: str, s3_server: Any, bucket: str) -> None:
     from api.auth import hash_password
     from api.extensions import db
     from bpmn import CATALOG_DIR
-    from engine.contract.catalog import load_catalog_file
     from engine.trust.accounts import create_user
+    from engine.usecases.admin import load_catalog_file
 
     app = make_app(url, s3_server, bucket)
     with app.app_context():

@@ -22,9 +22,9 @@ from api.auth import (
 from api.downloads import artefact_response
 from api.extensions import db
 from api.limits import remember_device
-from api.serializers import artefact_json, history_json, iso, item_summary, task_json, task_rows_json
+from api.serializers import artefact_json, iso, item_detail_json, item_summary, task_json, task_rows_json
 from engine.contract.catalog import ARTEFACT_KINDS, kind_title
-from engine.errors import Conflict, DomainError, Invalid, NotFound
+from engine.errors import Conflict, DomainError, Invalid
 from engine.evidence.artefacts import optional_kinds, submitted_evidence, upload_artefact
 from engine.trust import accounts, audit
 from engine.trust.access import (
@@ -33,11 +33,12 @@ from engine.trust.access import (
     load_artefact_for,
     load_item_for,
     load_task_for,
-    may_see_artefact,
 )
 from engine.trust.policy import ROLES
 from engine.usecases import lists
+from engine.usecases.admin import change_user_by_name
 from engine.usecases.inbox import settlement_steps
+from engine.usecases.items import item_detail
 from engine.usecases.tasks import (
     Ctx,
     NewItem,
@@ -49,7 +50,7 @@ from engine.usecases.tasks import (
     task_requirements,
     unclaim,
 )
-from storage.models import Artefact, AuditEvent, Contract, HumanTask, User, WorkItem
+from storage.models import Artefact, Contract, HumanTask, User, WorkItem
 from storage.unit_of_work import unit_of_work
 
 blp = Blueprint("core", __name__, url_prefix="/api/v1", description="ItemGate core API")
@@ -194,21 +195,6 @@ class UserPatch(Schema):
     department = fields.String(allow_none=True, validate=validate.Length(min=1, max=64))
 
 
-def change_user_by_name(actor: audit.Actor, username: str, body: dict[str, Any]) -> accounts.UserChanged:
-    """An administrator's change to a user (REST and CLI): the caller commits."""
-    user = db.session.execute(select(User).where(User.username == username)).scalar()
-    if user is None:
-        raise NotFound(f"no user {username!r}", code="unknown_user")
-    change = accounts.UserChange(active=body.get("active"), role=body.get("role"),
-                                 password_hash=hash_password(body["password"]) if "password" in body else None)
-    if "department" in body:
-        change.department_given = True
-        code = body["department"]
-        change.department_code = code
-        change.department_id = accounts.ensure_department(db.session, code).id if code else None
-    return accounts.change_user(db.session, actor, user, change)
-
-
 @blp.route("/users/<string:username>", methods=["PATCH"])
 @blp.arguments(UserPatch)
 @blp.response(200)
@@ -218,7 +204,8 @@ def users_patch(body: dict[str, Any], username: str) -> dict[str, Any]:
     with unit_of_work(db.session):
         me = current_user()
         authorize(me, "user.manage")
-        result = change_user_by_name(audit.Actor.of(me, g.get("request_id")), username, body)
+        result = change_user_by_name(db.session, audit.Actor.of(me, g.get("request_id")), username, body,
+                                     hash_password(body["password"]) if "password" in body else None)
     return dict(user_json(result.user), tasks_released=result.released)
 
 
@@ -288,7 +275,8 @@ def items_create(body: dict[str, Any]) -> dict[str, Any]:
         events = audit.queued(db.session)
     # A new item has no artefacts yet, and its tasks and history are what this request wrote.
     assert context.user is not None
-    return item_detail(item, context.user, tasks=context.created_tasks, artefacts=[], events=events)
+    return item_detail_json(item_detail(db.session, item, context.user, tasks=context.created_tasks, artefacts=[],
+                                        events=events))
 
 
 class ItemQuery(PageArgs):
@@ -313,49 +301,12 @@ def items_list(args: dict[str, Any]) -> dict[str, Any]:
             "per_page": args["per_page"]}
 
 
-def item_detail(item: WorkItem, viewer: User, *, tasks: list[HumanTask] | None = None,
-                artefacts: list[Artefact] | None = None, events: list[AuditEvent] | None = None) -> dict[str, Any]:
-    """The item with its tasks, the artefacts `viewer` may see, open gates and history; a caller that holds the
-    complete lists (a just-created item) passes them instead of having them queried."""
-    data = item_summary(item)
-    if tasks is None:
-        tasks = list(db.session.scalars(select(HumanTask).where(HumanTask.item_id == item.id)
-                                        .order_by(HumanTask.id)))
-    tasks = sorted(tasks, key=lambda t: t.id)
-    data["tasks"] = [task_json(t) for t in tasks]
-    if artefacts is None:
-        artefacts = list(db.session.scalars(select(Artefact).where(Artefact.item_id == item.id)
-                                            .order_by(Artefact.id)))
-    data["artefacts"] = [artefact_json(a) for a in artefacts if may_see_artefact(viewer, a)]
-    gates = []
-    for t in tasks:
-        if t.status == "ready" and t.gate:
-            # Each step's checklist from its own evidence scope; another department's files stay unnamed.
-            statuses = task_requirements(db.session, t, artefacts)
-            gates.append({"gate": t.gate, "task_id": t.id, "required": [
-                {"kind": s.kind, "title": kind_title(s.kind, item.contract.settings), "present": s.artefact is not None}
-                for s in statuses]})
-    data["gates"] = gates
-    if events is not None:
-        data["history"] = [history_json(e) for e in sorted(events, key=lambda e: e.id)]
-        return data
-    task_ids = [str(t["id"]) for t in data["tasks"]]
-    history = db.session.scalars(select(AuditEvent).where(
-        ((AuditEvent.target_type == "item") & (AuditEvent.target_id == str(item.id)))
-        | ((AuditEvent.target_type == "task") & (AuditEvent.target_id.in_(task_ids)))
-        | ((AuditEvent.target_type == "artefact") & (AuditEvent.target_id.in_(
-            [str(a["id"]) for a in data["artefacts"]])))
-    ).order_by(AuditEvent.id))
-    data["history"] = [history_json(e) for e in history]
-    return data
-
-
 @blp.route("/items/<int:item_id>", methods=["GET"])
 @blp.response(200)
 def items_get(item_id: int) -> dict[str, Any]:
     user = current_user()
     item = load_item_for(db.session, user, item_id)
-    return item_detail(item, user)
+    return item_detail_json(item_detail(db.session, item, user))
 
 
 # ---------------------------------------------------------------- tasks

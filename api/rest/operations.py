@@ -11,12 +11,13 @@ from sqlalchemy import func, select
 
 from api.auth import current_user
 from api.extensions import db
-from api.rest.core import PageArgs, ctx, item_detail
-from api.serializers import iso
+from api.rest.core import PageArgs, ctx
+from api.serializers import iso, item_detail_json
 from engine.contract.holidays import enter_year, year_view
 from engine.errors import Invalid, NotFound
 from engine.trust import audit, notify
 from engine.usecases.intake import import_items
+from engine.usecases.items import item_detail
 from engine.usecases.lifecycle import cancel_item, rework_item
 from engine.usecases.processes import MAX_MODEL_BYTES, deploy
 from storage.models import Notification, ProcessDefinition, ProcessInstance
@@ -44,7 +45,7 @@ def items_cancel(body: dict[str, Any], item_id: int) -> dict[str, Any]:
         context = ctx()
         item = cancel_item(context, item_id, body["reason"])
     assert context.user is not None
-    return item_detail(item, context.user)
+    return item_detail_json(item_detail(db.session, item, context.user))
 
 
 @blp.route("/items/<int:item_id>/rework", methods=["POST"])
@@ -55,7 +56,7 @@ def items_rework(body: dict[str, Any], item_id: int) -> dict[str, Any]:
         context = ctx()
         item = rework_item(context, item_id, body["to"], body["reason"])
     assert context.user is not None
-    return item_detail(item, context.user)
+    return item_detail_json(item_detail(db.session, item, context.user))
 
 
 # ---------------------------------------------------------------- bulk intake

@@ -14,10 +14,12 @@ from sqlalchemy import func, select
 from api.auth import current_user
 from api.downloads import content_disposition
 from api.extensions import db
-from api.rest.core import PageArgs, ctx, item_detail
+from api.rest.core import PageArgs, ctx
+from api.serializers import item_detail_json
 from api.uploads import record_upload, stream_length
 from engine.errors import FormInvalid, Invalid, ObjectMissing, ServiceUnavailable
 from engine.trust import audit
+from engine.usecases.items import item_detail
 from engine.usecases.service_orders import (
     STATUSES,
     Acceptance,
@@ -161,7 +163,7 @@ def orders_accept(body: dict[str, Any], order_id: int) -> dict[str, Any]:
         context = ctx()
         item = accept_order(context, context.store, order_id, Acceptance(**body))
     assert context.user is not None
-    return item_detail(item, context.user)
+    return item_detail_json(item_detail(db.session, item, context.user))
 
 
 class DeclineBody(Schema):

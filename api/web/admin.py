@@ -14,7 +14,6 @@ from sqlalchemy import func, select
 from api.auth import hash_password
 from api.extensions import db
 from api.rest.admin import delivery_json, delivery_query, departments_json, system_status, user_query
-from api.rest.core import change_user_by_name
 from api.web.auth import me, web_ctx
 from api.web.i18n import _
 from api.web.views import refusal
@@ -153,7 +152,8 @@ def user_change(username: str) -> Any:
                 raise FormInvalid({"password": [_("密码至少 8 位")]})
             if body.get("role") is not None and body["role"] not in ROLES:
                 raise FormInvalid({"role": [_("未知角色")]})
-            result = change_user_by_name(web_ctx().actor, username, body)
+            result = admin.change_user_by_name(db.session, web_ctx().actor, username, body,
+                                         hash_password(body["password"]) if "password" in body else None)
         done = {"deactivate": _("已停用 {name}", name=username), "activate": _("已启用 {name}", name=username),
                 "password": _("已重置 {name} 的密码，其所有登录已结束", name=username)}.get(
             action or "", _("已保存 {name}", name=username))

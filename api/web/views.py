@@ -26,8 +26,7 @@ from werkzeug.datastructures import MultiDict
 from api.auth import authenticate
 from api.downloads import artefact_response, sheet_response
 from api.extensions import db, login_manager
-from api.rest.core import item_detail
-from api.serializers import artefact_json
+from api.serializers import artefact_json, item_detail_json
 from api.uploads import record_upload, stream_length
 from api.web.auth import SessionUser, end_web_session, me, start_web_session, web_ctx
 from api.web.formfields import data_from, fields_for
@@ -45,6 +44,7 @@ from engine.trust.access import authorize, load_artefact_for, load_item_for, loa
 from engine.trust.policy import DEPARTMENT, may, scope_of
 from engine.usecases.drafts import load_draft, save_draft
 from engine.usecases.inbox import report_steps, settlement_steps
+from engine.usecases.items import item_detail
 from engine.usecases.lists import filtered_items, task_query
 from engine.usecases.rounds import artefact_versions, review_rounds, step_records
 from engine.usecases.tasks import claim, complete_task, hand_over, optional_statuses, task_requirements, unclaim
@@ -538,7 +538,7 @@ def _diagram(item: WorkItem, tasks: list[dict[str, Any]]) -> Markup | None:
 def item(item_id: int) -> Any:
     user = me()
     item = load_item_for(db.session, user, item_id)
-    detail = item_detail(item, user)
+    detail = item_detail_json(item_detail(db.session, item, user))
     titles = {t["name"]: t["title"] for t in detail["tasks"]}
     versions = _versions(item.id)
     artefacts = [{**a, "version": versions.get(a["id"], 1)} for a in detail["artefacts"]]

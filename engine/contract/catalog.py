@@ -549,17 +549,21 @@ def contract_kinds(settings: Mapping[str, Any] | None) -> dict[str, str]:
     return {**ARTEFACT_KINDS, **{code: spec["title"] for code, spec in declared.items()}}
 
 
-def load_catalog_file(session: Session, path: str | Path) -> tuple[Contract, bool]:
-    """Load or update a contract from a file, by contract code. Returns (contract, changed)."""
+def read_catalog_file(path: str | Path) -> dict[str, Any]:
+    """A catalogue file, read and checked (parse_catalog); loading it is the catalogue use case's
+    (engine/usecases/admin.py, load_catalog_file)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise CatalogError(f"{path}: cannot read: {exc}") from exc
-    return load_catalog(session, parse_catalog(text, str(path)))
+    return parse_catalog(text, str(path))
 
 
 def load_catalog(session: Session, parsed: dict[str, Any]) -> tuple[Contract, bool]:
+    """Write a checked catalogue's contract and service lines (by contract code). Returns (contract, changed).
+    Only the catalogue use case calls it (engine/usecases/admin.py, load_contract): it adds what hangs off a
+    changed contract, such as the monthly reports."""
     c = parsed["contract"]
     contract = session.execute(select(Contract).where(Contract.code == c["code"])).scalar_one_or_none()
     if contract is not None and contract.source_sha256 == parsed["sha256"]:
@@ -597,8 +601,4 @@ def load_catalog(session: Session, parsed: dict[str, Any]) -> tuple[Contract, bo
         line.targets = data["targets"]
         line.units_per_item = Decimal(data["units_per_item"])
     session.flush()
-    # One monthly operations report per month of the service period, when the contract asks for them.
-    from engine.usecases.monthly_report import ensure_reports
-
-    ensure_reports(session, contract)
     return contract, True

@@ -1,22 +1,26 @@
-"""Administration use cases: departments and their lead reviewers, notification channels, catalogue uploads checked
-line by line and compared with the loaded version before they are applied, and the facts the status page shows."""
+"""Administration use cases: departments and their lead reviewers, changes to users, notification channels,
+catalogues (files loaded, uploads checked line by line and compared with the loaded version before they are
+applied) and the facts the status page shows."""
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from engine.contract.catalog import CatalogError, CatalogErrors, load_catalog, parse_catalog
+from engine.contract.catalog import CatalogError, CatalogErrors, load_catalog, parse_catalog, read_catalog_file
 from engine.errors import Conflict, FormInvalid, NotFound
-from engine.trust import audit
+from engine.trust import accounts, audit
 from engine.trust.access import authorize
 from engine.trust.delivery import valid_target
 from engine.trust.policy import needs_department
+from engine.usecases.monthly_report import ensure_reports
 from storage.models import AuditEvent, Contract, Department, NotificationChannel, User, utcnow
 
 # ---------------------------------------------------------------- departments
@@ -86,6 +90,26 @@ def change_department(session: Session, actor: audit.Actor, user: User, code: st
     audit.record(session, actor, "department.changed", target_type="department", target_id=department.id,
                  code=department.code, changes=changes)
     return department
+
+
+# ---------------------------------------------------------------- users
+
+
+def change_user_by_name(session: Session, actor: audit.Actor, username: str, changes: Mapping[str, Any],
+                        password_hash: str | None) -> accounts.UserChanged:
+    """An administrator's change to a user (REST, web and CLI): `changes` as the user patch gives them (active,
+    role, department; a missing key leaves it, a department of None clears it), `password_hash` the new
+    password's hash or None. The caller has authorised it and commits."""
+    user = session.execute(select(User).where(User.username == username)).scalar()
+    if user is None:
+        raise NotFound(f"no user {username!r}", code="unknown_user")
+    change = accounts.UserChange(active=changes.get("active"), role=changes.get("role"), password_hash=password_hash)
+    if "department" in changes:
+        change.department_given = True
+        code = changes["department"]
+        change.department_code = code
+        change.department_id = accounts.ensure_department(session, code).id if code else None
+    return accounts.change_user(session, actor, user, change)
 
 
 # ---------------------------------------------------------------- notification channels
@@ -274,6 +298,20 @@ def check_catalog(session: Session, user: User, text: str, filename: str) -> Cat
     return check
 
 
+def load_contract(session: Session, parsed: dict[str, Any]) -> tuple[Contract, bool]:
+    """Load or update a checked catalogue's contract; a changed contract gets one monthly operations report per
+    month of its service period when it asks for them. Returns (contract, changed)."""
+    contract, changed = load_catalog(session, parsed)
+    if changed:
+        ensure_reports(session, contract)
+    return contract, changed
+
+
+def load_catalog_file(session: Session, path: str | Path) -> tuple[Contract, bool]:
+    """Load or update a contract from a catalogue file (CLI, demo, tests). Returns (contract, changed)."""
+    return load_contract(session, read_catalog_file(path))
+
+
 def apply_catalog(session: Session, actor: audit.Actor, user: User, text: str, filename: str,
                   expected_sha256: str | None = None) -> tuple[CatalogCheck, bool]:
     """Load a checked catalogue. `expected_sha256`, when given, must be the file that was previewed."""
@@ -282,7 +320,7 @@ def apply_catalog(session: Session, actor: audit.Actor, user: User, text: str, f
         raise FormInvalid({"file": [p.message for p in check.problems]}, "the catalogue has errors")
     if expected_sha256 and expected_sha256 != check.sha256:
         raise Conflict("the file differs from the one previewed; check it again", code="catalog_changed")
-    contract, changed = load_catalog(session, check.parsed)
+    contract, changed = load_contract(session, check.parsed)
     if changed:
         audit.record(session, actor, "catalog.loaded", target_type="contract", target_id=contract.id,
                      code=contract.code, file=filename, sha256=check.sha256,
