@@ -72,6 +72,7 @@ fuzz: $(STAMP)
 loadtest: $(STAMP)
 	$(PY) scripts/loadtest.py
 
+# mypy checks the files pyproject.toml names: engine storage api forms.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy

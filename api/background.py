@@ -24,7 +24,7 @@ def start_job(app: Flask, job_id: int) -> threading.Thread | None:
                 factory = sessionmaker(bind=db.engine, expire_on_commit=False)
                 run_job(factory, app.extensions["itemgate_store"], job_id)
             finally:
-                db.session.remove()
+                db.remove_session()
 
     thread = threading.Thread(target=work, name=f"export-job-{job_id}", daemon=True)
     thread.start()

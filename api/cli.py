@@ -292,7 +292,7 @@ def _anchor_loop(app: Flask, minutes: int, stop: threading.Event) -> None:
                 if store is not None:
                     anchor = anchor_if_moved(database.session, store, last)
                     last = anchor.event_id if anchor is not None else last
-                database.session.remove()
+                database.remove_session()
         except Exception as exc:  # keep going; the next round may succeed
             click.echo(f"audit anchor failed: {exc}", err=True)
         if stop.wait(minutes * 60):
@@ -329,7 +329,7 @@ def _run_jobs(store: Any) -> dict[str, int]:
     try:
         return run_pending(sessionmaker(bind=database.engine, expire_on_commit=False), store)
     finally:
-        database.session.remove()
+        database.remove_session()
 
 
 @main.command(help="Fire due timers, send pending notifications and run pending export jobs once, including "
@@ -348,7 +348,7 @@ def tick() -> None:
         if any(sent.values()):
             click.echo("notifications: " + ", ".join(f"{n} {what}" for what, n in sent.items()))
         if jobs_waiting(database.session):
-            database.session.remove()
+            database.remove_session()
             with object_store(app) as store:
                 counts = _run_jobs(store)
             click.echo("export jobs: " + ", ".join(f"{n} {what}" for what, n in counts.items()))

@@ -54,7 +54,7 @@ def app_context(**overrides: Any) -> Iterator[Flask]:
             # to the garbage collector (and to a PostgreSQL server waiting for them).
             from api.extensions import db as database
 
-            database.session.remove()
+            database.remove_session()
             database.engine.dispose()
             store = app.extensions.get("itemgate_store")
             if store is not None and hasattr(store, "close"):

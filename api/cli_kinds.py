@@ -1,6 +1,7 @@
 """`itemgate process deploy` and `itemgate items import`: process versions and bulk intake from the shell."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -62,7 +63,7 @@ def process_migrate(source: int, target: int, items_: str | None, dry_run: bool)
     except ValueError as exc:
         raise click.ClickException("--items takes comma-separated item ids") from exc
     with app_context():
-        bar = tqdm(unit="item", desc="dry run" if dry_run else "migrating", file=click.get_text_stream("stderr"))
+        bar = tqdm(unit="item", desc="dry run" if dry_run else "migrating", file=sys.stderr)
         try:
             report = migrate(database.session, audit.Actor(None, "cli", CLI_ROLE), None, target, item_ids=item_ids,
                              from_definition=source, dry_run=dry_run, commit=database.session.commit,
@@ -116,7 +117,7 @@ def items_import(file: str, contract: str, username: str, dry_run: bool) -> None
 
         def start(total: int) -> None:
             nonlocal bar
-            bar = tqdm(total=total, unit="item", desc="importing", file=click.get_text_stream("stderr"))
+            bar = tqdm(total=total, unit="item", desc="importing", file=sys.stderr)
 
         try:
             with open(file, "rb") as stream, unit_of_work(database.session, dry_run=dry_run):

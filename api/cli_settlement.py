@@ -99,7 +99,7 @@ def evidence_bundle(settlement_id: int | None, contract: str | None, service_lin
             partial.replace(target)
         finally:
             # A one-shot command: give back pooled sockets and connections now rather than to the GC.
-            database.session.remove()
+            database.remove_session()
             database.engine.dispose()
             store.close()
         click.echo(f"wrote {target} ({size} bytes)")
@@ -144,6 +144,6 @@ def ledger_reverse(entry: int, reason: str, username: str) -> None:
             session.rollback()
             raise click.ClickException(f"refused ({exc.code}): {exc.detail}") from exc
         finally:
-            database.session.remove()
+            database.remove_session()
             database.engine.dispose()
         click.echo(message)

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import os
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from engine.trust.delivery import SmtpSettings
 
@@ -55,7 +56,7 @@ class Settings:
     instance_state_kb: int = 1024                      # ITEMGATE_INSTANCE_STATE_KB (serialized state per item)
     tick_instance_ms: int = 5000                       # ITEMGATE_TICK_INSTANCE_MS (tick's work per instance)
     testing: bool = False
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def smtp(self) -> SmtpSettings:
@@ -105,10 +106,10 @@ def _on_off(env: dict[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name} must be on or off, got {env.get(name)!r}")
 
 
-def load_settings(env: dict[str, str] | None = None, *, testing: bool = False, **overrides) -> Settings:
+def load_settings(env: dict[str, str] | None = None, *, testing: bool = False, **overrides: Any) -> Settings:
     """Read settings from the environment; a missing secret fails here, at start, not on first use."""
     env = dict(os.environ if env is None else env)
-    values = dict(
+    settings = Settings(
         database_url=env.get("ITEMGATE_DATABASE_URL") or DEFAULT_DATABASE_URL,
         secret_key=env.get("ITEMGATE_SECRET_KEY", ""),
         s3_endpoint=env.get("ITEMGATE_S3_ENDPOINT") or None,
@@ -148,33 +149,33 @@ def load_settings(env: dict[str, str] | None = None, *, testing: bool = False, *
         tick_instance_ms=_int(env, "ITEMGATE_TICK_INSTANCE_MS", 5000),
         testing=testing,
     )
-    values.update(overrides)
-    if not values["secret_key"]:
+    settings = replace(settings, **overrides)
+    if not settings.secret_key:
         if testing:
-            values["secret_key"] = secrets.token_hex(32)
+            settings = replace(settings, secret_key=secrets.token_hex(32))
         else:
             raise ConfigError("ITEMGATE_SECRET_KEY is required (set it to a long random string)")
-    if values["audit_retention_days"] < 180:
+    if settings.audit_retention_days < 180:
         raise ConfigError("ITEMGATE_AUDIT_RETENTION_DAYS must be at least 180 (audit records are kept 6 months)")
-    if values["orphan_grace_hours"] < 1:
+    if settings.orphan_grace_hours < 1:
         raise ConfigError("ITEMGATE_ORPHAN_GRACE_HOURS must be at least 1")
-    if min(values["login_max_failures"], values["login_user_max_failures"], values["login_ip_max_failures"]) < 1:
+    if min(settings.login_max_failures, settings.login_user_max_failures, settings.login_ip_max_failures) < 1:
         raise ConfigError("the ITEMGATE_LOGIN_*_MAX_FAILURES limits must be at least 1")
-    if values["login_user_max_failures"] <= values["login_max_failures"]:
+    if settings.login_user_max_failures <= settings.login_max_failures:
         # Otherwise guesses from one address could lock the account out everywhere.
         raise ConfigError("ITEMGATE_LOGIN_USER_MAX_FAILURES must be greater than ITEMGATE_LOGIN_MAX_FAILURES")
-    if values["proxy_hops"] < 0:
+    if settings.proxy_hops < 0:
         raise ConfigError("ITEMGATE_PROXY_HOPS must be 0 or more")
-    if values["audit_anchor_minutes"] < 1:
+    if settings.audit_anchor_minutes < 1:
         raise ConfigError("ITEMGATE_AUDIT_ANCHOR_MINUTES must be at least 1")
-    if values["smtp_mode"] not in ("starttls", "ssl", "insecure"):
+    if settings.smtp_mode not in ("starttls", "ssl", "insecure"):
         raise ConfigError("ITEMGATE_SMTP_MODE must be starttls, ssl or insecure")
-    if values["delivery_seconds"] < 1:
+    if settings.delivery_seconds < 1:
         raise ConfigError("ITEMGATE_DELIVERY_SECONDS must be at least 1")
-    if min(values["expression_ms"], values["expression_steps"], values["expression_size"],
-           values["instance_state_kb"], values["tick_instance_ms"]) < 1:
+    if min(settings.expression_ms, settings.expression_steps, settings.expression_size,
+           settings.instance_state_kb, settings.tick_instance_ms) < 1:
         raise ConfigError("the ITEMGATE_EXPRESSION_*, ITEMGATE_INSTANCE_STATE_KB and ITEMGATE_TICK_INSTANCE_MS "
                           "budgets must be at least 1")
-    if values["max_upload_mb"] <= 0:
+    if settings.max_upload_mb <= 0:
         raise ConfigError("ITEMGATE_MAX_UPLOAD_MB must be positive")
-    return Settings(**values)
+    return settings

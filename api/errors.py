@@ -67,7 +67,7 @@ def _rollback() -> None:
         db.session.rollback()
     except Exception:  # noqa: BLE001 - nothing more can be done with this session
         log.warning("rollback failed; the session is discarded", exc_info=True)
-        db.session.remove()
+        db.remove_session()
 
 
 def register_error_handlers(app: Flask, html_page: Callable[..., Any] | None = None) -> None:

@@ -8,10 +8,28 @@ from flask_migrate import Migrate
 from flask_smorest import Api
 from flask_sqlalchemy import SQLAlchemy
 from flask_wtf.csrf import CSRFProtect
+from sqlalchemy.orm import Session, scoped_session
 
 from storage.models import Base
 
-db = SQLAlchemy(metadata=Base.metadata, session_options={"expire_on_commit": False})
+
+class Database(SQLAlchemy):
+    """Flask-SQLAlchemy, with `db.session` typed as the Session that the engine's use cases take.
+
+    `db.session` is a scoped_session: every call on it goes to the current app context's own Session, and that
+    Session is what an engine function given `db.session` works on. So api/ passes it wherever a Session is
+    asked for; `remove_session` reaches the registry itself, the one thing a Session does not have."""
+
+    # Flask-SQLAlchemy declares the attribute as the scoped_session it is; here it is the Session it stands for.
+    session: Session  # type: ignore[assignment]
+
+    def remove_session(self) -> None:
+        """Close the current app context's session and drop it: the next use starts a new one."""
+        registry: scoped_session[Session] = vars(self)["session"]
+        registry.remove()
+
+
+db = Database(metadata=Base.metadata, session_options={"expire_on_commit": False})
 migrate = Migrate()
 api = Api()
 # The web inbox (api/web): sessions, CSRF on its forms, locale selection.

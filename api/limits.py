@@ -45,7 +45,7 @@ class UnstorableText(Invalid):
 
     def __init__(self, location: str, field: str | None) -> None:
         where = f"{location} field {field!r}" if field else f"the {location}"
-        extra = {"location": location} | ({"field": field} if field else {})
+        extra: dict[str, Any] = {"location": location} | ({"field": field} if field else {})
         super().__init__(f"{where} {text.WHY}", **extra)
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, TypeVar, cast
 
 from flask import Request
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
-from werkzeug.datastructures import Headers
+from werkzeug.datastructures import FileStorage, Headers
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 from werkzeug.formparser import FormDataParser, MultiPartParser
 from werkzeug.http import parse_options_header
@@ -177,6 +177,12 @@ def record_upload(session: Session, store: ArtefactStore, upload: Callable[[], S
                                      code="database_unavailable") from exc
         raise
     return artefact
+
+
+def file_stream(upload: FileStorage) -> BinaryIO:
+    """An uploaded file's stream, as the engine reads it: werkzeug types it loosely as IO[bytes], and what it holds
+    is the binary file object the form parser spooled the part into."""
+    return cast(BinaryIO, upload.stream)
 
 
 def stream_length(stream: Any) -> int:

@@ -322,6 +322,7 @@ class TaskQuery(PageArgs):
 def tasks_list(args: dict[str, Any]) -> dict[str, Any]:
     user = current_user()
     where = lists.task_query(user, args["scope"]).whereclause
+    assert where is not None  # every scope is open tasks at least
     if args.get("item_id"):
         where = where & (HumanTask.item_id == args["item_id"])
     total = db.session.execute(select(func.count()).select_from(HumanTask).where(where)).scalar_one()
@@ -445,7 +446,7 @@ def artefacts_upload(item_id: int) -> dict[str, Any]:
     review judges the submitted version of that kind. A signed sign-off sheet (docs/SHEETS.md) must carry this
     item's code for its kind: field `verification_code`, the PDF's text or the scan's QR code; another sheet's → 422
     `wrong_sheet`."""
-    from api.uploads import record_upload, stream_length, unread_multipart_boundary
+    from api.uploads import file_stream, record_upload, stream_length, unread_multipart_boundary
 
     context = ctx()
     assert context.user is not None
@@ -470,7 +471,7 @@ def artefacts_upload(item_id: int) -> dict[str, Any]:
             raise Invalid("send the file as multipart field 'file'", code="invalid_form",
                           errors={"file": ["required"]})
         return upload_artefact(db.session, store, context.actor, context.user, item, request.form.get("kind", ""),
-                               upload.filename, upload.stream, stream_length(upload.stream),
+                               upload.filename, file_stream(upload), stream_length(upload.stream),
                                current_app.config["ITEMGATE"].max_upload_bytes, request.form.get("task_id"),
                                request.form.get("verification_code"))
 

@@ -13,6 +13,7 @@ from api.auth import current_user
 from api.extensions import db
 from api.rest.core import PageArgs, ctx
 from api.serializers import iso, item_detail_json
+from api.uploads import file_stream
 from engine.contract.holidays import enter_year, year_view
 from engine.errors import Invalid, NotFound
 from engine.trust import audit, notify
@@ -75,7 +76,7 @@ def items_import(args: dict[str, Any]) -> dict[str, Any]:
         raise Invalid("send the spreadsheet as multipart field 'file'", code="invalid_form",
                       errors={"file": ["required"]})
     with unit_of_work(db.session, dry_run=args["dry_run"]):
-        report = import_items(ctx(), args["contract"], upload.stream, upload.filename or "items.csv",
+        report = import_items(ctx(), args["contract"], file_stream(upload), upload.filename or "items.csv",
                               dry_run=args["dry_run"])
     return report.as_dict()
 

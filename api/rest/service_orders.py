@@ -16,7 +16,7 @@ from api.downloads import content_disposition
 from api.extensions import db
 from api.rest.core import PageArgs, ctx
 from api.serializers import item_detail_json
-from api.uploads import record_upload, stream_length
+from api.uploads import file_stream, record_upload, stream_length
 from engine.errors import FormInvalid, Invalid, ObjectMissing, ServiceUnavailable
 from engine.trust import audit
 from engine.usecases.items import item_detail
@@ -81,8 +81,8 @@ def orders_create() -> dict[str, Any]:
     if store is None:
         raise ServiceUnavailable("no evidence store is configured")
     order = record_upload(db.session, store, lambda: file_order(
-        context, store, new_order_from(request.form), upload.filename, upload.stream, stream_length(upload.stream),
-        current_app.config["ITEMGATE"].max_upload_bytes))
+        context, store, new_order_from(request.form), upload.filename, file_stream(upload),
+        stream_length(upload.stream), current_app.config["ITEMGATE"].max_upload_bytes))
     return order_json(order)
 
 

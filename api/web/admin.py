@@ -163,8 +163,8 @@ def user_change(username: str) -> Any:
     except DomainError as err:
         db.session.rollback()
         flash(_refusal(err), "error")
-    return redirect(request.form.get("next") if (request.form.get("next") or "").startswith("/admin/")
-                    else url_for("admin_web.users"))
+    after = request.form.get("next") or ""
+    return redirect(after if after.startswith("/admin/") else url_for("admin_web.users"))
 
 
 # ---------------------------------------------------------------- departments

@@ -77,8 +77,9 @@ def channels() -> Any:
     user = me()
     errors: dict[str, list[str]] = {}
     if request.method == "POST":
-        wanted = {kind: {"target": (request.form.get(f"{kind}_target") or "").strip()[:500],
-                         "enabled": request.form.get(f"{kind}_enabled") == "on"} for kind in ("email", "webhook")}
+        wanted: dict[str, dict[str, Any] | None] = {
+            kind: {"target": (request.form.get(f"{kind}_target") or "").strip()[:500],
+                   "enabled": request.form.get(f"{kind}_enabled") == "on"} for kind in ("email", "webhook")}
         try:
             with unit_of_work(db.session):
                 admin.set_channels(db.session, web_ctx().actor, "user", user.id, wanted)

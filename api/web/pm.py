@@ -133,18 +133,18 @@ def item_new() -> Any:
         errors["complexity_note"] = [_("难度系数不是 1.0 时，请写明复杂度说明或上传复杂度说明文件。")]
     attributes: dict[str, Any] = {}
     if line is not None:
-        for spec in line_fields(line):
-            if spec.kind == "departments":
+        for field in line_fields(line):
+            if field.kind == "departments":
                 chosen = [d for d in values["attr_departments"] if d]
                 if values["department"] and chosen and values["department"] not in chosen:
                     chosen.insert(0, values["department"])  # the lead department always takes part
-                if spec.required and not chosen:
-                    errors[f"attributes.{spec.name}"] = [_("请选择参与部门。")]
-                attributes[spec.name] = chosen
-            elif spec.kind == "choices":
-                attributes[spec.name] = [p for p in values["attr_parts"] if p]
+                if field.required and not chosen:
+                    errors[f"attributes.{field.name}"] = [_("请选择参与部门。")]
+                attributes[field.name] = chosen
+            elif field.kind == "choices":
+                attributes[field.name] = [p for p in values["attr_parts"] if p]
             else:
-                attributes[spec.name] = spec.name in values["attr_flags"]
+                attributes[field.name] = field.name in values["attr_flags"]
         if values["code"] and values["mode"] in MODES and db.session.execute(select(WorkItem.id).where(
                 WorkItem.contract_id == line.contract_id, WorkItem.code == values["code"],
                 WorkItem.mode == values["mode"], WorkItem.status != "cancelled")).first() is not None:

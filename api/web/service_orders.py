@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 
 from api.extensions import db
 from api.rest.service_orders import new_order_from, order_file_response
-from api.uploads import record_upload, stream_length
+from api.uploads import file_stream, record_upload, stream_length
 from api.web.auth import me, web_ctx
 from api.web.i18n import _, form_message
 from api.web.pm import field_text
@@ -100,7 +100,7 @@ def service_order_new() -> Any:
         if store is None:
             raise ServiceUnavailable("no evidence store is configured")
         order = record_upload(db.session, store, lambda: file_order(
-            context, store, spec, upload.filename, upload.stream, stream_length(upload.stream),
+            context, store, spec, upload.filename, file_stream(upload), stream_length(upload.stream),
             current_app.config["ITEMGATE"].max_upload_bytes))
     except FormInvalid as err:
         db.session.rollback()

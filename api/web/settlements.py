@@ -1,7 +1,7 @@
 """Web pages for the ledger, settlements (state, review trail, each role's actions) and exports."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, time
 from typing import Any
 
@@ -142,7 +142,7 @@ def settlements_open() -> Any:
 PICK_LIMIT = 200
 
 
-def _claimable(s: Settlement) -> tuple[list[Any], int, dict[str, str]]:
+def _claimable(s: Settlement) -> tuple[Sequence[Any], int, dict[str, str]]:
     """Entries the PM may add to this claim (unsettled, live items, same contract), filtered by line,
     department, month and item; at most PICK_LIMIT shown, with how many match."""
     args = {k: (request.args.get(k) or "").strip()[:64] for k in ("pick_line", "pick_dept", "pick_month", "pick_q")}
@@ -371,7 +371,8 @@ def export_job_create() -> Any:
         raise
     except DomainError as err:
         flash(refusal(err) if err.code == "role_required" else err.detail, "error")
-        return redirect(url_for("settle_web.exports", **{k: v for k, v in params.items() if v}))
+        given: dict[str, Any] = {k: v for k, v in params.items() if v}
+        return redirect(url_for("settle_web.exports", **given))
     start_job(current_app._get_current_object(), job.id)  # type: ignore[attr-defined]
     flash(_("已开始后台生成"), "ok")
     return redirect(url_for("settle_web.export_job", job_id=job.id))

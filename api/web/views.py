@@ -27,7 +27,7 @@ from api.auth import authenticate
 from api.downloads import artefact_response, sheet_response
 from api.extensions import db, login_manager
 from api.serializers import artefact_json, item_detail_json
-from api.uploads import record_upload, stream_length
+from api.uploads import file_stream, record_upload, stream_length
 from api.web.auth import SessionUser, end_web_session, me, start_web_session, web_ctx
 from api.web.formfields import data_from, fields_for
 from api.web.i18n import STAGES, _, form_message, lang
@@ -423,7 +423,7 @@ def artefact_upload(item_id: int) -> Any:
         store = context.store
         artefact = record_upload(db.session, store, lambda: upload_artefact(
             db.session, store, context.actor, user, item, request.form.get("kind", ""), upload.filename,
-            upload.stream, stream_length(upload.stream), current_app.config["ITEMGATE"].max_upload_bytes,
+            file_stream(upload), stream_length(upload.stream), current_app.config["ITEMGATE"].max_upload_bytes,
             request.form.get("task_id"), request.form.get("verification_code")))
     except DomainError as err:
         if isinstance(err, NotFound):
