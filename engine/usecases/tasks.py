@@ -415,7 +415,7 @@ def sync_projection(ctx: Ctx, instance: ProcessInstance, item: WorkItem, workflo
     # stays where the work left it while only the confirmation is left.
     props = [spiff.task_properties(t) for t in ready.values()]
     work = [p for p in props if p.get("form") != "difficulty_review"]
-    stages = [p.get("stage") for p in (work if work or new else props)]
+    stages = [p.get("stage") for p in (props if new and not work else work)]
     if workflow.is_completed():
         item.stage = "done"
     elif stages:
