@@ -41,6 +41,7 @@ ENDPOINTS: dict[str, str | dict[str, str]] = {
     "workload.workload": "workload.read",
     "operations.items_cancel": "item.cancel",
     "operations.items_rework": "item.rework",
+    "operations.items_difficulty": "item.difficulty",
     "operations.items_import": "item.import",
     "service_orders.orders_create": "service_order.file",
     "service_orders.orders_list": "service_order.read",
@@ -174,6 +175,9 @@ ENDPOINTS: dict[str, str | dict[str, str]] = {
     "web.item_cancel": "item.cancel",
     "web.item_rework": "item.rework",
     "web.item_difficulty": "item.difficulty",
+    # the third party's bulk difficulty confirmation (api/web/difficulty.py)
+    "web.difficulty_reviews": "difficulty.review",
+    "web.difficulty_confirm": "difficulty.review",
     "web.items_import": "item.import",
     "web.items_import_template": "item.import",
     "web.items_import_preview": "item.import",

@@ -52,6 +52,9 @@ BASE_DATA = {"mode": "new", "channels": ["pc", "mobile"], "service_line": "singl
              "department": "d_lead", "attributes": {"data_quality": True},
              # the engine sets it from the line's walkthrough rules (engine/usecases/tasks.py create_item)
              "needs_walkthrough": True,
+             # set from the catalogue too: the third party confirms the difficulty when the contract declares
+             # levels for the line; the paths below run without it, test_*_difficulty_review_* with it
+             "needs_difficulty_review": False,
              # the engine starts every instance with this (engine/runtime/timers.py): deadline timers read it
              "due_at_iso": "9999-12-31T00:00:00+00:00"}
 
@@ -326,6 +329,46 @@ def test_service_item_iteration_skips_walkthrough_and_design_can_return():
     assert run.wf.is_completed()
     assert "walkthrough" not in run.visited
     assert run.visited[-4:] == ["tests", "go_live", "cosign_department", "cosign_implementer"]
+
+
+def test_service_item_difficulty_review_runs_beside_the_work_and_holds_the_end():
+    """Issue 16 point 3: the third party confirms the difficulty in a branch of its own; the item ends (and is
+    tallied) only when the work and the confirmation are both done. The work's task order is unchanged."""
+    run = Run("service_item", mode="iteration", needs_walkthrough=False, needs_difficulty_review=True)
+    run.complete("intake")
+    run.complete("confirm_difficulty")
+    assert run.ready_names() == ["review_difficulty", "survey_sorting"]
+    assert {t.task_spec.name: t.task_spec.lane for t in run.ready()}["review_difficulty"] == "auditor"
+    run.complete("survey_sorting")
+    run.approve("confirm_survey")
+    run.complete("design")
+    reserialize(run)
+    run.approve("confirm_design")
+    for name in ["build_integration", "tests", "go_live"]:
+        run.complete(name)
+    run.complete("cosign_department")
+    run.complete("cosign_implementer")
+    assert not run.wf.is_completed()
+    assert run.ready_names() == ["review_difficulty"]
+    run.complete("review_difficulty", verdict="confirm")
+    assert run.wf.is_completed()
+    work = [n for n in run.visited if n != "review_difficulty"]
+    assert work == ["intake", "confirm_difficulty", "survey_sorting", "confirm_survey", "design", "confirm_design",
+                    "build_integration", "tests", "go_live", "cosign_department", "cosign_implementer"]
+
+
+@pytest.mark.parametrize("pid", ["one_thing", "e_licence"])
+def test_difficulty_review_confirmed_early_waits_for_the_work(pid):
+    run = Run(pid, departments=[], parts=[], needs_difficulty_review=True)
+    run.complete("intake")
+    run.complete("confirm_difficulty")
+    assert "review_difficulty" in run.ready_names()
+    run.complete("review_difficulty", verdict="confirm")
+    assert "review_difficulty" not in run.ready_names() and run.ready_names()
+    while run.ready():
+        name = run.ready_names()[0]
+        run.complete(name, decision="approve", comment="", confirm=True)
+    assert run.wf.is_completed() and run.visited.count("review_difficulty") == 1
 
 
 # --------------------------------------------------------------------------------------------- one-thing

@@ -19,7 +19,7 @@ from engine.errors import Invalid, NotFound
 from engine.trust import audit, notify
 from engine.usecases.intake import import_items
 from engine.usecases.items import item_detail
-from engine.usecases.lifecycle import cancel_item, rework_item
+from engine.usecases.lifecycle import adjust_difficulty, cancel_item, rework_item
 from engine.usecases.processes import MAX_MODEL_BYTES, deploy
 from storage.models import Notification, ProcessDefinition, ProcessInstance
 from storage.unit_of_work import unit_of_work
@@ -56,6 +56,24 @@ def items_rework(body: dict[str, Any], item_id: int) -> dict[str, Any]:
     with unit_of_work(db.session):
         context = ctx()
         item = rework_item(context, item_id, body["to"], body["reason"])
+    assert context.user is not None
+    return item_detail_json(item_detail(db.session, item, context.user))
+
+
+class DifficultyBody(Schema):
+    difficulty = fields.String(required=True, validate=validate.Length(min=1, max=20))
+    note = fields.String(required=True, validate=validate.Length(min=2, max=2000))
+
+
+@blp.route("/items/<int:item_id>/difficulty", methods=["POST"])
+@blp.arguments(DifficultyBody)
+@blp.response(200)
+def items_difficulty(body: dict[str, Any], item_id: int) -> dict[str, Any]:
+    """The PM adjusts the proposed difficulty (with a note) until the third party has confirmed it; after that
+    409 `difficulty_confirmed`."""
+    with unit_of_work(db.session):
+        context = ctx()
+        item = adjust_difficulty(context, item_id, body["difficulty"], body["note"])
     assert context.user is not None
     return item_detail_json(item_detail(db.session, item, context.user))
 

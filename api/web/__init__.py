@@ -92,7 +92,7 @@ def register(app: Flask) -> None:
             csrf.protect()
         return None
 
-    from api.web import pm, reports, service_orders  # noqa: F401  (their pages join the blueprint before it is registered)
+    from api.web import difficulty, pm, reports, service_orders  # noqa: F401  (their pages join the blueprint before it is registered)
     from api.web.views import bp
 
     app.register_blueprint(bp)

@@ -45,6 +45,7 @@ from engine.trust.policy import DEPARTMENT, may, scope_of
 from engine.usecases.drafts import load_draft, save_draft
 from engine.usecases.inbox import report_steps, settlement_steps
 from engine.usecases.items import item_detail
+from engine.usecases.lifecycle import difficulty_adjustable
 from engine.usecases.lists import filtered_items, task_query
 from engine.usecases.rounds import artefact_versions, review_rounds, step_records
 from engine.usecases.tasks import claim, complete_task, hand_over, optional_statuses, task_requirements, unclaim
@@ -83,7 +84,7 @@ _REFUSALS = {
     "not_your_department": "这是其他部门的交付物，您不能上传。",
     "entry_under_review": "该分录所在的结算申报正在审核中，不能冲销；请待申报退回后先将其移出申报。",
     "already_reversed": "该分录已被冲销。",
-    "difficulty_confirmed": "难度系数已确认，不能再调整建议值。",
+    "difficulty_confirmed": "第三方已确认难度系数，不能再调整建议值。",
     "order_decided": "该运营服务单已处理。",
 }
 
@@ -210,6 +211,9 @@ def inbox() -> Any:
         # Open where the work is: my claimed tasks, else my queue, else (for roles who oversee) everything.
         scope = next((s for s in scopes if counts[s]), "group")
     steps = settlement_steps(db.session, user)
+    # The third party's difficulty confirmations can be done in bulk on their own page: the inbox says how many.
+    difficulty_waiting = _count(task_query(user, "group").where(HumanTask.form == "difficulty_review")) \
+        if may(user, "difficulty.review") else 0
     waiting_orders: list[Any] = []
     if may(user, "service_order.decide"):  # service orders wait for the PM to accept or decline them
         from storage.models import ServiceOrder
@@ -253,7 +257,8 @@ def inbox() -> Any:
         department=department, overdue_only=overdue_only, sort=sort, page=page, pages=pages, total=total,
         now=now, departments=departments, department_options=_visible_departments(user), stages=STAGES,
         colleagues=_colleagues(tasks, user), may_act=lambda t: may_act_on(user, t), me=user,
-        settlement_steps=steps, waiting_orders=waiting_orders, report_steps=report_steps(db.session, user, now))
+        settlement_steps=steps, waiting_orders=waiting_orders, report_steps=report_steps(db.session, user, now),
+        difficulty_waiting=difficulty_waiting)
 
 
 def _act(task_id: int, action: Any, done: str) -> Any:
@@ -548,7 +553,7 @@ def item(item_id: int) -> Any:
     pm_actions = None
     if may(user, "item.cancel") and item.status == "active":
         # What the PM may do here: rework to a completed step (latest first, once each), reassign open tasks,
-        # adjust the proposed difficulty until the difficulty step is done.
+        # adjust the proposed difficulty until the third party has confirmed it.
         done_steps: dict[str, str] = {}
         for t in reversed(detail["tasks"]):
             if t["status"] == "completed" and t["name"] not in done_steps:
@@ -558,8 +563,7 @@ def item(item_id: int) -> Any:
         pm_actions = {
             "rework_to": done_steps,
             "colleagues": _colleagues(rows, user) if rows else {},
-            "difficulty_open": not any(t["form_key"] == "difficulty_confirmation" and t["status"] == "completed"
-                                       for t in detail["tasks"]),
+            "difficulty_open": difficulty_adjustable(db.session, item),
         }
     from engine.trust.policy import RULES
     from engine.usecases.service_orders import order_of_item

@@ -120,7 +120,7 @@ def previous_doer(session: Session, task: HumanTask) -> User | None:
 def tasks_created(session: Session, created: list[HumanTask], *, return_comment: str | None, actor: audit.Actor,
                   now: datetime, exclude: int | None) -> None:
     """New human tasks: a return goes to the person whose work came back (with the comment), else the task's
-    whole queue is told; a difficulty confirmation is flagged as such."""
+    whole queue is told; a difficulty step (the PM's proposal, the third party's confirmation) is flagged as such."""
     for task in created:
         item = task.item
         where = f"事项 {item.code}「{item.name}」"
@@ -131,7 +131,7 @@ def tasks_created(session: Session, created: list[HumanTask], *, return_comment:
                                       item_id=task.item_id, task_id=task.id, comment=return_comment),
                        [doer], actor=actor, now=now)
                 continue
-        kind = "difficulty" if task.form == "difficulty_confirmation" else "new_task"
+        kind = "difficulty" if task.form in ("difficulty_confirmation", "difficulty_review") else "new_task"
         text = (f"{where}的难度系数待您确认" if kind == "difficulty"
                 else f"新任务「{task.title}」（{where}）已进入您的待办队列")
         if return_comment is not None:

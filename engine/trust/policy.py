@@ -116,6 +116,8 @@ _RULES = [
     Rule("notification.channels", "choose where one's own notifications are also sent (e-mail, chat webhook)",
          _all_roles(OWN)),
     Rule("department.read", "list departments", _all_roles(ALL)),
+    Rule("difficulty.review", "list pending difficulty confirmations and confirm several at once (each one an "
+         "ordinary completion of the third party's task)", {AUDITOR: LANE}),
     Rule("task.read", "list and read tasks", _all_roles(ALL, dept_reviewer=DEPARTMENT)),
     Rule("task.queue_all", "list every open task in the inbox (scope=all), not only one's own and one's lane's",
          _OVERSEERS),

@@ -108,9 +108,25 @@ def rework_item(ctx: Ctx, item_id: int, to: str, reason: str | None) -> WorkItem
     return item
 
 
+def difficulty_adjustable(session: Any, item: WorkItem) -> bool:
+    """Whether the PM may still change the item's proposed difficulty: until the third party has confirmed it
+    (its confirmation, when the contract asks for one, is pending or still to come). A line whose contract
+    declares no difficulty levels has no confirmation: there the PM's own difficulty step settles it."""
+    if item.status != "active" or item.difficulty_confirmed_by_id is not None:
+        return False
+    forms = {(form, status) for form, status in session.execute(
+        select(HumanTask.form, HumanTask.status).where(
+            HumanTask.item_id == item.id, HumanTask.form.in_(("difficulty_confirmation", "difficulty_review")),
+            HumanTask.status.in_(("ready", "completed"))))}
+    if ("difficulty_review", "ready") in forms:
+        return True
+    return ("difficulty_confirmation", "completed") not in forms
+
+
 def adjust_difficulty(ctx: Ctx, item_id: int, raw: str | None, note: str | None) -> WorkItem:
-    """Change the proposed difficulty coefficient while it is still a proposal: before the difficulty step
-    (the PM's confirmation against the complexity statement) has been completed."""
+    """Change the proposed difficulty coefficient (with a note) while it is still a proposal: until the third
+    party has confirmed it (`difficulty_adjustable`). The pending confirmation shows the new value (it reads the
+    item's), and the change is audited with the task it updates."""
     from decimal import Decimal, InvalidOperation
 
     assert ctx.user is not None
@@ -125,14 +141,20 @@ def adjust_difficulty(ctx: Ctx, item_id: int, raw: str | None, note: str | None)
         raise Invalid("the difficulty must be a number from 0.1 to 5", code="invalid_form",
                       errors={"difficulty": ["must be between 0.1 and 5"]}) from None
     text = _reason(note)
-    confirmed = ctx.session.execute(select(HumanTask.id).where(
-        HumanTask.item_id == item.id, HumanTask.form == "difficulty_confirmation",
-        HumanTask.status == "completed").limit(1)).first()
-    if confirmed is not None:
-        raise Conflict(f"item {item.id}'s difficulty is already confirmed", code="difficulty_confirmed")
+    if not difficulty_adjustable(ctx.session, item):
+        raise Conflict("难度系数已确认，不能再调整建议值 (the difficulty of item "
+                       f"{item.id} is already confirmed)", code="difficulty_confirmed")
+    levels = [Decimal(str(level["value"])) for level in (item.service_line.difficulty_levels or [])]
+    value = value.quantize(Decimal("0.01"))
+    if levels and value not in levels:
+        allowed = ", ".join(str(v) for v in levels)
+        raise Invalid(f"the contract allows {allowed} on line {item.service_line.code}", code="invalid_form",
+                      errors={"difficulty": [f"the contract allows {allowed} on line {item.service_line.code}"]})
+    pending = ctx.session.scalars(select(HumanTask.id).where(
+        HumanTask.item_id == item.id, HumanTask.form == "difficulty_review", HumanTask.status == "ready")).all()
     before = item.difficulty
-    item.difficulty = value.quantize(Decimal("0.01"))
+    item.difficulty = value
     ctx.session.flush()
     audit.record(ctx.session, ctx.actor, "item.difficulty_proposed", target_type="item", target_id=item.id,
-                 before=str(before), after=str(item.difficulty), reason=text)
+                 before=str(before), after=str(item.difficulty), reason=text, review_tasks=list(pending))
     return item

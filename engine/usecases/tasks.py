@@ -227,6 +227,12 @@ def _resolve_new_item(session: Session, spec: NewItem
     return contract, line, department, definition
 
 
+def needs_difficulty_review(line: ServiceLine) -> bool:
+    """Whether the contract asks the third party to confirm the line's difficulty coefficients: it declares
+    the allowed levels for the line. A line without levels counts the PM's value alone."""
+    return bool(line.difficulty_levels)
+
+
 def line_kind(line: ServiceLine) -> str:
     """What a work item of this line is: a metered record, a contract-level deliverable, or countable work."""
     if line.metered or line.process_id in METERED_PROCESSES:
@@ -305,6 +311,9 @@ def create_item(ctx: Ctx, spec: NewItem) -> WorkItem:
         # The walkthrough step is taken exactly when the line's rules require evidence of it for this item.
         "needs_walkthrough": bool(required_kinds(line.gates, "walkthrough", mode=item.mode,
                                                  channels=list(item.channels), attributes=item.attributes or {})),
+        # The third party confirms the difficulty (in parallel with the work, before the item counts) exactly
+        # when the contract declares difficulty levels for the line (docs/CATALOG.md).
+        "needs_difficulty_review": needs_difficulty_review(line),
     }
     start_data.update({k: v for k, v in item.attributes.items() if k in ("departments", "parts")})
     workflow = start_workflow(model, start_data)
@@ -402,7 +411,11 @@ def sync_projection(ctx: Ctx, instance: ProcessInstance, item: WorkItem, workflo
             _back_to_previous_doer(ctx, row)
         created.append(row)
     ctx.created_tasks.extend(created)
-    stages = [spiff.task_properties(t).get("stage") for t in ready.values()]
+    # The third party's difficulty confirmation may run beside the work: the item's stage is the work's, and
+    # stays where the work left it while only the confirmation is left.
+    props = [spiff.task_properties(t) for t in ready.values()]
+    work = [p for p in props if p.get("form") != "difficulty_review"]
+    stages = [p.get("stage") for p in (props if new and not work else work)]
     if workflow.is_completed():
         item.stage = "done"
     elif stages:
