@@ -152,7 +152,7 @@ def test_auditor_confirms_three_at_once_on_the_web(world: World):
 def test_a_line_without_declared_levels_keeps_the_pms_value_alone(world: World):
     """Kaiping declares no difficulty levels: no third-party step, the PM's proposal settles it (today's rule)."""
     from bpmn import CATALOG_DIR
-    from engine.contract.catalog import load_catalog_file
+    from engine.usecases.admin import load_catalog_file
     from engine.usecases.tasks import needs_difficulty_review
     from storage.models import ServiceLine
 
