@@ -56,7 +56,9 @@ def pg_database() -> Iterator[str]:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def make_app(database_url: str, s3_server: Any, bucket: str, **overrides: Any) -> Any:
+def make_app(database_url: str, s3_server: Any, bucket: str, *, migrate: bool = True, **overrides: Any) -> Any:
+    """An app on this database and bucket; `migrate=False` leaves the database as it is (a CLI test then
+    creates the schema with `itemgate db upgrade`)."""
     from flask_migrate import upgrade
 
     from api.app import create_app
@@ -69,9 +71,39 @@ def make_app(database_url: str, s3_server: Any, bucket: str, **overrides: Any) -
     store = ArtefactStore(s3_server.endpoint, s3_server.access_key, s3_server.secret_key, bucket)
     store.ensure_bucket()
     app = create_app(settings, store=store)
-    with app.app_context():
-        upgrade(revision="heads")
+    if migrate:
+        with app.app_context():
+            upgrade(revision="heads")
     return app
+
+
+def dispose_app(app: Any) -> None:
+    """Close an app's pooled connections and its store (an app a test made for itself)."""
+    from api.extensions import db
+
+    with app.app_context():
+        db.remove_session()
+        db.engine.dispose()
+    app.extensions["itemgate_store"].close()
+
+
+class Cli:
+    """Runs `itemgate` commands inside one app, as `app.test_cli_runner()` does (the command line takes the app
+    it is handed, as Flask's ScriptInfo does): the command uses that app's database and object store, and no
+    environment variable is involved."""
+
+    def __init__(self, app: Any):
+        self.app = app
+        self.runner = app.test_cli_runner()
+
+    def __call__(self, *args: str, input: str | None = None, catch_exceptions: bool = False) -> Any:
+        from api.cli import main
+        from api.extensions import db
+
+        # The command works in an app context (and session) of its own: the test's session lets go of its
+        # connection first (SQLite allows one writer).
+        db.remove_session()
+        return self.runner.invoke(main, list(args), input=input, catch_exceptions=catch_exceptions)
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
@@ -163,6 +195,12 @@ def client(app: Any) -> Any:
 @pytest.fixture
 def store(app: Any) -> Any:
     return app.extensions["itemgate_store"]
+
+
+@pytest.fixture
+def cli(app: Any) -> Cli:
+    """`itemgate` commands run against the test's app: `cli("audit", "verify")`."""
+    return Cli(app)
 
 
 # ---------------------------------------------------------------- factories and action helpers

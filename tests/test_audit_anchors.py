@@ -14,7 +14,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from click.testing import CliRunner
 from sqlalchemy import select
 
 from api.extensions import db
@@ -24,7 +23,7 @@ from storage.artefact_store import ArtefactStore, StoreUnavailable
 from storage.models import AuditEvent, Settlement
 from tests.settlement_helpers import completed_items, drive_to_approved
 from tests.test_settlement import open_settlement
-from tests.test_trust_audit import cli_env, raw_sql, run_cli
+from tests.test_trust_audit import raw_sql
 
 
 def _make_events(world: Any, n: int = 2, prefix: str = "ANC") -> None:
@@ -37,8 +36,8 @@ def _ids() -> list[int]:
     return list(db.session.scalars(select(AuditEvent.id).order_by(AuditEvent.id)))
 
 
-def _anchor_cli(app: Any, monkeypatch: Any) -> int:
-    result = run_cli(app, monkeypatch, "audit", "anchor")
+def _anchor_cli(cli: Any) -> int:
+    result = cli("audit", "anchor")
     assert result.exit_code == 0, result.output
     assert "held under object lock" in result.output
     return int(result.output.split("anchored audit event ")[1].split()[0])
@@ -59,13 +58,13 @@ def _raw_many(app: Any, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
                 conn.execute(sql, params)
 
 
-def test_deleting_the_newest_events_is_detected(world, app, store, monkeypatch):
+def test_deleting_the_newest_events_is_detected(world, app, store, cli):
     _make_events(world)
-    anchored = _anchor_cli(app, monkeypatch)
+    anchored = _anchor_cli(cli)
     assert anchored == _ids()[-1]  # the anchor covers the request for it too
     stored = anchors.stored_anchors(store).anchors
     assert [a.event_id for a in stored] == [anchored] and store.is_held(stored[0].key, stored[0].version_id)
-    result = run_cli(app, monkeypatch, "audit", "verify")
+    result = cli("audit", "verify")
     assert result.exit_code == 0 and "anchors OK: 1 anchors agree" in result.output, result.output
 
     # A superuser deletes the newest rows with the trigger off: the remaining chain is still a valid chain …
@@ -73,7 +72,7 @@ def test_deleting_the_newest_events_is_detected(world, app, store, monkeypatch):
     raw_sql(app, "DELETE FROM audit_events WHERE id >= %s", (cut,))
     assert audit.verify_database(db.session).ok
     # … but it contradicts the anchor.
-    result = run_cli(app, monkeypatch, "audit", "verify")
+    result = cli("audit", "verify")
     assert result.exit_code == 1, result.output
     assert f"CONTRADICTS anchor {stored[0].key}" in result.output
     assert f"audit event {anchored} is missing" in result.output
@@ -100,24 +99,24 @@ def _rechain_from(app: Any, victim: int) -> None:
     _raw_many(app, statements)
 
 
-def test_a_changed_and_rechained_event_names_the_first_contradicted_anchor(world, app, store, monkeypatch):
+def test_a_changed_and_rechained_event_names_the_first_contradicted_anchor(world, app, store, cli):
     _make_events(world, 1, "ANC-A")
-    first = _anchor_cli(app, monkeypatch)
+    first = _anchor_cli(cli)
     _make_events(world, 2, "ANC-B")
-    second = _anchor_cli(app, monkeypatch)
+    second = _anchor_cli(cli)
     _make_events(world, 1, "ANC-C")
     victim = next(i for i in _ids() if first < i < second)
     _rechain_from(app, victim)
     assert audit.verify_database(db.session).ok  # the chain alone no longer shows it
     stored = {a.event_id: a for a in anchors.stored_anchors(store).anchors}
-    result = run_cli(app, monkeypatch, "audit", "verify")
+    result = cli("audit", "verify")
     assert result.exit_code == 1, result.output
     assert f"CONTRADICTS anchor {stored[second].key}" in result.output
     assert f"audit event {second} has a different hash" in result.output
     assert "1 of 2 anchors contradicted" in result.output
 
 
-def test_the_periodic_anchor_writes_only_when_the_head_moved(world, app, store, monkeypatch):
+def test_the_periodic_anchor_writes_only_when_the_head_moved(world, app, store):
     from api.cli import _anchor_loop
 
     _make_events(world, 1)
@@ -127,7 +126,6 @@ def test_the_periodic_anchor_writes_only_when_the_head_moved(world, app, store, 
     assert anchors.anchor_if_moved(db.session, store, first.event_id) is None  # idle: no new anchor
     # serve's loop: one round at start (stop already set, so it returns after it).
     _make_events(world, 1, "ANC-P")
-    cli_env(app, monkeypatch)
     db.session.remove()
     stop = threading.Event()
     stop.set()
@@ -190,10 +188,7 @@ def _rewrite_zip(src: Any, dst: Any, replace: dict[str, bytes]) -> None:
             zout.writestr(info.filename, replace.get(info.filename, zin.read(info.filename)))
 
 
-def test_a_bundle_carries_its_anchor_and_verifies_against_the_store(approved, world, app, store, tmp_path,
-                                                                   monkeypatch):
-    from api.cli import main
-
+def test_a_bundle_carries_its_anchor_and_verifies_against_the_store(approved, world, app, store, tmp_path, cli):
     r = world.get("auditor", f"/api/v1/settlements/{approved['id']}/evidence.zip")
     assert r.status_code == 200
     bundle = tmp_path / "bundle.zip"
@@ -205,10 +200,7 @@ def test_a_bundle_carries_its_anchor_and_verifies_against_the_store(approved, wo
     stored = anchors.read_anchor(store, carried["anchor"]["key"], carried["anchor"]["version_id"])
     assert stored.detail["manifest_sha256"] == carried["manifest_sha256"] and stored.reason == "evidence_bundle"
 
-    cli_env(app, monkeypatch)
-    db.session.remove()
-    result = CliRunner().invoke(main, ["evidence", "verify", str(bundle), "--quiet", "--against-anchors"],
-                                catch_exceptions=False)
+    result = cli("evidence", "verify", str(bundle), "--quiet", "--against-anchors")
     assert result.exit_code == 0 and "anchor OK" in result.output, result.output
 
     # Someone swaps a file and fixes its line in the manifest: the files match the manifest again …
@@ -224,11 +216,10 @@ def test_a_bundle_carries_its_anchor_and_verifies_against_the_store(approved, wo
     csv.writer(text).writerows(rows)
     swapped = tmp_path / "swapped.zip"
     _rewrite_zip(bundle, swapped, {name: forged, MANIFEST: ("\ufeff" + text.getvalue()).encode("utf-8")})
-    result = CliRunner().invoke(main, ["evidence", "verify", str(swapped), "--quiet"], catch_exceptions=False)
+    result = cli("evidence", "verify", str(swapped), "--quiet")
     assert result.exit_code == 0, result.output
     # … but no anchor in the store carries that manifest.
-    result = CliRunner().invoke(main, ["evidence", "verify", str(swapped), "--quiet", "--against-anchors"],
-                                catch_exceptions=False)
+    result = cli("evidence", "verify", str(swapped), "--quiet", "--against-anchors")
     assert result.exit_code == 1 and "ANCHOR MISMATCH" in result.output, result.output
 
 

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 import urllib3
-from click.testing import CliRunner
 from minio import Minio
 from minio.versioningconfig import ENABLED, VersioningConfig
 
@@ -24,7 +23,6 @@ from engine.evidence.integrity import fsck
 from storage.artefact_store import ArtefactStore, StoreUnavailable
 from storage.s3server import free_port
 from tests.conftest import make_app
-from tests.test_trust_audit import cli_env
 from tests.test_web import Browser
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,16 +124,12 @@ def test_administrators_see_a_standing_warning_when_the_lock_is_off(world, app, 
     assert WARNING not in Browser(app, "admin").get("/inbox").get_data(as_text=True)
 
 
-def test_fsck_reports_a_bucket_without_object_lock(app, store, plain_store, monkeypatch):
+def test_fsck_reports_a_bucket_without_object_lock(app, store, plain_store, cli, monkeypatch):
     assert not fsck(db.session, store).lock_missing
     report = fsck(db.session, plain_store)
     assert report.lock_missing and not report.clean
-    from api.cli import main
-
-    cli_env(app, monkeypatch)
-    monkeypatch.setenv("ITEMGATE_S3_BUCKET", plain_store.bucket)
-    db.session.remove()
-    result = CliRunner().invoke(main, ["fsck", "--quick"], catch_exceptions=False)
+    monkeypatch.setitem(app.extensions, "itemgate_store", plain_store)  # the app's bucket is the plain one
+    result = cli("fsck", "--quick")
     assert result.exit_code == 1, result.output
     assert f"bucket {plain_store.bucket}: no object lock" in result.output
 

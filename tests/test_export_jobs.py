@@ -181,9 +181,7 @@ def _abandon(job_id: int, attempts: int = 1, minutes: int = 30) -> None:
     db.session.commit()
 
 
-def test_a_job_left_running_by_a_dead_process_is_finished_by_the_next_tick(world, inline, monkeypatch):
-    from tests.test_trust_audit import run_cli
-
+def test_a_job_left_running_by_a_dead_process_is_finished_by_the_next_tick(world, inline, cli):
     completed_items(2, prefix="JD", at=JUNE)
     pm = Browser(inline, "pm")
     job_id = _queue(pm, "workload_csv")
@@ -192,7 +190,7 @@ def test_a_job_left_running_by_a_dead_process_is_finished_by_the_next_tick(world
     assert (body["status"], body["error"]) == ("queued", jobs.STALE_NOTE)
     assert "排队中" in pm.get(f"/exports/jobs/{job_id}").get_data(as_text=True)
 
-    result = run_cli(inline, monkeypatch, "tick")
+    result = cli("tick")
     assert result.exit_code == 0, result.output
     assert "export jobs: 1 recovered, 1 done" in result.output
     job = _job(job_id)
@@ -202,7 +200,7 @@ def test_a_job_left_running_by_a_dead_process_is_finished_by_the_next_tick(world
     assert r.status_code == 200
     assert sum(1 for row in csv.reader(io.StringIO(r.data.decode("utf-8-sig"))) if any("JD-" in c for c in row)) == 2
     # Nothing left to do: the next tick neither recovers nor runs anything, nor starts a store for it.
-    again = run_cli(inline, monkeypatch, "tick")
+    again = cli("tick")
     assert again.exit_code == 0 and "export jobs" not in again.output
 
 

@@ -262,30 +262,27 @@ def test_notifying_is_audited_with_its_recipients(world):
     assert len(events) == 1 and len(events[0][1]["to_users"]) == 2
 
 
-def test_tick_sends_the_outbox_with_the_configured_smtp_server(world, app, smtp_sink, monkeypatch):
-    from tests.test_trust_audit import run_cli
+def test_tick_sends_the_outbox_with_the_configured_smtp_server(world, app, smtp_sink, cli, monkeypatch):
+    from dataclasses import replace
 
     world.client.put("/api/v1/me/channels", headers=world.headers("impl"),
                      json={"email": {"target": "impl@example.org"}})
     world.new_item("N-TICK-1")
-    monkeypatch.setenv("ITEMGATE_SMTP_HOST", "127.0.0.1")
-    monkeypatch.setenv("ITEMGATE_SMTP_PORT", str(smtp_sink.port))
-    monkeypatch.setenv("ITEMGATE_SMTP_MODE", "insecure")
-    monkeypatch.setenv("ITEMGATE_SMTP_FROM", "itemgate@example.org")
-    result = run_cli(app, monkeypatch, "tick")
+    monkeypatch.setitem(app.config, "ITEMGATE", replace(app.config["ITEMGATE"], smtp_host="127.0.0.1",
+                                                        smtp_port=smtp_sink.port, smtp_mode="insecure",
+                                                        smtp_from="itemgate@example.org"))
+    result = cli("tick")
     assert result.exit_code == 0, result.output
     assert "notifications: 1 sent" in result.output
     assert [m["To"] for m in smtp_sink.messages] == ["impl@example.org"]
     assert smtp_sink.messages[0]["From"] == "itemgate@example.org"
 
 
-def test_audit_verify_and_fsck_results_reach_the_status_page(world, app, monkeypatch):
-    from tests.test_trust_audit import run_cli
-
+def test_audit_verify_and_fsck_results_reach_the_status_page(world, app, cli):
     world.new_item("N-STATUS-1")
-    assert run_cli(app, monkeypatch, "audit", "verify").exit_code == 0
+    assert cli("audit", "verify").exit_code == 0
     # The shared test bucket may hold other tests' orphans: fsck's verdict, whichever, is what the page shows.
-    fsck = run_cli(app, monkeypatch, "fsck", "--quick")
+    fsck = cli("fsck", "--quick")
     body = world.get("admin", "/api/v1/admin/status").get_json()
     verified = body["audit"]["last_verification"]
     assert verified["outcome"] == "success" and verified["detail"]["result"] == "ok"

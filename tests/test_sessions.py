@@ -5,13 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from click.testing import CliRunner
 from sqlalchemy import func, select
 
 from api.extensions import db
 from storage.models import AuditEvent, HumanTask, LoginAttempt, User, WebSession
 from tests.conftest import PASSWORD, make_app
-from tests.test_trust_audit import cli_env
 from tests.test_web import HTML, Browser
 
 NEW_PASSWORD = "a-brand-new-passphrase"  # noqa: S105
@@ -171,29 +169,24 @@ def test_admin_reset_role_and_department_and_refusals(world, app, client):
     assert {"password": "reset"} in changes and all("hash" not in str(c) for c in changes)
 
 
-def test_cli_deactivates_and_sets_a_password(world, app, client, monkeypatch):
-    from api.cli import main
-
+def test_cli_deactivates_and_sets_a_password(world, app, client, cli):
     task_id = _claim_intake(world)
     impl_token = world.tokens["impl"]
-    cli_env(app, monkeypatch)
-    db.session.remove()
-    result = CliRunner().invoke(main, ["users", "deactivate", "impl"], catch_exceptions=False)
+    result = cli("users", "deactivate", "impl")
     assert result.exit_code == 0, result.output
     assert "1 token(s)" in result.output and "1 claimed task(s)" in result.output
     assert client.get("/api/v1/me", headers=_bearer(impl_token)).status_code == 401
     assert db.session.get(HumanTask, task_id).assignee_id is None
     assert _token(client, "impl").status_code == 401
 
-    result = CliRunner().invoke(main, ["users", "activate", "impl"], catch_exceptions=False)
+    result = cli("users", "activate", "impl")
     assert result.exit_code == 0, result.output
     token = _token(client, "impl").get_json()["token"]
-    result = CliRunner().invoke(main, ["users", "set-password", "impl", "--password-stdin"],
-                                input=NEW_PASSWORD + "\n", catch_exceptions=False)
+    result = cli("users", "set-password", "impl", "--password-stdin", input=NEW_PASSWORD + "\n")
     assert result.exit_code == 0, result.output
     assert client.get("/api/v1/me", headers=_bearer(token)).status_code == 401
     assert _token(client, "impl", NEW_PASSWORD).status_code == 200
-    result = CliRunner().invoke(main, ["users", "deactivate", "nobody"])
+    result = cli("users", "deactivate", "nobody", catch_exceptions=True)
     assert result.exit_code == 1 and "nobody" in result.output
     assert [e.username for e in _events("user.changed")] == ["cli", "cli", "cli"]
 

@@ -7,33 +7,12 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
-from click.testing import CliRunner
 from sqlalchemy import func, select, text
 
 from api.extensions import db
 from engine.trust import audit
 from engine.trust.retention import prune, verify_exports
 from storage.models import AuditCheckpoint, AuditEvent
-
-
-def cli_env(app, monkeypatch):
-    """Point the `itemgate` CLI at the test database and object store."""
-    settings = app.config["ITEMGATE"]
-    monkeypatch.setenv("ITEMGATE_DATABASE_URL", app.config["SQLALCHEMY_DATABASE_URI"])
-    monkeypatch.setenv("ITEMGATE_S3_ENDPOINT", settings.s3_endpoint)
-    monkeypatch.setenv("ITEMGATE_S3_ACCESS_KEY", settings.s3_access_key)
-    monkeypatch.setenv("ITEMGATE_S3_SECRET_KEY", settings.s3_secret_key)
-    monkeypatch.setenv("ITEMGATE_S3_BUCKET", settings.s3_bucket)
-    monkeypatch.setenv("ITEMGATE_LOG_JSON", "0")
-    monkeypatch.delenv("ITEMGATE_SECRET_KEY", raising=False)
-
-
-def run_cli(app, monkeypatch, *args):
-    from api.cli import main
-
-    cli_env(app, monkeypatch)
-    db.session.remove()  # the CLI uses its own app and session; release ours (SQLite locks)
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
 def raw_sql(app, sql: str, params: tuple = ()) -> None:
@@ -60,22 +39,22 @@ def _ids() -> list[int]:
     return list(db.session.scalars(select(AuditEvent.id).order_by(AuditEvent.id)))
 
 
-def test_chain_verifies_and_cli_says_ok(world, app, monkeypatch):
+def test_chain_verifies_and_cli_says_ok(world, app, cli):
     _make_events(world)
     assert audit.verify_database(db.session).ok
-    result = run_cli(app, monkeypatch, "audit", "verify")
+    result = cli("audit", "verify")
     assert result.exit_code == 0, result.output
     assert "audit chain OK" in result.output
 
 
-def test_tampered_content_is_named(world, app, monkeypatch):
+def test_tampered_content_is_named(world, app, cli):
     _make_events(world)
     ids = _ids()
     victim = ids[len(ids) // 2]
     raw_sql(app, "UPDATE audit_events SET outcome = %s WHERE id = %s", ("failure", victim))
     report = audit.verify_database(db.session)
     assert report.first_broken_id == victim and "content" in report.reason
-    result = run_cli(app, monkeypatch, "audit", "verify")
+    result = cli("audit", "verify")
     assert result.exit_code == 1
     assert f"BROKEN at audit event {victim}" in result.output
 
@@ -142,7 +121,7 @@ def test_retention_setting_has_a_floor():
     assert load_settings({}, testing=True).audit_retention_days == 180
 
 
-def test_prune_exports_then_deletes_and_the_chain_still_verifies(world, app, store, monkeypatch):
+def test_prune_exports_then_deletes_and_the_chain_still_verifies(world, app, store, cli):
     _make_events(world)
     before = _ids()
     last_hash = db.session.scalars(select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1)).one()
@@ -168,11 +147,11 @@ def test_prune_exports_then_deletes_and_the_chain_still_verifies(world, app, sto
     # The chain goes on after a prune; verify still walks it from the checkpoint.
     world.new_item("AUD-after")
     assert audit.verify_database(db.session).ok
-    result = run_cli(app, monkeypatch, "audit", "verify", "--exports")
+    result = cli("audit", "verify", "--exports")
     assert result.exit_code == 0, result.output
     assert "from checkpoint" in result.output and "exports OK" in result.output
     # Nothing is old enough with the real clock: the CLI prunes nothing.
-    result = run_cli(app, monkeypatch, "audit", "prune")
+    result = cli("audit", "prune")
     assert result.exit_code == 0 and "nothing older" in result.output, result.output
 
 

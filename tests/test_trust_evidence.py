@@ -13,7 +13,6 @@ from engine.evidence.integrity import discard_object, fsck
 from storage.artefact_store import ArtefactStore, StoreUnavailable
 from storage.models import Artefact, GatePass, User
 from tests.test_lifecycle_api import drive_to_survey_review
-from tests.test_trust_audit import run_cli
 
 # ---------------------------------------------------------------- separation of duties
 
@@ -83,7 +82,7 @@ def _put_orphan(store: ArtefactStore) -> tuple[str, str | None]:
     return key, stored.version_id
 
 
-def test_fsck_clean_then_finds_mismatch_missing_and_orphans(world, app, store, monkeypatch):
+def test_fsck_clean_then_finds_mismatch_missing_and_orphans(world, app, store, cli):
     item_id = world.new_item("FSCK-1")["id"]
     for kind in ("requirement_letter", "complexity_statement", "survey_form"):
         assert world.upload("impl", item_id, kind).status_code == 201
@@ -117,7 +116,7 @@ def test_fsck_clean_then_finds_mismatch_missing_and_orphans(world, app, store, m
     assert store.hash_object(rows[2].key, rows[2].version_id)[1] == rows[2].sha256
     assert db.session.execute(select(func.count(Artefact.id))).scalar() == 3
 
-    result = run_cli(app, monkeypatch, "fsck")
+    result = cli("fsck")
     assert result.exit_code == 1 and "object missing" in result.output and "SHA-256" in result.output
 
 
