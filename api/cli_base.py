@@ -100,8 +100,18 @@ def object_store(app: Flask) -> Iterator[Any]:
     with embedded_s3(settings) as endpoint:
         store = ArtefactStore(endpoint, settings.s3_access_key, settings.s3_secret_key, settings.s3_bucket)
         store.ensure_bucket()
+        previous = app.extensions.get("itemgate_store")
         app.extensions["itemgate_store"] = store
-        yield store
+        try:
+            yield store
+        finally:
+            # The server stops with this block: the app (an injected one lives on) must not keep a store
+            # pointing at it.
+            if previous is None:
+                app.extensions.pop("itemgate_store", None)
+            else:
+                app.extensions["itemgate_store"] = previous
+            store.close()
 
 
 @contextmanager

@@ -84,7 +84,9 @@ def dispose_app(app: Any) -> None:
     with app.app_context():
         db.remove_session()
         db.engine.dispose()
-    app.extensions["itemgate_store"].close()
+    store = app.extensions.get("itemgate_store")
+    if store is not None:
+        store.close()
 
 
 class Cli:
@@ -97,12 +99,15 @@ class Cli:
         self.runner = app.test_cli_runner()
 
     def __call__(self, *args: str, input: str | None = None, catch_exceptions: bool = False) -> Any:
+        from flask import has_app_context
+
         from api.cli import main
         from api.extensions import db
 
         # The command works in an app context (and session) of its own: the test's session lets go of its
         # connection first (SQLite allows one writer).
-        db.remove_session()
+        if has_app_context():
+            db.remove_session()
         return self.runner.invoke(main, list(args), input=input, catch_exceptions=catch_exceptions)
 
 

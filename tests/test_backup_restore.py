@@ -7,25 +7,16 @@ import os
 import secrets
 
 import psycopg
-from click.testing import CliRunner
 from sqlalchemy import create_engine, func, select
 
 from api.extensions import db
 from storage.artefact_store import PART_SIZE, ArtefactStore
 from storage.models import Artefact, AuditEvent, Base, GatePass, ServiceOrder
-from tests.conftest import PG_ADMIN_DSN, _pg_url
+from tests.conftest import PG_ADMIN_DSN, Cli, _pg_url, dispose_app, make_app
 from tests.test_lifecycle_api import drive_to_survey_review
-from tests.test_trust_audit import cli_env
 
 
-def _cli(*args):
-    from api.cli import main
-
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
-
-
-def test_backup_and_restore_into_empty_database_and_bucket(world, app, store, s3_server, backend, tmp_path,
-                                                           monkeypatch):
+def test_backup_and_restore_into_empty_database_and_bucket(world, app, store, s3_server, backend, tmp_path, cli):
     item_id = world.new_item("BACKUP-1")["id"]
     drive_to_survey_review(world, item_id)
     world.upload("impl", item_id, "functional_design", filename="设计.pdf")
@@ -44,9 +35,7 @@ def test_backup_and_restore_into_empty_database_and_bucket(world, app, store, s3
     artefacts = {a.id: (a.key, a.sha256, a.size) for a in db.session.scalars(select(Artefact))}
     assert artefacts and counts["gate_passes"] > 0
 
-    cli_env(app, monkeypatch)
-    db.session.remove()
-    result = _cli("backup", str(tmp_path / "bk"))
+    result = cli("backup", str(tmp_path / "bk"))
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "bk" / "manifest.json").read_text())
     assert manifest["tables"] == counts
@@ -62,21 +51,22 @@ def test_backup_and_restore_into_empty_database_and_bucket(world, app, store, s3
         with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
             admin.execute(f'CREATE DATABASE "{dbname}"')
         url = _pg_url(dbname).replace("postgresql://", "postgresql+psycopg://")
-    monkeypatch.setenv("ITEMGATE_DATABASE_URL", url)
-    monkeypatch.setenv("ITEMGATE_S3_BUCKET", bucket)
+    # The restoring side: an app on that database and bucket, with no schema yet.
+    restoring = make_app(url, s3_server, bucket, migrate=False)
+    on_restored = Cli(restoring)
     try:
-        assert _cli("db", "upgrade").exit_code == 0
-        result = _cli("restore", str(tmp_path / "bk"))
+        assert on_restored("db", "upgrade").exit_code == 0
+        result = on_restored("restore", str(tmp_path / "bk"))
         assert result.exit_code == 0, result.output
-        result = _cli("fsck")
+        result = on_restored("fsck")
         assert result.exit_code == 0, result.output
-        result = _cli("fsck", "--quick")
+        result = on_restored("fsck", "--quick")
         assert result.exit_code == 0, result.output
         assert "0 problem(s), 0 orphan(s)" in result.output
-        result = _cli("audit", "verify")
+        result = on_restored("audit", "verify")
         assert result.exit_code == 0, result.output
         # A second restore into the now-full database is refused.
-        result = CliRunner().invoke(__import__("api.cli", fromlist=["main"]).main, ["restore", str(tmp_path / "bk")])
+        result = on_restored("restore", str(tmp_path / "bk"), catch_exceptions=True)
         assert result.exit_code != 0 and "not empty" in result.output
 
         engine = create_engine(url)
@@ -108,6 +98,7 @@ def test_backup_and_restore_into_empty_database_and_bucket(world, app, store, s3
             assert letter.sha256 == order_sha
             assert new.hash_object(letter.key, letter.version_id) == (letter.size, letter.sha256)
     finally:
+        dispose_app(restoring)
         if dbname:
             with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
                 admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')

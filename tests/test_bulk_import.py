@@ -12,8 +12,6 @@ import pytest
 from openpyxl import Workbook
 from sqlalchemy import func, select
 
-from tests.test_catalog_files import Cli
-
 HEADER_ZH = ["事项名称", "事项编码", "需求部门", "服务类别", "渠道", "接入方式", "难度系数"]
 ROWS = int(os.environ.get("ITEMGATE_IMPORT_ROWS", "2000"))
 
@@ -128,33 +126,28 @@ def test_xlsx_with_english_headers_and_header_problems(world):
     assert upload(world, b"not a spreadsheet", "x.pdf").status_code == 422
 
 
-def test_cli_import_with_progress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """One CLI session (each call is a real subprocess): bad file refused, dry run, import, re-import."""
-    monkeypatch.setenv("ITEMGATE_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.db'}")
-    monkeypatch.delenv("ITEMGATE_SECRET_KEY", raising=False)
-    monkeypatch.setenv("ITEMGATE_LOG_JSON", "0")
+def test_cli_import_with_progress(tmp_path: Path, app: Any, cli: Any):
+    """One CLI session in the test's app: bad file refused, dry run, import, re-import."""
     from bpmn import CATALOG_DIR
 
-    cli = Cli(monkeypatch)
-    assert cli.invoke(["db", "upgrade"]).exit_code == 0
-    assert cli.invoke(["catalog", "load", str(CATALOG_DIR / "shanghai.toml")]).exit_code == 0
+    assert cli("catalog", "load", str(CATALOG_DIR / "shanghai.toml")).exit_code == 0
     for name, role, dept in (("pm1", "pm", None), ("r1", "dept_reviewer", "DA"), ("r2", "dept_reviewer", "DB")):
         args = ["users", "create", name, "--role", role, "--password-stdin"] + (["--department", dept] if dept else [])
-        assert cli.invoke(args, stdin="correct-horse-battery\n").exit_code == 0
+        assert cli(*args, input="correct-horse-battery\n").exit_code == 0
     bad = tmp_path / "bad.csv"
     bad.write_bytes(as_csv(item_list(30, {4: (5, "maybe")})))
-    result = cli.invoke(["items", "import", str(bad), "--contract", "SH-YWTB-2025", "--as", "pm1"])
+    result = cli("items", "import", str(bad), "--contract", "SH-YWTB-2025", "--as", "pm1")
     assert result.exit_code == 1 and "row 6, column mode:" in result.output
     good = tmp_path / "good.csv"
     good.write_bytes(as_csv(item_list(30)))
     args = ["items", "import", str(good), "--contract", "SH-YWTB-2025", "--as", "pm1"]
-    result = cli.invoke(args + ["--dry-run"])
+    result = cli(*args, "--dry-run")
     assert result.exit_code == 0, result.output
     assert "30 would be created" in result.output
-    result = cli.invoke(args)
+    result = cli(*args)
     assert result.exit_code == 0, result.output
     assert "created 30" in result.output and "30/30" in result.output  # the tqdm bar on stderr
-    again = cli.invoke(args)
+    again = cli(*args)
     assert "created 0, 30 existed already" in again.output
 
 

@@ -10,7 +10,6 @@ import zipfile
 from pathlib import Path
 
 import openpyxl
-from click.testing import CliRunner
 
 from api.extensions import db
 from engine.money.bundle import ANCHOR, MANIFEST, SUMMARY, verify_bundle
@@ -45,17 +44,7 @@ def _rewrite_member(src: Path, dst: Path, name: str) -> None:
             zout.writestr(info.filename, data)
 
 
-def _cli_env(monkeypatch, app, store, s3_server):
-    monkeypatch.setenv("ITEMGATE_DATABASE_URL", str(app.config["SQLALCHEMY_DATABASE_URI"]))
-    monkeypatch.delenv("ITEMGATE_SECRET_KEY", raising=False)
-    monkeypatch.setenv("ITEMGATE_S3_ENDPOINT", s3_server.endpoint)
-    monkeypatch.setenv("ITEMGATE_S3_ACCESS_KEY", s3_server.access_key)
-    monkeypatch.setenv("ITEMGATE_S3_SECRET_KEY", s3_server.secret_key)
-    monkeypatch.setenv("ITEMGATE_S3_BUCKET", store.bucket)
-
-
-def test_settlement_bundle_of_200_items_verifies_and_a_flipped_byte_is_named(world, store, tmp_path, app,
-                                                                             monkeypatch, s3_server):
+def test_settlement_bundle_of_200_items_verifies_and_a_flipped_byte_is_named(world, store, tmp_path, app, cli):
     items = completed_items(200, prefix="EV", channels=("pc",), store=store)
     adhoc_contract()
     r = world.post("pm", "/api/v1/settlements", json=CURRENT)
@@ -87,11 +76,7 @@ def test_settlement_bundle_of_200_items_verifies_and_a_flipped_byte_is_named(wor
     assert report.ok, report.mismatches
     assert report.files_checked == 600
 
-    _cli_env(monkeypatch, app, store, s3_server)
-    from api.cli import main
-
-    runner = CliRunner()
-    result = runner.invoke(main, ["evidence", "verify", "--quiet", str(bundle)])
+    result = cli("evidence", "verify", "--quiet", str(bundle))
     assert result.exit_code == 0, result.output
     assert "bundle OK: 600 file(s)" in result.output
 
@@ -102,7 +87,7 @@ def test_settlement_bundle_of_200_items_verifies_and_a_flipped_byte_is_named(wor
     _flip_byte_in_member(damaged, victim)
     report = verify_bundle(damaged)
     assert [m.file for m in report.mismatches] == [victim]
-    result = runner.invoke(main, ["evidence", "verify", "--quiet", str(damaged)])
+    result = cli("evidence", "verify", "--quiet", str(damaged))
     assert result.exit_code == 1 and f"MISMATCH {victim}" in result.output
 
     # A forged file with a valid CRC is caught by its hash.
@@ -113,7 +98,7 @@ def test_settlement_bundle_of_200_items_verifies_and_a_flipped_byte_is_named(wor
     assert report.mismatches[0].expected == rows[123]["sha256"]
 
 
-def test_cli_bundle_by_settlement_and_a_missing_object(world, store, tmp_path, app, monkeypatch, s3_server):
+def test_cli_bundle_by_settlement_and_a_missing_object(world, store, tmp_path, app, cli):
     items = completed_items(4, prefix="CB", channels=("pc", "mobile"), store=store)
     adhoc_contract()
     sid = world.post("pm", "/api/v1/settlements", json=CURRENT).get_json()["id"]
@@ -122,11 +107,8 @@ def test_cli_bundle_by_settlement_and_a_missing_object(world, store, tmp_path, a
     store.delete(lost.key, lost.version_id)
     db.session.commit()
 
-    _cli_env(monkeypatch, app, store, s3_server)
-    from api.cli import main
-
     out = tmp_path / "cli.zip"
-    result = CliRunner().invoke(main, ["evidence", "bundle", "--settlement", str(sid), "-o", str(out)])
+    result = cli("evidence", "bundle", "--settlement", str(sid), "-o", str(out))
     assert result.exit_code == 0, result.output
     report = verify_bundle(out)
     assert len(report.mismatches) == 1

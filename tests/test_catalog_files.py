@@ -123,12 +123,11 @@ def test_base_example_is_valid():
     assert parse_catalog(BASE, "ok.toml")["service_lines"][0]["gates"]["tests"] == []
 
 
-def test_cli_load_reports_the_problem_and_loads_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_cli_load_reports_the_problem_and_loads_nothing(tmp_path: Path):
+    """The smoke test of the real `itemgate` entry point: each call is a subprocess configured as an operator
+    configures it (the environment); every other CLI test runs in the test's app (the `cli` fixture)."""
     db_file = tmp_path / "cli.db"
-    monkeypatch.setenv("ITEMGATE_DATABASE_URL", f"sqlite:///{db_file}")
-    monkeypatch.delenv("ITEMGATE_SECRET_KEY", raising=False)
-    monkeypatch.setenv("ITEMGATE_LOG_JSON", "0")
-    runner = Cli(monkeypatch)
+    runner = SubprocessCli({"ITEMGATE_DATABASE_URL": f"sqlite:///{db_file}", "ITEMGATE_LOG_JSON": "0"})
     assert runner.invoke(["db", "upgrade"]).exit_code == 0
     bad = tmp_path / "broken.toml"
     # The second line is broken: the first (valid) one must not be loaded either.
@@ -149,15 +148,16 @@ def test_cli_load_reports_the_problem_and_loads_nothing(tmp_path: Path, monkeypa
     assert "(unchanged)" in again.output
 
 
-class Cli:
-    """Runs `itemgate` in a subprocess (its own app and engines, as an operator would) with the test's env."""
+class SubprocessCli:
+    """Runs the installed `itemgate` in a subprocess (its own app and engines, as an operator would), configured
+    by the given ITEMGATE_* variables only (none of this process's own)."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch):
-        self.monkeypatch = monkeypatch  # the env it sets is what the subprocess inherits
+    def __init__(self, settings: dict[str, str]):
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("ITEMGATE_")} | settings
 
     def invoke(self, args: list[str], stdin: str | None = None) -> Any:
         exe = Path(sys.executable).with_name("itemgate")
-        proc = subprocess.run([str(exe), *args], env=dict(os.environ), capture_output=True, text=True,  # noqa: S603
+        proc = subprocess.run([str(exe), *args], env=self.env, capture_output=True, text=True,  # noqa: S603
                               input=stdin, timeout=300, check=False)
         return SimpleNamespace(exit_code=proc.returncode, output=proc.stdout + proc.stderr)
 

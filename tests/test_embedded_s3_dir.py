@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 
 from storage.artefact_store import ArtefactStore
 from storage.s3server import SERVER_RECORD, EmbeddedS3, data_dir_server, free_port, listens_on
@@ -20,10 +19,22 @@ from storage.s3server import SERVER_RECORD, EmbeddedS3, data_dir_server, free_po
 DEFAULT_KEY, DEFAULT_SECRET, DEFAULT_BUCKET = "itemgate", "itemgate-secret", "itemgate"
 
 
-def _cli(env: dict[str, Any], *args: str) -> Any:
-    from api.cli import main
+@pytest.fixture
+def own_dir_cli(tmp_path: Path) -> Any:
+    """Commands in an app that configures no S3 server (so each command starts the data directory's embedded
+    one), on a data directory and SQLite file of its own."""
+    from api.app import create_app
+    from api.config import load_settings
+    from tests.conftest import Cli, dispose_app
 
-    return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+    data_dir = tmp_path / "ours"
+    data_dir.mkdir()
+    app = create_app(load_settings({}, testing=True, data_dir=str(data_dir), log_json=False,
+                                   database_url=f"sqlite:///{data_dir / 'itemgate.db'}"))
+    try:
+        yield Cli(app)
+    finally:
+        dispose_app(app)
 
 
 @pytest.fixture
@@ -39,7 +50,7 @@ def foreign(tmp_path: Path) -> Any:
 
 
 def test_fsck_repair_never_uses_the_server_another_process_runs_on_the_embedded_port(tmp_path, foreign,
-                                                                                    monkeypatch):
+                                                                                    own_dir_cli, monkeypatch):
     import api.cli
     import engine.evidence.integrity
 
@@ -52,13 +63,10 @@ def test_fsck_repair_never_uses_the_server_another_process_runs_on_the_embedded_
     monkeypatch.setattr(engine.evidence.integrity, "fsck", lambda *a, **kw: run_fsck(
         *a, **dict(kw, now=datetime.now(UTC) + timedelta(days=3))))
     data_dir = tmp_path / "ours"
-    data_dir.mkdir()
-    env = {"ITEMGATE_DATA_DIR": str(data_dir), "ITEMGATE_DATABASE_URL": f"sqlite:///{data_dir / 'itemgate.db'}",
-           "ITEMGATE_S3_ENDPOINT": None, "ITEMGATE_S3_ACCESS_KEY": None, "ITEMGATE_S3_SECRET_KEY": None,
-           "ITEMGATE_S3_BUCKET": None, "ITEMGATE_SECRET_KEY": None, "ITEMGATE_LOG_JSON": "0"}
-    assert _cli(env, "db", "upgrade").exit_code == 0
+    cli = own_dir_cli
+    assert cli("db", "upgrade").exit_code == 0
 
-    result = _cli(env, "fsck", "--repair")
+    result = cli("fsck", "--repair")
     assert result.exit_code == 0, result.output
     assert f"port {foreign.s3_port} is in use by another process" in result.output
     assert "0 orphan(s), 0 removed" in result.output
@@ -68,7 +76,7 @@ def test_fsck_repair_never_uses_the_server_another_process_runs_on_the_embedded_
         assert theirs.stat(key, kept.version_id)[0] == 15
 
     # The next command on the same directory finds the recorded port (and the data stored there).
-    again = _cli(env, "fsck")
+    again = cli("fsck")
     assert again.exit_code == 0, again.output
     assert f"started the embedded S3 server (SeaweedFS) on 127.0.0.1:{record['port']}" in again.output
     assert "in use by another process" not in again.output

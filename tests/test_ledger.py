@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from click.testing import CliRunner
 from sqlalchemy import func, select
 
 from api.extensions import db
@@ -64,19 +63,13 @@ def test_reversal_is_a_new_entry_with_reason_and_user(world):
     assert {e["item_id"] for e in workload["entries"]} == {items[0]} and workload["totals"]["amount"] == 0.0
 
 
-def test_cli_reverse(world, app, monkeypatch):
-    from api.cli import main
-
+def test_cli_reverse(world, app, cli):
     items = completed_items(1, prefix="CLI")
     target = entry_ids(items)[0]
     db.session.commit()
-    monkeypatch.setenv("ITEMGATE_DATABASE_URL", str(app.config["SQLALCHEMY_DATABASE_URI"]))
-    monkeypatch.delenv("ITEMGATE_SECRET_KEY", raising=False)
-    monkeypatch.delenv("ITEMGATE_S3_ENDPOINT", raising=False)
-    runner = CliRunner()
-    result = runner.invoke(main, ["ledger", "reverse", str(target), "--reason", "重复登记", "--user", "impl"])
+    result = cli("ledger", "reverse", str(target), "--reason", "重复登记", "--user", "impl")
     assert result.exit_code == 1 and "role_required" in result.output
-    result = runner.invoke(main, ["ledger", "reverse", str(target), "--reason", "重复登记", "--user", "pm"])
+    result = cli("ledger", "reverse", str(target), "--reason", "重复登记", "--user", "pm")
     assert result.exit_code == 0, result.output
     assert f"entry {target} reversed" in result.output
     db.session.rollback()

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
 from tests.model_edits import SERVICE_ITEM, with_timer
-from tests.test_catalog_files import Cli
 from tests.test_kinds_api import APPROVE, do, intake, item
 from tests.test_model_safety import deploy
 
@@ -38,7 +35,7 @@ def migrate(world: Any, target: int, body: dict[str, Any], user: str = "admin") 
     return world.post(user, f"/api/v1/admin/processes/{target}/migrations", json=body)
 
 
-def test_items_stranded_by_a_bad_timer_are_migrated_and_complete(world, monkeypatch: pytest.MonkeyPatch):
+def test_items_stranded_by_a_bad_timer_are_migrated_and_complete(world, cli):
     r = deploy(world, BAD_TIMER)
     assert r.status_code == 201, r.get_json()
     bad = r.get_json()["id"]
@@ -68,12 +65,9 @@ def test_items_stranded_by_a_bad_timer_are_migrated_and_complete(world, monkeypa
     assert world.complete("impl", first_task["id"], {}).status_code == 422  # still on the bad version
 
     # The CLI migrates the first item (from the bad version), the API the rest.
-    monkeypatch.setenv("ITEMGATE_DATABASE_URL", world.app.config["SQLALCHEMY_DATABASE_URI"])
-    monkeypatch.setenv("ITEMGATE_LOG_JSON", "0")
-    cli = Cli(monkeypatch)
-    out = cli.invoke(["process", "migrate", "--from", str(bad), "--to", str(renamed), "--dry-run"])
+    out = cli("process", "migrate", "--from", str(bad), "--to", str(renamed), "--dry-run")
     assert out.exit_code == 1 and "REFUSED" in out.output and "survey_sorting" in out.output, out.output
-    out = cli.invoke(["process", "migrate", "--from", str(bad), "--to", str(fixed), "--items", str(first)])
+    out = cli("process", "migrate", "--from", str(bad), "--to", str(fixed), "--items", str(first))
     assert out.exit_code == 0, out.output
     assert f"item {first} SH-M-1: migrated" in out.output and "1 of 1 item(s) migrated" in out.output
     rest = migrate(world, fixed, {"all_running": True, "dry_run": False}).get_json()

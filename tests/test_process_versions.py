@@ -10,7 +10,6 @@ import pytest
 
 import bpmn
 from bpmn import CATALOG_DIR
-from tests.test_catalog_files import Cli
 from tests.test_kinds_api import APPROVE, do, intake, item
 
 SERVICE_ITEM = bpmn.read_model("service_item")
@@ -88,22 +87,18 @@ def test_new_version_is_used_by_new_items_while_running_items_stay(world):
     assert "item.created" in history
 
 
-def test_cli_process_deploy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("ITEMGATE_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.db'}")
-    monkeypatch.delenv("ITEMGATE_SECRET_KEY", raising=False)
-    monkeypatch.setenv("ITEMGATE_LOG_JSON", "0")
-    runner = Cli(monkeypatch)
-    assert runner.invoke(["db", "upgrade"]).exit_code == 0
-    assert runner.invoke(["catalog", "load", str(CATALOG_DIR / "shanghai.toml")]).exit_code == 0
+def test_cli_process_deploy(tmp_path: Path, app: Any, cli: Any):
+    assert cli("db", "upgrade").exit_code == 0
+    assert cli("catalog", "load", str(CATALOG_DIR / "shanghai.toml")).exit_code == 0
     bad = tmp_path / "bad.bpmn"
     bad.write_text(BROKEN["unknown_gate"][0](SERVICE_ITEM), encoding="utf-8")
-    result = runner.invoke(["process", "deploy", str(bad)])
+    result = cli("process", "deploy", str(bad))
     assert result.exit_code == 1
     assert "go_live: gate 'accessibility' has no rules in contract SH-YWTB-2025 line 1" in result.output
     good = tmp_path / "service_item.bpmn"
     good.write_text(SERVICE_ITEM, encoding="utf-8")
-    result = runner.invoke(["process", "deploy", str(good)])
+    result = cli("process", "deploy", str(good))
     assert result.exit_code == 0, result.output
     assert "deployed as a new version" in result.output
-    again = runner.invoke(["process", "deploy", str(good)])
+    again = cli("process", "deploy", str(good))
     assert "already deployed" in again.output

@@ -7,7 +7,6 @@ from decimal import Decimal
 
 import openpyxl
 import pytest
-from click.testing import CliRunner
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
@@ -122,7 +121,7 @@ def _refused(r, code="settlement_locked"):
     assert r.get_json()["code"] == code
 
 
-def test_approved_settlement_refuses_every_change_via_api_and_cli(sworld, app, monkeypatch):
+def test_approved_settlement_refuses_every_change_via_api_and_cli(sworld, app, cli):
     w = sworld
     items = completed_items(2, prefix="L", channels=("pc",))
     sid = open_settlement(w)["id"]
@@ -144,13 +143,8 @@ def test_approved_settlement_refuses_every_change_via_api_and_cli(sworld, app, m
     _refused(w.post("pm", f"/api/v1/workload/entries/{claimed[0]}/reverse", json={"reason": "事后更正"}))
 
     # The command line refuses too.
-    from api.cli import main
-
     db.session.commit()
-    monkeypatch.setenv("ITEMGATE_DATABASE_URL", str(app.config["SQLALCHEMY_DATABASE_URI"]))
-    monkeypatch.delenv("ITEMGATE_SECRET_KEY", raising=False)
-    monkeypatch.delenv("ITEMGATE_S3_ENDPOINT", raising=False)
-    result = CliRunner().invoke(main, ["ledger", "reverse", str(claimed[1]), "--reason", "事后更正", "--user", "pm"])
+    result = cli("ledger", "reverse", str(claimed[1]), "--reason", "事后更正", "--user", "pm")
     assert result.exit_code == 1 and "settlement_locked" in result.output, result.output
     db.session.rollback()
 
@@ -358,7 +352,7 @@ def test_web_pages_and_the_lock_through_the_web(sworld, app):
     assert Browser(app, "impl").get(f"/settlements/{sid}").status_code == 403
 
 
-def test_entries_of_a_claim_under_review_cannot_be_reversed(sworld, app, monkeypatch):
+def test_entries_of_a_claim_under_review_cannot_be_reversed(sworld, app, cli):
     """Unclaimed entries and those of a claim the PM holds (draft, or returned for revision) may be reversed;
     those of a submitted claim (third-party review, first review, final approval) are refused with 409
     entry_under_review until the claim comes back and the PM takes the line out — over the API, the web
@@ -397,13 +391,8 @@ def test_entries_of_a_claim_under_review_cannot_be_reversed(sworld, app, monkeyp
     r = browser.post(f"/ledger/{entries[2]}/reverse", {"reason": "数量登记错误", "confirm": "1"},
                      follow_redirects=True)
     assert "该分录所在的结算申报正在审核中" in r.get_data(as_text=True)
-    from api.cli import main
-
     db.session.commit()
-    monkeypatch.setenv("ITEMGATE_DATABASE_URL", str(app.config["SQLALCHEMY_DATABASE_URI"]))
-    monkeypatch.delenv("ITEMGATE_SECRET_KEY", raising=False)
-    monkeypatch.delenv("ITEMGATE_S3_ENDPOINT", raising=False)
-    result = CliRunner().invoke(main, ["ledger", "reverse", str(entries[3]), "--reason", "事后更正", "--user", "pm"])
+    result = cli("ledger", "reverse", str(entries[3]), "--reason", "事后更正", "--user", "pm")
     assert result.exit_code == 1 and "entry_under_review" in result.output, result.output
     db.session.rollback()
     assert db.session.execute(select(func.count(WorkloadEntry.id))
