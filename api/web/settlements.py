@@ -113,7 +113,7 @@ def ledger_reverse(entry_id: int) -> Any:
 def settlements() -> Any:
     rows = list(db.session.scalars(select(Settlement).options(selectinload(Settlement.contract))
                                    .order_by(Settlement.id.desc()).limit(200)))
-    figures = st.list_figures(db.session, rows, web_ctx().now)
+    figures = st.figures_of(db.session, rows, web_ctx().now)
     return render_template("web/settlements.html", rows=rows, figures=figures, me=me(),
                            status_names=st.STATUS_NAMES, **_options())
 

@@ -693,10 +693,6 @@ def line_entries(settlement_id: int) -> Any:
             .order_by(WorkloadEntry.id))
 
 
-def gross_of(session: Session, settlement_id: int) -> tuple[Decimal, int]:
-    return grosses_of(session, [settlement_id])[settlement_id]
-
-
 def grosses_of(session: Session, settlement_ids: list[int]) -> dict[int, tuple[Decimal, int]]:
     """(gross, entries) of each settlement's lines whose items are not cancelled, in one query."""
     out = {sid: (money(Decimal(0)), 0) for sid in settlement_ids}
@@ -713,109 +709,100 @@ def grosses_of(session: Session, settlement_ids: list[int]) -> dict[int, tuple[D
 
 
 @dataclass(frozen=True)
-class ListFigures:
-    entries: int
-    gross: Decimal
-    net: Decimal
+class _Facts:
+    """What figures read beyond the claims' own rows, loaded once for a whole list (or one claim): a claim
+    then costs no statement of its own, however many a list shows."""
+
+    grosses: dict[int, tuple[Decimal, int]]
+    # contract id -> its approved claims' net total, for contracts with an award (the award check)
+    approved_net: dict[int, Decimal]
+    # contract id -> its late monthly operations reports, by period (stage claims deduct them)
+    late_reports: dict[int, list[ContractTask]]
+    # (contract id, stage) -> the approved claim's gross (a stage building on the staged ones takes its base)
+    staged_gross: dict[tuple[int, str], Decimal]
 
 
-def list_figures(session: Session, settlements: list[Settlement], now: datetime) -> dict[int, ListFigures]:
-    """Lines, gross and net of many settlements for a list: one grouped query for the lines; an approved claim's
-    frozen figures need nothing more, and only claims still moving are computed one by one (a handful at a
-    time, where a list of 200 used to cost ~600 statements)."""
-    ids = [s.id for s in settlements]
-    counts: dict[int, tuple[Decimal, int]] = {}
-    if ids:
-        for sid, gross, count in session.execute(
-                select(SettlementLine.settlement_id, func.coalesce(func.sum(WorkloadEntry.amount), 0),
-                       func.count(WorkloadEntry.id))
-                .join(WorkloadEntry, SettlementLine.entry_id == WorkloadEntry.id)
-                .join(WorkItem, WorkItem.id == WorkloadEntry.item_id)
-                .where(SettlementLine.settlement_id.in_(ids), WorkItem.status != "cancelled")
-                .group_by(SettlementLine.settlement_id)):
-            counts[sid] = (money(Decimal(gross)), int(count))
-    out: dict[int, ListFigures] = {}
-    moving = [s for s in settlements if not (s.status == "approved" and s.gross_amount is not None)]
-    live = figures_of(session, moving, now,
-                      grosses={s.id: counts.get(s.id, (money(Decimal(0)), 0)) for s in moving})
+def _facts(session: Session, settlements: list[Settlement]) -> _Facts:
+    grosses = grosses_of(session, [s.id for s in settlements])
+    awarded = {s.contract_id for s in settlements if s.contract.award_amount is not None}
+    approved_net: dict[int, Decimal] = {}
+    if awarded:
+        approved_net = {cid: Decimal(total or 0) for cid, total in session.execute(
+            select(Settlement.contract_id, func.coalesce(func.sum(Settlement.net_amount), 0))
+            .where(Settlement.contract_id.in_(awarded), Settlement.status == "approved")
+            .group_by(Settlement.contract_id))}
+    staged = {s.contract_id for s in settlements if s.stage is not None}
+    late_reports: dict[int, list[ContractTask]] = {}
+    if staged:
+        for task in session.scalars(select(ContractTask).where(
+                ContractTask.contract_id.in_(staged), ContractTask.kind == "monthly_report",
+                ContractTask.late.is_(True)).order_by(ContractTask.period_start, ContractTask.id)):
+            late_reports.setdefault(task.contract_id, []).append(task)
+    building = {s.contract_id for s in settlements if not _frozen(s)
+                and (stage := settlement_stage(s)) is not None and stage.builds_on_staged}
+    staged_gross: dict[tuple[int, str], Decimal] = {}
+    if building:
+        staged_gross = {(cid, str(code)): Decimal(total or 0) for cid, code, total in session.execute(
+            select(Settlement.contract_id, Settlement.stage, func.coalesce(func.sum(Settlement.gross_amount), 0))
+            .where(Settlement.contract_id.in_(building), Settlement.status == "approved",
+                   Settlement.stage.is_not(None))
+            .group_by(Settlement.contract_id, Settlement.stage))}
+    return _Facts(grosses, approved_net, late_reports, staged_gross)
+
+
+def _frozen(settlement: Settlement) -> bool:
+    """An approved claim keeps the figures it was approved with."""
+    return settlement.status == "approved" and settlement.gross_amount is not None
+
+
+def figures(session: Session, settlement: Settlement, now: datetime) -> Figures:
+    """Live figures while the claim moves; the frozen ones once approved."""
+    return figures_of(session, [settlement], now)[settlement.id]
+
+
+def figures_of(session: Session, settlements: list[Settlement], now: datetime) -> dict[int, Figures]:
+    """`figures` of each settlement of a list or page (the REST list, the web list, one claim's page): what they
+    read beyond the rows is loaded once for all of them (`_Facts`), so 50 claims cost the statements 5 do."""
+    if not settlements:
+        return {}
+    facts = _facts(session, settlements)
+    out = {}
     for s in settlements:
-        gross, count = counts.get(s.id, (Decimal("0.00"), 0))
-        if s.id in live:
-            fig = live[s.id]
-            out[s.id] = ListFigures(fig.entries, fig.gross, fig.net)
-        else:
-            out[s.id] = ListFigures(count, s.gross_amount or Decimal("0"), s.net_amount or Decimal("0"))
+        fig = _award_check(s, _figures(s, now, facts), facts)
+        fig.grade = schedule.grade_for(fig.score)
+        out[s.id] = fig
     return out
 
 
-def _award_check(session: Session, settlement: Settlement, fig: Figures, before: Decimal | None = None) -> Figures:
-    """`before`: the contract's other approved claims' net total, when the caller summed it for a whole list."""
+def _award_check(settlement: Settlement, fig: Figures, facts: _Facts) -> Figures:
     award = settlement.contract.award_amount
     if award is None:
         return fig
-    if before is None:
-        before = session.execute(select(func.coalesce(func.sum(Settlement.net_amount), 0)).where(
-            Settlement.contract_id == settlement.contract_id, Settlement.status == "approved",
-            Settlement.id != settlement.id)).scalar()
+    # The contract's other approved claims: its approved total less this claim's own, when it is one of them.
+    own = (settlement.net_amount or Decimal(0)) if settlement.status == "approved" else Decimal(0)
+    before = facts.approved_net.get(settlement.contract_id, Decimal(0)) - own
     fig.award_limit = money(Decimal(award) * Decimal("1.10"))
-    fig.settled_total = money(Decimal(before or 0) + fig.net)
+    fig.settled_total = money(before + fig.net)
     fig.exceeds_award_limit = fig.settled_total > fig.award_limit
     return fig
 
 
-def figures(session: Session, settlement: Settlement, now: datetime, *,
-            gross_count: tuple[Decimal, int] | None = None, award_before: Decimal | None = None) -> Figures:
-    """Live figures while the claim moves; the frozen ones once approved. A list passes the claim's
-    (gross, entries) and its contract's other approved net total, summed for all its rows at once."""
-    fig = _award_check(session, settlement, _figures(session, settlement, now, gross_count), award_before)
-    fig.grade = schedule.grade_for(fig.score)
-    return fig
-
-
-def figures_of(session: Session, settlements: list[Settlement], now: datetime, *,
-               grosses: dict[int, tuple[Decimal, int]] | None = None) -> dict[int, Figures]:
-    """`figures` of each settlement of a list or page: the gross sums in one grouped query and the award check's
-    approved totals in one per list, so a claim costs no statement of its own unless it settles a contract
-    stage (its monthly-report deductions and penalty base are looked up per claim)."""
-    if not settlements:
-        return {}
-    if grosses is None:
-        grosses = grosses_of(session, [s.id for s in settlements])
-    contracts = {s.contract_id for s in settlements if s.contract.award_amount is not None}
-    approved: dict[int, Decimal] = {}
-    if contracts:
-        approved = {cid: Decimal(total or 0) for cid, total in session.execute(
-            select(Settlement.contract_id, func.coalesce(func.sum(Settlement.net_amount), 0))
-            .where(Settlement.contract_id.in_(contracts), Settlement.status == "approved")
-            .group_by(Settlement.contract_id))}
-    out = {}
-    for s in settlements:
-        before = None
-        if s.contract_id in contracts:
-            own = (s.net_amount or Decimal(0)) if s.status == "approved" else Decimal(0)
-            before = approved.get(s.contract_id, Decimal(0)) - own
-        out[s.id] = figures(session, s, now, gross_count=grosses.get(s.id, (money(Decimal(0)), 0)),
-                            award_before=before)
-    return out
-
-
-def month_deductions(session: Session, settlement: Settlement) -> list[dict[str, Any]]:
+def month_deductions(settlement: Settlement, facts: _Facts) -> list[dict[str, Any]]:
     """Late monthly operations reports of months this claim covers: 3 % of the month's tallied fee each."""
     if settlement.stage is None:
         return []
-    rows = session.scalars(select(ContractTask).where(
-        ContractTask.contract_id == settlement.contract_id, ContractTask.kind == "monthly_report",
-        ContractTask.late.is_(True), ContractTask.period_start >= settlement.period_start,
-        ContractTask.period_end <= settlement.period_end).order_by(ContractTask.period_start))
     out = []
-    for t in rows:
+    for t in facts.late_reports.get(settlement.contract_id, []):
+        if t.period_start is None or t.period_end is None or not (
+                t.period_start >= settlement.period_start and t.period_end <= settlement.period_end):
+            continue
         amount = Decimal(str((t.data or {}).get("deduction", "0")))
         out.append({"month": t.key, "fee": (t.data or {}).get("month_fee"), "rate": (t.data or {}).get("rate"),
                     "amount": money(amount), "task_id": t.id})
     return out
 
 
-def penalty_base(session: Session, settlement: Settlement, gross: Decimal) -> Decimal:
+def penalty_base(settlement: Settlement, gross: Decimal, facts: _Facts) -> Decimal:
     """What a late claim's 3 % is taken from: the claim's own fee, except for a stage that builds on the staged
     ones (the annual settlement), where the seed takes it from the year's fee (当年度服务周期年度结算服务费用的3%):
     the approved staged claims' gross plus this claim's."""
@@ -825,20 +812,15 @@ def penalty_base(session: Session, settlement: Settlement, gross: Decimal) -> De
     c = settlement.contract
     earlier = [s.code for s in schedule.stages(c.settings or {}, c.period_start, c.period_end)
                if s.position < stage.position and not s.final]
-    if not earlier:
-        return gross
-    staged = session.execute(select(func.coalesce(func.sum(Settlement.gross_amount), 0)).where(
-        Settlement.contract_id == settlement.contract_id, Settlement.status == "approved",
-        Settlement.stage.in_(earlier))).scalar()
-    return gross + Decimal(staged or 0)
+    return gross + sum((facts.staged_gross.get((settlement.contract_id, code), Decimal(0)) for code in earlier),
+                       Decimal(0))
 
 
-def _figures(session: Session, settlement: Settlement, now: datetime,
-             gross_count: tuple[Decimal, int] | None = None) -> Figures:
-    gross, count = gross_count if gross_count is not None else gross_of(session, settlement.id)
+def _figures(settlement: Settlement, now: datetime, facts: _Facts) -> Figures:
+    gross, count = facts.grosses.get(settlement.id, (money(Decimal(0)), 0))
     sub_late = is_late(settlement.first_submitted_at or now, settlement.due_at) if settlement.due_at else None
-    if settlement.status == "approved" and settlement.gross_amount is not None:
-        return Figures(gross=settlement.gross_amount, entries=count, due_at=settlement.due_at,
+    if _frozen(settlement):
+        return Figures(gross=settlement.gross_amount or Decimal("0"), entries=count, due_at=settlement.due_at,
                        late=bool(sub_late) or settlement.revision_late,
                        penalty_rate=settlement.penalty_rate or Decimal("0"),
                        penalty=settlement.penalty_amount or Decimal("0"), score=settlement.assessment_score,
@@ -846,17 +828,17 @@ def _figures(session: Session, settlement: Settlement, now: datetime,
                        net=settlement.net_amount or Decimal("0"), frozen=True, submission_late=sub_late,
                        revision_late=settlement.revision_late,
                        other_deductions=settlement.other_deductions or Decimal("0.00"),
-                       other_detail=month_deductions(session, settlement))
+                       other_detail=month_deductions(settlement, facts))
     settings = settlement.contract.settings or {}
     late = (bool(sub_late) or settlement.revision_late) if (settlement.due_at is not None
                                                              or settlement.revision_late) else None
     rate = Decimal(str(settings.get("late_penalty_rate", 0))) if late else Decimal("0")
-    penalty = money(penalty_base(session, settlement, gross) * rate)
+    penalty = money(penalty_base(settlement, gross, facts) * rate)
     bands = bands_for(settings)
     score = settlement.assessment_score
     d_rate = deduction_rate(score, bands) if bands is not None and score is not None else None
     deduction = money(gross * d_rate) if d_rate is not None else Decimal("0.00")
-    detail = month_deductions(session, settlement)
+    detail = month_deductions(settlement, facts)
     other = money(sum((d["amount"] for d in detail), Decimal("0")))
     return Figures(gross=gross, entries=count, due_at=settlement.due_at, late=late, penalty_rate=rate,
                    penalty=penalty, score=score, deduction_rate=d_rate, deduction=deduction,
