@@ -1,14 +1,79 @@
-"""Background work outside requests: export jobs on a daemon thread, and the notification outbox, each with its
-own app context and database sessions."""
+"""Background work outside requests, the entry points that are not routes: the timer tick, the notification
+outbox and export jobs (on a daemon thread, `tick` or `serve`). Each runner owns its transactions: it opens one
+unit of work per step (an instance's timers, a delivery's claim and its settling), the engine's steps only
+flush."""
 from __future__ import annotations
 
+import logging
 import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
 
 from flask import Flask
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
 
 from api.extensions import db
+from engine.errors import Conflict
 from engine.usecases.jobs import run_job
+from storage.concurrency import is_busy
+from storage.unit_of_work import transactions, unit_of_work
+
+log = logging.getLogger(__name__)
+
+
+def fire_due_timers(session: Session, now: datetime | None = None, limit: int = 1000) -> int:
+    """Fire every due timer once; returns how many timers fired. One unit of work per instance.
+
+    Each instance is locked alone (PostgreSQL: FOR UPDATE SKIP LOCKED) and its state written by
+    compare-and-set, so a second `tick` on another host either skips it or loses the write and rolls back
+    its notifications with it; SQLite serialises writers and the compare-and-set decides.
+    """
+    from engine.usecases import tick
+
+    now = now or datetime.now(UTC)
+    fired = 0
+    seen: set[int] = set()
+    while len(seen) < limit:
+        instance_id = None
+        try:
+            # The row lock taken by next_due is held until this instance's unit of work ends.
+            with unit_of_work(session):
+                instance = tick.next_due(session, now, seen)
+                if instance is None:
+                    break
+                instance_id = instance.id
+                seen.add(instance_id)
+                fired += tick.fire(session, instance, now)
+        except Conflict:
+            pass  # another host advanced it first (rolled back)
+        except OperationalError as exc:
+            if not is_busy(exc):
+                raise
+        except Exception:  # one broken instance must not stop the others' reminders
+            log.exception("timer tick failed for process instance %s", instance_id)
+            if instance_id is None:
+                raise
+    return fired
+
+
+def deliver_pending(session: Session, send: Callable[..., None], *, now: Callable[[], datetime] | None = None,
+                    limit: int = 100) -> dict[str, int]:
+    """Send due deliveries one by one, each claimed and then settled in its own short unit of work; nothing is
+    held open while a message is on its way. Returns counts of sent, retried and failed."""
+    from engine.trust import delivery
+
+    clock = now or (lambda: datetime.now(UTC))
+    counts = {"sent": 0, "retry": 0, "failed": 0}
+    for _ in range(limit):
+        with unit_of_work(session):
+            row = delivery.claim_next(session, clock())
+        if row is None:
+            break
+        error = delivery.send_claimed(row, send)
+        with unit_of_work(session):
+            counts[delivery.settle(session, row, error, clock())] += 1
+    return counts
 
 
 def start_job(app: Flask, job_id: int) -> threading.Thread | None:
@@ -22,7 +87,7 @@ def start_job(app: Flask, job_id: int) -> threading.Thread | None:
         with app.app_context():
             try:
                 factory = sessionmaker(bind=db.engine, expire_on_commit=False)
-                run_job(factory, app.extensions["itemgate_store"], job_id)
+                run_job(transactions(factory), app.extensions["itemgate_store"], job_id)
             finally:
                 db.remove_session()
 
@@ -34,7 +99,7 @@ def start_job(app: Flask, job_id: int) -> threading.Thread | None:
 def deliver_notifications(app: Flask, limit: int = 100) -> dict[str, int]:
     """Send due notification deliveries (engine/trust/delivery.py) on a session of their own; used by `tick` and by the
     serve loop, so a request that raised a notification never waits for a mail server or a chat robot."""
-    from engine.trust.delivery import apprise_sender, deliver_pending
+    from engine.trust.delivery import apprise_sender
 
     with app.app_context():
         session = sessionmaker(bind=db.engine, expire_on_commit=False)()

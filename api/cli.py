@@ -313,8 +313,8 @@ def _delivery_loop(app: Flask, every: int, stop: threading.Event) -> None:
 
 
 def _tick_once() -> int:
+    from api.background import fire_due_timers
     from api.extensions import db as database
-    from engine.usecases.tick import fire_due_timers
 
     fired = fire_due_timers(database.session)
     return fired
@@ -325,9 +325,10 @@ def _run_jobs(store: Any) -> dict[str, int]:
 
     from api.extensions import db as database
     from engine.usecases.jobs import run_pending
+    from storage.unit_of_work import transactions
 
     try:
-        return run_pending(sessionmaker(bind=database.engine, expire_on_commit=False), store)
+        return run_pending(transactions(sessionmaker(bind=database.engine, expire_on_commit=False)), store)
     finally:
         database.remove_session()
 

@@ -3,7 +3,7 @@ command, a timer tick, an export job's step), rolled back when it fails. Use cas
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 from sqlalchemy.orm import Session
 
@@ -39,3 +39,14 @@ def new_unit_of_work(session_factory: Callable[[], Session]) -> Iterator[Session
     """A unit of work in a session of its own (background runners, progress writes), closed afterwards."""
     with session_factory() as session, unit_of_work(session):
         yield session
+
+
+# Opens one unit of work in a session of its own. An entry point (the job runner, `tick`) hands one to a use case
+# that must write in several short transactions while it runs (a background job's claim, progress, heartbeat and
+# result): the entry point decides how a unit of work is made and ended, the engine only says where one begins.
+Transactions = Callable[[], AbstractContextManager[Session]]
+
+
+def transactions(session_factory: Callable[[], Session]) -> Transactions:
+    """Units of work in new sessions of `session_factory`, committed when each block ends."""
+    return lambda: new_unit_of_work(session_factory)

@@ -42,8 +42,8 @@ def to_confirm_survey(world: Any, code: str) -> dict[str, Any]:
 
 
 def tick(app: Any) -> int:
+    from api.background import fire_due_timers
     from api.extensions import db
-    from engine.usecases.tick import fire_due_timers
 
     with app.app_context():
         try:

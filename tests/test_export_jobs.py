@@ -19,6 +19,7 @@ from engine.usecases import job_progress, jobs
 from engine.usecases.jobs import run_job
 from storage.artefact_store import ArtefactStore
 from storage.models import ExportJob
+from storage.unit_of_work import transactions
 from tests.settlement_helpers import completed_items
 from tests.test_web import Browser
 
@@ -33,7 +34,8 @@ def inline(app, monkeypatch):
 
 
 def _factory():
-    return sessionmaker(bind=db.engine, expire_on_commit=False)
+    """Units of work in sessions of their own, as the job runner (an entry point) hands them to a job."""
+    return transactions(sessionmaker(bind=db.engine, expire_on_commit=False))
 
 
 def _queue(browser: Browser, kind: str, **filters: str) -> int:

@@ -309,9 +309,9 @@ def _reminder_runs_script(xml: str) -> str:
 def test_tick_bounds_each_instance_and_the_others_get_their_reminders(world):
     from datetime import UTC, datetime, timedelta
 
+    from api.background import fire_due_timers
     from api.extensions import db
     from engine.runtime import budgets
-    from engine.usecases.tick import fire_due_timers
     from storage.models import Notification
     from tests.test_deadlines import frozen
 

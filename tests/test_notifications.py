@@ -108,8 +108,9 @@ def test_a_settlement_step_waiting_for_my_role_notifies_each_member(world, app):
 
 
 def _deliver(app: Any, smtp_port: int | None = None, now: datetime | None = None) -> dict[str, int]:
+    from api.background import deliver_pending
     from api.extensions import db
-    from engine.trust.delivery import SmtpSettings, apprise_sender, deliver_pending
+    from engine.trust.delivery import SmtpSettings, apprise_sender
 
     smtp = SmtpSettings(host="127.0.0.1" if smtp_port else None, port=smtp_port or 25,
                         sender="itemgate@example.org", mode="insecure")
@@ -192,8 +193,8 @@ def test_failed_deliveries_are_retried_with_backoff_then_shown_to_the_admin(worl
 
 
 def test_two_runners_send_each_delivery_once(world, app, webhook):
+    from api.background import deliver_pending
     from api.extensions import db
-    from engine.trust.delivery import deliver_pending
     from storage.models import NotificationDelivery
 
     for username in ("impl", "impl2"):

@@ -109,6 +109,7 @@ def test_import_previews_every_row_then_imports_in_the_background(world, app, mo
 
     from api.extensions import db
     from engine.usecases.jobs import run_job
+    from storage.unit_of_work import transactions
 
     monkeypatch.setitem(app.config, "EXPORT_JOBS_THREAD", False)
     pm = Browser(app, "pm")
@@ -140,7 +141,7 @@ def test_import_previews_every_row_then_imports_in_the_background(world, app, mo
     job_url = started.headers["Location"]
     job_id = int(job_url.rsplit("/", 1)[1])
     assert "排队中" in pm.get(job_url).get_data(as_text=True)
-    assert run_job(sessionmaker(bind=db.engine, expire_on_commit=False), app.extensions["itemgate_store"],
+    assert run_job(transactions(sessionmaker(bind=db.engine, expire_on_commit=False)), app.extensions["itemgate_store"],
                    job_id) == "done"
     db.session.expire_all()
     page = pm.get(job_url).get_data(as_text=True)
@@ -157,6 +158,7 @@ def test_import_job_that_fails_writes_nothing(world, app, monkeypatch):
     from api.extensions import db
     from engine.usecases.jobs import run_job
     from storage.models import Department
+    from storage.unit_of_work import transactions
 
     monkeypatch.setitem(app.config, "EXPORT_JOBS_THREAD", False)
     db.session.add(Department(code="DX", name="临时部门"))
@@ -170,7 +172,7 @@ def test_import_job_that_fails_writes_nothing(world, app, monkeypatch):
     job_id = int(pm.post("/items/import/start").headers["Location"].rsplit("/", 1)[1])
     db.session.execute(Department.__table__.delete().where(Department.code == "DX"))
     db.session.commit()
-    assert run_job(sessionmaker(bind=db.engine, expire_on_commit=False), app.extensions["itemgate_store"],
+    assert run_job(transactions(sessionmaker(bind=db.engine, expire_on_commit=False)), app.extensions["itemgate_store"],
                    job_id) == "failed"
     db.session.expire_all()
     page = pm.get(f"/items/import/jobs/{job_id}").get_data(as_text=True)

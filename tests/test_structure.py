@@ -61,6 +61,14 @@ def test_role_literal_check_can_fail(tmp_path):
     assert len(role_literals(bad, "engine/x.py")) == 2
 
 
+# What opens a unit of work or a session of its own: the entry point's business, never the engine's. (A use case
+# that writes in several short transactions while it runs, a background job, is handed the entry point's
+# `Transactions` opener instead.)
+OPENERS = {"unit_of_work", "new_unit_of_work", "sessionmaker", "transactions"}
+# Reasoned exceptions: (file, name) -> why the engine may open one there. None today.
+OPENER_EXCEPTIONS: dict[tuple[str, str], str] = {}
+
+
 def commit_calls(path: Path, rel: str) -> list[str]:
     found = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
@@ -69,19 +77,44 @@ def commit_calls(path: Path, rel: str) -> list[str]:
     return found
 
 
+def unit_of_work_openers(path: Path, rel: str) -> list[str]:
+    """Imports or uses of what opens a unit of work (storage.unit_of_work's helpers, a sessionmaker)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        names: list[str] = []
+        if isinstance(node, ast.ImportFrom):
+            names = [a.name for a in node.names]
+        # (`transactions` is also what a use case calls the opener it is handed: only its import counts.)
+        elif isinstance(node, ast.Name) and node.id != "transactions":
+            names = [node.id]
+        elif isinstance(node, ast.Attribute) and node.attr != "transactions":
+            names = [node.attr]
+        found += [f"{rel}:{node.lineno}: {n}" for n in names if n in OPENERS and (rel, n) not in OPENER_EXCEPTIONS]
+    return found
+
+
 def test_the_engine_flushes_and_never_commits():
-    """Transactions end at the entry points (routes, CLI commands, tick, job runner) through
-    storage/unit_of_work.py; use cases only flush."""
+    """Transactions begin and end at the entry points (routes, CLI commands, the tick, the outbox and job
+    runners) through storage/unit_of_work.py; use cases only flush, and open no unit of work of their own."""
     found = []
     for path in sorted((ROOT / "engine").rglob("*.py")):
         found += commit_calls(path, str(path.relative_to(ROOT)))
     assert not found, "commit() in engine/ (use storage.unit_of_work at the entry point):\n" + "\n".join(found)
+    opened = []
+    for path in sorted((ROOT / "engine").rglob("*.py")):
+        opened += unit_of_work_openers(path, str(path.relative_to(ROOT)))
+    assert not opened, ("a unit of work opened in engine/ (open it at the entry point, or take its "
+                        "`Transactions`):\n" + "\n".join(opened))
 
 
 def test_commit_check_can_fail(tmp_path):
     bad = tmp_path / "x.py"
     bad.write_text("def f(session):\n    session.flush()\n    session.commit()\n")
     assert commit_calls(bad, "engine/x.py") == ["engine/x.py:3"]
+    opens = tmp_path / "y.py"
+    opens.write_text("from storage.unit_of_work import unit_of_work\n\ndef f(session):\n"
+                     "    with unit_of_work(session):\n        pass\n")
+    assert unit_of_work_openers(opens, "engine/y.py") == ["engine/y.py:1: unit_of_work", "engine/y.py:4: unit_of_work"]
 
 
 def status_overrides(path: Path, rel: str) -> list[str]:

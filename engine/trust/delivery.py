@@ -1,5 +1,7 @@
 """Notification delivery: send the outbox (e-mail over SMTP, 企业微信/钉钉 group robots and other webhooks) through
-Apprise, claimed under row locks so many hosts can run it, retried with backoff, failures kept for the admin."""
+Apprise, claimed under row locks so many hosts can run it, retried with backoff, failures kept for the admin.
+The runner (claim, send outside any transaction, settle; each step its own unit of work) is an entry point:
+api/background.py deliver_pending."""
 from __future__ import annotations
 
 import logging
@@ -7,7 +9,7 @@ import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -15,13 +17,14 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from storage.models import NotificationDelivery
-from storage.unit_of_work import unit_of_work
 
 log = logging.getLogger("itemgate.delivery")
 
 MAX_ATTEMPTS = 6
 # A claim whose sender died (no result within this time) is taken up again.
 STALE_CLAIM = timedelta(minutes=5)
+# Who settles a delivery, for the debug log.
+RUNNER = f"{socket.gethostname()}:{os.getpid()}"
 
 
 def backoff(attempts: int) -> timedelta:
@@ -105,62 +108,56 @@ def _claimable(now: datetime) -> Any:
                (NotificationDelivery.status == "sending") & (NotificationDelivery.claimed_at < now - STALE_CLAIM))
 
 
-def _claim_one(session: Session, now: datetime) -> NotificationDelivery | None:
-    """Take one due delivery: locked and skipped by other hosts on PostgreSQL; the guarded UPDATE decides on
-    SQLite (and anywhere a second runner read the same row)."""
-    with unit_of_work(session):
-        query = select(NotificationDelivery).where(_claimable(now)).order_by(NotificationDelivery.next_attempt_at,
-                                                                             NotificationDelivery.id).limit(1)
-        if session.get_bind().dialect.name == "postgresql":
-            query = query.with_for_update(skip_locked=True)
-        row = session.scalars(query).first()
-        if row is None:
-            return None
-        result = session.execute(update(NotificationDelivery).where(
-            NotificationDelivery.id == row.id, _claimable(now)).values(
-            status="sending", claimed_at=now, attempts=NotificationDelivery.attempts + 1)
-            .execution_options(synchronize_session=False))
+def claim_next(session: Session, now: datetime) -> NotificationDelivery | None:
+    """Take one due delivery (flushes only; the runner commits the claim before sending): locked and skipped by
+    other hosts on PostgreSQL; the guarded UPDATE decides on SQLite (and anywhere a second runner read the same
+    row). None when nothing is due or another runner took it first."""
+    query = select(NotificationDelivery).where(_claimable(now)).order_by(NotificationDelivery.next_attempt_at,
+                                                                         NotificationDelivery.id).limit(1)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    row = session.scalars(query).first()
+    if row is None:
+        return None
+    result = session.execute(update(NotificationDelivery).where(
+        NotificationDelivery.id == row.id, _claimable(now)).values(
+        status="sending", claimed_at=now, attempts=NotificationDelivery.attempts + 1)
+        .execution_options(synchronize_session=False))
     if not getattr(result, "rowcount", 0):
         return None
     session.refresh(row)
     return row
 
 
-def deliver_pending(session: Session, send: Sender, *, now: Callable[[], datetime] | None = None,
-                    limit: int = 100) -> dict[str, int]:
-    """Send due deliveries one by one, each claimed and then settled in its own short transaction; nothing is
-    held open while a message is on its way. Returns counts of sent, retried and failed."""
-    clock = now or (lambda: datetime.now(UTC))
-    counts = {"sent": 0, "retry": 0, "failed": 0}
-    runner = f"{socket.gethostname()}:{os.getpid()}"
-    for _ in range(limit):
-        row = _claim_one(session, clock())
-        if row is None:
-            break
-        error: str | None = None
-        try:
-            send(row)
-        except Exception as exc:  # any failure of the far side is recorded and retried, never raised
-            error = f"{type(exc).__name__}: {exc}"[:2000]
-        at = clock()
-        if error is None:
-            values: dict[str, Any] = {"status": "sent", "sent_at": at, "last_error": None}
-            counts["sent"] += 1
-        elif row.attempts >= MAX_ATTEMPTS:
-            values = {"status": "failed", "last_error": error}
-            counts["failed"] += 1
-            log.warning("notification delivery %s failed for good: %s", row.id, error)
-        else:
-            values = {"status": "pending", "last_error": error, "next_attempt_at": at + backoff(row.attempts)}
-            counts["retry"] += 1
-        # Only the claim that is still ours is settled (a runner given up on as stale cannot write).
-        with unit_of_work(session):
-            session.execute(update(NotificationDelivery).where(
-                NotificationDelivery.id == row.id, NotificationDelivery.status == "sending",
-                NotificationDelivery.claimed_at == row.claimed_at).values(**values)
-                .execution_options(synchronize_session=False))
-        log.debug("delivery %s by %s: %s", row.id, runner, values["status"])
-    return counts
+def send_claimed(row: NotificationDelivery, send: Sender) -> str | None:
+    """Send one claimed delivery, outside any transaction; the failure's text, or None when it went out."""
+    try:
+        send(row)
+    except Exception as exc:  # any failure of the far side is recorded and retried, never raised
+        return f"{type(exc).__name__}: {exc}"[:2000]
+    return None
+
+
+def settle(session: Session, row: NotificationDelivery, error: str | None, at: datetime) -> str:
+    """Record how a claimed delivery went (flushes only): sent, pending again after a backoff, or failed for good
+    after MAX_ATTEMPTS. Only the claim that is still ours is settled (a runner given up on as stale cannot
+    write). Returns the outcome: sent, retry or failed."""
+    if error is None:
+        values: dict[str, Any] = {"status": "sent", "sent_at": at, "last_error": None}
+        outcome = "sent"
+    elif row.attempts >= MAX_ATTEMPTS:
+        values = {"status": "failed", "last_error": error}
+        outcome = "failed"
+        log.warning("notification delivery %s failed for good: %s", row.id, error)
+    else:
+        values = {"status": "pending", "last_error": error, "next_attempt_at": at + backoff(row.attempts)}
+        outcome = "retry"
+    session.execute(update(NotificationDelivery).where(
+        NotificationDelivery.id == row.id, NotificationDelivery.status == "sending",
+        NotificationDelivery.claimed_at == row.claimed_at).values(**values)
+        .execution_options(synchronize_session=False))
+    log.debug("delivery %s by %s: %s", row.id, RUNNER, values["status"])
+    return outcome
 
 
 def retry(session: Session, delivery_id: int, now: datetime) -> bool:

@@ -5,9 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-import threading
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,11 +14,11 @@ from sqlalchemy.orm import Session
 from engine.errors import DomainError, Invalid, NotFound
 from engine.trust.access import authorize
 from engine.usecases.intake import HEADERS, MAX_BYTES, REQUIRED, ImportInvalid, ImportReport, import_items, read_rows
-from engine.usecases.job_progress import Progress, Superseded, heartbeat
+from engine.usecases.job_progress import Progress, Superseded, start_heartbeat
 from engine.usecases.tasks import Ctx
 from storage.artefact_store import ArtefactStore
 from storage.models import ExportJob, User, utcnow
-from storage.unit_of_work import new_unit_of_work
+from storage.unit_of_work import Transactions
 
 log = logging.getLogger(__name__)
 
@@ -111,14 +109,11 @@ def result_of(job: ExportJob) -> dict[str, Any] | None:
     return dict(result) if isinstance(result, dict) else None
 
 
-def run_import(session_factory: Callable[[], Session], store: ArtefactStore, job: ExportJob) -> str:
+def run_import(transactions: Transactions, store: ArtefactStore, job: ExportJob) -> str:
     """Run a claimed import job: one transaction for the whole file, progress written as rows are created."""
     job_id = job.id
-    report = Progress(session_factory, job_id, job.attempts)
-    stop = threading.Event()
-    beat = threading.Thread(target=heartbeat, args=(report, stop), name=f"import-job-{job_id}-heartbeat",
-                            daemon=True)
-    beat.start()
+    report = Progress(transactions, job_id, job.attempts)
+    end_heartbeat = start_heartbeat(report, f"import-job-{job_id}-heartbeat")
     params = dict(job.params or {})
     staged = StagedFile(params.get("key", ""), params.get("version_id"), params.get("filename", "items.xlsx"),
                         int(params.get("size") or 0))
@@ -141,7 +136,7 @@ def run_import(session_factory: Callable[[], Session], store: ArtefactStore, job
                 if live[0]:
                     report(done[0], total[0])
 
-            with new_unit_of_work(session_factory) as session:
+            with transactions() as session:
                 # SQLite has one writer: while the import's transaction is open no other connection can write
                 # progress, so there the bar moves when the import commits. PostgreSQL shows it row by row.
                 live[0] = session.get_bind().dialect.name != "sqlite"
@@ -177,8 +172,7 @@ def run_import(session_factory: Callable[[], Session], store: ArtefactStore, job
             log.warning("import job %s: could not remove the staged spreadsheet", job_id, exc_info=True)
         return status
     finally:
-        stop.set()
-        beat.join()
+        end_heartbeat()
 
 
 def template_xlsx() -> bytes:

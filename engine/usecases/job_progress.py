@@ -9,10 +9,9 @@ from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import update
-from sqlalchemy.orm import Session
 
 from storage.models import ExportJob, utcnow
-from storage.unit_of_work import new_unit_of_work
+from storage.unit_of_work import Transactions
 
 log = logging.getLogger("engine.usecases.jobs")
 
@@ -31,8 +30,8 @@ class Progress:
     """The progress callback and heartbeat of one attempt: each write is its own short transaction, guarded by
     the attempt, so a runner that was given up on writes nothing and stops at its next report."""
 
-    def __init__(self, session_factory: Callable[[], Session], job_id: int, attempt: int = 0) -> None:
-        self.session_factory = session_factory
+    def __init__(self, transactions: Transactions, job_id: int, attempt: int = 0) -> None:
+        self.transactions = transactions
         self.job_id = job_id
         self.attempt = attempt
         self.last_done = -1
@@ -59,13 +58,26 @@ class Progress:
             changes["progress_done"] = values.pop("done")
             changes["progress_total"] = values.pop("total")
         changes.update(values)
-        with self._lock, new_unit_of_work(self.session_factory) as session:
+        with self._lock, self.transactions() as session:
             result = session.execute(update(ExportJob).where(
                 ExportJob.id == self.job_id, ExportJob.attempts == self.attempt, ExportJob.status == "running")
                 .values(**changes))
         if result.rowcount != 1:  # type: ignore[attr-defined]
             self.superseded = True
             raise Superseded(f"export job {self.job_id}: attempt {self.attempt} was given up on")
+
+
+def start_heartbeat(report: Progress, name: str) -> Callable[[], None]:
+    """Start the attempt's heartbeat thread; what it returns stops the thread and waits for it."""
+    stop = threading.Event()
+    beat = threading.Thread(target=heartbeat, args=(report, stop), name=name, daemon=True)
+    beat.start()
+
+    def end() -> None:
+        stop.set()
+        beat.join()
+
+    return end
 
 
 def heartbeat(report: Progress, stop: threading.Event) -> None:

@@ -6,9 +6,7 @@ import os
 import shutil
 import socket
 import tempfile
-import threading
 import uuid
-from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from typing import IO, Any, cast
 
@@ -20,11 +18,10 @@ from engine.money.exports import EXPORTS, ExportRequest, background_kinds
 from engine.money.reports import WorkloadFilter
 from engine.trust.policy import ALL, authorize
 from engine.usecases.job_progress import Progress as _Progress
-from engine.usecases.job_progress import Superseded
-from engine.usecases.job_progress import heartbeat as _heartbeat
+from engine.usecases.job_progress import Superseded, start_heartbeat
 from storage.artefact_store import ArtefactStore
 from storage.models import ExportJob, User, utcnow
-from storage.unit_of_work import new_unit_of_work, unit_of_work
+from storage.unit_of_work import Transactions
 
 log = logging.getLogger(__name__)
 
@@ -111,37 +108,37 @@ def job_json(job: ExportJob, now: datetime) -> dict[str, Any]:
 RUNNER = f"{socket.gethostname()[:150]}:{os.getpid()}"
 
 
-def _claim(session_factory: Callable[[], Session], job_id: int | None = None) -> ExportJob | None:
+def _claim(transactions: Transactions, job_id: int | None = None) -> ExportJob | None:
     """Move a queued job (this one, or the oldest) to running as a new attempt of this process; None if there
     is none or another runner got there first. The oldest is picked under a row lock that other runners skip
     (SKIP LOCKED on PostgreSQL), and the move itself is a guarded UPDATE, so each attempt has one runner."""
-    with session_factory() as session:
-        with unit_of_work(session):
+    with transactions() as session:
+        if job_id is None:
+            job_id = session.execute(select(ExportJob.id).where(ExportJob.status == "queued")
+                                     .order_by(ExportJob.id).limit(1).with_for_update(skip_locked=True)).scalar()
             if job_id is None:
-                job_id = session.execute(select(ExportJob.id).where(ExportJob.status == "queued")
-                                         .order_by(ExportJob.id).limit(1).with_for_update(skip_locked=True)).scalar()
-                if job_id is None:
-                    return None
-            now = utcnow()
-            claimed = session.execute(update(ExportJob)
-                                      .where(ExportJob.id == job_id, ExportJob.status == "queued")
-                                      .values(status="running", started_at=now, heartbeat_at=now, runner=RUNNER,
-                                              attempts=ExportJob.attempts + 1))
+                return None
+        now = utcnow()
+        claimed = session.execute(update(ExportJob)
+                                  .where(ExportJob.id == job_id, ExportJob.status == "queued")
+                                  .values(status="running", started_at=now, heartbeat_at=now, runner=RUNNER,
+                                          attempts=ExportJob.attempts + 1))
         if claimed.rowcount != 1:  # type: ignore[attr-defined]
             return None
-        job = session.get(ExportJob, job_id)
-        session.expunge(job)
-        return job
+        job = session.get(ExportJob, job_id, populate_existing=True)
+        if job is not None:
+            session.expunge(job)  # the runner reads it after this unit of work ended
+    return job
 
 
-def recover_stale(session_factory: Callable[[], Session], now: datetime | None = None) -> list[int]:
+def recover_stale(transactions: Transactions, now: datetime | None = None) -> list[int]:
     """Running jobs whose heartbeat stopped: queued again with the reason, or failed for good after
     MAX_ATTEMPTS. Safe with many hosts: rows another recoverer holds are skipped, and each change is guarded
     by the attempt and the stale heartbeat it was decided on."""
     now = now or utcnow()
     cutoff = now - STALE_AFTER
     recovered: list[int] = []
-    with new_unit_of_work(session_factory) as session:
+    with transactions() as session:
         stale = session.execute(select(ExportJob.id, ExportJob.attempts, ExportJob.runner, ExportJob.heartbeat_at)
                                 .where(ExportJob.status == "running", ExportJob.heartbeat_at < cutoff)
                                 .order_by(ExportJob.id).with_for_update(skip_locked=True)).all()
@@ -171,18 +168,18 @@ def jobs_waiting(session: Session, now: datetime | None = None) -> bool:
         .limit(1)).first() is not None
 
 
-def run_pending(session_factory: Callable[[], Session], store: ArtefactStore, limit: int | None = None,
+def run_pending(transactions: Transactions, store: ArtefactStore, limit: int | None = None,
                 now: datetime | None = None) -> dict[str, int]:
     """What `tick` and `serve` do for export jobs: take up the jobs of dead processes, then run queued jobs one
     after another (at most `limit`). Returns how many were recovered and how each run ended."""
-    counts = {"recovered": len(recover_stale(session_factory, now))}
+    counts = {"recovered": len(recover_stale(transactions, now))}
     ran = 0
     while limit is None or ran < limit:
-        job = _claim(session_factory)
+        job = _claim(transactions)
         if job is None:
             break
         ran += 1
-        outcome = _run_claimed(session_factory, store, job)
+        outcome = _run_claimed(transactions, store, job)
         counts[outcome] = counts.get(outcome, 0) + 1
     return counts
 
@@ -203,33 +200,30 @@ def _render(session: Session, store: ArtefactStore, job: ExportJob, out: Any, re
             out.write(chunk)
 
 
-def run_job(session_factory: Callable[[], Session], store: ArtefactStore, job_id: int) -> str:
+def run_job(transactions: Transactions, store: ArtefactStore, job_id: int) -> str:
     """Claim one queued job and run it (see _run_claimed). Returns 'done', 'failed', 'superseded', or 'skipped'
     if the job was not queued."""
-    job = _claim(session_factory, job_id)
+    job = _claim(transactions, job_id)
     if job is None:
         return "skipped"
-    return _run_claimed(session_factory, store, job)
+    return _run_claimed(transactions, store, job)
 
 
-def _run_claimed(session_factory: Callable[[], Session], store: ArtefactStore, job: ExportJob) -> str:
+def _run_claimed(transactions: Transactions, store: ArtefactStore, job: ExportJob) -> str:
     """Render the job's export to a temp file with progress, store it under exports/{id}/{uuid} and record
     the object. Every write is its own short transaction, guarded by the attempt; the rendering reads run in
     a session of their own; a heartbeat thread keeps the job fresh meanwhile."""
     if job.kind == "item_import":  # a bulk intake queued from the web (engine/usecases/import_jobs.py)
         from engine.usecases.import_jobs import run_import
 
-        return run_import(session_factory, store, job)
+        return run_import(transactions, store, job)
     job_id = job.id
-    report = _Progress(session_factory, job_id, job.attempts)
-    stop = threading.Event()
-    beat = threading.Thread(target=_heartbeat, args=(report, stop), name=f"export-job-{job_id}-heartbeat",
-                            daemon=True)
-    beat.start()
+    report = _Progress(transactions, job_id, job.attempts)
+    end_heartbeat = start_heartbeat(report, f"export-job-{job_id}-heartbeat")
     try:
         try:
             with tempfile.TemporaryFile(prefix="itemgate-export-") as out:
-                with session_factory() as session:
+                with transactions() as session:  # reads only
                     _render(session, store, job, out, report)
                 size = out.tell()
                 out.seek(0)
@@ -259,5 +253,4 @@ def _run_claimed(session_factory: Callable[[], Session], store: ArtefactStore, j
             return "superseded"
         return "done"
     finally:
-        stop.set()
-        beat.join()
+        end_heartbeat()
