@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, g, jsonify, request
-from sqlalchemy import event, text
+from sqlalchemy import event
 
 from api.config import Settings, load_settings
 from api.errors import problem, register_error_handlers
-from api.extensions import api, db, evidence_lock_state, migrate
+from api.extensions import api, db, evidence_lock_state, migrate, readiness_checks
 from api.uploads import ItemGateRequest
 from api.web import html_error as web_error_page
 from engine.runtime import spiff
@@ -250,14 +250,7 @@ def register_health(app: Flask) -> None:
 
     @app.get("/readyz")
     def readyz() -> Any:
-        checks: dict[str, str] = {}
-        try:
-            db.session.execute(text("SELECT 1"))
-            checks["database"] = "ok"
-        except Exception as exc:  # any driver error means not ready
-            checks["database"] = f"error: {type(exc).__name__}"
-        store = app.extensions.get("itemgate_store")
-        checks["object_store"] = "ok" if store is not None and store.ping() else "unreachable"
+        checks = readiness_checks(app)
         lock = evidence_lock_state(app)
         if lock == "off" and app.config["ITEMGATE"].evidence_lock:
             # `serve` refuses such a bucket; a worker started some other way is not ready either.

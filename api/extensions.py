@@ -8,6 +8,7 @@ from flask_migrate import Migrate
 from flask_smorest import Api
 from flask_sqlalchemy import SQLAlchemy
 from flask_wtf.csrf import CSRFProtect
+from sqlalchemy import text
 from sqlalchemy.orm import Session, scoped_session
 
 from storage.models import Base
@@ -36,6 +37,20 @@ api = Api()
 login_manager = LoginManager()
 csrf = CSRFProtect()
 babel = Babel(configure_jinja=False)
+
+
+def readiness_checks(app: Flask) -> dict[str, str]:
+    """The database answers and the object store is reachable: "ok" each, or what is wrong (/readyz and the
+    admin's status page)."""
+    checks: dict[str, str] = {}
+    try:
+        db.session.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as exc:  # any driver error means not ready
+        checks["database"] = f"error: {type(exc).__name__}"
+    store = app.extensions.get("itemgate_store")
+    checks["object_store"] = "ok" if store is not None and store.ping() else "unreachable"
+    return checks
 
 
 def evidence_lock_state(app: Flask) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 from flask import current_app, g, request
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
 from api.auth import current_user
 from api.extensions import db
@@ -261,17 +261,11 @@ def latest_anchor(store: Any, now: datetime, days: int = 7) -> dict[str, Any] | 
 def system_status() -> dict[str, Any]:
     """Readiness, the evidence lock, the audit chain's last verification and anchor, fsck's last result, the
     notification outbox and the background jobs."""
-    from api.extensions import evidence_lock_state
+    from api.extensions import evidence_lock_state, readiness_checks
 
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    checks: dict[str, str] = {}
-    try:
-        db.session.execute(text("SELECT 1"))
-        checks["database"] = "ok"
-    except Exception as exc:  # any driver error means not ready
-        checks["database"] = f"error: {type(exc).__name__}"
+    checks = readiness_checks(app)
     store = app.extensions.get("itemgate_store")
-    checks["object_store"] = "ok" if store is not None and store.ping() else "unreachable"
     now = datetime.now(UTC)
     anchor = latest_anchor(store, now)
     jobs = dict(db.session.execute(select(ExportJob.status, func.count()).group_by(ExportJob.status)).all())

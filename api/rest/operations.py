@@ -15,7 +15,7 @@ from api.rest.core import PageArgs, ctx
 from api.serializers import iso, item_detail_json
 from api.uploads import file_stream
 from engine.contract.holidays import enter_year, year_view
-from engine.errors import Invalid, NotFound
+from engine.errors import Invalid
 from engine.trust import audit, notify
 from engine.usecases.intake import import_items
 from engine.usecases.items import item_detail
@@ -132,11 +132,7 @@ def notifications_list(args: dict[str, Any]) -> dict[str, Any]:
 @blp.response(200)
 def notifications_read(note_id: int) -> dict[str, Any]:
     with unit_of_work(db.session):
-        user = current_user()
-        note = db.session.execute(select(Notification).where(Notification.id == note_id, notify.mine(user))).scalar()
-        if note is None:
-            raise NotFound(f"notification {note_id} not found")
-        notify.mark_read(db.session, user, [note.id], datetime.now(UTC))
+        note = notify.read_mine(db.session, current_user(), note_id, datetime.now(UTC))
     db.session.refresh(note)
     return notification_json(note)
 

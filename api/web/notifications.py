@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from api.extensions import db
 from api.web.auth import me, web_ctx
 from api.web.i18n import _
-from engine.errors import FormInvalid, NotFound
+from engine.errors import FormInvalid
 from engine.trust import notify
 from engine.usecases import admin
 from storage.models import Notification
@@ -56,11 +56,7 @@ def notifications() -> Any:
 def notification_open(note_id: int) -> Any:
     """Open a notification's task (or item, or settlement), marking it read for me alone."""
     with unit_of_work(db.session):
-        user = me()
-        note = db.session.execute(select(Notification).where(Notification.id == note_id, notify.mine(user))).scalar()
-        if note is None:
-            raise NotFound(f"notification {note_id} not found")
-        notify.mark_read(db.session, user, [note.id], datetime.now(UTC))
+        note = notify.read_mine(db.session, me(), note_id, datetime.now(UTC))
     return redirect(target_url(note))
 
 

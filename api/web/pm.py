@@ -16,7 +16,7 @@ from api.extensions import db
 from api.uploads import record_upload, stream_length
 from api.web.auth import me, web_ctx
 from api.web.i18n import _
-from api.web.views import bp, refusal
+from api.web.views import act_and_flash, bp, refusal
 from engine.contract.registration import line_fields
 from engine.errors import DomainError, FormInvalid, NotFound
 from engine.evidence.artefacts import upload_artefact
@@ -230,16 +230,12 @@ def item_difficulty(item_id: int) -> Any:
 
 def _item_action(item_id: int, action: Any, done: str) -> Any:
     load_item_for(db.session, me(), item_id)  # 404 outside the caller's scope, before anything else
-    try:
-        with unit_of_work(db.session):
-            action()
-        flash(done, "ok")
-    except NotFound:
-        raise
-    except DomainError as err:
-        db.session.rollback()
+
+    def explain(err: DomainError) -> str:
         problems = [field_text(m) for msgs in (err.extra.get("errors") or {}).values() for m in msgs]
-        flash(_("操作未执行：") + " ".join(problems) if problems else refusal(err), "error")
+        return _("操作未执行：") + " ".join(problems) if problems else refusal(err)
+
+    act_and_flash(action, done, explain)
     return redirect(url_for("web.item", item_id=item_id))
 
 

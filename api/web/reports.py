@@ -6,14 +6,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import flash, redirect, render_template, request, url_for
+from flask import redirect, render_template, request, url_for
 from sqlalchemy import select
 
 from api.extensions import db
 from api.web.auth import me, web_ctx
 from api.web.i18n import _
-from api.web.views import bp, refusal
-from engine.errors import DomainError, NotFound
+from api.web.views import act_and_flash, bp, refusal
 from engine.trust.policy import may
 from engine.usecases import monthly_report as mr
 from engine.usecases.inbox import report_steps
@@ -41,14 +40,7 @@ def monthly_reports() -> Any:
 
 
 def _act(action: Any, done: str, month: str) -> Any:
-    try:
-        with unit_of_work(db.session):
-            action()
-        flash(done, "ok")
-    except NotFound:
-        raise
-    except DomainError as err:
-        flash(_(_TEXT[err.code]) if err.code in _TEXT else refusal(err), "error")
+    act_and_flash(action, done, lambda err: _(_TEXT[err.code]) if err.code in _TEXT else refusal(err))
     return redirect(url_for("web.monthly_reports", month=month))
 
 

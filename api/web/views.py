@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -91,6 +92,21 @@ _REFUSALS = {
 
 def refusal(err: DomainError) -> str:
     return _(_REFUSALS.get(err.code, "出现了错误。"))
+
+
+def act_and_flash(action: Callable[[], Any], done: str, explain: Callable[[DomainError], str] = refusal) -> bool:
+    """A form post's use case in its own unit of work: flash `done` when it ran, or the refusal in people's words
+    (`explain`) when the engine refused (rolled back); NotFound goes on as a 404. True when it ran."""
+    try:
+        with unit_of_work(db.session):
+            action()
+    except NotFound:
+        raise
+    except DomainError as err:
+        flash(explain(err), "error")
+        return False
+    flash(done, "ok")
+    return True
 
 
 def _safe_next(default: str) -> str:
@@ -262,15 +278,7 @@ def inbox() -> Any:
 
 
 def _act(task_id: int, action: Any, done: str) -> Any:
-    try:
-        with unit_of_work(db.session):
-            action()
-        flash(done, "ok")
-    except NotFound:
-        raise
-    except DomainError as err:
-        db.session.rollback()
-        flash(refusal(err), "error")
+    act_and_flash(action, done)
     return redirect(_safe_next(url_for("web.task", task_id=task_id)))
 
 

@@ -26,6 +26,11 @@ def amount_of(units: Decimal, difficulty: Decimal, unit_price: Decimal) -> Decim
     return (Decimal(units) * Decimal(difficulty) * Decimal(unit_price)).quantize(EXACT, rounding=ROUND_HALF_UP)
 
 
+def money(value: Decimal) -> Decimal:
+    """An amount rounded to the fen (half up), as claims and payments show it."""
+    return value.quantize(CENT, rounding=ROUND_HALF_UP)
+
+
 def total_of(amounts: Any) -> Decimal:
     """A total rounded to the fen, once, from full-precision amounts."""
     return sum((Decimal(a) for a in amounts), Decimal(0)).quantize(CENT, rounding=ROUND_HALF_UP)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import func, select
@@ -27,14 +27,9 @@ from sqlalchemy.orm import Session
 
 from engine.contract import schedule
 from engine.errors import Conflict, Invalid
+from engine.money.ledger import money
 from engine.trust import audit
 from storage.models import Contract, Payment, Settlement, User
-
-CENT = Decimal("0.01")
-
-
-def money(value: Decimal) -> Decimal:
-    return value.quantize(CENT, rounding=ROUND_HALF_UP)
 
 
 @dataclass

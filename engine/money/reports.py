@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import DateTime, Select, case, func, select, type_coerce
 from sqlalchemy.orm import Session, aliased
 
+from engine.money.ledger import CENT
 from storage.models import (
     Contract,
     Department,
@@ -38,7 +39,6 @@ UNITS_COL, AMOUNT_COL, PRICE_COL = 8, 11, 10
 COUNTS_HEADER = ["服务类别编号", "服务类别", "渠道", "需求部门", "月份", "完成事项数", "数量", "金额（元）"]
 PROGRESS_HEADER = ["服务类别编号", "服务类别", "渠道/指标", "已完成", "预估量/目标", "完成率", "按期应完成", "是否按期",
                    "期间起", "期间止"]
-CENT = Decimal("0.01")
 
 
 @dataclass

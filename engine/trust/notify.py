@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
+from engine.errors import NotFound
 from engine.trust import audit
 from engine.trust.access import may_act_on
 from storage.models import HumanTask, Notification, NotificationChannel, NotificationDelivery, User
@@ -157,6 +158,15 @@ def mark_read(session: Session, user: User, ids: list[int] | None, now: datetime
         stmt = stmt.where(Notification.id.in_(ids))
     result = session.execute(stmt.values(read_at=now).execution_options(synchronize_session=False))
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+def read_mine(session: Session, user: User, note_id: int, now: datetime) -> Notification:
+    """Open one of the user's own notifications, marking it read for them alone; anyone else's answers 404."""
+    note = session.execute(select(Notification).where(Notification.id == note_id, mine(user))).scalar()
+    if note is None:
+        raise NotFound(f"notification {note_id} not found")
+    mark_read(session, user, [note.id], now)
+    return note
 
 
 def unread_count(session: Session, user: User) -> int:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation
 from typing import Any, cast
 
 from sqlalchemy import Table, exists, func, insert, select, update
@@ -14,7 +14,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from engine.contract import schedule
 from engine.contract.calendar import TZ, WorkCalendar
 from engine.errors import Conflict, Forbidden, Invalid, NotFound, ServiceUnavailable
-from engine.money.ledger import SettlementLocked
+from engine.money.ledger import CENT, SettlementLocked, money
 from engine.money.reports import SETTLEMENT_STATUS_NAMES
 from engine.runtime import spiff
 from engine.trust import anchors, audit
@@ -35,7 +35,6 @@ from storage.models import (
 
 PROCESS_ID = "settlement"
 _SETTLEMENTS = cast(Table, Settlement.__table__)
-CENT = Decimal("0.01")
 # The one task during which the PM may add or remove entries (before the first submission and after a return).
 EDITABLE_TASK = "prepare_claim"
 TASK_STATUS = {"audit_review": "audit", "first_review": "first_review", "final_approval": "final_approval"}
@@ -92,10 +91,6 @@ def settlement_deadline(calendar: WorkCalendar, period_end: date, working_days: 
 
 def is_late(submitted_at: datetime, due_at: datetime | None) -> bool:
     return due_at is not None and submitted_at > due_at
-
-
-def money(value: Decimal) -> Decimal:
-    return value.quantize(CENT, rounding=ROUND_HALF_UP)
 
 
 @dataclass
