@@ -1,8 +1,9 @@
 """Complete the extracted template (api/translations/messages.pot) with texts `pybabel extract` cannot see.
 
 Some Chinese source texts reach _() as data, not literals: stage names and step guidance from the BPMN models,
-artefact kind titles from the catalogue, task titles, refusal tables. They are added here, and so is every
-message the English catalog already translates, so `pybabel update` never retires a translation of such a text.
+artefact kind titles from the catalogue, export titles from the export registry, task titles, refusal tables.
+They are added here, and so is every message the English catalog already translates, so `pybabel update` never
+retires a translation of such a text.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ def data_texts() -> set[str]:
     import api.web.views as web_views
     from api.web import i18n
     from engine.contract.catalog import ARTEFACT_KINDS
+    from engine.money.exports import EXPORTS
     from engine.money.reports import NOTE_NAMES, SETTLEMENT_STATUS_NAMES
 
     texts: set[str] = set()
@@ -27,6 +29,7 @@ def data_texts() -> set[str]:
                   i18n.STEP_HELP, ARTEFACT_KINDS, web_views._REFUSALS, web_settlements.SETTLEMENT_REFUSALS,
                   NOTE_NAMES, SETTLEMENT_STATUS_NAMES):
         texts |= {v for v in table.values() if isinstance(v, str)}
+    texts |= {e.title for e in EXPORTS.values()}  # the export registry's titles (export pages, job pages)
     return texts
 
 
