@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.extensions import db
 from engine.errors import Conflict
+from engine.trust.delivery import Sender
 from engine.usecases.jobs import run_job
 from storage.concurrency import is_busy
 from storage.unit_of_work import transactions, unit_of_work
@@ -57,7 +58,7 @@ def fire_due_timers(session: Session, now: datetime | None = None, limit: int = 
     return fired
 
 
-def deliver_pending(session: Session, send: Callable[..., None], *, now: Callable[[], datetime] | None = None,
+def deliver_pending(session: Session, send: Sender, *, now: Callable[[], datetime] | None = None,
                     limit: int = 100) -> dict[str, int]:
     """Send due deliveries one by one, each claimed and then settled in its own short unit of work; nothing is
     held open while a message is on its way. Returns counts of sent, retried and failed."""
