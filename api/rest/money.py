@@ -16,7 +16,7 @@ from api.auth import current_user
 from api.downloads import file_response
 from api.extensions import db
 from engine.contract.calendar import TZ
-from engine.errors import NotFound
+from engine.contract.catalog import contract_named
 from engine.money import payments
 from engine.money.exports import XLSX
 from engine.money.money_reports import audit_xlsx_file, payments_xlsx_file
@@ -34,10 +34,7 @@ blp = Blueprint("money", __name__, url_prefix="/api/v1",
 
 
 def _contract(code: str) -> Contract:
-    contract = db.session.execute(select(Contract).where(Contract.code == code)).scalar()
-    if contract is None:
-        raise NotFound(f"contract {code} not found")
-    return contract
+    return contract_named(db.session, code)
 
 
 def payments_json(contract: Contract) -> dict[str, Any]:

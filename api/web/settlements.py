@@ -26,6 +26,7 @@ from api.limits import row_id
 from api.web.auth import me, web_ctx
 from api.web.i18n import _
 from api.web.views import PER_PAGE, _count, _page, refusal
+from engine.contract.catalog import contract_named
 from engine.errors import DomainError, NotFound, ServiceUnavailable
 from engine.money import ledger
 from engine.money.bundle import stream_bundle
@@ -417,9 +418,7 @@ def export_job_download(job_id: int) -> Any:
 def payments_page(code: str) -> Any:
     from engine.money import payments as pay
 
-    contract = db.session.execute(select(Contract).where(Contract.code == code)).scalar()
-    if contract is None:
-        raise NotFound(f"contract {code} not found")
+    contract = contract_named(db.session, code)
     plan = pay.schedule_for(db.session, contract)
     from engine.money.money_reports import STATE_NAMES
 
@@ -434,9 +433,7 @@ def payments_record(code: str) -> Any:
 
     from engine.money import payments as pay
 
-    contract = db.session.execute(select(Contract).where(Contract.code == code)).scalar()
-    if contract is None:
-        raise NotFound(f"contract {code} not found")
+    contract = contract_named(db.session, code)
     form = request.form
     try:
         amount = Decimal(form.get("amount", ""))
@@ -456,9 +453,7 @@ def payments_xlsx(code: str) -> Any:
     from engine.money import payments as pay
     from engine.money.money_reports import payments_xlsx_file
 
-    contract = db.session.execute(select(Contract).where(Contract.code == code)).scalar()
-    if contract is None:
-        raise NotFound(f"contract {code} not found")
+    contract = contract_named(db.session, code)
     plan = pay.schedule_for(db.session, contract)
     g.export_rows = len(plan)
     return file_response(payments_xlsx_file(contract, plan), XLSX, f"支付计划-{contract.code}.xlsx",

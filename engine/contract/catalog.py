@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from engine.errors import NotFound
 from engine.runtime.workkinds import work_kind_ids
 from storage.models import CHANNELS, MODES, Contract, ServiceLine
 
@@ -547,6 +548,14 @@ def contract_kinds(settings: Mapping[str, Any] | None) -> dict[str, str]:
     """Every kind a contract's items may carry, code → title: the built-in ones and its declared ones."""
     declared = (settings or {}).get("artefact_kinds") or {}
     return {**ARTEFACT_KINDS, **{code: spec["title"] for code, spec in declared.items()}}
+
+
+def contract_named(session: Session, code: str) -> Contract:
+    """The contract with this code; NotFound (404) when there is none."""
+    contract = session.execute(select(Contract).where(Contract.code == code)).scalar()
+    if contract is None:
+        raise NotFound(f"contract {code} not found")
+    return contract
 
 
 def read_catalog_file(path: str | Path) -> dict[str, Any]:
