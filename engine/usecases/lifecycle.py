@@ -64,6 +64,16 @@ def _completed_user_tasks(workflow: Any, spec_name: str) -> list[Any]:
     return sorted(tasks, key=lambda t: t.last_state_change)
 
 
+# Steps the PM cannot send an item back to: the third party's confirmation of the difficulty is redone by sending
+# the item back to the PM's proposal (confirm_difficulty), which starts a fresh confirmation.
+NOT_REWORKABLE_FORMS = frozenset({"difficulty_review"})
+
+
+def reworkable(form_key: str | None) -> bool:
+    """Whether a completed step with this form can be a rework target."""
+    return form_key not in NOT_REWORKABLE_FORMS
+
+
 def _fresh_id(task: Any) -> None:
     """Give a reset task a new id: task ids are never reused (API.md), and the inbox keys on them."""
     spiff.rename_task(task, uuid.uuid4())
@@ -78,9 +88,11 @@ def rework_item(ctx: Ctx, item_id: int, to: str, reason: str | None) -> WorkItem
     _active(item)
     instance = load_instance(ctx.session, item.id)
     workflow, model = spiff.load_workflow(instance)
-    candidates = _completed_user_tasks(workflow, to)
+    candidates = [t for t in _completed_user_tasks(workflow, to)
+                  if reworkable(spiff.task_properties(t).get("form"))]
     if not candidates:
-        done = sorted({t.task_spec.name for t in workflow.get_tasks(state=TaskState.COMPLETED, manual=True)})
+        done = sorted({t.task_spec.name for t in workflow.get_tasks(state=TaskState.COMPLETED, manual=True)
+                       if reworkable(spiff.task_properties(t).get("form"))})
         raise Invalid(f"{to!r} is not a completed step of this item", code="invalid_form",
                       errors={"to": [f"one of {done}"]})
     target = candidates[-1]
