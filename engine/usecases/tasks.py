@@ -413,9 +413,9 @@ def sync_projection(ctx: Ctx, instance: ProcessInstance, item: WorkItem, workflo
     ctx.created_tasks.extend(created)
     # The third party's difficulty confirmation may run beside the work: the item's stage is the work's, and
     # stays where the work left it while only the confirmation is left.
-    props = [spiff.task_properties(t) for t in ready.values()]
-    work = [p for p in props if p.get("form") != "difficulty_review"]
-    stages = [p.get("stage") for p in (props if new and not work else work)]
+    open_steps = [spiff.task_properties(t) for t in ready.values()]
+    work = [p for p in open_steps if p.get("form") != "difficulty_review"]
+    stages = [p.get("stage") for p in (open_steps if new and not work else work)]
     if workflow.is_completed():
         item.stage = "done"
     elif stages:
