@@ -120,7 +120,8 @@ def _order_page(order: ServiceOrder, errors: dict[str, list[str]] | None = None,
                 values: dict[str, Any] | None = None, status: int = 200) -> Any:
     user = me()
     lines = [sl for sl in sorted(order.contract.service_lines, key=lambda s: (s.position, s.code)) if sl.process_id]
-    fields_by_line = {sl.code: line_fields(sl) for sl in lines}
+    # Accepting an order registers countable work: its lines' attributes (a metered record is not ordered).
+    fields_by_line = {sl.code: [f for f in line_fields(sl) if f.is_attribute] for sl in lines}
     all_fields: dict[str, Any] = {}
     for specs in fields_by_line.values():
         for spec in specs:
@@ -177,6 +178,8 @@ def service_order_accept(order_id: int) -> Any:
     attributes: dict[str, Any] = {}
     if line is not None:
         for spec in line_fields(line):
+            if not spec.is_attribute:
+                continue
             if spec.kind == "departments":
                 chosen = [d for d in values["attr_departments"] if d]
                 if chosen and order.department.code not in chosen:
