@@ -112,6 +112,11 @@ def test_register_a_metered_record_with_units_and_period(world, app):
     page = pm.get(f"/items/{item_id}").get_data(as_text=True)
     assert re.search(r'id="item-units">1,440,000,000 次接口调用量<', page)
     assert 'id="item-period">2025-11<' in page
+    # A record counts its units at 1.00: there is no difficulty to adjust.
+    assert 'id="difficulty-form"' not in page
+    refused = pm.post(f"/items/{item_id}/difficulty", {"difficulty": "2.0", "note": "调高"})
+    assert refused.status_code == 302
+    assert world.get("pm", f"/api/v1/items/{item_id}").get_json()["difficulty"] == 1.0
     # A person-month line takes a decimal.
     months = pm.post("/items/new", {**base, "line": _line_id("18"), "code": "SH-PM-W-2025-11", "units": "2.5",
                                     "period": "2025-11"})
