@@ -125,6 +125,22 @@ def test_register_a_metered_record_with_units_and_period(world, app):
     assert world.get("pm", f"/api/v1/items/{months_id}").get_json()["units"] == 2.5
 
 
+def test_a_line_priced_without_channels_is_registered_without_them(world, app):
+    """Line 13 (per interface) has no channels: the form hides them, and what a script-less browser still sends
+    is not read (the API would refuse channels for it)."""
+    pm = Browser(app, "pm")
+    base = {"line": _line_id("13"), "name": "电子证照接口", "code": "SH-IF-W-1", "department": "DA", "mode": "new",
+            "difficulty": "1.0"}
+    bad = pm.post("/items/new", {**base, "mode": ""})
+    html = bad.get_data(as_text=True)
+    assert bad.status_code == 422 and "请选择接入方式。" in html and "请至少选择一个渠道。" not in html
+    assert re.search(r'id="r-channels"[^>]*\bhidden\b', html) and not re.search(r'id="r-mode"[^>]*\bhidden\b', html)
+    ok = pm.post("/items/new", {**base, "channels": ["pc"]})
+    assert ok.status_code == 302, ok.get_data(as_text=True)[:3000]
+    item_id = int(ok.headers["Location"].rsplit("/", 1)[1])
+    assert world.get("pm", f"/api/v1/items/{item_id}").get_json()["channels"] == []
+
+
 def test_api_refuses_attributes_the_line_cannot_use(world):
     r = world.post("pm", "/api/v1/items", json={
         "contract": "SH-YWTB-2025", "service_line": "5", "name": "一件事", "code": "SH-W-Y2", "department": "DA",
