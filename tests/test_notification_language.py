@@ -105,3 +105,20 @@ def test_email_and_chat_use_the_recipients_language(world, app, smtp_sink, webho
     by_path = {path: body["message"] for path, body in webhook.posts}
     assert f"New task “{TITLE_EN}”" in by_path["/impl"]
     assert f"新任务「{TITLE_ZH}」（事项 N-LANG-OUT" in by_path["/impl2"]  # no language chosen: Chinese
+
+
+def test_every_message_has_an_english_text_with_the_same_placeholders():
+    import string
+
+    from api.web.i18n import translate
+    from engine.trust.notify import COMMENT_LABEL, KIND_TITLES, MESSAGES
+
+    def names(text: str) -> set[str]:
+        return {field for _, field, _, _ in string.Formatter().parse(text) if field}
+
+    for key, template in MESSAGES.items():
+        english = translate(template, "en")
+        assert english != template, f"{key} has no English text in messages.po"
+        assert names(english) == names(template), key
+    for text in (*KIND_TITLES.values(), COMMENT_LABEL):
+        assert translate(text, "en") != text, text
