@@ -353,8 +353,9 @@ def _notify_step(ctx: Ctx, settlement: Settlement, lane: str | None, title: str)
         return
     from engine.trust.notify import Event, notify, role_members
 
-    notify(ctx.session, Event("settlement", f"结算申报「{settlement.label}」待您处理：{title}（"
-                                            f"{STATUS_NAMES.get(settlement.status, settlement.status)}）",
+    notify(ctx.session, Event("settlement", "settlement.step_waiting",
+                              {"label": settlement.label, "step": title,
+                               "status": STATUS_NAMES.get(settlement.status, settlement.status)},
                               settlement_id=settlement.id, role=lane),
            role_members(ctx.session, lane), actor=ctx.actor, now=ctx.now,
            exclude=ctx.user.id if ctx.user is not None else None)

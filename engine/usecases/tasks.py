@@ -540,8 +540,9 @@ def hand_over(ctx: Ctx, task_id: int, to_username: str) -> HumanTask:
     from engine.trust.notify import Event, notify
 
     item = task.item
-    notify(ctx.session, Event("handover", f"{ctx.user.display_name or ctx.user.username} 将任务「{task.title}」"
-                                          f"（事项 {item.code}「{item.name}」）转交给您",
+    notify(ctx.session, Event("handover", "task.handed_over",
+                              {"by": ctx.user.display_name or ctx.user.username, "task": task.title,
+                               "code": item.code, "name": item.name},
                               item_id=task.item_id, task_id=task.id), [target], actor=ctx.actor, now=ctx.now,
            exclude=ctx.user.id)
     return task
