@@ -129,6 +129,35 @@ def test_annual_shows_the_approved_staged_claims_and_the_cumulative_amount(cw):
     assert s6["figures"]["penalty"] == 1350.0       # a staged claim's 3 % is of its own fee
 
 
+def test_the_claim_sheet_lists_every_stage_as_the_claim_json_does(cw):
+    w = cw
+    completed_items(1, prefix="X6", at=at(2025, 2, 10))
+    completed_items(2, prefix="X9", at=at(2025, 7, 10))
+    completed_items(1, prefix="XA", at=at(2025, 10, 10))
+    drive_to_approved(w, open_stage(w, "6m")["id"])
+    s9 = open_stage(w, "9m")                      # open, not yet approved: claimed but no approved amount
+    annual = open_stage(w, "annual")
+    seen = w.get("auditor", f"/api/v1/settlements/{annual['id']}").get_json()["stages"]
+    r = w.get("auditor", f"/api/v1/settlements/{annual['id']}/claim.xlsx")
+    assert r.status_code == 200
+    book = openpyxl.load_workbook(io.BytesIO(r.data), read_only=True)
+    rows = list(book["各阶段结算"].iter_rows(values_only=True))
+    assert rows[0][:9] == ("结算阶段", "名称", "期间起", "期间止", "结算单号", "申报状态", "申报金额（元）",
+                           "审定金额（元）", "累计审定金额（元）")
+    assert len(rows) == 1 + len(seen) == 5
+    for row, st in zip(rows[1:], seen, strict=True):
+        assert row[0:5] == (st["stage"], st["name"], st["period_start"], st["period_end"],
+                            st["settlement_id"] if st["settlement_id"] is not None else None)
+        for value, key in ((row[6], "claimed"), (row[7], "approved"), (row[8], "cumulative_approved")):
+            assert (value if value not in ("", None) else None) == st[key], (st["stage"], key)
+        assert (row[9] == "是") is st["this"]
+    by = {st["stage"]: st for st in seen}
+    assert by["6m"]["status"] == "approved" and by["6m"]["approved"] is not None
+    assert by["9m"]["settlement_id"] == s9["id"] and by["9m"]["claimed"] == s9["figures"]["gross"] == 90000.0
+    assert by["9m"]["approved"] is None and by["final"]["settlement_id"] is None
+    assert rows[1][5] == "已审定（锁定）" and rows[4][5] == "未开启"
+
+
 def test_an_overlapping_schedule_is_refused_when_loaded():
     text = (CATALOG_DIR / "shanghai.toml").read_text(encoding="utf-8").replace(
         '{ stage = "9m", name = "9个月阶段性结算", months = [7, 9] }',

@@ -294,7 +294,8 @@ def settlements_final_approval(body: dict[str, Any], settlement_id: int) -> dict
 def settlements_claim_xlsx(settlement_id: int) -> Response:
     authorize(current_user(), "settlement.read")
     s = _load(settlement_id)
-    out = claim_xlsx_file(db.session, s, st.figures(db.session, s, ctx().now))
+    out = claim_xlsx_file(db.session, s, st.figures(db.session, s, ctx().now),
+                          st.stage_summary(db.session, s))
     return file_response(out, XLSX, f"结算申报表-{s.id}.xlsx", f"settlement-{s.id}-claim.xlsx")
 
 

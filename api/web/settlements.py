@@ -322,7 +322,8 @@ def settlement_review(settlement_id: int) -> Any:
 @bp.get("/settlements/<int:settlement_id>/claim.xlsx")
 def settlement_claim(settlement_id: int) -> Any:
     s = st.load_settlement_for(db.session, me(), settlement_id)
-    out = claim_xlsx_file(db.session, s, st.figures(db.session, s, web_ctx().now))
+    out = claim_xlsx_file(db.session, s, st.figures(db.session, s, web_ctx().now),
+                          st.stage_summary(db.session, s))
     return file_response(out, XLSX, f"结算申报表-{s.id}.xlsx", f"settlement-{s.id}-claim.xlsx")
 
 

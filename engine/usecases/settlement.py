@@ -892,22 +892,29 @@ def approved_by_stage(session: Session, contract: Contract) -> dict[str, Settlem
 
 
 def stage_summary(session: Session, settlement: Settlement) -> list[dict[str, Any]]:
-    """Every stage of the contract's schedule: its period, its claim, the approved amount and the cumulative
-    approved amount through it (what payments use); the claim's own stage is marked."""
+    """Every stage of the contract's schedule: its period, its claim, the claimed (gross: frozen once approved,
+    the lines' live sum before), the approved amount and the cumulative approved amount through it (what
+    payments use); the claim's own stage is marked. The claim JSON and the claim sheet both list these."""
     contract = settlement.contract
     all_stages = schedule.stages(contract.settings or {}, contract.period_start, contract.period_end)
     claims = {s.stage: s for s in session.scalars(select(Settlement).where(
         Settlement.contract_id == contract.id, Settlement.stage.is_not(None)))}
+    live = grosses_of(session, [c.id for c in claims.values()
+                                if not (c.status == "approved" and c.gross_amount is not None)])
     out: list[dict[str, Any]] = []
     cumulative = Decimal("0.00")
     for stage in all_stages:
         claim = claims.get(stage.code)
+        claimed: Decimal | None = None
+        if claim is not None:
+            claimed = live[claim.id][0] if claim.id in live else claim.gross_amount
         approved = claim.net_amount if claim is not None and claim.status == "approved" else None
         if approved is not None:
             cumulative += approved
         out.append({"stage": stage.code, "name": stage.name, "period_start": stage.start.isoformat(),
                     "period_end": stage.end.isoformat(), "final": stage.final,
                     "settlement_id": claim.id if claim else None, "status": claim.status if claim else None,
+                    "claimed": None if claimed is None else float(claimed),
                     "approved": None if approved is None else float(approved),
                     "cumulative_approved": float(cumulative), "this": stage.code == settlement.stage})
     return out
