@@ -17,10 +17,10 @@ from api.serializers import iso
 from bpmn import CATALOG_DIR
 from engine.contract import schedule
 from engine.contract.calendar import TZ
-from engine.contract.catalog import CatalogError, parse_catalog
+from engine.contract.catalog import CatalogError, out_of_period_mode, parse_catalog
 from engine.money.payments import compute
 from engine.usecases.tasks import work_calendar
-from storage.models import AuditEvent, Contract, ContractTask, HumanTask, Settlement, User
+from storage.models import AuditEvent, Contract, ContractTask, HumanTask, Settlement, User, WorkItem
 from tests.settlement_helpers import CONTRACT, adhoc_contract, completed_items, drive_to_approved, entry_ids
 
 D = Decimal
@@ -100,13 +100,105 @@ def test_stage_claims_take_their_period_refuse_other_stages_and_carry_with_a_rea
         ("6m", "2025-01-01", "2025-06-30"), ("9m", "2025-07-01", "2025-09-30"),
         ("annual", "2025-10-01", "2025-12-31"), ("final", "2025-01-01", "2025-12-31")]
 
-    # Outside the contract's service period: refused as the settings say.
+    # Outside the contract's service period: refused where the contract's one out_of_period rule says so.
     beyond = completed_items(1, prefix="OUT", at=at(2026, 1, 6))
     s_an = open_stage(w, "annual")
     assert [ln["id"] for ln in s_an["lines"]] == entry_ids(later)
+    set_settings(out_of_period="refuse")
     r = w.post("pm", f"/api/v1/settlements/{s_an['id']}/lines",
                json={"entry_ids": entry_ids(beyond), "reason": "次年", "carry": True})
-    assert r.status_code == 422 and r.get_json()["code"] == "outside_service_period"
+    assert r.status_code == 422 and r.get_json()["code"] == "out_of_period"
+    assert r.get_json()["entries"] == entry_ids(beyond)
+
+
+def test_flagged_entries_go_to_the_final_claim_or_are_carried_and_show_the_flag(cw, app):
+    from tests.test_web import Browser
+
+    w = cw
+    assert contract().settings["out_of_period"] == "flag"      # the shipped default: flag, not refuse
+    inside = completed_items(1, prefix="IN", at=at(2025, 2, 10))
+    early = completed_items(1, prefix="EARLY", at=at(2025, 3, 3))
+    beyond = completed_items(1, prefix="OUT", at=at(2026, 1, 6))   # tallied after the service period
+    # Work registered outside the period (the item's flag) is out of period even when tallied inside it.
+    item = db.session.get(WorkItem, early[0])
+    item.out_of_period = True
+    db.session.commit()
+    s6 = open_stage(w, "6m")
+    assert [ln["id"] for ln in s6["lines"]] == entry_ids(inside)   # a stage claim never gathers flagged work
+    assert all(ln["out_of_period"] is False for ln in s6["lines"])
+    lines = f"/api/v1/settlements/{s6['id']}/lines"
+    r = w.post("pm", lines, json={"entry_ids": entry_ids(early), "reason": "补报"})
+    assert r.status_code == 422 and r.get_json()["code"] == "entry_outside_stage"
+    assert r.get_json()["entries"] == entry_ids(early)
+    r = w.post("pm", lines, json={"entry_ids": entry_ids(beyond), "reason": "补报"})
+    assert r.status_code == 422 and r.get_json()["code"] == "entry_outside_stage"
+    r = w.post("pm", lines, json={"entry_ids": entry_ids(early), "reason": "服务期前登记，经确认结转", "carry": True})
+    assert r.status_code == 200, r.get_json()
+    seen = w.get("auditor", f"/api/v1/settlements/{s6['id']}").get_json()
+    flagged = {ln["id"]: ln for ln in seen["lines"] if ln["out_of_period"]}
+    assert list(flagged) == entry_ids(early)
+    assert flagged[entry_ids(early)[0]]["carried"] is True
+    assert flagged[entry_ids(early)[0]]["outside_service_period"] is True   # the pre-rename alias
+    assert "服务期外" in Browser(app, "pm").get(f"/settlements/{s6['id']}").get_data(as_text=True)
+    # The final claim takes a flagged entry as it is (it belongs to no stage), not carried.
+    final = open_stage(w, "final")
+    assert final["lines"] == []
+    r = w.post("pm", f"/api/v1/settlements/{final['id']}/lines", json={"entry_ids": entry_ids(beyond),
+                                                                       "reason": "服务期满后上线"})
+    assert r.status_code == 200, r.get_json()
+    seen = w.get("auditor", f"/api/v1/settlements/{final['id']}").get_json()
+    assert [(ln["id"], ln["out_of_period"], ln["carried"]) for ln in seen["lines"]] == [
+        (entry_ids(beyond)[0], True, False)]
+
+
+def test_registration_and_settlement_read_the_one_out_of_period_setting(cw):
+    w = cw
+    beyond = completed_items(1, prefix="OUT", at=at(2026, 1, 6))   # registered while the rule was flag
+    set_settings(out_of_period="refuse")
+    # Registration outside the period (the contract runs in 2025; today is later): refused with the same code.
+    r = w.post("pm", "/api/v1/items", json={"contract": CONTRACT, "service_line": "1", "name": "期外事项",
+                                            "code": "OOP-1", "department": "DA", "channels": ["pc"],
+                                            "mode": "new", "difficulty": 1.0})
+    assert r.status_code == 422 and r.get_json()["code"] == "out_of_period"
+    set_settings(out_of_period="flag")
+    r = w.post("pm", "/api/v1/items", json={"contract": CONTRACT, "service_line": "1", "name": "期外事项",
+                                            "code": "OOP-1", "department": "DA", "channels": ["pc"],
+                                            "mode": "new", "difficulty": 1.0})
+    assert r.status_code == 201 and r.get_json()["out_of_period"] is True
+    # A contract stored before the rename, with only the settlement's old key: both paths read it.
+    c = contract()
+    c.settings = {k: v for k, v in c.settings.items() if k != "out_of_period"} | {"outside_service_period": "refuse"}
+    db.session.commit()
+    r = w.post("pm", "/api/v1/items", json={"contract": CONTRACT, "service_line": "1", "name": "期外事项",
+                                            "code": "OOP-2", "department": "DA", "channels": ["pc"],
+                                            "mode": "new", "difficulty": 1.0})
+    assert r.status_code == 422 and r.get_json()["code"] == "out_of_period"
+    final = open_stage(w, "final")
+    r = w.post("pm", f"/api/v1/settlements/{final['id']}/lines", json={"entry_ids": entry_ids(beyond),
+                                                                       "reason": "服务期满后上线"})
+    assert r.status_code == 422 and r.get_json()["code"] == "out_of_period"
+
+
+def test_a_catalogue_with_the_old_setting_name_loads_with_a_warning():
+    text = (CATALOG_DIR / "shanghai.toml").read_text(encoding="utf-8")
+    assert "outside_service_period" not in text
+    old = text.replace('out_of_period = "flag"\n', "").replace(
+        "[contract.settings]\n", '[contract.settings]\noutside_service_period = "refuse"\n')
+    parsed = parse_catalog(old, "old.toml")
+    assert parsed["contract"]["settings"]["out_of_period"] == "refuse"
+    assert "outside_service_period" not in parsed["contract"]["settings"]
+    assert len(parsed["warnings"]) == 1 and "out_of_period = 'refuse'" in parsed["warnings"][0]
+    both = text.replace("[contract.settings]\n", '[contract.settings]\noutside_service_period = "refuse"\n')
+    parsed = parse_catalog(both, "both.toml")
+    assert parsed["contract"]["settings"]["out_of_period"] == "flag"
+    assert "out_of_period = 'flag' applies" in parsed["warnings"][0]
+    assert parse_catalog(text, "new.toml")["warnings"] == []
+    with pytest.raises(CatalogError, match="outside_service_period"):
+        parse_catalog(text.replace("[contract.settings]\n", '[contract.settings]\noutside_service_period = "x"\n'),
+                      "bad.toml")
+    assert out_of_period_mode({"outside_service_period": "refuse"}) == "refuse"
+    assert out_of_period_mode({"out_of_period": "flag", "outside_service_period": "refuse"}) == "flag"
+    assert out_of_period_mode({}) == "flag"
 
 
 def test_annual_shows_the_approved_staged_claims_and_the_cumulative_amount(cw):
