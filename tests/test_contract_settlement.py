@@ -3,6 +3,7 @@ and masking — on SQLite and PostgreSQL, with seed 001's figures where the seed
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -554,11 +555,25 @@ def test_monthly_report_drafted_from_data_and_one_working_day_late_costs_three_p
     report = mr.load(db.session, march["id"])
     assert work_calendar(db.session).working_days_between(report.due_at, submitted) == 1
     mr.submit(Ctx(session=db.session, user=db.session.execute(select(User).where(User.username == "pm"))
-                  .scalar_one(), now=submitted), report)
+                  .scalar_one(), now=submitted, store=app.extensions["itemgate_store"]), report,
+              mr.font_if_installed(app.config["ITEMGATE"].cjk_font))
     db.session.commit()
     got = w.get("auditor", f"/api/v1/monthly-reports/{march['id']}").get_json()
     assert (got["late"], got["month_fee"], got["deduction_rate"], got["deduction"]) == (True, "90000.00", "0.03",
                                                                                         "2700.00")
+    # The submission keeps the report as drafted then, hashed in the store; the auditor downloads exactly that.
+    [sub] = got["submissions"]
+    assert sub["round"] == 1 and sub["by"] == "pm" and set(sub["files"]) == {"xlsx", "pdf"}
+    completed_items(1, prefix="MR3L", at=at(2025, 3, 20))   # March's data changes after the submission
+    for fmt in ("xlsx", "pdf"):
+        r = w.get("auditor", f"/api/v1/monthly-reports/{march['id']}/report.{fmt}")
+        assert r.status_code == 200 and hashlib.sha256(r.data).hexdigest() == sub["files"][fmt]["sha256"]
+    kept = openpyxl.load_workbook(io.BytesIO(w.get("auditor", f"/api/v1/monthly-reports/{march['id']}/report.xlsx")
+                                              .data))["概况"]
+    assert {row[0]: row[1] for row in kept.iter_rows(values_only=True) if row[0]}["本月计量分录"] == 2
+    today = openpyxl.load_workbook(io.BytesIO(w.get(
+        "auditor", f"/api/v1/monthly-reports/{march['id']}/report.xlsx?draft=1").data))["概况"]
+    assert {row[0]: row[1] for row in today.iter_rows(values_only=True) if row[0]}["本月计量分录"] == 3
     assert got["attachments"][0]["filename"] == "附件.pdf" and got["status"] == "submitted"
     r = w.post("auditor", f"/api/v1/monthly-reports/{march['id']}/review", json={"decision": "accept"})
     assert r.status_code == 200 and r.get_json()["status"] == "accepted"
