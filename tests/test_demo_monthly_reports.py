@@ -61,6 +61,17 @@ def test_the_demo_accepts_past_monthly_reports_on_time_and_their_files_download(
             assert len(res.data) == kept["size"] and hashlib.sha256(res.data).hexdigest() == kept["sha256"]
             stored = r.data["submissions"][0]["files"][fmt]
             assert store.hash_object(stored["key"], stored["version_id"]) == (kept["size"], kept["sha256"])
+    # The web page links the submitted files, and serves the same bytes.
+    from tests.test_web import Browser
+
+    if past:
+        web = Browser(app, "auditor", DEMO_PASSWORD)
+        page = web.get("/monthly-reports").get_data(as_text=True)
+        assert f'/monthly-reports/{past[0].id}/report.xlsx' in page
+        res = web.get(f"/monthly-reports/{past[0].id}/report.xlsx")
+        assert res.status_code == 200
+        assert hashlib.sha256(res.data).hexdigest() == past[0].data["submissions"][0]["files"]["xlsx"]["sha256"]
+        assert web.get(f"/monthly-reports/{past[0].id}/report.doc").status_code == 404
     # Loading the demo again changes nothing: the accepted reports stay as they are.
     load_demo(app, store, echo=lambda _line: None)
     db.session.expire_all()
