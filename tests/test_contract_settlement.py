@@ -180,6 +180,30 @@ def test_registration_and_settlement_read_the_one_out_of_period_setting(cw):
     assert r.status_code == 422 and r.get_json()["code"] == "out_of_period"
 
 
+def test_an_ad_hoc_claim_gathers_no_out_of_period_work_where_the_contract_refuses_it(cw):
+    w = cw
+    adhoc_contract()
+    inside = completed_items(1, prefix="IN", at=at(2025, 12, 10))
+    beyond = completed_items(1, prefix="OUT", at=at(2026, 1, 6))
+    flagged = completed_items(1, prefix="FLG", at=at(2025, 12, 11))
+    item = db.session.get(WorkItem, flagged[0])
+    item.out_of_period = True
+    db.session.commit()
+    body = {"contract": CONTRACT, "period_start": "2025-12-01", "period_end": "2026-01-31"}
+    set_settings(out_of_period="refuse")
+    r = w.post("pm", "/api/v1/settlements", json=body)
+    assert r.status_code == 201, r.get_json()
+    assert [ln["id"] for ln in r.get_json()["lines"]] == entry_ids(inside)
+    r = w.post("pm", f"/api/v1/settlements/{r.get_json()['id']}/lines",
+               json={"entry_ids": entry_ids(beyond), "reason": "次年"})
+    assert r.status_code == 422 and r.get_json()["code"] == "out_of_period"
+    # Flag (the default): an ad-hoc period gathers what it covers, and its lines show the flag.
+    set_settings(out_of_period="flag")
+    r = w.post("pm", "/api/v1/settlements", json=dict(body, period_start="2026-01-01"))
+    assert r.status_code == 201, r.get_json()
+    assert [(ln["id"], ln["out_of_period"]) for ln in r.get_json()["lines"]] == [(entry_ids(beyond)[0], True)]
+
+
 def test_a_catalogue_with_the_old_setting_name_loads_with_a_warning():
     text = (CATALOG_DIR / "shanghai.toml").read_text(encoding="utf-8")
     assert "outside_service_period" not in text

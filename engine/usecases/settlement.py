@@ -298,8 +298,17 @@ def open_settlement(ctx: Ctx, contract_code: str, period_start: date | None = No
     settlement.current_lane = spiff.task_lane(task) if task else None
     ids: list[int] = []
     if the_stage is None or not the_stage.final:
-        ids = list(ctx.session.scalars(unsettled_entries(contract.id, period_start, period_end,
-                                                         in_period_work=the_stage is not None)))
+        # Never gathered: work outside the service period where the contract refuses it (an ad-hoc period may
+        # reach beyond the service period), nor flagged work into a stage (the final claim or a carry takes it).
+        refuse = out_of_period_mode(settings) == "refuse"
+        lo, hi = period_start, period_end
+        if refuse and contract.period_start is not None:
+            lo = max(lo, contract.period_start)
+        if refuse and contract.period_end is not None:
+            hi = min(hi, contract.period_end)
+        if lo <= hi:
+            ids = list(ctx.session.scalars(unsettled_entries(contract.id, lo, hi,
+                                                             in_period_work=the_stage is not None or refuse)))
     _claim(ctx, settlement, ids, None)
     # System notes go to the buyer's documents (the trail sheet): written in Chinese.
     _note(ctx, settlement, "opened", f"归集 {len(ids)} 条分录" + (f"；{'；'.join(warnings)}" if warnings else ""))
