@@ -18,7 +18,7 @@ import forms
 from engine import caching
 from engine.contract.calendar import TZ as CHINA
 from engine.contract.calendar import WorkCalendar
-from engine.contract.catalog import DELIVERABLE_PROCESSES, METERED_PROCESSES, required_kinds
+from engine.contract.catalog import DELIVERABLE_PROCESSES, METERED_PROCESSES, out_of_period_mode, required_kinds
 from engine.contract.registration import check_attributes
 from engine.errors import (
     PROGRAMMING_ERRORS,
@@ -290,7 +290,7 @@ def create_item(ctx: Ctx, spec: NewItem) -> WorkItem:
     kind = line_kind(line)
     mode = {"metered": RECORD_MODE, "deliverable": DELIVERABLE_MODE}.get(kind, spec.mode)
     outside = _out_of_period(contract, spec, ctx.now)
-    if outside and (contract.settings or {}).get("out_of_period") == "refuse":
+    if outside and out_of_period_mode(contract.settings) == "refuse":
         what = f"period {spec.period}" if spec.period else f"today ({local_day(ctx.now).isoformat()})"
         raise Invalid(f"{what} is outside contract {contract.code}'s service period "
                       f"({contract.period_start} – {contract.period_end})", code="out_of_period")
