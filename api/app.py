@@ -262,6 +262,10 @@ def register_health(app: Flask) -> None:
 
 def register_web(app: Flask) -> None:
     from api.web import register as register_web_routes
+    from api.web.i18n import translate
+    from engine.trust import notify
 
     register_web_routes(app)
+    # Notifications written outside a request (e-mail, chat) in the recipient's language: the web's catalog.
+    notify.install_translations(lambda language: lambda text: translate(text, language))
 

@@ -192,6 +192,7 @@ ENDPOINTS: dict[str, str | dict[str, str]] = {
     "web.monthly_reports": "report.read",
     "web.monthly_report_submit": "report.prepare",
     "web.monthly_report_review": "report.review",
+    "web.monthly_report_file": "report.read",
 }
 
 # `itemgate` sub-commands → action, checked as CLI_ROLE. Every command must appear here.

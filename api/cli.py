@@ -137,13 +137,16 @@ def catalog() -> None:
 @click.argument("file", type=click.Path(dir_okay=False))
 def catalog_load(file: str) -> None:
     from api.extensions import db as database
-    from engine.contract.catalog import CatalogError
+    from engine.contract.catalog import CatalogError, read_catalog_file
     from engine.trust import audit
-    from engine.usecases.admin import load_catalog_file
+    from engine.usecases.admin import load_contract
 
     with app_context():
         try:
-            contract, changed = load_catalog_file(database.session, file)
+            parsed = read_catalog_file(file)
+            for warning in parsed.get("warnings") or []:
+                click.echo(f"warning: {warning}", err=True)
+            contract, changed = load_contract(database.session, parsed)
         except CatalogError as exc:
             database.session.rollback()
             raise click.ClickException(str(exc)) from exc

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -13,14 +13,18 @@ from sqlalchemy import select
 import bpmn
 from api.auth import hash_password
 from api.extensions import db
+from engine.contract import schedule
 from engine.contract.calendar import TZ
+from engine.contract.catalog import read_catalog_file
 from engine.evidence.artefacts import upload_artefact
 from engine.evidence.sheets import is_sheet_kind, sheet_for
 from engine.trust import audit
 from engine.trust.accounts import create_user, ensure_department
 from engine.trust.policy import ADMIN, AUDITOR, BUYER, CLI_ROLE, DEPT_REVIEWER, IMPLEMENTER, PM
-from engine.usecases.admin import load_catalog_file
-from engine.usecases.tasks import Ctx, NewItem, complete_task, create_item, task_requirements
+from engine.usecases import monthly_report as mr
+from engine.usecases.admin import load_contract
+from engine.usecases.monthly_report import ensure_reports
+from engine.usecases.tasks import Ctx, NewItem, complete_task, create_item, task_requirements, work_calendar
 from storage.models import Contract, HumanTask, User, WorkItem
 from storage.unit_of_work import unit_of_work
 
@@ -112,10 +116,17 @@ class DemoDriver:
 
 def cover_today(contract: Contract, today: date | None = None) -> bool:
     """Shift a demo contract's service period by whole years so it covers today (a demo works on any date)."""
-    today = today or datetime.now(TZ).date()
-    start, end = contract.period_start, contract.period_end
-    if start is None or end is None or start <= today <= end:
+    moved = covering_period(contract.period_start, contract.period_end, today or datetime.now(TZ).date())
+    if moved is None:
         return False
+    contract.period_start, contract.period_end = moved
+    return True
+
+
+def covering_period(start: date | None, end: date | None, today: date) -> tuple[date, date] | None:
+    """The period shifted by whole years to cover today, or None when it needs no move."""
+    if start is None or end is None or start <= today <= end:
+        return None
     years = today.year - (start.year if today < start else end.year)
     if today > end:
         years = max(years, 1)
@@ -124,8 +135,62 @@ def cover_today(contract: Contract, today: date | None = None) -> bool:
         new_start, new_end = _add_years(new_start, 1), _add_years(new_end, 1)
     while new_start > today:
         new_start, new_end = _add_years(new_start, -1), _add_years(new_end, -1)
-    contract.period_start, contract.period_end = new_start, new_end
-    return True
+    return new_start, new_end
+
+
+def _load_shipped(name: str, today: date, echo: Callable[[str], None]) -> Contract:
+    """A shipped catalogue with its service period moved to cover today *before* it is loaded, so the monthly
+    reports the load creates are the moved period's months."""
+    parsed = read_catalog_file(bpmn.CATALOG_DIR / name)
+    c = parsed["contract"]
+    moved = covering_period(c["period_start"], c["period_end"], today)
+    if moved is not None:
+        c["period_start"], c["period_end"] = moved
+    contract, _ = load_contract(db.session, parsed)
+    if cover_today(contract, today):  # loaded before from an unmoved file: move it now, and make its reports
+        assert contract.period_start is not None and contract.period_end is not None
+        moved = (contract.period_start, contract.period_end)
+        ensure_reports(db.session, contract)
+    if moved is not None:
+        echo(f"  {contract.code}: service period moved to {moved[0]} – {moved[1]} for the demo")
+    return contract
+
+
+DEMO_NARRATIVE = "{month} 月度运营情况：各服务类别按计划推进，受理、办结与超时情况见附表；本月无重大问题。"
+
+
+def accept_past_reports(store: Any, font: Any, now: datetime | None = None) -> int:
+    """Monthly reports of months before the last ended one, written, submitted and accepted on time — each
+    dated inside its window (submitted on the 3rd working day after its month, accepted two working days
+    later) and kept with its drafted files in the store — so a fresh demo's inbox is not a wall of late
+    reports; the last ended month and the current one stay open. Returns how many were accepted."""
+    now = now or datetime.now(UTC)
+    today = now.astimezone(TZ).date()
+    pm = db.session.execute(select(User).where(User.username == "pm")).scalar_one()
+    auditor = db.session.execute(select(User).where(User.username == "auditor")).scalar_one()
+    calendar = work_calendar(db.session)
+    done = 0
+    for contract in db.session.scalars(select(Contract).order_by(Contract.code)):
+        with unit_of_work(db.session):
+            reports = ensure_reports(db.session, contract)
+        ended = [r for r in reports if r.period_end is not None and r.period_end < today]
+        for report in ended[:-1]:
+            if report.status != "open" or report.submitted_at is not None or report.period_end is None:
+                continue
+            day3, _ = schedule.working_deadline(calendar, schedule.after_day(report.period_end), 3)
+            submitted = day3.astimezone(TZ).replace(hour=10, minute=0, second=0, microsecond=0)
+            day5, _ = schedule.working_deadline(calendar, submitted, 2)
+            accepted = day5.astimezone(TZ).replace(hour=16, minute=0, second=0, microsecond=0)
+            if accepted >= now:
+                continue
+            with unit_of_work(db.session):
+                as_pm = Ctx(session=db.session, user=pm, store=store, now=submitted)
+                mr.write(as_pm, report, DEMO_NARRATIVE.format(month=report.key))
+                mr.submit(as_pm, report, font)
+                mr.review(Ctx(session=db.session, user=auditor, store=store, now=accepted), report, "accept",
+                          "按期提交，内容完整，同意。")
+            done += 1
+    return done
 
 
 def _add_years(day: date, years: int) -> date:
@@ -136,20 +201,20 @@ def _add_years(day: date, years: int) -> date:
 
 
 def load_demo(app: Flask, store: Any, echo: Callable[[str], None] = print) -> None:
+    today = datetime.now(TZ).date()
     with unit_of_work(db.session):
-        contract, _ = load_catalog_file(db.session, bpmn.CATALOG_DIR / "shanghai.toml")
         # The demo loads both shipped contracts (Kaiping: fixed price with targets and deliverables), each with
         # its service period moved to cover today.
-        kaiping, _ = load_catalog_file(db.session, bpmn.CATALOG_DIR / "kaiping.toml")
-        for demo_contract in (contract, kaiping):
-            if cover_today(demo_contract):
-                echo(f"  {demo_contract.code}: service period moved to {demo_contract.period_start} – "
-                     f"{demo_contract.period_end} for the demo")
+        contract = _load_shipped("shanghai.toml", today, echo)
+        _load_shipped("kaiping.toml", today, echo)
         for code, name in DEPARTMENTS.items():
             ensure_department(db.session, code, name).name = name
         for username, role, dept, display in USERS:
             if db.session.execute(select(User.id).where(User.username == username)).scalar() is None:
                 create_user(db.session, username, hash_password(DEMO_PASSWORD), role, dept, display)
+    accepted = accept_past_reports(store, mr.font_if_installed(app.config["ITEMGATE"].cjk_font))
+    if accepted:
+        echo(f"  monthly reports: {accepted} past months submitted and accepted on time")
     if db.session.execute(select(WorkItem.id).where(WorkItem.contract_id == contract.id)).first():
         echo("demo data already present; users and catalogue refreshed")
         _print_users(echo)

@@ -87,6 +87,8 @@ class User(Base):
     display_name: Mapped[str | None] = mapped_column(String(100))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The language the user chose in the web (zh | en); their e-mail and chat notifications use it (NULL: Chinese).
+    language: Mapped[str | None] = mapped_column(String(8))
 
     department: Mapped[Department | None] = relationship(lazy="joined", foreign_keys=[department_id])
 
@@ -541,7 +543,11 @@ class Notification(Base):
     settlement_id: Mapped[int | None] = mapped_column(ForeignKey("settlements.id"))
     # reminder | escalation | returned | new_task | difficulty | handover | settlement
     kind: Mapped[str] = mapped_column(String(16))
+    # The text in Chinese as written; a reader sees the key's text (engine/trust/notify.py MESSAGES) with `params`
+    # in their own language, and this only for a row written before keys.
     message: Mapped[str] = mapped_column(String(400))
+    message_key: Mapped[str | None] = mapped_column(String(64))
+    params: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # The comment of a return, shown with the notification.
     comment: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -329,14 +329,19 @@ class World:
                     assert r.status_code == 201, r.get_json()
         r = self.complete(username, task["id"], data)
         assert r.status_code == 200, r.get_json()
+        self.after_step(item_id, name)
+        return r.get_json()
+
+    def after_step(self, item_id: int, name: str) -> None:
+        """What the other parties do at once after a step, so lifecycle tests need not spell it out: after the
+        PM's difficulty proposal the third party confirms it (tests of that step set auto_confirm_difficulty
+        False)."""
         if name == "confirm_difficulty" and self.auto_confirm_difficulty:
-            # The third party confirms the PM's proposal (tests of that step turn this off).
             review = [t for t in self.open_tasks(item_id) if t["name"] == "review_difficulty"]
             if review:
                 self.user("auditor", "auditor") if "auditor" not in self._known_users() else None
                 done = self.complete("auditor", review[0]["id"], {"verdict": "confirm"})
                 assert done.status_code == 200, done.get_json()
-        return r.get_json()
 
     def _known_users(self) -> set[str]:
         from api.extensions import db

@@ -64,7 +64,8 @@ def test_generators_build_data_the_api_reads(world):
     assert datagen.fast_forward(session, looping, 4, data_for) == 4
     session.commit()
     rows = session.scalars(select(HumanTask).where(HumanTask.item_id == looping)).all()
-    assert len(rows) == 5 + 4 and sum(r.status == "ready" for r in rows) == 1
+    # intake, proposal, the third party's confirmation, survey and its review, the returned survey; 4 more steps
+    assert len(rows) == 6 + 4 and sum(r.status == "ready" for r in rows) == 1
     world.complete_task_as("impl", looping, "survey_sorting", {"item_count": 3})
     assert world.task_named(looping, "confirm_survey")
 

@@ -146,6 +146,20 @@ def test_cli_load_reports_the_problem_and_loads_nothing(tmp_path: Path):
     assert "contract KP-YTH-2026: 4 service lines (loaded)" in good.output
     again = runner.invoke(["catalog", "load", str(CATALOG_DIR / "kaiping.toml")])
     assert "(unchanged)" in again.output
+    # A catalogue still using the settlement's old setting name loads, with a warning naming the new one.
+    old = tmp_path / "old.toml"
+    old.write_text((CATALOG_DIR / "shanghai.toml").read_text(encoding="utf-8")
+                   .replace('out_of_period = "flag"\n', "")
+                   .replace("[contract.settings]\n", '[contract.settings]\noutside_service_period = "refuse"\n'),
+                   encoding="utf-8")
+    loaded = runner.invoke(["catalog", "load", str(old)])
+    assert loaded.exit_code == 0, loaded.output
+    assert "warning:" in loaded.output and "out_of_period = 'refuse'" in loaded.output
+    engine = create_engine(f"sqlite:///{db_file}")
+    with engine.connect() as conn:
+        settings = conn.execute(text("SELECT settings FROM contracts WHERE code = 'SH-YWTB-2025'")).scalar()
+    engine.dispose()
+    assert '"out_of_period": "refuse"' in settings and "outside_service_period" not in settings
 
 
 class SubprocessCli:

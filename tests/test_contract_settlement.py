@@ -3,6 +3,7 @@ and masking — on SQLite and PostgreSQL, with seed 001's figures where the seed
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -17,10 +18,10 @@ from api.serializers import iso
 from bpmn import CATALOG_DIR
 from engine.contract import schedule
 from engine.contract.calendar import TZ
-from engine.contract.catalog import CatalogError, parse_catalog
+from engine.contract.catalog import CatalogError, out_of_period_mode, parse_catalog
 from engine.money.payments import compute
 from engine.usecases.tasks import work_calendar
-from storage.models import AuditEvent, Contract, ContractTask, HumanTask, Settlement, User
+from storage.models import AuditEvent, Contract, ContractTask, HumanTask, Settlement, User, WorkItem
 from tests.settlement_helpers import CONTRACT, adhoc_contract, completed_items, drive_to_approved, entry_ids
 
 D = Decimal
@@ -100,13 +101,129 @@ def test_stage_claims_take_their_period_refuse_other_stages_and_carry_with_a_rea
         ("6m", "2025-01-01", "2025-06-30"), ("9m", "2025-07-01", "2025-09-30"),
         ("annual", "2025-10-01", "2025-12-31"), ("final", "2025-01-01", "2025-12-31")]
 
-    # Outside the contract's service period: refused as the settings say.
+    # Outside the contract's service period: refused where the contract's one out_of_period rule says so.
     beyond = completed_items(1, prefix="OUT", at=at(2026, 1, 6))
     s_an = open_stage(w, "annual")
     assert [ln["id"] for ln in s_an["lines"]] == entry_ids(later)
+    set_settings(out_of_period="refuse")
     r = w.post("pm", f"/api/v1/settlements/{s_an['id']}/lines",
                json={"entry_ids": entry_ids(beyond), "reason": "次年", "carry": True})
-    assert r.status_code == 422 and r.get_json()["code"] == "outside_service_period"
+    assert r.status_code == 422 and r.get_json()["code"] == "out_of_period"
+    assert r.get_json()["entries"] == entry_ids(beyond)
+
+
+def test_flagged_entries_go_to_the_final_claim_or_are_carried_and_show_the_flag(cw, app):
+    from tests.test_web import Browser
+
+    w = cw
+    assert contract().settings["out_of_period"] == "flag"      # the shipped default: flag, not refuse
+    inside = completed_items(1, prefix="IN", at=at(2025, 2, 10))
+    early = completed_items(1, prefix="EARLY", at=at(2025, 3, 3))
+    beyond = completed_items(1, prefix="OUT", at=at(2026, 1, 6))   # tallied after the service period
+    # Work registered outside the period (the item's flag) is out of period even when tallied inside it.
+    item = db.session.get(WorkItem, early[0])
+    item.out_of_period = True
+    db.session.commit()
+    s6 = open_stage(w, "6m")
+    assert [ln["id"] for ln in s6["lines"]] == entry_ids(inside)   # a stage claim never gathers flagged work
+    assert all(ln["out_of_period"] is False for ln in s6["lines"])
+    lines = f"/api/v1/settlements/{s6['id']}/lines"
+    r = w.post("pm", lines, json={"entry_ids": entry_ids(early), "reason": "补报"})
+    assert r.status_code == 422 and r.get_json()["code"] == "entry_outside_stage"
+    assert r.get_json()["entries"] == entry_ids(early)
+    r = w.post("pm", lines, json={"entry_ids": entry_ids(beyond), "reason": "补报"})
+    assert r.status_code == 422 and r.get_json()["code"] == "entry_outside_stage"
+    r = w.post("pm", lines, json={"entry_ids": entry_ids(early), "reason": "服务期前登记，经确认结转", "carry": True})
+    assert r.status_code == 200, r.get_json()
+    seen = w.get("auditor", f"/api/v1/settlements/{s6['id']}").get_json()
+    flagged = {ln["id"]: ln for ln in seen["lines"] if ln["out_of_period"]}
+    assert list(flagged) == entry_ids(early)
+    assert flagged[entry_ids(early)[0]]["carried"] is True
+    assert flagged[entry_ids(early)[0]]["outside_service_period"] is True   # the pre-rename alias
+    assert "服务期外" in Browser(app, "pm").get(f"/settlements/{s6['id']}").get_data(as_text=True)
+    # The final claim takes a flagged entry as it is (it belongs to no stage), not carried.
+    final = open_stage(w, "final")
+    assert final["lines"] == []
+    r = w.post("pm", f"/api/v1/settlements/{final['id']}/lines", json={"entry_ids": entry_ids(beyond),
+                                                                       "reason": "服务期满后上线"})
+    assert r.status_code == 200, r.get_json()
+    seen = w.get("auditor", f"/api/v1/settlements/{final['id']}").get_json()
+    assert [(ln["id"], ln["out_of_period"], ln["carried"]) for ln in seen["lines"]] == [
+        (entry_ids(beyond)[0], True, False)]
+
+
+def test_registration_and_settlement_read_the_one_out_of_period_setting(cw):
+    w = cw
+    beyond = completed_items(1, prefix="OUT", at=at(2026, 1, 6))   # registered while the rule was flag
+    set_settings(out_of_period="refuse")
+    # Registration outside the period (the contract runs in 2025; today is later): refused with the same code.
+    r = w.post("pm", "/api/v1/items", json={"contract": CONTRACT, "service_line": "1", "name": "期外事项",
+                                            "code": "OOP-1", "department": "DA", "channels": ["pc"],
+                                            "mode": "new", "difficulty": 1.0})
+    assert r.status_code == 422 and r.get_json()["code"] == "out_of_period"
+    set_settings(out_of_period="flag")
+    r = w.post("pm", "/api/v1/items", json={"contract": CONTRACT, "service_line": "1", "name": "期外事项",
+                                            "code": "OOP-1", "department": "DA", "channels": ["pc"],
+                                            "mode": "new", "difficulty": 1.0})
+    assert r.status_code == 201 and r.get_json()["out_of_period"] is True
+    # A contract stored before the rename, with only the settlement's old key: both paths read it.
+    c = contract()
+    c.settings = {k: v for k, v in c.settings.items() if k != "out_of_period"} | {"outside_service_period": "refuse"}
+    db.session.commit()
+    r = w.post("pm", "/api/v1/items", json={"contract": CONTRACT, "service_line": "1", "name": "期外事项",
+                                            "code": "OOP-2", "department": "DA", "channels": ["pc"],
+                                            "mode": "new", "difficulty": 1.0})
+    assert r.status_code == 422 and r.get_json()["code"] == "out_of_period"
+    final = open_stage(w, "final")
+    r = w.post("pm", f"/api/v1/settlements/{final['id']}/lines", json={"entry_ids": entry_ids(beyond),
+                                                                       "reason": "服务期满后上线"})
+    assert r.status_code == 422 and r.get_json()["code"] == "out_of_period"
+
+
+def test_an_ad_hoc_claim_gathers_no_out_of_period_work_where_the_contract_refuses_it(cw):
+    w = cw
+    adhoc_contract()
+    inside = completed_items(1, prefix="IN", at=at(2025, 12, 10))
+    beyond = completed_items(1, prefix="OUT", at=at(2026, 1, 6))
+    flagged = completed_items(1, prefix="FLG", at=at(2025, 12, 11))
+    item = db.session.get(WorkItem, flagged[0])
+    item.out_of_period = True
+    db.session.commit()
+    body = {"contract": CONTRACT, "period_start": "2025-12-01", "period_end": "2026-01-31"}
+    set_settings(out_of_period="refuse")
+    r = w.post("pm", "/api/v1/settlements", json=body)
+    assert r.status_code == 201, r.get_json()
+    assert [ln["id"] for ln in r.get_json()["lines"]] == entry_ids(inside)
+    r = w.post("pm", f"/api/v1/settlements/{r.get_json()['id']}/lines",
+               json={"entry_ids": entry_ids(beyond), "reason": "次年"})
+    assert r.status_code == 422 and r.get_json()["code"] == "out_of_period"
+    # Flag (the default): an ad-hoc period gathers what it covers, and its lines show the flag.
+    set_settings(out_of_period="flag")
+    r = w.post("pm", "/api/v1/settlements", json=dict(body, period_start="2026-01-01"))
+    assert r.status_code == 201, r.get_json()
+    assert [(ln["id"], ln["out_of_period"]) for ln in r.get_json()["lines"]] == [(entry_ids(beyond)[0], True)]
+
+
+def test_a_catalogue_with_the_old_setting_name_loads_with_a_warning():
+    text = (CATALOG_DIR / "shanghai.toml").read_text(encoding="utf-8")
+    assert "outside_service_period" not in text
+    old = text.replace('out_of_period = "flag"\n', "").replace(
+        "[contract.settings]\n", '[contract.settings]\noutside_service_period = "refuse"\n')
+    parsed = parse_catalog(old, "old.toml")
+    assert parsed["contract"]["settings"]["out_of_period"] == "refuse"
+    assert "outside_service_period" not in parsed["contract"]["settings"]
+    assert len(parsed["warnings"]) == 1 and "out_of_period = 'refuse'" in parsed["warnings"][0]
+    both = text.replace("[contract.settings]\n", '[contract.settings]\noutside_service_period = "refuse"\n')
+    parsed = parse_catalog(both, "both.toml")
+    assert parsed["contract"]["settings"]["out_of_period"] == "flag"
+    assert "out_of_period = 'flag' applies" in parsed["warnings"][0]
+    assert parse_catalog(text, "new.toml")["warnings"] == []
+    with pytest.raises(CatalogError, match="outside_service_period"):
+        parse_catalog(text.replace("[contract.settings]\n", '[contract.settings]\noutside_service_period = "x"\n'),
+                      "bad.toml")
+    assert out_of_period_mode({"outside_service_period": "refuse"}) == "refuse"
+    assert out_of_period_mode({"out_of_period": "flag", "outside_service_period": "refuse"}) == "flag"
+    assert out_of_period_mode({}) == "flag"
 
 
 def test_annual_shows_the_approved_staged_claims_and_the_cumulative_amount(cw):
@@ -127,6 +244,35 @@ def test_annual_shows_the_approved_staged_claims_and_the_cumulative_amount(cw):
     # Late (its 20 working days passed): 3 % of the year's fee — the staged claims' gross and the new.
     assert annual["figures"]["late"] is True and annual["figures"]["penalty"] == 4050.0
     assert s6["figures"]["penalty"] == 1350.0       # a staged claim's 3 % is of its own fee
+
+
+def test_the_claim_sheet_lists_every_stage_as_the_claim_json_does(cw):
+    w = cw
+    completed_items(1, prefix="X6", at=at(2025, 2, 10))
+    completed_items(2, prefix="X9", at=at(2025, 7, 10))
+    completed_items(1, prefix="XA", at=at(2025, 10, 10))
+    drive_to_approved(w, open_stage(w, "6m")["id"])
+    s9 = open_stage(w, "9m")                      # open, not yet approved: claimed but no approved amount
+    annual = open_stage(w, "annual")
+    seen = w.get("auditor", f"/api/v1/settlements/{annual['id']}").get_json()["stages"]
+    r = w.get("auditor", f"/api/v1/settlements/{annual['id']}/claim.xlsx")
+    assert r.status_code == 200
+    book = openpyxl.load_workbook(io.BytesIO(r.data), read_only=True)
+    rows = list(book["各阶段结算"].iter_rows(values_only=True))
+    assert rows[0][:9] == ("结算阶段", "名称", "期间起", "期间止", "结算单号", "申报状态", "申报金额（元）",
+                           "审定金额（元）", "累计审定金额（元）")
+    assert len(rows) == 1 + len(seen) == 5
+    for row, st in zip(rows[1:], seen, strict=True):
+        assert row[0:5] == (st["stage"], st["name"], st["period_start"], st["period_end"],
+                            st["settlement_id"] if st["settlement_id"] is not None else None)
+        for value, key in ((row[6], "claimed"), (row[7], "approved"), (row[8], "cumulative_approved")):
+            assert (value if value not in ("", None) else None) == st[key], (st["stage"], key)
+        assert (row[9] == "是") is st["this"]
+    by = {st["stage"]: st for st in seen}
+    assert by["6m"]["status"] == "approved" and by["6m"]["approved"] is not None
+    assert by["9m"]["settlement_id"] == s9["id"] and by["9m"]["claimed"] == s9["figures"]["gross"] == 90000.0
+    assert by["9m"]["approved"] is None and by["final"]["settlement_id"] is None
+    assert rows[1][5] == "已审定（锁定）" and rows[4][5] == "未开启"
 
 
 def test_an_overlapping_schedule_is_refused_when_loaded():
@@ -433,11 +579,25 @@ def test_monthly_report_drafted_from_data_and_one_working_day_late_costs_three_p
     report = mr.load(db.session, march["id"])
     assert work_calendar(db.session).working_days_between(report.due_at, submitted) == 1
     mr.submit(Ctx(session=db.session, user=db.session.execute(select(User).where(User.username == "pm"))
-                  .scalar_one(), now=submitted), report)
+                  .scalar_one(), now=submitted, store=app.extensions["itemgate_store"]), report,
+              mr.font_if_installed(app.config["ITEMGATE"].cjk_font))
     db.session.commit()
     got = w.get("auditor", f"/api/v1/monthly-reports/{march['id']}").get_json()
     assert (got["late"], got["month_fee"], got["deduction_rate"], got["deduction"]) == (True, "90000.00", "0.03",
                                                                                         "2700.00")
+    # The submission keeps the report as drafted then, hashed in the store; the auditor downloads exactly that.
+    [sub] = got["submissions"]
+    assert sub["round"] == 1 and sub["by"] == "pm" and set(sub["files"]) == {"xlsx", "pdf"}
+    completed_items(1, prefix="MR3L", at=at(2025, 3, 20))   # March's data changes after the submission
+    for fmt in ("xlsx", "pdf"):
+        r = w.get("auditor", f"/api/v1/monthly-reports/{march['id']}/report.{fmt}")
+        assert r.status_code == 200 and hashlib.sha256(r.data).hexdigest() == sub["files"][fmt]["sha256"]
+    kept = openpyxl.load_workbook(io.BytesIO(w.get("auditor", f"/api/v1/monthly-reports/{march['id']}/report.xlsx")
+                                              .data))["概况"]
+    assert {row[0]: row[1] for row in kept.iter_rows(values_only=True) if row[0]}["本月计量分录"] == 2
+    today = openpyxl.load_workbook(io.BytesIO(w.get(
+        "auditor", f"/api/v1/monthly-reports/{march['id']}/report.xlsx?draft=1").data))["概况"]
+    assert {row[0]: row[1] for row in today.iter_rows(values_only=True) if row[0]}["本月计量分录"] == 3
     assert got["attachments"][0]["filename"] == "附件.pdf" and got["status"] == "submitted"
     r = w.post("auditor", f"/api/v1/monthly-reports/{march['id']}/review", json={"decision": "accept"})
     assert r.status_code == 200 and r.get_json()["status"] == "accepted"

@@ -164,3 +164,23 @@ def test_a_line_without_declared_levels_keeps_the_pms_value_alone(world: World):
                 and sl.difficulty_levels]
     assert {sl.code for sl in shanghai} >= {"1", "2", "3", "5", "6", "12"}
     assert all(needs_difficulty_review(sl) for sl in shanghai)
+
+
+def test_rework_redoes_the_confirmation_through_the_proposal_never_the_auditors_step(world: World):
+    w = world
+    item_id = proposed(w, "SH-DF-RW")
+    review = w.task_named(item_id, "review_difficulty")
+    assert w.complete("auditor", review["id"], {"verdict": "confirm"}).status_code == 200
+    # The auditor's step is not a rework target: the PM cannot send the item back to it ...
+    r = w.post("pm", f"/api/v1/items/{item_id}/rework", json={"to": "review_difficulty", "reason": "重新确认"})
+    assert r.status_code == 422, r.get_json()
+    assert "review_difficulty" not in r.get_json()["errors"]["to"][0]
+    assert w.get("pm", f"/api/v1/items/{item_id}").get_json()["difficulty_confirmed_by"] == "auditor"
+    # ... and the item page does not offer it; sending it back to the proposal starts a fresh confirmation.
+    page = Browser(w.app, "pm").get(f"/items/{item_id}").get_data(as_text=True)
+    assert 'value="confirm_difficulty"' in page and 'value="review_difficulty"' not in page
+    r = w.post("pm", f"/api/v1/items/{item_id}/rework", json={"to": "confirm_difficulty", "reason": "复杂度重估"})
+    assert r.status_code == 200, r.get_json()
+    assert [t["name"] for t in w.open_tasks(item_id)] == ["confirm_difficulty"]
+    w.complete_task_as("pm", item_id, "confirm_difficulty", {"difficulty": "1.5", "complexity_note": "三系统对接"})
+    assert sorted(t["name"] for t in w.open_tasks(item_id)) == ["review_difficulty", "survey_sorting"]

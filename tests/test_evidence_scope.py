@@ -448,8 +448,8 @@ def test_the_migration_scopes_existing_per_department_evidence(fresh_app):
 
     marked = {t.spec_name: t.per_department for t in db.session.scalars(
         select(HumanTask).where(HumanTask.item_id == item_id))}
-    assert marked == {"intake": False, "confirm_difficulty": False, "survey_current": False,
-                      "analyse_linked_item": True}
+    assert marked == {"intake": False, "confirm_difficulty": False, "review_difficulty": False,
+                      "survey_current": False, "analyse_linked_item": True}
     scoped = {a.id: a.department.code if a.department else None for a in db.session.scalars(
         select(Artefact).where(Artefact.item_id == item_id, Artefact.kind.in_(["item_analysis", "business_plan"])))}
     assert scoped == {uploaded["DA"]: "DA", uploaded["DB"]: "DB", loose: None}

@@ -32,6 +32,7 @@ def do(world: Any, user: str, item_id: int, name: str, data: dict[str, Any] | No
             assert r.status_code == 201, r.get_json()
     r = world.complete(user, task["id"], data)
     assert r.status_code == 200, (name, r.get_json())
+    world.after_step(item_id, name)
     return r.get_json()
 
 

@@ -14,7 +14,7 @@ from engine.runtime.workkinds import work_kind_ids
 from engine.usecases.settlement import PROCESS_ID
 
 START = {"mode": "new", "channels": ["pc"], "service_line": "5", "department": "DA", "attributes": {},
-         "needs_walkthrough": True,
+         "needs_walkthrough": True, "needs_difficulty_review": False,
          "due_at_iso": "9999-12-31T00:00:00+00:00", "departments": ["DA", "DB"]}
 APPROVE = {"decision": "approve", "comment": "ok"}
 RETURN = {"decision": "return", "comment": "again"}

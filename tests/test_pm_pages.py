@@ -78,6 +78,69 @@ def test_register_a_one_thing_with_its_departments(world, app):
     assert item["attributes"]["departments"] == ["DA", "DB"]  # the lead department takes part
 
 
+def test_register_a_metered_record_with_units_and_period(world, app):
+    """A metered line (9: API calls) takes units and a month instead of channels, mode and difficulty; its
+    problems come back inline in Chinese from the same use case as POST /api/v1/items."""
+    pm = Browser(app, "pm")
+    page = pm.get("/items/new").get_data(as_text=True)
+    assert 'name="units"' in page and 'type="month"' in page and 'data-kind="metered"' in page
+    base = {"line": _line_id("9"), "name": "统一身份认证 2025年11月", "code": "SH-IAM-W-2025-11", "department": "DA",
+            # What a browser without script sends: the countable fields' defaults, which a record does not read.
+            "mode": "new", "difficulty": "1.0"}
+    bad = pm.post("/items/new", {**base, "units": "1440000000", "period": "2025-13"})
+    assert bad.status_code == 422
+    html = bad.get_data(as_text=True)
+    assert "计量期间应为年月，如 2026-11。" in html and 'id="err-period"' in html and _items(app) == 0
+    # The chosen line decides what shows without script: no channels, mode or difficulty for a record.
+    assert re.search(r'id="r-channels"[^>]*\bhidden\b', html) and re.search(r'id="r-mode"[^>]*\bhidden\b', html)
+    assert re.search(r'data-field="units"[^>]*>', html).group(0).count("hidden") == 0
+    assert 'value="1440000000"' in html  # what was typed stays
+    missing = pm.post("/items/new", {**base, "units": "", "period": ""})
+    text = missing.get_data(as_text=True)
+    assert missing.status_code == 422
+    assert "请填写计量数量（大于 0 的数字）。" in text and "请选择计量期间（年-月）。" in text
+    for units in ("0", "-5", "abc"):
+        r = pm.post("/items/new", {**base, "units": units, "period": "2025-11"})
+        assert r.status_code == 422 and 'id="err-units"' in r.get_data(as_text=True), units
+    assert _items(app) == 0
+    ok = pm.post("/items/new", {**base, "units": "1,440,000,000", "period": "2025-11"})
+    assert ok.status_code == 302, ok.get_data(as_text=True)[:3000]
+    item_id = int(ok.headers["Location"].rsplit("/", 1)[1])
+    item = world.get("pm", f"/api/v1/items/{item_id}").get_json()
+    assert item["mode"] == "record" and item["units"] == 1440000000 and item["period"] == "2025-11"
+    assert item["channels"] == [] and [t["name"] for t in item["tasks"] if t["status"] == "ready"] == ["record"]
+    page = pm.get(f"/items/{item_id}").get_data(as_text=True)
+    assert re.search(r'id="item-units">1,440,000,000 次接口调用量<', page)
+    assert 'id="item-period">2025-11<' in page
+    # A record counts its units at 1.00: there is no difficulty to adjust.
+    assert 'id="difficulty-form"' not in page
+    refused = pm.post(f"/items/{item_id}/difficulty", {"difficulty": "2.0", "note": "调高"})
+    assert refused.status_code == 302
+    assert world.get("pm", f"/api/v1/items/{item_id}").get_json()["difficulty"] == 1.0
+    # A person-month line takes a decimal.
+    months = pm.post("/items/new", {**base, "line": _line_id("18"), "code": "SH-PM-W-2025-11", "units": "2.5",
+                                    "period": "2025-11"})
+    assert months.status_code == 302, months.get_data(as_text=True)[:3000]
+    months_id = int(months.headers["Location"].rsplit("/", 1)[1])
+    assert world.get("pm", f"/api/v1/items/{months_id}").get_json()["units"] == 2.5
+
+
+def test_a_line_priced_without_channels_is_registered_without_them(world, app):
+    """Line 13 (per interface) has no channels: the form hides them, and what a script-less browser still sends
+    is not read (the API would refuse channels for it)."""
+    pm = Browser(app, "pm")
+    base = {"line": _line_id("13"), "name": "电子证照接口", "code": "SH-IF-W-1", "department": "DA", "mode": "new",
+            "difficulty": "1.0"}
+    bad = pm.post("/items/new", {**base, "mode": ""})
+    html = bad.get_data(as_text=True)
+    assert bad.status_code == 422 and "请选择接入方式。" in html and "请至少选择一个渠道。" not in html
+    assert re.search(r'id="r-channels"[^>]*\bhidden\b', html) and not re.search(r'id="r-mode"[^>]*\bhidden\b', html)
+    ok = pm.post("/items/new", {**base, "channels": ["pc"]})
+    assert ok.status_code == 302, ok.get_data(as_text=True)[:3000]
+    item_id = int(ok.headers["Location"].rsplit("/", 1)[1])
+    assert world.get("pm", f"/api/v1/items/{item_id}").get_json()["channels"] == []
+
+
 def test_api_refuses_attributes_the_line_cannot_use(world):
     r = world.post("pm", "/api/v1/items", json={
         "contract": "SH-YWTB-2025", "service_line": "5", "name": "一件事", "code": "SH-W-Y2", "department": "DA",
@@ -118,7 +181,7 @@ def test_import_previews_every_row_then_imports_in_the_background(world, app, mo
     assert template.status_code == 200
     book = load_workbook(io.BytesIO(template.data))
     assert [c.value for c in book.worksheets[0][1]] == ["事项名称", "事项编码", "需求部门", "服务类别", "接入渠道",
-                                                        "接入方式", "难度系数"]
+                                                        "接入方式", "难度系数", "计量数量", "计量期间"]
     bad = _xlsx([["驾驶证补领", "SH-I-1", "DA", "1", "PC端、移动端", "新增接入", 1.2],
                  ["无部门", "SH-I-2", "ZZ", "1", "PC端", "新增接入", None],
                  ["坏渠道", "SH-I-3", "DA", "3", "自助终端", "优化", None]])

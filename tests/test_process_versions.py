@@ -35,7 +35,7 @@ BROKEN = {
     "unsafe_condition": (lambda x: x.replace('>needs_walkthrough<', ">__import__('os').system('id')<"),
                          "flow_gw_walkthrough_to_walkthrough", "not allowed"),
     "unsafe_timer": (lambda x: x.replace(">due_at_iso</bpmn:timeDate>", ">().__class__.__bases__</bpmn:timeDate>", 1),
-                     "confirm_survey_overdue", "timer timeDate"),
+                     "review_difficulty_overdue", "timer timeDate"),  # the first timeDate in the file
 }
 
 

@@ -5,7 +5,7 @@ import bpmn
 from engine.runtime import spiff
 
 START = {"mode": "new", "channels": ["pc"], "service_line": "1", "department": "DA", "attributes": {},
-         "due_at_iso": "2099-01-01T00:00:00+00:00"}
+         "due_at_iso": "2099-01-01T00:00:00+00:00", "needs_difficulty_review": False}
 
 
 def test_an_item_returned_250_times_still_advances():

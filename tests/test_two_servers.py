@@ -194,6 +194,8 @@ def test_one_thing_and_settlement_with_requests_alternating_between_two_servers(
         item_id = created["id"]
         c.do("impl", item_id, "intake", {"summary": "需求概述"})
         c.do("pm", item_id, "confirm_difficulty", {"difficulty": "1.20", "complexity_note": "涉及多部门数据共享"})
+        # The third party confirms the proposal on whichever server the request lands (a parallel branch).
+        c.do("auditor", item_id, "review_difficulty", {"verdict": "confirm"})
         c.do("impl", item_id, "survey_current", {"item_count": 2})
         for dept in ("DA", "DB"):
             c.do("impl", item_id, "analyse_linked_item", {"notes": dept}, department=dept)

@@ -4,6 +4,7 @@ Exports here and elsewhere are audit events (api/audit_hooks.py); masked fields 
 """
 from __future__ import annotations
 
+import io
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
@@ -257,10 +258,27 @@ def monthly_report_xlsx(report_id: int) -> Response:
 
     authorize(current_user(), "report.read")
     report = mr.load(db.session, report_id)
+    names = (f"月度运营报告-{report.key}.xlsx", f"monthly-report-{report.key}.xlsx")
+    stored = _submitted(report, "xlsx")
+    if stored is not None:  # what was submitted and reviewed, checked against its hash
+        g.export_rows = 1
+        return file_response(io.BytesIO(stored), XLSX, *names)
     figures = mr.draft(db.session, report, datetime.now(TZ))
     g.export_rows = len(figures["rows"])
-    return file_response(mr.xlsx_file(report, figures), XLSX, f"月度运营报告-{report.key}.xlsx",
-                         f"monthly-report-{report.key}.xlsx")
+    return file_response(mr.xlsx_file(report, figures), XLSX, *names)
+
+
+def _submitted(report: Any, fmt: str) -> bytes | None:
+    """A submitted report's stored file (`?round=N` for an earlier submission), unless `?draft=1` asks for
+    today's draft."""
+    from flask import current_app, request
+
+    from engine.usecases import monthly_report as mr
+
+    if request.args.get("draft"):
+        return None
+    round_no = request.args.get("round", type=int)
+    return mr.submitted_file(current_app.extensions.get("itemgate_store"), report, fmt, round_no)
 
 
 @blp.route("/monthly-reports/<int:report_id>/report.pdf", methods=["GET"])
@@ -273,10 +291,15 @@ def monthly_report_pdf(report_id: int) -> Response:
 
     authorize(current_user(), "report.read")
     report = mr.load(db.session, report_id)
-    font = find_cjk_font(current_app.config["ITEMGATE"].cjk_font)  # 503 cjk_font_missing without a Chinese font
-    figures = mr.draft(db.session, report, datetime.now(TZ))
-    g.export_rows = len(figures["rows"])
-    response = Response(mr.pdf_bytes(report, figures, font), mimetype="application/pdf")
+    body = _submitted(report, "pdf")
+    if body is None:
+        font = find_cjk_font(current_app.config["ITEMGATE"].cjk_font)  # 503 cjk_font_missing without a font
+        figures = mr.draft(db.session, report, datetime.now(TZ))
+        g.export_rows = len(figures["rows"])
+        body = mr.pdf_bytes(report, figures, font)
+    else:
+        g.export_rows = 1
+    response = Response(body, mimetype="application/pdf")
     response.headers["Content-Disposition"] = attachment(f"月度运营报告-{report.key}.pdf",
                                                          f"monthly-report-{report.key}.pdf")
     return response
@@ -327,7 +350,10 @@ def monthly_report_submit(report_id: int) -> dict[str, Any]:
 
     with unit_of_work(db.session):
         authorize(current_user(), "report.prepare")
-        report = mr.submit(_report_ctx(), mr.load(db.session, report_id))
+        from flask import current_app
+
+        font = mr.font_if_installed(current_app.config["ITEMGATE"].cjk_font)
+        report = mr.submit(_report_ctx(), mr.load(db.session, report_id), font)
     return _report_json(report)
 
 

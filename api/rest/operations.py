@@ -105,11 +105,19 @@ class NotificationQuery(PageArgs):
     unread = fields.Boolean(load_default=False)
 
 
-def notification_json(note: Notification) -> dict[str, Any]:
+def reader_language() -> str:
+    """The language the caller reads: the best of zh and en its Accept-Language names, Chinese by default."""
+    return request.accept_languages.best_match(notify.LANGUAGES, default="zh") or "zh"
+
+
+def notification_json(note: Notification, language: str = "zh") -> dict[str, Any]:
+    """A notification as its reader sees it: `message` in the reader's language (rows written before message keys
+    keep their Chinese text), with the key and params for clients that word it themselves."""
     return {"id": note.id, "kind": note.kind, "item_id": note.item_id, "task_id": note.task_id,
             "settlement_id": note.settlement_id, "user_id": note.user_id, "role": note.role,
-            "message": note.message, "comment": note.comment, "created_at": iso(note.created_at),
-            "read": note.read_at is not None, "read_at": iso(note.read_at)}
+            "message": notify.text_of(note, notify.translator(language)), "message_key": note.message_key,
+            "params": note.params, "language": language, "comment": note.comment,
+            "created_at": iso(note.created_at), "read": note.read_at is not None, "read_at": iso(note.read_at)}
 
 
 @blp.route("/notifications", methods=["GET"])
@@ -124,7 +132,8 @@ def notifications_list(args: dict[str, Any]) -> dict[str, Any]:
     total = db.session.execute(select(func.count()).select_from(query.subquery())).scalar_one()
     rows = db.session.scalars(query.order_by(Notification.id.desc())
                               .offset((args["page"] - 1) * args["per_page"]).limit(args["per_page"]))
-    return {"notifications": [notification_json(n) for n in rows], "total": total,
+    language = reader_language()
+    return {"notifications": [notification_json(n, language) for n in rows], "total": total,
             "unread": notify.unread_count(db.session, user)}
 
 
@@ -134,7 +143,7 @@ def notifications_read(note_id: int) -> dict[str, Any]:
     with unit_of_work(db.session):
         note = notify.read_mine(db.session, current_user(), note_id, datetime.now(UTC))
     db.session.refresh(note)
-    return notification_json(note)
+    return notification_json(note, reader_language())
 
 
 @blp.route("/notifications/read-all", methods=["POST"])

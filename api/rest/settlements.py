@@ -106,7 +106,9 @@ def settlement_json(s: Settlement, user: User, with_lines: bool = False, *, fig:
                 comments.setdefault(n.entry_id, []).append(note_json(n))
         out["lines"] = [dict(entry_json(entry), item_status=item.status, added_reason=line.added_reason,
                              carried=line.carried, comments=comments.get(entry.id, []),
-                             outside_service_period=st.outside_service_period(s.contract, st.tally_day(entry)))
+                             out_of_period=st.entry_out_of_period(s.contract, entry),
+                             # The pre-rename name of the same flag (docs/SETTLEMENT.md); kept for clients.
+                             outside_service_period=st.entry_out_of_period(s.contract, entry))
                         for line, entry, item in db.session.execute(st.line_entries(s.id)).all()]
         out["notes"] = [note_json(n) for n in notes]
         out["carried"] = [ln for ln in out["lines"] if ln["carried"]]
@@ -294,7 +296,8 @@ def settlements_final_approval(body: dict[str, Any], settlement_id: int) -> dict
 def settlements_claim_xlsx(settlement_id: int) -> Response:
     authorize(current_user(), "settlement.read")
     s = _load(settlement_id)
-    out = claim_xlsx_file(db.session, s, st.figures(db.session, s, ctx().now))
+    out = claim_xlsx_file(db.session, s, st.figures(db.session, s, ctx().now),
+                          st.stage_summary(db.session, s))
     return file_response(out, XLSX, f"结算申报表-{s.id}.xlsx", f"settlement-{s.id}-claim.xlsx")
 
 

@@ -199,7 +199,8 @@
   }
 
   // Registration (登记事项, accepting a service order): show only the fields the chosen line's rules read, and
-  // only the channels it is offered on. Without script every field shows and the server decides.
+  // only the channels it is offered on; a metered line's record (units in a period) has no channels, mode or
+  // difficulty. Without script every field shows until a submit, and the server decides.
   function setupLineForm(form) {
     var select = form.querySelector("select[name=line], select[name=service_line]");
     if (!select) { return; }
@@ -212,10 +213,18 @@
         box.hidden = !show;
         box.querySelectorAll("input").forEach(function (input) { input.disabled = !show; });
       });
+      var metered = !!option && option.dataset.kind === "metered";
+      var noChannels = !!option && option.value !== "" && option.dataset.channels === "";
+      form.querySelectorAll("[data-hide-for]").forEach(function (box) {
+        var reasons = box.dataset.hideFor.split(" ");
+        var hide = (metered && reasons.indexOf("metered") >= 0) || (noChannels && reasons.indexOf("nochannels") >= 0);
+        box.hidden = hide;
+        box.querySelectorAll("input, textarea, select").forEach(function (input) { input.disabled = hide; });
+      });
       form.querySelectorAll("label[data-channel]").forEach(function (label) {
         var input = label.querySelector("input");
         var off = offered !== null && offered.indexOf(label.dataset.channel) < 0;
-        input.disabled = off;
+        input.disabled = off || metered || noChannels;
         if (off) { input.checked = false; }
         label.classList.toggle("muted", off);
       });

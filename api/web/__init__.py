@@ -32,6 +32,20 @@ _CODE_TEXT = {
 }
 
 
+def _remember_language(lang: str) -> None:
+    """The language a signed-in user switches to is theirs: their e-mail and chat notifications use it too."""
+    if not current_user.is_authenticated or current_user.row.language == lang:
+        return
+    from sqlalchemy import update
+
+    from storage.models import User
+    from storage.unit_of_work import unit_of_work
+
+    with unit_of_work(db.session):
+        db.session.execute(update(User).where(User.id == current_user.row.id).values(language=lang))
+    current_user.row.language = lang
+
+
 def register(app: Flask) -> None:
     settings = app.config["ITEMGATE"]
     app.config.update(
@@ -88,6 +102,7 @@ def register(app: Flask) -> None:
         lang = request.args.get("lang")
         if lang in i18n.LANGUAGES:
             session["lang"] = lang
+            _remember_language(lang)
         if request.method not in _SAFE_METHODS:
             csrf.protect()
         return None

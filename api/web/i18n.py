@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import re
 from datetime import date, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -203,6 +204,14 @@ def filesize(size: int | None) -> str:
     return f"{size / 1024 / 1024:.1f} MB"
 
 
+def quantity(value: Any) -> str:
+    """A metered record's units for people: every digit kept, no exponent, thousands grouped (1,440,000,000)."""
+    if value is None:
+        return ""
+    number = Decimal(str(value))
+    return f"{number.normalize():,f}" if number.is_finite() else str(value)
+
+
 def url_with(**changes: Any) -> str:
     """The current page's URL with some query arguments changed (None removes one)."""
     args = {k: v for k, v in request.args.items()}
@@ -232,4 +241,4 @@ def install(app: Flask) -> None:
         step_help=lambda form: _(STEP_HELP[form]) if form in STEP_HELP else "",
         shown_data=_shown_data,
     )
-    env.filters.update(dt=fmt_datetime, d=fmt_date, filesize=filesize)
+    env.filters.update(dt=fmt_datetime, d=fmt_date, filesize=filesize, quantity=quantity)

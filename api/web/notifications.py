@@ -49,7 +49,8 @@ def notifications() -> Any:
     rows = list(db.session.scalars(query.order_by(Notification.id.desc()).offset((page - 1) * PER_PAGE)
                                    .limit(PER_PAGE)))
     return render_template("web/notifications.html", rows=rows, total=total, page=page, pages=pages,
-                           unread_only=unread_only, kind_labels=KIND_LABELS, target_url=target_url)
+                           unread_only=unread_only, kind_labels=KIND_LABELS, target_url=target_url,
+                           text_of=lambda note: notify.text_of(note, _))
 
 
 @bp.get("/notifications/<int:note_id>/open")

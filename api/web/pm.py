@@ -17,12 +17,12 @@ from api.uploads import record_upload, stream_length
 from api.web.auth import me, web_ctx
 from api.web.i18n import _
 from api.web.views import act_and_flash, bp, refusal
-from engine.contract.registration import line_fields
+from engine.contract.registration import is_metered, line_fields
 from engine.errors import DomainError, FormInvalid, NotFound
 from engine.evidence.artefacts import upload_artefact
 from engine.trust.access import authorize, load_item_for
 from engine.usecases.tasks import NewItem, create_item
-from storage.models import CHANNELS, Contract, Department, ServiceLine, WorkItem
+from storage.models import CHANNELS, RECORD_MODE, Contract, Department, ServiceLine, WorkItem
 from storage.unit_of_work import unit_of_work
 
 log = logging.getLogger("itemgate.web")
@@ -49,6 +49,11 @@ _FIELD_TEXT: list[tuple[str, str]] = [
     (r"^required \(at least 2", "请填写原因（至少 2 个字）。"),
     (r"^at most 2000 characters", "内容长度不符合要求。"),
     (r"^NUL|unpaired surrogate|control character", "不能包含空字符或无效字符。"),
+    (r"^a metered record needs its units", "请填写计量数量（大于 0 的数字）。"),
+    (r"^a metered record needs its period", "请选择计量期间（年-月）。"),
+    (r"^a period is a month like", "计量期间应为年月，如 2026-11。"),
+    (r"^only a metered line's record carries units", "该服务类别不按计量记录登记，无需计量数量。"),
+    (r"is outside contract .*'s service period", "计量期间不在合同的服务期内。"),
 ]
 
 
@@ -71,13 +76,17 @@ def _lines() -> list[tuple[Contract, list[ServiceLine]]]:
 def _registration_page(values: dict[str, Any], errors: dict[str, list[str]], status: int = 200) -> Any:
     lines = _lines()
     fields_by_line = {sl.id: line_fields(sl) for _c, sls in lines for sl in sls}
+    # The chosen line (after a submit) decides what shows without script: a metered record has no channels, mode
+    # or difficulty; a line priced without channels has no channels.
+    chosen = next((sl for _c, sls in lines for sl in sls if str(sl.id) == values.get("line")), None)
     all_fields: dict[str, Any] = {}
     for specs in fields_by_line.values():
         for spec in specs:
             all_fields.setdefault(spec.name, spec)
     departments = list(db.session.scalars(select(Department).order_by(Department.code)))
     return render_template(
-        "web/item_new.html", contracts=lines, fields_by_line=fields_by_line, all_fields=all_fields,
+        "web/item_new.html", contracts=lines, fields_by_line=fields_by_line, all_fields=all_fields, chosen=chosen,
+        metered={sl.id for _c, sls in lines for sl in sls if is_metered(sl)},
         departments=departments, values=values, errors=errors, channels=CHANNELS, modes=MODES,
         max_upload_mb=current_app.config["ITEMGATE"].max_upload_mb), status
 
@@ -85,7 +94,7 @@ def _registration_page(values: dict[str, Any], errors: dict[str, list[str]], sta
 def _form_values(form: MultiDict[str, str]) -> dict[str, Any]:
     values: dict[str, Any] = {k: (form.get(k) or "").strip() for k in
                               ("contract", "line", "name", "code", "department", "mode", "difficulty",
-                               "complexity_note")}
+                               "complexity_note", "units", "period")}
     values["channels"] = form.getlist("channels")
     values["attr_departments"] = form.getlist("attr_departments")
     values["attr_parts"] = form.getlist("attr_parts")
@@ -109,13 +118,27 @@ def item_new() -> Any:
         errors["line"] = [_("请选择服务类别。")]
     else:
         contract_code = line.contract.code
+    # A metered record (units in a period) has no channels, mode or difficulty; a line priced without channels
+    # takes none. Fields the chosen line hides are not read, whatever a script-less browser sent.
+    record = line is not None and is_metered(line)
+    with_channels = line is None or bool(line.channels)
     difficulty = Decimal("1.0")
-    try:
-        difficulty = Decimal(values["difficulty"] or "1.0")
-        if not difficulty.is_finite():
-            raise InvalidOperation
-    except InvalidOperation:
-        errors["difficulty"] = [_("请输入有效的数字。")]
+    if not record:
+        try:
+            difficulty = Decimal(values["difficulty"] or "1.0")
+            if not difficulty.is_finite():
+                raise InvalidOperation
+        except InvalidOperation:
+            errors["difficulty"] = [_("请输入有效的数字。")]
+    units: Decimal | None = None
+    if record and values["units"]:
+        try:  # a number as POST /api/v1/items takes it; its range is the use case's to judge
+            units = Decimal(values["units"].replace(",", "").replace("，", ""))
+            if not units.is_finite():
+                raise InvalidOperation
+        except InvalidOperation:
+            errors["units"] = [_("请输入有效的数字。")]
+    period = (values["period"] or None) if record else None
     for key, limit in (("name", 300), ("code", 100)):
         if not values[key]:
             errors[key] = [_("此项必填。")]
@@ -123,17 +146,20 @@ def item_new() -> Any:
             errors[key] = [_("内容长度不符合要求。")]
     if not values["department"]:
         errors["department"] = [_("请选择需求部门。")]
-    if not values["channels"]:
+    if with_channels and not record and not values["channels"]:
         errors["channels"] = [_("请至少选择一个渠道。")]
-    if values["mode"] not in MODES:
+    if not record and values["mode"] not in MODES:
         errors["mode"] = [_("请选择接入方式。")]
     if len(values["complexity_note"]) > 2000:
         errors["complexity_note"] = [_("内容长度不符合要求。")]
     if difficulty != Decimal("1.0") and not values["complexity_note"] and not _statement_file():
         errors["complexity_note"] = [_("难度系数不是 1.0 时，请写明复杂度说明或上传复杂度说明文件。")]
     attributes: dict[str, Any] = {}
+    mode = RECORD_MODE if record else values["mode"]
     if line is not None:
         for field in line_fields(line):
+            if not field.is_attribute:
+                continue
             if field.kind == "departments":
                 chosen = [d for d in values["attr_departments"] if d]
                 if values["department"] and chosen and values["department"] not in chosen:
@@ -145,9 +171,9 @@ def item_new() -> Any:
                 attributes[field.name] = [p for p in values["attr_parts"] if p]
             else:
                 attributes[field.name] = field.name in values["attr_flags"]
-        if values["code"] and values["mode"] in MODES and db.session.execute(select(WorkItem.id).where(
+        if values["code"] and mode in (*MODES, RECORD_MODE) and db.session.execute(select(WorkItem.id).where(
                 WorkItem.contract_id == line.contract_id, WorkItem.code == values["code"],
-                WorkItem.mode == values["mode"], WorkItem.status != "cancelled")).first() is not None:
+                WorkItem.mode == mode, WorkItem.status != "cancelled")).first() is not None:
             errors["code"] = [_("该合同下已有相同编码和接入方式的事项。")]
     if values["complexity_note"]:
         attributes["complexity_note"] = values["complexity_note"]
@@ -156,8 +182,9 @@ def item_new() -> Any:
     assert line is not None
     context = web_ctx()
     spec = NewItem(contract=contract_code, service_line=line.code, name=values["name"], code=values["code"],
-                   department=values["department"], channels=[c for c in CHANNELS if c in values["channels"]],
-                   mode=values["mode"], difficulty=difficulty, attributes=attributes)
+                   department=values["department"],
+                   channels=[c for c in CHANNELS if c in values["channels"]] if with_channels and not record else [],
+                   mode=mode, difficulty=difficulty, attributes=attributes, units=units, period=period)
     statement = _statement_file()
     store = context.store
     created: list[Any] = []
@@ -188,6 +215,8 @@ def item_new() -> Any:
         raise
     except DomainError as err:
         db.session.rollback()
+        if err.code == "out_of_period":  # the contract refuses records outside its service period
+            return _registration_page(values, {"period": [field_text(str(err.detail))]}, 422)
         return _registration_page(values, {"statement": [refusal(err)]}, 422)
     flash(_("事项已登记，流程已启动"), "ok")
     return redirect(url_for("web.item", item_id=item.id))
@@ -254,9 +283,15 @@ _IMPORT_PROBLEMS: list[tuple[str, str]] = [
     (r"is not offered on", "该服务类别不提供此渠道。"),
     (r"is not a number 0.1", "难度系数应为 0.1 至 5 的数字。"),
     (r"^same code and mode as row (\d+)", "与第 {0} 行的编码和接入方式相同。"),
+    (r"record needs its units$", "计量类服务类别须填写计量数量。"),
+    (r"record needs its period", "计量类服务类别须填写计量期间（如 2026-11）。"),
+    (r"is not metered$", "该服务类别不是计量类，不填计量数量。"),
+    (r"is not a number > 0$", "计量数量应为大于 0 的数字。"),
+    (r"is not a month like", "计量期间应为年月，如 2026-11。"),
 ]
 _COLUMN_NAMES = {"name": "事项名称", "code": "事项编码", "department": "需求部门", "service_line": "服务类别",
-                 "channels": "接入渠道", "mode": "接入方式", "difficulty": "难度系数"}
+                 "channels": "接入渠道", "mode": "接入方式", "difficulty": "难度系数", "units": "计量数量",
+                 "period": "计量期间"}
 
 
 def import_problem(problem: str) -> str:

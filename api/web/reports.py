@@ -6,13 +6,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import redirect, render_template, request, url_for
+from flask import current_app, redirect, render_template, request, url_for
 from sqlalchemy import select
 
 from api.extensions import db
 from api.web.auth import me, web_ctx
 from api.web.i18n import _
 from api.web.views import act_and_flash, bp, refusal
+from engine.errors import NotFound
 from engine.trust.policy import may
 from engine.usecases import monthly_report as mr
 from engine.usecases.inbox import report_steps
@@ -53,7 +54,7 @@ def monthly_report_submit(report_id: int) -> Any:
     def go() -> None:
         if narrative:
             mr.write(context, report, narrative)
-        mr.submit(context, report)
+        mr.submit(context, report, mr.font_if_installed(current_app.config["ITEMGATE"].cjk_font))
 
     return _act(go, _("已提交 {m} 月度运营报告", m=report.key), report.key)
 
@@ -64,3 +65,28 @@ def monthly_report_review(report_id: int) -> Any:
     decision = request.form.get("decision", "")
     comment = (request.form.get("comment") or "").strip()[:4000] or None
     return _act(lambda: mr.review(web_ctx(), report, decision, comment), _("审核意见已提交"), report.key)
+
+
+@bp.get("/monthly-reports/<int:report_id>/report.<fmt>")
+def monthly_report_file(report_id: int, fmt: str) -> Any:
+    """A report's file: as submitted (stored, hash-checked) once submitted, else drafted from today's data."""
+    from flask import Response
+
+    from api.downloads import attachment
+    from engine.evidence.pdf import find_cjk_font
+
+    if fmt not in mr.FILE_TYPES:
+        raise NotFound(f"no {fmt} file for a monthly report")
+    report = mr.load(db.session, report_id)
+    body = mr.submitted_file(current_app.extensions.get("itemgate_store"), report, fmt)
+    if body is None:
+        figures = mr.draft(db.session, report, datetime.now(UTC))
+        if fmt == "xlsx":
+            with mr.xlsx_file(report, figures) as book:
+                body = book.read()
+        else:
+            body = mr.pdf_bytes(report, figures, find_cjk_font(current_app.config["ITEMGATE"].cjk_font))
+    response = Response(body, mimetype=mr.FILE_TYPES[fmt])
+    response.headers["Content-Disposition"] = attachment(f"月度运营报告-{report.key}.{fmt}",
+                                                         f"monthly-report-{report.key}.{fmt}")
+    return response

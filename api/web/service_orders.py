@@ -16,7 +16,7 @@ from api.web.auth import me, web_ctx
 from api.web.i18n import _, form_message
 from api.web.pm import field_text
 from api.web.views import PER_PAGE, _page, bp, refusal
-from engine.contract.registration import line_fields
+from engine.contract.registration import is_metered, line_fields
 from engine.errors import DomainError, FormInvalid, NotFound, ServiceUnavailable
 from engine.trust.access import authorize
 from engine.trust.policy import DEPARTMENT, may, scope_of
@@ -119,8 +119,11 @@ def service_order_new() -> Any:
 def _order_page(order: ServiceOrder, errors: dict[str, list[str]] | None = None,
                 values: dict[str, Any] | None = None, status: int = 200) -> Any:
     user = me()
-    lines = [sl for sl in sorted(order.contract.service_lines, key=lambda s: (s.position, s.code)) if sl.process_id]
-    fields_by_line = {sl.code: line_fields(sl) for sl in lines}
+    # Accepting an order registers work to be done, never a metered line's record of units in a period (those
+    # are registered on 登记事项 or imported): the lines offered and their attributes.
+    lines = [sl for sl in sorted(order.contract.service_lines, key=lambda s: (s.position, s.code))
+             if sl.process_id and not is_metered(sl)]
+    fields_by_line = {sl.code: [f for f in line_fields(sl) if f.is_attribute] for sl in lines}
     all_fields: dict[str, Any] = {}
     for specs in fields_by_line.values():
         for spec in specs:
@@ -177,6 +180,8 @@ def service_order_accept(order_id: int) -> Any:
     attributes: dict[str, Any] = {}
     if line is not None:
         for spec in line_fields(line):
+            if not spec.is_attribute:
+                continue
             if spec.kind == "departments":
                 chosen = [d for d in values["attr_departments"] if d]
                 if chosen and order.department.code not in chosen:

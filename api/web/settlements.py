@@ -191,7 +191,9 @@ def settlement(settlement_id: int) -> Any:
                            claimable=claimable, claimable_total=claimable_total, pick=pick, pick_limit=PICK_LIMIT,
                            lines_options=options["lines"], departments=options["departments"],
                            deadlines=st.deadlines(s, fig, web_ctx().now), stages=st.stage_summary(db.session, s),
-                           clock_names=CLOCK_NAMES, rectifications=st.rectifications(db.session, s))
+                           clock_names=CLOCK_NAMES, rectifications=st.rectifications(db.session, s),
+                           out_of_period={e.id for _line, e, _item in lines
+                                          if st.entry_out_of_period(s.contract, e)})
 
 
 def _change(fn: Callable[[Ctx], Any], done: str) -> Any:
@@ -233,8 +235,9 @@ SETTLEMENT_REFUSALS = {
     "unknown_contract": "找不到该合同。",
     "unknown_entry": "找不到所选分录。",
     "wrong_contract": "所选分录属于其他合同。",
-    "entry_outside_stage": "所选分录不属于本结算阶段；前期的分录请勾选“从前期结转”并写明原因。",
-    "outside_service_period": "所选分录的计量日期在合同服务期之外。",
+    "entry_outside_stage": "所选分录不属于本结算阶段；前期的分录或服务期外的分录请勾选“从前期结转”并写明原因"
+                           "（服务期外的分录也可在最终结算中申报）。",
+    "out_of_period": "所选分录在合同服务期之外，合同约定不予结算。",
     "stage_required": "本合同按阶段结算，请选择结算阶段。",
     "no_schedule": "本合同未约定结算阶段，请填写结算期间。",
     "stage_already_open": "该结算阶段已开启。",
@@ -323,7 +326,8 @@ def settlement_review(settlement_id: int) -> Any:
 @bp.get("/settlements/<int:settlement_id>/claim.xlsx")
 def settlement_claim(settlement_id: int) -> Any:
     s = st.load_settlement_for(db.session, me(), settlement_id)
-    out = claim_xlsx_file(db.session, s, st.figures(db.session, s, web_ctx().now))
+    out = claim_xlsx_file(db.session, s, st.figures(db.session, s, web_ctx().now),
+                          st.stage_summary(db.session, s))
     return file_response(out, XLSX, f"结算申报表-{s.id}.xlsx", f"settlement-{s.id}-claim.xlsx")
 
 

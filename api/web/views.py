@@ -46,7 +46,7 @@ from engine.trust.policy import DEPARTMENT, may, scope_of
 from engine.usecases.drafts import load_draft, save_draft
 from engine.usecases.inbox import report_steps, settlement_steps
 from engine.usecases.items import item_detail
-from engine.usecases.lifecycle import difficulty_adjustable
+from engine.usecases.lifecycle import difficulty_adjustable, reworkable
 from engine.usecases.lists import filtered_items, task_query
 from engine.usecases.rounds import artefact_versions, review_rounds, step_records
 from engine.usecases.tasks import claim, complete_task, hand_over, optional_statuses, task_requirements, unclaim
@@ -564,7 +564,7 @@ def item(item_id: int) -> Any:
         # adjust the proposed difficulty until the third party has confirmed it.
         done_steps: dict[str, str] = {}
         for t in reversed(detail["tasks"]):
-            if t["status"] == "completed" and t["name"] not in done_steps:
+            if t["status"] == "completed" and t["name"] not in done_steps and reworkable(t["form_key"]):
                 done_steps[t["name"]] = t["title"]
         rows = list(db.session.scalars(select(HumanTask).where(HumanTask.item_id == item.id,
                                                               HumanTask.status == "ready").order_by(HumanTask.id)))

@@ -212,6 +212,16 @@ CONTRACT_KEYS = {"code", "name", "buyer", "supplier", "period_start", "period_en
 TOP_KEYS = {"contract", "gate_sets", "service_lines", "artefact_kinds", "difficulty_levels"}
 PRICING = ("unit_price", "fixed_price")
 OUT_OF_PERIOD = ("flag", "refuse")
+# The settlement's old name for the same rule (issue 17, before #16's one setting); read as out_of_period.
+LEGACY_OUT_OF_PERIOD = "outside_service_period"
+
+
+def out_of_period_mode(settings: Mapping[str, Any] | None) -> str:
+    """The contract's one rule for work outside its service period, read by registration and settlement:
+    "flag" (default) or "refuse". A contract stored before the rename may carry only the old settings key."""
+    settings = settings or {}
+    mode = settings.get("out_of_period", settings.get(LEGACY_OUT_OF_PERIOD, "flag"))
+    return mode if mode in OUT_OF_PERIOD else "flag"
 TARGET_BOUNDS = {"min", "max", "start", "end"}
 
 
@@ -480,6 +490,20 @@ def parse_catalog(text: str, source: str) -> dict[str, Any]:
     if out_of_period not in OUT_OF_PERIOD:
         raise CatalogError(f"{source}: [contract] out_of_period must be one of {list(OUT_OF_PERIOD)}")
     settings = _settings(contract.get("settings") or {}, source)
+    warnings: list[str] = []
+    legacy = settings.pop(LEGACY_OUT_OF_PERIOD, None)
+    if legacy is not None:
+        if legacy not in OUT_OF_PERIOD:
+            raise CatalogError(f"{source}: [contract.settings] {LEGACY_OUT_OF_PERIOD} (now [contract] "
+                               f"out_of_period) must be one of {list(OUT_OF_PERIOD)}")
+        if "out_of_period" in contract:
+            warnings.append(f"{source}: [contract.settings] {LEGACY_OUT_OF_PERIOD} = {legacy!r} is the old name of "
+                            f"[contract] out_of_period, which the file also sets; out_of_period = "
+                            f"{out_of_period!r} applies")
+        else:
+            out_of_period = legacy
+            warnings.append(f"{source}: [contract.settings] {LEGACY_OUT_OF_PERIOD} is renamed; read as [contract] "
+                            f"out_of_period = {legacy!r} (registration and settlement both follow it)")
     settings["pricing"] = pricing
     settings["out_of_period"] = out_of_period
     if contract.get("price_basis") is not None:
@@ -533,6 +557,7 @@ def parse_catalog(text: str, source: str) -> dict[str, Any]:
         },
         "service_lines": lines,
         "sha256": hashlib.sha256(text.encode()).hexdigest(),
+        "warnings": warnings,
     }
 
 

@@ -1,4 +1,5 @@
-"""What registering an item on a service line asks for: the fields the line's model and gate rules read."""
+"""What registering an item on a service line asks for: the fields the line's model and gate rules read, and a
+metered line's units and period."""
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -8,6 +9,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from engine.contract.catalog import METERED_PROCESSES
 from storage.models import Department, ServiceLine
 
 # Item attributes each process model reads at its start (engine/usecases/tasks.py passes them as start data).
@@ -16,11 +18,15 @@ PROCESS_FIELDS: dict[str, tuple[str, ...]] = {
     "e_licence": ("parts",),
 }
 E_LICENCE_PARTS = ("showing", "using")
+# Field kinds that are a metered record's own figures (WorkItem.units, WorkItem.period), not attributes.
+RECORD_KINDS = ("quantity", "month")
 
 
 @dataclass(frozen=True)
 class LineField:
-    """One attribute a line's rules read: `kind` is departments (codes), choices (a subset) or flag."""
+    """One field a line's registration asks for: `kind` is departments (codes), choices (a subset) or flag for an
+    attribute the line's rules read; quantity (a number > 0) or month (YYYY-MM) for a metered record's units and
+    period, which are the item's own fields, not attributes."""
 
     name: str
     kind: str
@@ -28,6 +34,10 @@ class LineField:
     help: str = ""
     choices: tuple[tuple[str, str], ...] = field(default_factory=tuple)
     required: bool = False
+
+    @property
+    def is_attribute(self) -> bool:
+        return self.kind not in RECORD_KINDS
 
 
 KNOWN_FIELDS: dict[str, LineField] = {
@@ -41,6 +51,12 @@ KNOWN_FIELDS: dict[str, LineField] = {
         "data_quality", "flag", "需要业务数据质量检测",
         "此类事项需要业务数据质量检测确认单（测试环节的交付物）。"),
 }
+# A metered line's record (calls, SMS, person-months… in a month): what POST /api/v1/items takes as units, period.
+RECORD_FIELDS: tuple[LineField, ...] = (
+    LineField("units", "quantity", "计量数量", "本期的计量数量（如接口调用次数、短信条数、人月数），大于 0，可含小数。",
+              required=True),
+    LineField("period", "month", "计量期间", "记录所属的月份（年-月），计入该月的工作量。", required=True),
+)
 
 
 def _gate_attributes(line: ServiceLine) -> list[str]:
@@ -55,11 +71,18 @@ def _gate_attributes(line: ServiceLine) -> list[str]:
     return names
 
 
+def is_metered(line: ServiceLine) -> bool:
+    """Whether the line's work items are records of units in a period (the catalogue's `metered`)."""
+    return bool(line.metered) or line.process_id in METERED_PROCESSES
+
+
 def line_fields(line: ServiceLine) -> list[LineField]:
-    """The attributes a line's process and gate rules read, in a stable order, for the registration form."""
+    """What registering on the line asks for beyond the common fields, in a stable order: a metered record's units
+    and period first, then the attributes the line's process and gate rules read."""
     names = list(PROCESS_FIELDS.get(line.process_id, ()))
     names += [n for n in _gate_attributes(line) if n not in names]
-    return [KNOWN_FIELDS.get(n) or LineField(n, "flag", n) for n in names]
+    record = list(RECORD_FIELDS) if is_metered(line) else []
+    return record + [KNOWN_FIELDS.get(n) or LineField(n, "flag", n) for n in names]
 
 
 def check_attributes(session: Session, line: ServiceLine, department: str,
@@ -67,6 +90,8 @@ def check_attributes(session: Session, line: ServiceLine, department: str,
     """Problems with the attributes the line reads (keyed `attributes.NAME`); other attributes pass as given."""
     errors: dict[str, list[str]] = {}
     for spec in line_fields(line):
+        if not spec.is_attribute:
+            continue
         value = attributes.get(spec.name)
         key = f"attributes.{spec.name}"
         if spec.kind == "departments":

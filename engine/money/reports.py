@@ -566,9 +566,15 @@ CLAIM_SUMMARY = [("gross", "申报金额（元）"), ("penalty", "逾期提交�
                  ("net", "应付金额（元）")]
 
 
-def claim_xlsx_file(session: Session, settlement: Settlement, figures: Any) -> tempfile.SpooledTemporaryFile[bytes]:
+STAGE_HEADERS = ["结算阶段", "名称", "期间起", "期间止", "结算单号", "申报状态", "申报金额（元）", "审定金额（元）",
+                 "累计审定金额（元）", "本期"]
+
+
+def claim_xlsx_file(session: Session, settlement: Settlement, figures: Any,
+                    stages: list[dict[str, Any]] | None = None) -> tempfile.SpooledTemporaryFile[bytes]:
     """The settlement claim sheet: its lines grouped with subtotals, then gross, penalty, deduction and net;
-    a second sheet carries the review trail."""
+    a second sheet carries the review trail. `stages` is the schedule's per-stage summary as the claim JSON
+    lists it (engine.usecases.settlement.stage_summary): written as given onto 各阶段结算, never recomputed."""
     book = _Book()
     head = book.book.add_worksheet("结算申报汇总")
     contract = settlement.contract
@@ -596,6 +602,8 @@ def claim_xlsx_file(session: Session, settlement: Settlement, figures: Any) -> t
         head.write_number(base + i, 1, float(getattr(figures, key)), book.bold_money)
     head.set_column(0, 0, 18)
     head.set_column(1, 1, 40)
+    if stages:
+        _stages_sheet(book, stages)
     f = WorkloadFilter(settlement_id=settlement.id, include_cancelled=settlement.status == "approved")
     book.detail_sheet(session, f, "结算申报明细")
     notes = book.book.add_worksheet("审核意见")
@@ -607,3 +615,21 @@ def claim_xlsx_file(session: Session, settlement: Settlement, figures: Any) -> t
                                (note.user.display_name or note.user.username) if note.user else "",
                                note.at.astimezone(TZ).strftime("%Y-%m-%d %H:%M")])
     return book.close()
+
+
+def _stages_sheet(book: _Book, stages: list[dict[str, Any]]) -> None:
+    sheet = book.book.add_worksheet("各阶段结算")
+    sheet.write_row(0, 0, STAGE_HEADERS, book.bold)
+    for r, st in enumerate(stages, start=1):
+        sheet.write_row(r, 0, [st["stage"], st["name"], st["period_start"], st["period_end"],
+                               st["settlement_id"] if st["settlement_id"] is not None else "",
+                               SETTLEMENT_STATUS_NAMES.get(st["status"], st["status"]) if st["status"] else "未开启"])
+        for c, key in ((6, "claimed"), (7, "approved"), (8, "cumulative_approved")):
+            if st[key] is None:
+                sheet.write(r, c, "")
+            else:
+                sheet.write_number(r, c, st[key], book.money)
+        sheet.write(r, 9, "是" if st["this"] else "")
+    sheet.set_column(0, 1, 16)
+    sheet.set_column(2, 3, 12)
+    sheet.set_column(6, 8, 18)

@@ -80,16 +80,17 @@ def notify_overdue(session: Session, task: HumanTask, now: datetime) -> list[Not
     due = task.due_at.isoformat() if task.due_at else "?"
     item = task.item
     holder = session.get(User, task.assignee_id) if task.assignee_id else None
+    params = {"task": task.title, "code": item.code, "due": due}
     reminded = notify(session, Event(
-        "reminder", f"任务「{task.title}」（事项 {item.code}）已超过办理期限 {due}，请尽快处理",
-        item_id=task.item_id, task_id=task.id, role=None if holder else task.role,
+        "reminder", "task.overdue_reminder", params, item_id=task.item_id, task_id=task.id,
+        role=None if holder else task.role,
         department_id=None if holder else task.department_id),
         [holder] if holder is not None else queue_members(session, task), now=now)
     escalated: list[Notification] = []
     for role in roles_granted("task.escalation"):
         escalated += notify(session, Event(
-            "escalation", f"任务「{task.title}」（事项 {item.code}）超期未办理，期限 {due}", item_id=task.item_id,
-            task_id=task.id, role=role), role_members(session, role), now=now)
+            "escalation", "task.overdue_escalation", params, item_id=task.item_id, task_id=task.id, role=role),
+            role_members(session, role), now=now)
     for kind, rows in (("reminder", reminded), ("escalation", escalated)):
         audit.record(session, audit.SYSTEM, f"task.{kind}", target_type="task", target_id=task.id,
                      item_id=task.item_id, notifications=[n.id for n in rows],

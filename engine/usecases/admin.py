@@ -3,6 +3,7 @@ catalogues (files loaded, uploads checked line by line and compared with the loa
 applied) and the facts the status page shows."""
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -174,6 +175,8 @@ class CatalogCheck:
     problems: list[CatalogProblem] = field(default_factory=list)
     diff: dict[str, Any] | None = None
     parsed: dict[str, Any] | None = None
+    # What loads but deserves the admin's eye (an old setting name read under its new one).
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -292,6 +295,7 @@ def check_catalog(session: Session, user: User, text: str, filename: str) -> Cat
         check.problems = [CatalogProblem(_line_of(text, str(exc)), str(exc))]
         return check
     check.parsed = parsed
+    check.warnings = list(parsed.get("warnings") or [])
     check.sha256 = parsed["sha256"]
     check.code = parsed["contract"]["code"]
     check.diff = catalog_diff(session, parsed)
@@ -301,6 +305,8 @@ def check_catalog(session: Session, user: User, text: str, filename: str) -> Cat
 def load_contract(session: Session, parsed: dict[str, Any]) -> tuple[Contract, bool]:
     """Load or update a checked catalogue's contract; a changed contract gets one monthly operations report per
     month of its service period when it asks for them. Returns (contract, changed)."""
+    for warning in parsed.get("warnings") or []:
+        logging.getLogger(__name__).warning("catalogue: %s", warning)
     contract, changed = load_catalog(session, parsed)
     if changed:
         ensure_reports(session, contract)

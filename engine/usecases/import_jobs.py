@@ -28,7 +28,7 @@ XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 # The template's columns: the Chinese headers engine/usecases/intake.py reads, in the order people fill them.
 TEMPLATE_COLUMNS = (("事项名称", "name"), ("事项编码", "code"), ("需求部门", "department"),
                     ("服务类别", "service_line"), ("接入渠道", "channels"), ("接入方式", "mode"),
-                    ("难度系数", "difficulty"))
+                    ("难度系数", "difficulty"), ("计量数量", "units"), ("计量期间", "period"))
 assert all(HEADERS[h] == key for h, key in TEMPLATE_COLUMNS)
 
 
@@ -186,8 +186,10 @@ def template_xlsx() -> bytes:
     sheet.append([h for h, _k in TEMPLATE_COLUMNS])
     for cell in sheet[1]:
         cell.font = Font(bold=True)
-    for column, width in zip("ABCDEFG", (30, 18, 12, 10, 22, 12, 10), strict=True):
+    for column, width in zip("ABCDEFGHI", (30, 18, 12, 10, 22, 12, 10, 14, 12), strict=True):
         sheet.column_dimensions[column].width = width
+    # The period stays the text 2026-11: a month typed into a General cell becomes a date in Excel.
+    sheet.column_dimensions["I"].number_format = "@"
     notes = book.create_sheet("填写说明")
     notes.append(["列", "必填", "填写说明"])
     help_text = {
@@ -195,6 +197,9 @@ def template_xlsx() -> bytes:
         "department": "需求部门编码，如 SHGA", "service_line": "服务目录中的服务类别编号，如 1、5、12",
         "channels": "PC端、移动端、自助终端，多个用顿号或逗号分隔", "mode": "新增接入 或 优化迭代",
         "difficulty": "建议难度系数，0.1 至 5，不填为 1.0",
+        "units": ("仅计量类服务类别（如接口调用量、短信、人月）填写：本期计量数量，大于 0，可含小数；"
+                  "此类行不填渠道和接入方式"),
+        "period": "仅计量类服务类别填写：记录所属月份，格式 2026-11",
     }
     for header, key in TEMPLATE_COLUMNS:
         notes.append([header, "是" if key in REQUIRED else "否", help_text[key]])

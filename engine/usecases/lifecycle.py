@@ -12,7 +12,7 @@ from engine.runtime import spiff, timers
 from engine.trust import audit
 from engine.trust.access import authorize, load_item_for
 from engine.usecases.tasks import Ctx, load_instance, save_instance, step_engine, sync_projection
-from storage.models import HumanTask, WorkItem
+from storage.models import DELIVERABLE_MODE, RECORD_MODE, HumanTask, WorkItem
 
 
 def _reason(reason: str | None) -> str:
@@ -64,6 +64,16 @@ def _completed_user_tasks(workflow: Any, spec_name: str) -> list[Any]:
     return sorted(tasks, key=lambda t: t.last_state_change)
 
 
+# Steps the PM cannot send an item back to: the third party's confirmation of the difficulty is redone by sending
+# the item back to the PM's proposal (confirm_difficulty), which starts a fresh confirmation.
+NOT_REWORKABLE_FORMS = frozenset({"difficulty_review"})
+
+
+def reworkable(form_key: str | None) -> bool:
+    """Whether a completed step with this form can be a rework target."""
+    return form_key not in NOT_REWORKABLE_FORMS
+
+
 def _fresh_id(task: Any) -> None:
     """Give a reset task a new id: task ids are never reused (API.md), and the inbox keys on them."""
     spiff.rename_task(task, uuid.uuid4())
@@ -78,9 +88,11 @@ def rework_item(ctx: Ctx, item_id: int, to: str, reason: str | None) -> WorkItem
     _active(item)
     instance = load_instance(ctx.session, item.id)
     workflow, model = spiff.load_workflow(instance)
-    candidates = _completed_user_tasks(workflow, to)
+    candidates = [t for t in _completed_user_tasks(workflow, to)
+                  if reworkable(spiff.task_properties(t).get("form"))]
     if not candidates:
-        done = sorted({t.task_spec.name for t in workflow.get_tasks(state=TaskState.COMPLETED, manual=True)})
+        done = sorted({t.task_spec.name for t in workflow.get_tasks(state=TaskState.COMPLETED, manual=True)
+                       if reworkable(spiff.task_properties(t).get("form"))})
         raise Invalid(f"{to!r} is not a completed step of this item", code="invalid_form",
                       errors={"to": [f"one of {done}"]})
     target = candidates[-1]
@@ -108,11 +120,17 @@ def rework_item(ctx: Ctx, item_id: int, to: str, reason: str | None) -> WorkItem
     return item
 
 
+def has_difficulty(item: WorkItem) -> bool:
+    """Whether the item's work is weighted by a difficulty coefficient: countable work is; a metered record (units
+    in a period) and a contract-level deliverable count at 1.00 (engine/usecases/tasks.py create_item)."""
+    return item.mode not in (RECORD_MODE, DELIVERABLE_MODE)
+
+
 def difficulty_adjustable(session: Any, item: WorkItem) -> bool:
     """Whether the PM may still change the item's proposed difficulty: until the third party has confirmed it
     (its confirmation, when the contract asks for one, is pending or still to come). A line whose contract
     declares no difficulty levels has no confirmation: there the PM's own difficulty step settles it."""
-    if item.status != "active" or item.difficulty_confirmed_by_id is not None:
+    if item.status != "active" or item.difficulty_confirmed_by_id is not None or not has_difficulty(item):
         return False
     forms = {(form, status) for form, status in session.execute(
         select(HumanTask.form, HumanTask.status).where(
@@ -133,6 +151,8 @@ def adjust_difficulty(ctx: Ctx, item_id: int, raw: str | None, note: str | None)
     authorize(ctx.user, "item.difficulty")
     item = load_item_for(ctx.session, ctx.user, item_id, "item.difficulty")
     _active(item)
+    if not has_difficulty(item):
+        raise Invalid(f"item {item.id} is a {item.mode}, which has no difficulty coefficient", code="no_difficulty")
     try:
         value = Decimal((raw or "").strip())
         if not value.is_finite() or not Decimal("0.1") <= value <= Decimal("5"):

@@ -12,11 +12,16 @@ returned → submitted … → accepted), the PM's narrative and attachments, an
   submission; a resubmission after that is late too.
 - Late: 3 % (`monthly_report_late_rate`) of that month's fee, recorded on the report and taken as a deduction
   by the stage claim whose period covers the month (engine/usecases/settlement.py, month_deductions). Recorded once.
+- Evidence: each submission stores the report as drafted at that moment (XLSX, and PDF where a Chinese font is
+  installed) in the object store with its SHA-256 (`data.submissions`); downloads of a submitted report serve
+  those files, checked against their hashes — what the auditor reviewed, not a re-draft from today's data.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import tempfile
+import uuid
 from collections import defaultdict
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
@@ -27,7 +32,7 @@ from sqlalchemy.orm import Session
 
 from engine.contract import schedule
 from engine.contract.calendar import TZ
-from engine.errors import Conflict, Forbidden, Invalid, NotFound
+from engine.errors import Conflict, Forbidden, Invalid, NotFound, ObjectMissing, ServiceUnavailable
 from engine.evidence.pdf import CjkFont
 from engine.money import performance
 from engine.money.reports import WorkloadFilter, _Book, progress
@@ -227,8 +232,65 @@ def _mark_late(ctx: Ctx, report: ContractTask, why: str) -> None:
                  month=report.key, month_fee=str(fee), rate=str(rate), deduction=str(deduction), why=why)
 
 
-def submit(ctx: Ctx, report: ContractTask) -> ContractTask:
-    """The PM submits (or resubmits) the report to the auditor; lateness is decided against the clocks."""
+XLSX_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+FILE_TYPES = {"xlsx": XLSX_TYPE, "pdf": "application/pdf"}
+MAX_FILE = 64 << 20
+
+
+def _store_submission(ctx: Ctx, report: ContractTask, font: CjkFont | None) -> dict[str, Any]:
+    """Keep the report as submitted: its drafted XLSX (and PDF, given a font) in the object store, hashed."""
+    if ctx.store is None:
+        raise ServiceUnavailable("the evidence store is not configured; a report's submission keeps its files there")
+    contract = ctx.session.get(Contract, report.contract_id)
+    assert contract is not None
+    figures = draft(ctx.session, report, ctx.now)
+    with xlsx_file(report, figures) as book:
+        bodies = {"xlsx": book.read()}
+    if font is not None:
+        bodies["pdf"] = pdf_bytes(report, figures, font)
+    subs = list((report.data or {}).get("submissions", []))
+    files: dict[str, Any] = {}
+    for fmt, body in bodies.items():
+        key = f"{contract.code}/monthly-reports/{report.key}/submitted/{uuid.uuid4().hex}.{fmt}"
+        stored = ctx.store.put_stream(key, io.BytesIO(body), len(body), FILE_TYPES[fmt], MAX_FILE)
+        files[fmt] = {"key": stored.key, "version_id": stored.version_id, "sha256": stored.sha256,
+                      "size": stored.size}
+    entry = {"round": len(subs) + 1, "at": ctx.now.isoformat(), "by": ctx.user.username if ctx.user else None,
+             "files": files}
+    report.data = dict(report.data or {}, submissions=[*subs, entry])
+    return entry
+
+
+def font_if_installed(configured: str | None) -> CjkFont | None:
+    """The Chinese font for the submission's PDF, or None where none is installed (the XLSX is kept alone)."""
+    from engine.evidence.pdf import FontMissing, find_cjk_font
+
+    try:
+        return find_cjk_font(configured)
+    except FontMissing:
+        return None
+
+
+def submitted_file(store: Any, report: ContractTask, fmt: str, round_no: int | None = None) -> bytes | None:
+    """The bytes of a submission's stored file (the latest submission unless `round_no`), checked against the
+    hash recorded when it was stored; None when the report was never submitted with that file."""
+    subs = (report.data or {}).get("submissions") or []
+    entry = subs[-1] if subs and round_no is None else next((e for e in subs if e["round"] == round_no), None)
+    if entry is None or fmt not in entry["files"]:
+        return None
+    if store is None:
+        raise ServiceUnavailable("the evidence store is not configured")
+    f = entry["files"][fmt]
+    body = store.read_small(f["key"], f["version_id"], limit=MAX_FILE)
+    if len(body) != f["size"] or hashlib.sha256(body).hexdigest() != f["sha256"]:
+        raise ObjectMissing(f"the stored {fmt} of report {report.key} (round {entry['round']}) is not what was "
+                            "stored", key=f["key"])
+    return bytes(body)
+
+
+def submit(ctx: Ctx, report: ContractTask, font: CjkFont | None = None) -> ContractTask:
+    """The PM submits (or resubmits) the report to the auditor; lateness is decided against the clocks, and the
+    report as drafted now is kept as the submission's evidence (XLSX; PDF when `font` is given)."""
     _require(ctx, "report.prepare")
     if report.status not in ("open", "returned"):
         raise Conflict("the report is already with the auditor or accepted", code="report_wrong_stage",
@@ -248,8 +310,10 @@ def submit(ctx: Ctx, report: ContractTask) -> ContractTask:
         report.revision_due_at, _ = schedule.working_deadline(work_calendar(ctx.session), ctx.now, days)
     report.status = "submitted"
     report.updated_at = ctx.now
+    entry = _store_submission(ctx, report, font)
     audit.record(ctx.session, ctx.actor, "monthly_report.submitted", target_type="monthly_report",
-                 target_id=report.id, month=report.key, late=report.late)
+                 target_id=report.id, month=report.key, late=report.late, round=entry["round"],
+                 files={fmt: f["sha256"] for fmt, f in entry["files"].items()})
     return report
 
 
@@ -288,7 +352,11 @@ def report_json(report: ContractTask, now: datetime) -> dict[str, Any]:
             "deduction": data.get("deduction"), "narrative": report.narrative,
             "attachments": [{k: a[k] for k in ("filename", "sha256", "size", "at", "by")}
                             for a in data.get("attachments", [])],
-            "reviews": data.get("reviews", [])}
+            "reviews": data.get("reviews", []),
+            "submissions": [{"round": e["round"], "at": e["at"], "by": e["by"],
+                             "files": {fmt: {"sha256": f["sha256"], "size": f["size"]}
+                                       for fmt, f in e["files"].items()}}
+                            for e in data.get("submissions", [])]}
 
 
 # ---------------------------------------------------------------- files

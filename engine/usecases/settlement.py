@@ -13,6 +13,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from engine.contract import schedule
 from engine.contract.calendar import TZ, WorkCalendar
+from engine.contract.catalog import out_of_period_mode
 from engine.errors import Conflict, Forbidden, Invalid, NotFound, ServiceUnavailable
 from engine.money.ledger import CENT, SettlementLocked, money
 from engine.money.reports import SETTLEMENT_STATUS_NAMES
@@ -175,12 +176,16 @@ def _period_bounds(start: date, end: date) -> tuple[datetime, datetime]:
     return datetime.combine(start, time(0), TZ), datetime.combine(end + timedelta(days=1), time(0), TZ)
 
 
-def unsettled_entries(contract_id: int, start: date | None = None, end: date | None = None) -> Any:
-    """Entries of live (not cancelled) items that no settlement claims yet, optionally within a period."""
+def unsettled_entries(contract_id: int, start: date | None = None, end: date | None = None, *,
+                      in_period_work: bool = False) -> Any:
+    """Entries of live (not cancelled) items that no settlement claims yet, optionally within a period;
+    `in_period_work` leaves out work flagged out_of_period at registration (a stage claim never gathers it)."""
     query = (select(WorkloadEntry.id)
              .join(WorkItem, WorkItem.id == WorkloadEntry.item_id)
              .where(WorkloadEntry.contract_id == contract_id, WorkItem.status != "cancelled",
                     ~exists().where(SettlementLine.entry_id == WorkloadEntry.id)))
+    if in_period_work:
+        query = query.where(WorkItem.out_of_period.is_(False))
     if start is not None and end is not None:
         lo, hi = _period_bounds(start, end)
         query = query.where(WorkloadEntry.tallied_at >= lo, WorkloadEntry.tallied_at < hi)
@@ -288,7 +293,17 @@ def open_settlement(ctx: Ctx, contract_code: str, period_start: date | None = No
     settlement.current_lane = spiff.task_lane(task) if task else None
     ids: list[int] = []
     if the_stage is None or not the_stage.final:
-        ids = list(ctx.session.scalars(unsettled_entries(contract.id, period_start, period_end)))
+        # Never gathered: work outside the service period where the contract refuses it (an ad-hoc period may
+        # reach beyond the service period), nor flagged work into a stage (the final claim or a carry takes it).
+        refuse = out_of_period_mode(settings) == "refuse"
+        lo, hi = period_start, period_end
+        if refuse and contract.period_start is not None:
+            lo = max(lo, contract.period_start)
+        if refuse and contract.period_end is not None:
+            hi = min(hi, contract.period_end)
+        if lo <= hi:
+            ids = list(ctx.session.scalars(unsettled_entries(contract.id, lo, hi,
+                                                             in_period_work=the_stage is not None or refuse)))
     _claim(ctx, settlement, ids, None)
     # System notes go to the buyer's documents (the trail sheet): written in Chinese.
     _note(ctx, settlement, "opened", f"归集 {len(ids)} 条分录" + (f"；{'；'.join(warnings)}" if warnings else ""))
@@ -348,8 +363,9 @@ def _notify_step(ctx: Ctx, settlement: Settlement, lane: str | None, title: str)
         return
     from engine.trust.notify import Event, notify, role_members
 
-    notify(ctx.session, Event("settlement", f"结算申报「{settlement.label}」待您处理：{title}（"
-                                            f"{STATUS_NAMES.get(settlement.status, settlement.status)}）",
+    notify(ctx.session, Event("settlement", "settlement.step_waiting",
+                              {"label": settlement.label, "step": title,
+                               "status": STATUS_NAMES.get(settlement.status, settlement.status)},
                               settlement_id=settlement.id, role=lane),
            role_members(ctx.session, lane), actor=ctx.actor, now=ctx.now,
            exclude=ctx.user.id if ctx.user is not None else None)
@@ -467,28 +483,41 @@ def outside_service_period(contract: Contract, day: date) -> bool:
             or (contract.period_end is not None and day > contract.period_end))
 
 
+def entry_out_of_period(contract: Contract, entry: WorkloadEntry) -> bool:
+    """An entry outside the contract's service period (the one `out_of_period` rule): tallied outside it, or of
+    work registered outside it (the item's flag)."""
+    return bool(entry.item.out_of_period) or outside_service_period(contract, tally_day(entry))
+
+
 def _stage_check(settlement: Settlement, entries: list[WorkloadEntry], carry: bool) -> set[int]:
     """An entry belongs to the stage whose period holds its tally date; an earlier one may be carried into a
-    later stage explicitly (with the reason), a later one never. Returns the carried entry ids."""
+    later stage explicitly (with the reason), a later one never. Entries outside the contract's service period
+    are refused where the contract says `out_of_period = "refuse"`; flagged ones (the default) belong to no
+    stage: the final claim takes them, any other stage only when carried. Returns the carried entry ids."""
     stage = settlement_stage(settlement)
     contract = settlement.contract
-    mode = (contract.settings or {}).get("outside_service_period", "refuse")
-    outside = [e.id for e in entries if outside_service_period(contract, tally_day(e))]
-    if outside and stage is not None and mode != "flag":
-        raise Invalid(f"entries {outside} were tallied outside the contract's service period "
-                      f"({contract.period_start}–{contract.period_end})", code="outside_service_period",
-                      entries=outside)
+    outside = [e.id for e in entries if entry_out_of_period(contract, e)]
+    if outside and out_of_period_mode(contract.settings) == "refuse":
+        raise Invalid(f"entries {outside} are outside the contract's service period "
+                      f"({contract.period_start}–{contract.period_end})", code="out_of_period", entries=outside)
     if stage is None:
         return set()
-    later = [e.id for e in entries if tally_day(e) > settlement.period_end and not stage.final]
+    flagged = set(outside)
+    if flagged and not stage.final and not carry:
+        raise Invalid(f"entries {sorted(flagged)} are outside the contract's service period (flagged): claim them "
+                      f"in the final stage, or carry them into stage {stage.code} explicitly (carry: true, with the "
+                      "reason)", code="entry_outside_stage", entries=sorted(flagged))
+    later = [e.id for e in entries
+             if e.id not in flagged and tally_day(e) > settlement.period_end and not stage.final]
     if later:
         raise Invalid(f"entries {later} were tallied after stage {stage.code} ends ({settlement.period_end}); "
                       "they belong to a later stage", code="entry_outside_stage", entries=later)
-    earlier = [e.id for e in entries if stage.final or tally_day(e) < settlement.period_start]
+    earlier = [e.id for e in entries
+               if e.id not in flagged and (stage.final or tally_day(e) < settlement.period_start)]
     if earlier and not carry:
         raise Invalid(f"entries {earlier} belong to an earlier stage; carry them into stage {stage.code} "
                       "explicitly (carry: true, with the reason)", code="entry_outside_stage", entries=earlier)
-    return set(earlier)
+    return set(earlier) | (set() if stage.final else flagged)
 
 
 def add_lines(ctx: Ctx, settlement: Settlement, entry_ids: list[int], reason: str, carry: bool = False) -> int:
@@ -869,22 +898,29 @@ def approved_by_stage(session: Session, contract: Contract) -> dict[str, Settlem
 
 
 def stage_summary(session: Session, settlement: Settlement) -> list[dict[str, Any]]:
-    """Every stage of the contract's schedule: its period, its claim, the approved amount and the cumulative
-    approved amount through it (what payments use); the claim's own stage is marked."""
+    """Every stage of the contract's schedule: its period, its claim, the claimed (gross: frozen once approved,
+    the lines' live sum before), the approved amount and the cumulative approved amount through it (what
+    payments use); the claim's own stage is marked. The claim JSON and the claim sheet both list these."""
     contract = settlement.contract
     all_stages = schedule.stages(contract.settings or {}, contract.period_start, contract.period_end)
     claims = {s.stage: s for s in session.scalars(select(Settlement).where(
         Settlement.contract_id == contract.id, Settlement.stage.is_not(None)))}
+    live = grosses_of(session, [c.id for c in claims.values()
+                                if not (c.status == "approved" and c.gross_amount is not None)])
     out: list[dict[str, Any]] = []
     cumulative = Decimal("0.00")
     for stage in all_stages:
         claim = claims.get(stage.code)
+        claimed: Decimal | None = None
+        if claim is not None:
+            claimed = live[claim.id][0] if claim.id in live else claim.gross_amount
         approved = claim.net_amount if claim is not None and claim.status == "approved" else None
         if approved is not None:
             cumulative += approved
         out.append({"stage": stage.code, "name": stage.name, "period_start": stage.start.isoformat(),
                     "period_end": stage.end.isoformat(), "final": stage.final,
                     "settlement_id": claim.id if claim else None, "status": claim.status if claim else None,
+                    "claimed": None if claimed is None else float(claimed),
                     "approved": None if approved is None else float(approved),
                     "cumulative_approved": float(cumulative), "this": stage.code == settlement.stage})
     return out

@@ -113,7 +113,9 @@ def simulate(model: spiff.ParsedModel, xml: str) -> list[ModelProblem]:
             start = {"mode": mode, "channels": ["pc"], "service_line": "SIM", "department": "SIM1",
                      "attributes": {}, "departments": departments, timers.DUE_VARIABLE: timers.NO_DEADLINE,
                      # set by the engine from the line's walkthrough rules; both branches are tried across modes
-                     "needs_walkthrough": mode == "new"}
+                     "needs_walkthrough": mode == "new",
+                     # set by the engine when the line declares difficulty levels; both branches tried likewise
+                     "needs_difficulty_review": mode == "new"}
             label = f"mode={mode}" + (f", {len(departments)} department(s)" if multi else "")
             try:
                 workflow = spiff.new_workflow(model, start)

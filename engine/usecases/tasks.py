@@ -18,7 +18,7 @@ import forms
 from engine import caching
 from engine.contract.calendar import TZ as CHINA
 from engine.contract.calendar import WorkCalendar
-from engine.contract.catalog import DELIVERABLE_PROCESSES, METERED_PROCESSES, required_kinds
+from engine.contract.catalog import DELIVERABLE_PROCESSES, METERED_PROCESSES, out_of_period_mode, required_kinds
 from engine.contract.registration import check_attributes
 from engine.errors import (
     PROGRAMMING_ERRORS,
@@ -290,7 +290,7 @@ def create_item(ctx: Ctx, spec: NewItem) -> WorkItem:
     kind = line_kind(line)
     mode = {"metered": RECORD_MODE, "deliverable": DELIVERABLE_MODE}.get(kind, spec.mode)
     outside = _out_of_period(contract, spec, ctx.now)
-    if outside and (contract.settings or {}).get("out_of_period") == "refuse":
+    if outside and out_of_period_mode(contract.settings) == "refuse":
         what = f"period {spec.period}" if spec.period else f"today ({local_day(ctx.now).isoformat()})"
         raise Invalid(f"{what} is outside contract {contract.code}'s service period "
                       f"({contract.period_start} – {contract.period_end})", code="out_of_period")
@@ -413,9 +413,9 @@ def sync_projection(ctx: Ctx, instance: ProcessInstance, item: WorkItem, workflo
     ctx.created_tasks.extend(created)
     # The third party's difficulty confirmation may run beside the work: the item's stage is the work's, and
     # stays where the work left it while only the confirmation is left.
-    ready_props = [spiff.task_properties(t) for t in ready.values()]
-    work = [p for p in ready_props if p.get("form") != "difficulty_review"]
-    stages = [p.get("stage") for p in (ready_props if new and not work else work)]
+    open_steps = [spiff.task_properties(t) for t in ready.values()]
+    work = [p for p in open_steps if p.get("form") != "difficulty_review"]
+    stages = [p.get("stage") for p in (open_steps if new and not work else work)]
     if workflow.is_completed():
         item.stage = "done"
     elif stages:
@@ -540,8 +540,9 @@ def hand_over(ctx: Ctx, task_id: int, to_username: str) -> HumanTask:
     from engine.trust.notify import Event, notify
 
     item = task.item
-    notify(ctx.session, Event("handover", f"{ctx.user.display_name or ctx.user.username} 将任务「{task.title}」"
-                                          f"（事项 {item.code}「{item.name}」）转交给您",
+    notify(ctx.session, Event("handover", "task.handed_over",
+                              {"by": ctx.user.display_name or ctx.user.username, "task": task.title,
+                               "code": item.code, "name": item.name},
                               item_id=task.item_id, task_id=task.id), [target], actor=ctx.actor, now=ctx.now,
            exclude=ctx.user.id)
     return task
