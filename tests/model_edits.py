@@ -9,9 +9,10 @@ SURVEY_TIMER = '<bpmn:timeDate xsi:type="bpmn:tFormalExpression">due_at_iso</bpm
 
 def with_timer(xml: str, kind: str, expression: str) -> str:
     """The first review's reminder (confirm_survey_overdue) with another timer expression."""
-    assert SURVEY_TIMER in xml
+    at = xml.index(SURVEY_TIMER, xml.index('id="confirm_survey_overdue"'))  # not an earlier step's reminder
     text = expression.replace("&", "&amp;").replace("<", "&lt;").replace('"', "&quot;")
-    return xml.replace(SURVEY_TIMER, f'<bpmn:{kind} xsi:type="bpmn:tFormalExpression">{text}</bpmn:{kind}>', 1)
+    timer = f'<bpmn:{kind} xsi:type="bpmn:tFormalExpression">{text}</bpmn:{kind}>'
+    return xml[:at] + timer + xml[at + len(SURVEY_TIMER):]
 
 
 def with_script(xml: str, flow_id: str, script_id: str, script: str) -> str:

@@ -22,12 +22,12 @@ from engine.evidence.artefacts import verify_artefact
 from engine.trust import audit
 from storage.models import Artefact, AuditEvent, GatePass, HumanTask, WorkItem, WorkloadEntry
 
-LANE_USER = {"implementer": "impl", "dept_reviewer": "rev_a", "pm": "pm"}
+LANE_USER = {"implementer": "impl", "dept_reviewer": "rev_a", "pm": "pm", "auditor": "auditor"}
 FORM_DATA = {
     "intake": {"summary": "接入"}, "difficulty_confirmation": {"difficulty": "1.50", "complexity_note": "跨系统"},
     "survey_sorting": {"item_count": 3}, "design": {}, "build_integration": {"integration_done": True},
     "tests": {"tests_passed": True}, "walkthrough": {}, "go_live": {"go_live_date": "2026-11-20"},
-    "cosign": {"confirm": True}, "quality_check": {"tests_passed": True},
+    "cosign": {"confirm": True}, "quality_check": {"tests_passed": True}, "difficulty_review": {"verdict": "confirm"},
 }
 WORLD: dict[str, Any] = {}
 

@@ -58,9 +58,10 @@ def test_items_stranded_by_a_bad_timer_are_migrated_and_complete(world, cli):
     assert real["migrated"] == 0 and real["refused"] == 1 and "survey_sorting" in real["items"][0]["problem"]
 
     # The dry run to the fixed version: both map, nothing is moved yet.
+    # (The final join waits with the third party's confirmed branch: an open element too, mapped by its id.)
     dry = migrate(world, fixed, {"all_running": True, "dry_run": True}).get_json()
     assert [(i["item_id"], i["mappable"], i["mapped"]) for i in dry["items"]] == [
-        (first, True, ["survey_sorting"]), (second, True, ["survey_sorting"])]
+        (first, True, ["gw_final_join", "survey_sorting"]), (second, True, ["gw_final_join", "survey_sorting"])]
     assert dry["migrated"] == 0
     assert world.complete("impl", first_task["id"], {}).status_code == 422  # still on the bad version
 
