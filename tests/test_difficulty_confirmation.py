@@ -101,7 +101,8 @@ def test_pm_adjusts_until_the_auditor_confirms_then_409(world: World):
     page = Browser(w.app, "auditor").get(f"/tasks/{review['id']}").get_data(as_text=True)
     assert "1.50" in page
     adjusted = db.session.scalars(select(AuditEvent).where(AuditEvent.event_type == "item.difficulty_proposed",
-                                                           AuditEvent.target_id == str(item_id))).all()
+                                                           AuditEvent.target_id == str(item_id))
+                                  .order_by(AuditEvent.id)).all()  # the PM's proposal first, the adjustment last
     assert adjusted[-1].detail["after"] == "1.50" and adjusted[-1].detail["review_tasks"] == [review["id"]]
     assert w.complete("auditor", review["id"], {"verdict": "confirm"}).status_code == 200
     r = w.post("pm", f"/api/v1/items/{item_id}/difficulty", json={"difficulty": "1.0", "note": "太晚了"})
