@@ -68,6 +68,9 @@ def test_the_demo_accepts_past_monthly_reports_on_time_and_their_files_download(
         web = Browser(app, "auditor", DEMO_PASSWORD)
         page = web.get("/monthly-reports").get_data(as_text=True)
         assert f'/monthly-reports/{past[0].id}/report.xlsx' in page
+        # A report accepted on time is not shown as overdue once its deadline has passed.
+        row = page.split(f'data-month="{past[0].key}"', 1)[1].split("</tr>", 1)[0]
+        assert "已逾期" not in row and "逾期" not in row, row
         res = web.get(f"/monthly-reports/{past[0].id}/report.xlsx")
         assert res.status_code == 200
         assert hashlib.sha256(res.data).hexdigest() == past[0].data["submissions"][0]["files"]["xlsx"]["sha256"]
