@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from werkzeug.datastructures import MultiDict
@@ -105,3 +106,16 @@ def shown_data(form_key: str, data: dict[str, Any]) -> list[tuple[Field, str]]:
             text = labels.get(str(value), str(value))
         out.append((f, text))
     return out
+
+
+def finite_decimal(text: str, default: str | None = None, thousands: bool = False) -> Decimal | None:
+    """A number typed into a page form, or None if it is not a finite number; an empty field is `default` (None
+    when there is none); `thousands` allows separators (1,440,000,000). Its range is the use case's to judge."""
+    if thousands:
+        text = text.replace(",", "").replace("，", "")
+    text = text.strip() or (default or "")
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        return None
+    return value if value.is_finite() else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from flask import current_app, flash, redirect, render_template, request, send_file, url_for
@@ -15,6 +15,7 @@ from werkzeug.datastructures import MultiDict
 from api.extensions import db
 from api.uploads import record_upload, stream_length
 from api.web.auth import me, web_ctx
+from api.web.formfields import finite_decimal
 from api.web.i18n import _
 from api.web.views import act_and_flash, bp, refusal
 from engine.contract.registration import is_metered, line_fields
@@ -122,22 +123,13 @@ def item_new() -> Any:
     # takes none. Fields the chosen line hides are not read, whatever a script-less browser sent.
     record = line is not None and is_metered(line)
     with_channels = line is None or bool(line.channels)
-    difficulty = Decimal("1.0")
-    if not record:
-        try:
-            difficulty = Decimal(values["difficulty"] or "1.0")
-            if not difficulty.is_finite():
-                raise InvalidOperation
-        except InvalidOperation:
-            errors["difficulty"] = [_("请输入有效的数字。")]
-    units: Decimal | None = None
-    if record and values["units"]:
-        try:  # a number as POST /api/v1/items takes it; its range is the use case's to judge
-            units = Decimal(values["units"].replace(",", "").replace("，", ""))
-            if not units.is_finite():
-                raise InvalidOperation
-        except InvalidOperation:
-            errors["units"] = [_("请输入有效的数字。")]
+    difficulty = Decimal("1.0") if record else finite_decimal(values["difficulty"], "1.0")
+    if difficulty is None:
+        errors["difficulty"] = [_("请输入有效的数字。")]
+        difficulty = Decimal("1.0")
+    units = finite_decimal(values["units"], thousands=True) if record and values["units"] else None
+    if record and values["units"] and units is None:
+        errors["units"] = [_("请输入有效的数字。")]
     period = (values["period"] or None) if record else None
     for key, limit in (("name", 300), ("code", 100)):
         if not values[key]:

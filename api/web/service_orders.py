@@ -3,7 +3,7 @@ accepts it into an item or declines it. The same engine use cases as /api/v1/ser
 from __future__ import annotations
 
 import math
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from flask import current_app, flash, redirect, render_template, request, url_for
@@ -13,6 +13,7 @@ from api.extensions import db
 from api.rest.service_orders import new_order_from, order_file_response
 from api.uploads import file_stream, record_upload, stream_length
 from api.web.auth import me, web_ctx
+from api.web.formfields import finite_decimal
 from api.web.i18n import _, form_message
 from api.web.pm import field_text
 from api.web.views import PER_PAGE, _page, bp, refusal
@@ -164,11 +165,8 @@ def service_order_accept(order_id: int) -> Any:
     values["attr_parts"] = form.getlist("attr_parts")
     values["attr_flags"] = form.getlist("attr_flags")
     errors: dict[str, list[str]] = {}
-    try:
-        difficulty = Decimal(values["difficulty"] or "1.0")
-        if not difficulty.is_finite():
-            raise InvalidOperation
-    except InvalidOperation:
+    difficulty = finite_decimal(values["difficulty"], "1.0")
+    if difficulty is None:
         errors["difficulty"] = [_("请输入有效的数字。")]
         difficulty = Decimal("1.0")
     if not values["code"]:
