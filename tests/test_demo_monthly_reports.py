@@ -74,6 +74,13 @@ def test_the_demo_accepts_past_monthly_reports_on_time_and_their_files_download(
         res = web.get(f"/monthly-reports/{past[0].id}/report.xlsx")
         assert res.status_code == 200
         assert hashlib.sha256(res.data).hexdigest() == past[0].data["submissions"][0]["files"]["xlsx"]["sha256"]
+        # The download is audited with the rows the submitted report holds (counted when it was drafted).
+        from storage.models import AuditEvent
+
+        event = db.session.scalars(select(AuditEvent).where(AuditEvent.event_type == "export.downloaded")
+                                   .order_by(AuditEvent.id.desc())).first()
+        kept_rows = past[0].data["submissions"][0]["rows"]
+        assert isinstance(kept_rows, int) and event is not None and event.detail["rows"] == kept_rows
         assert web.get(f"/monthly-reports/{past[0].id}/report.doc").status_code == 404
     # Loading the demo again changes nothing: the accepted reports stay as they are.
     load_demo(app, store, echo=lambda _line: None)

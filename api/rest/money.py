@@ -252,57 +252,22 @@ def monthly_report_get(report_id: int) -> dict[str, Any]:
     return dict(_report_json(report), draft=mr.draft(db.session, report, datetime.now(TZ)))
 
 
-@blp.route("/monthly-reports/<int:report_id>/report.xlsx", methods=["GET"])
-def monthly_report_xlsx(report_id: int) -> Response:
-    from engine.usecases import monthly_report as mr
-
-    authorize(current_user(), "report.read")
-    report = mr.load(db.session, report_id)
-    names = (f"月度运营报告-{report.key}.xlsx", f"monthly-report-{report.key}.xlsx")
-    stored = _submitted(report, "xlsx")
-    if stored is not None:  # what was submitted and reviewed, checked against its hash
-        g.export_rows = 1
-        return file_response(io.BytesIO(stored), XLSX, *names)
-    figures = mr.draft(db.session, report, datetime.now(TZ))
-    g.export_rows = len(figures["rows"])
-    return file_response(mr.xlsx_file(report, figures), XLSX, *names)
-
-
-def _submitted(report: Any, fmt: str) -> bytes | None:
-    """A submitted report's stored file (`?round=N` for an earlier submission), unless `?draft=1` asks for
-    today's draft."""
+@blp.route("/monthly-reports/<int:report_id>/report.<fmt>", methods=["GET"])
+def monthly_report_file(report_id: int, fmt: str) -> Response:
+    """The report as submitted (stored, hash-checked; `?round=N` for an earlier submission), or drafted from
+    today's data before it was submitted or with `?draft=1`."""
     from flask import current_app, request
 
     from engine.usecases import monthly_report as mr
 
-    if request.args.get("draft"):
-        return None
-    round_no = request.args.get("round", type=int)
-    return mr.submitted_file(current_app.extensions.get("itemgate_store"), report, fmt, round_no)
-
-
-@blp.route("/monthly-reports/<int:report_id>/report.pdf", methods=["GET"])
-def monthly_report_pdf(report_id: int) -> Response:
-    from flask import current_app
-
-    from api.downloads import attachment
-    from engine.evidence.pdf import find_cjk_font
-    from engine.usecases import monthly_report as mr
-
     authorize(current_user(), "report.read")
     report = mr.load(db.session, report_id)
-    body = _submitted(report, "pdf")
-    if body is None:
-        font = find_cjk_font(current_app.config["ITEMGATE"].cjk_font)  # 503 cjk_font_missing without a font
-        figures = mr.draft(db.session, report, datetime.now(TZ))
-        g.export_rows = len(figures["rows"])
-        body = mr.pdf_bytes(report, figures, font)
-    else:
-        g.export_rows = 1
-    response = Response(body, mimetype="application/pdf")
-    response.headers["Content-Disposition"] = attachment(f"月度运营报告-{report.key}.pdf",
-                                                         f"monthly-report-{report.key}.pdf")
-    return response
+    body, g.export_rows = mr.report_file(
+        db.session, current_app.extensions.get("itemgate_store"), report, fmt,
+        current_app.config["ITEMGATE"].cjk_font, datetime.now(TZ), request.args.get("round", type=int),
+        draft_now=bool(request.args.get("draft")))
+    return file_response(io.BytesIO(body), mr.FILE_TYPES[fmt], f"月度运营报告-{report.key}.{fmt}",
+                         f"monthly-report-{report.key}.{fmt}")
 
 
 class NarrativeBody(Schema):

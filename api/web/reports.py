@@ -13,7 +13,6 @@ from api.extensions import db
 from api.web.auth import me, web_ctx
 from api.web.i18n import _
 from api.web.views import act_and_flash, bp, refusal
-from engine.errors import NotFound
 from engine.trust.policy import may
 from engine.usecases import monthly_report as mr
 from engine.usecases.inbox import report_steps
@@ -70,23 +69,14 @@ def monthly_report_review(report_id: int) -> Any:
 @bp.get("/monthly-reports/<int:report_id>/report.<fmt>")
 def monthly_report_file(report_id: int, fmt: str) -> Any:
     """A report's file: as submitted (stored, hash-checked) once submitted, else drafted from today's data."""
-    from flask import Response
+    from io import BytesIO
 
-    from api.downloads import attachment
-    from engine.evidence.pdf import find_cjk_font
+    from flask import g
 
-    if fmt not in mr.FILE_TYPES:
-        raise NotFound(f"no {fmt} file for a monthly report")
+    from api.downloads import file_response
+
     report = mr.load(db.session, report_id)
-    body = mr.submitted_file(current_app.extensions.get("itemgate_store"), report, fmt)
-    if body is None:
-        figures = mr.draft(db.session, report, datetime.now(UTC))
-        if fmt == "xlsx":
-            with mr.xlsx_file(report, figures) as book:
-                body = book.read()
-        else:
-            body = mr.pdf_bytes(report, figures, find_cjk_font(current_app.config["ITEMGATE"].cjk_font))
-    response = Response(body, mimetype=mr.FILE_TYPES[fmt])
-    response.headers["Content-Disposition"] = attachment(f"月度运营报告-{report.key}.{fmt}",
-                                                         f"monthly-report-{report.key}.{fmt}")
-    return response
+    body, g.export_rows = mr.report_file(db.session, current_app.extensions.get("itemgate_store"), report, fmt,
+                                         current_app.config["ITEMGATE"].cjk_font, datetime.now(UTC))
+    return file_response(BytesIO(body), mr.FILE_TYPES[fmt], f"月度运营报告-{report.key}.{fmt}",
+                         f"monthly-report-{report.key}.{fmt}")

@@ -256,7 +256,7 @@ def _store_submission(ctx: Ctx, report: ContractTask, font: CjkFont | None) -> d
         files[fmt] = {"key": stored.key, "version_id": stored.version_id, "sha256": stored.sha256,
                       "size": stored.size}
     entry = {"round": len(subs) + 1, "at": ctx.now.isoformat(), "by": ctx.user.username if ctx.user else None,
-             "files": files}
+             "files": files, "rows": len(figures["rows"])}
     report.data = dict(report.data or {}, submissions=[*subs, entry])
     return entry
 
@@ -286,6 +286,28 @@ def submitted_file(store: Any, report: ContractTask, fmt: str, round_no: int | N
         raise ObjectMissing(f"the stored {fmt} of report {report.key} (round {entry['round']}) is not what was "
                             "stored", key=f["key"])
     return bytes(body)
+
+
+def report_file(session: Session, store: Any, report: ContractTask, fmt: str, configured_font: str | None,
+                now: datetime, round_no: int | None = None, draft_now: bool = False) -> tuple[bytes, int | None]:
+    """A report's file and how many rows it holds: once submitted, the stored file of the latest submission (or
+    of `round_no`), hash-checked — what the auditor reviewed; before that, or with `draft_now`, drafted from
+    today's data (a PDF needs the Chinese font: 503 cjk_font_missing without one)."""
+    from engine.evidence.pdf import find_cjk_font
+
+    if fmt not in FILE_TYPES:
+        raise NotFound(f"no {fmt} file for a monthly report")
+    if not draft_now:
+        stored = submitted_file(store, report, fmt, round_no)
+        if stored is not None:
+            subs = (report.data or {}).get("submissions") or []
+            entry = subs[-1] if round_no is None else next(e for e in subs if e["round"] == round_no)
+            return stored, entry.get("rows")
+    figures = draft(session, report, now)
+    if fmt == "xlsx":
+        with xlsx_file(report, figures) as book:
+            return book.read(), len(figures["rows"])
+    return pdf_bytes(report, figures, find_cjk_font(configured_font)), len(figures["rows"])
 
 
 def submit(ctx: Ctx, report: ContractTask, font: CjkFont | None = None) -> ContractTask:
