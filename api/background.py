@@ -10,7 +10,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from flask import Flask
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.extensions import db
@@ -56,6 +57,29 @@ def fire_due_timers(session: Session, now: datetime | None = None, limit: int = 
             if instance_id is None:
                 raise
     return fired
+
+
+def open_monthly_reports(session: Session, now: datetime | None = None) -> int:
+    """Open the work item of every monthly report whose month has ended (engine/usecases/monthly_report.py
+    open_month), one unit of work per contract; returns how many were opened. Safe on several hosts: each report
+    row is locked (PostgreSQL) and read again before its item is created, and the row's unique item id refuses
+    a second one."""
+    from engine.usecases import monthly_report as mr
+    from engine.usecases.tasks import Ctx
+    from storage.models import Contract
+
+    now = now or datetime.now(UTC)
+    opened = 0
+    for contract_id in list(session.scalars(select(Contract.id).order_by(Contract.id))):
+        try:
+            with unit_of_work(session):
+                opened += mr.open_ended(Ctx(session=session, user=None, request_id="tick", now=now), contract_id)
+        except (Conflict, IntegrityError):
+            pass  # another host opened them first (rolled back)
+        except OperationalError as exc:
+            if not is_busy(exc):
+                raise
+    return opened
 
 
 def deliver_pending(session: Session, send: Sender, *, now: Callable[[], datetime] | None = None,

@@ -316,11 +316,14 @@ def _delivery_loop(app: Flask, every: int, stop: threading.Event) -> None:
 
 
 def _tick_once() -> int:
-    from api.background import fire_due_timers
+    """Open the monthly reports of months that have ended, then fire due timers; returns the timers fired."""
+    from api.background import fire_due_timers, open_monthly_reports
     from api.extensions import db as database
 
-    fired = fire_due_timers(database.session)
-    return fired
+    opened = open_monthly_reports(database.session)
+    if opened:
+        click.echo(f"opened {opened} monthly report(s)")
+    return fire_due_timers(database.session)
 
 
 def _run_jobs(store: Any) -> dict[str, int]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -159,11 +159,12 @@ def _load_shipped(name: str, today: date, echo: Callable[[str], None]) -> Contra
 DEMO_NARRATIVE = "{month} 月度运营情况：各服务类别按计划推进，受理、办结与超时情况见附表；本月无重大问题。"
 
 
-def accept_past_reports(store: Any, font: Any, now: datetime | None = None) -> int:
+def accept_past_reports(store: Any, font: str | None, now: datetime | None = None) -> int:
     """Monthly reports of months before the last ended one, written, submitted and accepted on time — each
-    dated inside its window (submitted on the 3rd working day after its month, accepted two working days
-    later) and kept with its drafted files in the store — so a fresh demo's inbox is not a wall of late
-    reports; the last ended month and the current one stay open. Returns how many were accepted."""
+    dated inside its window (its work item opened at the end of its month, submitted on the 3rd working day
+    after it, accepted two working days later) and kept with its drafted files in the store — so a fresh demo's
+    inbox is not a wall of late reports. The last ended month's report is opened and waits in the PM's inbox;
+    the current month's opens when it ends (the tick). Returns how many were accepted."""
     now = now or datetime.now(UTC)
     today = now.astimezone(TZ).date()
     pm = db.session.execute(select(User).where(User.username == "pm")).scalar_one()
@@ -184,12 +185,15 @@ def accept_past_reports(store: Any, font: Any, now: datetime | None = None) -> i
             if accepted >= now:
                 continue
             with unit_of_work(db.session):
-                as_pm = Ctx(session=db.session, user=pm, store=store, now=submitted)
-                mr.write(as_pm, report, DEMO_NARRATIVE.format(month=report.key))
-                mr.submit(as_pm, report, font)
+                opened = datetime.combine(report.period_end + timedelta(days=1), time(0), TZ)
+                mr.open_month(Ctx(session=db.session, user=None, store=store, now=opened), report)
+                as_pm = Ctx(session=db.session, user=pm, store=store, now=submitted, cjk_font=font)
+                mr.submit(as_pm, report, DEMO_NARRATIVE.format(month=report.key))
                 mr.review(Ctx(session=db.session, user=auditor, store=store, now=accepted), report, "accept",
                           "按期提交，内容完整，同意。")
             done += 1
+        with unit_of_work(db.session):
+            mr.open_ended(Ctx(session=db.session, user=None, store=store, now=now), contract.id)
     return done
 
 
@@ -212,7 +216,7 @@ def load_demo(app: Flask, store: Any, echo: Callable[[str], None] = print) -> No
         for username, role, dept, display in USERS:
             if db.session.execute(select(User.id).where(User.username == username)).scalar() is None:
                 create_user(db.session, username, hash_password(DEMO_PASSWORD), role, dept, display)
-    accepted = accept_past_reports(store, mr.font_if_installed(app.config["ITEMGATE"].cjk_font))
+    accepted = accept_past_reports(store, app.config["ITEMGATE"].cjk_font)
     if accepted:
         echo(f"  monthly reports: {accepted} past months submitted and accepted on time")
     if db.session.execute(select(WorkItem.id).where(WorkItem.contract_id == contract.id)).first():

@@ -43,7 +43,9 @@ def _masked(item: WorkItem) -> dict[str, Any]:
 def item_summary(item: WorkItem) -> dict[str, Any]:
     return {
         "id": item.id, "code": item.code, "name": item.name, "contract": item.contract.code,
-        "service_line": item.service_line.code, "department": item.department.code, "channels": item.channels,
+        # A contract-level item (a monthly operations report) has neither.
+        "service_line": item.service_line.code if item.service_line_id is not None else None,
+        "department": item.department.code if item.department_id is not None else None, "channels": item.channels,
         "mode": item.mode, "difficulty": num(item.difficulty), "status": item.status, "stage": item.stage,
         "attributes": _masked(item), "created_at": iso(item.created_at), "completed_at": iso(item.completed_at),
         "units": num(item.units), "period": item.period,
@@ -66,8 +68,9 @@ def _username(user_id: int | None) -> str | None:
 def task_json(task: HumanTask) -> dict[str, Any]:
     return {
         "id": task.id, "item_id": task.item_id, "name": task.spec_name, "title": task.title, "lane": task.lane,
-        "role": task.role, "department": task.item.department.code if task.department_id == task.item.department_id
-        else _dept_code(task), "assignee": task.assignee.username if task.assignee else None,
+        "role": task.role, "department": None if task.department_id is None else task.item.department.code
+        if task.department_id == task.item.department_id else _dept_code(task),
+        "assignee": task.assignee.username if task.assignee else None,
         "status": task.status, "form_key": task.form, "gate": task.gate, "stage": task.stage,
         "due_at": iso(task.due_at), "due_warning": task.due_warning, "created_at": iso(task.created_at),
         "completed_at": iso(task.completed_at), "return_comment": task.return_comment,

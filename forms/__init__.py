@@ -162,7 +162,16 @@ class DeliverableForm(FormSchema):
     notes = _notes()
 
 
+class MonthlyReportForm(FormSchema):
+    """Submitting the month's operations report: its narrative (written here, or earlier on the report)."""
+
+    narrative = fields.String(load_default=None, validate=validate.Length(max=20000),
+                              metadata={"title": "运营情况说明", "title_en": "Narrative"})
+
+
 FORMS: dict[str, type[FormSchema]] = {
+    "monthly_report": MonthlyReportForm,
+    "report_review": ReviewForm,
     "difficulty_review": DifficultyReviewForm,
     "metered_record": MeteredRecordForm,
     "deliverable": DeliverableForm,

@@ -1,7 +1,9 @@
 # ruff: noqa: E501
-"""Write the simple shipped process models (integration, metered_record, deliverable) with their diagrams.
+"""Write the simple shipped process models (integration, metered_record, deliverable, monthly_report) with their
+diagrams.
 
-Run `python scripts/make_bpmn.py` after changing a spec below; the .bpmn files are committed as written."""
+Run `python scripts/make_bpmn.py <process id>…` after changing a spec below (all of them without arguments); the
+.bpmn files are committed as written."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,7 +22,7 @@ def review_loop(submit: str, review: str, decision: str, merge: str) -> list[tup
 
 STAGES = {"intake": "需求受理", "design": "功能设计", "build": "开发联调", "test": "测试", "walkthrough": "体验走查",
           "go_live": "发布上线", "confirmation": "确认会签", "deliver": "成果交付", "review": "成果审核",
-          "record": "计量记录", "confirm": "第三方确认"}
+          "record": "计量记录", "confirm": "第三方确认", "report": "编写月报", "report_review": "第三方审核"}
 HELP = {
     "review": "审阅交付物，确认通过或退回修改；退回时必须填写意见。",
     "deliverable": "上传合同要求的交付成果及佐证材料（如培训签到表、讲义、照片），填写交付日期。",
@@ -34,10 +36,14 @@ HELP = {
     "walkthrough": "组织体验走查，上传走查确认单。",
     "go_live": "完成发布上线，上传上线记录并填写上线日期。",
     "cosign": "确认联调与上线。",
+    "monthly_report": "核对系统按本月数据生成的报告（XLSX/PDF），填写运营情况说明、上传附件后提交第三方；截止为月末后第10个工作日，"
+                      "修改稿为提交之日起10个工作日内，逾期扣本月结算费用3%。",
+    "report_review": "审阅提交的月度运营报告（提交时保存的XLSX/PDF），通过或退回修改；退回时必须填写意见。",
 }
 
 
-def write(pid: str, title: str, lanes: list[str], nodes: list[tuple], flows: list[tuple[str, str, str, str]]) -> None:
+def write(pid: str, title: str, lanes: list[str], nodes: list[tuple], flows: list[tuple[str, str, str, str]],
+          process_props: dict[str, str] | None = None, documentation: str | None = None) -> None:
     """nodes: (id, type, name, lane, column, properties dict, timer due?)"""
     pos: dict[str, tuple[int, int, int, int]] = {}
     body: list[str] = []
@@ -119,14 +125,17 @@ def write(pid: str, title: str, lanes: list[str], nodes: list[tuple], flows: lis
         wp = "\n".join(f'        <di:waypoint x="{x}" y="{y}"/>' for x, y in points)
         di.append(f'      <bpmndi:BPMNEdge id="{fid}_di" bpmnElement="{fid}">\n{wp}\n      </bpmndi:BPMNEdge>')
     used = [n[5]["stage"] for n in nodes if n[5] and n[5].get("stage")]
-    stage_props = "\n".join(f'        <spiffworkflow:property name="stage.{k}" value="{STAGES[k]}"/>'
-                            for k in dict.fromkeys(used))
+    stage_props = "\n".join([f'        <spiffworkflow:property name="{k}" value="{escape(v)}"/>'
+                             for k, v in (process_props or {}).items()]
+                            + [f'        <spiffworkflow:property name="stage.{k}" value="{STAGES[k]}"/>'
+                               for k in dict.fromkeys(used)])
+    doc = f"\n    <bpmn:documentation>{escape(documentation)}</bpmn:documentation>" if documentation else ""
     xml = f"""<?xml version='1.0' encoding='UTF-8'?>
 <bpmn:definitions xmlns:bpmn="http://www.omg.org/spec/BPMN/20100524/MODEL" xmlns:bpmndi="http://www.omg.org/spec/BPMN/20100524/DI" xmlns:dc="http://www.omg.org/spec/DD/20100524/DC" xmlns:di="http://www.omg.org/spec/DD/20100524/DI" xmlns:spiffworkflow="http://spiffworkflow.org/bpmn/schema/1.0/core" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" id="defs_{pid}" targetNamespace="https://itemgate.example/bpmn" exporter="itemgate">
   <bpmn:collaboration id="collab_{pid}">
     <bpmn:participant id="pool_{pid}" name={quoteattr(title)} processRef="{pid}"/>
   </bpmn:collaboration>
-  <bpmn:process id="{pid}" name={quoteattr(title)} isExecutable="true">
+  <bpmn:process id="{pid}" name={quoteattr(title)} isExecutable="true">{doc}
     <bpmn:extensionElements>
       <spiffworkflow:properties>
         <spiffworkflow:property name="work_kind" value="true"/>
@@ -233,7 +242,39 @@ def integration() -> None:
     write("integration", "能力对接接入", ["pm", "implementer", "dept_reviewer", "auditor"], nodes, flows)
 
 
+def monthly_report() -> None:
+    """The monthly operations report (seed 001 §七(三) 2)): a work item of the contract for each month, prepared by
+    the PM and reviewed by the third party until accepted (engine/usecases/monthly_report.py keeps its clocks)."""
+    nodes = [
+        ("start", "start", "月份结束", "pm", 0, None, False),
+        ("gw_merge", "xor", "", "pm", 1, None, False),
+        ("prepare_report", "task", "编写并提交月度运营报告", "pm", 2, t(
+            "monthly_report", None, "report", due_at_var="report_due",
+            help_en="Check the report ItemGate drafted from the month's data (XLSX/PDF), write the narrative, attach "
+                    "files and submit it to the third party: due the 10th working day after the month, a revision "
+                    "within 10 working days of the submission; late costs 3 % of the month's fee."), False),
+        ("review_report", "task", "第三方审核月度运营报告", "auditor", 3, t(
+            "report_review", None, "report_review",
+            help_en="Review the monthly report as submitted (the XLSX/PDF kept at submission): accept it, or return "
+                    "it for changes with a comment (required when returning)."), False),
+        ("gw_decision", "xor", "审核结果？", "auditor", 4, None, False),
+        ("done", "end", "报告通过", "pm", 5, None, False),
+    ]
+    flows = [("start", "gw_merge", "", "")] + review_loop("prepare_report", "review_report", "gw_decision", "gw_merge")
+    flows.append(("gw_decision", "done", "通过", 'decision == "approve"'))
+    write("monthly_report", "月度运营报告", ["pm", "auditor"], nodes, flows, {"contract_level": "true"},
+          "Seed 001 §七(三) 2): after each month of the service period the supplier's PM submits the monthly "
+          "operations report to the third party within 10 working days and revises it on the third party's "
+          "comments within 10 working days of the submission. One work item per month, of the contract (no "
+          "service line, no department); it creates no workload entry. Its clocks, lateness and the 3 % deduction "
+          "are kept on the report (engine/usecases/monthly_report.py).")
+
+
+MODELS = {"deliverable": deliverable, "metered_record": metered_record, "integration": integration,
+          "monthly_report": monthly_report}
+
 if __name__ == "__main__":
-    deliverable()
-    metered_record()
-    integration()
+    import sys
+
+    for name in sys.argv[1:] or list(MODELS):
+        MODELS[name]()

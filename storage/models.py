@@ -191,8 +191,9 @@ class WorkItem(Base):
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     contract_id: Mapped[int] = mapped_column(ForeignKey("contracts.id"))
-    service_line_id: Mapped[int] = mapped_column(ForeignKey("service_lines.id"))
-    department_id: Mapped[int] = mapped_column(ForeignKey("departments.id"))
+    # NULL for a contract-level work item (a monthly operations report): no line's work, no department's.
+    service_line_id: Mapped[int | None] = mapped_column(ForeignKey("service_lines.id"))
+    department_id: Mapped[int | None] = mapped_column(ForeignKey("departments.id"))
     code: Mapped[str] = mapped_column(String(100))
     name: Mapped[str] = mapped_column(String(300))
     channels: Mapped[list[Any]] = mapped_column(default=list)
@@ -219,6 +220,11 @@ class WorkItem(Base):
     contract: Mapped[Contract] = relationship(lazy="joined")
     service_line: Mapped[ServiceLine] = relationship(lazy="joined")
     department: Mapped[Department] = relationship(lazy="joined")
+
+    @property
+    def contract_level(self) -> bool:
+        """A work item of the contract itself (a monthly operations report), not of a service line."""
+        return self.service_line_id is None
 
 
 class ProcessInstance(Base):
@@ -663,6 +669,9 @@ class ContractTask(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     contract_id: Mapped[int] = mapped_column(ForeignKey("contracts.id"))
     kind: Mapped[str] = mapped_column(String(32))          # monthly_report | rectification
+    # The work item a monthly report's lifecycle runs on (PM prepares, third party reviews): set once its
+    # month has ended.
+    item_id: Mapped[int | None] = mapped_column(ForeignKey("work_items.id"), unique=True)
     key: Mapped[str] = mapped_column(String(32))           # 2025-03 | settlement:17
     title: Mapped[str] = mapped_column(String(200))
     settlement_id: Mapped[int | None] = mapped_column(ForeignKey("settlements.id"))

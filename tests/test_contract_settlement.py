@@ -579,8 +579,8 @@ def test_monthly_report_drafted_from_data_and_one_working_day_late_costs_three_p
     report = mr.load(db.session, march["id"])
     assert work_calendar(db.session).working_days_between(report.due_at, submitted) == 1
     mr.submit(Ctx(session=db.session, user=db.session.execute(select(User).where(User.username == "pm"))
-                  .scalar_one(), now=submitted, store=app.extensions["itemgate_store"]), report,
-              mr.font_if_installed(app.config["ITEMGATE"].cjk_font))
+                  .scalar_one(), now=submitted, store=app.extensions["itemgate_store"],
+                  cjk_font=app.config["ITEMGATE"].cjk_font), report)
     db.session.commit()
     got = w.get("auditor", f"/api/v1/monthly-reports/{march['id']}").get_json()
     assert (got["late"], got["month_fee"], got["deduction_rate"], got["deduction"]) == (True, "90000.00", "0.03",

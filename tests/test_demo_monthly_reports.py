@@ -10,9 +10,8 @@ from sqlalchemy import select
 from api.demo import DEMO_PASSWORD, load_demo
 from api.extensions import db
 from engine.contract.calendar import TZ
-from engine.usecases.inbox import report_steps
 from engine.usecases.settlement import clock_state
-from storage.models import Contract, ContractTask, User
+from storage.models import Contract, ContractTask, HumanTask, WorkItem
 
 SH = "SH-YWTB-2025"
 
@@ -40,10 +39,14 @@ def test_the_demo_accepts_past_monthly_reports_on_time_and_their_files_download(
     assert all(r.status == "open" and r.submitted_at is None for r in rest)
     if past:
         assert any("past months submitted and accepted on time" in line for line in lines)
-    # The PM's inbox: no report before the last ended month asks for anything, none is overdue.
-    pm = db.session.execute(select(User).where(User.username == "pm")).scalar_one()
-    steps = [s for s in report_steps(db.session, pm, now) if s.contract == SH]
-    assert {s.month for s in steps} <= {r.key for r in ended[-1:]}
+    # Each ended month's report runs as a work item; a past month's is completed, the last ended month's waits in
+    # the PM's inbox (its PM step open, due on the report's deadline), and no other report asks for anything.
+    assert all(r.item_id is not None for r in ended) and all(r.item_id is None for r in rest if r not in ended)
+    for r in past:
+        assert db.session.get(WorkItem, r.item_id).status == "completed", r.key
+    waiting = list(db.session.scalars(select(HumanTask).join(WorkItem, WorkItem.id == HumanTask.item_id).where(
+        WorkItem.contract_id == contract.id, WorkItem.service_line_id.is_(None), HumanTask.status == "ready")))
+    assert [(t.form, t.role, t.due_at) for t in waiting] == [("monthly_report", "pm", r.due_at) for r in ended[-1:]]
     overdue = [r.key for r in reports if r.status == "open" and clock_state(r.due_at, None, now) == "overdue"]
     assert set(overdue) <= {r.key for r in ended[-1:]}
 

@@ -29,10 +29,12 @@ FORMS = {
     "publish", "intake_licence", "guide_list",
     "quality_check",  # added for the one-thing 办件质量校验 step
     "difficulty_review", "metered_record", "deliverable",  # issue 16: third-party steps, records, deliverables
+    "monthly_report", "report_review",  # issue 17: the monthly operations report as a work item
 }
 STAGES = {
     "intake", "survey", "design", "build", "test", "walkthrough", "go_live", "confirmation", "analysis",
     "plan", "issuing", "showing", "using", "guide", "deliver", "review", "record", "confirm",
+    "report", "report_review",
 }
 NS = {
     "bpmn": "http://www.omg.org/spec/BPMN/20100524/MODEL",

@@ -59,8 +59,10 @@ MAX_PER_PAGE = 200
 
 
 def ctx() -> Ctx:
+    """The unit of work's context for an API request: the caller, the request id, the evidence store and the
+    configured Chinese font (a monthly report's submission keeps a PDF)."""
     return Ctx(session=db.session, user=current_user(), request_id=g.get("request_id"),
-               store=current_app.extensions.get("itemgate_store"))
+               store=current_app.extensions.get("itemgate_store"), cjk_font=current_app.config["ITEMGATE"].cjk_font)
 
 
 class PageArgs(Schema):

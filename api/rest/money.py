@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 from api.auth import current_user
 from api.downloads import file_response
 from api.extensions import db
+from api.rest.core import ctx
 from engine.contract.calendar import TZ
 from engine.contract.catalog import contract_named
 from engine.money import payments
@@ -169,7 +170,8 @@ def exports_items_xlsx(args: dict[str, Any]) -> Response:
     user = current_user()
     authorize(user, "workload.read")
     contract = _contract(args["contract"])
-    items = list(db.session.scalars(select(WorkItem).where(WorkItem.contract_id == contract.id)
+    items = list(db.session.scalars(select(WorkItem).where(WorkItem.contract_id == contract.id,
+                                                           WorkItem.service_line_id.is_not(None))  # service items
                                     .order_by(WorkItem.id)))
     g.export_rows = len(items)
     from engine.money.money_reports import items_xlsx_file
@@ -204,15 +206,6 @@ def performance_get(args: dict[str, Any], code: str) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- monthly operations reports (月度运营报告)
-
-def _report_ctx() -> Any:
-    from flask import current_app
-
-    from engine.usecases.tasks import Ctx
-
-    return Ctx(session=db.session, user=current_user(), request_id=g.get("request_id"),
-               store=current_app.extensions.get("itemgate_store"))
-
 
 def _report_json(report: Any) -> dict[str, Any]:
     from api.serializers import iso
@@ -282,7 +275,7 @@ def monthly_report_narrative(body: dict[str, Any], report_id: int) -> dict[str, 
 
     with unit_of_work(db.session):
         authorize(current_user(), "report.prepare")
-        report = mr.write(_report_ctx(), mr.load(db.session, report_id), body["narrative"])
+        report = mr.write(ctx(), mr.load(db.session, report_id), body["narrative"])
     return _report_json(report)
 
 
@@ -304,7 +297,7 @@ def monthly_report_attach(report_id: int) -> dict[str, Any]:
         if len(body) > 64 << 20:
             raise Invalid("the attachment is larger than 64 MiB", code="too_large")
         report = mr.load(db.session, report_id)
-        entry = mr.attach(_report_ctx(), report, upload.filename, body, upload.mimetype or "application/octet-stream")
+        entry = mr.attach(ctx(), report, upload.filename, body, upload.mimetype or "application/octet-stream")
     return {k: entry[k] for k in ("filename", "sha256", "size", "at", "by")}
 
 
@@ -315,10 +308,7 @@ def monthly_report_submit(report_id: int) -> dict[str, Any]:
 
     with unit_of_work(db.session):
         authorize(current_user(), "report.prepare")
-        from flask import current_app
-
-        font = mr.font_if_installed(current_app.config["ITEMGATE"].cjk_font)
-        report = mr.submit(_report_ctx(), mr.load(db.session, report_id), font)
+        report = mr.submit(ctx(), mr.load(db.session, report_id))
     return _report_json(report)
 
 
@@ -335,7 +325,7 @@ def monthly_report_review(body: dict[str, Any], report_id: int) -> dict[str, Any
 
     with unit_of_work(db.session):
         authorize(current_user(), "report.review")
-        report = mr.review(_report_ctx(), mr.load(db.session, report_id), body["decision"], body["comment"])
+        report = mr.review(ctx(), mr.load(db.session, report_id), body["decision"], body["comment"])
     return _report_json(report)
 
 

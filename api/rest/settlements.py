@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from flask import Response, current_app, g, stream_with_context
+from flask import Response, current_app, stream_with_context
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 from sqlalchemy import func, select
@@ -14,6 +14,7 @@ from api.auth import current_user
 from api.downloads import attachment, file_response, send_export
 from api.extensions import db
 from api.limits import id_field
+from api.rest.core import ctx
 from api.serializers import entry_json, iso, money, num
 from engine.errors import NotFound, ServiceUnavailable
 from engine.money import ledger
@@ -34,11 +35,6 @@ from storage.unit_of_work import unit_of_work
 blp = Blueprint("settlements", __name__, url_prefix="/api/v1",
                 description="Settlements, ledger corrections, evidence bundles and count exports")
 T = TypeVar("T")
-
-
-def ctx() -> Ctx:
-    return Ctx(session=db.session, user=current_user(), request_id=g.get("request_id"),
-               store=current_app.extensions.get("itemgate_store"))
 
 
 def run_change(fn: Callable[[Ctx], T]) -> T:

@@ -117,4 +117,4 @@ def me() -> User:
 
 def web_ctx() -> Ctx:
     return Ctx(session=db.session, user=me(), request_id=g.get("request_id"),
-               store=current_app.extensions.get("itemgate_store"))
+               store=current_app.extensions.get("itemgate_store"), cjk_font=current_app.config["ITEMGATE"].cjk_font)

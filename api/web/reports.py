@@ -13,9 +13,9 @@ from api.extensions import db
 from api.web.auth import me, web_ctx
 from api.web.i18n import _
 from api.web.views import act_and_flash, bp, refusal
+from engine.contract.calendar import TZ
 from engine.trust.policy import may
 from engine.usecases import monthly_report as mr
-from engine.usecases.inbox import report_steps
 from storage.models import Contract
 from storage.unit_of_work import unit_of_work
 
@@ -33,7 +33,7 @@ def monthly_reports() -> Any:
     now = datetime.now(UTC)
     focus = request.args.get("month") or ""
     return render_template("web/monthly_reports.html", reports=reports, statuses=mr.STATUS_NAMES, now=now,
-                           steps={(s.contract, s.month): s for s in report_steps(db.session, user, now)},
+                           today=now.astimezone(TZ).date(),
                            contracts={c.id: c.code for c in db.session.scalars(select(Contract))},
                            may_prepare=may(user, "report.prepare"), may_review=may(user, "report.review"),
                            focus=focus)
@@ -51,9 +51,7 @@ def monthly_report_submit(report_id: int) -> Any:
     context = web_ctx()
 
     def go() -> None:
-        if narrative:
-            mr.write(context, report, narrative)
-        mr.submit(context, report, mr.font_if_installed(current_app.config["ITEMGATE"].cjk_font))
+        mr.submit(context, report, narrative or None)
 
     return _act(go, _("已提交 {m} 月度运营报告", m=report.key), report.key)
 

@@ -44,7 +44,7 @@ from engine.trust import audit
 from engine.trust.access import authorize, load_artefact_for, load_item_for, load_task_for, may_act_on
 from engine.trust.policy import DEPARTMENT, may, scope_of
 from engine.usecases.drafts import load_draft, save_draft
-from engine.usecases.inbox import report_steps, settlement_steps
+from engine.usecases.inbox import settlement_steps
 from engine.usecases.items import item_detail
 from engine.usecases.lifecycle import difficulty_adjustable, reworkable
 from engine.usecases.lists import filtered_items, task_query
@@ -273,7 +273,7 @@ def inbox() -> Any:
         department=department, overdue_only=overdue_only, sort=sort, page=page, pages=pages, total=total,
         now=now, departments=departments, department_options=_visible_departments(user), stages=STAGES,
         colleagues=_colleagues(tasks, user), may_act=lambda t: may_act_on(user, t), me=user,
-        settlement_steps=steps, waiting_orders=waiting_orders, report_steps=report_steps(db.session, user, now),
+        settlement_steps=steps, waiting_orders=waiting_orders,
         difficulty_waiting=difficulty_waiting)
 
 
@@ -564,7 +564,8 @@ def item(item_id: int) -> Any:
         # adjust the proposed difficulty until the third party has confirmed it.
         done_steps: dict[str, str] = {}
         for t in reversed(detail["tasks"]):
-            if t["status"] == "completed" and t["name"] not in done_steps and reworkable(t["form_key"]):
+            if t["status"] == "completed" and t["name"] not in done_steps and reworkable(t["form_key"]) \
+                    and not item.contract_level:
                 done_steps[t["name"]] = t["title"]
         rows = list(db.session.scalars(select(HumanTask).where(HumanTask.item_id == item.id,
                                                               HumanTask.status == "ready").order_by(HumanTask.id)))

@@ -15,8 +15,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from engine.errors import NotFound
-from engine.runtime.workkinds import work_kind_ids
-from storage.models import CHANNELS, MODES, Contract, ServiceLine
+from engine.runtime.workkinds import line_kind_ids
+from storage.models import CHANNELS, MODES, Contract, ServiceLine, WorkItem
 
 # Stable artefact kind codes (API.md) with the titles people see.
 ARTEFACT_KINDS: dict[str, str] = {
@@ -110,6 +110,15 @@ class Requirement:
             if key == "not_attribute" and any(attributes.get(a) for a in wanted):
                 return False
         return True
+
+
+def item_kinds(item: WorkItem, gate: str | None, *, optional: bool = False) -> list[str]:
+    """`required_kinds` of the item's own line for one of its gates; none for a contract-level item (a monthly
+    report keeps its files on the report, and has no line)."""
+    if item.service_line_id is None:
+        return []
+    return required_kinds(item.service_line.gates, gate, mode=item.mode, channels=list(item.channels),
+                          attributes=item.attributes or {}, optional=optional)
 
 
 def required_kinds(gates: Mapping[str, Any], gate: str | None, *, mode: str, channels: list[str],
@@ -398,8 +407,8 @@ def _service_line(line: Any, index: int, source: str, seen: set[str], gate_sets:
     for key in ("name", "unit", "process"):
         if not line.get(key):
             raise CatalogError(f"{where}: needs '{key}'")
-    if line["process"] not in work_kind_ids():
-        raise CatalogError(f"{where}: unknown process {line['process']!r} (known: {list(work_kind_ids())})")
+    if line["process"] not in line_kind_ids():
+        raise CatalogError(f"{where}: unknown process {line['process']!r} (known: {list(line_kind_ids())})")
     if metered != (line["process"] in METERED_PROCESSES):
         raise CatalogError(f"{where}: a metered line runs the metered_record process, and only a metered "
                            "line does")

@@ -12,7 +12,7 @@ from typing import Any, BinaryIO
 from sqlalchemy import select
 from sqlalchemy.orm import Session, lazyload
 
-from engine.contract.catalog import contract_kinds, required_kinds
+from engine.contract.catalog import contract_kinds, item_kinds
 from engine.errors import Conflict, Forbidden, Invalid, PayloadTooLarge, ServiceUnavailable, UnsupportedMedia
 from engine.evidence.sheets import check_signed_sheet, codes_in_upload, is_sheet_kind
 from engine.trust import audit
@@ -63,9 +63,7 @@ def evidence_scope(task: HumanTask) -> int | None:
 
 
 def _gate_kinds(task: HumanTask, gate: str | None, *, optional: bool = False) -> list[str]:
-    item = task.item
-    return required_kinds(item.service_line.gates, gate, mode=item.mode, channels=list(item.channels),
-                          attributes=item.attributes or {}, optional=optional)
+    return item_kinds(task.item, gate, optional=optional)
 
 
 def task_kinds(task: HumanTask) -> list[str]:

@@ -20,7 +20,7 @@ NS = {"bpmn": BPMN_NS, "spiffworkflow": SPIFF_NS}
 # confirms metered records and difficulty coefficients).
 LANE_ROLES = lane_roles()
 _MODE_CONDITION = re.compile(r'^\s*mode\s*(==|!=)\s*["\']([a-z_]+)["\']\s*$')
-TASK_PROPERTIES = frozenset({"form", "gate", "stage", "due_days", "review_of", "department_var",
+TASK_PROPERTIES = frozenset({"form", "gate", "stage", "due_days", "due_at_var", "review_of", "department_var",
                              "decision_var", "help", "help_en"})
 
 

@@ -26,6 +26,8 @@ class WorkKind:
     forms: tuple[str, ...]
     stages: dict[str, str] = field(default_factory=dict)       # stage key → label, in the model's order
     step_help: dict[str, str] = field(default_factory=dict)    # form key → what the step asks of people
+    # The contract's own work (process property `contract_level`: a monthly report), never a service line's.
+    contract_level: bool = False
 
 
 def describe(xml: str, filename: str = "model.bpmn") -> list[WorkKind]:
@@ -51,7 +53,7 @@ def describe(xml: str, filename: str = "model.bpmn") -> list[WorkKind]:
             if doc is not None and (doc.text or "").strip():
                 help_.setdefault(form, doc.text.strip())
         kinds.append(WorkKind(process.get("id"), process.get("name") or process.get("id"), tuple(forms),
-                              stages, help_))
+                              stages, help_, props.get("contract_level") == "true"))
     return kinds
 
 
@@ -72,6 +74,11 @@ def work_kinds() -> dict[str, WorkKind]:
 
 def work_kind_ids() -> tuple[str, ...]:
     return tuple(sorted(_shipped()))
+
+
+def line_kind_ids() -> tuple[str, ...]:
+    """The work kinds a service line may run (not the contract's own, such as the monthly report)."""
+    return tuple(sorted(k for k, kind in _shipped().items() if not kind.contract_level))
 
 
 def _merge(sequences: Iterable[list[str]]) -> list[str]:

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from engine.contract.catalog import required_kinds
+from engine.contract.catalog import item_kinds
 from engine.usecases.lists import task_query
 from storage.models import Artefact, Contract, Department, HumanTask, ServiceLine, User, WorkItem
 
@@ -80,6 +80,5 @@ def pending_reviews(session: Session, user: User, *, contract: str = "", line: s
 
 def statement_kinds(item: WorkItem) -> list[str]:
     """The evidence kinds the line's difficulty step asks for (the complexity statement, or the line's own)."""
-    kinds = required_kinds(item.service_line.gates, "difficulty", mode=item.mode, channels=list(item.channels),
-                           attributes=item.attributes or {})
+    kinds = item_kinds(item, "difficulty")
     return list(kinds) or [STATEMENT_KIND]

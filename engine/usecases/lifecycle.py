@@ -30,6 +30,14 @@ def _active(item: WorkItem) -> None:
                        "(a completed item's workload is corrected through the ledger)", code="item_not_active")
 
 
+def _line_work(item: WorkItem) -> None:
+    """Cancelling and rework are for a line's work: a contract-level item (a monthly report) follows its report,
+    whose status and clocks the report's own steps keep."""
+    if item.contract_level:
+        raise Conflict(f"item {item.id} is the contract's {item.name}: it moves only by its report's steps "
+                       "(submit, review)", code="contract_item")
+
+
 def cancel_item(ctx: Ctx, item_id: int, reason: str | None) -> WorkItem:
     """Stop an item for good: its open tasks are cancelled, its timers stop, it never becomes billable."""
     assert ctx.user is not None
@@ -37,6 +45,7 @@ def cancel_item(ctx: Ctx, item_id: int, reason: str | None) -> WorkItem:
     item = load_item_for(ctx.session, ctx.user, item_id, "item.cancel")
     text = _reason(reason)
     _active(item)
+    _line_work(item)
     instance = load_instance(ctx.session, item.id)
     workflow, model = spiff.load_workflow(instance)
     workflow.cancel()
@@ -86,6 +95,7 @@ def rework_item(ctx: Ctx, item_id: int, to: str, reason: str | None) -> WorkItem
     item = load_item_for(ctx.session, ctx.user, item_id, "item.rework")
     text = _reason(reason)
     _active(item)
+    _line_work(item)
     instance = load_instance(ctx.session, item.id)
     workflow, model = spiff.load_workflow(instance)
     candidates = [t for t in _completed_user_tasks(workflow, to)
@@ -123,7 +133,7 @@ def rework_item(ctx: Ctx, item_id: int, to: str, reason: str | None) -> WorkItem
 def has_difficulty(item: WorkItem) -> bool:
     """Whether the item's work is weighted by a difficulty coefficient: countable work is; a metered record (units
     in a period) and a contract-level deliverable count at 1.00 (engine/usecases/tasks.py create_item)."""
-    return item.mode not in (RECORD_MODE, DELIVERABLE_MODE)
+    return item.mode not in (RECORD_MODE, DELIVERABLE_MODE) and not item.contract_level
 
 
 def difficulty_adjustable(session: Any, item: WorkItem) -> bool:

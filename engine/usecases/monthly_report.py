@@ -1,8 +1,14 @@
 """月度运营报告 (monthly operations report), seed 001 §十(三) 2): one per month of the service period.
 
-Built as its own contract-level work kind on `contract_tasks` (kind "monthly_report", key "YYYY-MM") so that a
-deliverable framework can adopt it: each row has a period, a due moment, a status (open → submitted →
-returned → submitted … → accepted), the PM's narrative and attachments, and the auditor's review.
+Each month of the service period has a report row on `contract_tasks` (kind "monthly_report", key "YYYY-MM"):
+its period, due moment, status (open → submitted → returned → submitted … → accepted), the PM's narrative and
+attachments, the auditor's reviews, lateness and deduction. Once the month has ended, the report runs as a work
+item of the contract (no service line, no department; `open_month`) on bpmn/monthly_report.bpmn: the PM's
+step 编写并提交月度运营报告 in the PM's inbox, then the third party's review, returned to the PM until accepted.
+The steps are ordinary tasks (claim, hand over, complete through the task API or page); completing them runs
+this module's hooks in the same unit of work, so the report row and the process never disagree. The item
+creates no workload entry. The tick (api/background.py) opens each month's item once the month is over;
+submitting or reviewing a report opens it too if the tick has not yet.
 
 - Due: the end of the 10th working day after the month (`monthly_report_working_days`).
 - Drafted from ItemGate's own data (`draft`): items received, progressed, completed and overdue per service
@@ -37,10 +43,14 @@ from engine.evidence.pdf import CjkFont
 from engine.money import performance
 from engine.money.reports import WorkloadFilter, _Book, progress
 from engine.trust import audit, policy
+from engine.usecases import tasks
 from engine.usecases.tasks import Ctx, work_calendar
 from storage.models import Contract, ContractTask, Department, HumanTask, ServiceLine, WorkItem, WorkloadEntry
 
 KIND = "monthly_report"
+PROCESS_ID = "monthly_report"     # bpmn/monthly_report.bpmn: PM prepares and submits, the third party reviews
+PREPARE_FORM, REVIEW_FORM = "monthly_report", "report_review"
+DUE_VARIABLE = "report_due"       # the model's prepare step is due at this moment (its `due_at_var`)
 STATUS_NAMES = {"open": "待提交", "submitted": "第三方审核中", "returned": "退回修改", "accepted": "已通过"}
 CENT = Decimal("0.01")
 
@@ -63,7 +73,8 @@ def months_of(contract: Contract) -> list[tuple[str, date, date]]:
 
 
 def ensure_reports(session: Session, contract: Contract) -> list[ContractTask]:
-    """One report work item per month of the service period (created once; idempotent)."""
+    """One report row per month of the service period (created once; idempotent). Its work item is opened when
+    the month has ended (`open_month`)."""
     settings = contract.settings or {}
     if settings.get("monthly_report_working_days") is None:
         return []
@@ -94,6 +105,101 @@ def load(session: Session, report_id: int) -> ContractTask:
     return report
 
 
+def report_of(session: Session, item: WorkItem) -> ContractTask:
+    report = session.scalars(select(ContractTask).where(ContractTask.item_id == item.id)).first()
+    if report is None:
+        raise NotFound(f"work item {item.id} is no monthly report")
+    return report
+
+
+def _iso(at: datetime | None) -> str | None:
+    return at.astimezone(TZ).isoformat() if at is not None else None
+
+
+def month_over(report: ContractTask, now: datetime) -> bool:
+    return report.period_end is not None and report.period_end < now.astimezone(TZ).date()
+
+
+# Where an adopted report's process is put, by the row's status: the steps replayed before its tasks open.
+_REPLAY: dict[str, list[dict[str, Any]]] = {
+    "open": [], "submitted": [{}], "returned": [{}, {"decision": "return"}],
+    "accepted": [{}, {"decision": "approve"}],
+}
+
+
+def open_month(ctx: Ctx, report: ContractTask) -> WorkItem | None:
+    """The report's work item, started on the monthly report process once its month is over (None before that).
+    Idempotent under concurrency: the report row is locked (PostgreSQL) and read again. A row in a later state
+    (a report submitted, returned or accepted before reports ran as work items) gets its process in that state."""
+    return _opened(ctx, report)[0]
+
+
+def _opened(ctx: Ctx, report: ContractTask) -> tuple[WorkItem | None, bool]:
+    """(the report's item or None, whether this call created it)."""
+    if report.item_id is not None:
+        return ctx.session.get(WorkItem, report.item_id), False
+    if not month_over(report, ctx.now):
+        return None, False
+    query = select(ContractTask).where(ContractTask.id == report.id)
+    if ctx.session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update()
+    # Fetched, not only executed: the row is refreshed as the lock returns it.
+    ctx.session.scalars(query.execution_options(populate_existing=True)).one()
+    if report.item_id is not None:  # another host opened it while this one waited for the row
+        return ctx.session.get(WorkItem, report.item_id), False
+    contract = ctx.session.get(Contract, report.contract_id)
+    assert contract is not None
+    item = WorkItem(contract_id=contract.id, service_line_id=None, department_id=None, code=f"MR-{report.key}",
+                    name=report.title, channels=[], mode="report", difficulty=Decimal("1.00"),
+                    attributes={}, status="active", created_by_id=None, created_at=ctx.now, period=report.key)
+    item.contract = contract
+    replay = [dict(step, comment=_last_comment(report)) if step.get("decision") == "return" else step
+              for step in _REPLAY.get(report.status, [])]
+    due = report.revision_due_at if report.status == "returned" else report.due_at
+    start: dict[str, Any] = {"contract": contract.code, "month": report.key, DUE_VARIABLE: _iso(due),
+             "mode": item.mode, "channels": []}
+    tasks.start_process(ctx, item, tasks.current_definition(ctx.session, PROCESS_ID), start, replay,
+                        return_comment=_last_comment(report) if report.status == "returned" else None)
+    if report.status == "accepted":
+        item.status, item.stage = "completed", "done"
+        item.completed_at = report.updated_at
+    report.item_id = item.id
+    ctx.session.flush()
+    audit.record(ctx.session, ctx.actor, "item.created", target_type="item", target_id=item.id, code=item.code,
+                 monthly_report=report.id, month=report.key, status=report.status)
+    return item, True
+
+
+def _last_comment(report: ContractTask) -> str | None:
+    reviews = (report.data or {}).get("reviews") or []
+    return reviews[-1].get("comment") if reviews else None
+
+
+def open_ended(ctx: Ctx, contract_id: int | None = None) -> int:
+    """Open the work item of every report whose month has ended (the tick runs this); returns how many."""
+    query = select(ContractTask).where(ContractTask.kind == KIND, ContractTask.item_id.is_(None),
+                                       ContractTask.period_end < ctx.now.astimezone(TZ).date())
+    if contract_id is not None:
+        query = query.where(ContractTask.contract_id == contract_id)
+    opened = 0
+    for report in ctx.session.scalars(query.order_by(ContractTask.period_start, ContractTask.id)).all():
+        opened += _opened(ctx, report)[1]
+    return opened
+
+
+def _open_task(ctx: Ctx, report: ContractTask, form: str) -> HumanTask:
+    """The report's open step with `form`; 409 report_wrong_stage when the report is not at that step."""
+    item = open_month(ctx, report)
+    if item is None:
+        raise Conflict(f"the month {report.key} is not over yet: its report is due after it",
+                       code="month_not_over", status_now=report.status)
+    task = ctx.session.scalars(select(HumanTask).where(HumanTask.item_id == item.id, HumanTask.status == "ready",
+                                                       HumanTask.form == form)).first()
+    if task is None:
+        raise Conflict("the report is not at that step", code="report_wrong_stage", status_now=report.status)
+    return task
+
+
 def _bounds(start: date, end: date) -> tuple[datetime, datetime]:
     return datetime.combine(start, time(0), TZ), datetime.combine(end + timedelta(days=1), time(0), TZ)
 
@@ -119,12 +225,14 @@ def draft(session: Session, report: ContractTask, now: datetime) -> dict[str, An
     rows: dict[tuple[str, str], dict[str, Any]] = defaultdict(lambda: {
         "received": 0, "progressed": 0, "completed": 0, "overdue": 0, "entries": 0, "amount": Decimal("0.00")})
 
-    def key(line_id: int, dept_id: int) -> tuple[str, str]:
-        return lines[line_id].code if line_id in lines else "?", depts.get(dept_id, "?")
+    def key(line_id: int | None, dept_id: int | None) -> tuple[str, str]:
+        line = lines.get(line_id) if line_id is not None else None
+        return line.code if line else "?", depts.get(dept_id, "?") if dept_id is not None else "?"
 
     for line_id, dept_id, created, completed in session.execute(
             select(WorkItem.service_line_id, WorkItem.department_id, WorkItem.created_at, WorkItem.completed_at)
-            .where(WorkItem.contract_id == contract.id, WorkItem.status != "cancelled")):
+            .where(WorkItem.contract_id == contract.id, WorkItem.status != "cancelled",
+                   WorkItem.service_line_id.is_not(None))):
         if lo <= created < hi:
             rows[key(line_id, dept_id)]["received"] += 1
         if completed is not None and lo <= completed < hi:
@@ -133,7 +241,8 @@ def draft(session: Session, report: ContractTask, now: datetime) -> dict[str, An
     for line_id, dept_id, t_completed, due, status in session.execute(
             select(WorkItem.service_line_id, WorkItem.department_id, HumanTask.completed_at, HumanTask.due_at,
                    HumanTask.status)
-            .join(WorkItem, WorkItem.id == HumanTask.item_id).where(WorkItem.contract_id == contract.id)):
+            .join(WorkItem, WorkItem.id == HumanTask.item_id)
+            .where(WorkItem.contract_id == contract.id, WorkItem.service_line_id.is_not(None))):
         if t_completed is not None and lo <= t_completed < hi:
             rows[key(line_id, dept_id)]["progressed"] += 1
         late_done = t_completed is not None and lo <= t_completed < hi and due is not None and t_completed > due
@@ -150,6 +259,7 @@ def draft(session: Session, report: ContractTask, now: datetime) -> dict[str, An
         r["amount"] += Decimal(amount)
     open_returns = session.execute(select(func.count(HumanTask.id)).join(WorkItem, WorkItem.id == HumanTask.item_id)
                                    .where(WorkItem.contract_id == contract.id, HumanTask.status == "ready",
+                                          WorkItem.service_line_id.is_not(None),
                                           HumanTask.return_comment.is_not(None))).scalar()
     fee = month_fee(session, contract.id, start, end)
     total = {k: sum(r[k] for r in rows.values()) for k in ("received", "progressed", "completed", "overdue",
@@ -310,15 +420,48 @@ def report_file(session: Session, store: Any, report: ContractTask, fmt: str, co
     return pdf_bytes(report, figures, find_cjk_font(configured_font)), len(figures["rows"])
 
 
-def submit(ctx: Ctx, report: ContractTask, font: CjkFont | None = None) -> ContractTask:
-    """The PM submits (or resubmits) the report to the auditor; lateness is decided against the clocks, and the
-    report as drafted now is kept as the submission's evidence (XLSX; PDF when `font` is given)."""
+def submit(ctx: Ctx, report: ContractTask, narrative: str | None = None) -> ContractTask:
+    """The PM submits (or resubmits) the report to the auditor: completes the report's PM step (the hook below
+    does the rest in the same unit of work)."""
     _require(ctx, "report.prepare")
+    _prepare_checks(report, narrative)
+    task = _open_task(ctx, report, PREPARE_FORM)
+    tasks.complete_task(ctx, task.id, {} if narrative is None else {"narrative": narrative})
+    return report
+
+
+def review(ctx: Ctx, report: ContractTask, decision: str, comment: str | None) -> ContractTask:
+    """The auditor accepts the report or returns it with comments: completes the report's review step."""
+    _require(ctx, "report.review")
+    if report.status != "submitted":
+        raise Conflict("the report is not waiting for review", code="report_wrong_stage", status_now=report.status)
+    if decision not in ("accept", "return"):
+        raise Invalid("decision must be accept or return", code="invalid_decision")
+    if decision == "return" and not (comment or "").strip():
+        raise Invalid("returning needs a comment", code="comment_required")
+    task = _open_task(ctx, report, REVIEW_FORM)
+    tasks.complete_task(ctx, task.id, {"decision": "approve" if decision == "accept" else "return",
+                                       "comment": comment})
+    return report
+
+
+def _prepare_checks(report: ContractTask, narrative: str | None) -> None:
     if report.status not in ("open", "returned"):
         raise Conflict("the report is already with the auditor or accepted", code="report_wrong_stage",
                        status_now=report.status)
-    if not (report.narrative or "").strip():
+    if not (narrative if narrative is not None else report.narrative or "").strip():
         raise Invalid("write the report's narrative first", code="narrative_required")
+
+
+def _submitted(ctx: Ctx, task: HumanTask, item: WorkItem, clean: dict[str, Any]) -> None:
+    """Hook of the PM's step (tasks.COMPLETION_HOOKS): the narrative, lateness against the clocks, and the
+    report as drafted now kept as the submission's evidence (XLSX; PDF where a Chinese font is installed)."""
+    report = report_of(ctx.session, item)
+    _require(ctx, "report.prepare")
+    narrative = clean.get("narrative")
+    _prepare_checks(report, narrative)
+    if narrative is not None:
+        write(ctx, report, narrative)
     first = report.submitted_at is None
     if first and report.due_at is not None and ctx.now > report.due_at:
         _mark_late(ctx, report, "submitted after the due date")
@@ -330,24 +473,24 @@ def submit(ctx: Ctx, report: ContractTask, font: CjkFont | None = None) -> Contr
         days = int((contract.settings or {}).get("monthly_report_working_days", 10)) if contract else 10
         # Seed 001: revisions within 10 working days of the submission (自提交之日起的10个工作日内).
         report.revision_due_at, _ = schedule.working_deadline(work_calendar(ctx.session), ctx.now, days)
+    # A revision is due at the revision deadline: the process carries it to the PM's next round.
+    clean[DUE_VARIABLE] = _iso(report.revision_due_at)
     report.status = "submitted"
     report.updated_at = ctx.now
-    entry = _store_submission(ctx, report, font)
+    entry = _store_submission(ctx, report, font_if_installed(ctx.cjk_font))
     audit.record(ctx.session, ctx.actor, "monthly_report.submitted", target_type="monthly_report",
                  target_id=report.id, month=report.key, late=report.late, round=entry["round"],
                  files={fmt: f["sha256"] for fmt, f in entry["files"].items()})
-    return report
 
 
-def review(ctx: Ctx, report: ContractTask, decision: str, comment: str | None) -> ContractTask:
-    """The auditor accepts the report or returns it with comments."""
+def _reviewed(ctx: Ctx, task: HumanTask, item: WorkItem, clean: dict[str, Any]) -> None:
+    """Hook of the third party's step: the review recorded on the report, its status following the decision."""
+    report = report_of(ctx.session, item)
     _require(ctx, "report.review")
     if report.status != "submitted":
         raise Conflict("the report is not waiting for review", code="report_wrong_stage", status_now=report.status)
-    if decision not in ("accept", "return"):
-        raise Invalid("decision must be accept or return", code="invalid_decision")
-    if decision == "return" and not (comment or "").strip():
-        raise Invalid("returning needs a comment", code="comment_required")
+    decision = "accept" if clean["decision"] == "approve" else "return"
+    comment = clean.get("comment")
     report.status = "accepted" if decision == "accept" else "returned"
     data = dict(report.data or {})
     data["reviews"] = [*data.get("reviews", []), {"decision": decision, "comment": comment,
@@ -357,14 +500,18 @@ def review(ctx: Ctx, report: ContractTask, decision: str, comment: str | None) -
     report.updated_at = ctx.now
     audit.record(ctx.session, ctx.actor, f"monthly_report.{decision}", target_type="monthly_report",
                  target_id=report.id, month=report.key, comment=comment)
-    return report
+
+
+tasks.COMPLETION_HOOKS[PREPARE_FORM] = _submitted
+tasks.COMPLETION_HOOKS[REVIEW_FORM] = _reviewed
 
 
 def report_json(report: ContractTask, now: datetime) -> dict[str, Any]:
     from engine.usecases.settlement import clock_state
 
     data = report.data or {}
-    return {"id": report.id, "month": report.key, "title": report.title, "status": report.status,
+    return {"id": report.id, "item_id": report.item_id, "month": report.key, "title": report.title,
+            "status": report.status,
             "status_name": STATUS_NAMES.get(report.status), "period_start": report.period_start.isoformat()
             if report.period_start else None, "period_end": report.period_end.isoformat()
             if report.period_end else None, "due_at": report.due_at, "submitted_at": report.submitted_at,

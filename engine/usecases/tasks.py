@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -18,7 +19,13 @@ import forms
 from engine import caching
 from engine.contract.calendar import TZ as CHINA
 from engine.contract.calendar import WorkCalendar
-from engine.contract.catalog import DELIVERABLE_PROCESSES, METERED_PROCESSES, out_of_period_mode, required_kinds
+from engine.contract.catalog import (
+    DELIVERABLE_PROCESSES,
+    METERED_PROCESSES,
+    item_kinds,
+    out_of_period_mode,
+    required_kinds,
+)
 from engine.contract.registration import check_attributes
 from engine.errors import (
     PROGRAMMING_ERRORS,
@@ -74,10 +81,21 @@ class Ctx:
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
     # The human tasks this unit of work projected, in order: a caller answering with them need not query again.
     created_tasks: list[HumanTask] = field(default_factory=list)
+    # The configured Chinese font for PDFs this unit of work keeps (a monthly report's submission); None: the
+    # first one installed, or none.
+    cjk_font: str | None = None
 
     @property
     def actor(self) -> audit.Actor:
         return audit.Actor.of(self.user, self.request_id)
+
+
+# Forms whose completion writes more than the process's data: form key → hook(ctx, task, item, clean data),
+# run inside complete_task's unit of work after the task is checked and before the process steps, so a refusal
+# leaves everything as it was. The use case owning the form registers it (engine/usecases/monthly_report.py);
+# a contract-level item's task with no hook registered is refused rather than completed without its effects.
+CompletionHook = Callable[["Ctx", HumanTask, WorkItem, dict[str, Any]], None]
+COMPLETION_HOOKS: dict[str, CompletionHook] = {}
 
 
 # ---------------------------------------------------------------- process definitions
@@ -303,7 +321,6 @@ def create_item(ctx: Ctx, spec: NewItem) -> WorkItem:
     )
     item.contract, item.service_line, item.department = contract, line, department
     definition = definition or current_definition(ctx.session, line.process_id)
-    model = spiff.model_of(definition)
     start_data = {
         "mode": item.mode, "channels": list(item.channels), "service_line": line.code,
         "department": department.code, "attributes": dict(item.attributes),
@@ -316,19 +333,7 @@ def create_item(ctx: Ctx, spec: NewItem) -> WorkItem:
         "needs_difficulty_review": needs_difficulty_review(line),
     }
     start_data.update({k: v for k, v in item.attributes.items() if k in ("departments", "parts")})
-    workflow = start_workflow(model, start_data)
-    instance = ProcessInstance(definition_id=definition.id, version=1, status="running")
-    instance.definition = definition
-    # The projection sets the item's stage and the instance's state (with its deadline timers armed), so the
-    # item, its instance and its first tasks go in with one flush and no follow-up UPDATE.
-    created = sync_projection(ctx, instance, item, workflow, return_comment=None, new=True)
-    ctx.session.add(item)
-    ctx.session.flush()
-    instance.item_id = item.id
-    ctx.session.add(instance)
-    ctx.session.add_all(created)
-    ctx.session.flush()
-    _notify_created(ctx, created, None)
+    start_process(ctx, item, definition, start_data)
     extra: dict[str, Any] = {"units": str(item.units), "period": item.period} if item.units is not None else {}
     if outside:
         extra["out_of_period"] = True
@@ -336,6 +341,33 @@ def create_item(ctx: Ctx, spec: NewItem) -> WorkItem:
                  code=item.code, service_line=line.code, mode=item.mode, channels=item.channels,
                  difficulty=str(item.difficulty), definition=definition.sha256[:12], **extra)
     return item
+
+
+def start_process(ctx: Ctx, item: WorkItem, definition: ProcessDefinition, start_data: dict[str, Any],
+                  replay: list[dict[str, Any]] | None = None, return_comment: str | None = None) -> list[HumanTask]:
+    """Insert a new `item` with its process started on `definition`. `replay` completes the first ready tasks
+    with the data given, in order, before anything is projected (a record adopted in a later state: a monthly
+    report already submitted or accepted), and `return_comment` goes on the tasks that are then open."""
+    model = spiff.model_of(definition)
+    workflow = start_workflow(model, start_data)
+    for data in replay or []:
+        ready = spiff.ready_human_tasks(workflow)
+        if not ready:
+            raise ProcessFailed(f"{definition.process_id}: no open task is left to replay {data!r} on")
+        run_and_step(workflow, ready[0], spiff.step_data(workflow, ready[0], data), "the process")
+    instance = ProcessInstance(definition_id=definition.id, version=1, status="running")
+    instance.definition = definition
+    # The projection sets the item's stage and the instance's state (with its deadline timers armed), so the
+    # item, its instance and its first tasks go in with one flush and no follow-up UPDATE.
+    created = sync_projection(ctx, instance, item, workflow, return_comment=return_comment, new=True)
+    ctx.session.add(item)
+    ctx.session.flush()
+    instance.item_id = item.id
+    ctx.session.add(instance)
+    ctx.session.add_all(created)
+    ctx.session.flush()
+    _notify_created(ctx, created, return_comment)
+    return created
 
 
 # ---------------------------------------------------------------- projection
@@ -353,7 +385,7 @@ def _department_codes(session: Session, tasks: list[Any]) -> dict[str, int]:
         select(Department.code, Department.id).where(Department.code.in_(codes)))}
 
 
-def _department_for(item: WorkItem, task: Any, props: dict[str, str], codes: dict[str, int]) -> int:
+def _department_for(item: WorkItem, task: Any, props: dict[str, str], codes: dict[str, int]) -> int | None:
     var = props.get("department_var")
     code = task.data.get(var) if var else None
     return codes.get(str(code), item.department_id) if code else item.department_id
@@ -388,7 +420,12 @@ def sync_projection(ctx: Ctx, instance: ProcessInstance, item: WorkItem, workflo
         lane = spiff.task_lane(task) or DEFAULT_LANE
         due_at = warning = None
         due_days = due_overrides.get(task.task_spec.name, props.get("due_days"))
-        if due_days:
+        due_var = props.get("due_at_var")
+        if due_var and task.data.get(due_var):
+            # Due at a moment the process carries (a monthly report: the 10th working day after its month, a
+            # revision 10 working days after the submission), not a count of days from now.
+            due_at = datetime.fromisoformat(str(task.data[due_var]))
+        elif due_days:
             calendar = calendar or work_calendar(session)
             deadline = calendar.add_working_days(ctx.now, int(due_days))
             due_at = deadline.due_at
@@ -561,8 +598,7 @@ def gate_requirements(session: Session, item: WorkItem, gate: str | None,
     """The artefact kinds a gate needs, each with the latest stored artefact of that kind in one evidence scope
     (or None): a department's own for a per-department step (`department_id`), else the whole item's.
     `artefacts`: the item's artefacts when the caller has loaded them already (saves a query)."""
-    kinds = required_kinds(item.service_line.gates, gate, mode=item.mode, channels=list(item.channels),
-                           attributes=item.attributes or {})
+    kinds = item_kinds(item, gate)
     if not kinds:
         return []
     latest: dict[str, Artefact] = {}
@@ -591,8 +627,7 @@ def optional_present(session: Session, task: HumanTask) -> list[GateStatus]:
     """The optional working documents of a task's step that were uploaded: they go with the submission (and
     to its review) like the required ones, but their absence never holds the gate."""
     item = task.item
-    kinds = required_kinds(item.service_line.gates, task.gate, mode=item.mode, channels=list(item.channels),
-                           attributes=item.attributes or {}, optional=True)
+    kinds = item_kinds(item, task.gate, optional=True)
     if not kinds:
         return []
     scope = evidence_scope(task)
@@ -606,9 +641,7 @@ def optional_present(session: Session, task: HumanTask) -> list[GateStatus]:
 
 def optional_statuses(session: Session, task: HumanTask) -> list[GateStatus]:
     """Every optional working document of a task's step, with its latest upload or None."""
-    item = task.item
-    kinds = required_kinds(item.service_line.gates, task.gate, mode=item.mode, channels=list(item.channels),
-                           attributes=item.attributes or {}, optional=True)
+    kinds = item_kinds(task.item, task.gate, optional=True)
     present = {s.kind: s for s in optional_present(session, task)}
     return [present.get(kind) or GateStatus(kind, None) for kind in kinds]
 
@@ -788,6 +821,12 @@ def complete_task(ctx: Ctx, task_id: int, data: Any) -> HumanTask:
     spiff_task = workflow.get_task_from_id(UUID(task.spiff_task_id))
     if spiff_task is None or spiff_task.state != TaskState.READY:
         raise Conflict(f"task {task_id} is no longer ready", code="task_not_ready")
+    hook = COMPLETION_HOOKS.get(task.form)
+    if hook is not None:
+        hook(ctx, task, item, clean)
+    elif item.contract_level:
+        raise ProcessFailed(f"no completion hook is registered for form {task.form!r} of a contract-level item",
+                            element=task.spec_name)
     step_data = spiff.step_data(workflow, spiff_task, clean)
     run_and_step(workflow, spiff_task, step_data, "the process")
 
@@ -826,7 +865,8 @@ def complete_task(ctx: Ctx, task_id: int, data: Any) -> HumanTask:
         item.status = "completed"
         item.completed_at = ctx.now
         audit.record(session, ctx.actor, "item.completed", target_type="item", target_id=item.id)
-        tally_item(session, ctx.actor, item, tally_time(item, ctx.now))
+        if not item.contract_level:  # a monthly report is the contract's own work: nothing to tally
+            tally_item(session, ctx.actor, item, tally_time(item, ctx.now))
     session.flush()
     return task
 
