@@ -219,7 +219,9 @@ def load_demo(app: Flask, store: Any, echo: Callable[[str], None] = print) -> No
     accepted = accept_past_reports(store, app.config["ITEMGATE"].cjk_font)
     if accepted:
         echo(f"  monthly reports: {accepted} past months submitted and accepted on time")
-    if db.session.execute(select(WorkItem.id).where(WorkItem.contract_id == contract.id)).first():
+    # Its service items, not the monthly reports' items opened above.
+    if db.session.execute(select(WorkItem.id).where(WorkItem.contract_id == contract.id,
+                                                    WorkItem.service_line_id.is_not(None))).first():
         echo("demo data already present; users and catalogue refreshed")
         _print_users(echo)
         return
