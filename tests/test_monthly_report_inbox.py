@@ -70,6 +70,8 @@ def test_monthly_reports_move_between_the_pm_and_the_third_party(world, app):
     [review] = _open_tasks(item.id)
     assert (review.form, review.role) == ("report_review", "auditor")
     assert f'data-task-id="{review.id}"' in _queue(auditor)
+    # The third party reviews from the task page (a phone): the files as submitted are linked there.
+    assert f'/monthly-reports/{report.id}/report.xlsx' in auditor.get(f"/tasks/{review.id}").get_data(as_text=True)
     assert "MR-2025-03" not in _queue(pm)
     r = auditor.post(f"/monthly-reports/{report.id}/review", {"decision": "return", "comment": ""})
     assert "退回时必须填写审核意见。" in auditor.get(r.headers["Location"]).get_data(as_text=True)
@@ -83,7 +85,8 @@ def test_monthly_reports_move_between_the_pm_and_the_third_party(world, app):
     inbox = _queue(pm)
     assert f'data-task-id="{again.id}"' in inbox and "badge-returned" in inbox
     # The revision goes through the task page like any task: the hook keeps the report in step.
-    assert "运营情况说明" in pm.get(f"/tasks/{again.id}").get_data(as_text=True)
+    page = pm.get(f"/tasks/{again.id}").get_data(as_text=True)
+    assert "运营情况说明" in page and "三月接入事项 12 项，完成 9 项。</textarea>" in page
     pm.post(f"/tasks/{again.id}/complete", {"narrative": "三月接入事项 12 项，完成 9 项；工单 40 张。"})
     db.session.expire_all()
     report = _report("2025-03")

@@ -277,6 +277,15 @@ def inbox() -> Any:
         difficulty_waiting=difficulty_waiting)
 
 
+def _report_of(item: WorkItem) -> Any:
+    """A contract-level item's monthly report (its files and narrative are shown with the item), else None."""
+    if not item.contract_level:
+        return None
+    from engine.usecases.monthly_report import report_of
+
+    return report_of(db.session, item)
+
+
 def _act(task_id: int, action: Any, done: str) -> Any:
     act_and_flash(action, done)
     return redirect(_safe_next(url_for("web.task", task_id=task_id)))
@@ -336,9 +345,12 @@ def render_task(task: HumanTask, *, errors: dict[str, list[str]] | None = None,
     settings = current_app.config["ITEMGATE"]
     fields = fields_for(task.form)
     draft = load_draft(db.session, task, user) if task.status == "ready" else None
+    report = _report_of(item)
     if values is None:
         # What this person typed last (kept as they type), else what the step recorded the last time it was done.
         values = draft if draft is not None else _previous_data(task)
+        if report is not None and report.narrative and not (values or {}).get("narrative"):
+            values = {**(values or {}), "narrative": report.narrative}  # what the PM wrote on the reports page
     elif isinstance(values, MultiDict):
         # Re-show what was just submitted, shaped like stored task data.
         values = {f.name: values.getlist(f.name) if f.widget == "checkboxes" else values.get(f.name)
@@ -351,6 +363,7 @@ def render_task(task: HumanTask, *, errors: dict[str, list[str]] | None = None,
     rounds = review_rounds(db.session, user, task) if task.review_of else []
     return render_template(
         "web/task.html", task=task, item=item, gate=gate, review=review, unmet=unmet, record=record,
+        report=report,
         guidance=step_guidance(db.session, task),
         draft_restored=draft is not None and status == 200,
         rounds=rounds,
@@ -594,6 +607,7 @@ def item(item_id: int) -> Any:
         select(User).where(User.username.in_(usernames)))} if usernames else {}
     return render_template(
         "web/item.html", item=item, detail=detail, titles=titles, artefacts=artefacts, open_tasks=open_tasks,
+        report=_report_of(item),
         source_order=source_order, may_read_orders=RULES["service_order.read"].allows(user.role),
         history=history, names=names, everything=everything, quiet=len(detail["history"]) - len(history),
         records=step_records(db.session, user, item.id), diagram=_diagram(item, detail["tasks"]),

@@ -1,7 +1,7 @@
 """monthly operations reports run as work items: a work item may belong to the contract alone (no service line,
 no department: a 月度运营报告 is the supplier's report to the third party, not a line's work), and each report
 row names the work item its lifecycle runs on. Existing reports are adopted by the app
-(engine/usecases/monthly_report.py adopt_reports, run by `itemgate db upgrade` and the tick), in their state.
+(engine/usecases/monthly_report.py open_month, run by the tick: `itemgate tick` and `serve`'s loop), in their state.
 
 Revision ID: 20_monthly_report_items
 Revises: 18c_notification_keys
