@@ -252,7 +252,7 @@ def monthly_report() -> None:
             "monthly_report", None, "report", due_at_var="report_due",
             help_en="Check the report ItemGate drafted from the month's data (XLSX/PDF), write the narrative, attach "
                     "files and submit it to the third party: due the 10th working day after the month, a revision "
-                    "within 10 working days of the submission; late costs 3 % of the month's fee."), False),
+                    "within 10 working days of the submission; late costs 3 % of the month's fee."), True),
         ("review_report", "task", "第三方审核月度运营报告", "auditor", 3, t(
             "report_review", None, "report_review",
             help_en="Review the monthly report as submitted (the XLSX/PDF kept at submission): accept it, or return "

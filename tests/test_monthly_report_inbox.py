@@ -239,3 +239,26 @@ def test_two_hosts_opening_the_same_months_make_one_item_each(world, app, backen
     items = list(db.session.scalars(select(WorkItem).where(WorkItem.service_line_id.is_(None))))
     assert (sum(results), len(reports), len(items)) == (len(reports), len(reports), len(reports)) and reports
     assert sorted(r.item_id for r in reports) == sorted(i.id for i in items)
+
+
+def test_an_overdue_report_reminds_the_pm(world, app):
+    """The PM's step has the model's overdue reminder, armed at the report's own deadline: a tick just before it
+    fires nothing, the tick after it reminds the PM's queue and escalates to the PMs, once."""
+    from api.background import fire_due_timers
+    from api.extensions import db
+    from storage.models import Notification
+    from tests.test_deadlines import frozen
+
+    report = _report("2025-05")
+    assert report.due_at == datetime(2025, 6, 16, 15, 59, 59, tzinfo=UTC)   # 23:59:59 Beijing, 10 working days
+    with frozen("2025-06-02 01:00:00", world):                              # the month has ended
+        assert _tick() >= 1
+        [task] = _open_tasks(_report("2025-05").item_id)
+        assert task.due_at == report.due_at
+    with frozen("2025-06-16 15:58:00", world):
+        assert fire_due_timers(db.session) == 0
+    with frozen("2025-06-16 16:01:00", world):
+        assert fire_due_timers(db.session) == 1
+        assert fire_due_timers(db.session) == 0
+    kinds = [n.kind for n in db.session.scalars(select(Notification).where(Notification.task_id == task.id))]
+    assert (kinds.count("reminder"), kinds.count("escalation")) == (1, 1)   # the one PM, reminded once

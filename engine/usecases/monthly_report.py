@@ -157,7 +157,7 @@ def _opened(ctx: Ctx, report: ContractTask) -> tuple[WorkItem | None, bool]:
               for step in _REPLAY.get(report.status, [])]
     due = report.revision_due_at if report.status == "returned" else report.due_at
     start: dict[str, Any] = {"contract": contract.code, "month": report.key, DUE_VARIABLE: _iso(due),
-             "mode": item.mode, "channels": []}
+                             "mode": item.mode, "channels": []}
     tasks.start_process(ctx, item, tasks.current_definition(ctx.session, PROCESS_ID), start, replay,
                         return_comment=_last_comment(report) if report.status == "returned" else None)
     if report.status == "accepted":

@@ -324,7 +324,6 @@ def create_item(ctx: Ctx, spec: NewItem) -> WorkItem:
     start_data = {
         "mode": item.mode, "channels": list(item.channels), "service_line": line.code,
         "department": department.code, "attributes": dict(item.attributes),
-        timers.DUE_VARIABLE: timers.NO_DEADLINE,
         # The walkthrough step is taken exactly when the line's rules require evidence of it for this item.
         "needs_walkthrough": bool(required_kinds(line.gates, "walkthrough", mode=item.mode,
                                                  channels=list(item.channels), attributes=item.attributes or {})),
@@ -349,7 +348,8 @@ def start_process(ctx: Ctx, item: WorkItem, definition: ProcessDefinition, start
     with the data given, in order, before anything is projected (a record adopted in a later state: a monthly
     report already submitted or accepted), and `return_comment` goes on the tasks that are then open."""
     model = spiff.model_of(definition)
-    workflow = start_workflow(model, start_data)
+    # Deadline timers wait on this until a task's deadline arms them (sync_projection).
+    workflow = start_workflow(model, {timers.DUE_VARIABLE: timers.NO_DEADLINE, **start_data})
     for data in replay or []:
         ready = spiff.ready_human_tasks(workflow)
         if not ready:
@@ -430,6 +430,7 @@ def sync_projection(ctx: Ctx, instance: ProcessInstance, item: WorkItem, workflo
             deadline = calendar.add_working_days(ctx.now, int(due_days))
             due_at = deadline.due_at
             warning = "; ".join(deadline.warnings) or None
+        if due_at is not None:
             try:
                 timers.arm_deadline_timers(task, due_at)
             except Exception as exc:  # the model's timer expression is re-evaluated here
