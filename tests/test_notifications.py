@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import sessionmaker
 
+from engine.contract.calendar import TZ
 from tests.notification_sinks import free_port
 
 RETURN = {"decision": "return", "comment": "调研表缺少办理情形，请补充"}
@@ -93,7 +94,7 @@ def test_a_settlement_step_waiting_for_my_role_notifies_each_member(world, app):
     world.user("auditor2", "auditor")
     completed_items(2, prefix="N-SET")
     r = world.post("pm", "/api/v1/settlements", json={"contract": "SH-YWTB-2025", "period_start": "2020-01-01",
-                                                       "period_end": datetime.now(UTC).date().isoformat(),
+                                                       "period_end": datetime.now(TZ).date().isoformat(),
                                                        "label": "通知测试"})
     assert r.status_code == 201, r.get_json()
     sid = r.get_json()["id"]

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from engine.contract.calendar import TZ
 from tests.browser.conftest import VIEWPORT
 from tests.browser.test_inbox_flow import TIMEOUT_MS, sign_in
 from tests.settlement_helpers import adhoc_contract, completed_items, entry_ids
@@ -39,7 +40,7 @@ def test_pick_lines_approve_with_confirmation_and_reverse(chromium: Any, live_ur
     outside = completed_items(2, prefix="OUT", at=early, store=store)
     spare = completed_items(1, prefix="SPARE", at=early)
     db.session.commit()
-    today = datetime.now(UTC).date().isoformat()
+    today = datetime.now(TZ).date().isoformat()
     r = world.post("pm", "/api/v1/settlements", json={"contract": "SH-YWTB-2025", "period_start": "2026-01-01",
                                                       "period_end": today, "label": "确认测试"})
     assert r.status_code == 201, r.get_json()

@@ -31,9 +31,10 @@ ROLE_PAGES = {
 @pytest.fixture
 def demo(app: Any) -> Any:
     """The demo data, plus a settlement claim the PM has submitted: it waits for the auditor."""
-    from datetime import UTC, datetime
+    from datetime import datetime
 
     from api.demo import DEMO_PASSWORD, load_demo
+    from engine.contract.calendar import TZ
 
     load_demo(app, app.extensions["itemgate_store"], echo=lambda _line: None)
     from tests.settlement_helpers import adhoc_contract
@@ -43,7 +44,7 @@ def demo(app: Any) -> Any:
     token = client.post("/api/v1/auth/token", json={"username": "pm", "password": DEMO_PASSWORD}).get_json()["token"]
     auth = {"Authorization": f"Bearer {token}"}
     r = client.post("/api/v1/settlements", headers=auth, json={
-        "contract": "SH-YWTB-2025", "period_start": "2025-01-01", "period_end": datetime.now(UTC).date().isoformat(),
+        "contract": "SH-YWTB-2025", "period_start": "2025-01-01", "period_end": datetime.now(TZ).date().isoformat(),
         "label": "2026 年第一阶段结算"})
     assert r.status_code == 201, r.get_json()
     assert client.post(f"/api/v1/settlements/{r.get_json()['id']}/submit", headers=auth, json={}).status_code == 200
