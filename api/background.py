@@ -79,6 +79,8 @@ def open_monthly_reports(session: Session, now: datetime | None = None) -> int:
         except OperationalError as exc:
             if not is_busy(exc):
                 raise
+        except Exception:  # one contract's broken report must not stop the others, nor the timers after them
+            log.exception("opening the monthly reports of contract %s failed", contract_id)
     return opened
 
 
