@@ -10,7 +10,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from flask import Flask
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -66,11 +65,11 @@ def open_monthly_reports(session: Session, now: datetime | None = None) -> int:
     a second one."""
     from engine.usecases import monthly_report as mr
     from engine.usecases.tasks import Ctx
-    from storage.models import Contract
 
     now = now or datetime.now(UTC)
     opened = 0
-    for contract_id in list(session.scalars(select(Contract.id).order_by(Contract.id))):
+    # One query on every tick; a contract is walked only when one of its months has ended unopened.
+    for contract_id in mr.contracts_to_open(session, now):
         try:
             with unit_of_work(session):
                 opened += mr.open_ended(Ctx(session=session, user=None, request_id="tick", now=now), contract_id)

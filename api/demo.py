@@ -25,7 +25,7 @@ from engine.usecases import monthly_report as mr
 from engine.usecases.admin import load_contract
 from engine.usecases.monthly_report import ensure_reports
 from engine.usecases.tasks import Ctx, NewItem, complete_task, create_item, task_requirements, work_calendar
-from storage.models import Contract, HumanTask, User, WorkItem
+from storage.models import LINE_WORK, Contract, HumanTask, User, WorkItem
 from storage.unit_of_work import unit_of_work
 
 DEMO_PASSWORD = "itemgate-demo"  # demo accounts only; printed by the command  # noqa: S105
@@ -221,7 +221,7 @@ def load_demo(app: Flask, store: Any, echo: Callable[[str], None] = print) -> No
         echo(f"  monthly reports: {accepted} past months submitted and accepted on time")
     # Its service items, not the monthly reports' items opened above.
     if db.session.execute(select(WorkItem.id).where(WorkItem.contract_id == contract.id,
-                                                    WorkItem.service_line_id.is_not(None))).first():
+                                                    LINE_WORK)).first():
         echo("demo data already present; users and catalogue refreshed")
         _print_users(echo)
         return

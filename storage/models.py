@@ -227,6 +227,10 @@ class WorkItem(Base):
         return self.service_line_id is None
 
 
+# In a query: the items of a service line (not the contract's own, such as its monthly reports).
+LINE_WORK = WorkItem.service_line_id.is_not(None)
+
+
 class ProcessInstance(Base):
     __tablename__ = "process_instances"
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -117,12 +117,9 @@ def test_a_month_not_over_has_no_report_to_submit(world, app):
     during = datetime(2025, 3, 31, 20, 0, tzinfo=TZ)
     ctx = Ctx(session=db.session, user=pm, now=during.astimezone(UTC))
     mr.write(ctx, report, "月中草稿")
-    try:
+    with pytest.raises(Conflict) as refused:
         mr.submit(ctx, report)
-    except Conflict as exc:
-        assert exc.code == "month_not_over"
-    else:
-        raise AssertionError("a report was submitted before its month ended")
+    assert refused.value.code == "month_not_over"
     db.session.rollback()
     assert _report("2025-03").item_id is None and _report("2025-03").status == "open"
 

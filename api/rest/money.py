@@ -25,7 +25,7 @@ from engine.money.money_reports import audit_xlsx_file, payments_xlsx_file
 from engine.money.performance import GROUPS
 from engine.trust import audit, masking
 from engine.trust.access import authorize
-from storage.models import AuditEvent, Contract, WorkItem
+from storage.models import LINE_WORK, AuditEvent, Contract, WorkItem
 from storage.unit_of_work import unit_of_work
 
 # Dates a request may name: far enough either way for any contract, near enough to convert to UTC.
@@ -171,7 +171,7 @@ def exports_items_xlsx(args: dict[str, Any]) -> Response:
     authorize(user, "workload.read")
     contract = _contract(args["contract"])
     items = list(db.session.scalars(select(WorkItem).where(WorkItem.contract_id == contract.id,
-                                                           WorkItem.service_line_id.is_not(None))  # service items
+                                                           LINE_WORK)
                                     .order_by(WorkItem.id)))
     g.export_rows = len(items)
     from engine.money.money_reports import items_xlsx_file

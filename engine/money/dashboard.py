@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from engine.trust.access import item_scope, task_scope
-from storage.models import Department, HumanTask, ServiceLine, User, WorkItem
+from storage.models import LINE_WORK, Department, HumanTask, ServiceLine, User, WorkItem
 
 # Weeks and months are counted as people in the field count them: in Beijing time.
 TZ = ZoneInfo("Asia/Shanghai")
@@ -69,20 +69,16 @@ def week_start(day: date) -> date:
     return day - timedelta(days=day.weekday())
 
 
-# The items the dashboard counts: service work, not the contract's own (monthly reports, whose open steps still
-# show among the overdue tasks).
-SERVICE_WORK = WorkItem.service_line_id.is_not(None)
-
-
 def build_dashboard(session: Session, user: User, now: datetime, weeks: int = 12,
                     overdue_limit: int = 10) -> Dashboard:
-    """Everything the dashboard shows, counted over the items this user may see."""
+    """Everything the dashboard shows, counted over the items this user may see (a line's work: the contract's own
+    monthly reports are not counted, though their overdue steps show among the overdue tasks)."""
     dash = Dashboard()
     dash.by_service_line = _counts(session, user, ServiceLine.code, ServiceLine.name, WorkItem.service_line_id)
     dash.by_department = _counts(session, user, Department.code, Department.name, WorkItem.department_id)
     stage_rows = session.execute(
         select(WorkItem.stage, func.count(WorkItem.id)).where(item_scope(user), WorkItem.status == "active",
-                                                              SERVICE_WORK).group_by(WorkItem.stage)).all()
+                                                              LINE_WORK).group_by(WorkItem.stage)).all()
     dash.by_stage = sorted((Count(stage or "", stage or "", active=n) for stage, n in stage_rows),
                            key=lambda c: c.key)
     dash.active_total = sum(c.active for c in dash.by_stage)
@@ -99,7 +95,7 @@ def build_dashboard(session: Session, user: User, now: datetime, weeks: int = 12
     first_week = week_start(local_now.date()) - timedelta(weeks=weeks - 1)
     since = min(month_start, datetime.combine(first_week, time(0), TZ))
     completed_at = session.scalars(
-        select(WorkItem.completed_at).where(item_scope(user), WorkItem.status == "completed", SERVICE_WORK,
+        select(WorkItem.completed_at).where(item_scope(user), WorkItem.status == "completed", LINE_WORK,
                                             WorkItem.completed_at >= since)).all()
     buckets = {first_week + timedelta(weeks=i): 0 for i in range(weeks)}
     for at in completed_at:

@@ -45,7 +45,16 @@ from engine.money.reports import WorkloadFilter, _Book, progress
 from engine.trust import audit, policy
 from engine.usecases import tasks
 from engine.usecases.tasks import Ctx, work_calendar
-from storage.models import Contract, ContractTask, Department, HumanTask, ServiceLine, WorkItem, WorkloadEntry
+from storage.models import (
+    LINE_WORK,
+    Contract,
+    ContractTask,
+    Department,
+    HumanTask,
+    ServiceLine,
+    WorkItem,
+    WorkloadEntry,
+)
 
 KIND = "monthly_report"
 PROCESS_ID = "monthly_report"     # bpmn/monthly_report.bpmn: PM prepares and submits, the third party reviews
@@ -175,10 +184,21 @@ def _last_comment(report: ContractTask) -> str | None:
     return reviews[-1].get("comment") if reviews else None
 
 
+def _unopened(now: datetime) -> Any:
+    """Reports whose month has ended and whose work item is not open yet."""
+    return select(ContractTask).where(ContractTask.kind == KIND, ContractTask.item_id.is_(None),
+                                      ContractTask.period_end < now.astimezone(TZ).date())
+
+
+def contracts_to_open(session: Session, now: datetime) -> list[int]:
+    """The contracts with a report to open (`open_ended`), in id order."""
+    return list(session.scalars(_unopened(now).with_only_columns(ContractTask.contract_id).distinct()
+                                .order_by(ContractTask.contract_id)))
+
+
 def open_ended(ctx: Ctx, contract_id: int | None = None) -> int:
     """Open the work item of every report whose month has ended (the tick runs this); returns how many."""
-    query = select(ContractTask).where(ContractTask.kind == KIND, ContractTask.item_id.is_(None),
-                                       ContractTask.period_end < ctx.now.astimezone(TZ).date())
+    query = _unopened(ctx.now)
     if contract_id is not None:
         query = query.where(ContractTask.contract_id == contract_id)
     opened = 0
@@ -232,7 +252,7 @@ def draft(session: Session, report: ContractTask, now: datetime) -> dict[str, An
     for line_id, dept_id, created, completed in session.execute(
             select(WorkItem.service_line_id, WorkItem.department_id, WorkItem.created_at, WorkItem.completed_at)
             .where(WorkItem.contract_id == contract.id, WorkItem.status != "cancelled",
-                   WorkItem.service_line_id.is_not(None))):
+                   LINE_WORK)):
         if lo <= created < hi:
             rows[key(line_id, dept_id)]["received"] += 1
         if completed is not None and lo <= completed < hi:
@@ -242,7 +262,7 @@ def draft(session: Session, report: ContractTask, now: datetime) -> dict[str, An
             select(WorkItem.service_line_id, WorkItem.department_id, HumanTask.completed_at, HumanTask.due_at,
                    HumanTask.status)
             .join(WorkItem, WorkItem.id == HumanTask.item_id)
-            .where(WorkItem.contract_id == contract.id, WorkItem.service_line_id.is_not(None))):
+            .where(WorkItem.contract_id == contract.id, LINE_WORK)):
         if t_completed is not None and lo <= t_completed < hi:
             rows[key(line_id, dept_id)]["progressed"] += 1
         late_done = t_completed is not None and lo <= t_completed < hi and due is not None and t_completed > due
@@ -259,7 +279,7 @@ def draft(session: Session, report: ContractTask, now: datetime) -> dict[str, An
         r["amount"] += Decimal(amount)
     open_returns = session.execute(select(func.count(HumanTask.id)).join(WorkItem, WorkItem.id == HumanTask.item_id)
                                    .where(WorkItem.contract_id == contract.id, HumanTask.status == "ready",
-                                          WorkItem.service_line_id.is_not(None),
+                                          LINE_WORK,
                                           HumanTask.return_comment.is_not(None))).scalar()
     fee = month_fee(session, contract.id, start, end)
     total = {k: sum(r[k] for r in rows.values()) for k in ("received", "progressed", "completed", "overdue",
